@@ -1,0 +1,1531 @@
+//! The call engine: a back-to-back user agent that answers trunk calls, runs the
+//! IVR, hands callers to core through [`CallRouting`], rings agents' registered
+//! phones when core says so, bridges and records the two legs, and serves the
+//! registrar. One task owns all signalling state; media runs in per-leg tasks.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rsip::{Method, Request, Response};
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::call::{CallInfo, CallOutcome, CallRouting, CallTicket, Side};
+use crate::config::{IvrFlowConfig, TrunkConfig, VoiceConfig};
+use crate::ivr::{IvrAction, IvrInput, IvrSession};
+use crate::media::dtmf::parse_info_body;
+use crate::media::player::{tone, PromptStore};
+use crate::media_session::{bind_rtp, spawn_leg, spawn_recorder, LegId, MediaCommand, MediaEvent, MediaHandle, Recorder};
+use crate::registrar::{CredentialStore, InlineCredentials, Registrar};
+use crate::sdp::{self, Codec, Direction, Negotiated};
+use crate::sip::dialog::Dialog;
+use crate::sip::message::{
+    make_header, new_branch, random_token, response_to, to_bytes, HeaderLookup, NameAddr, SipUri,
+};
+use crate::sip::transaction::{AnswerAction, AnswerRetransmitter, LayerEvent, Peer, TransactionKey, TransactionLayer};
+use crate::sip::validate::{unsupported_requirements, Essentials};
+use crate::sip::Transport;
+use crate::transport::{Inbound, SipTransport};
+use crate::{Result, VoiceError};
+
+/// Methods we accept (`Allow` header).
+pub const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, REGISTER";
+
+/// Payload type we offer for telephone-event.
+const TELEPHONE_EVENT_PT: u8 = 101;
+
+/// Commands from core (through [`VoiceEngineHandle`]).
+#[derive(Debug)]
+enum Command {
+    RingAgent {
+        call_id: String,
+        agent: String,
+        offer_id: String,
+    },
+    StopRinging {
+        call_id: String,
+        offer_id: String,
+    },
+    Announce {
+        call_id: String,
+        position: u32,
+        wait: Duration,
+    },
+    Hangup {
+        call_id: String,
+    },
+    IsRegistered {
+        user: String,
+        reply: oneshot::Sender<bool>,
+    },
+}
+
+/// Results of spawned routing calls.
+#[derive(Debug)]
+enum Internal {
+    Enqueued {
+        call_id: String,
+        result: std::result::Result<CallTicket, String>,
+    },
+}
+
+/// Handle for core: ring agents, announce positions, hang up, stop the engine.
+#[derive(Debug, Clone)]
+pub struct VoiceEngineHandle {
+    commands: mpsc::UnboundedSender<Command>,
+    shutdown: Arc<watch::Sender<bool>>,
+    udp_addr: Option<SocketAddr>,
+    tcp_addr: Option<SocketAddr>,
+}
+
+impl VoiceEngineHandle {
+    /// Rings `agent`'s registered phone for queued call `call_id`. The result comes
+    /// back through [`CallRouting::call_event`] (answered, no-answer, busy, unreachable).
+    pub fn ring_agent(&self, call_id: &str, agent: &str, offer_id: &str) -> Result<()> {
+        self.send(Command::RingAgent {
+            call_id: call_id.into(),
+            agent: agent.into(),
+            offer_id: offer_id.into(),
+        })
+    }
+
+    /// Withdraws an offer that is still ringing (sends CANCEL); no event follows.
+    pub fn stop_ringing(&self, call_id: &str, offer_id: &str) -> Result<()> {
+        self.send(Command::StopRinging {
+            call_id: call_id.into(),
+            offer_id: offer_id.into(),
+        })
+    }
+
+    /// Plays the position / estimated-wait announcement to a queued caller.
+    pub fn announce_position(&self, call_id: &str, position: u32, estimated_wait: Duration) -> Result<()> {
+        self.send(Command::Announce {
+            call_id: call_id.into(),
+            position,
+            wait: estimated_wait,
+        })
+    }
+
+    /// Ends a call from the hub side (e.g. queue max wait without voicemail).
+    pub fn hangup(&self, call_id: &str) -> Result<()> {
+        self.send(Command::Hangup {
+            call_id: call_id.into(),
+        })
+    }
+
+    /// Whether `user` has a live registration (for agent presence).
+    pub async fn is_registered(&self, user: &str) -> Result<bool> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Command::IsRegistered {
+            user: user.into(),
+            reply,
+        })?;
+        rx.await.map_err(|_| VoiceError::Stopped)
+    }
+
+    /// Bound SIP UDP address.
+    pub fn udp_addr(&self) -> Option<SocketAddr> {
+        self.udp_addr
+    }
+
+    /// Bound SIP TCP address.
+    pub fn tcp_addr(&self) -> Option<SocketAddr> {
+        self.tcp_addr
+    }
+
+    /// Hangs up every call and stops the engine.
+    pub fn shutdown(&self) {
+        let _ = self.shutdown.send(true);
+    }
+
+    fn send(&self, cmd: Command) -> Result<()> {
+        self.commands.send(cmd).map_err(|_| VoiceError::Stopped)
+    }
+}
+
+/// Builds and starts the engine.
+#[derive(Debug)]
+pub struct VoiceEngine;
+
+impl VoiceEngine {
+    /// Validates the config, binds the listeners and starts the engine task.
+    pub async fn start(
+        config: VoiceConfig,
+        routing: Arc<dyn CallRouting>,
+        credentials: Arc<dyn CredentialStore>,
+    ) -> Result<VoiceEngineHandle> {
+        config.validate()?;
+        let (inbound_tx, inbound_rx) = mpsc::channel(1024);
+        let (shutdown_tx, shutdown_rx) = watch::channel(false);
+        let transport = SipTransport::bind(
+            config.udp_listen,
+            config.tcp_listen,
+            config.max_message_size,
+            inbound_tx,
+            shutdown_rx.clone(),
+        )
+        .await?;
+        let bound_ip = transport
+            .udp_addr()
+            .or(transport.tcp_addr())
+            .map(|a| a.ip())
+            .unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST));
+        let local_ip = config.public_ip.unwrap_or(if bound_ip.is_unspecified() {
+            IpAddr::V4(Ipv4Addr::LOCALHOST)
+        } else {
+            bound_ip
+        });
+        let prompts = PromptStore::load(&config.prompts_dir);
+        tracing::info!(prompts = prompts.len(), udp = ?transport.udp_addr(), tcp = ?transport.tcp_addr(), "Voice engine started.");
+        let moh = config
+            .music_on_hold
+            .as_deref()
+            .filter(|n| prompts.has(n))
+            .map(|n| prompts.get(n))
+            .unwrap_or_else(|| crate::media::player::MusicOnHold::new(None).pattern());
+        let mut trunk_credentials = InlineCredentials::default();
+        for t in &config.trunks {
+            if let (Some(u), Some(p)) = (&t.digest_user, &t.digest_password) {
+                use secrecy::ExposeSecret;
+                trunk_credentials.insert(u, p.expose_secret());
+            }
+        }
+        let (commands_tx, commands_rx) = mpsc::unbounded_channel();
+        let (media_tx, media_rx) = mpsc::unbounded_channel();
+        let (internal_tx, internal_rx) = mpsc::unbounded_channel();
+        let handle = VoiceEngineHandle {
+            commands: commands_tx,
+            shutdown: Arc::new(shutdown_tx),
+            udp_addr: transport.udp_addr(),
+            tcp_addr: transport.tcp_addr(),
+        };
+        let engine = Engine {
+            layer: TransactionLayer::new(config.timers.timers(), config.max_message_size),
+            registrar: Registrar::new(config.registrar.clone()),
+            flows: config
+                .ivr_flows
+                .iter()
+                .map(|(k, v)| (k.clone(), Arc::new(v.clone())))
+                .collect(),
+            cfg: Arc::new(config),
+            credentials,
+            trunk_credentials,
+            routing,
+            transport,
+            prompts: Arc::new(prompts),
+            moh,
+            local_ip,
+            calls: HashMap::new(),
+            by_sip_call_id: HashMap::new(),
+            by_leg: HashMap::new(),
+            client_tx: HashMap::new(),
+            next_leg: 1,
+            media_tx,
+            internal_tx,
+        };
+        tokio::spawn(engine.run(inbound_rx, commands_rx, media_rx, internal_rx, shutdown_rx));
+        Ok(handle)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Ivr,
+    Enqueuing,
+    Queued,
+    Voicemail,
+    Bridged,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum AgentState {
+    Ringing,
+    Cancelling,
+    Answered,
+}
+
+#[derive(Debug)]
+struct CallerLeg {
+    dialog: Dialog,
+    peer: Peer,
+    media: MediaHandle,
+    answer: Option<(AnswerRetransmitter, Peer)>,
+    sdp_version: u64,
+    session_id: u64,
+    codec: Codec,
+    telephone_event: Option<u8>,
+}
+
+#[derive(Debug)]
+struct AgentLeg {
+    user: String,
+    offer_id: String,
+    invite: Request,
+    invite_key: TransactionKey,
+    peer: Peer,
+    media: MediaHandle,
+    dialog: Option<Dialog>,
+    ring_deadline: Option<Instant>,
+    state: AgentState,
+    sip_call_id: String,
+    reported_ringing: bool,
+    answer: Option<(AnswerRetransmitter, Peer)>,
+    sdp_version: u64,
+}
+
+struct Call {
+    id: String,
+    info: CallInfo,
+    phase: Phase,
+    ivr: Option<IvrSession>,
+    caller: CallerLeg,
+    agent: Option<AgentLeg>,
+    ticket: Option<CallTicket>,
+    digit_deadline: Option<Instant>,
+    recorder: Option<Recorder>,
+    hangup_after_prompt: bool,
+    voicemail: Option<Voicemail>,
+}
+
+#[derive(Debug)]
+struct Voicemail {
+    path: PathBuf,
+    max: Duration,
+    started: bool,
+}
+
+#[derive(Debug, Clone)]
+enum ClientPurpose {
+    AgentInvite(String),
+    Other,
+}
+
+struct Engine {
+    cfg: Arc<VoiceConfig>,
+    layer: TransactionLayer,
+    registrar: Registrar,
+    credentials: Arc<dyn CredentialStore>,
+    trunk_credentials: InlineCredentials,
+    routing: Arc<dyn CallRouting>,
+    transport: SipTransport,
+    prompts: Arc<PromptStore>,
+    moh: Arc<[i16]>,
+    flows: HashMap<String, Arc<IvrFlowConfig>>,
+    local_ip: IpAddr,
+    calls: HashMap<String, Call>,
+    /// SIP Call-ID → (engine call id, leg side).
+    by_sip_call_id: HashMap<String, (String, Side)>,
+    by_leg: HashMap<LegId, (String, Side)>,
+    client_tx: HashMap<TransactionKey, ClientPurpose>,
+    next_leg: LegId,
+    media_tx: mpsc::UnboundedSender<MediaEvent>,
+    internal_tx: mpsc::UnboundedSender<Internal>,
+}
+
+impl Engine {
+    async fn run(
+        mut self,
+        mut inbound: mpsc::Receiver<Inbound>,
+        mut commands: mpsc::UnboundedReceiver<Command>,
+        mut media: mpsc::UnboundedReceiver<MediaEvent>,
+        mut internal: mpsc::UnboundedReceiver<Internal>,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
+        loop {
+            let deadline = self.next_deadline();
+            tokio::select! {
+                Some(msg) = inbound.recv() => self.on_inbound(msg).await,
+                Some(cmd) = commands.recv() => self.on_command(cmd).await,
+                Some(ev) = media.recv() => self.on_media(ev),
+                Some(ev) = internal.recv() => self.on_internal(ev),
+                _ = tokio::time::sleep_until(deadline.into()) => self.on_timer(),
+                _ = shutdown.changed() => break,
+            }
+        }
+        let ids: Vec<String> = self.calls.keys().cloned().collect();
+        for id in ids {
+            self.end_call(&id, Side::Hub);
+        }
+        tracing::info!("Voice engine stopped.");
+    }
+
+    fn now() -> Instant {
+        Instant::now()
+    }
+
+    fn next_deadline(&self) -> Instant {
+        let mut d = Self::now() + Duration::from_secs(1);
+        if let Some(t) = self.layer.next_deadline() {
+            d = d.min(t);
+        }
+        for c in self.calls.values() {
+            for t in [
+                c.digit_deadline,
+                c.caller.answer.as_ref().map(|(a, _)| a.next_deadline()),
+                c.agent.as_ref().and_then(|a| a.ring_deadline),
+                c.agent.as_ref().and_then(|a| a.answer.as_ref().map(|(r, _)| r.next_deadline())),
+            ]
+            .into_iter()
+            .flatten()
+            {
+                d = d.min(t);
+            }
+        }
+        d
+    }
+
+    fn emit(&mut self, events: Vec<LayerEvent>) -> Vec<LayerEvent> {
+        let mut rest = Vec::new();
+        for e in events {
+            match e {
+                LayerEvent::Send { peer, bytes } => self.transport.send(peer, bytes),
+                LayerEvent::Dropped { reason } => tracing::debug!(%reason, "SIP message dropped."),
+                other => rest.push(other),
+            }
+        }
+        rest
+    }
+
+    fn respond(&mut self, key: &TransactionKey, response: Response) {
+        let events = self.layer.respond(key, response, Self::now());
+        let _ = self.emit(events);
+    }
+
+    fn reply(&mut self, key: &TransactionKey, req: &Request, code: u16, extra: Vec<rsip::Header>) {
+        let tag = random_token();
+        let resp = response_to(req, code, Some(&tag), extra, Vec::new());
+        self.respond(key, resp);
+    }
+
+    fn send_request(&mut self, req: Request, peer: Peer, purpose: ClientPurpose) -> TransactionKey {
+        let (key, events) = self.layer.send_request(req, peer, Self::now());
+        if !matches!(purpose, ClientPurpose::Other) || !events.is_empty() {
+            self.client_tx.insert(key.clone(), purpose);
+        }
+        let _ = self.emit(events);
+        key
+    }
+
+    fn via(&self, transport: Transport) -> String {
+        let port = match transport {
+            Transport::Udp => self.transport.udp_addr(),
+            Transport::Tcp => self.transport.tcp_addr(),
+        }
+        .map(|a| a.port())
+        .unwrap_or(5060);
+        format!("SIP/2.0/{} {}", transport.via_token(), host_port(self.local_ip, port))
+    }
+
+    fn contact(&self, transport: Transport) -> String {
+        let port = match transport {
+            Transport::Udp => self.transport.udp_addr(),
+            Transport::Tcp => self.transport.tcp_addr(),
+        }
+        .map(|a| a.port())
+        .unwrap_or(5060);
+        let t = if transport == Transport::Tcp { ";transport=tcp" } else { "" };
+        format!("sip:switchboard@{}{t}", host_port(self.local_ip, port))
+    }
+
+    async fn on_inbound(&mut self, msg: Inbound) {
+        let events = self.layer.on_message(&msg.data, msg.peer, Self::now());
+        for e in self.emit(events) {
+            match e {
+                LayerEvent::Request {
+                    key,
+                    request,
+                    info,
+                    source,
+                } => self.on_request(key, request, *info, source).await,
+                LayerEvent::Ack { info, request, .. } => self.on_ack(&request, &info),
+                LayerEvent::Response { key, response, info } => self.on_response(key, response, &info),
+                LayerEvent::StrayResponse { info, .. } => self.on_stray_2xx(&info),
+                LayerEvent::Timeout { key } => self.on_tx_timeout(key),
+                LayerEvent::Send { .. } | LayerEvent::Dropped { .. } => {}
+            }
+        }
+    }
+
+    async fn on_request(&mut self, key: TransactionKey, req: Request, info: Essentials, source: Peer) {
+        // RFC 3261 §8.2.2.3 / RFC 3262: we implement no extension, in particular not
+        // 100rel, so anything in Require is answered 420 listing it in Unsupported.
+        let unsupported = unsupported_requirements(&req);
+        if !unsupported.is_empty() {
+            let h = make_header("Unsupported", unsupported.join(", "));
+            self.reply(&key, &req, 420, vec![h]);
+            return;
+        }
+        match req.method {
+            Method::Register => {
+                let resp = self.registrar.handle_register(&req, &info, source, Self::now(), self.credentials.as_ref());
+                self.respond(&key, resp);
+            }
+            Method::Options => {
+                let extra = vec![
+                    make_header("Allow", ALLOW),
+                    make_header("Accept", "application/sdp"),
+                    make_header("Server", self.cfg.user_agent.clone()),
+                ];
+                self.reply(&key, &req, 200, extra);
+            }
+            Method::Invite if info.to.tag().is_none() => self.on_new_invite(key, req, info, source).await,
+            Method::Invite => self.on_reinvite(key, req, info),
+            Method::Bye => self.on_bye(key, req, info),
+            Method::Cancel => self.on_cancel(key, req, info),
+            Method::Info => self.on_info(key, req, info),
+            _ => self.reply(&key, &req, 405, vec![make_header("Allow", ALLOW)]),
+        }
+    }
+
+    fn trunk_for(&self, req: &Request, source: Peer) -> std::result::Result<&TrunkConfig, Response> {
+        if let Some(t) = self.cfg.trunk_for_source(source.addr.ip()) {
+            return Ok(t);
+        }
+        if !self.cfg.trunks.iter().any(|t| t.digest_user.is_some()) {
+            return Err(response_to(req, 403, Some(&random_token()), Vec::new(), Vec::new()));
+        }
+        match self.registrar.authenticate(req, &random_token(), &self.trunk_credentials) {
+            Ok(user) => self
+                .cfg
+                .trunks
+                .iter()
+                .find(|t| t.digest_user.as_deref() == Some(user.as_str()))
+                .ok_or_else(|| response_to(req, 403, Some(&random_token()), Vec::new(), Vec::new())),
+            Err(challenge) => Err(*challenge),
+        }
+    }
+
+    async fn on_new_invite(&mut self, key: TransactionKey, req: Request, info: Essentials, source: Peer) {
+        let trunk = match self.trunk_for(&req, source) {
+            Ok(t) => t.clone(),
+            Err(resp) => {
+                self.respond(&key, resp);
+                return;
+            }
+        };
+        let dialled = SipUri::parse(&req.uri.to_string())
+            .and_then(|u| u.user)
+            .unwrap_or_default();
+        let Some(flow) = trunk
+            .dids
+            .get(&dialled)
+            .or(trunk.default_flow.as_ref())
+            .and_then(|f| self.flows.get(f))
+            .cloned()
+        else {
+            self.reply(&key, &req, 404, Vec::new());
+            return;
+        };
+        let ip = self.rtp_bind_ip();
+        let socket = match bind_rtp(ip, self.cfg.rtp_port_min, self.cfg.rtp_port_max).await {
+            Ok(s) => s,
+            Err(error) => {
+                tracing::warn!(%error, "No RTP port for an inbound call.");
+                self.reply(&key, &req, 503, Vec::new());
+                return;
+            }
+        };
+        let local_rtp = SocketAddr::new(self.local_ip, socket.local_addr().map(|a| a.port()).unwrap_or(0));
+        let session_id = rand::random::<u32>() as u64;
+        let (neg, answer) = match sdp::answer_offer(req.body(), local_rtp, session_id, 1) {
+            Ok(ok) => ok,
+            Err(error) => {
+                tracing::info!(%error, "Inbound INVITE with unusable SDP.");
+                self.reply(&key, &req, 488, vec![make_header("Warning", "304 switchboard \"PCMU or PCMA required\"")]);
+                return;
+            }
+        };
+        let tag = random_token();
+        let Some(dialog) = Dialog::as_uas(&req, &info, &tag) else {
+            self.reply(&key, &req, 400, Vec::new());
+            return;
+        };
+        let leg_id = self.next_leg();
+        let media = spawn_leg(leg_id, socket, local_rtp, self.moh.clone(), self.media_tx.clone());
+        media.command(MediaCommand::SetRemote(neg));
+        let call_id = info.call_id.clone();
+        let resp = self.answer_response(&req, &tag, source.transport, answer);
+        let peer = self.layer.peer_of(&key).unwrap_or(source);
+        let bytes = to_bytes(&resp.clone().into());
+        self.respond(&key, resp);
+        let retransmit = AnswerRetransmitter::new(bytes, peer.transport.is_reliable(), self.layer.timers(), Self::now());
+        let caller = NameAddr::parse(&info.from.uri).map(|a| a.uri).unwrap_or_default();
+        let caller_user = SipUri::parse(&caller).and_then(|u| u.user).unwrap_or(caller);
+        let call = Call {
+            id: call_id.clone(),
+            info: CallInfo {
+                call_id: call_id.clone(),
+                trunk: trunk.name.clone(),
+                caller: caller_user,
+                caller_name: info.from.display.clone(),
+                dialled,
+                queue: String::new(),
+                requirements: Vec::new(),
+                answered_at: chrono::Utc::now(),
+            },
+            phase: Phase::Ivr,
+            ivr: None,
+            caller: CallerLeg {
+                dialog,
+                peer,
+                media,
+                answer: Some((retransmit, peer)),
+                sdp_version: 1,
+                session_id,
+                codec: neg.codec,
+                telephone_event: neg.telephone_event,
+            },
+            agent: None,
+            ticket: None,
+            digit_deadline: None,
+            recorder: None,
+            hangup_after_prompt: false,
+            voicemail: None,
+        };
+        tracing::info!(call_id = %call_id, trunk = %trunk.name, dialled = %call.info.dialled, "Inbound call answered.");
+        self.by_sip_call_id.insert(call_id.clone(), (call_id.clone(), Side::Caller));
+        self.by_leg.insert(leg_id, (call_id.clone(), Side::Caller));
+        self.calls.insert(call_id.clone(), call);
+        let (session, actions) = IvrSession::start(flow, chrono::Utc::now());
+        if let Some(c) = self.calls.get_mut(&call_id) {
+            c.ivr = Some(session);
+        }
+        self.run_ivr_actions(&call_id, actions);
+    }
+
+    fn answer_response(&self, req: &Request, tag: &str, transport: Transport, sdp_body: String) -> Response {
+        let extra = vec![
+            make_header("Contact", format!("<{}>", self.contact(transport))),
+            make_header("Allow", ALLOW),
+            make_header("Server", self.cfg.user_agent.clone()),
+            make_header("Content-Type", "application/sdp"),
+        ];
+        response_to(req, 200, Some(tag), extra, sdp_body.into_bytes())
+    }
+
+    fn rtp_bind_ip(&self) -> IpAddr {
+        self.transport
+            .udp_addr()
+            .or(self.transport.tcp_addr())
+            .map(|a| a.ip())
+            .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED))
+    }
+
+    fn next_leg(&mut self) -> LegId {
+        self.next_leg += 1;
+        self.next_leg
+    }
+
+    fn run_ivr_actions(&mut self, call_id: &str, actions: Vec<IvrAction>) {
+        for action in actions {
+            let prompts = self.prompts.clone();
+            let Some(call) = self.calls.get_mut(call_id) else { return };
+            match action {
+                IvrAction::StopPlayback => call.caller.media.command(MediaCommand::StopPlayback),
+                IvrAction::Play(names) => {
+                    let samples = names.iter().map(|n| prompts.get(n)).collect();
+                    call.caller.media.command(MediaCommand::Play(samples));
+                }
+                IvrAction::CollectDigit { timeout } => call.digit_deadline = Some(Self::now() + timeout),
+                IvrAction::Enqueue { queue, requirements } => {
+                    call.phase = Phase::Enqueuing;
+                    call.info.queue = queue;
+                    call.info.requirements = requirements;
+                    call.caller.media.command(MediaCommand::Moh(true));
+                    let info = call.info.clone();
+                    let routing = self.routing.clone();
+                    let tx = self.internal_tx.clone();
+                    let call_id = call_id.to_string();
+                    tokio::spawn(async move {
+                        let result = routing.enqueue_call(info).await.map_err(|e| e.0);
+                        let _ = tx.send(Internal::Enqueued { call_id, result });
+                    });
+                }
+                IvrAction::Voicemail { prompt, max } => {
+                    call.phase = Phase::Voicemail;
+                    let mut samples: Vec<Arc<[i16]>> = prompt.iter().map(|p| prompts.get(p)).collect();
+                    samples.push(Arc::from(tone(1000.0, 400, 8000)));
+                    call.caller.media.command(MediaCommand::Play(samples));
+                    let path = self.cfg.voicemail_dir.join(format!("{}.wav", file_safe(call_id)));
+                    // Recording starts when the beep has played (PromptFinished).
+                    call.voicemail = Some(Voicemail {
+                        path,
+                        max,
+                        started: false,
+                    });
+                    call.digit_deadline = None;
+                    call.info.queue.clear();
+                    call.ivr = None;
+                }
+                IvrAction::Hangup => {
+                    self.end_call(call_id, Side::Hub);
+                    return;
+                }
+            }
+        }
+    }
+}
+
+impl Engine {
+    fn on_media(&mut self, ev: MediaEvent) {
+        let leg = match &ev {
+            MediaEvent::PromptFinished(l) | MediaEvent::Digit(l, _) | MediaEvent::RecordingDone(l, _) => *l,
+        };
+        let Some((call_id, side)) = self.by_leg.get(&leg).cloned() else { return };
+        match ev {
+            MediaEvent::Digit(_, d) if side == Side::Caller => self.on_digit(&call_id, d),
+            MediaEvent::Digit(..) => {}
+            MediaEvent::PromptFinished(_) if side == Side::Caller => self.on_prompt_finished(&call_id),
+            MediaEvent::PromptFinished(_) => {}
+            MediaEvent::RecordingDone(..) => self.end_call(&call_id, Side::Hub),
+        }
+    }
+
+    fn on_digit(&mut self, call_id: &str, digit: char) {
+        let Some(call) = self.calls.get_mut(call_id) else { return };
+        let Some(ivr) = call.ivr.as_mut() else { return };
+        call.digit_deadline = None;
+        let actions = ivr.on_input(IvrInput::Digit(digit), chrono::Utc::now());
+        self.run_ivr_actions(call_id, actions);
+    }
+
+    fn on_prompt_finished(&mut self, call_id: &str) {
+        let Some(call) = self.calls.get_mut(call_id) else { return };
+        if call.hangup_after_prompt {
+            self.end_call(call_id, Side::Hub);
+            return;
+        }
+        if let Some(vm) = call.voicemail.as_mut() {
+            if !vm.started {
+                vm.started = true;
+                call.caller
+                    .media
+                    .command(MediaCommand::RecordMono(vm.path.clone(), vm.max));
+            }
+            return;
+        }
+        if let Some(ivr) = call.ivr.as_mut() {
+            let actions = ivr.on_input(IvrInput::PromptFinished, chrono::Utc::now());
+            self.run_ivr_actions(call_id, actions);
+        }
+    }
+
+    fn on_internal(&mut self, ev: Internal) {
+        match ev {
+            Internal::Enqueued { call_id, result } => {
+                let Some(call) = self.calls.get_mut(&call_id) else {
+                    // The caller hung up while core was enqueueing: abandon at once.
+                    if let Ok(ticket) = result {
+                        let routing = self.routing.clone();
+                        tokio::spawn(async move {
+                            let _ = routing.abandon(&ticket).await;
+                        });
+                    }
+                    return;
+                };
+                match result {
+                    Ok(ticket) => {
+                        tracing::info!(call_id = %call_id, queue = %call.info.queue, "Call enqueued.");
+                        call.ticket = Some(ticket);
+                        if call.phase == Phase::Enqueuing {
+                            call.phase = Phase::Queued;
+                        }
+                    }
+                    Err(error) => {
+                        tracing::warn!(call_id = %call_id, %error, "Enqueue failed; hanging up.");
+                        call.hangup_after_prompt = true;
+                        call.caller.media.command(MediaCommand::Moh(false));
+                        let p = self.prompts.get("technical-difficulties");
+                        call.caller.media.command(MediaCommand::Play(vec![p]));
+                    }
+                }
+            }
+        }
+    }
+
+    fn on_timer(&mut self) {
+        let now = Self::now();
+        let events = self.layer.on_timer(now);
+        for e in self.emit(events) {
+            if let LayerEvent::Timeout { key } = e {
+                self.on_tx_timeout(key);
+            }
+        }
+        self.registrar.expire(now);
+        let ids: Vec<String> = self.calls.keys().cloned().collect();
+        for id in ids {
+            let Some(call) = self.calls.get_mut(&id) else { continue };
+            // §13.3.1.4: retransmit our 2xx until the ACK; give up after 64·T1.
+            let mut give_up = false;
+            if let Some((r, peer)) = call.caller.answer.as_mut() {
+                match r.on_timer(now) {
+                    Some(AnswerAction::Resend(b)) => self.transport.send(*peer, b),
+                    Some(AnswerAction::GiveUp) => give_up = true,
+                    None => {}
+                }
+            }
+            if let Some((r, peer)) = call.agent.as_mut().and_then(|a| a.answer.as_mut()) {
+                match r.on_timer(now) {
+                    Some(AnswerAction::Resend(b)) => self.transport.send(*peer, b),
+                    Some(AnswerAction::GiveUp) => give_up = true,
+                    None => {}
+                }
+            }
+            if give_up {
+                tracing::info!(call_id = %id, "No ACK for our 2xx within 64*T1; ending call.");
+                self.end_call(&id, Side::Hub);
+                continue;
+            }
+            if call.digit_deadline.is_some_and(|d| d <= now) {
+                call.digit_deadline = None;
+                if let Some(ivr) = call.ivr.as_mut() {
+                    let actions = ivr.on_input(IvrInput::Timeout, chrono::Utc::now());
+                    self.run_ivr_actions(&id, actions);
+                }
+                continue;
+            }
+            let ring_expired = call
+                .agent
+                .as_ref()
+                .and_then(|a| a.ring_deadline)
+                .is_some_and(|d| d <= now);
+            if ring_expired {
+                self.ring_no_answer(&id);
+            }
+        }
+    }
+
+    fn vias(&self) -> Vias {
+        Vias {
+            udp: self.via(Transport::Udp),
+            tcp: self.via(Transport::Tcp),
+        }
+    }
+}
+
+/// Our Via sent-by per transport, computed before mutable borrows of the call table.
+struct Vias {
+    udp: String,
+    tcp: String,
+}
+
+impl Vias {
+    fn get(&self, t: Transport) -> &str {
+        match t {
+            Transport::Udp => &self.udp,
+            Transport::Tcp => &self.tcp,
+        }
+    }
+}
+
+/// Tells core about a call event from a spawned task (signalling never waits on core).
+fn report(routing: &Arc<dyn CallRouting>, call: &Call, event: CallOutcome) {
+    {
+        let Some(ticket) = call.ticket.clone() else { return };
+        let routing = routing.clone();
+        tokio::spawn(async move {
+            if let Err(error) = routing.call_event(&ticket, event).await {
+                tracing::warn!(%error, "Routing rejected a call event.");
+            }
+        });
+    }
+}
+
+impl Engine {
+
+    fn ring_no_answer(&mut self, call_id: &str) {
+        let Some(call) = self.calls.get_mut(call_id) else { return };
+        let Some(agent) = call.agent.as_mut() else { return };
+        agent.ring_deadline = None;
+        agent.state = AgentState::Cancelling;
+        let cancel = cancel_for(&agent.invite);
+        let peer = agent.peer;
+        let offer_id = agent.offer_id.clone();
+        tracing::info!(call_id = %call_id, agent = %agent.user, "Ring-no-answer; cancelling.");
+        let event = CallOutcome::NoAnswer { offer_id };
+        let call = &*call;
+        report(&self.routing, call, event);
+        self.send_request(cancel, peer, ClientPurpose::Other);
+    }
+
+    async fn on_command(&mut self, cmd: Command) {
+        match cmd {
+            Command::RingAgent {
+                call_id,
+                agent,
+                offer_id,
+            } => self.ring_agent(&call_id, &agent, &offer_id).await,
+            Command::StopRinging { call_id, offer_id } => {
+                let Some(call) = self.calls.get_mut(&call_id) else { return };
+                let Some(agent) = call.agent.as_mut() else { return };
+                if agent.offer_id == offer_id && agent.state == AgentState::Ringing {
+                    agent.state = AgentState::Cancelling;
+                    agent.ring_deadline = None;
+                    let (cancel, peer) = (cancel_for(&agent.invite), agent.peer);
+                    self.send_request(cancel, peer, ClientPurpose::Other);
+                }
+            }
+            Command::Announce {
+                call_id,
+                position,
+                wait,
+            } => {
+                let Some(call) = self.calls.get(&call_id) else { return };
+                if call.phase != Phase::Queued {
+                    return;
+                }
+                let mut names = vec!["position".to_string()];
+                names.extend(number_prompts(position));
+                names.push("estimated-wait".to_string());
+                let minutes = u32::try_from(wait.as_secs().div_ceil(60)).unwrap_or(u32::MAX).max(1);
+                names.extend(number_prompts(minutes));
+                names.push(if minutes == 1 { "minute" } else { "minutes" }.to_string());
+                let samples = names.iter().map(|n| self.prompts.get(n)).collect();
+                call.caller.media.command(MediaCommand::Play(samples));
+            }
+            Command::Hangup { call_id } => self.end_call(&call_id, Side::Hub),
+            Command::IsRegistered { user, reply } => {
+                let _ = reply.send(self.registrar.lookup(&user, Self::now()).is_some());
+            }
+        }
+    }
+
+    async fn ring_agent(&mut self, call_id: &str, user: &str, offer_id: &str) {
+        let unreachable = |reason: &str| CallOutcome::Unreachable {
+            offer_id: offer_id.to_string(),
+            reason: reason.to_string(),
+        };
+        let Some(call) = self.calls.get(call_id) else { return };
+        if call.phase != Phase::Queued || call.agent.is_some() {
+            report(&self.routing, call, unreachable("call is not waiting for an agent"));
+            return;
+        }
+        let Some(binding) = self.registrar.lookup(user, Self::now()).cloned() else {
+            report(&self.routing, call, unreachable("agent phone not registered"));
+            return;
+        };
+        let Ok(uri) = rsip::Uri::try_from(binding.contact.as_str()) else {
+            report(&self.routing, call, unreachable("unusable contact"));
+            return;
+        };
+        let socket = match bind_rtp(self.rtp_bind_ip(), self.cfg.rtp_port_min, self.cfg.rtp_port_max).await {
+            Ok(s) => s,
+            Err(_) => {
+                if let Some(call) = self.calls.get(call_id) {
+                    report(&self.routing, call, unreachable("no RTP port"));
+                }
+                return;
+            }
+        };
+        let Some(call) = self.calls.get(call_id) else { return };
+        let local_rtp = SocketAddr::new(self.local_ip, socket.local_addr().map(|a| a.port()).unwrap_or(0));
+        let offer = sdp::render(
+            local_rtp,
+            rand::random::<u32>() as u64,
+            1,
+            &[Codec::Pcmu, Codec::Pcma],
+            Some(TELEPHONE_EVENT_PT),
+            Direction::SendRecv,
+        );
+        let transport = binding.peer.transport;
+        let sip_call_id = format!("{}@{}", uuid::Uuid::new_v4(), self.local_ip);
+        let from_user = sip_user_safe(&call.info.caller);
+        let display = call
+            .info
+            .caller_name
+            .clone()
+            .unwrap_or_else(|| call.info.caller.clone())
+            .replace(['"', '\\'], "");
+        let host = host_port(self.local_ip, 0);
+        let mut headers = rsip::Headers::default();
+        headers.push(make_header("Via", format!("{};branch={};rport", self.via(transport), new_branch())));
+        headers.push(make_header("Max-Forwards", "70"));
+        headers.push(make_header("From", format!("\"{display}\" <sip:{from_user}@{host}>;tag={}", random_token())));
+        headers.push(make_header("To", format!("<sip:{}@{host}>", sip_user_safe(user))));
+        headers.push(make_header("Call-ID", sip_call_id.clone()));
+        headers.push(make_header("CSeq", "1 INVITE"));
+        headers.push(make_header("Contact", format!("<{}>", self.contact(transport))));
+        headers.push(make_header("Allow", ALLOW));
+        headers.push(make_header("User-Agent", self.cfg.user_agent.clone()));
+        headers.push(make_header("X-Switchboard-Call-ID", call_id.to_string()));
+        headers.push(make_header("Content-Type", "application/sdp"));
+        let invite = Request {
+            method: Method::Invite,
+            uri,
+            version: rsip::Version::V2,
+            headers,
+            body: offer.into_bytes(),
+        };
+        let leg_id = self.next_leg();
+        let media = spawn_leg(leg_id, socket, local_rtp, self.moh.clone(), self.media_tx.clone());
+        let key = self.send_request(invite.clone(), binding.peer, ClientPurpose::AgentInvite(call_id.to_string()));
+        tracing::info!(call_id = %call_id, agent = %user, offer_id = %offer_id, "Ringing agent.");
+        self.by_leg.insert(leg_id, (call_id.to_string(), Side::Agent));
+        self.by_sip_call_id
+            .insert(sip_call_id.clone(), (call_id.to_string(), Side::Agent));
+        let ring = Duration::from_secs(self.cfg.ring_timeout_secs);
+        if let Some(call) = self.calls.get_mut(call_id) {
+            call.agent = Some(AgentLeg {
+                user: user.to_string(),
+                offer_id: offer_id.to_string(),
+                invite,
+                invite_key: key,
+                peer: binding.peer,
+                media,
+                dialog: None,
+                ring_deadline: Some(Self::now() + ring),
+                state: AgentState::Ringing,
+                sip_call_id,
+                reported_ringing: false,
+                answer: None,
+                sdp_version: 1,
+            });
+        }
+    }
+
+    fn on_response(&mut self, key: TransactionKey, resp: Response, info: &Essentials) {
+        let Some(ClientPurpose::AgentInvite(call_id)) = self.client_tx.get(&key).cloned() else {
+            return;
+        };
+        let code = resp.status_code.code();
+        if code >= 200 {
+            self.client_tx.remove(&key);
+        }
+        let Some(call) = self.calls.get_mut(&call_id) else {
+            return;
+        };
+        let Some(agent) = call.agent.as_mut().filter(|a| a.invite_key == key) else {
+            return;
+        };
+        match code {
+            180 | 183 if !agent.reported_ringing => {
+                agent.reported_ringing = true;
+                let ev = CallOutcome::Ringing {
+                    offer_id: agent.offer_id.clone(),
+                };
+                let call = &*call;
+                report(&self.routing, call, ev);
+            }
+            100..=199 => {}
+            200..=299 => self.on_agent_answer(&call_id, &resp, info),
+            _ => {
+                let state = agent.state;
+                let offer_id = agent.offer_id.clone();
+                let leg = agent.media.id;
+                agent.media.command(MediaCommand::Stop);
+                let sip_call_id = agent.sip_call_id.clone();
+                call.agent = None;
+                let ev = match code {
+                    486 | 600 | 603 => CallOutcome::Busy { offer_id },
+                    _ => CallOutcome::Unreachable {
+                        offer_id,
+                        reason: format!("agent phone answered {code}"),
+                    },
+                };
+                // After our CANCEL (ring-no-answer) the 487 needs no second report.
+                if state == AgentState::Ringing {
+                    let call = &*call;
+                    report(&self.routing, call, ev);
+                }
+                self.by_leg.remove(&leg);
+                self.by_sip_call_id.remove(&sip_call_id);
+            }
+        }
+    }
+
+    fn on_agent_answer(&mut self, call_id: &str, resp: &Response, info: &Essentials) {
+        let vias = self.vias();
+        let Some(call) = self.calls.get_mut(call_id) else { return };
+        let Some(agent) = call.agent.as_mut() else { return };
+        if agent.dialog.is_some() {
+            return; // a 2xx retransmission: re-ACKed via on_stray_2xx
+        }
+        let Some(mut dialog) = Dialog::as_uac(&agent.invite, resp, info) else {
+            return;
+        };
+        let via = vias.get(agent.peer.transport).to_string();
+        let invite_cseq = 1;
+        let ack = dialog.request(Method::Ack, &via, "", Some(invite_cseq));
+        let neg = sdp::SessionDescription::parse(resp.body()).and_then(|s| sdp::negotiate(&s));
+        let peer = agent.peer;
+        let cancelled = agent.state == AgentState::Cancelling;
+        agent.ring_deadline = None;
+        agent.dialog = Some(dialog);
+        if let Some(ack) = ack {
+            self.transport.send(peer, to_bytes(&ack.into()));
+        }
+        let Some(call) = self.calls.get_mut(call_id) else { return };
+        let Some(agent) = call.agent.as_mut() else { return };
+        let neg = match neg {
+            Ok(n) if !cancelled && call.phase == Phase::Queued => n,
+            other => {
+                // Answered too late (after CANCEL) or with unusable SDP: hang up that leg.
+                if let (Ok(_) | Err(_), false) = (&other, cancelled) {
+                    let ev = CallOutcome::Unreachable {
+                        offer_id: agent.offer_id.clone(),
+                        reason: "agent phone answered with unusable SDP".into(),
+                    };
+                    let call = &*call;
+                    report(&self.routing, call, ev);
+                }
+                self.drop_agent_leg(call_id, true);
+                return;
+            }
+        };
+        agent.state = AgentState::Answered;
+        agent.media.command(MediaCommand::SetRemote(neg));
+        let caller_media = call.caller.media.clone();
+        let agent_media = agent.media.clone();
+        caller_media.command(MediaCommand::Moh(false));
+        caller_media.command(MediaCommand::StopPlayback);
+        caller_media.command(MediaCommand::RelayTo(Some(agent_media.relay_input())));
+        agent_media.command(MediaCommand::RelayTo(Some(caller_media.relay_input())));
+        let path = self.cfg.recordings_dir.join(format!("{}.wav", file_safe(call_id)));
+        if let Some(rec) = spawn_recorder(path) {
+            caller_media.command(MediaCommand::Tap(Some((rec.mixer.clone(), true))));
+            agent_media.command(MediaCommand::Tap(Some((rec.mixer.clone(), false))));
+            call.recorder = Some(rec);
+        }
+        call.phase = Phase::Bridged;
+        let ev = CallOutcome::Answered {
+            offer_id: agent.offer_id.clone(),
+            agent: agent.user.clone(),
+        };
+        tracing::info!(call_id = %call_id, agent = %agent.user, "Agent answered; legs bridged.");
+        let call = &*call;
+        report(&self.routing, call, ev);
+    }
+
+    /// Ends the agent leg (BYE when `answered`) and puts the caller back on hold music.
+    fn drop_agent_leg(&mut self, call_id: &str, answered: bool) {
+        let vias = self.vias();
+        let via = |t: Transport| vias.get(t).to_string();
+        let Some(call) = self.calls.get_mut(call_id) else { return };
+        let Some(mut agent) = call.agent.take() else { return };
+        let mut bye = None;
+        if answered {
+            if let Some(d) = agent.dialog.as_mut() {
+                bye = d.request(Method::Bye, &via(agent.peer.transport), "", None);
+            }
+        }
+        agent.media.command(MediaCommand::Stop);
+        call.caller.media.command(MediaCommand::RelayTo(None));
+        call.caller.media.command(MediaCommand::Moh(true));
+        self.by_leg.remove(&agent.media.id);
+        self.by_sip_call_id.remove(&agent.sip_call_id);
+        if let Some(bye) = bye {
+            self.send_request(bye, agent.peer, ClientPurpose::Other);
+        }
+    }
+
+    fn on_stray_2xx(&mut self, info: &Essentials) {
+        // A retransmitted 2xx means our ACK was lost: ACK again (§13.2.2.4).
+        let Some((call_id, Side::Agent)) = self.by_sip_call_id.get(&info.call_id).cloned() else {
+            return;
+        };
+        let vias = self.vias();
+        let via = |t: Transport| vias.get(t).to_string();
+        let Some(agent) = self.calls.get_mut(&call_id).and_then(|c| c.agent.as_mut()) else {
+            return;
+        };
+        let peer = agent.peer;
+        let ack = agent
+            .dialog
+            .as_mut()
+            .and_then(|d| d.request(Method::Ack, &via(peer.transport), "", Some(info.cseq)));
+        if let Some(ack) = ack {
+            self.transport.send(peer, to_bytes(&ack.into()));
+        }
+    }
+
+    fn on_tx_timeout(&mut self, key: TransactionKey) {
+        let Some(ClientPurpose::AgentInvite(call_id)) = self.client_tx.remove(&key) else {
+            return;
+        };
+        let Some(call) = self.calls.get(&call_id) else { return };
+        let Some(agent) = call.agent.as_ref().filter(|a| a.invite_key == key) else { return };
+        if agent.state == AgentState::Ringing {
+            let ev = CallOutcome::Unreachable {
+                offer_id: agent.offer_id.clone(),
+                reason: "agent phone did not respond".into(),
+            };
+            report(&self.routing, call, ev);
+        }
+        self.drop_agent_leg(&call_id, false);
+    }
+
+    fn on_ack(&mut self, _req: &Request, info: &Essentials) {
+        let Some((call_id, side)) = self.by_sip_call_id.get(&info.call_id).cloned() else {
+            return;
+        };
+        let Some(call) = self.calls.get_mut(&call_id) else { return };
+        match side {
+            Side::Caller => call.caller.answer = None,
+            _ => {
+                if let Some(a) = call.agent.as_mut() {
+                    a.answer = None;
+                }
+            }
+        }
+    }
+
+    fn on_reinvite(&mut self, key: TransactionKey, req: Request, info: Essentials) {
+        let Some((call_id, side)) = self.by_sip_call_id.get(&info.call_id).cloned() else {
+            self.reply(&key, &req, 481, Vec::new());
+            return;
+        };
+        let contact = self.contact(Transport::Udp);
+        let Some(call) = self.calls.get_mut(&call_id) else { return };
+        // RFC 3261 §14.2 / RFC 5407 §3.1.5: while our previous 2xx is not ACKed the
+        // offer/answer exchange is still open, so a new INVITE is a glare: 491.
+        let (pending, dialog_ok) = match side {
+            Side::Caller => (
+                call.caller.answer.is_some(),
+                call.caller.dialog.matches(&info) && call.caller.dialog.on_remote_request(&req, &info).is_ok(),
+            ),
+            _ => match call.agent.as_mut().and_then(|a| a.dialog.as_mut().map(|d| (a.answer.is_some(), d))) {
+                Some((pending, d)) => (pending, d.on_remote_request(&req, &info).is_ok()),
+                None => (false, false),
+            },
+        };
+        if !dialog_ok {
+            self.reply(&key, &req, 500, vec![make_header("Retry-After", "1")]);
+            return;
+        }
+        if pending {
+            self.reply(&key, &req, 491, Vec::new());
+            return;
+        }
+        let Some(call) = self.calls.get_mut(&call_id) else { return };
+        let (media, other, local_tag, session_id, version, codec, te) = match side {
+            Side::Caller => {
+                call.caller.sdp_version += 1;
+                (
+                    call.caller.media.clone(),
+                    call.agent.as_ref().map(|a| a.media.clone()),
+                    call.caller.dialog.id.local_tag.clone(),
+                    call.caller.session_id,
+                    call.caller.sdp_version,
+                    Some(call.caller.codec),
+                    call.caller.telephone_event,
+                )
+            }
+            _ => {
+                let Some(agent) = call.agent.as_mut() else { return };
+                agent.sdp_version += 1;
+                let tag = agent.dialog.as_ref().map(|d| d.id.local_tag.clone()).unwrap_or_default();
+                (
+                    agent.media.clone(),
+                    Some(call.caller.media.clone()),
+                    tag,
+                    1,
+                    agent.sdp_version,
+                    None,
+                    Some(TELEPHONE_EVENT_PT),
+                )
+            }
+        };
+        let body = if req.body().is_empty() {
+            // Offerless re-INVITE: we offer in the 2xx, the answer comes in the ACK.
+            sdp::render(media.local, session_id, version, &[codec.unwrap_or(Codec::Pcmu)], te, Direction::SendRecv)
+        } else {
+            match sdp::SessionDescription::parse(req.body()).and_then(|s| sdp::negotiate(&s)) {
+                Ok(neg) => {
+                    let hold = neg.is_hold();
+                    media.command(MediaCommand::SetRemote(Negotiated {
+                        codec: codec.unwrap_or(neg.codec),
+                        ..neg
+                    }));
+                    // Hold: the other party hears music on hold until resumed.
+                    if let Some(other) = &other {
+                        if call.phase == Phase::Bridged {
+                            other.command(MediaCommand::Moh(hold));
+                        }
+                    }
+                    tracing::info!(call_id = %call_id, hold, "Re-INVITE accepted.");
+                    sdp::render(
+                        media.local,
+                        session_id,
+                        version,
+                        &[codec.unwrap_or(neg.codec)],
+                        neg.telephone_event,
+                        neg.direction.answer(),
+                    )
+                }
+                Err(_) => {
+                    self.reply(&key, &req, 488, Vec::new());
+                    return;
+                }
+            }
+        };
+        let mut extra = vec![
+            make_header("Contact", format!("<{contact}>")),
+            make_header("Allow", ALLOW),
+            make_header("Content-Type", "application/sdp"),
+        ];
+        extra.push(make_header("Server", self.cfg.user_agent.clone()));
+        let resp = response_to(&req, 200, Some(&local_tag), extra, body.into_bytes());
+        let peer = self.layer.peer_of(&key);
+        let bytes = to_bytes(&resp.clone().into());
+        self.respond(&key, resp);
+        if let Some(peer) = peer {
+            let r = AnswerRetransmitter::new(bytes, peer.transport.is_reliable(), self.layer.timers(), Self::now());
+            if let Some(call) = self.calls.get_mut(&call_id) {
+                match side {
+                    Side::Caller => call.caller.answer = Some((r, peer)),
+                    _ => {
+                        if let Some(a) = call.agent.as_mut() {
+                            a.answer = Some((r, peer));
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn on_bye(&mut self, key: TransactionKey, req: Request, info: Essentials) {
+        let Some((call_id, side)) = self.by_sip_call_id.get(&info.call_id).cloned() else {
+            self.reply(&key, &req, 481, Vec::new());
+            return;
+        };
+        self.reply(&key, &req, 200, Vec::new());
+        if side == Side::Agent {
+            let bridged = self.calls.get(&call_id).is_some_and(|c| c.phase == Phase::Bridged);
+            if !bridged {
+                // The agent hung up a leg that never got bridged: caller stays queued.
+                self.drop_agent_leg(&call_id, false);
+                return;
+            }
+        }
+        self.end_call(&call_id, side);
+    }
+
+    fn on_cancel(&mut self, key: TransactionKey, req: Request, info: Essentials) {
+        let invite_key = key.cancelled_invite();
+        if !self.layer.is_pending(&invite_key) {
+            // §9.2: no matching pending INVITE: 481; answered already: 200, no effect.
+            let code = if self.by_sip_call_id.contains_key(&info.call_id) { 200 } else { 481 };
+            self.reply(&key, &req, code, Vec::new());
+            return;
+        }
+        self.reply(&key, &req, 200, Vec::new());
+        let mut invite = req.clone();
+        invite.method = Method::Invite;
+        let tag = random_token();
+        let mut resp = response_to(&invite, 487, Some(&tag), Vec::new(), Vec::new());
+        for h in resp.headers.iter_mut() {
+            if let rsip::Header::CSeq(c) = h {
+                use rsip::headers::UntypedHeader;
+                c.replace(format!("{} INVITE", info.cseq));
+            }
+        }
+        self.respond(&invite_key, resp);
+        if let Some((call_id, _)) = self.by_sip_call_id.get(&info.call_id).cloned() {
+            self.end_call(&call_id, Side::Caller);
+        }
+    }
+
+    fn on_info(&mut self, key: TransactionKey, req: Request, info: Essentials) {
+        let Some((call_id, side)) = self.by_sip_call_id.get(&info.call_id).cloned() else {
+            self.reply(&key, &req, 481, Vec::new());
+            return;
+        };
+        let ct = req.value_of("Content-Type").unwrap_or_default().to_string();
+        let digit = parse_info_body(&ct, req.body());
+        self.reply(&key, &req, if digit.is_some() || req.body().is_empty() { 200 } else { 415 }, Vec::new());
+        if let (Some(d), Side::Caller) = (digit, side) {
+            self.on_digit(&call_id, d);
+        }
+    }
+
+    /// Tears a call down: BYE/CANCEL to the legs still up, media stopped, core told.
+    fn end_call(&mut self, call_id: &str, by: Side) {
+        let vias = self.vias();
+        let via = |t: Transport| vias.get(t).to_string();
+        let Some(mut call) = self.calls.remove(call_id) else { return };
+        let mut requests = Vec::new();
+        if by != Side::Caller {
+            let t = call.caller.peer.transport;
+            if let Some(bye) = call.caller.dialog.request(Method::Bye, &via(t), "", None) {
+                requests.push((bye, call.caller.peer));
+            }
+        }
+        let mut agent_answered = false;
+        if let Some(agent) = call.agent.as_mut() {
+            match agent.state {
+                AgentState::Ringing => requests.push((cancel_for(&agent.invite), agent.peer)),
+                AgentState::Answered if by != Side::Agent => {
+                    agent_answered = true;
+                    if let Some(bye) = agent
+                        .dialog
+                        .as_mut()
+                        .and_then(|d| d.request(Method::Bye, &via(agent.peer.transport), "", None))
+                    {
+                        requests.push((bye, agent.peer));
+                    }
+                }
+                AgentState::Answered => agent_answered = true,
+                AgentState::Cancelling => {}
+            }
+            agent.media.command(MediaCommand::Stop);
+            self.by_leg.remove(&agent.media.id);
+            self.by_sip_call_id.remove(&agent.sip_call_id);
+        }
+        call.caller.media.command(MediaCommand::Stop);
+        self.by_leg.remove(&call.caller.media.id);
+        self.by_sip_call_id.remove(&call.id);
+        for (req, peer) in requests {
+            self.send_request(req, peer, ClientPurpose::Other);
+        }
+        tracing::info!(call_id = %call_id, by = ?by, "Call ended.");
+        let routing = self.routing.clone();
+        let ticket = call.ticket.clone();
+        if let Some(vm) = call.voicemail.filter(|v| v.started) {
+            let info = call.info.clone();
+            tokio::spawn(async move {
+                // Give the media task a moment to close the file: it owns the writer.
+                tokio::task::yield_now().await;
+                let _ = routing.voicemail(info, vm.path).await;
+            });
+            return;
+        }
+        match (call.phase, ticket) {
+            (Phase::Bridged, Some(ticket)) if agent_answered => {
+                let recorder = call.recorder.take();
+                tokio::spawn(async move {
+                    let recording = match recorder {
+                        Some(r) => {
+                            let _ = r.stop.send(());
+                            let _ = r.done.await;
+                            Some(r.path)
+                        }
+                        None => None,
+                    };
+                    let _ = routing.call_event(&ticket, CallOutcome::Ended { by, recording }).await;
+                });
+            }
+            (Phase::Queued | Phase::Enqueuing | Phase::Bridged, Some(ticket)) if by == Side::Caller => {
+                tokio::spawn(async move {
+                    let _ = routing.abandon(&ticket).await;
+                });
+            }
+            (_, Some(ticket)) => {
+                tokio::spawn(async move {
+                    let ev = CallOutcome::Ended { by, recording: None };
+                    let _ = routing.call_event(&ticket, ev).await;
+                });
+            }
+            _ => {}
+        }
+    }
+}
+
+/// §9.1: CANCEL mirrors the INVITE's Request-URI, Call-ID, From, To, CSeq number
+/// and top Via (same branch), with Max-Forwards and Route copied.
+fn cancel_for(invite: &Request) -> Request {
+    let mut headers = rsip::Headers::default();
+    if let Some(via) = invite.value_of("Via") {
+        headers.push(make_header("Via", via));
+    }
+    headers.push(make_header("Max-Forwards", "70"));
+    for name in ["From", "To", "Call-ID"] {
+        if let Some(v) = invite.value_of(name) {
+            headers.push(make_header(name, v));
+        }
+    }
+    let n = invite
+        .value_of("CSeq")
+        .and_then(|c| c.split_whitespace().next())
+        .unwrap_or("1")
+        .to_string();
+    headers.push(make_header("CSeq", format!("{n} CANCEL")));
+    for r in invite.values_of("Route") {
+        headers.push(make_header("Route", r));
+    }
+    Request {
+        method: Method::Cancel,
+        uri: invite.uri.clone(),
+        version: rsip::Version::V2,
+        headers,
+        body: Vec::new(),
+    }
+}
+
+/// `ip:port` with IPv6 brackets; port 0 means "no port".
+fn host_port(ip: IpAddr, port: u16) -> String {
+    let host = match ip {
+        IpAddr::V6(v6) => format!("[{v6}]"),
+        IpAddr::V4(v4) => v4.to_string(),
+    };
+    if port == 0 {
+        host
+    } else {
+        format!("{host}:{port}")
+    }
+}
+
+/// Keeps characters safe in a file name.
+fn file_safe(s: &str) -> String {
+    s.chars()
+        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' })
+        .collect()
+}
+
+/// Keeps characters allowed unescaped in a SIP user part (RFC 3261 §25.1).
+fn sip_user_safe(s: &str) -> String {
+    let cleaned: String = s
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || "-_.!~*'()&=+$,;?/".contains(*c))
+        .collect();
+    if cleaned.is_empty() {
+        "anonymous".into()
+    } else {
+        cleaned
+    }
+}
+
+/// Prompt names that say `n` (0-20 as words, then tens and units).
+pub fn number_prompts(n: u32) -> Vec<String> {
+    match n {
+        0..=20 => vec![n.to_string()],
+        21..=99 => {
+            let mut v = vec![(n / 10 * 10).to_string()];
+            if n % 10 != 0 {
+                v.push((n % 10).to_string());
+            }
+            v
+        }
+        _ => vec!["many".to_string()],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbers_are_spoken_in_parts() {
+        assert_eq!(number_prompts(7), vec!["7"]);
+        assert_eq!(number_prompts(42), vec!["40", "2"]);
+        assert_eq!(number_prompts(30), vec!["30"]);
+        assert_eq!(number_prompts(500), vec!["many"]);
+    }
+
+    #[test]
+    fn cancel_mirrors_invite() {
+        let (msg, _) = crate::sip::message::parse(
+            crate::sip::message::tests_support::INVITE.as_bytes(),
+            65_535,
+        )
+        .unwrap();
+        let rsip::SipMessage::Request(invite) = msg else { panic!("request") };
+        let c = cancel_for(&invite).to_string();
+        assert!(c.starts_with("CANCEL sip:+4930123@127.0.0.1 SIP/2.0"));
+        assert!(c.contains("branch=z9hG4bK776asdhds"));
+        assert!(c.contains("CSeq: 314159 CANCEL"));
+        assert_eq!(sip_user_safe("+49 30 <x>"), "+4930x");
+        assert_eq!(file_safe("a@b/c"), "a_b_c");
+    }
+}

@@ -1,0 +1,219 @@
+//! The event bus: every state change is a row in `interaction_events` (append-only) and a
+//! PostgreSQL NOTIFY in the same transaction, so every node hears every committed event and
+//! nobody hears an uncommitted one (invariant 4). Each node's listener fans events out on
+//! an in-process broadcast channel.
+
+use crate::error::CoreResult;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use sqlx::postgres::{PgConnectOptions, PgListener};
+use sqlx::{PgConnection, PgPool};
+use std::sync::Arc;
+use tokio::sync::broadcast;
+use uuid::Uuid;
+
+/// The NOTIFY channel.
+pub const NOTIFY_CHANNEL: &str = "switchboard_events";
+
+/// A committed event.
+#[derive(Debug, Clone, Serialize, Deserialize, sqlx::FromRow)]
+pub struct HubEvent {
+    /// Row id in `interaction_events` (monotonic per database).
+    pub id: i64,
+    /// Interaction concerned, if any.
+    pub interaction_id: Option<Uuid>,
+    /// Agent concerned, if any.
+    pub agent_id: Option<Uuid>,
+    /// Queue concerned, if any.
+    pub queue_id: Option<Uuid>,
+    /// Event kind (`enqueued`, `offered`, `accepted`, `presence`, `message`, ...).
+    pub kind: String,
+    /// Kind-specific data.
+    pub data: serde_json::Value,
+    /// Commit time.
+    pub at: DateTime<Utc>,
+}
+
+/// A new event to record.
+#[derive(Debug, Clone, Default)]
+pub struct NewEvent {
+    /// Interaction concerned.
+    pub interaction_id: Option<Uuid>,
+    /// Agent concerned.
+    pub agent_id: Option<Uuid>,
+    /// Queue concerned.
+    pub queue_id: Option<Uuid>,
+    /// Kind.
+    pub kind: &'static str,
+    /// Data.
+    pub data: serde_json::Value,
+}
+
+impl NewEvent {
+    /// An event of `kind` about an interaction.
+    pub fn interaction(kind: &'static str, interaction_id: Uuid) -> Self {
+        NewEvent { interaction_id: Some(interaction_id), kind, data: serde_json::json!({}), ..Default::default() }
+    }
+    /// An event of `kind` about an agent.
+    pub fn agent(kind: &'static str, agent_id: Uuid) -> Self {
+        NewEvent { agent_id: Some(agent_id), kind, data: serde_json::json!({}), ..Default::default() }
+    }
+    /// Sets the agent.
+    pub fn with_agent(mut self, a: Option<Uuid>) -> Self {
+        self.agent_id = a;
+        self
+    }
+    /// Sets the queue.
+    pub fn with_queue(mut self, q: Option<Uuid>) -> Self {
+        self.queue_id = q;
+        self
+    }
+    /// Sets the data.
+    pub fn with_data(mut self, d: serde_json::Value) -> Self {
+        self.data = d;
+        self
+    }
+}
+
+/// Appends an event and notifies in the caller's transaction; delivered on commit.
+pub async fn record(conn: &mut PgConnection, e: NewEvent) -> CoreResult<HubEvent> {
+    let ev: HubEvent = sqlx::query_as(
+        "insert into interaction_events (interaction_id, agent_id, queue_id, kind, data)
+         values ($1, $2, $3, $4, $5)
+         returning id, interaction_id, agent_id, queue_id, kind, data, at",
+    )
+    .bind(e.interaction_id)
+    .bind(e.agent_id)
+    .bind(e.queue_id)
+    .bind(e.kind)
+    .bind(&e.data)
+    .fetch_one(&mut *conn)
+    .await?;
+    notify(conn, &ev).await?;
+    Ok(ev)
+}
+
+/// Sends the NOTIFY for an already inserted event row.
+pub async fn notify(conn: &mut PgConnection, ev: &HubEvent) -> CoreResult<()> {
+    let mut payload = serde_json::to_string(ev).unwrap_or_default();
+    // NOTIFY payloads must stay under 8000 bytes; large events travel by id.
+    if payload.len() > 7000 {
+        payload = serde_json::json!({ "ref": ev.id }).to_string();
+    }
+    sqlx::query("select pg_notify($1, $2)").bind(NOTIFY_CHANNEL).bind(payload).execute(conn).await?;
+    Ok(())
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Payload {
+    Full(HubEvent),
+    Ref {
+        #[serde(rename = "ref")]
+        id: i64,
+    },
+}
+
+/// The in-process side of the bus.
+#[derive(Clone)]
+pub struct EventBus {
+    tx: broadcast::Sender<Arc<HubEvent>>,
+}
+
+impl Default for EventBus {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl EventBus {
+    /// A bus with room for bursts.
+    pub fn new() -> Self {
+        let (tx, _) = broadcast::channel(16384);
+        EventBus { tx }
+    }
+
+    /// Subscribes to every event this node hears.
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<HubEvent>> {
+        self.tx.subscribe()
+    }
+
+    /// Publishes locally (used by the listener).
+    pub fn publish(&self, ev: HubEvent) {
+        let _ = self.tx.send(Arc::new(ev));
+    }
+
+    /// Runs the LISTEN loop until the shutdown signal, reconnecting on failure. Events missed
+    /// during a reconnect are read back from the table by id.
+    pub async fn run_listener(self, options: PgConnectOptions, pool: PgPool, mut shutdown: tokio::sync::watch::Receiver<bool>, ready: tokio::sync::oneshot::Sender<()>) {
+        let mut ready = Some(ready);
+        let mut last_id: Option<i64> = None;
+        loop {
+            let mut listener = match PgListener::connect_with(&pool).await {
+                Ok(l) => l,
+                Err(e) => {
+                    tracing::warn!(error = %e, "Event listener connect failed; retrying.");
+                    tokio::select! {
+                        _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => continue,
+                        _ = shutdown.changed() => return,
+                    }
+                }
+            };
+            let _ = &options;
+            if let Err(e) = listener.listen(NOTIFY_CHANNEL).await {
+                tracing::warn!(error = %e, "LISTEN failed; retrying.");
+                continue;
+            }
+            if let Some(r) = ready.take() {
+                let _ = r.send(());
+            }
+            // Catch up on anything committed while we were disconnected.
+            if let Some(from) = last_id {
+                if let Ok(missed) = sqlx::query_as::<_, HubEvent>(
+                    "select id, interaction_id, agent_id, queue_id, kind, data, at from interaction_events where id > $1 order by id limit 10000",
+                )
+                .bind(from)
+                .fetch_all(&pool)
+                .await
+                {
+                    for ev in missed {
+                        last_id = Some(ev.id);
+                        self.publish(ev);
+                    }
+                }
+            }
+            loop {
+                tokio::select! {
+                    _ = shutdown.changed() => return,
+                    n = listener.try_recv() => match n {
+                        Ok(Some(n)) => {
+                            let ev = match serde_json::from_str::<Payload>(n.payload()) {
+                                Ok(Payload::Full(ev)) => ev,
+                                Ok(Payload::Ref { id }) => match sqlx::query_as::<_, HubEvent>(
+                                    "select id, interaction_id, agent_id, queue_id, kind, data, at from interaction_events where id = $1",
+                                ).bind(id).fetch_optional(&pool).await {
+                                    Ok(Some(ev)) => ev,
+                                    _ => continue,
+                                },
+                                Err(e) => {
+                                    tracing::warn!(error = %e, "Unreadable event notification.");
+                                    continue;
+                                }
+                            };
+                            last_id = Some(last_id.map_or(ev.id, |l| l.max(ev.id)));
+                            self.publish(ev);
+                        }
+                        Ok(None) => {
+                            tracing::warn!("Event listener connection lost; reconnecting.");
+                            break;
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "Event listener error; reconnecting.");
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,270 @@
+//! Core settings: HTTP, database, router, auth and outbox. Loaded by the binary from
+//! `config/default.toml`, an optional file and `SWITCHBOARD__SECTION__KEY` environment
+//! overrides; every unknown key is an error naming the key.
+
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use std::path::PathBuf;
+
+/// HTTP listener settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpSettings {
+    /// Address to listen on; port 0 picks a free port.
+    #[serde(default = "default_bind")]
+    pub bind: String,
+    /// Public base URL printed in links (defaults to `http://<bind>`).
+    #[serde(default)]
+    pub public_url: Option<String>,
+    /// Largest accepted request body in bytes.
+    #[serde(default = "default_max_body")]
+    pub max_body_bytes: usize,
+    /// Directory of static web pages (inbox, dashboard, widget).
+    #[serde(default = "default_web_dir")]
+    pub web_dir: PathBuf,
+}
+
+fn default_bind() -> String {
+    "127.0.0.1:8080".into()
+}
+fn default_max_body() -> usize {
+    1024 * 1024
+}
+fn default_web_dir() -> PathBuf {
+    "web".into()
+}
+
+impl Default for HttpSettings {
+    fn default() -> Self {
+        HttpSettings { bind: default_bind(), public_url: None, max_body_bytes: default_max_body(), web_dir: default_web_dir() }
+    }
+}
+
+/// Database settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseSettings {
+    /// PostgreSQL URL; empty means run the embedded cluster in `data_dir`.
+    #[serde(default)]
+    pub url: String,
+    /// Directory for the embedded cluster and other local data.
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+    /// Connection pool size.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: u32,
+}
+
+fn default_data_dir() -> PathBuf {
+    "data".into()
+}
+fn default_max_connections() -> u32 {
+    16
+}
+
+impl Default for DatabaseSettings {
+    fn default() -> Self {
+        DatabaseSettings { url: String::new(), data_dir: default_data_dir(), max_connections: default_max_connections() }
+    }
+}
+
+/// Router (ACD) settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouterSettings {
+    /// Whether this node competes for router leadership.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// Most decisions committed in one transaction.
+    #[serde(default = "default_batch")]
+    pub batch_size: usize,
+    /// Timer tick in milliseconds (offer timeouts, escalation, wrap-up).
+    #[serde(default = "default_tick_ms")]
+    pub tick_ms: u64,
+    /// Full state resync from the database every this many seconds.
+    #[serde(default = "default_resync")]
+    pub resync_secs: u64,
+    /// How often a standby tries to take leadership, in milliseconds.
+    #[serde(default = "default_standby_ms")]
+    pub standby_poll_ms: u64,
+}
+
+fn default_true() -> bool {
+    true
+}
+fn default_batch() -> usize {
+    256
+}
+fn default_tick_ms() -> u64 {
+    250
+}
+fn default_resync() -> u64 {
+    30
+}
+fn default_standby_ms() -> u64 {
+    500
+}
+
+impl Default for RouterSettings {
+    fn default() -> Self {
+        RouterSettings {
+            enabled: true,
+            batch_size: default_batch(),
+            tick_ms: default_tick_ms(),
+            resync_secs: default_resync(),
+            standby_poll_ms: default_standby_ms(),
+        }
+    }
+}
+
+/// Authentication settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthSettings {
+    /// Browser session lifetime in hours.
+    #[serde(default = "default_session_hours")]
+    pub session_ttl_hours: u32,
+    /// Mark the session cookie `Secure` (set when served over HTTPS).
+    #[serde(default)]
+    pub cookie_secure: bool,
+}
+
+fn default_session_hours() -> u32 {
+    12
+}
+
+impl Default for AuthSettings {
+    fn default() -> Self {
+        AuthSettings { session_ttl_hours: default_session_hours(), cookie_secure: false }
+    }
+}
+
+/// Outbox worker settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutboxSettings {
+    /// Poll interval in milliseconds when idle.
+    #[serde(default = "default_outbox_poll")]
+    pub poll_ms: u64,
+    /// Attempts before a message is marked failed.
+    #[serde(default = "default_attempts")]
+    pub max_attempts: i32,
+    /// First retry delay in milliseconds; doubles per attempt, capped at 10 minutes.
+    #[serde(default = "default_backoff")]
+    pub backoff_ms: u64,
+}
+
+fn default_outbox_poll() -> u64 {
+    500
+}
+fn default_attempts() -> i32 {
+    8
+}
+fn default_backoff() -> u64 {
+    1000
+}
+
+impl Default for OutboxSettings {
+    fn default() -> Self {
+        OutboxSettings { poll_ms: default_outbox_poll(), max_attempts: default_attempts(), backoff_ms: default_backoff() }
+    }
+}
+
+/// Everything core needs.
+#[derive(Debug, Clone, Default)]
+pub struct CoreSettings {
+    /// HTTP.
+    pub http: HttpSettings,
+    /// Database.
+    pub database: DatabaseSettings,
+    /// Router.
+    pub router: RouterSettings,
+    /// Auth.
+    pub auth: AuthSettings,
+    /// Outbox.
+    pub outbox: OutboxSettings,
+}
+
+/// A configuration problem: the key path and the reason.
+#[derive(Debug, thiserror::Error)]
+#[error("config key `{key}`: {reason}")]
+pub struct ConfigError {
+    /// Dotted key path (`http.bind`).
+    pub key: String,
+    /// What is wrong.
+    pub reason: String,
+}
+
+/// Merges `SWITCHBOARD__A__B=value` environment variables into a TOML table
+/// (`a.b = value`). Values parse as TOML scalars when they can, else as strings.
+pub fn apply_env_overrides(root: &mut toml::Table, vars: impl IntoIterator<Item = (String, String)>) -> Result<(), ConfigError> {
+    for (k, v) in vars {
+        let Some(path) = k.strip_prefix("SWITCHBOARD__") else { continue };
+        let keys: Vec<String> = path.split("__").map(|s| s.to_ascii_lowercase()).collect();
+        if keys.iter().any(|k| k.is_empty()) {
+            return Err(ConfigError { key: k.clone(), reason: "empty key segment in environment variable".into() });
+        }
+        let value = parse_scalar(&v);
+        let mut table = &mut *root;
+        for (i, key) in keys.iter().enumerate() {
+            if i + 1 == keys.len() {
+                table.insert(key.clone(), value.clone());
+            } else {
+                let entry = table.entry(key.clone()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
+                table = entry.as_table_mut().ok_or_else(|| ConfigError {
+                    key: keys[..=i].join("."),
+                    reason: format!("{k} overrides inside a value that is not a table"),
+                })?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn parse_scalar(v: &str) -> toml::Value {
+    let doc = format!("x = {v}");
+    match doc.parse::<toml::Table>() {
+        Ok(mut t) => t.remove("x").unwrap_or_else(|| toml::Value::String(v.to_string())),
+        Err(_) => toml::Value::String(v.to_string()),
+    }
+}
+
+/// Deserializes a typed section from a TOML value, reporting the full key path on error.
+pub fn typed<T: DeserializeOwned>(prefix: &str, value: toml::Value) -> Result<T, ConfigError> {
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = e.path().to_string();
+        let key = if path == "." || path.is_empty() { prefix.to_string() } else if prefix.is_empty() { path } else { format!("{prefix}.{path}") };
+        ConfigError { key, reason: e.into_inner().to_string() }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn env_overrides_nest_and_parse() {
+        let mut t: toml::Table = "[http]\nbind = \"a\"".parse().unwrap();
+        apply_env_overrides(
+            &mut t,
+            vec![
+                ("SWITCHBOARD__HTTP__BIND".into(), "127.0.0.1:0".into()),
+                ("SWITCHBOARD__ROUTER__BATCH_SIZE".into(), "12".into()),
+                ("OTHER".into(), "x".into()),
+            ],
+        )
+        .unwrap();
+        assert_eq!(t["http"]["bind"].as_str(), Some("127.0.0.1:0"));
+        assert_eq!(t["router"]["batch_size"].as_integer(), Some(12));
+    }
+
+    #[test]
+    fn typed_errors_name_the_key() {
+        let v: toml::Value = toml::Value::Table("bind = 5".parse().unwrap());
+        let e = typed::<HttpSettings>("http", v).unwrap_err();
+        assert_eq!(e.key, "http.bind");
+        let v: toml::Value = toml::Value::Table("bnid = \"x\"".parse().unwrap());
+        let e = typed::<HttpSettings>("http", v).unwrap_err();
+        assert!(e.reason.contains("bnid"), "{e}");
+    }
+}

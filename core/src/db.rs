@@ -1,0 +1,56 @@
+//! Database connection and migrations. The migration sequence lives in the workspace's
+//! `migrations/` folder and is embedded into the binary at compile time.
+
+use crate::config::DatabaseSettings;
+use crate::embedded::EmbeddedPostgres;
+use crate::error::{CoreError, CoreResult};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{ConnectOptions, Connection, PgPool};
+use std::str::FromStr;
+use std::time::Duration;
+
+/// The embedded migration sequence.
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
+
+/// An open database: the pool and, for the embedded default, the cluster that serves it.
+pub struct Database {
+    /// Connection pool.
+    pub pool: PgPool,
+    /// The embedded cluster, when no URL was configured.
+    pub embedded: Option<EmbeddedPostgres>,
+    /// Connect options (for dedicated connections such as the router lock and LISTEN).
+    pub options: PgConnectOptions,
+}
+
+impl Database {
+    /// Opens the configured database or starts the embedded one, and creates the
+    /// `switchboard` database inside the embedded cluster when missing.
+    pub async fn open(s: &DatabaseSettings) -> CoreResult<Database> {
+        let (options, embedded) = if s.url.trim().is_empty() {
+            let pg = EmbeddedPostgres::start(&s.data_dir).await?;
+            let mut admin = sqlx::PgConnection::connect_with(&pg.admin_options()).await?;
+            let exists: Option<i32> = sqlx::query_scalar("select 1 from pg_database where datname = 'switchboard'")
+                .fetch_optional(&mut admin)
+                .await?;
+            if exists.is_none() {
+                sqlx::query("create database switchboard").execute(&mut admin).await?;
+            }
+            (pg.connect_options(), Some(pg))
+        } else {
+            let o = PgConnectOptions::from_str(&s.url).map_err(|e| CoreError::Internal(format!("database.url: {e}")))?;
+            (o, None)
+        };
+        let options = options.disable_statement_logging();
+        let pool = PgPoolOptions::new()
+            .max_connections(s.max_connections)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_with(options.clone())
+            .await?;
+        Ok(Database { pool, embedded, options })
+    }
+
+    /// Applies pending migrations.
+    pub async fn migrate(&self) -> CoreResult<()> {
+        MIGRATOR.run(&self.pool).await.map_err(|e| CoreError::Internal(format!("migration failed: {e}")))
+    }
+}

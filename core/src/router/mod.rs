@@ -1,0 +1,238 @@
+//! The router (ACD). One leader per database holds a PostgreSQL advisory lock on a
+//! dedicated connection (invariant 5); standbys poll for the lock and take over within
+//! `standby_poll_ms` of the leader's connection dying. The leader keeps the pure
+//! [`engine::Engine`] in sync from events, decides in batches, and commits each batch in
+//! one statement before anyone hears of it (invariant 4); the database's unique index and
+//! capacity trigger back invariants 1 and 2 even against a confused leader.
+
+pub mod engine;
+pub mod store;
+
+use crate::bus::HubEvent;
+use crate::domain::Disposition;
+use crate::error::CoreResult;
+use crate::hub::Hub;
+use engine::Engine;
+use sqlx::postgres::PgConnectOptions;
+use sqlx::{ConnectOptions, Connection, PgConnection};
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use uuid::Uuid;
+
+/// The advisory lock key ("SWBD" as ASCII).
+pub const LEADER_LOCK_KEY: i64 = 0x5357_4244;
+
+/// Leadership status of this node.
+#[derive(Debug, Default)]
+pub struct RouterStatus {
+    leader: AtomicBool,
+    terms: AtomicU64,
+}
+
+impl RouterStatus {
+    /// Whether this node is the active router.
+    pub fn is_leader(&self) -> bool {
+        self.leader.load(Ordering::SeqCst)
+    }
+    /// How many times this node became leader.
+    pub fn terms(&self) -> u64 {
+        self.terms.load(Ordering::SeqCst)
+    }
+}
+
+fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+/// Runs leader election and, while leader, the routing loop, until shutdown.
+pub async fn run(hub: Hub, options: PgConnectOptions, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+    let poll = Duration::from_millis(hub.settings().router.standby_poll_ms);
+    loop {
+        if *shutdown.borrow() {
+            return;
+        }
+        match try_lead(&hub, &options, &mut shutdown).await {
+            Ok(true) => {}
+            Ok(false) => {}
+            Err(e) => tracing::warn!(error = %e, "Router leadership attempt failed."),
+        }
+        hub.0.router_status.leader.store(false, Ordering::SeqCst);
+        tokio::select! {
+            _ = tokio::time::sleep(poll) => {}
+            _ = shutdown.changed() => return,
+        }
+    }
+}
+
+async fn try_lead(hub: &Hub, options: &PgConnectOptions, shutdown: &mut tokio::sync::watch::Receiver<bool>) -> CoreResult<bool> {
+    let mut lock_conn = options.clone().application_name("switchboard-router-lock").connect().await?;
+    let got: bool = sqlx::query_scalar("select pg_try_advisory_lock($1)").bind(LEADER_LOCK_KEY).fetch_one(&mut lock_conn).await?;
+    if !got {
+        let _ = lock_conn.close().await;
+        return Ok(false);
+    }
+    hub.0.router_status.leader.store(true, Ordering::SeqCst);
+    hub.0.router_status.terms.fetch_add(1, Ordering::SeqCst);
+    tracing::info!("Router leadership acquired.");
+    let r = lead(hub, &mut lock_conn, shutdown).await;
+    hub.0.router_status.leader.store(false, Ordering::SeqCst);
+    let _ = sqlx::query("select pg_advisory_unlock($1)").bind(LEADER_LOCK_KEY).execute(&mut lock_conn).await;
+    let _ = lock_conn.close().await;
+    tracing::info!("Router leadership released.");
+    r.map(|_| true)
+}
+
+/// The leader's state and loop.
+struct Leader {
+    hub: Hub,
+    engine: Engine,
+}
+
+async fn lead(hub: &Hub, lock_conn: &mut PgConnection, shutdown: &mut tokio::sync::watch::Receiver<bool>) -> CoreResult<()> {
+    let s = hub.settings().router.clone();
+    // Subscribe before loading so nothing committed in between is missed.
+    let mut events = hub.events();
+    let mut leader = Leader { hub: hub.clone(), engine: Engine::new() };
+    store::load_all(hub.db(), &mut leader.engine).await?;
+    let mut tick = tokio::time::interval(Duration::from_millis(s.tick_ms));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_resync = Instant::now();
+    let mut last_health = Instant::now();
+    loop {
+        leader.route().await?;
+        tokio::select! {
+            _ = shutdown.changed() => return Ok(()),
+            ev = events.recv() => {
+                match ev {
+                    Ok(ev) => {
+                        let mut batch = vec![ev];
+                        while batch.len() < 4096 {
+                            match events.try_recv() {
+                                Ok(ev) => batch.push(ev),
+                                Err(_) => break,
+                            }
+                        }
+                        leader.apply_events(&batch).await?;
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                        tracing::warn!(missed = n, "Router lagged behind events; resyncing.");
+                        leader.engine = Engine::new();
+                        store::load_all(hub.db(), &mut leader.engine).await?;
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return Ok(()),
+                }
+            }
+            _ = tick.tick() => {
+                leader.timers().await?;
+                if last_health.elapsed() >= Duration::from_secs(1) {
+                    // Losing this connection means losing the lock: stop leading at once.
+                    sqlx::query("select 1").execute(&mut *lock_conn).await?;
+                    last_health = Instant::now();
+                }
+                if last_resync.elapsed() >= Duration::from_secs(s.resync_secs) {
+                    leader.engine = Engine::new();
+                    store::load_all(hub.db(), &mut leader.engine).await?;
+                    last_resync = Instant::now();
+                }
+            }
+        }
+    }
+}
+
+impl Leader {
+    async fn route(&mut self) -> CoreResult<()> {
+        let batch = self.hub.settings().router.batch_size.max(1);
+        loop {
+            let decisions = self.engine.decide(now_ms(), batch);
+            if decisions.is_empty() {
+                return Ok(());
+            }
+            let n = decisions.len();
+            store::commit(&self.hub, &mut self.engine, decisions).await?;
+            if n < batch {
+                return Ok(());
+            }
+        }
+    }
+
+    async fn apply_events(&mut self, batch: &[Arc<HubEvent>]) -> CoreResult<()> {
+        let mut agents: HashSet<Uuid> = HashSet::new();
+        let mut interactions: HashSet<Uuid> = HashSet::new();
+        let mut queues_changed = false;
+        for ev in batch {
+            let router_made = ev.data.get("router").and_then(|v| v.as_bool()).unwrap_or(false);
+            match ev.kind.as_str() {
+                "offered" if router_made => continue,
+                "queue_updated" | "queue_deleted" => queues_changed = true,
+                "agent_deleted" => {
+                    if let Some(a) = ev.agent_id {
+                        self.engine.remove_agent(a);
+                    }
+                    continue;
+                }
+                _ => {}
+            }
+            if let Some(a) = ev.agent_id {
+                agents.insert(a);
+            }
+            for key in ["released_agents", "cancelled_agents"] {
+                if let Some(list) = ev.data.get(key).and_then(|v| v.as_array()) {
+                    agents.extend(list.iter().filter_map(|v| v.as_str()).filter_map(|s| s.parse::<Uuid>().ok()));
+                }
+            }
+            if let Some(i) = ev.interaction_id {
+                if matches!(
+                    ev.kind.as_str(),
+                    "enqueued" | "requeued" | "offered" | "accepted" | "closed" | "abandoned" | "status" | "transferred" | "voicemail" | "interaction_updated"
+                ) {
+                    interactions.insert(i);
+                }
+            }
+        }
+        if queues_changed {
+            store::load_queues(self.hub.db(), &mut self.engine).await?;
+        }
+        if !agents.is_empty() {
+            store::load_agents(self.hub.db(), &mut self.engine, &agents.into_iter().collect::<Vec<_>>()).await?;
+        }
+        if !interactions.is_empty() {
+            store::load_interactions(self.hub.db(), &mut self.engine, &interactions.into_iter().collect::<Vec<_>>()).await?;
+        }
+        Ok(())
+    }
+
+    async fn timers(&mut self) -> CoreResult<()> {
+        self.hub.expire_offers().await?;
+        // Wrap-up time over: close with the disposition given so far (or `other`).
+        let due: Vec<(Uuid, Option<String>)> = sqlx::query_as(
+            "select i.id, i.disposition from interactions i join queues q on q.id = i.queue_id
+             where i.status = 'wrap_up' and q.wrap_up_secs > 0 and i.wrap_up_at + make_interval(secs => q.wrap_up_secs) <= now() limit 200",
+        )
+        .fetch_all(self.hub.db())
+        .await?;
+        for (id, disp) in due {
+            let d = disp.and_then(|d| d.parse().ok()).unwrap_or(Disposition::Other);
+            if let Err(e) = self.hub.close(id, None, d, None).await {
+                tracing::debug!(interaction_id = %id, error = %e, "Wrap-up close skipped.");
+            }
+        }
+        // Max wait exceeded: flag once and tell everyone (voice offers voicemail/callback).
+        let over: Vec<(Uuid, Option<Uuid>, String)> = sqlx::query_as(
+            "update interactions i set metadata = i.metadata || '{\"max_wait_exceeded\": true}'
+             from queues q where q.id = i.queue_id and i.status = 'queued' and q.max_wait_secs is not null
+               and i.enqueued_at + make_interval(secs => q.max_wait_secs) <= now()
+               and not (i.metadata ? 'max_wait_exceeded')
+             returning i.id, i.queue_id, i.channel",
+        )
+        .fetch_all(self.hub.db())
+        .await?;
+        for (id, q, ch) in over {
+            self.hub
+                .record_event(crate::bus::NewEvent::interaction("max_wait_exceeded", id).with_queue(q).with_data(serde_json::json!({ "channel": ch })))
+                .await?;
+        }
+        Ok(())
+    }
+}

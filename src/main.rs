@@ -1,0 +1,240 @@
+//! The `switchboard` command: serve, migrate, demo, user and token management.
+
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+use switchboard::settings::Settings;
+use switchboard_core::Role;
+
+/// Switchboard: an omnichannel contact hub. Phone (SIP), SMS, email and web chat become
+/// one skill-routed queue worked from one browser inbox.
+#[derive(Parser)]
+#[command(name = "switchboard", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Args, Clone)]
+struct Common {
+    /// TOML file merged over config/default.toml (environment SWITCHBOARD__SECTION__KEY overrides both).
+    #[arg(long, short = 'c', env = "SWITCHBOARD_CONFIG")]
+    config: Option<PathBuf>,
+    /// Override http.bind, e.g. 127.0.0.1:8080.
+    #[arg(long)]
+    bind: Option<String>,
+    /// Override database.data_dir (where the embedded PostgreSQL lives).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Override database.url; empty means the embedded PostgreSQL.
+    #[arg(long)]
+    database_url: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the hub: HTTP API and web pages, router, outbox, configured channels.
+    /// Without a database URL it starts an embedded PostgreSQL in the data directory.
+    Serve(Common),
+    /// Apply database migrations and exit.
+    Migrate(Common),
+    /// Run the hub with demo agents, skills, queues and accounts, printing the URLs and
+    /// the demo credentials.
+    Demo(Common),
+    /// Manage users.
+    User {
+        #[command(subcommand)]
+        command: UserCommand,
+    },
+    /// Manage API tokens.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum UserCommand {
+    /// Create a user. The password is read from SWITCHBOARD_PASSWORD or the first line of stdin.
+    Add {
+        #[command(flatten)]
+        common: Common,
+        /// Login name.
+        #[arg(long)]
+        username: String,
+        /// Role (repeatable): admin, supervisor, agent, marketer, kb_editor.
+        #[arg(long = "role", required = true)]
+        roles: Vec<String>,
+        /// Display name.
+        #[arg(long)]
+        display_name: Option<String>,
+        /// Also create an agent record with these skills, e.g. "language:en=5,billing=3".
+        #[arg(long)]
+        agent_skills: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Create an API token for a user and print it once.
+    Create {
+        #[command(flatten)]
+        common: Common,
+        /// The user the token acts as.
+        #[arg(long)]
+        username: String,
+        /// A name to recognise the token by.
+        #[arg(long)]
+        name: String,
+    },
+}
+
+fn load(common: &Common) -> Result<Settings, String> {
+    let mut env: Vec<(String, String)> = std::env::vars().collect();
+    if let Some(b) = &common.bind {
+        env.push(("SWITCHBOARD__HTTP__BIND".into(), format!("\"{b}\"")));
+    }
+    if let Some(d) = &common.data_dir {
+        env.push(("SWITCHBOARD__DATABASE__DATA_DIR".into(), format!("\"{}\"", d.display())));
+    }
+    if let Some(u) = &common.database_url {
+        env.push(("SWITCHBOARD__DATABASE__URL".into(), format!("\"{u}\"")));
+    }
+    Settings::load(common.config.as_deref(), env).map_err(|e| format!("configuration error: {e}"))
+}
+
+async fn wait_for_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(t) => t,
+            Err(_) => return ctrl_c.await.unwrap_or(()),
+        };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+fn read_password() -> Result<String, String> {
+    if let Ok(p) = std::env::var("SWITCHBOARD_PASSWORD") {
+        return Ok(p);
+    }
+    let mut line = String::new();
+    std::io::stdin().read_line(&mut line).map_err(|e| e.to_string())?;
+    let p = line.trim_end_matches(['\n', '\r']).to_string();
+    if p.is_empty() {
+        return Err("no password: set SWITCHBOARD_PASSWORD or pipe it on stdin".into());
+    }
+    Ok(p)
+}
+
+async fn run(cli: Cli) -> Result<(), String> {
+    match cli.command {
+        Command::Serve(c) => {
+            let s = load(&c)?;
+            let running = switchboard::start(s).await.map_err(|e| e.to_string())?;
+            println!("Switchboard is running at {}", running.url());
+            println!("  Agent inbox:     {}/", running.url());
+            println!("  Chat widget demo: {}/chat-demo.html", running.url());
+            wait_for_signal().await;
+            println!("Shutting down…");
+            running.stop().await;
+        }
+        Command::Migrate(c) => {
+            let s = load(&c)?;
+            let mut db = switchboard::open_database(&s).await.map_err(|e| e.to_string())?;
+            println!("Migrations applied.");
+            if let Some(mut pg) = db.embedded.take() {
+                pg.stop();
+            }
+        }
+        Command::Demo(c) => {
+            let s = load(&c)?;
+            let running = switchboard::start(s).await.map_err(|e| e.to_string())?;
+            switchboard::demo::seed(&running.hub).await.map_err(|e| e.to_string())?;
+            let url = running.url();
+            println!();
+            println!("Switchboard demo is running.");
+            println!("  Agent inbox:          {url}/");
+            println!("  Supervisor dashboard: {url}/dashboard.html");
+            println!("  Chat widget demo:     {url}/chat-demo.html");
+            println!("  API (OpenAPI):        {url}/api/openapi.json");
+            println!();
+            println!("Demo accounts (username / password / roles):");
+            for u in switchboard::demo::DEMO_USERS {
+                let roles: Vec<&str> = u.roles.iter().map(|r| r.as_str()).collect();
+                let skills = u.skills.map(|s| s.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",")).unwrap_or_default();
+                println!("  {:<7} {:<16} {:<20} {}", u.username, u.password, roles.join(","), skills);
+            }
+            println!();
+            println!("Press Ctrl-C to stop.");
+            wait_for_signal().await;
+            println!("Shutting down…");
+            running.stop().await;
+        }
+        Command::User { command: UserCommand::Add { common, username, roles, display_name, agent_skills } } => {
+            let s = load(&common)?;
+            let roles: Vec<Role> = roles.iter().map(|r| r.parse::<Role>()).collect::<Result<_, _>>()?;
+            let skills: std::collections::BTreeMap<String, u8> = match &agent_skills {
+                Some(spec) => spec
+                    .split(',')
+                    .filter(|p| !p.trim().is_empty())
+                    .map(|p| {
+                        let (k, v) = p.split_once('=').ok_or_else(|| format!("bad skill `{p}`: use name=level"))?;
+                        let lvl: u8 = v.trim().parse().map_err(|_| format!("bad level in `{p}`"))?;
+                        Ok((k.trim().to_string(), lvl))
+                    })
+                    .collect::<Result<_, String>>()?,
+                None => Default::default(),
+            };
+            switchboard_core::skills::validate_skills(&skills)?;
+            let password = read_password()?;
+            let mut db = switchboard::open_database(&s).await.map_err(|e| e.to_string())?;
+            let u = switchboard_core::auth::create_user(&db.pool, None, &username, display_name.as_deref().unwrap_or(&username), &password, &roles)
+                .await
+                .map_err(|e| e.to_string())?;
+            if agent_skills.is_some() {
+                sqlx::query("insert into agents (user_id, name, skills) values ($1, $2, $3)")
+                    .bind(u.id)
+                    .bind(display_name.as_deref().unwrap_or(&username))
+                    .bind(sqlx::types::Json(&skills))
+                    .execute(&db.pool)
+                    .await
+                    .map_err(|e| e.to_string())?;
+            }
+            println!("Created user {} ({}) with roles {}", u.username, u.id, u.roles.join(","));
+            if let Some(mut pg) = db.embedded.take() {
+                pg.stop();
+            }
+        }
+        Command::Token { command: TokenCommand::Create { common, username, name } } => {
+            let s = load(&common)?;
+            let mut db = switchboard::open_database(&s).await.map_err(|e| e.to_string())?;
+            let uid: Option<uuid::Uuid> = sqlx::query_scalar("select id from users where username = $1").bind(&username).fetch_optional(&db.pool).await.map_err(|e| e.to_string())?;
+            let uid = uid.ok_or_else(|| format!("no user `{username}`"))?;
+            let (id, secret) = switchboard_core::auth::create_token(&db.pool, uid, &name, None).await.map_err(|e| e.to_string())?;
+            println!("Token {id} for {username}:\n{secret}\n(store it now; it is not shown again)");
+            if let Some(mut pg) = db.embedded.take() {
+                pg.stop();
+            }
+        }
+    }
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("SWITCHBOARD_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn")))
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    if let Err(e) = run(cli).await {
+        eprintln!("error: {e}");
+        std::process::exit(1);
+    }
+}
