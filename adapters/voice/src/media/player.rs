@@ -263,6 +263,16 @@ mod tests {
     }
 
     #[test]
+    fn shipped_prompts_load() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config/prompts");
+        let store = PromptStore::load(&dir);
+        for name in ["welcome", "menu", "music-on-hold", "position", "20", "goodbye"] {
+            assert!(store.has(name), "{name} missing in {}", dir.display());
+        }
+        assert!(store.get("welcome").len() > 4000, "at least half a second");
+    }
+
+    #[test]
     fn mixer_pads_silent_side() {
         let mut m = StereoMixer::new();
         m.push_left(&[7; 200]);
