@@ -24,7 +24,14 @@ pub struct DemoUser {
 
 /// The demo accounts printed at start.
 pub const DEMO_USERS: &[DemoUser] = &[
-    DemoUser { username: "admin", password: "admin-demo-pass", roles: &[Role::Admin, Role::Supervisor], skills: None, groups: &[], sip_user: None },
+    DemoUser {
+        username: "admin",
+        password: "admin-demo-pass",
+        roles: &[Role::Admin, Role::Supervisor],
+        skills: None,
+        groups: &[],
+        sip_user: None,
+    },
     DemoUser { username: "sam", password: "supervisor-pass", roles: &[Role::Supervisor], skills: None, groups: &[], sip_user: None },
     DemoUser {
         username: "alice",
@@ -42,7 +49,14 @@ pub const DEMO_USERS: &[DemoUser] = &[
         groups: &[],
         sip_user: Some("bruno"),
     },
-    DemoUser { username: "carla", password: "agent-pass-3", roles: &[Role::Agent], skills: Some(&[("language:en", 4), ("sales", 5)]), groups: &["spare"], sip_user: Some("carla") },
+    DemoUser {
+        username: "carla",
+        password: "agent-pass-3",
+        roles: &[Role::Agent],
+        skills: Some(&[("language:en", 4), ("sales", 5)]),
+        groups: &["spare"],
+        sip_user: Some("carla"),
+    },
     DemoUser { username: "mia", password: "marketer-pass", roles: &[Role::Marketer], skills: None, groups: &[], sip_user: None },
     DemoUser { username: "ken", password: "kb-editor-pass", roles: &[Role::KbEditor], skills: None, groups: &[], sip_user: None },
 ];
@@ -50,7 +64,8 @@ pub const DEMO_USERS: &[DemoUser] = &[
 /// Creates the demo data if missing.
 pub async fn seed(hub: &Hub) -> CoreResult<()> {
     for u in DEMO_USERS {
-        let existing: Option<Uuid> = sqlx::query_scalar("select id from users where username = $1").bind(u.username).fetch_optional(hub.db()).await?;
+        let existing: Option<Uuid> =
+            sqlx::query_scalar("select id from users where username = $1").bind(u.username).fetch_optional(hub.db()).await?;
         let user_id = match existing {
             Some(id) => id,
             None => auth::create_user(hub.db(), None, u.username, &capitalize(u.username), u.password, u.roles).await?.id,
@@ -92,7 +107,10 @@ pub async fn seed(hub: &Hub) -> CoreResult<()> {
     if canned == 0 {
         for (t, b) in [
             ("Greeting", "Hello! Thanks for contacting us. How can I help you today?"),
-            ("Password reset", "You can reset your password from the sign-in page: choose \"Forgot password\" and follow the link we email you."),
+            (
+                "Password reset",
+                "You can reset your password from the sign-in page: choose \"Forgot password\" and follow the link we email you.",
+            ),
             ("Closing", "Is there anything else I can help you with? Have a great day!"),
         ] {
             sqlx::query("insert into canned_responses (title, body) values ($1, $2)").bind(t).bind(b).execute(hub.db()).await?;

@@ -21,6 +21,7 @@ use tokio::task::JoinHandle;
 pub fn registry() -> AdapterRegistry {
     let mut r = AdapterRegistry::new();
     switchboard_chat::register(&mut r);
+    switchboard_voice::register(&mut r);
     r
 }
 
@@ -94,7 +95,12 @@ pub async fn start_with(settings: Settings, database: Database) -> CoreResult<Ru
 
     // Event listener first, so nothing committed after start is missed.
     let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
-    tasks.push(tokio::spawn(hub.bus().clone().run_listener(database.options.clone(), database.pool.clone(), shutdown_rx.clone(), ready_tx)));
+    tasks.push(tokio::spawn(hub.bus().clone().run_listener(
+        database.options.clone(),
+        database.pool.clone(),
+        shutdown_rx.clone(),
+        ready_tx,
+    )));
     let _ = tokio::time::timeout(std::time::Duration::from_secs(10), ready_rx).await;
 
     // Channel adapters.
@@ -118,10 +124,13 @@ pub async fn start_with(settings: Settings, database: Database) -> CoreResult<Ru
     let static_dir = web_dir(&settings.http.web_dir);
     let app = app
         .fallback_service(tower_http::services::ServeDir::new(static_dir).append_index_html_on_directories(true))
+        .layer(axum::middleware::from_fn_with_state(hub.clone(), switchboard_core::api::authorize))
         .layer(axum::middleware::from_fn_with_state(hub.clone(), count_requests))
         .with_state(hub.clone());
 
-    let listener = tokio::net::TcpListener::bind(&settings.http.bind).await.map_err(|e| CoreError::Internal(format!("cannot listen on {}: {e}", settings.http.bind)))?;
+    let listener = tokio::net::TcpListener::bind(&settings.http.bind)
+        .await
+        .map_err(|e| CoreError::Internal(format!("cannot listen on {}: {e}", settings.http.bind)))?;
     let addr = listener.local_addr().map_err(|e| CoreError::Internal(e.to_string()))?;
     let mut srv_shutdown = shutdown_rx.clone();
     tasks.push(tokio::spawn(async move {
@@ -153,7 +162,11 @@ pub async fn start_with(settings: Settings, database: Database) -> CoreResult<Ru
     Ok(Running { hub, addr, database, shutdown, tasks })
 }
 
-async fn count_requests(axum::extract::State(hub): axum::extract::State<Hub>, req: axum::extract::Request, next: axum::middleware::Next) -> axum::response::Response {
+async fn count_requests(
+    axum::extract::State(hub): axum::extract::State<Hub>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
     let resp = next.run(req).await;
     let m = hub.metrics();
     m.http_requests.fetch_add(1, std::sync::atomic::Ordering::Relaxed);

@@ -194,9 +194,16 @@ async fn run(cli: Cli) -> Result<(), String> {
             switchboard_core::skills::validate_skills(&skills)?;
             let password = read_password()?;
             let mut db = switchboard::open_database(&s).await.map_err(|e| e.to_string())?;
-            let u = switchboard_core::auth::create_user(&db.pool, None, &username, display_name.as_deref().unwrap_or(&username), &password, &roles)
-                .await
-                .map_err(|e| e.to_string())?;
+            let u = switchboard_core::auth::create_user(
+                &db.pool,
+                None,
+                &username,
+                display_name.as_deref().unwrap_or(&username),
+                &password,
+                &roles,
+            )
+            .await
+            .map_err(|e| e.to_string())?;
             if agent_skills.is_some() {
                 sqlx::query("insert into agents (user_id, name, skills) values ($1, $2, $3)")
                     .bind(u.id)
@@ -214,7 +221,11 @@ async fn run(cli: Cli) -> Result<(), String> {
         Command::Token { command: TokenCommand::Create { common, username, name } } => {
             let s = load(&common)?;
             let mut db = switchboard::open_database(&s).await.map_err(|e| e.to_string())?;
-            let uid: Option<uuid::Uuid> = sqlx::query_scalar("select id from users where username = $1").bind(&username).fetch_optional(&db.pool).await.map_err(|e| e.to_string())?;
+            let uid: Option<uuid::Uuid> = sqlx::query_scalar("select id from users where username = $1")
+                .bind(&username)
+                .fetch_optional(&db.pool)
+                .await
+                .map_err(|e| e.to_string())?;
             let uid = uid.ok_or_else(|| format!("no user `{username}`"))?;
             let (id, secret) = switchboard_core::auth::create_token(&db.pool, uid, &name, None).await.map_err(|e| e.to_string())?;
             println!("Token {id} for {username}:\n{secret}\n(store it now; it is not shown again)");
@@ -229,7 +240,10 @@ async fn run(cli: Cli) -> Result<(), String> {
 #[tokio::main]
 async fn main() {
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("SWITCHBOARD_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn")))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("SWITCHBOARD_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn")),
+        )
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();

@@ -3,7 +3,9 @@
 
 use serde::Deserialize;
 use std::path::Path;
-use switchboard_core::config::{self, AuthSettings, ConfigError, CoreSettings, DatabaseSettings, HttpSettings, OutboxSettings, RouterSettings};
+use switchboard_core::config::{
+    self, AuthSettings, ConfigError, CoreSettings, DatabaseSettings, HttpSettings, OutboxSettings, RouterSettings,
+};
 
 /// The built-in defaults (the committed `config/default.toml`).
 pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
@@ -41,15 +43,23 @@ pub struct Settings {
 impl Settings {
     /// Core's part.
     pub fn core(&self) -> CoreSettings {
-        CoreSettings { http: self.http.clone(), database: self.database.clone(), router: self.router.clone(), auth: self.auth.clone(), outbox: self.outbox.clone() }
+        CoreSettings {
+            http: self.http.clone(),
+            database: self.database.clone(),
+            router: self.router.clone(),
+            auth: self.auth.clone(),
+            outbox: self.outbox.clone(),
+        }
     }
 
     /// Loads defaults, then `file` (if any), then environment overrides.
     pub fn load(file: Option<&Path>, env: impl IntoIterator<Item = (String, String)>) -> Result<Settings, ConfigError> {
-        let mut root: toml::Table = DEFAULT_TOML.parse().map_err(|e: toml::de::Error| ConfigError { key: "config/default.toml".into(), reason: e.to_string() })?;
+        let mut root: toml::Table =
+            DEFAULT_TOML.parse().map_err(|e: toml::de::Error| ConfigError { key: "config/default.toml".into(), reason: e.to_string() })?;
         if let Some(f) = file {
             let text = std::fs::read_to_string(f).map_err(|e| ConfigError { key: f.display().to_string(), reason: e.to_string() })?;
-            let over: toml::Table = text.parse().map_err(|e: toml::de::Error| ConfigError { key: f.display().to_string(), reason: e.to_string() })?;
+            let over: toml::Table =
+                text.parse().map_err(|e: toml::de::Error| ConfigError { key: f.display().to_string(), reason: e.to_string() })?;
             merge(&mut root, over);
         }
         config::apply_env_overrides(&mut root, env)?;
@@ -60,7 +70,10 @@ impl Settings {
 
     fn validate(&self) -> Result<(), ConfigError> {
         if self.http.bind.parse::<std::net::SocketAddr>().is_err() {
-            return Err(ConfigError { key: "http.bind".into(), reason: format!("`{}` is not an address like 127.0.0.1:8080", self.http.bind) });
+            return Err(ConfigError {
+                key: "http.bind".into(),
+                reason: format!("`{}` is not an address like 127.0.0.1:8080", self.http.bind),
+            });
         }
         if self.http.max_body_bytes < 1024 {
             return Err(ConfigError { key: "http.max_body_bytes".into(), reason: "must be at least 1024".into() });

@@ -16,9 +16,11 @@ async fn chat_contact_is_routed_by_skill_answered_and_closed() {
     let admin = user(&th, "root", &[Role::Admin], None).await;
     let es = user(&th, "ana", &[Role::Agent], Some(json!({ "language:es": 5 }))).await;
     let en = user(&th, "ben", &[Role::Agent], Some(json!({ "language:en": 5 }))).await;
-    queue(&admin, json!({ "name": "es", "requirement": "language:es >= 3", "entry_rules": [{ "keywords": ["hola"] }], "wrap_up_secs": 0 })).await;
+    queue(&admin, json!({ "name": "es", "requirement": "language:es >= 3", "entry_rules": [{ "keywords": ["hola"] }], "wrap_up_secs": 0 }))
+        .await;
     for c in [&es, &en] {
-        let (st, b) = c.call("PUT", &format!("/api/v1/agents/{}/presence", c.agent_id.unwrap()), Some(json!({ "presence": "available" }))).await;
+        let (st, b) =
+            c.call("PUT", &format!("/api/v1/agents/{}/presence", c.agent_id.unwrap()), Some(json!({ "presence": "available" }))).await;
         assert_eq!(st, StatusCode::OK, "{b}");
     }
     let out = th.hub().ingest(inbound(Channel::Chat, "m-1", "visitor-1", "hola, necesito ayuda")).await.unwrap();
@@ -46,7 +48,13 @@ async fn chat_contact_is_routed_by_skill_answered_and_closed() {
     let (st, i) = es.call("POST", &format!("/api/v1/offers/{}/accept", offer["id"].as_str().unwrap()), None).await;
     assert_eq!(st, StatusCode::OK, "{i}");
     assert_eq!(i["status"], "active");
-    let (st, m) = es.call("POST", &format!("/api/v1/interactions/{}/messages", out.interaction_id), Some(json!({ "body": "¡Hola! ¿En qué puedo ayudarte?" }))).await;
+    let (st, m) = es
+        .call(
+            "POST",
+            &format!("/api/v1/interactions/{}/messages", out.interaction_id),
+            Some(json!({ "body": "¡Hola! ¿En qué puedo ayudarte?" })),
+        )
+        .await;
     assert_eq!(st, StatusCode::CREATED, "{m}");
     let delivered = eventually(10, || {
         let a = adapter.clone();
@@ -58,7 +66,13 @@ async fn chat_contact_is_routed_by_skill_answered_and_closed() {
 
     let (st, _) = es.call("POST", &format!("/api/v1/interactions/{}/wrap-up", out.interaction_id), None).await;
     assert_eq!(st, StatusCode::OK);
-    let (st, closed) = es.call("POST", &format!("/api/v1/interactions/{}/close", out.interaction_id), Some(json!({ "disposition": "inquiry", "summary": "greeted" }))).await;
+    let (st, closed) = es
+        .call(
+            "POST",
+            &format!("/api/v1/interactions/{}/close", out.interaction_id),
+            Some(json!({ "disposition": "inquiry", "summary": "greeted" })),
+        )
+        .await;
     assert_eq!(st, StatusCode::OK, "{closed}");
     assert_eq!(closed["disposition"], "inquiry");
 

@@ -26,7 +26,10 @@ pub const CSRF_HEADER: &str = "x-csrf-token";
 pub async fn hash_password(password: String) -> CoreResult<String> {
     tokio::task::spawn_blocking(move || {
         let salt = SaltString::generate(&mut OsRng);
-        Argon2::default().hash_password(password.as_bytes(), &salt).map(|h| h.to_string()).map_err(|e| CoreError::Internal(format!("argon2: {e}")))
+        Argon2::default()
+            .hash_password(password.as_bytes(), &salt)
+            .map(|h| h.to_string())
+            .map_err(|e| CoreError::Internal(format!("argon2: {e}")))
     })
     .await
     .map_err(|e| CoreError::Internal(e.to_string()))?
@@ -94,27 +97,49 @@ pub fn check_username(u: &str) -> CoreResult<()> {
 }
 
 /// Creates a user (and records it in the audit log).
-pub async fn create_user(db: &PgPool, actor: Option<Uuid>, username: &str, display_name: &str, password: &str, roles: &[Role]) -> CoreResult<User> {
+pub async fn create_user(
+    db: &PgPool,
+    actor: Option<Uuid>,
+    username: &str,
+    display_name: &str,
+    password: &str,
+    roles: &[Role],
+) -> CoreResult<User> {
     check_username(username)?;
     check_password(password)?;
     let hash = hash_password(password.to_string()).await?;
     let roles: Vec<String> = roles.iter().map(|r| r.as_str().to_string()).collect();
     let mut tx = db.begin().await?;
-    let u: User = sqlx::query_as(&format!("insert into users (username, display_name, password_hash, roles) values ($1, $2, $3, $4) returning {USER_COLUMNS}"))
-        .bind(username)
-        .bind(display_name)
-        .bind(hash)
-        .bind(&roles)
-        .fetch_one(&mut *tx)
-        .await
-        .map_err(|e| if crate::error::is_unique_violation(&e) { CoreError::Conflict(format!("username `{username}` is taken")) } else { e.into() })?;
+    let u: User = sqlx::query_as(&format!(
+        "insert into users (username, display_name, password_hash, roles) values ($1, $2, $3, $4) returning {USER_COLUMNS}"
+    ))
+    .bind(username)
+    .bind(display_name)
+    .bind(hash)
+    .bind(&roles)
+    .fetch_one(&mut *tx)
+    .await
+    .map_err(|e| {
+        if crate::error::is_unique_violation(&e) {
+            CoreError::Conflict(format!("username `{username}` is taken"))
+        } else {
+            e.into()
+        }
+    })?;
     audit(&mut tx, actor, "user.create", "user", &u.id.to_string(), serde_json::json!({ "username": username, "roles": roles })).await?;
     tx.commit().await?;
     Ok(u)
 }
 
 /// Appends to the audit log.
-pub async fn audit(conn: &mut sqlx::PgConnection, actor: Option<Uuid>, action: &str, kind: &str, id: &str, details: serde_json::Value) -> CoreResult<()> {
+pub async fn audit(
+    conn: &mut sqlx::PgConnection,
+    actor: Option<Uuid>,
+    action: &str,
+    kind: &str,
+    id: &str,
+    details: serde_json::Value,
+) -> CoreResult<()> {
     sqlx::query("insert into audit_log (actor_user_id, action, target_kind, target_id, details) values ($1, $2, $3, $4, $5)")
         .bind(actor)
         .bind(action)
@@ -134,7 +159,8 @@ pub async fn authenticate(db: &PgPool, username: &str, password: &str) -> CoreRe
         password_hash: String,
         disabled: bool,
     }
-    let row: Option<Row> = sqlx::query_as("select id, password_hash, disabled from users where username = $1").bind(username).fetch_optional(db).await?;
+    let row: Option<Row> =
+        sqlx::query_as("select id, password_hash, disabled from users where username = $1").bind(username).fetch_optional(db).await?;
     let Some(row) = row else {
         // Spend the same time as a real check so usernames can't be probed by timing.
         let _ = hash_password(password.to_string()).await;
@@ -177,13 +203,14 @@ pub async fn create_token(db: &PgPool, user: Uuid, name: &str, expires_at: Optio
         return Err(CoreError::field("name", "1-100 characters"));
     }
     let secret = format!("sbt_{}", random_secret());
-    let id: Uuid = sqlx::query_scalar("insert into api_tokens (user_id, name, token_hash, expires_at) values ($1, $2, $3, $4) returning id")
-        .bind(user)
-        .bind(name)
-        .bind(digest(&secret))
-        .bind(expires_at)
-        .fetch_one(db)
-        .await?;
+    let id: Uuid =
+        sqlx::query_scalar("insert into api_tokens (user_id, name, token_hash, expires_at) values ($1, $2, $3, $4) returning id")
+            .bind(user)
+            .bind(name)
+            .bind(digest(&secret))
+            .bind(expires_at)
+            .fetch_one(db)
+            .await?;
     Ok((id, secret))
 }
 

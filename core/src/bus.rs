@@ -145,7 +145,13 @@ impl EventBus {
 
     /// Runs the LISTEN loop until the shutdown signal, reconnecting on failure. Events missed
     /// during a reconnect are read back from the table by id.
-    pub async fn run_listener(self, options: PgConnectOptions, pool: PgPool, mut shutdown: tokio::sync::watch::Receiver<bool>, ready: tokio::sync::oneshot::Sender<()>) {
+    pub async fn run_listener(
+        self,
+        options: PgConnectOptions,
+        pool: PgPool,
+        mut shutdown: tokio::sync::watch::Receiver<bool>,
+        ready: tokio::sync::oneshot::Sender<()>,
+    ) {
         let mut ready = Some(ready);
         let mut last_id: Option<i64> = None;
         loop {

@@ -233,7 +233,13 @@ fn parse_scalar(v: &str) -> toml::Value {
 pub fn typed<T: DeserializeOwned>(prefix: &str, value: toml::Value) -> Result<T, ConfigError> {
     serde_path_to_error::deserialize(value).map_err(|e| {
         let path = e.path().to_string();
-        let key = if path == "." || path.is_empty() { prefix.to_string() } else if prefix.is_empty() { path } else { format!("{prefix}.{path}") };
+        let key = if path == "." || path.is_empty() {
+            prefix.to_string()
+        } else if prefix.is_empty() {
+            path
+        } else {
+            format!("{prefix}.{path}")
+        };
         ConfigError { key, reason: e.into_inner().to_string() }
     })
 }

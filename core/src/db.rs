@@ -29,9 +29,8 @@ impl Database {
         let (options, embedded) = if s.url.trim().is_empty() {
             let pg = EmbeddedPostgres::start(&s.data_dir).await?;
             let mut admin = sqlx::PgConnection::connect_with(&pg.admin_options()).await?;
-            let exists: Option<i32> = sqlx::query_scalar("select 1 from pg_database where datname = 'switchboard'")
-                .fetch_optional(&mut admin)
-                .await?;
+            let exists: Option<i32> =
+                sqlx::query_scalar("select 1 from pg_database where datname = 'switchboard'").fetch_optional(&mut admin).await?;
             if exists.is_none() {
                 sqlx::query("create database switchboard").execute(&mut admin).await?;
             }

@@ -89,9 +89,7 @@ impl EmbeddedPostgres {
     /// Initialises (if needed) and starts the cluster under `data_dir/postgres`.
     pub async fn start(data_dir: &Path) -> CoreResult<EmbeddedPostgres> {
         let data_dir = data_dir.to_path_buf();
-        tokio::task::spawn_blocking(move || Self::start_blocking(&data_dir))
-            .await
-            .map_err(|e| CoreError::Internal(e.to_string()))?
+        tokio::task::spawn_blocking(move || Self::start_blocking(&data_dir)).await.map_err(|e| CoreError::Internal(e.to_string()))?
     }
 
     fn start_blocking(data_dir: &Path) -> CoreResult<EmbeddedPostgres> {
@@ -159,7 +157,10 @@ impl EmbeddedPostgres {
         if !out.status.success() {
             let tail = std::fs::read_to_string(&log).unwrap_or_default();
             let tail: String = tail.lines().rev().take(10).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n");
-            return Err(CoreError::Internal(format!("embedded PostgreSQL failed to start: {}\n{tail}", String::from_utf8_lossy(&out.stderr))));
+            return Err(CoreError::Internal(format!(
+                "embedded PostgreSQL failed to start: {}\n{tail}",
+                String::from_utf8_lossy(&out.stderr)
+            )));
         }
         tracing::info!(port = me.port, socket = %me.socket_dir.display(), "Embedded PostgreSQL started.");
         Ok(me)

@@ -237,7 +237,12 @@ impl Hub {
             if self.adapter_for(channel, None).is_none() {
                 continue;
             }
-            let sip: Option<Option<String>> = sqlx::query_scalar("select sip_user from agents where id = $1").bind(agent_id).fetch_optional(self.db()).await.ok().flatten();
+            let sip: Option<Option<String>> = sqlx::query_scalar("select sip_user from agents where id = $1")
+                .bind(agent_id)
+                .fetch_optional(self.db())
+                .await
+                .ok()
+                .flatten();
             let expires_at = ev
                 .data
                 .get("expires_at")
@@ -312,21 +317,29 @@ impl Hub {
     }
 
     async fn find_duplicate(&self, channel: Channel, key: &str) -> CoreResult<Option<IngestOutcome>> {
-        let row: Option<(Uuid, Option<Uuid>)> = sqlx::query_as("select interaction_id, message_id from inbound_items where channel = $1 and dedupe_key = $2")
-            .bind(channel.as_str())
-            .bind(key)
-            .fetch_optional(&self.0.pool)
-            .await?;
-        Ok(row.map(|(interaction_id, message_id)| IngestOutcome { interaction_id, message_id, customer_id: None, duplicate: true, created: false }))
+        let row: Option<(Uuid, Option<Uuid>)> =
+            sqlx::query_as("select interaction_id, message_id from inbound_items where channel = $1 and dedupe_key = $2")
+                .bind(channel.as_str())
+                .bind(key)
+                .fetch_optional(&self.0.pool)
+                .await?;
+        Ok(row.map(|(interaction_id, message_id)| IngestOutcome {
+            interaction_id,
+            message_id,
+            customer_id: None,
+            duplicate: true,
+            created: false,
+        }))
     }
 
     async fn ingest_tx(&self, channel: Channel, item: &InboundItem, customer: Option<&ResolvedCustomer>) -> CoreResult<IngestOutcome> {
         let mut tx = self.0.pool.begin().await?;
-        let dup: Option<(Uuid, Option<Uuid>)> = sqlx::query_as("select interaction_id, message_id from inbound_items where channel = $1 and dedupe_key = $2")
-            .bind(channel.as_str())
-            .bind(&item.dedupe_key)
-            .fetch_optional(&mut *tx)
-            .await?;
+        let dup: Option<(Uuid, Option<Uuid>)> =
+            sqlx::query_as("select interaction_id, message_id from inbound_items where channel = $1 and dedupe_key = $2")
+                .bind(channel.as_str())
+                .bind(&item.dedupe_key)
+                .fetch_optional(&mut *tx)
+                .await?;
         if let Some((interaction_id, message_id)) = dup {
             return Ok(IngestOutcome { interaction_id, message_id, customer_id: customer.map(|c| c.id), duplicate: true, created: false });
         }

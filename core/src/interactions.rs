@@ -87,7 +87,8 @@ pub struct Message {
 }
 
 /// Columns for [`Message`].
-pub const MESSAGE_COLUMNS: &str = "id, interaction_id, direction, author_agent_id, body, content_type, attachments, client_message_id, created_at";
+pub const MESSAGE_COLUMNS: &str =
+    "id, interaction_id, direction, author_agent_id, body, content_type, attachments, client_message_id, created_at";
 
 /// A live offer.
 #[derive(Debug, Clone, Serialize, Deserialize, sqlx::FromRow)]
@@ -146,7 +147,8 @@ async fn requeue_tx(tx: &mut PgConnection, i: &Interaction, reason: &str) -> Cor
         .bind(i.id)
         .execute(&mut *tx)
         .await?;
-    bus::record(tx, NewEvent::interaction("requeued", i.id).with_queue(i.queue_id).with_data(serde_json::json!({ "reason": reason }))).await?;
+    bus::record(tx, NewEvent::interaction("requeued", i.id).with_queue(i.queue_id).with_data(serde_json::json!({ "reason": reason })))
+        .await?;
     Ok(())
 }
 
@@ -177,10 +179,12 @@ impl Hub {
 
     /// Messages of an interaction, oldest first.
     pub async fn messages(&self, id: Uuid) -> CoreResult<Vec<Message>> {
-        Ok(sqlx::query_as::<_, Message>(&format!("select {MESSAGE_COLUMNS} from messages where interaction_id = $1 order by created_at, id"))
-            .bind(id)
-            .fetch_all(self.db())
-            .await?)
+        Ok(sqlx::query_as::<_, Message>(&format!(
+            "select {MESSAGE_COLUMNS} from messages where interaction_id = $1 order by created_at, id"
+        ))
+        .bind(id)
+        .fetch_all(self.db())
+        .await?)
     }
 
     /// An agent accepts an offer: the interaction becomes active and held by the agent.
@@ -196,7 +200,10 @@ impl Hub {
             .ok_or(CoreError::NotFound("offer"))?;
         let i = lock_interaction(&mut tx, offer.interaction_id).await?;
         if offer.state != "pending" || i.status != "offered" {
-            return Err(CoreError::Conflict(format!("offer is {} and the interaction {}; it can no longer be accepted", offer.state, i.status)));
+            return Err(CoreError::Conflict(format!(
+                "offer is {} and the interaction {}; it can no longer be accepted",
+                offer.state, i.status
+            )));
         }
         if offer.expires_at <= Utc::now() {
             return Err(CoreError::Conflict("offer expired".into()));
@@ -283,9 +290,10 @@ impl Hub {
 
     /// Expires every pending offer past its deadline (called by the router leader).
     pub async fn expire_offers(&self) -> CoreResult<usize> {
-        let due: Vec<Uuid> = sqlx::query_scalar("select id from offers where state = 'pending' and expires_at <= now() order by expires_at limit 500")
-            .fetch_all(self.db())
-            .await?;
+        let due: Vec<Uuid> =
+            sqlx::query_scalar("select id from offers where state = 'pending' and expires_at <= now() order by expires_at limit 500")
+                .fetch_all(self.db())
+                .await?;
         let mut n = 0;
         for id in due {
             match self.end_offer(id, None, OfferEnd::Timeout).await {
@@ -318,7 +326,13 @@ impl Hub {
     }
 
     /// Closes an interaction with a disposition; frees the agent's slot.
-    pub async fn close(&self, id: Uuid, agent_id: Option<Uuid>, disposition: Disposition, summary: Option<String>) -> CoreResult<Interaction> {
+    pub async fn close(
+        &self,
+        id: Uuid,
+        agent_id: Option<Uuid>,
+        disposition: Disposition,
+        summary: Option<String>,
+    ) -> CoreResult<Interaction> {
         let mut tx = self.begin().await?;
         let i = lock_interaction(&mut tx, id).await?;
         if agent_id.is_some() && i.agent_id != agent_id {
@@ -361,7 +375,9 @@ impl Hub {
             .await?;
         bus::record(
             &mut tx,
-            NewEvent::interaction("abandoned", id).with_queue(i.queue_id).with_data(serde_json::json!({ "released_agents": released, "channel": i.channel })),
+            NewEvent::interaction("abandoned", id)
+                .with_queue(i.queue_id)
+                .with_data(serde_json::json!({ "released_agents": released, "channel": i.channel })),
         )
         .await?;
         tx.commit().await?;
@@ -425,7 +441,11 @@ impl Hub {
         exists.ok_or(CoreError::NotFound("target agent"))?;
         let released = release_offers_tx(&mut tx, id).await?;
         let timeout: i32 = match i.queue_id {
-            Some(q) => sqlx::query_scalar("select accept_timeout_secs from queues where id = $1").bind(q).fetch_optional(&mut *tx).await?.unwrap_or(20),
+            Some(q) => sqlx::query_scalar("select accept_timeout_secs from queues where id = $1")
+                .bind(q)
+                .fetch_optional(&mut *tx)
+                .await?
+                .unwrap_or(20),
             None => 20,
         };
         let offer_id: Uuid = sqlx::query_scalar(
@@ -445,10 +465,9 @@ impl Hub {
             .await?;
         bus::record(
             &mut tx,
-            NewEvent::interaction("transferred", id)
-                .with_agent(Some(target))
-                .with_queue(i.queue_id)
-                .with_data(serde_json::json!({ "from_agent": i.agent_id, "to_agent": target, "released_agents": released, "channel": i.channel })),
+            NewEvent::interaction("transferred", id).with_agent(Some(target)).with_queue(i.queue_id).with_data(
+                serde_json::json!({ "from_agent": i.agent_id, "to_agent": target, "released_agents": released, "channel": i.channel }),
+            ),
         )
         .await?;
         bus::record(
@@ -488,7 +507,11 @@ impl Hub {
                 .with_data(serde_json::json!({ "from_agent": i.agent_id, "from_queue": i.queue_id, "to_queue": queue, "released_agents": released, "channel": i.channel })),
         )
         .await?;
-        bus::record(&mut tx, NewEvent::interaction("requeued", id).with_queue(Some(queue)).with_data(serde_json::json!({ "reason": "transfer" }))).await?;
+        bus::record(
+            &mut tx,
+            NewEvent::interaction("requeued", id).with_queue(Some(queue)).with_data(serde_json::json!({ "reason": "transfer" })),
+        )
+        .await?;
         tx.commit().await?;
         self.interaction(id).await
     }
@@ -511,11 +534,13 @@ impl Hub {
             return Err(CoreError::Conflict(format!("interaction is {}; accept it before replying", i.status)));
         }
         let key = idempotency_key.map(str::to_string).unwrap_or_else(|| Uuid::new_v4().to_string());
-        if let Some(existing) = sqlx::query_as::<_, Message>(&format!("select {MESSAGE_COLUMNS} from messages where interaction_id = $1 and client_message_id = $2"))
-            .bind(id)
-            .bind(format!("reply:{key}"))
-            .fetch_optional(&mut *tx)
-            .await?
+        if let Some(existing) = sqlx::query_as::<_, Message>(&format!(
+            "select {MESSAGE_COLUMNS} from messages where interaction_id = $1 and client_message_id = $2"
+        ))
+        .bind(id)
+        .bind(format!("reply:{key}"))
+        .fetch_optional(&mut *tx)
+        .await?
         {
             return Ok(existing);
         }
@@ -574,7 +599,10 @@ impl Hub {
         .await?;
         bus::record(
             &mut tx,
-            NewEvent::interaction("note", id).with_agent(i.agent_id).with_queue(i.queue_id).with_data(serde_json::json!({ "message_id": m.id })),
+            NewEvent::interaction("note", id)
+                .with_agent(i.agent_id)
+                .with_queue(i.queue_id)
+                .with_data(serde_json::json!({ "message_id": m.id })),
         )
         .await?;
         tx.commit().await?;
@@ -584,7 +612,8 @@ impl Hub {
     /// Sets an agent's presence.
     pub async fn set_presence(&self, agent_id: Uuid, p: Presence) -> CoreResult<()> {
         let mut tx = self.begin().await?;
-        let exists: Option<String> = sqlx::query_scalar("select presence from agents where id = $1 for update").bind(agent_id).fetch_optional(&mut *tx).await?;
+        let exists: Option<String> =
+            sqlx::query_scalar("select presence from agents where id = $1 for update").bind(agent_id).fetch_optional(&mut *tx).await?;
         exists.ok_or(CoreError::NotFound("agent"))?;
         set_presence_tx(&mut tx, agent_id, p, "agent").await?;
         tx.commit().await?;
@@ -593,9 +622,11 @@ impl Hub {
 
     /// Live offers for an agent (the inbox shows them with a countdown).
     pub async fn pending_offers(&self, agent_id: Uuid) -> CoreResult<Vec<Offer>> {
-        Ok(sqlx::query_as::<_, Offer>(&format!("select {OFFER_COLUMNS} from offers where agent_id = $1 and state = 'pending' order by created_at"))
-            .bind(agent_id)
-            .fetch_all(self.db())
-            .await?)
+        Ok(sqlx::query_as::<_, Offer>(&format!(
+            "select {OFFER_COLUMNS} from offers where agent_id = $1 and state = 'pending' order by created_at"
+        ))
+        .bind(agent_id)
+        .fetch_all(self.db())
+        .await?)
     }
 }

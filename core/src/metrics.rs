@@ -47,11 +47,17 @@ impl Metrics {
     /// Renders the node's counters; `extra` holds gauges read from the database.
     pub fn render(&self, extra: &[(String, String, f64)]) -> String {
         let mut s = String::new();
-        let _ = writeln!(s, "# HELP switchboard_ingested_total Inbound items committed, by channel.\n# TYPE switchboard_ingested_total counter");
+        let _ = writeln!(
+            s,
+            "# HELP switchboard_ingested_total Inbound items committed, by channel.\n# TYPE switchboard_ingested_total counter"
+        );
         for ch in Channel::ALL {
             let _ = writeln!(s, "switchboard_ingested_total{{channel=\"{ch}\"}} {}", self.ingested[ch.index()].load(Ordering::Relaxed));
         }
-        let _ = writeln!(s, "# HELP switchboard_duplicates_total Replayed inbound items ignored, by channel.\n# TYPE switchboard_duplicates_total counter");
+        let _ = writeln!(
+            s,
+            "# HELP switchboard_duplicates_total Replayed inbound items ignored, by channel.\n# TYPE switchboard_duplicates_total counter"
+        );
         for ch in Channel::ALL {
             let _ = writeln!(s, "switchboard_duplicates_total{{channel=\"{ch}\"}} {}", self.duplicates[ch.index()].load(Ordering::Relaxed));
         }
@@ -67,7 +73,11 @@ impl Metrics {
         ] {
             let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}", v.load(Ordering::Relaxed));
         }
-        let _ = writeln!(s, "# HELP switchboard_websockets Open WebSocket connections.\n# TYPE switchboard_websockets gauge\nswitchboard_websockets {}", self.websockets.load(Ordering::Relaxed));
+        let _ = writeln!(
+            s,
+            "# HELP switchboard_websockets Open WebSocket connections.\n# TYPE switchboard_websockets gauge\nswitchboard_websockets {}",
+            self.websockets.load(Ordering::Relaxed)
+        );
         let mut last = String::new();
         for (name, labels, v) in extra {
             if *name != last {

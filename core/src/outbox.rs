@@ -89,10 +89,12 @@ pub async fn deliver_due(hub: &Hub, s: &OutboxSettings) -> CoreResult<usize> {
         .fetch_optional(&mut *tx)
         .await?;
         let Some(row) = row else { return Ok(done) };
-        sqlx::query("update outbox set status = 'sending', attempts = attempts + 1, next_attempt_at = now() + interval '5 minutes' where id = $1")
-            .bind(row.id)
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query(
+            "update outbox set status = 'sending', attempts = attempts + 1, next_attempt_at = now() + interval '5 minutes' where id = $1",
+        )
+        .bind(row.id)
+        .execute(&mut *tx)
+        .await?;
         tx.commit().await?;
         done += 1;
         let attempt = row.attempts + 1;
@@ -144,7 +146,11 @@ async fn finish(hub: &Hub, row: &Row, result: Result<Option<String>, AdapterErro
         Err(e) => {
             let permanent = matches!(e, AdapterError::Permanent(_) | AdapterError::Config(_));
             if permanent || attempt >= max {
-                sqlx::query("update outbox set status = 'failed', last_error = $2 where id = $1").bind(row.id).bind(e.to_string()).execute(&mut *tx).await?;
+                sqlx::query("update outbox set status = 'failed', last_error = $2 where id = $1")
+                    .bind(row.id)
+                    .bind(e.to_string())
+                    .execute(&mut *tx)
+                    .await?;
                 hub.metrics().inc_outbox("failed");
                 tracing::warn!(outbox_id = %row.id, attempt, error = %e, "Outbound message failed for good.");
                 ("delivery_failed", serde_json::json!({ "outbox_id": row.id, "error": e.to_string() }))

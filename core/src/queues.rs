@@ -116,9 +116,10 @@ impl BusinessHours {
             return false;
         }
         let t = local.time();
-        self.weekly.iter().filter(|(d, _)| parse_day(d) == Some(local.weekday())).any(|(_, ranges)| {
-            ranges.iter().any(|[a, b]| matches!((parse_time(a), parse_time(b)), (Ok(x), Ok(y)) if t >= x && t < y))
-        })
+        self.weekly
+            .iter()
+            .filter(|(d, _)| parse_day(d) == Some(local.weekday()))
+            .any(|(_, ranges)| ranges.iter().any(|[a, b]| matches!((parse_time(a), parse_time(b)), (Ok(x), Ok(y)) if t >= x && t < y)))
     }
 }
 
@@ -215,7 +216,14 @@ pub async fn get(db: impl PgExecutor<'_>, id: Uuid) -> CoreResult<Queue> {
 
 /// Picks the queue for an item: a forced name, else the first matching rule, else the
 /// queue named `default`, else the first queue.
-pub fn select<'a>(queues: &'a [Queue], forced: Option<&str>, channel: Channel, to: Option<&str>, text: &str, language: Option<&str>) -> Option<&'a Queue> {
+pub fn select<'a>(
+    queues: &'a [Queue],
+    forced: Option<&str>,
+    channel: Channel,
+    to: Option<&str>,
+    text: &str,
+    language: Option<&str>,
+) -> Option<&'a Queue> {
     if let Some(name) = forced {
         if let Some(q) = queues.iter().find(|q| q.name == name) {
             return Some(q);
@@ -235,7 +243,12 @@ mod tests {
 
     #[test]
     fn rules_match() {
-        let r = QueueEntryRule { channels: vec![Channel::Email], to: Some("billing@*".into()), keywords: vec!["invoice".into()], language: None };
+        let r = QueueEntryRule {
+            channels: vec![Channel::Email],
+            to: Some("billing@*".into()),
+            keywords: vec!["invoice".into()],
+            language: None,
+        };
         assert!(r.matches(Channel::Email, Some("Billing@example.com"), "My INVOICE is wrong", None));
         assert!(!r.matches(Channel::Chat, Some("billing@example.com"), "invoice", None));
         assert!(!r.matches(Channel::Email, Some("sales@example.com"), "invoice", None));

@@ -193,9 +193,7 @@ impl Parser {
                 self.pos += 1;
                 Ok(e)
             }
-            Some(Tok::Word(w)) if w == "and" || w == "or" => {
-                Err(self.err(format!("expected a skill name, found `{w}`")))
-            }
+            Some(Tok::Word(w)) if w == "and" || w == "or" => Err(self.err(format!("expected a skill name, found `{w}`"))),
             Some(Tok::Word(skill)) => {
                 self.pos += 1;
                 if let Some(Tok::Op(cmp)) = self.peek().cloned() {

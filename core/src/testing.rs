@@ -25,7 +25,8 @@ pub struct TestDb {
 impl TestDb {
     /// Creates and migrates a new database.
     pub async fn new() -> TestDb {
-        let admin = PgConnectOptions::from_str(&admin_url()).expect("SWITCHBOARD_TEST_DATABASE_URL is not a valid URL").disable_statement_logging();
+        let admin =
+            PgConnectOptions::from_str(&admin_url()).expect("SWITCHBOARD_TEST_DATABASE_URL is not a valid URL").disable_statement_logging();
         let name = format!("sbt_{}", uuid::Uuid::new_v4().simple());
         let mut conn = admin.connect().await.unwrap_or_else(|e| panic!("cannot reach the test PostgreSQL at {}: {e}", admin_url()));
         sqlx::query(&format!("create database {name}")).execute(&mut conn).await.expect("create test database");

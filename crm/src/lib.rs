@@ -1,8 +1,74 @@
-//! Module (skeleton; being built).
-use switchboard_core::{CoreResult, Hub};
+//! Switchboard CRM: customers and their channel identities, consent with history, notes,
+//! the cross-channel history timeline, the screen-pop card, merge and duplicate
+//! suggestions, appointments, follow-up tasks, CSV import/export, privacy export and
+//! erasure.
+//!
+//! Ingest asks the CRM "who is this?" through [`CustomerDirectory`], which [`start`]
+//! wires into the hub: an address is normalized ([`normalize`]) and resolved to its
+//! customer, or a customer is created for it exactly once however many contacts from
+//! that new address arrive at the same moment.
+
+pub mod api;
+pub mod config;
+pub mod import;
+pub mod normalize;
+pub mod store;
+
+use async_trait::async_trait;
+use sqlx::PgPool;
+use std::sync::Arc;
+use switchboard_core::{Channel, CoreResult, CustomerDirectory, CustomerHints, Hub, ResolvedCustomer};
+use uuid::Uuid;
+
+pub use api::ROUTES;
+pub use config::{CrmConfig, Settings};
+pub use import::{import_csv, import_csv_with, ImportReport, RowError};
+
+/// Errors of the CRM crate that are not request errors.
+#[derive(Debug, thiserror::Error)]
+pub enum CrmError {
+    /// An address could not be normalized.
+    #[error(transparent)]
+    Address(#[from] normalize::NormalizeError),
+}
+
+impl From<CrmError> for switchboard_core::CoreError {
+    fn from(e: CrmError) -> Self {
+        switchboard_core::CoreError::field("address", e.to_string())
+    }
+}
+
+/// The CRM's answer to "who is this?".
+pub struct CrmDirectory {
+    pool: PgPool,
+    settings: Arc<Settings>,
+}
+
+impl CrmDirectory {
+    /// A directory over the database.
+    pub fn new(pool: PgPool, settings: Arc<Settings>) -> CrmDirectory {
+        CrmDirectory { pool, settings }
+    }
+}
+
+#[async_trait]
+impl CustomerDirectory for CrmDirectory {
+    async fn resolve(&self, channel: Channel, address: &str, hints: &CustomerHints) -> CoreResult<Option<ResolvedCustomer>> {
+        let kind = normalize::IdentityKind::of_channel(channel);
+        store::resolve(&self.pool, self.settings.region, kind, address, hints).await.map(Some)
+    }
+
+    async fn card(&self, customer_id: Uuid) -> CoreResult<Option<serde_json::Value>> {
+        store::card(&self.pool, customer_id).await
+    }
+}
 
 /// Starts the module: reads its config section, wires itself into the hub, spawns its
 /// background tasks, and returns its HTTP router.
-pub async fn start(_hub: &Hub, _config: Option<toml::Value>, _shutdown: tokio::sync::watch::Receiver<bool>) -> CoreResult<axum::Router<Hub>> {
-    Ok(axum::Router::new())
+pub async fn start(hub: &Hub, config: Option<toml::Value>, shutdown: tokio::sync::watch::Receiver<bool>) -> CoreResult<axum::Router<Hub>> {
+    let settings = Arc::new(Settings::from_toml(config)?);
+    hub.set_directory(Arc::new(CrmDirectory::new(hub.db().clone(), settings.clone())));
+    hub.add_route_docs(ROUTES);
+    tracing::info!(default_region = %settings.config.default_region, attributes = settings.config.attributes.len(), "CRM started.");
+    Ok(api::router(api::Crm { settings, shutdown }))
 }

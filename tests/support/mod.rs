@@ -66,7 +66,8 @@ pub async fn spawn_hub_with(adjust: impl FnOnce(&mut Settings)) -> TestHub {
 /// Starts a second hub process-equivalent on the same database.
 pub async fn spawn_node(db: &TestDb) -> Running {
     let s = test_settings(&db.url(), &[]);
-    let database = Database { pool: sqlx::PgPool::connect_with(db.options.clone()).await.expect("pool"), embedded: None, options: db.options.clone() };
+    let database =
+        Database { pool: sqlx::PgPool::connect_with(db.options.clone()).await.expect("pool"), embedded: None, options: db.options.clone() };
     switchboard::start_with(s, database).await.expect("start node")
 }
 
@@ -83,7 +84,14 @@ pub struct Client {
 
 impl Client {
     pub fn anonymous(base: &str) -> Client {
-        Client { http: reqwest::Client::builder().cookie_store(true).build().expect("client"), base: base.to_string(), csrf: None, bearer: None, agent_id: None, user_id: None }
+        Client {
+            http: reqwest::Client::builder().cookie_store(true).build().expect("client"),
+            base: base.to_string(),
+            csrf: None,
+            bearer: None,
+            agent_id: None,
+            user_id: None,
+        }
     }
 
     pub async fn login(base: &str, username: &str, password: &str) -> Client {
@@ -142,7 +150,13 @@ pub async fn user(hub: &TestHub, username: &str, roles: &[Role], skills: Option<
     let password = "test-password-1";
     let u = switchboard_core::auth::create_user(hub.hub().db(), None, username, username, password, roles).await.expect("create user");
     if let Some(skills) = skills {
-        sqlx::query("insert into agents (user_id, name, skills) values ($1, $2, $3)").bind(u.id).bind(username).bind(skills).execute(hub.hub().db()).await.expect("agent");
+        sqlx::query("insert into agents (user_id, name, skills) values ($1, $2, $3)")
+            .bind(u.id)
+            .bind(username)
+            .bind(skills)
+            .execute(hub.hub().db())
+            .await
+            .expect("agent");
     }
     Client::login(&hub.url, username, password).await
 }
@@ -216,5 +230,11 @@ impl ChannelAdapter for TestAdapter {
 
 /// An inbound item for tests.
 pub fn inbound(channel: Channel, key: &str, from: &str, body: &str) -> switchboard_core::InboundItem {
-    switchboard_core::InboundItem { channel: Some(channel), dedupe_key: key.to_string(), from: from.to_string(), body: body.to_string(), ..Default::default() }
+    switchboard_core::InboundItem {
+        channel: Some(channel),
+        dedupe_key: key.to_string(),
+        from: from.to_string(),
+        body: body.to_string(),
+        ..Default::default()
+    }
 }

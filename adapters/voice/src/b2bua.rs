@@ -21,9 +21,7 @@ use crate::media_session::{bind_rtp, spawn_leg, spawn_recorder, LegId, MediaComm
 use crate::registrar::{CredentialStore, InlineCredentials, Registrar};
 use crate::sdp::{self, Codec, Direction, Negotiated};
 use crate::sip::dialog::Dialog;
-use crate::sip::message::{
-    make_header, new_branch, random_token, response_to, to_bytes, HeaderLookup, NameAddr, SipUri,
-};
+use crate::sip::message::{make_header, new_branch, random_token, response_to, to_bytes, HeaderLookup, NameAddr, SipUri};
 use crate::sip::transaction::{AnswerAction, AnswerRetransmitter, LayerEvent, Peer, TransactionKey, TransactionLayer};
 use crate::sip::validate::{unsupported_requirements, Essentials};
 use crate::sip::Transport;
@@ -39,36 +37,20 @@ const TELEPHONE_EVENT_PT: u8 = 101;
 /// Commands from core (through [`VoiceEngineHandle`]).
 #[derive(Debug)]
 enum Command {
-    RingAgent {
-        call_id: String,
-        agent: String,
-        offer_id: String,
-    },
-    StopRinging {
-        call_id: String,
-        offer_id: String,
-    },
-    Announce {
-        call_id: String,
-        position: u32,
-        wait: Duration,
-    },
-    Hangup {
-        call_id: String,
-    },
-    IsRegistered {
-        user: String,
-        reply: oneshot::Sender<bool>,
-    },
+    RingAgent { call_id: String, agent: String, offer_id: String },
+    StopRinging { call_id: String, offer_id: String },
+    Announce { call_id: String, position: u32, wait: Duration },
+    Hangup { call_id: String },
+    IsRegistered { user: String, reply: oneshot::Sender<bool> },
+    ReleaseAgent { call_id: String },
+    Hold { call_id: String, on: bool },
+    ToVoicemail { call_id: String, prompt: Option<String>, max: Duration },
 }
 
 /// Results of spawned routing calls.
 #[derive(Debug)]
 enum Internal {
-    Enqueued {
-        call_id: String,
-        result: std::result::Result<CallTicket, String>,
-    },
+    Enqueued { call_id: String, result: std::result::Result<CallTicket, String> },
 }
 
 /// Handle for core: ring agents, announce positions, hang up, stop the engine.
@@ -84,44 +66,48 @@ impl VoiceEngineHandle {
     /// Rings `agent`'s registered phone for queued call `call_id`. The result comes
     /// back through [`CallRouting::call_event`] (answered, no-answer, busy, unreachable).
     pub fn ring_agent(&self, call_id: &str, agent: &str, offer_id: &str) -> Result<()> {
-        self.send(Command::RingAgent {
-            call_id: call_id.into(),
-            agent: agent.into(),
-            offer_id: offer_id.into(),
-        })
+        self.send(Command::RingAgent { call_id: call_id.into(), agent: agent.into(), offer_id: offer_id.into() })
     }
 
     /// Withdraws an offer that is still ringing (sends CANCEL); no event follows.
     pub fn stop_ringing(&self, call_id: &str, offer_id: &str) -> Result<()> {
-        self.send(Command::StopRinging {
-            call_id: call_id.into(),
-            offer_id: offer_id.into(),
-        })
+        self.send(Command::StopRinging { call_id: call_id.into(), offer_id: offer_id.into() })
     }
 
     /// Plays the position / estimated-wait announcement to a queued caller.
     pub fn announce_position(&self, call_id: &str, position: u32, estimated_wait: Duration) -> Result<()> {
-        self.send(Command::Announce {
-            call_id: call_id.into(),
-            position,
-            wait: estimated_wait,
-        })
+        self.send(Command::Announce { call_id: call_id.into(), position, wait: estimated_wait })
     }
 
     /// Ends a call from the hub side (e.g. queue max wait without voicemail).
     pub fn hangup(&self, call_id: &str) -> Result<()> {
-        self.send(Command::Hangup {
-            call_id: call_id.into(),
-        })
+        self.send(Command::Hangup { call_id: call_id.into() })
+    }
+
+    /// Blind transfer / re-queue: ends a bridged agent leg (BYE) and puts the caller
+    /// back on music on hold, waiting for the next [`Self::ring_agent`]. The current
+    /// recording is closed; the next bridge records into a new file. No event follows.
+    pub fn release_agent(&self, call_id: &str) -> Result<()> {
+        self.send(Command::ReleaseAgent { call_id: call_id.into() })
+    }
+
+    /// Hub-side hold of a bridged call: the caller hears music on hold and neither
+    /// party's audio is relayed (`on = false` resumes).
+    pub fn hold(&self, call_id: &str, on: bool) -> Result<()> {
+        self.send(Command::Hold { call_id: call_id.into(), on })
+    }
+
+    /// Sends a queued caller to voicemail (e.g. queue max wait exceeded): optional
+    /// prompt, beep, then a mono recording of at most `max`, reported through
+    /// [`CallRouting::voicemail`].
+    pub fn to_voicemail(&self, call_id: &str, prompt: Option<String>, max: Duration) -> Result<()> {
+        self.send(Command::ToVoicemail { call_id: call_id.into(), prompt, max })
     }
 
     /// Whether `user` has a live registration (for agent presence).
     pub async fn is_registered(&self, user: &str) -> Result<bool> {
         let (reply, rx) = oneshot::channel();
-        self.send(Command::IsRegistered {
-            user: user.into(),
-            reply,
-        })?;
+        self.send(Command::IsRegistered { user: user.into(), reply })?;
         rx.await.map_err(|_| VoiceError::Stopped)
     }
 
@@ -159,24 +145,10 @@ impl VoiceEngine {
         config.validate()?;
         let (inbound_tx, inbound_rx) = mpsc::channel(1024);
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
-        let transport = SipTransport::bind(
-            config.udp_listen,
-            config.tcp_listen,
-            config.max_message_size,
-            inbound_tx,
-            shutdown_rx.clone(),
-        )
-        .await?;
-        let bound_ip = transport
-            .udp_addr()
-            .or(transport.tcp_addr())
-            .map(|a| a.ip())
-            .unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST));
-        let local_ip = config.public_ip.unwrap_or(if bound_ip.is_unspecified() {
-            IpAddr::V4(Ipv4Addr::LOCALHOST)
-        } else {
-            bound_ip
-        });
+        let transport =
+            SipTransport::bind(config.udp_listen, config.tcp_listen, config.max_message_size, inbound_tx, shutdown_rx.clone()).await?;
+        let bound_ip = transport.udp_addr().or(transport.tcp_addr()).map(|a| a.ip()).unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST));
+        let local_ip = config.public_ip.unwrap_or(if bound_ip.is_unspecified() { IpAddr::V4(Ipv4Addr::LOCALHOST) } else { bound_ip });
         let prompts = PromptStore::load(&config.prompts_dir);
         tracing::info!(prompts = prompts.len(), udp = ?transport.udp_addr(), tcp = ?transport.tcp_addr(), "Voice engine started.");
         let moh = config
@@ -204,11 +176,7 @@ impl VoiceEngine {
         let engine = Engine {
             layer: TransactionLayer::new(config.timers.timers(), config.max_message_size),
             registrar: Registrar::new(config.registrar.clone()),
-            flows: config
-                .ivr_flows
-                .iter()
-                .map(|(k, v)| (k.clone(), Arc::new(v.clone())))
-                .collect(),
+            flows: config.ivr_flows.iter().map(|(k, v)| (k.clone(), Arc::new(v.clone()))).collect(),
             cfg: Arc::new(config),
             credentials,
             trunk_credentials,
@@ -221,9 +189,11 @@ impl VoiceEngine {
             by_sip_call_id: HashMap::new(),
             by_leg: HashMap::new(),
             client_tx: HashMap::new(),
+            pending_voicemails: HashMap::new(),
             next_leg: 1,
             media_tx,
             internal_tx,
+            deferred: Vec::new(),
         };
         tokio::spawn(engine.run(inbound_rx, commands_rx, media_rx, internal_rx, shutdown_rx));
         Ok(handle)
@@ -287,6 +257,12 @@ struct Call {
     recorder: Option<Recorder>,
     hangup_after_prompt: bool,
     voicemail: Option<Voicemail>,
+    /// A ring request that arrived while core was still enqueueing.
+    pending_ring: Option<(String, String)>,
+    /// Bridges so far (recording file names get a suffix after the first).
+    bridges: u32,
+    /// Hub-side hold active.
+    held: bool,
 }
 
 #[derive(Debug)]
@@ -319,9 +295,13 @@ struct Engine {
     by_sip_call_id: HashMap<String, (String, Side)>,
     by_leg: HashMap<LegId, (String, Side)>,
     client_tx: HashMap<TransactionKey, ClientPurpose>,
+    /// Voicemail legs whose file is still being closed → the call to report.
+    pending_voicemails: HashMap<LegId, CallInfo>,
     next_leg: LegId,
     media_tx: mpsc::UnboundedSender<MediaEvent>,
     internal_tx: mpsc::UnboundedSender<Internal>,
+    /// Commands postponed until their call is ready (ring requests during enqueue).
+    deferred: Vec<Command>,
 }
 
 impl Engine {
@@ -342,6 +322,9 @@ impl Engine {
                 Some(ev) = internal.recv() => self.on_internal(ev),
                 _ = tokio::time::sleep_until(deadline.into()) => self.on_timer(),
                 _ = shutdown.changed() => break,
+            }
+            for cmd in std::mem::take(&mut self.deferred) {
+                self.on_command(cmd).await;
             }
         }
         let ids: Vec<String> = self.calls.keys().cloned().collect();
@@ -433,12 +416,7 @@ impl Engine {
         let events = self.layer.on_message(&msg.data, msg.peer, Self::now());
         for e in self.emit(events) {
             match e {
-                LayerEvent::Request {
-                    key,
-                    request,
-                    info,
-                    source,
-                } => self.on_request(key, request, *info, source).await,
+                LayerEvent::Request { key, request, info, source } => self.on_request(key, request, *info, source).await,
                 LayerEvent::Ack { info, request, .. } => self.on_ack(&request, &info),
                 LayerEvent::Response { key, response, info } => self.on_response(key, response, &info),
                 LayerEvent::StrayResponse { info, .. } => self.on_stray_2xx(&info),
@@ -505,16 +483,8 @@ impl Engine {
                 return;
             }
         };
-        let dialled = SipUri::parse(&req.uri.to_string())
-            .and_then(|u| u.user)
-            .unwrap_or_default();
-        let Some(flow) = trunk
-            .dids
-            .get(&dialled)
-            .or(trunk.default_flow.as_ref())
-            .and_then(|f| self.flows.get(f))
-            .cloned()
-        else {
+        let dialled = SipUri::parse(&req.uri.to_string()).and_then(|u| u.user).unwrap_or_default();
+        let Some(flow) = trunk.dids.get(&dialled).or(trunk.default_flow.as_ref()).and_then(|f| self.flows.get(f)).cloned() else {
             self.reply(&key, &req, 404, Vec::new());
             return;
         };
@@ -583,6 +553,9 @@ impl Engine {
             recorder: None,
             hangup_after_prompt: false,
             voicemail: None,
+            pending_ring: None,
+            bridges: 0,
+            held: false,
         };
         tracing::info!(call_id = %call_id, trunk = %trunk.name, dialled = %call.info.dialled, "Inbound call answered.");
         self.by_sip_call_id.insert(call_id.clone(), (call_id.clone(), Side::Caller));
@@ -606,11 +579,7 @@ impl Engine {
     }
 
     fn rtp_bind_ip(&self) -> IpAddr {
-        self.transport
-            .udp_addr()
-            .or(self.transport.tcp_addr())
-            .map(|a| a.ip())
-            .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED))
+        self.transport.udp_addr().or(self.transport.tcp_addr()).map(|a| a.ip()).unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED))
     }
 
     fn next_leg(&mut self) -> LegId {
@@ -621,7 +590,9 @@ impl Engine {
     fn run_ivr_actions(&mut self, call_id: &str, actions: Vec<IvrAction>) {
         for action in actions {
             let prompts = self.prompts.clone();
-            let Some(call) = self.calls.get_mut(call_id) else { return };
+            let Some(call) = self.calls.get_mut(call_id) else {
+                return;
+            };
             match action {
                 IvrAction::StopPlayback => call.caller.media.command(MediaCommand::StopPlayback),
                 IvrAction::Play(names) => {
@@ -650,11 +621,7 @@ impl Engine {
                     call.caller.media.command(MediaCommand::Play(samples));
                     let path = self.cfg.voicemail_dir.join(format!("{}.wav", file_safe(call_id)));
                     // Recording starts when the beep has played (PromptFinished).
-                    call.voicemail = Some(Voicemail {
-                        path,
-                        max,
-                        started: false,
-                    });
+                    call.voicemail = Some(Voicemail { path, max, started: false });
                     call.digit_deadline = None;
                     call.info.queue.clear();
                     call.ivr = None;
@@ -673,18 +640,38 @@ impl Engine {
         let leg = match &ev {
             MediaEvent::PromptFinished(l) | MediaEvent::Digit(l, _) | MediaEvent::RecordingDone(l, _) => *l,
         };
-        let Some((call_id, side)) = self.by_leg.get(&leg).cloned() else { return };
+        if let MediaEvent::RecordingDone(_, path) = &ev {
+            if let Some((call_id, _)) = self.by_leg.get(&leg).cloned() {
+                // Time limit reached: hang up; the recording is reported below.
+                self.end_call(&call_id, Side::Hub);
+            }
+            if let Some(info) = self.pending_voicemails.remove(&leg) {
+                let routing = self.routing.clone();
+                let path = path.clone();
+                tokio::spawn(async move {
+                    if let Err(error) = routing.voicemail(info, path).await {
+                        tracing::warn!(%error, "Routing rejected a voicemail.");
+                    }
+                });
+            }
+            return;
+        }
+        let Some((call_id, side)) = self.by_leg.get(&leg).cloned() else {
+            return;
+        };
         match ev {
             MediaEvent::Digit(_, d) if side == Side::Caller => self.on_digit(&call_id, d),
             MediaEvent::Digit(..) => {}
             MediaEvent::PromptFinished(_) if side == Side::Caller => self.on_prompt_finished(&call_id),
             MediaEvent::PromptFinished(_) => {}
-            MediaEvent::RecordingDone(..) => self.end_call(&call_id, Side::Hub),
+            MediaEvent::RecordingDone(..) => {}
         }
     }
 
     fn on_digit(&mut self, call_id: &str, digit: char) {
-        let Some(call) = self.calls.get_mut(call_id) else { return };
+        let Some(call) = self.calls.get_mut(call_id) else {
+            return;
+        };
         let Some(ivr) = call.ivr.as_mut() else { return };
         call.digit_deadline = None;
         let actions = ivr.on_input(IvrInput::Digit(digit), chrono::Utc::now());
@@ -692,7 +679,9 @@ impl Engine {
     }
 
     fn on_prompt_finished(&mut self, call_id: &str) {
-        let Some(call) = self.calls.get_mut(call_id) else { return };
+        let Some(call) = self.calls.get_mut(call_id) else {
+            return;
+        };
         if call.hangup_after_prompt {
             self.end_call(call_id, Side::Hub);
             return;
@@ -700,9 +689,7 @@ impl Engine {
         if let Some(vm) = call.voicemail.as_mut() {
             if !vm.started {
                 vm.started = true;
-                call.caller
-                    .media
-                    .command(MediaCommand::RecordMono(vm.path.clone(), vm.max));
+                call.caller.media.command(MediaCommand::RecordMono(vm.path.clone(), vm.max));
             }
             return;
         }
@@ -732,6 +719,9 @@ impl Engine {
                         if call.phase == Phase::Enqueuing {
                             call.phase = Phase::Queued;
                         }
+                        if let Some((agent, offer_id)) = call.pending_ring.take() {
+                            self.deferred.push(Command::RingAgent { call_id: call_id.clone(), agent, offer_id });
+                        }
                     }
                     Err(error) => {
                         tracing::warn!(call_id = %call_id, %error, "Enqueue failed; hanging up.");
@@ -756,7 +746,9 @@ impl Engine {
         self.registrar.expire(now);
         let ids: Vec<String> = self.calls.keys().cloned().collect();
         for id in ids {
-            let Some(call) = self.calls.get_mut(&id) else { continue };
+            let Some(call) = self.calls.get_mut(&id) else {
+                continue;
+            };
             // §13.3.1.4: retransmit our 2xx until the ACK; give up after 64·T1.
             let mut give_up = false;
             if let Some((r, peer)) = call.caller.answer.as_mut() {
@@ -786,11 +778,7 @@ impl Engine {
                 }
                 continue;
             }
-            let ring_expired = call
-                .agent
-                .as_ref()
-                .and_then(|a| a.ring_deadline)
-                .is_some_and(|d| d <= now);
+            let ring_expired = call.agent.as_ref().and_then(|a| a.ring_deadline).is_some_and(|d| d <= now);
             if ring_expired {
                 self.ring_no_answer(&id);
             }
@@ -798,10 +786,7 @@ impl Engine {
     }
 
     fn vias(&self) -> Vias {
-        Vias {
-            udp: self.via(Transport::Udp),
-            tcp: self.via(Transport::Tcp),
-        }
+        Vias { udp: self.via(Transport::Udp), tcp: self.via(Transport::Tcp) }
     }
 }
 
@@ -823,7 +808,9 @@ impl Vias {
 /// Tells core about a call event from a spawned task (signalling never waits on core).
 fn report(routing: &Arc<dyn CallRouting>, call: &Call, event: CallOutcome) {
     {
-        let Some(ticket) = call.ticket.clone() else { return };
+        let Some(ticket) = call.ticket.clone() else {
+            return;
+        };
         let routing = routing.clone();
         tokio::spawn(async move {
             if let Err(error) = routing.call_event(&ticket, event).await {
@@ -834,10 +821,13 @@ fn report(routing: &Arc<dyn CallRouting>, call: &Call, event: CallOutcome) {
 }
 
 impl Engine {
-
     fn ring_no_answer(&mut self, call_id: &str) {
-        let Some(call) = self.calls.get_mut(call_id) else { return };
-        let Some(agent) = call.agent.as_mut() else { return };
+        let Some(call) = self.calls.get_mut(call_id) else {
+            return;
+        };
+        let Some(agent) = call.agent.as_mut() else {
+            return;
+        };
         agent.ring_deadline = None;
         agent.state = AgentState::Cancelling;
         let cancel = cancel_for(&agent.invite);
@@ -852,14 +842,14 @@ impl Engine {
 
     async fn on_command(&mut self, cmd: Command) {
         match cmd {
-            Command::RingAgent {
-                call_id,
-                agent,
-                offer_id,
-            } => self.ring_agent(&call_id, &agent, &offer_id).await,
+            Command::RingAgent { call_id, agent, offer_id } => self.ring_agent(&call_id, &agent, &offer_id).await,
             Command::StopRinging { call_id, offer_id } => {
-                let Some(call) = self.calls.get_mut(&call_id) else { return };
-                let Some(agent) = call.agent.as_mut() else { return };
+                let Some(call) = self.calls.get_mut(&call_id) else {
+                    return;
+                };
+                let Some(agent) = call.agent.as_mut() else {
+                    return;
+                };
                 if agent.offer_id == offer_id && agent.state == AgentState::Ringing {
                     agent.state = AgentState::Cancelling;
                     agent.ring_deadline = None;
@@ -867,12 +857,10 @@ impl Engine {
                     self.send_request(cancel, peer, ClientPurpose::Other);
                 }
             }
-            Command::Announce {
-                call_id,
-                position,
-                wait,
-            } => {
-                let Some(call) = self.calls.get(&call_id) else { return };
+            Command::Announce { call_id, position, wait } => {
+                let Some(call) = self.calls.get(&call_id) else {
+                    return;
+                };
                 if call.phase != Phase::Queued {
                     return;
                 }
@@ -889,15 +877,47 @@ impl Engine {
             Command::IsRegistered { user, reply } => {
                 let _ = reply.send(self.registrar.lookup(&user, Self::now()).is_some());
             }
+            Command::ReleaseAgent { call_id } => self.release_agent(&call_id),
+            Command::Hold { call_id, on } => self.hold(&call_id, on),
+            Command::ToVoicemail { call_id, prompt, max } => {
+                let Some(call) = self.calls.get(&call_id) else {
+                    return;
+                };
+                if !matches!(call.phase, Phase::Queued | Phase::Enqueuing | Phase::Ivr) {
+                    return;
+                }
+                if call.agent.is_some() {
+                    let ringing = call.agent.as_ref().is_some_and(|a| a.state == AgentState::Ringing);
+                    if ringing {
+                        if let Some(agent) = self.calls.get_mut(&call_id).and_then(|c| c.agent.as_mut()) {
+                            agent.state = AgentState::Cancelling;
+                            agent.ring_deadline = None;
+                            let (cancel, peer) = (cancel_for(&agent.invite), agent.peer);
+                            self.send_request(cancel, peer, ClientPurpose::Other);
+                        }
+                    }
+                    self.drop_agent_leg(&call_id, false);
+                }
+                if let Some(call) = self.calls.get_mut(&call_id) {
+                    call.caller.media.command(MediaCommand::Moh(false));
+                    call.caller.media.command(MediaCommand::StopPlayback);
+                }
+                self.run_ivr_actions(&call_id, vec![IvrAction::Voicemail { prompt, max }]);
+            }
         }
     }
 
     async fn ring_agent(&mut self, call_id: &str, user: &str, offer_id: &str) {
-        let unreachable = |reason: &str| CallOutcome::Unreachable {
-            offer_id: offer_id.to_string(),
-            reason: reason.to_string(),
+        let unreachable = |reason: &str| CallOutcome::Unreachable { offer_id: offer_id.to_string(), reason: reason.to_string() };
+        let Some(call) = self.calls.get_mut(call_id) else {
+            return;
         };
-        let Some(call) = self.calls.get(call_id) else { return };
+        if call.phase == Phase::Enqueuing && call.agent.is_none() {
+            // Core can offer before the enqueue result reached this task: ring once it has.
+            call.pending_ring = Some((user.to_string(), offer_id.to_string()));
+            return;
+        }
+        let call = &*call;
         if call.phase != Phase::Queued || call.agent.is_some() {
             report(&self.routing, call, unreachable("call is not waiting for an agent"));
             return;
@@ -919,7 +939,9 @@ impl Engine {
                 return;
             }
         };
-        let Some(call) = self.calls.get(call_id) else { return };
+        let Some(call) = self.calls.get(call_id) else {
+            return;
+        };
         let local_rtp = SocketAddr::new(self.local_ip, socket.local_addr().map(|a| a.port()).unwrap_or(0));
         let offer = sdp::render(
             local_rtp,
@@ -932,12 +954,7 @@ impl Engine {
         let transport = binding.peer.transport;
         let sip_call_id = format!("{}@{}", uuid::Uuid::new_v4(), self.local_ip);
         let from_user = sip_user_safe(&call.info.caller);
-        let display = call
-            .info
-            .caller_name
-            .clone()
-            .unwrap_or_else(|| call.info.caller.clone())
-            .replace(['"', '\\'], "");
+        let display = call.info.caller_name.clone().unwrap_or_else(|| call.info.caller.clone()).replace(['"', '\\'], "");
         let host = host_port(self.local_ip, 0);
         let mut headers = rsip::Headers::default();
         headers.push(make_header("Via", format!("{};branch={};rport", self.via(transport), new_branch())));
@@ -951,20 +968,13 @@ impl Engine {
         headers.push(make_header("User-Agent", self.cfg.user_agent.clone()));
         headers.push(make_header("X-Switchboard-Call-ID", call_id.to_string()));
         headers.push(make_header("Content-Type", "application/sdp"));
-        let invite = Request {
-            method: Method::Invite,
-            uri,
-            version: rsip::Version::V2,
-            headers,
-            body: offer.into_bytes(),
-        };
+        let invite = Request { method: Method::Invite, uri, version: rsip::Version::V2, headers, body: offer.into_bytes() };
         let leg_id = self.next_leg();
         let media = spawn_leg(leg_id, socket, local_rtp, self.moh.clone(), self.media_tx.clone());
         let key = self.send_request(invite.clone(), binding.peer, ClientPurpose::AgentInvite(call_id.to_string()));
         tracing::info!(call_id = %call_id, agent = %user, offer_id = %offer_id, "Ringing agent.");
         self.by_leg.insert(leg_id, (call_id.to_string(), Side::Agent));
-        self.by_sip_call_id
-            .insert(sip_call_id.clone(), (call_id.to_string(), Side::Agent));
+        self.by_sip_call_id.insert(sip_call_id.clone(), (call_id.to_string(), Side::Agent));
         let ring = Duration::from_secs(self.cfg.ring_timeout_secs);
         if let Some(call) = self.calls.get_mut(call_id) {
             call.agent = Some(AgentLeg {
@@ -1002,9 +1012,7 @@ impl Engine {
         match code {
             180 | 183 if !agent.reported_ringing => {
                 agent.reported_ringing = true;
-                let ev = CallOutcome::Ringing {
-                    offer_id: agent.offer_id.clone(),
-                };
+                let ev = CallOutcome::Ringing { offer_id: agent.offer_id.clone() };
                 let call = &*call;
                 report(&self.routing, call, ev);
             }
@@ -1019,10 +1027,7 @@ impl Engine {
                 call.agent = None;
                 let ev = match code {
                     486 | 600 | 603 => CallOutcome::Busy { offer_id },
-                    _ => CallOutcome::Unreachable {
-                        offer_id,
-                        reason: format!("agent phone answered {code}"),
-                    },
+                    _ => CallOutcome::Unreachable { offer_id, reason: format!("agent phone answered {code}") },
                 };
                 // After our CANCEL (ring-no-answer) the 487 needs no second report.
                 if state == AgentState::Ringing {
@@ -1037,8 +1042,12 @@ impl Engine {
 
     fn on_agent_answer(&mut self, call_id: &str, resp: &Response, info: &Essentials) {
         let vias = self.vias();
-        let Some(call) = self.calls.get_mut(call_id) else { return };
-        let Some(agent) = call.agent.as_mut() else { return };
+        let Some(call) = self.calls.get_mut(call_id) else {
+            return;
+        };
+        let Some(agent) = call.agent.as_mut() else {
+            return;
+        };
         if agent.dialog.is_some() {
             return; // a 2xx retransmission: re-ACKed via on_stray_2xx
         }
@@ -1056,8 +1065,12 @@ impl Engine {
         if let Some(ack) = ack {
             self.transport.send(peer, to_bytes(&ack.into()));
         }
-        let Some(call) = self.calls.get_mut(call_id) else { return };
-        let Some(agent) = call.agent.as_mut() else { return };
+        let Some(call) = self.calls.get_mut(call_id) else {
+            return;
+        };
+        let Some(agent) = call.agent.as_mut() else {
+            return;
+        };
         let neg = match neg {
             Ok(n) if !cancelled && call.phase == Phase::Queued => n,
             other => {
@@ -1082,28 +1095,74 @@ impl Engine {
         caller_media.command(MediaCommand::StopPlayback);
         caller_media.command(MediaCommand::RelayTo(Some(agent_media.relay_input())));
         agent_media.command(MediaCommand::RelayTo(Some(caller_media.relay_input())));
-        let path = self.cfg.recordings_dir.join(format!("{}.wav", file_safe(call_id)));
+        call.bridges += 1;
+        let name = if call.bridges == 1 { file_safe(call_id) } else { format!("{}-{}", file_safe(call_id), call.bridges) };
+        let path = self.cfg.recordings_dir.join(format!("{name}.wav"));
         if let Some(rec) = spawn_recorder(path) {
             caller_media.command(MediaCommand::Tap(Some((rec.mixer.clone(), true))));
             agent_media.command(MediaCommand::Tap(Some((rec.mixer.clone(), false))));
             call.recorder = Some(rec);
         }
         call.phase = Phase::Bridged;
-        let ev = CallOutcome::Answered {
-            offer_id: agent.offer_id.clone(),
-            agent: agent.user.clone(),
-        };
+        let ev = CallOutcome::Answered { offer_id: agent.offer_id.clone(), agent: agent.user.clone() };
         tracing::info!(call_id = %call_id, agent = %agent.user, "Agent answered; legs bridged.");
         let call = &*call;
         report(&self.routing, call, ev);
+    }
+
+    /// Blind transfer: a bridged call goes back to waiting (agent leg ended with BYE).
+    fn release_agent(&mut self, call_id: &str) {
+        let Some(call) = self.calls.get_mut(call_id) else {
+            return;
+        };
+        if call.phase != Phase::Bridged {
+            return;
+        }
+        call.phase = Phase::Queued;
+        call.held = false;
+        if let Some(rec) = call.recorder.take() {
+            let _ = rec.stop.send(());
+        }
+        call.caller.media.command(MediaCommand::Tap(None));
+        tracing::info!(call_id = %call_id, "Agent leg released; caller waits again.");
+        self.drop_agent_leg(call_id, true);
+    }
+
+    /// Hub-side hold: music on hold to the caller, no relay either way.
+    fn hold(&mut self, call_id: &str, on: bool) {
+        let Some(call) = self.calls.get_mut(call_id) else {
+            return;
+        };
+        let Some(agent) = call.agent.as_ref().filter(|a| a.state == AgentState::Answered) else {
+            return;
+        };
+        if call.phase != Phase::Bridged || call.held == on {
+            return;
+        }
+        call.held = on;
+        let (caller, agent) = (call.caller.media.clone(), agent.media.clone());
+        if on {
+            caller.command(MediaCommand::RelayTo(None));
+            agent.command(MediaCommand::RelayTo(None));
+            caller.command(MediaCommand::Moh(true));
+        } else {
+            caller.command(MediaCommand::Moh(false));
+            caller.command(MediaCommand::RelayTo(Some(agent.relay_input())));
+            agent.command(MediaCommand::RelayTo(Some(caller.relay_input())));
+        }
+        tracing::info!(call_id = %call_id, on, "Hub-side hold.");
     }
 
     /// Ends the agent leg (BYE when `answered`) and puts the caller back on hold music.
     fn drop_agent_leg(&mut self, call_id: &str, answered: bool) {
         let vias = self.vias();
         let via = |t: Transport| vias.get(t).to_string();
-        let Some(call) = self.calls.get_mut(call_id) else { return };
-        let Some(mut agent) = call.agent.take() else { return };
+        let Some(call) = self.calls.get_mut(call_id) else {
+            return;
+        };
+        let Some(mut agent) = call.agent.take() else {
+            return;
+        };
         let mut bye = None;
         if answered {
             if let Some(d) = agent.dialog.as_mut() {
@@ -1131,10 +1190,7 @@ impl Engine {
             return;
         };
         let peer = agent.peer;
-        let ack = agent
-            .dialog
-            .as_mut()
-            .and_then(|d| d.request(Method::Ack, &via(peer.transport), "", Some(info.cseq)));
+        let ack = agent.dialog.as_mut().and_then(|d| d.request(Method::Ack, &via(peer.transport), "", Some(info.cseq)));
         if let Some(ack) = ack {
             self.transport.send(peer, to_bytes(&ack.into()));
         }
@@ -1144,13 +1200,14 @@ impl Engine {
         let Some(ClientPurpose::AgentInvite(call_id)) = self.client_tx.remove(&key) else {
             return;
         };
-        let Some(call) = self.calls.get(&call_id) else { return };
-        let Some(agent) = call.agent.as_ref().filter(|a| a.invite_key == key) else { return };
+        let Some(call) = self.calls.get(&call_id) else {
+            return;
+        };
+        let Some(agent) = call.agent.as_ref().filter(|a| a.invite_key == key) else {
+            return;
+        };
         if agent.state == AgentState::Ringing {
-            let ev = CallOutcome::Unreachable {
-                offer_id: agent.offer_id.clone(),
-                reason: "agent phone did not respond".into(),
-            };
+            let ev = CallOutcome::Unreachable { offer_id: agent.offer_id.clone(), reason: "agent phone did not respond".into() };
             report(&self.routing, call, ev);
         }
         self.drop_agent_leg(&call_id, false);
@@ -1160,7 +1217,9 @@ impl Engine {
         let Some((call_id, side)) = self.by_sip_call_id.get(&info.call_id).cloned() else {
             return;
         };
-        let Some(call) = self.calls.get_mut(&call_id) else { return };
+        let Some(call) = self.calls.get_mut(&call_id) else {
+            return;
+        };
         match side {
             Side::Caller => call.caller.answer = None,
             _ => {
@@ -1177,7 +1236,9 @@ impl Engine {
             return;
         };
         let contact = self.contact(Transport::Udp);
-        let Some(call) = self.calls.get_mut(&call_id) else { return };
+        let Some(call) = self.calls.get_mut(&call_id) else {
+            return;
+        };
         // RFC 3261 §14.2 / RFC 5407 §3.1.5: while our previous 2xx is not ACKed the
         // offer/answer exchange is still open, so a new INVITE is a glare: 491.
         let (pending, dialog_ok) = match side {
@@ -1198,7 +1259,9 @@ impl Engine {
             self.reply(&key, &req, 491, Vec::new());
             return;
         }
-        let Some(call) = self.calls.get_mut(&call_id) else { return };
+        let Some(call) = self.calls.get_mut(&call_id) else {
+            return;
+        };
         let (media, other, local_tag, session_id, version, codec, te) = match side {
             Side::Caller => {
                 call.caller.sdp_version += 1;
@@ -1213,18 +1276,12 @@ impl Engine {
                 )
             }
             _ => {
-                let Some(agent) = call.agent.as_mut() else { return };
+                let Some(agent) = call.agent.as_mut() else {
+                    return;
+                };
                 agent.sdp_version += 1;
                 let tag = agent.dialog.as_ref().map(|d| d.id.local_tag.clone()).unwrap_or_default();
-                (
-                    agent.media.clone(),
-                    Some(call.caller.media.clone()),
-                    tag,
-                    1,
-                    agent.sdp_version,
-                    None,
-                    Some(TELEPHONE_EVENT_PT),
-                )
+                (agent.media.clone(), Some(call.caller.media.clone()), tag, 1, agent.sdp_version, None, Some(TELEPHONE_EVENT_PT))
             }
         };
         let body = if req.body().is_empty() {
@@ -1234,10 +1291,7 @@ impl Engine {
             match sdp::SessionDescription::parse(req.body()).and_then(|s| sdp::negotiate(&s)) {
                 Ok(neg) => {
                     let hold = neg.is_hold();
-                    media.command(MediaCommand::SetRemote(Negotiated {
-                        codec: codec.unwrap_or(neg.codec),
-                        ..neg
-                    }));
+                    media.command(MediaCommand::SetRemote(Negotiated { codec: codec.unwrap_or(neg.codec), ..neg }));
                     // Hold: the other party hears music on hold until resumed.
                     if let Some(other) = &other {
                         if call.phase == Phase::Bridged {
@@ -1344,7 +1398,9 @@ impl Engine {
     fn end_call(&mut self, call_id: &str, by: Side) {
         let vias = self.vias();
         let via = |t: Transport| vias.get(t).to_string();
-        let Some(mut call) = self.calls.remove(call_id) else { return };
+        let Some(mut call) = self.calls.remove(call_id) else {
+            return;
+        };
         let mut requests = Vec::new();
         if by != Side::Caller {
             let t = call.caller.peer.transport;
@@ -1358,11 +1414,7 @@ impl Engine {
                 AgentState::Ringing => requests.push((cancel_for(&agent.invite), agent.peer)),
                 AgentState::Answered if by != Side::Agent => {
                     agent_answered = true;
-                    if let Some(bye) = agent
-                        .dialog
-                        .as_mut()
-                        .and_then(|d| d.request(Method::Bye, &via(agent.peer.transport), "", None))
-                    {
+                    if let Some(bye) = agent.dialog.as_mut().and_then(|d| d.request(Method::Bye, &via(agent.peer.transport), "", None)) {
                         requests.push((bye, agent.peer));
                     }
                 }
@@ -1382,13 +1434,9 @@ impl Engine {
         tracing::info!(call_id = %call_id, by = ?by, "Call ended.");
         let routing = self.routing.clone();
         let ticket = call.ticket.clone();
-        if let Some(vm) = call.voicemail.filter(|v| v.started) {
-            let info = call.info.clone();
-            tokio::spawn(async move {
-                // Give the media task a moment to close the file: it owns the writer.
-                tokio::task::yield_now().await;
-                let _ = routing.voicemail(info, vm.path).await;
-            });
+        if call.voicemail.is_some_and(|v| v.started) {
+            // Reported when the media task has closed the file (RecordingDone).
+            self.pending_voicemails.insert(call.caller.media.id, call.info.clone());
             return;
         }
         match (call.phase, ticket) {
@@ -1435,22 +1483,12 @@ fn cancel_for(invite: &Request) -> Request {
             headers.push(make_header(name, v));
         }
     }
-    let n = invite
-        .value_of("CSeq")
-        .and_then(|c| c.split_whitespace().next())
-        .unwrap_or("1")
-        .to_string();
+    let n = invite.value_of("CSeq").and_then(|c| c.split_whitespace().next()).unwrap_or("1").to_string();
     headers.push(make_header("CSeq", format!("{n} CANCEL")));
     for r in invite.values_of("Route") {
         headers.push(make_header("Route", r));
     }
-    Request {
-        method: Method::Cancel,
-        uri: invite.uri.clone(),
-        version: rsip::Version::V2,
-        headers,
-        body: Vec::new(),
-    }
+    Request { method: Method::Cancel, uri: invite.uri.clone(), version: rsip::Version::V2, headers, body: Vec::new() }
 }
 
 /// `ip:port` with IPv6 brackets; port 0 means "no port".
@@ -1468,17 +1506,12 @@ fn host_port(ip: IpAddr, port: u16) -> String {
 
 /// Keeps characters safe in a file name.
 fn file_safe(s: &str) -> String {
-    s.chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' })
-        .collect()
+    s.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' }).collect()
 }
 
 /// Keeps characters allowed unescaped in a SIP user part (RFC 3261 §25.1).
 fn sip_user_safe(s: &str) -> String {
-    let cleaned: String = s
-        .chars()
-        .filter(|c| c.is_ascii_alphanumeric() || "-_.!~*'()&=+$,;?/".contains(*c))
-        .collect();
+    let cleaned: String = s.chars().filter(|c| c.is_ascii_alphanumeric() || "-_.!~*'()&=+$,;?/".contains(*c)).collect();
     if cleaned.is_empty() {
         "anonymous".into()
     } else {
@@ -1492,7 +1525,7 @@ pub fn number_prompts(n: u32) -> Vec<String> {
         0..=20 => vec![n.to_string()],
         21..=99 => {
             let mut v = vec![(n / 10 * 10).to_string()];
-            if n % 10 != 0 {
+            if !n.is_multiple_of(10) {
                 v.push((n % 10).to_string());
             }
             v
@@ -1515,11 +1548,7 @@ mod tests {
 
     #[test]
     fn cancel_mirrors_invite() {
-        let (msg, _) = crate::sip::message::parse(
-            crate::sip::message::tests_support::INVITE.as_bytes(),
-            65_535,
-        )
-        .unwrap();
+        let (msg, _) = crate::sip::message::parse(crate::sip::message::tests_support::INVITE.as_bytes(), 65_535).unwrap();
         let rsip::SipMessage::Request(invite) = msg else { panic!("request") };
         let c = cancel_for(&invite).to_string();
         assert!(c.starts_with("CANCEL sip:+4930123@127.0.0.1 SIP/2.0"));

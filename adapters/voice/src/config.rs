@@ -273,9 +273,7 @@ pub struct WeekdayName(pub chrono::Weekday);
 impl TryFrom<String> for WeekdayName {
     type Error = String;
     fn try_from(s: String) -> Result<Self, String> {
-        chrono::Weekday::from_str(s.trim())
-            .map(WeekdayName)
-            .map_err(|_| format!("invalid weekday {s:?}"))
+        chrono::Weekday::from_str(s.trim()).map(WeekdayName).map_err(|_| format!("invalid weekday {s:?}"))
     }
 }
 
@@ -287,9 +285,7 @@ pub struct TimeOfDay(pub chrono::NaiveTime);
 impl TryFrom<String> for TimeOfDay {
     type Error = String;
     fn try_from(s: String) -> Result<Self, String> {
-        chrono::NaiveTime::parse_from_str(s.trim(), "%H:%M")
-            .map(TimeOfDay)
-            .map_err(|_| format!("invalid time {s:?}, expected HH:MM"))
+        chrono::NaiveTime::parse_from_str(s.trim(), "%H:%M").map(TimeOfDay).map_err(|_| format!("invalid time {s:?}, expected HH:MM"))
     }
 }
 
@@ -317,20 +313,12 @@ impl FromStr for SkillRequirement {
             Some((skill, level)) => (skill.trim(), level.trim()),
             None => (s.trim(), "1"),
         };
-        let valid = !skill.is_empty()
-            && skill
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, ':' | '_' | '-' | '.'));
+        let valid = !skill.is_empty() && skill.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, ':' | '_' | '-' | '.'));
         if !valid {
             return Err(format!("invalid skill name in requirement {s:?}"));
         }
-        let min_level = level
-            .parse::<u8>()
-            .map_err(|_| format!("invalid level in requirement {s:?}"))?;
-        Ok(Self {
-            skill: skill.to_string(),
-            min_level,
-        })
+        let min_level = level.parse::<u8>().map_err(|_| format!("invalid level in requirement {s:?}"))?;
+        Ok(Self { skill: skill.to_string(), min_level })
     }
 }
 
@@ -354,13 +342,11 @@ impl IpCidr {
         };
         match (self.addr, ip) {
             (IpAddr::V4(net), IpAddr::V4(ip)) => {
-                let mask = u32::MAX.checked_shl(32 - u32::from(self.prefix)).unwrap_or(0);
+                let mask = 32u32.checked_sub(u32::from(self.prefix)).and_then(|shift| u32::MAX.checked_shl(shift)).unwrap_or(0);
                 u32::from(net) & mask == u32::from(ip) & mask
             }
             (IpAddr::V6(net), IpAddr::V6(ip)) => {
-                let mask = u128::MAX
-                    .checked_shl(128 - u32::from(self.prefix))
-                    .unwrap_or(0);
+                let mask = 128u32.checked_sub(u32::from(self.prefix)).and_then(|shift| u128::MAX.checked_shl(shift)).unwrap_or(0);
                 u128::from(net) & mask == u128::from(ip) & mask
             }
             _ => false,
@@ -375,16 +361,10 @@ impl TryFrom<String> for IpCidr {
             Some((a, p)) => (a.trim(), Some(p.trim())),
             None => (s.trim(), None),
         };
-        let addr: IpAddr = addr
-            .parse()
-            .map_err(|_| format!("invalid address {s:?}"))?;
+        let addr: IpAddr = addr.parse().map_err(|_| format!("invalid address {s:?}"))?;
         let max = if addr.is_ipv4() { 32 } else { 128 };
         let prefix = match prefix {
-            Some(p) => p
-                .parse::<u8>()
-                .ok()
-                .filter(|p| *p <= max)
-                .ok_or_else(|| format!("invalid prefix in {s:?}"))?,
+            Some(p) => p.parse::<u8>().ok().filter(|p| *p <= max).ok_or_else(|| format!("invalid prefix in {s:?}"))?,
             None => max,
         };
         Ok(Self { addr, prefix })
@@ -408,11 +388,7 @@ pub struct SipTimerConfig {
 
 impl Default for SipTimerConfig {
     fn default() -> Self {
-        Self {
-            t1_ms: default_t1_ms(),
-            t2_ms: default_t2_ms(),
-            t4_ms: default_t4_ms(),
-        }
+        Self { t1_ms: default_t1_ms(), t2_ms: default_t2_ms(), t4_ms: default_t4_ms() }
     }
 }
 
@@ -534,28 +510,15 @@ impl VoiceConfig {
         }
         for trunk in &self.trunks {
             if trunk.allowed_sources.is_empty() && trunk.digest_user.is_none() {
-                errors.push(format!(
-                    "trunk {}: needs allowed_sources or digest_user",
-                    trunk.name
-                ));
+                errors.push(format!("trunk {}: needs allowed_sources or digest_user", trunk.name));
             }
             if trunk.digest_user.is_some() != trunk.digest_password.is_some() {
-                errors.push(format!(
-                    "trunk {}: digest_user and digest_password go together",
-                    trunk.name
-                ));
+                errors.push(format!("trunk {}: digest_user and digest_password go together", trunk.name));
             }
-            for (did, flow) in trunk
-                .dids
-                .iter()
-                .map(|(d, f)| (d.as_str(), f))
-                .chain(trunk.default_flow.iter().map(|f| ("default_flow", f)))
+            for (did, flow) in trunk.dids.iter().map(|(d, f)| (d.as_str(), f)).chain(trunk.default_flow.iter().map(|f| ("default_flow", f)))
             {
                 if !self.ivr_flows.contains_key(flow) {
-                    errors.push(format!(
-                        "trunk {}: {did} maps to unknown IVR flow {flow}",
-                        trunk.name
-                    ));
+                    errors.push(format!("trunk {}: {did} maps to unknown IVR flow {flow}", trunk.name));
                 }
             }
         }
@@ -572,9 +535,7 @@ impl VoiceConfig {
     /// The trunk a request from `source` (and optionally authenticated as
     /// `digest_user`) belongs to.
     pub fn trunk_for_source(&self, source: IpAddr) -> Option<&TrunkConfig> {
-        self.trunks
-            .iter()
-            .find(|t| t.allowed_sources.iter().any(|c| c.contains(source)))
+        self.trunks.iter().find(|t| t.allowed_sources.iter().any(|c| c.contains(source)))
     }
 }
 
@@ -582,52 +543,33 @@ impl IvrFlowConfig {
     fn check(&self, flow: &str, errors: &mut Vec<String>) {
         let check_ref = |from: &str, to: &str, errors: &mut Vec<String>| {
             if !self.nodes.contains_key(to) {
-                errors.push(format!(
-                    "ivr flow {flow}: node {from} refers to unknown node {to}"
-                ));
+                errors.push(format!("ivr flow {flow}: node {from} refers to unknown node {to}"));
             }
         };
         check_ref("start", &self.start, errors);
         for (name, node) in &self.nodes {
             match node {
-                IvrNode::Play { next, .. }
-                | IvrNode::SetRequirement { next, .. }
-                | IvrNode::SetQueue { next, .. } => check_ref(name, next, errors),
-                IvrNode::Menu {
-                    choices,
-                    on_failure,
-                    ..
-                } => {
+                IvrNode::Play { next, .. } | IvrNode::SetRequirement { next, .. } | IvrNode::SetQueue { next, .. } => {
+                    check_ref(name, next, errors)
+                }
+                IvrNode::Menu { choices, on_failure, .. } => {
                     check_ref(name, on_failure, errors);
                     for (digit, to) in choices {
                         let mut chars = digit.chars();
-                        let valid = matches!(chars.next(), Some('0'..='9' | '*' | '#'))
-                            && chars.next().is_none();
+                        let valid = matches!(chars.next(), Some('0'..='9' | '*' | '#')) && chars.next().is_none();
                         if !valid {
-                            errors.push(format!(
-                                "ivr flow {flow}: node {name} has invalid choice {digit:?}"
-                            ));
+                            errors.push(format!("ivr flow {flow}: node {name} has invalid choice {digit:?}"));
                         }
                         check_ref(name, to, errors);
                     }
                 }
-                IvrNode::Hours {
-                    timezone,
-                    open,
-                    closed,
-                    schedule,
-                    ..
-                } => {
+                IvrNode::Hours { timezone, open, closed, schedule, .. } => {
                     if timezone.parse::<chrono_tz::Tz>().is_err() {
-                        errors.push(format!(
-                            "ivr flow {flow}: node {name} has unknown timezone {timezone}"
-                        ));
+                        errors.push(format!("ivr flow {flow}: node {name} has unknown timezone {timezone}"));
                     }
                     for slot in schedule {
                         if slot.open.0 >= slot.close.0 {
-                            errors.push(format!(
-                                "ivr flow {flow}: node {name} has a slot closing before it opens"
-                            ));
+                            errors.push(format!("ivr flow {flow}: node {name} has a slot closing before it opens"));
                         }
                     }
                     check_ref(name, open, errors);

@@ -113,9 +113,7 @@ impl IvrSession {
             }
             (Waiting::MenuPrompt, IvrInput::PromptFinished) => {
                 self.waiting = Waiting::MenuInput;
-                vec![IvrAction::CollectDigit {
-                    timeout: self.menu_timeout(),
-                }]
+                vec![IvrAction::CollectDigit { timeout: self.menu_timeout() }]
             }
             (Waiting::MenuPrompt | Waiting::MenuInput, IvrInput::Digit(d)) => {
                 let mut out = Vec::new();
@@ -149,14 +147,8 @@ impl IvrSession {
     }
 
     fn menu_retry(&mut self, invalid: bool, now: DateTime<Utc>) -> Vec<IvrAction> {
-        let Some(IvrNode::Menu {
-            prompt,
-            max_attempts,
-            invalid_prompt,
-            timeout_prompt,
-            on_failure,
-            ..
-        }) = self.flow.nodes.get(&self.node).cloned()
+        let Some(IvrNode::Menu { prompt, max_attempts, invalid_prompt, timeout_prompt, on_failure, .. }) =
+            self.flow.nodes.get(&self.node).cloned()
         else {
             return self.hangup();
         };
@@ -164,9 +156,7 @@ impl IvrSession {
         if self.attempts >= max_attempts {
             return self.enter(&on_failure, now);
         }
-        let mut prompts: Vec<String> = if invalid { invalid_prompt } else { timeout_prompt }
-            .into_iter()
-            .collect();
+        let mut prompts: Vec<String> = if invalid { invalid_prompt } else { timeout_prompt }.into_iter().collect();
         prompts.push(prompt);
         self.waiting = Waiting::MenuPrompt;
         vec![IvrAction::Play(prompts)]
@@ -209,26 +199,13 @@ impl IvrSession {
                     self.queue = Some(queue);
                     current = next;
                 }
-                IvrNode::Hours {
-                    timezone,
-                    schedule,
-                    holidays,
-                    open,
-                    closed,
-                } => {
-                    current = if is_open(&timezone, &schedule, &holidays, now) {
-                        open
-                    } else {
-                        closed
-                    };
+                IvrNode::Hours { timezone, schedule, holidays, open, closed } => {
+                    current = if is_open(&timezone, &schedule, &holidays, now) { open } else { closed };
                 }
                 IvrNode::Enqueue { queue } => {
                     self.waiting = Waiting::Done;
                     match queue.or_else(|| self.queue.clone()) {
-                        Some(queue) => actions.push(IvrAction::Enqueue {
-                            queue,
-                            requirements: self.requirements.clone(),
-                        }),
+                        Some(queue) => actions.push(IvrAction::Enqueue { queue, requirements: self.requirements.clone() }),
                         None => {
                             tracing::warn!(node = %current, "IVR enqueue without a queue; hanging up.");
                             actions.push(IvrAction::Hangup);
@@ -236,15 +213,9 @@ impl IvrSession {
                     }
                     return actions;
                 }
-                IvrNode::Voicemail {
-                    prompt,
-                    max_seconds,
-                } => {
+                IvrNode::Voicemail { prompt, max_seconds } => {
                     self.waiting = Waiting::Done;
-                    actions.push(IvrAction::Voicemail {
-                        prompt,
-                        max: Duration::from_secs(max_seconds),
-                    });
+                    actions.push(IvrAction::Voicemail { prompt, max: Duration::from_secs(max_seconds) });
                     return actions;
                 }
                 IvrNode::Hangup { prompt } => {
@@ -270,12 +241,7 @@ impl IvrSession {
 
 /// Whether the weekly schedule is open at `now` in `timezone`, holidays excluded.
 /// An unknown time zone counts as closed (config validation reports it up front).
-pub fn is_open(
-    timezone: &str,
-    schedule: &[WeeklySlot],
-    holidays: &[chrono::NaiveDate],
-    now: DateTime<Utc>,
-) -> bool {
+pub fn is_open(timezone: &str, schedule: &[WeeklySlot], holidays: &[chrono::NaiveDate], now: DateTime<Utc>) -> bool {
     let Ok(tz) = timezone.parse::<chrono_tz::Tz>() else {
         return false;
     };
@@ -284,9 +250,7 @@ pub fn is_open(
         return false;
     }
     let time = local.time();
-    schedule.iter().any(|slot| {
-        slot.days.iter().any(|d| d.0 == local.weekday()) && slot.open.0 <= time && time < slot.close.0
-    })
+    schedule.iter().any(|slot| slot.days.iter().any(|d| d.0 == local.weekday()) && slot.open.0 <= time && time < slot.close.0)
 }
 
 #[cfg(test)]
@@ -354,13 +318,7 @@ prompt = "goodbye"
         assert_eq!(s.on_input(IvrInput::PromptFinished, now), vec![IvrAction::Play(vec!["menu-language".into()])]);
         let a = s.on_input(IvrInput::Digit('2'), now);
         assert_eq!(a[0], IvrAction::StopPlayback, "barge-in");
-        assert_eq!(
-            a[1],
-            IvrAction::Enqueue {
-                queue: "ventas".into(),
-                requirements: vec!["language:es >= 1".parse().unwrap()],
-            }
-        );
+        assert_eq!(a[1], IvrAction::Enqueue { queue: "ventas".into(), requirements: vec!["language:es >= 1".parse().unwrap()] });
         assert!(s.is_done());
     }
 
@@ -369,14 +327,8 @@ prompt = "goodbye"
         let now = wednesday_noon();
         let (mut s, _) = IvrSession::start(flow(), now);
         s.on_input(IvrInput::PromptFinished, now);
-        assert_eq!(
-            s.on_input(IvrInput::PromptFinished, now),
-            vec![IvrAction::CollectDigit { timeout: Duration::from_secs(5) }]
-        );
-        assert_eq!(
-            s.on_input(IvrInput::Digit('9'), now),
-            vec![IvrAction::Play(vec!["invalid".into(), "menu-language".into()])]
-        );
+        assert_eq!(s.on_input(IvrInput::PromptFinished, now), vec![IvrAction::CollectDigit { timeout: Duration::from_secs(5) }]);
+        assert_eq!(s.on_input(IvrInput::Digit('9'), now), vec![IvrAction::Play(vec!["invalid".into(), "menu-language".into()])]);
         s.on_input(IvrInput::PromptFinished, now);
         assert_eq!(s.on_input(IvrInput::Timeout, now), vec![IvrAction::Play(vec!["goodbye".into()])]);
         assert_eq!(s.on_input(IvrInput::PromptFinished, now), vec![IvrAction::Hangup]);
@@ -384,10 +336,7 @@ prompt = "goodbye"
 
     #[test]
     fn after_hours_weekend_and_holiday_go_to_voicemail() {
-        let vm = IvrAction::Voicemail {
-            prompt: Some("after-hours".into()),
-            max: Duration::from_secs(120),
-        };
+        let vm = IvrAction::Voicemail { prompt: Some("after-hours".into()), max: Duration::from_secs(120) };
         for when in [
             Utc.with_ymd_and_hms(2026, 11, 18, 17, 30, 0).unwrap(), // 18:30 Berlin
             Utc.with_ymd_and_hms(2026, 11, 21, 11, 0, 0).unwrap(),  // Saturday
@@ -405,13 +354,7 @@ prompt = "goodbye"
     fn loops_without_waiting_nodes_hang_up() {
         let mut f = (*flow()).clone();
         f.start = "loop".into();
-        f.nodes.insert(
-            "loop".into(),
-            IvrNode::SetQueue {
-                queue: "q".into(),
-                next: "loop".into(),
-            },
-        );
+        f.nodes.insert("loop".into(), IvrNode::SetQueue { queue: "q".into(), next: "loop".into() });
         let (_, a) = IvrSession::start(Arc::new(f), wednesday_noon());
         assert_eq!(a, vec![IvrAction::Hangup]);
     }

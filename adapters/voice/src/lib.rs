@@ -9,19 +9,24 @@
 //!   [`ivr`] (flow interpreter), [`registrar`] (bindings and digest challenges);
 //! * a thin tokio shell: [`transport`] (UDP/TCP listeners) and [`b2bua`] (the call
 //!   engine that answers trunk calls, runs the IVR, hands the call to core through
-//!   the [`call::CallRouting`] trait and bridges it to the agent's phone).
+//!   the [`call::CallRouting`] trait and bridges it to the agent's phone);
+//! * the hub wiring: [`adapter`] (the `type = "sip"` channel adapter, `CallRouting` over
+//!   core, agent credentials from the database) and [`http`] (call controls).
 
+pub mod adapter;
 pub mod b2bua;
 pub mod call;
 pub mod config;
+pub mod http;
 pub mod ivr;
-pub mod media_session;
 pub mod media;
+pub mod media_session;
 pub mod registrar;
 pub mod sdp;
 pub mod sip;
 pub mod transport;
 
+pub use adapter::{bound_addr, bound_tcp_addr, engine_for, register, VoiceAdapter};
 pub use b2bua::{VoiceEngine, VoiceEngineHandle};
 pub use call::{CallInfo, CallOutcome, CallRouting, CallTicket};
 pub use config::VoiceConfig;

@@ -19,6 +19,25 @@ use crate::media::wav::WavWriter;
 use crate::media::FRAME_SAMPLES;
 use crate::sdp::Negotiated;
 
+/// Process-wide media counters (load tests, diagnostics).
+#[derive(Debug, Default)]
+pub struct MediaStats {
+    /// Audio RTP packets received from peers (after latching and codec checks).
+    pub rtp_in: std::sync::atomic::AtomicU64,
+    /// RTP packets sent to peers.
+    pub rtp_out: std::sync::atomic::AtomicU64,
+    /// RTP packets that could not be sent (socket buffer full, unreachable).
+    pub rtp_send_errors: std::sync::atomic::AtomicU64,
+    /// Decoded frames handed to the bridged leg.
+    pub relayed: std::sync::atomic::AtomicU64,
+}
+
+/// The counters of this process.
+pub fn media_stats() -> &'static MediaStats {
+    static STATS: std::sync::OnceLock<MediaStats> = std::sync::OnceLock::new();
+    STATS.get_or_init(MediaStats::default)
+}
+
 /// Identifies a leg in events.
 pub type LegId = u64;
 
@@ -88,7 +107,9 @@ pub async fn bind_rtp(ip: IpAddr, min: u16, max: u16) -> std::io::Result<UdpSock
     let start = rand::thread_rng().gen_range(0..span);
     for i in 0..span {
         let port = u32::from(min & !1) + ((start + i) % span) * 2;
-        let Ok(port) = u16::try_from(port) else { continue };
+        let Ok(port) = u16::try_from(port) else {
+            continue;
+        };
         if let Ok(s) = UdpSocket::bind(SocketAddr::new(ip, port)).await {
             return Ok(s);
         }
@@ -123,12 +144,7 @@ pub fn spawn_leg(
         first_frame: true,
     };
     tokio::spawn(leg.run(rx, relay_rx));
-    MediaHandle {
-        id,
-        local: advertised,
-        commands,
-        relay_input,
-    }
+    MediaHandle { id, local: advertised, commands, relay_input }
 }
 
 struct Leg {
@@ -149,11 +165,7 @@ struct Leg {
 }
 
 impl Leg {
-    async fn run(
-        mut self,
-        mut commands: mpsc::UnboundedReceiver<MediaCommand>,
-        mut relay_rx: mpsc::UnboundedReceiver<Vec<i16>>,
-    ) {
+    async fn run(mut self, mut commands: mpsc::UnboundedReceiver<MediaCommand>, mut relay_rx: mpsc::UnboundedReceiver<Vec<i16>>) {
         let mut tick = tokio::time::interval(Duration::from_millis(20));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         let mut buf = vec![0u8; 2048];
@@ -178,8 +190,10 @@ impl Leg {
                 _ = tick.tick() => self.on_tick(),
             }
         }
+        // A voicemail cut short by a hangup is still a voicemail: close and report it.
         if let Some((mut w, _)) = self.mono.take() {
             let _ = w.finish();
+            let _ = self.events.send(MediaEvent::RecordingDone(self.id, w.path().to_path_buf()));
         }
     }
 
@@ -208,7 +222,9 @@ impl Leg {
 
     fn on_packet(&mut self, data: &[u8], src: SocketAddr) {
         let Some(remote) = self.remote else { return };
-        let Ok(pkt) = RtpPacket::parse(data) else { return };
+        let Ok(pkt) = RtpPacket::parse(data) else {
+            return;
+        };
         // Symmetric RTP: latch on to where the media really comes from (NAT).
         if !self.latch.on_packet(src, Instant::now()) {
             return;
@@ -222,6 +238,7 @@ impl Leg {
         if pkt.payload_type != remote.codec.payload_type() {
             return; // comfort noise or an unnegotiated payload
         }
+        media_stats().rtp_in.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let samples = g711::decode(remote.codec, pkt.payload);
         if let Some((mixer, left)) = &self.tap {
             if let Ok(mut m) = mixer.lock() {
@@ -236,7 +253,9 @@ impl Leg {
             let _ = w.write_samples(&samples);
         }
         if let Some(relay) = &self.relay {
-            let _ = relay.send(samples);
+            if relay.send(samples).is_ok() {
+                media_stats().relayed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
         }
     }
 
@@ -270,7 +289,11 @@ impl Leg {
             let payload = g711::encode(remote.codec, samples);
             let marker = std::mem::take(&mut self.first_frame);
             let pkt = self.sender.next(remote.codec.payload_type(), marker, &payload, samples.len() as u32);
-            let _ = self.socket.try_send_to(&pkt, target);
+            let counter = match self.socket.try_send_to(&pkt, target) {
+                Ok(_) => &media_stats().rtp_out,
+                Err(_) => &media_stats().rtp_send_errors,
+            };
+            counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
     }
 }
@@ -315,12 +338,7 @@ pub fn spawn_recorder(path: PathBuf) -> Option<Recorder> {
             tracing::warn!(%error, "Call recording could not be finalized.");
         }
     });
-    Some(Recorder {
-        mixer,
-        stop,
-        done,
-        path,
-    })
+    Some(Recorder { mixer, stop, done, path })
 }
 
 /// A running stereo recording.

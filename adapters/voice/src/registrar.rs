@@ -47,9 +47,7 @@ impl InlineCredentials {
 
 impl CredentialStore for InlineCredentials {
     fn ha1(&self, user: &str, realm: &str) -> Option<String> {
-        self.passwords
-            .get(user)
-            .map(|p| ha1(user, realm, p.expose_secret()))
+        self.passwords.get(user).map(|p| ha1(user, realm, p.expose_secret()))
     }
 }
 
@@ -78,21 +76,14 @@ pub struct Registrar {
 }
 
 fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
 impl Registrar {
     /// A registrar with a fresh nonce secret.
     pub fn new(config: RegistrarConfig) -> Self {
         let auth = DigestAuthority::new(config.realm.clone(), config.nonce_ttl_secs);
-        Self {
-            config,
-            auth,
-            bindings: HashMap::new(),
-        }
+        Self { config, auth, bindings: HashMap::new() }
     }
 
     /// The digest authority (shared with trunk authentication).
@@ -101,12 +92,7 @@ impl Registrar {
     }
 
     /// Checks a request's digest credentials; `Err` is the 401 to send.
-    pub fn authenticate(
-        &self,
-        req: &Request,
-        to_tag: &str,
-        creds: &dyn CredentialStore,
-    ) -> Result<String, Box<Response>> {
+    pub fn authenticate(&self, req: &Request, to_tag: &str, creds: &dyn CredentialStore) -> Result<String, Box<Response>> {
         let now = unix_now();
         let challenge = |stale: bool| {
             Box::new(response_to(
@@ -164,11 +150,8 @@ impl Registrar {
             let Some(addr) = NameAddr::parse(c) else {
                 return response_to(req, 400, Some(&tag), Vec::new(), Vec::new());
             };
-            let expires = addr
-                .param("expires")
-                .and_then(|e| e.parse::<u32>().ok())
-                .or(header_expires)
-                .unwrap_or(self.config.default_expires);
+            let expires =
+                addr.param("expires").and_then(|e| e.parse::<u32>().ok()).or(header_expires).unwrap_or(self.config.default_expires);
             if expires != 0 && expires < self.config.min_expires {
                 return response_to(
                     req,
@@ -192,7 +175,7 @@ impl Registrar {
             let expires = expires.min(self.config.max_expires);
             list.push(Binding {
                 contact: addr.uri.clone(),
-                peer: source,
+                peer: binding_peer(&addr.uri, info, source),
                 expires_at: now + Duration::from_secs(u64::from(expires)),
                 call_id: info.call_id.clone(),
                 cseq: info.cseq,
@@ -213,11 +196,7 @@ impl Registrar {
 
     /// The most recently registered live binding of `user`.
     pub fn lookup(&self, user: &str, now: Instant) -> Option<&Binding> {
-        self.bindings
-            .get(user)?
-            .iter()
-            .filter(|b| b.expires_at > now)
-            .max_by_key(|b| b.expires_at)
+        self.bindings.get(user)?.iter().filter(|b| b.expires_at > now).max_by_key(|b| b.expires_at)
     }
 
     /// Drops expired bindings.
@@ -234,9 +213,29 @@ impl Registrar {
     }
 }
 
-/// Peer address of a binding for sending (kept for callers that only need it).
-pub fn binding_addr(b: &Binding) -> SocketAddr {
-    b.peer.addr
+/// Where requests to a registered contact go.
+///
+/// Behind NAT (the top Via's sent-by differs from the packet's source) the Contact
+/// holds a private address, so we send to the source the REGISTER came from, which
+/// reuses the phone's NAT binding (the RFC 3581 idea applied to requests). Without
+/// NAT we honour the Contact, which may name another port than the REGISTER used.
+pub fn binding_peer(contact: &str, info: &Essentials, source: Peer) -> Peer {
+    let natted = info.via.host != source.addr.ip().to_string() || info.via.port.unwrap_or(5060) != source.addr.port();
+    if natted {
+        return source;
+    }
+    let Some(uri) = SipUri::parse(contact) else {
+        return source;
+    };
+    let Ok(ip) = uri.host.parse::<std::net::IpAddr>() else {
+        return source;
+    };
+    let transport = match uri.param("transport") {
+        Some(t) if t.eq_ignore_ascii_case("tcp") => crate::sip::Transport::Tcp,
+        Some(_) => crate::sip::Transport::Udp,
+        None => source.transport,
+    };
+    Peer { addr: SocketAddr::new(ip, uri.port.unwrap_or(5060)), transport }
 }
 
 #[cfg(test)]
@@ -281,10 +280,7 @@ Call-ID: reg-1\r\nCSeq: {cseq} REGISTER\r\nContact: <sip:alice@10.0.0.9:5062>\r\
     fn setup() -> (Registrar, InlineCredentials, Peer) {
         let mut creds = InlineCredentials::default();
         creds.insert("alice", "wonder");
-        let peer = Peer {
-            addr: "198.51.100.20:61000".parse().unwrap(),
-            transport: Transport::Udp,
-        };
+        let peer = Peer { addr: "198.51.100.20:61000".parse().unwrap(), transport: Transport::Udp };
         (Registrar::new(RegistrarConfig::default()), creds, peer)
     }
 
@@ -301,7 +297,7 @@ Call-ID: reg-1\r\nCSeq: {cseq} REGISTER\r\nContact: <sip:alice@10.0.0.9:5062>\r\
         assert!(ok.value_of("Contact").unwrap().contains("expires=3600"));
         let b = reg.lookup("alice", now).unwrap();
         assert_eq!(b.contact, "sip:alice@10.0.0.9:5062");
-        assert_eq!(b.peer, peer);
+        assert_eq!(b.peer, peer, "behind NAT the source address is used");
         assert!(reg.lookup("alice", now + Duration::from_secs(3601)).is_none());
     }
 
@@ -321,6 +317,16 @@ Call-ID: reg-1\r\nCSeq: {cseq} REGISTER\r\nContact: <sip:alice@10.0.0.9:5062>\r\
         let r = reg.handle_register(&req, &info, peer, now, &creds);
         assert_eq!(r.status_code.code(), 423);
         assert_eq!(r.value_of("Min-Expires"), Some("60"));
+    }
+
+    #[test]
+    fn contact_is_used_without_nat_and_source_with_nat() {
+        let (_, info) = register("", 1);
+        let direct = Peer { addr: "10.0.0.9:5062".parse().unwrap(), transport: Transport::Udp };
+        let other_port = binding_peer("sip:alice@10.0.0.9:7000", &info, direct);
+        assert_eq!(other_port.addr, "10.0.0.9:7000".parse().unwrap());
+        let natted = Peer { addr: "198.51.100.20:61000".parse().unwrap(), transport: Transport::Udp };
+        assert_eq!(binding_peer("sip:alice@10.0.0.9:5062", &info, natted), natted);
     }
 
     #[test]

@@ -115,11 +115,7 @@ impl SessionDescription {
                 "v" => saw_version = value.trim() == "0",
                 "c" => {
                     // c=IN IP4 192.0.2.1
-                    let addr = value
-                        .split_whitespace()
-                        .nth(2)
-                        .and_then(|a| a.split('/').next())
-                        .and_then(|a| a.parse::<IpAddr>().ok());
+                    let addr = value.split_whitespace().nth(2).and_then(|a| a.split('/').next()).and_then(|a| a.parse::<IpAddr>().ok());
                     match (in_audio, audio.as_mut()) {
                         (true, Some(a)) => {
                             if let Some(addr) = addr {
@@ -209,22 +205,16 @@ impl Negotiated {
     /// Whether the peer put the stream on hold (RFC 3264 §8.4; `c=0.0.0.0` is the
     /// RFC 2543 way still sent by old phones).
     pub fn is_hold(&self) -> bool {
-        matches!(self.direction, Direction::SendOnly | Direction::Inactive)
-            || self.remote.ip().is_unspecified()
+        matches!(self.direction, Direction::SendOnly | Direction::Inactive) || self.remote.ip().is_unspecified()
     }
 }
 
 fn encoding_of(audio: &AudioMedia, pt: u8) -> Option<(String, u32)> {
-    audio
-        .rtpmap
-        .iter()
-        .find(|(p, _, _)| *p == pt)
-        .map(|(_, n, r)| (n.clone(), *r))
-        .or(match pt {
-            0 => Some(("PCMU".into(), 8000)),
-            8 => Some(("PCMA".into(), 8000)),
-            _ => None,
-        })
+    audio.rtpmap.iter().find(|(p, _, _)| *p == pt).map(|(_, n, r)| (n.clone(), *r)).or(match pt {
+        0 => Some(("PCMU".into(), 8000)),
+        8 => Some(("PCMA".into(), 8000)),
+        _ => None,
+    })
 }
 
 /// Picks the first offered G.711 codec and telephone-event/8000 (RFC 3264 §6.1).
@@ -242,15 +232,9 @@ pub fn negotiate(sdp: &SessionDescription) -> Result<Negotiated, SdpError> {
             _ => None,
         })
         .ok_or(SdpError::NoCommonCodec)?;
-    let telephone_event = audio.formats.iter().copied().find(|pt| {
-        encoding_of(audio, *pt).is_some_and(|(n, r)| n == "TELEPHONE-EVENT" && r == 8000)
-    });
-    Ok(Negotiated {
-        codec,
-        telephone_event,
-        remote: SocketAddr::new(audio.address, audio.port),
-        direction: audio.direction,
-    })
+    let telephone_event =
+        audio.formats.iter().copied().find(|pt| encoding_of(audio, *pt).is_some_and(|(n, r)| n == "TELEPHONE-EVENT" && r == 8000));
+    Ok(Negotiated { codec, telephone_event, remote: SocketAddr::new(audio.address, audio.port), direction: audio.direction })
 }
 
 /// Renders our SDP (offer or answer) for one audio stream.
@@ -285,21 +269,9 @@ c=IN {family} {ip}\r\nt=0 0\r\nm=audio {} RTP/AVP {}\r\n",
 }
 
 /// Answers an offer: the negotiated result plus our SDP answer body.
-pub fn answer_offer(
-    offer: &[u8],
-    local: SocketAddr,
-    session_id: u64,
-    version: u64,
-) -> Result<(Negotiated, String), SdpError> {
+pub fn answer_offer(offer: &[u8], local: SocketAddr, session_id: u64, version: u64) -> Result<(Negotiated, String), SdpError> {
     let neg = negotiate(&SessionDescription::parse(offer)?)?;
-    let body = render(
-        local,
-        session_id,
-        version,
-        &[neg.codec],
-        neg.telephone_event,
-        neg.direction.answer(),
-    );
+    let body = render(local, session_id, version, &[neg.codec], neg.telephone_event, neg.direction.answer());
     Ok((neg, body))
 }
 
@@ -340,10 +312,7 @@ m=audio 40000 RTP/AVP 9 8 0 101\r\na=rtpmap:9 G722/8000\r\na=rtpmap:101 telephon
     #[test]
     fn rejects_unusable_offers() {
         let g729 = OFFER.replace("9 8 0 101", "18").replace("a=rtpmap:9 G722/8000\r\n", "");
-        assert_eq!(
-            negotiate(&SessionDescription::parse(g729.as_bytes()).unwrap()),
-            Err(SdpError::NoCommonCodec)
-        );
+        assert_eq!(negotiate(&SessionDescription::parse(g729.as_bytes()).unwrap()), Err(SdpError::NoCommonCodec));
         assert!(SessionDescription::parse(b"garbage").is_err());
         assert!(SessionDescription::parse(&[0xff, 0xfe]).is_err());
         let video_only = "v=0\r\nc=IN IP4 1.2.3.4\r\nm=video 5 RTP/AVP 31\r\n";

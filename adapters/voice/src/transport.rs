@@ -44,10 +44,7 @@ pub struct StreamFramer {
 impl StreamFramer {
     /// A framer accepting messages up to `max` bytes.
     pub fn new(max: usize) -> Self {
-        Self {
-            buf: BytesMut::new(),
-            max,
-        }
+        Self { buf: BytesMut::new(), max }
     }
 
     /// Appends received bytes.
@@ -61,11 +58,7 @@ impl StreamFramer {
         let skip = self.buf.iter().take_while(|b| **b == b'\r' || **b == b'\n').count();
         let _ = self.buf.split_to(skip);
         let Some(head_end) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") else {
-            return if self.buf.len() > self.max {
-                Err(FramingError::TooLarge)
-            } else {
-                Ok(None)
-            };
+            return if self.buf.len() > self.max { Err(FramingError::TooLarge) } else { Ok(None) };
         };
         let head = std::str::from_utf8(&self.buf[..head_end]).map_err(|_| FramingError::BadContentLength)?;
         let mut length = None;
@@ -128,15 +121,7 @@ impl SipTransport {
             Some(l) => Some(l.local_addr()?),
             None => None,
         };
-        let transport = Self {
-            udp: udp_socket,
-            udp_addr,
-            tcp_addr,
-            connections: Arc::default(),
-            inbound,
-            max_size,
-            shutdown,
-        };
+        let transport = Self { udp: udp_socket, udp_addr, tcp_addr, connections: Arc::default(), inbound, max_size, shutdown };
         if let Some(sock) = transport.udp.clone() {
             tokio::spawn(udp_loop(sock, transport.inbound.clone(), transport.shutdown.clone()));
         }
@@ -169,11 +154,7 @@ impl SipTransport {
                 }
             }
             Transport::Tcp => {
-                let existing = self
-                    .connections
-                    .lock()
-                    .ok()
-                    .and_then(|c| c.get(&peer.addr).cloned());
+                let existing = self.connections.lock().ok().and_then(|c| c.get(&peer.addr).cloned());
                 match existing {
                     Some(tx) if tx.send(bytes.clone()).is_ok() => {}
                     _ => {
@@ -200,7 +181,8 @@ impl SipTransport {
         if let Ok(mut c) = self.connections.lock() {
             c.insert(addr, tx.clone());
         }
-        tokio::spawn(tcp_connection(stream, addr, rx, self.clone()));
+        let span = tracing::debug_span!("sip_tcp", peer = %addr);
+        tokio::spawn(tracing::Instrument::instrument(tcp_connection(stream, addr, rx, self.clone()), span));
         tx
     }
 }
@@ -247,18 +229,11 @@ async fn tcp_accept_loop(listener: TcpListener, transport: SipTransport) {
     }
 }
 
-async fn tcp_connection(
-    stream: TcpStream,
-    addr: SocketAddr,
-    mut outbound: mpsc::UnboundedReceiver<Bytes>,
-    transport: SipTransport,
-) {
+async fn tcp_connection(stream: TcpStream, addr: SocketAddr, mut outbound: mpsc::UnboundedReceiver<Bytes>, transport: SipTransport) {
     let (mut reader, mut writer) = stream.into_split();
     let mut framer = StreamFramer::new(transport.max_size);
     let mut buf = vec![0u8; 16 * 1024];
     let mut shutdown = transport.shutdown.clone();
-    let span = tracing::debug_span!("sip_tcp", peer = %addr);
-    let _enter = span.enter();
     loop {
         tokio::select! {
             r = reader.read(&mut buf) => {
@@ -334,9 +309,7 @@ mod tests {
         let (tx, mut rx) = mpsc::channel(8);
         let (_stop, shutdown) = watch::channel(false);
         let localhost: SocketAddr = "127.0.0.1:0".parse().unwrap();
-        let t = SipTransport::bind(Some(localhost), Some(localhost), 65_535, tx, shutdown)
-            .await
-            .unwrap();
+        let t = SipTransport::bind(Some(localhost), Some(localhost), 65_535, tx, shutdown).await.unwrap();
         let client = UdpSocket::bind(localhost).await.unwrap();
         client.send_to(MSG, t.udp_addr().unwrap()).await.unwrap();
         let got = rx.recv().await.unwrap();

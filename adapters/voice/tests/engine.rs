@@ -50,7 +50,12 @@ realm = "switchboard"
 [[trunks]]
 name = "carrier"
 allowed_sources = ["127.0.0.1"]
-dids = {{ "100" = "main" }}
+dids = {{ "100" = "main", "200" = "closed" }}
+[ivr_flows.closed]
+start = "vm"
+[ivr_flows.closed.nodes.vm]
+type = "voicemail"
+max_seconds = 1
 [ivr_flows.main]
 start = "menu"
 default_queue = "support"
@@ -76,12 +81,7 @@ type = "enqueue"
     let mut creds = InlineCredentials::default();
     creds.insert("alice", "wonderland");
     let handle = VoiceEngine::start(config, routing, Arc::new(creds)).await.expect("engine starts");
-    Hub {
-        sip: handle.udp_addr().unwrap(),
-        handle,
-        recordings,
-        routing: rx,
-    }
+    Hub { sip: handle.udp_addr().unwrap(), handle, recordings, routing: rx }
 }
 
 fn register_text(phone: &Phone, cseq: u32, auth: &str) -> String {
@@ -170,10 +170,7 @@ fn reply_to(req: &SipMessage, code: u16, tag: &str, contact: SocketAddr, body: &
 
 async fn recv_rtp(sock: &UdpSocket) -> Vec<u8> {
     let mut buf = vec![0u8; 2048];
-    let (n, _) = tokio::time::timeout(Duration::from_secs(10), sock.recv_from(&mut buf))
-        .await
-        .expect("RTP within 10 s")
-        .unwrap();
+    let (n, _) = tokio::time::timeout(Duration::from_secs(10), sock.recv_from(&mut buf)).await.expect("RTP within 10 s").unwrap();
     buf.truncate(n);
     buf
 }
@@ -220,18 +217,12 @@ async fn caller_to_agent_bridge_with_recording() {
     let agent_rtp = UdpSocket::bind("127.0.0.1:0").await.unwrap();
     let agent_sdp = sdp::render(agent_rtp.local_addr().unwrap(), 2, 1, &[Codec::Pcma], Some(101), sdp::Direction::SendRecv);
     agent.send(&reply_to(&invite, 180, "agent", agent.addr(), "")).await;
-    assert_eq!(
-        next_seen(&mut hub.routing).await,
-        Seen::Event("call-1".into(), CallOutcome::Ringing { offer_id: "offer-1".into() })
-    );
+    assert_eq!(next_seen(&mut hub.routing).await, Seen::Event("call-1".into(), CallOutcome::Ringing { offer_id: "offer-1".into() }));
     agent.send(&reply_to(&invite, 200, "agent", agent.addr(), &agent_sdp)).await;
     agent.expect("ACK from hub", |m| method(m).as_deref() == Some("ACK")).await;
     assert_eq!(
         next_seen(&mut hub.routing).await,
-        Seen::Event(
-            "call-1".into(),
-            CallOutcome::Answered { offer_id: "offer-1".into(), agent: "alice".into() }
-        )
+        Seen::Event("call-1".into(), CallOutcome::Answered { offer_id: "offer-1".into(), agent: "alice".into() })
     );
     let hub_agent_rtp = media_addr(&invite);
 
@@ -266,9 +257,7 @@ async fn caller_to_agent_bridge_with_recording() {
     caller.expect("200 to BYE", |m| status(m) == Some(200)).await;
     let (bye, _) = agent.expect("BYE to agent", |m| method(m).as_deref() == Some("BYE")).await;
     agent.send(&reply_to(&bye, 200, "agent", agent.addr(), "")).await;
-    let Seen::Event(_, CallOutcome::Ended { by, recording }) = next_seen(&mut hub.routing).await else {
-        panic!("ended expected")
-    };
+    let Seen::Event(_, CallOutcome::Ended { by, recording }) = next_seen(&mut hub.routing).await else { panic!("ended expected") };
     assert_eq!(by, Side::Caller);
     let recording = recording.expect("recording path");
     assert!(recording.starts_with(&hub.recordings));
@@ -317,9 +306,7 @@ From: <sip:x@127.0.0.1>;tag=o\r\nTo: <sip:127.0.0.1>\r\nCall-ID: opt-1\r\nCSeq: 
     caller.send(&in_dialog("ACK", &caller, "call-2", &tag, 1, "")).await;
     // After the ACK a hold re-INVITE is accepted and answered recvonly.
     caller.send(&in_dialog("INVITE", &caller, "call-2", &tag, 3, &body)).await;
-    let (held, _) = caller
-        .expect("200 to hold", |m| status(m) == Some(200) && header(m, "CSeq") == "3 INVITE")
-        .await;
+    let (held, _) = caller.expect("200 to hold", |m| status(m) == Some(200) && header(m, "CSeq") == "3 INVITE").await;
     assert!(String::from_utf8_lossy(held.body()).contains("a=recvonly"));
     caller.send(&in_dialog("ACK", &caller, "call-2", &tag, 3, "")).await;
 
@@ -356,7 +343,7 @@ async fn ring_no_answer_cancels_the_agent_invite() {
     agent.send(&reply_to(&cancel, 200, "agent", agent.addr(), "")).await;
     agent.send(&reply_to(&invite, 487, "agent", agent.addr(), "")).await;
     agent.expect("ACK for 487", |m| method(m).as_deref() == Some("ACK")).await;
-    let mut events = vec![next_seen(&mut hub.routing).await, next_seen(&mut hub.routing).await];
+    let mut events = [next_seen(&mut hub.routing).await, next_seen(&mut hub.routing).await];
     events.sort_by_key(|e| format!("{e:?}"));
     assert!(events.contains(&Seen::Event("call-3".into(), CallOutcome::NoAnswer { offer_id: "offer-9".into() })));
     // An unregistered agent is reported unreachable straight away.
@@ -365,5 +352,35 @@ async fn ring_no_answer_cancels_the_agent_invite() {
         panic!("unreachable expected")
     };
     assert_eq!(offer_id, "offer-10");
+    hub.handle.shutdown();
+}
+
+/// After hours: the flow goes straight to voicemail; the caller hears the beep, is
+/// recorded for `max_seconds`, the hub hangs up and core gets the mono recording.
+#[tokio::test]
+async fn voicemail_is_recorded_and_reported() {
+    let mut hub = start_hub(20).await;
+    let caller = Phone::new(hub.sip).await;
+    let rtp = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let invite = invite_text(&caller, rtp.local_addr().unwrap(), "call-vm", "").replace("sip:100@", "sip:200@");
+    caller.send(&invite).await;
+    let (ok, _) = caller.expect("200 OK", |m| status(m) == Some(200)).await;
+    let tag = to_tag(&ok);
+    caller.send(&in_dialog("ACK", &caller, "call-vm", &tag, 1, "")).await;
+    let hub_rtp = media_addr(&ok);
+    let mut sender = RtpSender::new();
+    let mut tick = tokio::time::interval(Duration::from_millis(20));
+    let speech: Vec<i16> = (0..160).map(|i| ((i as f32 / 3.0).sin() * 6000.0) as i16).collect();
+    for _ in 0..90 {
+        tick.tick().await;
+        let pkt = sender.next(0, false, &g711::encode(Codec::Pcmu, &speech), 160);
+        rtp.send_to(&pkt, hub_rtp).await.unwrap();
+    }
+    let (bye, _) = caller.expect("BYE from hub", |m| method(m).as_deref() == Some("BYE")).await;
+    caller.send(&reply_to(&bye, 200, "caller", caller.addr(), "")).await;
+    let Seen::Voicemail(call_id, path) = next_seen(&mut hub.routing).await else { panic!("voicemail expected") };
+    assert_eq!(call_id, "call-vm");
+    let samples = wav::read_wav(&path).expect("mono 8 kHz WAV");
+    assert!(samples.iter().any(|s| *s != 0), "caller audio recorded");
     hub.handle.shutdown();
 }

@@ -50,7 +50,11 @@ async fn list(State(hub): State<Hub>, caller: Caller) -> CoreResult<Json<Vec<Age
 
 async fn get_one(State(hub): State<Hub>, caller: Caller, ApiPath(id): ApiPath<Uuid>) -> CoreResult<Json<AgentView>> {
     caller.require(&[Role::Admin, Role::Supervisor, Role::Agent])?;
-    let a = sqlx::query_as(&format!("{AGENT_SELECT} where a.id = $1")).bind(id).fetch_optional(hub.db()).await?.ok_or(CoreError::NotFound("agent"))?;
+    let a = sqlx::query_as(&format!("{AGENT_SELECT} where a.id = $1"))
+        .bind(id)
+        .fetch_optional(hub.db())
+        .await?
+        .ok_or(CoreError::NotFound("agent"))?;
     Ok(Json(a))
 }
 
@@ -68,7 +72,13 @@ struct NewAgent {
     sip_user: Option<String>,
 }
 
-fn check_common(name: Option<&str>, skills: Option<&SkillSet>, groups: Option<&[String]>, sip: Option<&str>, cap: Option<&Capacity>) -> CoreResult<()> {
+fn check_common(
+    name: Option<&str>,
+    skills: Option<&SkillSet>,
+    groups: Option<&[String]>,
+    sip: Option<&str>,
+    cap: Option<&Capacity>,
+) -> CoreResult<()> {
     if let Some(n) = name {
         if n.trim().is_empty() || n.len() > 200 {
             return Err(CoreError::field("name", "1-200 characters"));
@@ -99,15 +109,17 @@ async fn create(State(hub): State<Hub>, caller: Caller, ApiJson(b): ApiJson<NewA
     caller.require(&[Role::Admin])?;
     check_common(Some(&b.name), Some(&b.skills), Some(&b.groups), b.sip_user.as_deref(), b.capacity.as_ref())?;
     let mut tx = hub.db().begin().await?;
-    let id: Uuid = sqlx::query_scalar("insert into agents (name, user_id, skills, capacity, groups, sip_user) values ($1, $2, $3, $4, $5, $6) returning id")
-        .bind(&b.name)
-        .bind(b.user_id)
-        .bind(sqlx::types::Json(&b.skills))
-        .bind(sqlx::types::Json(b.capacity.unwrap_or_default()))
-        .bind(&b.groups)
-        .bind(&b.sip_user)
-        .fetch_one(&mut *tx)
-        .await?;
+    let id: Uuid = sqlx::query_scalar(
+        "insert into agents (name, user_id, skills, capacity, groups, sip_user) values ($1, $2, $3, $4, $5, $6) returning id",
+    )
+    .bind(&b.name)
+    .bind(b.user_id)
+    .bind(sqlx::types::Json(&b.skills))
+    .bind(sqlx::types::Json(b.capacity.unwrap_or_default()))
+    .bind(&b.groups)
+    .bind(&b.sip_user)
+    .fetch_one(&mut *tx)
+    .await?;
     auth::audit(&mut tx, Some(caller.user_id), "agent.create", "agent", &id.to_string(), serde_json::json!({ "name": b.name })).await?;
     bus::record(&mut tx, NewEvent::agent("agent_updated", id)).await?;
     tx.commit().await?;
@@ -126,7 +138,12 @@ struct AgentPatch {
     user_id: Option<Uuid>,
 }
 
-async fn update(State(hub): State<Hub>, caller: Caller, ApiPath(id): ApiPath<Uuid>, ApiJson(b): ApiJson<AgentPatch>) -> CoreResult<Json<AgentView>> {
+async fn update(
+    State(hub): State<Hub>,
+    caller: Caller,
+    ApiPath(id): ApiPath<Uuid>,
+    ApiJson(b): ApiJson<AgentPatch>,
+) -> CoreResult<Json<AgentView>> {
     caller.require(&[Role::Admin, Role::Supervisor])?;
     check_common(b.name.as_deref(), b.skills.as_ref(), b.groups.as_deref(), b.sip_user.as_deref(), b.capacity.as_ref())?;
     let mut tx = hub.db().begin().await?;
@@ -147,7 +164,15 @@ async fn update(State(hub): State<Hub>, caller: Caller, ApiPath(id): ApiPath<Uui
     if n == 0 {
         return Err(CoreError::NotFound("agent"));
     }
-    auth::audit(&mut tx, Some(caller.user_id), "agent.update", "agent", &id.to_string(), serde_json::json!({ "skills": b.skills, "capacity": b.capacity, "groups": b.groups })).await?;
+    auth::audit(
+        &mut tx,
+        Some(caller.user_id),
+        "agent.update",
+        "agent",
+        &id.to_string(),
+        serde_json::json!({ "skills": b.skills, "capacity": b.capacity, "groups": b.groups }),
+    )
+    .await?;
     bus::record(&mut tx, NewEvent::agent("agent_updated", id)).await?;
     tx.commit().await?;
     get_one(State(hub), caller, ApiPath(id)).await
@@ -156,7 +181,10 @@ async fn update(State(hub): State<Hub>, caller: Caller, ApiPath(id): ApiPath<Uui
 async fn remove(State(hub): State<Hub>, caller: Caller, ApiPath(id): ApiPath<Uuid>) -> CoreResult<StatusCode> {
     caller.require(&[Role::Admin])?;
     let mut tx = hub.db().begin().await?;
-    let held: i64 = sqlx::query_scalar("select count(*) from offers where agent_id = $1 and state in ('pending','accepted')").bind(id).fetch_one(&mut *tx).await?;
+    let held: i64 = sqlx::query_scalar("select count(*) from offers where agent_id = $1 and state in ('pending','accepted')")
+        .bind(id)
+        .fetch_one(&mut *tx)
+        .await?;
     if held > 0 {
         return Err(CoreError::Conflict("agent holds open interactions; transfer them first".into()));
     }
@@ -176,7 +204,12 @@ struct PresenceBody {
     presence: Presence,
 }
 
-async fn presence(State(hub): State<Hub>, caller: Caller, ApiPath(id): ApiPath<Uuid>, ApiJson(b): ApiJson<PresenceBody>) -> CoreResult<Json<serde_json::Value>> {
+async fn presence(
+    State(hub): State<Hub>,
+    caller: Caller,
+    ApiPath(id): ApiPath<Uuid>,
+    ApiJson(b): ApiJson<PresenceBody>,
+) -> CoreResult<Json<serde_json::Value>> {
     caller.require(&[Role::Admin, Role::Supervisor, Role::Agent])?;
     if !caller.is_supervisor() && caller.agent_id != Some(id) {
         return Err(CoreError::Forbidden);
@@ -195,8 +228,9 @@ async fn offers(State(hub): State<Hub>, caller: Caller, ApiPath(id): ApiPath<Uui
 
 async fn skills(State(hub): State<Hub>, caller: Caller) -> CoreResult<Json<Vec<serde_json::Value>>> {
     caller.require(&[Role::Admin, Role::Supervisor, Role::Agent])?;
-    let rows: Vec<(String, i64, i32)> = sqlx::query_as("select key, count(*), max(value::int) from agents, jsonb_each_text(skills) group by key order by key")
-        .fetch_all(hub.db())
-        .await?;
+    let rows: Vec<(String, i64, i32)> =
+        sqlx::query_as("select key, count(*), max(value::int) from agents, jsonb_each_text(skills) group by key order by key")
+            .fetch_all(hub.db())
+            .await?;
     Ok(Json(rows.into_iter().map(|(k, n, m)| serde_json::json!({ "skill": k, "agents": n, "max_level": m })).collect()))
 }

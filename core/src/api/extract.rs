@@ -15,8 +15,14 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
         match axum::Json::<T>::from_request(req, state).await {
             Ok(axum::Json(v)) => Ok(ApiJson(v)),
-            Err(JsonRejection::JsonDataError(e)) => Err(CoreError::InvalidField { field: "body".into(), reason: e.body_text().replace("Failed to deserialize the JSON body into the target type: ", "") }),
-            Err(JsonRejection::JsonSyntaxError(e)) => Err(CoreError::Invalid(format!("malformed JSON: {}", e.body_text().replace("Failed to parse the request body as JSON: ", "")))),
+            Err(JsonRejection::JsonDataError(e)) => Err(CoreError::InvalidField {
+                field: "body".into(),
+                reason: e.body_text().replace("Failed to deserialize the JSON body into the target type: ", ""),
+            }),
+            Err(JsonRejection::JsonSyntaxError(e)) => Err(CoreError::Invalid(format!(
+                "malformed JSON: {}",
+                e.body_text().replace("Failed to parse the request body as JSON: ", "")
+            ))),
             Err(JsonRejection::MissingJsonContentType(_)) => Err(CoreError::UnsupportedMediaType),
             Err(JsonRejection::BytesRejection(e)) => {
                 if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
@@ -36,7 +42,10 @@ pub struct ApiPath<T>(pub T);
 impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for ApiPath<T> {
     type Rejection = CoreError;
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
-        axum::extract::Path::<T>::from_request_parts(parts, state).await.map(|p| ApiPath(p.0)).map_err(|e: PathRejection| CoreError::Invalid(format!("bad path parameter: {}", e.body_text())))
+        axum::extract::Path::<T>::from_request_parts(parts, state)
+            .await
+            .map(|p| ApiPath(p.0))
+            .map_err(|e: PathRejection| CoreError::Invalid(format!("bad path parameter: {}", e.body_text())))
     }
 }
 
@@ -46,6 +55,9 @@ pub struct ApiQuery<T>(pub T);
 impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
     type Rejection = CoreError;
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
-        axum::extract::Query::<T>::from_request_parts(parts, state).await.map(|q| ApiQuery(q.0)).map_err(|e: QueryRejection| CoreError::Invalid(format!("bad query: {}", e.body_text())))
+        axum::extract::Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|q| ApiQuery(q.0))
+            .map_err(|e: QueryRejection| CoreError::Invalid(format!("bad query: {}", e.body_text())))
     }
 }

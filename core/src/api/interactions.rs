@@ -96,7 +96,11 @@ async fn visible(hub: &Hub, caller: &Caller, id: Uuid) -> CoreResult<Interaction
     if i.agent_id == Some(me) || i.preferred_agent_id == Some(me) {
         return Ok(i);
     }
-    let offered: Option<i32> = sqlx::query_scalar("select 1 from offers where interaction_id = $1 and agent_id = $2 limit 1").bind(id).bind(me).fetch_optional(hub.db()).await?;
+    let offered: Option<i32> = sqlx::query_scalar("select 1 from offers where interaction_id = $1 and agent_id = $2 limit 1")
+        .bind(id)
+        .bind(me)
+        .fetch_optional(hub.db())
+        .await?;
     if offered.is_some() {
         return Ok(i);
     }
@@ -119,13 +123,23 @@ struct Body {
     idempotency_key: Option<String>,
 }
 
-async fn reply(State(hub): State<Hub>, caller: Caller, ApiPath(id): ApiPath<Uuid>, ApiJson(b): ApiJson<Body>) -> CoreResult<(StatusCode, Json<Message>)> {
+async fn reply(
+    State(hub): State<Hub>,
+    caller: Caller,
+    ApiPath(id): ApiPath<Uuid>,
+    ApiJson(b): ApiJson<Body>,
+) -> CoreResult<(StatusCode, Json<Message>)> {
     visible(&hub, &caller, id).await?;
     let m = hub.reply(id, caller.acting_agent()?, &b.body, b.idempotency_key.as_deref()).await?;
     Ok((StatusCode::CREATED, Json(m)))
 }
 
-async fn note(State(hub): State<Hub>, caller: Caller, ApiPath(id): ApiPath<Uuid>, ApiJson(b): ApiJson<Body>) -> CoreResult<(StatusCode, Json<Message>)> {
+async fn note(
+    State(hub): State<Hub>,
+    caller: Caller,
+    ApiPath(id): ApiPath<Uuid>,
+    ApiJson(b): ApiJson<Body>,
+) -> CoreResult<(StatusCode, Json<Message>)> {
     visible(&hub, &caller, id).await?;
     let m = hub.note(id, caller.agent_id, &b.body).await?;
     Ok((StatusCode::CREATED, Json(m)))
@@ -148,7 +162,12 @@ struct Transfer {
     queue_id: Option<Uuid>,
 }
 
-async fn transfer(State(hub): State<Hub>, caller: Caller, ApiPath(id): ApiPath<Uuid>, ApiJson(b): ApiJson<Transfer>) -> CoreResult<Json<Interaction>> {
+async fn transfer(
+    State(hub): State<Hub>,
+    caller: Caller,
+    ApiPath(id): ApiPath<Uuid>,
+    ApiJson(b): ApiJson<Transfer>,
+) -> CoreResult<Json<Interaction>> {
     visible(&hub, &caller, id).await?;
     let by = caller.acting_agent()?;
     match (b.agent_id, b.queue_id) {
@@ -170,7 +189,12 @@ struct Close {
     summary: Option<String>,
 }
 
-async fn close(State(hub): State<Hub>, caller: Caller, ApiPath(id): ApiPath<Uuid>, ApiJson(b): ApiJson<Close>) -> CoreResult<Json<Interaction>> {
+async fn close(
+    State(hub): State<Hub>,
+    caller: Caller,
+    ApiPath(id): ApiPath<Uuid>,
+    ApiJson(b): ApiJson<Close>,
+) -> CoreResult<Json<Interaction>> {
     visible(&hub, &caller, id).await?;
     if b.summary.as_ref().is_some_and(|s| s.len() > 10_000) {
         return Err(CoreError::field("summary", "longer than 10000 bytes"));
@@ -193,7 +217,8 @@ async fn decline(State(hub): State<Hub>, caller: Caller, ApiPath(id): ApiPath<Uu
 
 async fn canned(State(hub): State<Hub>, caller: Caller) -> CoreResult<Json<Vec<serde_json::Value>>> {
     caller.require(STAFF)?;
-    let rows: Vec<(Uuid, String, String)> = sqlx::query_as("select id, title, body from canned_responses order by title").fetch_all(hub.db()).await?;
+    let rows: Vec<(Uuid, String, String)> =
+        sqlx::query_as("select id, title, body from canned_responses order by title").fetch_all(hub.db()).await?;
     Ok(Json(rows.into_iter().map(|(id, t, b)| serde_json::json!({ "id": id, "title": t, "body": b })).collect()))
 }
 
@@ -204,11 +229,19 @@ struct Canned {
     body: String,
 }
 
-async fn add_canned(State(hub): State<Hub>, caller: Caller, ApiJson(b): ApiJson<Canned>) -> CoreResult<(StatusCode, Json<serde_json::Value>)> {
+async fn add_canned(
+    State(hub): State<Hub>,
+    caller: Caller,
+    ApiJson(b): ApiJson<Canned>,
+) -> CoreResult<(StatusCode, Json<serde_json::Value>)> {
     caller.require(&[Role::Admin, Role::Supervisor])?;
     if b.title.trim().is_empty() || b.title.len() > 200 || b.body.trim().is_empty() || b.body.len() > 10_000 {
         return Err(CoreError::Invalid("title 1-200 and body 1-10000 characters".into()));
     }
-    let id: Uuid = sqlx::query_scalar("insert into canned_responses (title, body) values ($1, $2) returning id").bind(&b.title).bind(&b.body).fetch_one(hub.db()).await?;
+    let id: Uuid = sqlx::query_scalar("insert into canned_responses (title, body) values ($1, $2) returning id")
+        .bind(&b.title)
+        .bind(&b.body)
+        .fetch_one(hub.db())
+        .await?;
     Ok((StatusCode::CREATED, Json(serde_json::json!({ "id": id, "title": b.title, "body": b.body }))))
 }

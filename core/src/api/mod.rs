@@ -62,7 +62,13 @@ pub const ROUTES: &[RouteDoc] = &[
     route!("GET", "/readyz", Access::Public, "ops", "Readiness: the database answers and migrations are applied."),
     route!("GET", "/metrics", Access::Public, "ops", "Prometheus metrics."),
     route!("GET", "/api/openapi.json", Access::Public, "ops", "This OpenAPI document."),
-    route!("POST", "/api/v1/auth/login", Access::Public, "auth", "Sign in with username and password; sets the session cookie and returns the CSRF token."),
+    route!(
+        "POST",
+        "/api/v1/auth/login",
+        Access::Public,
+        "auth",
+        "Sign in with username and password; sets the session cookie and returns the CSRF token."
+    ),
     route!("POST", "/api/v1/auth/logout", Access::AnyUser, "auth", "Sign out (ends the session)."),
     route!("GET", "/api/v1/auth/me", Access::AnyUser, "auth", "The caller: user, roles, agent record, CSRF token."),
     route!("GET", "/api/v1/agents", Access::Roles(STAFF), "agents", "List agents with presence and load."),
@@ -70,26 +76,56 @@ pub const ROUTES: &[RouteDoc] = &[
     route!("GET", "/api/v1/agents/{id}", Access::Roles(STAFF), "agents", "Get an agent."),
     route!("PATCH", "/api/v1/agents/{id}", Access::Roles(SUPERVISORS), "agents", "Update skills, capacity, groups, SIP user or name."),
     route!("DELETE", "/api/v1/agents/{id}", Access::Roles(ADMINS), "agents", "Delete an agent."),
-    route!("PUT", "/api/v1/agents/{id}/presence", Access::Roles(STAFF), "agents", "Set presence (agents: their own; supervisors: anyone's)."),
+    route!(
+        "PUT",
+        "/api/v1/agents/{id}/presence",
+        Access::Roles(STAFF),
+        "agents",
+        "Set presence (agents: their own; supervisors: anyone's)."
+    ),
     route!("GET", "/api/v1/agents/{id}/offers", Access::Roles(STAFF), "agents", "Pending offers of an agent."),
     route!("GET", "/api/v1/skills", Access::Roles(STAFF), "agents", "Skills in use, with how many agents hold each."),
     route!("GET", "/api/v1/queues", Access::Roles(STAFF), "queues", "List queues."),
     route!("POST", "/api/v1/queues", Access::Roles(ADMINS), "queues", "Create a queue."),
-    route!("GET", "/api/v1/queues/stats", Access::Roles(STAFF), "queues", "Live queue figures: waiting, oldest wait, agents available, SLA today."),
+    route!(
+        "GET",
+        "/api/v1/queues/stats",
+        Access::Roles(STAFF),
+        "queues",
+        "Live queue figures: waiting, oldest wait, agents available, SLA today."
+    ),
     route!("GET", "/api/v1/queues/{id}", Access::Roles(STAFF), "queues", "Get a queue."),
     route!("PATCH", "/api/v1/queues/{id}", Access::Roles(SUPERVISORS), "queues", "Update a queue."),
     route!("DELETE", "/api/v1/queues/{id}", Access::Roles(ADMINS), "queues", "Delete a queue (only without open interactions)."),
-    route!("GET", "/api/v1/interactions", Access::Roles(STAFF), "interactions", "List interactions (agents: their own) with filters and pagination."),
+    route!(
+        "GET",
+        "/api/v1/interactions",
+        Access::Roles(STAFF),
+        "interactions",
+        "List interactions (agents: their own) with filters and pagination."
+    ),
     route!("GET", "/api/v1/interactions/{id}", Access::Roles(STAFF), "interactions", "Get an interaction."),
     route!("GET", "/api/v1/interactions/{id}/messages", Access::Roles(STAFF), "interactions", "Messages and notes of an interaction."),
-    route!("POST", "/api/v1/interactions/{id}/messages", Access::Roles(STAFF), "interactions", "Reply to the customer (through the outbox)."),
+    route!(
+        "POST",
+        "/api/v1/interactions/{id}/messages",
+        Access::Roles(STAFF),
+        "interactions",
+        "Reply to the customer (through the outbox)."
+    ),
     route!("POST", "/api/v1/interactions/{id}/notes", Access::Roles(STAFF), "interactions", "Add an internal note."),
     route!("GET", "/api/v1/interactions/{id}/events", Access::Roles(STAFF), "interactions", "The interaction's event history."),
     route!("POST", "/api/v1/interactions/{id}/transfer", Access::Roles(STAFF), "interactions", "Transfer to an agent or a queue."),
     route!("POST", "/api/v1/interactions/{id}/wrap-up", Access::Roles(STAFF), "interactions", "End the conversation and start wrap-up."),
     route!("POST", "/api/v1/interactions/{id}/close", Access::Roles(STAFF), "interactions", "Close with a disposition."),
     route!("POST", "/api/v1/offers/{id}/accept", Access::Roles(STAFF), "interactions", "Accept an offer."),
-    route!("POST", "/api/v1/offers/{id}/decline", Access::Roles(STAFF), "interactions", "Decline an offer (re-queued with its original time)."),
+    route!(
+        "POST",
+        "/api/v1/offers/{id}/decline",
+        Access::Roles(STAFF),
+        "interactions",
+        "Decline an offer (re-queued with its original time)."
+    ),
     route!("GET", "/api/v1/canned-responses", Access::Roles(STAFF), "interactions", "Canned responses."),
     route!("POST", "/api/v1/canned-responses", Access::Roles(SUPERVISORS), "interactions", "Add a canned response."),
     route!("GET", "/api/v1/users", Access::Roles(ADMINS), "users", "List users."),
@@ -172,7 +208,10 @@ pub fn openapi(tables: &[&[RouteDoc]]) -> serde_json::Value {
         let (security, roles) = match r.access {
             Access::Public => (serde_json::json!([]), serde_json::json!([])),
             Access::AnyUser => (serde_json::json!([{ "session": [] }, { "bearer": [] }]), serde_json::json!(["any"])),
-            Access::Roles(rs) => (serde_json::json!([{ "session": [] }, { "bearer": [] }]), serde_json::json!(rs.iter().map(|r| r.as_str()).collect::<Vec<_>>())),
+            Access::Roles(rs) => (
+                serde_json::json!([{ "session": [] }, { "bearer": [] }]),
+                serde_json::json!(rs.iter().map(|r| r.as_str()).collect::<Vec<_>>()),
+            ),
         };
         let mut op = serde_json::json!({
             "summary": r.summary,
@@ -206,4 +245,85 @@ pub fn openapi(tables: &[&[RouteDoc]]) -> serde_json::Value {
                                 "detail": {"type":"string"}, "code": {"type":"string"}, "field": {"type":"string"} } } }
         }
     })
+}
+
+fn path_matches(pattern: &str, path: &str) -> bool {
+    let mut p = pattern.split('/');
+    let mut a = path.split('/');
+    loop {
+        match (p.next(), a.next()) {
+            (None, None) => return true,
+            (Some(ps), Some(seg)) if ps.starts_with('{') && ps.ends_with('}') && !seg.is_empty() => {}
+            (Some(ps), Some(seg)) if ps == seg => {}
+            _ => return false,
+        }
+    }
+}
+
+/// Finds the documented route for a request.
+pub fn find_route<'a>(tables: &[&'a [RouteDoc]], method: &str, path: &str) -> Option<&'a RouteDoc> {
+    let path = path.trim_end_matches('/');
+    let path = if path.is_empty() { "/" } else { path };
+    tables.iter().flat_map(|t| t.iter()).find(|r| r.method.eq_ignore_ascii_case(method) && path_matches(r.path, path))
+}
+
+/// Authorization middleware for the whole app: every request under `/api/` must match a
+/// documented route, and its [`Access`] is enforced *before* the handler parses anything,
+/// so an unauthorized caller gets 401/403 whatever the body. Undocumented API routes are
+/// refused (deny by default). Handlers still apply per-resource rules (an agent's own
+/// interactions).
+pub async fn authorize(
+    axum::extract::State(hub): axum::extract::State<Hub>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let path = req.uri().path().to_string();
+    if !path.starts_with("/api/") {
+        return next.run(req).await;
+    }
+    let mut tables: Vec<&'static [RouteDoc]> = vec![ROUTES];
+    tables.extend(hub.route_docs());
+    let method = if req.method() == axum::http::Method::HEAD { "GET".to_string() } else { req.method().as_str().to_string() };
+    let Some(route) = find_route(&tables, &method, &path) else {
+        // Unknown path or method: let the router answer 404/405 for known prefixes,
+        // but never run an undocumented handler for a caller we didn't check.
+        tracing::debug!(%method, %path, "No documented API route (routes must be in a RouteDoc table registered with Hub::add_route_docs).");
+        let (parts, _body) = req.into_parts();
+        if crate::auth::caller_from_parts(&hub, &parts).await.is_err() {
+            return crate::error::CoreError::Unauthenticated.into_response();
+        }
+        return crate::error::CoreError::NotFound("route").into_response();
+    };
+    if route.access == Access::Public {
+        return next.run(req).await;
+    }
+    let (mut parts, body) = req.into_parts();
+    let caller = match crate::auth::caller_from_parts(&hub, &parts).await {
+        Ok(c) => c,
+        Err(e) => return e.into_response(),
+    };
+    if let Access::Roles(roles) = route.access {
+        if !caller.has_any(roles) {
+            return crate::error::CoreError::Forbidden.into_response();
+        }
+    }
+    parts.extensions.insert(caller);
+    next.run(axum::extract::Request::from_parts(parts, body)).await
+}
+
+#[cfg(test)]
+mod route_tests {
+    use super::*;
+
+    #[test]
+    fn matches_patterns() {
+        assert!(path_matches("/api/v1/agents/{id}", "/api/v1/agents/123"));
+        assert!(!path_matches("/api/v1/agents/{id}", "/api/v1/agents/123/offers"));
+        assert!(!path_matches("/api/v1/agents/{id}", "/api/v1/agents/"));
+        let r = find_route(&[ROUTES], "GET", "/api/v1/queues/stats").unwrap();
+        assert_eq!(r.summary, ROUTES.iter().find(|r| r.path == "/api/v1/queues/stats").unwrap().summary);
+        assert!(find_route(&[ROUTES], "PATCH", "/api/v1/queues/abc").is_some());
+        assert!(find_route(&[ROUTES], "PUT", "/api/v1/queues/abc").is_none());
+    }
 }

@@ -44,7 +44,10 @@ async fn metrics(State(hub): State<Hub>) -> impl IntoResponse {
             extra.push(("switchboard_queue_oldest_wait_seconds".to_string(), format!("{{queue=\"{q}\"}}"), oldest.unwrap_or(0.0)));
         }
     }
-    if let Ok(rows) = sqlx::query_as::<_, (String, i64)>("select presence, count(*) from agents group by presence order by presence").fetch_all(hub.db()).await {
+    if let Ok(rows) = sqlx::query_as::<_, (String, i64)>("select presence, count(*) from agents group by presence order by presence")
+        .fetch_all(hub.db())
+        .await
+    {
         for (p, n) in rows {
             extra.push(("switchboard_agents".to_string(), format!("{{presence=\"{p}\"}}"), n as f64));
         }

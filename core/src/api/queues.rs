@@ -135,7 +135,8 @@ pub async fn create_queue(hub: &Hub, actor: Option<Uuid>, b: QueueInput) -> Core
     .await
     .map_err(|e| if crate::error::is_unique_violation(&e) { CoreError::Conflict(format!("queue `{name}` exists")) } else { e.into() })?;
     auth::audit(&mut tx, actor, "queue.create", "queue", &queue.id.to_string(), serde_json::json!({ "name": name })).await?;
-    bus::record(&mut tx, NewEvent { queue_id: Some(queue.id), kind: "queue_updated", data: serde_json::json!({}), ..Default::default() }).await?;
+    bus::record(&mut tx, NewEvent { queue_id: Some(queue.id), kind: "queue_updated", data: serde_json::json!({}), ..Default::default() })
+        .await?;
     tx.commit().await?;
     Ok(queue)
 }
@@ -145,7 +146,12 @@ async fn create(State(hub): State<Hub>, caller: Caller, ApiJson(b): ApiJson<Queu
     Ok((StatusCode::CREATED, Json(create_queue(&hub, Some(caller.user_id), b).await?)))
 }
 
-async fn update(State(hub): State<Hub>, caller: Caller, ApiPath(id): ApiPath<Uuid>, ApiJson(b): ApiJson<QueueInput>) -> CoreResult<Json<Queue>> {
+async fn update(
+    State(hub): State<Hub>,
+    caller: Caller,
+    ApiPath(id): ApiPath<Uuid>,
+    ApiJson(b): ApiJson<QueueInput>,
+) -> CoreResult<Json<Queue>> {
     caller.require(&[Role::Admin, Role::Supervisor])?;
     let existing = q::list(hub.db()).await?;
     validate(&existing, &b)?;
@@ -190,10 +196,11 @@ async fn update(State(hub): State<Hub>, caller: Caller, ApiPath(id): ApiPath<Uui
 async fn remove(State(hub): State<Hub>, caller: Caller, ApiPath(id): ApiPath<Uuid>) -> CoreResult<StatusCode> {
     caller.require(&[Role::Admin])?;
     let mut tx = hub.db().begin().await?;
-    let open: i64 = sqlx::query_scalar("select count(*) from interactions where queue_id = $1 and status in ('queued','offered','active','wrap_up')")
-        .bind(id)
-        .fetch_one(&mut *tx)
-        .await?;
+    let open: i64 =
+        sqlx::query_scalar("select count(*) from interactions where queue_id = $1 and status in ('queued','offered','active','wrap_up')")
+            .bind(id)
+            .fetch_one(&mut *tx)
+            .await?;
     if open > 0 {
         return Err(CoreError::Conflict(format!("queue has {open} open interactions")));
     }

@@ -24,7 +24,9 @@ pub(super) fn router() -> Router<Hub> {
 async fn upgrade(State(hub): State<Hub>, caller: Caller, headers: HeaderMap, ws: WebSocketUpgrade) -> CoreResult<Response> {
     // Browsers send cookies on cross-site WebSocket handshakes: refuse foreign origins.
     if caller.via == AuthVia::Session {
-        if let (Some(origin), Some(host)) = (headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()), headers.get(header::HOST).and_then(|v| v.to_str().ok())) {
+        if let (Some(origin), Some(host)) =
+            (headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()), headers.get(header::HOST).and_then(|v| v.to_str().ok()))
+        {
             let origin_host = origin.split("://").nth(1).unwrap_or(origin);
             if origin_host != host {
                 return Err(CoreError::Forbidden);
@@ -48,9 +50,9 @@ async fn upgrade(State(hub): State<Hub>, caller: Caller, headers: HeaderMap, ws:
 
 fn names_agent(ev: &HubEvent, me: Uuid) -> bool {
     ev.agent_id == Some(me)
-        || ["released_agents", "cancelled_agents"].iter().any(|k| {
-            ev.data.get(*k).and_then(|v| v.as_array()).is_some_and(|l| l.iter().any(|x| x.as_str() == Some(&me.to_string())))
-        })
+        || ["released_agents", "cancelled_agents"]
+            .iter()
+            .any(|k| ev.data.get(*k).and_then(|v| v.as_array()).is_some_and(|l| l.iter().any(|x| x.as_str() == Some(&me.to_string()))))
 }
 
 async fn serve(hub: Hub, caller: Caller, mut mine: HashSet<Uuid>, mut socket: WebSocket) {
@@ -111,7 +113,8 @@ async fn serve(hub: Hub, caller: Caller, mut mine: HashSet<Uuid>, mut socket: We
 }
 
 async fn screen_pop(hub: &Hub, interaction: Uuid) -> CoreResult<Option<serde_json::Value>> {
-    let customer: Option<Option<Uuid>> = sqlx::query_scalar("select customer_id from interactions where id = $1").bind(interaction).fetch_optional(hub.db()).await?;
+    let customer: Option<Option<Uuid>> =
+        sqlx::query_scalar("select customer_id from interactions where id = $1").bind(interaction).fetch_optional(hub.db()).await?;
     match customer.flatten() {
         Some(c) => hub.directory().card(c).await,
         None => Ok(None),

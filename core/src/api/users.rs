@@ -47,8 +47,10 @@ async fn login(State(hub): State<Hub>, ApiJson(body): ApiJson<Login>) -> CoreRes
         s.secret,
         hub.settings().auth.session_ttl_hours as i64 * 3600
     );
-    let agent_id: Option<Uuid> = sqlx::query_scalar("select id from agents where user_id = $1").bind(user.id).fetch_optional(hub.db()).await?;
-    let mut resp = Json(serde_json::json!({ "user": user, "agent_id": agent_id, "csrf_token": s.csrf, "expires_at": s.expires_at })).into_response();
+    let agent_id: Option<Uuid> =
+        sqlx::query_scalar("select id from agents where user_id = $1").bind(user.id).fetch_optional(hub.db()).await?;
+    let mut resp =
+        Json(serde_json::json!({ "user": user, "agent_id": agent_id, "csrf_token": s.csrf, "expires_at": s.expires_at })).into_response();
     resp.headers_mut().insert(header::SET_COOKIE, HeaderValue::from_str(&cookie).map_err(|e| CoreError::Internal(e.to_string()))?);
     Ok(resp)
 }
@@ -67,7 +69,8 @@ async fn me(State(hub): State<Hub>, caller: Caller, _h: HeaderMap) -> CoreResult
         Some(sid) => sqlx::query_scalar("select csrf_token from sessions where id = $1").bind(sid).fetch_optional(hub.db()).await?,
         None => None,
     };
-    let display: Option<String> = sqlx::query_scalar("select display_name from users where id = $1").bind(caller.user_id).fetch_optional(hub.db()).await?;
+    let display: Option<String> =
+        sqlx::query_scalar("select display_name from users where id = $1").bind(caller.user_id).fetch_optional(hub.db()).await?;
     Ok(Json(serde_json::json!({
         "user_id": caller.user_id, "username": caller.username, "display_name": display,
         "roles": caller.roles, "agent_id": caller.agent_id, "via": caller.via, "csrf_token": csrf
@@ -95,9 +98,21 @@ struct NewUser {
     roles: Vec<Role>,
 }
 
-async fn create_user(State(hub): State<Hub>, caller: Caller, ApiJson(body): ApiJson<NewUser>) -> CoreResult<(axum::http::StatusCode, Json<User>)> {
+async fn create_user(
+    State(hub): State<Hub>,
+    caller: Caller,
+    ApiJson(body): ApiJson<NewUser>,
+) -> CoreResult<(axum::http::StatusCode, Json<User>)> {
     caller.require(&[Role::Admin])?;
-    let u = auth::create_user(hub.db(), Some(caller.user_id), &body.username, body.display_name.as_deref().unwrap_or(&body.username), &body.password, &body.roles).await?;
+    let u = auth::create_user(
+        hub.db(),
+        Some(caller.user_id),
+        &body.username,
+        body.display_name.as_deref().unwrap_or(&body.username),
+        &body.password,
+        &body.roles,
+    )
+    .await?;
     Ok((axum::http::StatusCode::CREATED, Json(u)))
 }
 
@@ -110,7 +125,12 @@ struct UserPatch {
     disabled: Option<bool>,
 }
 
-async fn update_user(State(hub): State<Hub>, caller: Caller, ApiPath(id): ApiPath<Uuid>, ApiJson(body): ApiJson<UserPatch>) -> CoreResult<Json<User>> {
+async fn update_user(
+    State(hub): State<Hub>,
+    caller: Caller,
+    ApiPath(id): ApiPath<Uuid>,
+    ApiJson(body): ApiJson<UserPatch>,
+) -> CoreResult<Json<User>> {
     caller.require(&[Role::Admin])?;
     let hash = match &body.password {
         Some(p) => {
@@ -136,7 +156,15 @@ async fn update_user(State(hub): State<Hub>, caller: Caller, ApiPath(id): ApiPat
     if body.disabled == Some(true) || hash.is_some() {
         sqlx::query("delete from sessions where user_id = $1").bind(id).execute(&mut *tx).await?;
     }
-    auth::audit(&mut tx, Some(caller.user_id), "user.update", "user", &id.to_string(), serde_json::json!({ "roles": roles, "disabled": body.disabled, "password_changed": hash.is_some() })).await?;
+    auth::audit(
+        &mut tx,
+        Some(caller.user_id),
+        "user.update",
+        "user",
+        &id.to_string(),
+        serde_json::json!({ "roles": roles, "disabled": body.disabled, "password_changed": hash.is_some() }),
+    )
+    .await?;
     tx.commit().await?;
     Ok(Json(u))
 }
@@ -152,10 +180,12 @@ struct TokenInfo {
 }
 
 async fn list_tokens(State(hub): State<Hub>, caller: Caller) -> CoreResult<Json<Vec<TokenInfo>>> {
-    let rows = sqlx::query_as("select id, name, created_at, expires_at, last_used_at, revoked from api_tokens where user_id = $1 order by created_at desc")
-        .bind(caller.user_id)
-        .fetch_all(hub.db())
-        .await?;
+    let rows = sqlx::query_as(
+        "select id, name, created_at, expires_at, last_used_at, revoked from api_tokens where user_id = $1 order by created_at desc",
+    )
+    .bind(caller.user_id)
+    .fetch_all(hub.db())
+    .await?;
     Ok(Json(rows))
 }
 
@@ -166,13 +196,18 @@ struct NewToken {
     expires_at: Option<DateTime<Utc>>,
 }
 
-async fn create_token(State(hub): State<Hub>, caller: Caller, ApiJson(body): ApiJson<NewToken>) -> CoreResult<(axum::http::StatusCode, Json<serde_json::Value>)> {
+async fn create_token(
+    State(hub): State<Hub>,
+    caller: Caller,
+    ApiJson(body): ApiJson<NewToken>,
+) -> CoreResult<(axum::http::StatusCode, Json<serde_json::Value>)> {
     if body.expires_at.is_some_and(|e| e <= Utc::now()) {
         return Err(CoreError::field("expires_at", "must be in the future"));
     }
     let (id, secret) = auth::create_token(hub.db(), caller.user_id, &body.name, body.expires_at).await?;
     let mut conn = hub.db().acquire().await?;
-    auth::audit(&mut conn, Some(caller.user_id), "token.create", "api_token", &id.to_string(), serde_json::json!({ "name": body.name })).await?;
+    auth::audit(&mut conn, Some(caller.user_id), "token.create", "api_token", &id.to_string(), serde_json::json!({ "name": body.name }))
+        .await?;
     Ok((axum::http::StatusCode::CREATED, Json(serde_json::json!({ "id": id, "name": body.name, "token": secret }))))
 }
 
@@ -207,10 +242,12 @@ struct AuditEntry {
 async fn audit_log(State(hub): State<Hub>, caller: Caller, ApiQuery(p): ApiQuery<Page>) -> CoreResult<Json<Paged<AuditEntry>>> {
     caller.require(&[Role::Admin])?;
     let (limit, offset) = page_bounds(p.limit, p.offset)?;
-    let rows = sqlx::query_as("select id, at, actor_user_id, action, target_kind, target_id, details from audit_log order by id desc limit $1 offset $2")
-        .bind(limit + 1)
-        .bind(offset)
-        .fetch_all(hub.db())
-        .await?;
+    let rows = sqlx::query_as(
+        "select id, at, actor_user_id, action, target_kind, target_id, details from audit_log order by id desc limit $1 offset $2",
+    )
+    .bind(limit + 1)
+    .bind(offset)
+    .fetch_all(hub.db())
+    .await?;
     Ok(Json(paged(rows, limit, offset)))
 }

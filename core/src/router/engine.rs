@@ -8,7 +8,9 @@
 use crate::domain::{Capacity, Channel, Strategy};
 use crate::skills::{Cmp, SkillExpr, SkillSet};
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet};
+use std::ops::Bound;
 use uuid::Uuid;
 
 /// One escalation step of a queue, applied once an interaction has waited `after_secs`.
@@ -207,6 +209,8 @@ pub struct Engine {
     by_id: HashMap<Uuid, Waiting>,
     seq: u64,
     offer_seq: u64,
+    /// When the next escalation step of a waiting interaction falls due: (due ms, id).
+    timers: BinaryHeap<Reverse<(i64, Uuid)>>,
 }
 
 impl Engine {
@@ -319,6 +323,9 @@ impl Engine {
         self.seq += 1;
         let key = WaitKey { neg_priority: -(w.priority as i64), enqueued_at_ms: w.enqueued_at_ms, seq: self.seq };
         let (compiled, class) = self.compile_for(&w, 0);
+        if let Some(first) = self.queues.get(&w.queue_id).and_then(|q| q.escalation.first()) {
+            self.timers.push(Reverse((w.enqueued_at_ms + first.after_secs as i64 * 1000, w.id)));
+        }
         self.waiting.insert(key, w.id);
         self.by_id.insert(w.id, Waiting { info: w, key, stage: 0, compiled, class });
     }
@@ -381,22 +388,25 @@ impl Engine {
         (c, class)
     }
 
-    /// Advances escalation stages for interactions that have waited long enough.
+    /// Advances escalation stages of interactions whose next step fell due (a timer heap,
+    /// so a decision costs O(log n) here, not a scan of every waiting interaction).
     fn escalate(&mut self, now_ms: i64) {
-        let mut changes = Vec::new();
-        for w in self.by_id.values() {
+        while let Some(Reverse((due, id))) = self.timers.peek().copied() {
+            if due > now_ms {
+                break;
+            }
+            self.timers.pop();
+            let Some(w) = self.by_id.get(&id) else { continue };
             let Some(q) = self.queues.get(&w.info.queue_id) else { continue };
             let waited = now_ms - w.info.enqueued_at_ms;
             let stage = q.escalation.iter().filter(|s| (s.after_secs as i64) * 1000 <= waited).count();
-            if stage != w.stage {
-                changes.push((w.info.id, stage));
+            if let Some(next) = q.escalation.get(stage) {
+                self.timers.push(Reverse((w.info.enqueued_at_ms + next.after_secs as i64 * 1000, id)));
             }
-        }
-        for (id, stage) in changes {
-            let info = match self.by_id.get(&id) {
-                Some(w) => w.info.clone(),
-                None => continue,
-            };
+            if stage == w.stage {
+                continue;
+            }
+            let info = w.info.clone();
             let (compiled, class) = self.compile_for(&info, stage);
             if let Some(w) = self.by_id.get_mut(&id) {
                 w.stage = stage;
@@ -421,11 +431,18 @@ impl Engine {
                 }
             }
         }
-        let keys: Vec<(WaitKey, Uuid)> = self.waiting.iter().map(|(k, v)| (*k, *v)).collect();
-        for (key, id) in keys {
+        // Walk the waiting set in order with a cursor (no copy of the whole set).
+        let mut cursor: Option<WaitKey> = None;
+        loop {
             if out.len() >= max || !free_channels.iter().any(|f| *f) {
                 break;
             }
+            let next = match cursor {
+                None => self.waiting.iter().next(),
+                Some(k) => self.waiting.range((Bound::Excluded(k), Bound::Unbounded)).next(),
+            };
+            let Some((key, id)) = next.map(|(k, v)| (*k, *v)) else { break };
+            cursor = Some(key);
             let Some(w) = self.by_id.get(&id) else { continue };
             let ch = w.info.channel;
             let class = w.class;
@@ -728,6 +745,7 @@ mod tests {
         e2.upsert_agent(manager);
         e2.upsert_agent(other);
         w.queue_id = qid;
+        w.preferred_agent = Some(mid);
         e2.enqueue(w.clone());
         assert!(matches!(e2.decide(1_000, 10).as_slice(), [Decision::Offer { agent, .. }] if *agent == mid));
         // manager away: fall back at once
@@ -765,7 +783,11 @@ mod tests {
             e.set_load(ids[1], Channel::Chat, 1);
             e.enqueue(waiting(qid, Channel::Chat, 0, 0, ""));
             let d = e.decide(100, 1);
-            assert_eq!(d, vec![Decision::Offer { interaction: d[0].interaction(), agent: ids[expect], channel: Channel::Chat }], "{strategy}");
+            assert_eq!(
+                d,
+                vec![Decision::Offer { interaction: d[0].interaction(), agent: ids[expect], channel: Channel::Chat }],
+                "{strategy}"
+            );
         }
     }
 

@@ -185,7 +185,16 @@ impl Leader {
             if let Some(i) = ev.interaction_id {
                 if matches!(
                     ev.kind.as_str(),
-                    "enqueued" | "requeued" | "offered" | "accepted" | "closed" | "abandoned" | "status" | "transferred" | "voicemail" | "interaction_updated"
+                    "enqueued"
+                        | "requeued"
+                        | "offered"
+                        | "accepted"
+                        | "closed"
+                        | "abandoned"
+                        | "status"
+                        | "transferred"
+                        | "voicemail"
+                        | "interaction_updated"
                 ) {
                     interactions.insert(i);
                 }
@@ -230,7 +239,11 @@ impl Leader {
         .await?;
         for (id, q, ch) in over {
             self.hub
-                .record_event(crate::bus::NewEvent::interaction("max_wait_exceeded", id).with_queue(q).with_data(serde_json::json!({ "channel": ch })))
+                .record_event(
+                    crate::bus::NewEvent::interaction("max_wait_exceeded", id)
+                        .with_queue(q)
+                        .with_data(serde_json::json!({ "channel": ch })),
+                )
                 .await?;
         }
         Ok(())

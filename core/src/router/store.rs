@@ -210,7 +210,8 @@ pub async fn commit(hub: &Hub, engine: &mut Engine, decisions: Vec<Decision>) ->
         }
         Err(e) => return Err(CoreError::Database(e)),
     };
-    let done: std::collections::HashSet<(Uuid, Option<Uuid>)> = committed.iter().map(|e| (e.interaction_id.unwrap_or_default(), e.agent_id)).collect();
+    let done: std::collections::HashSet<(Uuid, Option<Uuid>)> =
+        committed.iter().map(|e| (e.interaction_id.unwrap_or_default(), e.agent_id)).collect();
     let mut stale_agents = Vec::new();
     let mut stale_interactions = Vec::new();
     for d in &decisions {

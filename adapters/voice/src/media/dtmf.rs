@@ -18,12 +18,7 @@ impl TelephoneEvent {
     /// Parses the 4-byte payload.
     pub fn parse(payload: &[u8]) -> Option<Self> {
         let p = payload.get(..4)?;
-        Some(Self {
-            event: p[0],
-            end: p[1] & 0x80 != 0,
-            volume: p[1] & 0x3f,
-            duration: u16::from_be_bytes([p[2], p[3]]),
-        })
+        Some(Self { event: p[0], end: p[1] & 0x80 != 0, volume: p[1] & 0x3f, duration: u16::from_be_bytes([p[2], p[3]]) })
     }
 
     /// Serializes the payload.
@@ -104,11 +99,10 @@ pub fn parse_info_body(content_type: &str, body: &[u8]) -> Option<char> {
     let text = std::str::from_utf8(body).ok()?;
     let ct = content_type.to_ascii_lowercase();
     let value = if ct.starts_with("application/dtmf-relay") {
-        text.lines()
-            .find_map(|l| {
-                let (k, v) = l.split_once('=')?;
-                k.trim().eq_ignore_ascii_case("signal").then(|| v.trim())
-            })?
+        text.lines().find_map(|l| {
+            let (k, v) = l.split_once('=')?;
+            k.trim().eq_ignore_ascii_case("signal").then(|| v.trim())
+        })?
     } else if ct.starts_with("application/dtmf") {
         text.trim()
     } else {
@@ -128,21 +122,10 @@ pub fn event_packets(digit: char, updates: u16) -> Vec<TelephoneEvent> {
     let Some(event) = digit_event(digit) else {
         return Vec::new();
     };
-    let mut out: Vec<TelephoneEvent> = (1..=updates)
-        .map(|i| TelephoneEvent {
-            event,
-            end: false,
-            volume: 10,
-            duration: i.saturating_mul(160),
-        })
-        .collect();
+    let mut out: Vec<TelephoneEvent> =
+        (1..=updates).map(|i| TelephoneEvent { event, end: false, volume: 10, duration: i.saturating_mul(160) }).collect();
     for _ in 0..3 {
-        out.push(TelephoneEvent {
-            event,
-            end: true,
-            volume: 10,
-            duration: updates.saturating_add(1).saturating_mul(160),
-        });
+        out.push(TelephoneEvent { event, end: true, volume: 10, duration: updates.saturating_add(1).saturating_mul(160) });
     }
     out
 }

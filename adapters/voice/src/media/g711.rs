@@ -56,11 +56,7 @@ fn alaw_to_linear_calc(code: u8) -> i16 {
     let a = code ^ 0x55;
     let exponent = i32::from((a >> 4) & 0x07);
     let mantissa = i32::from(a & 0x0f);
-    let magnitude = if exponent == 0 {
-        (mantissa << 4) + 8
-    } else {
-        ((mantissa << 4) + 0x108) << (exponent - 1)
-    };
+    let magnitude = if exponent == 0 { (mantissa << 4) + 8 } else { ((mantissa << 4) + 0x108) << (exponent - 1) };
     if a & 0x80 != 0 {
         magnitude as i16
     } else {
@@ -139,10 +135,7 @@ mod tests {
     fn quantization_error_is_small_relative_to_signal() {
         for s in (-32768i32..=32767).step_by(97) {
             let s = s as i16;
-            for (enc, dec) in [
-                (linear_to_ulaw as fn(i16) -> u8, ulaw_to_linear as fn(u8) -> i16),
-                (linear_to_alaw, alaw_to_linear),
-            ] {
+            for (enc, dec) in [(linear_to_ulaw as fn(i16) -> u8, ulaw_to_linear as fn(u8) -> i16), (linear_to_alaw, alaw_to_linear)] {
                 let back = i32::from(dec(enc(s)));
                 let err = (back - i32::from(s)).abs();
                 assert!(err <= (i32::from(s).abs() / 16).max(16) + 8, "{s} -> {back}");

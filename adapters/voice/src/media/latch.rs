@@ -18,10 +18,7 @@ pub struct RtpLatch {
 impl RtpLatch {
     /// Starts with the SDP address (may be unspecified when on hold).
     pub fn new(signalled: Option<SocketAddr>) -> Self {
-        Self {
-            signalled: signalled.filter(|a| !a.ip().is_unspecified() && a.port() != 0),
-            latched: None,
-        }
+        Self { signalled: signalled.filter(|a| !a.ip().is_unspecified() && a.port() != 0), latched: None }
     }
 
     /// Updates the SDP address after a re-INVITE.

@@ -95,24 +95,12 @@ impl RtpSender {
     pub fn new() -> Self {
         use rand::Rng;
         let mut rng = rand::thread_rng();
-        Self {
-            ssrc: rng.gen(),
-            sequence: rng.gen(),
-            timestamp: rng.gen(),
-        }
+        Self { ssrc: rng.gen(), sequence: rng.gen(), timestamp: rng.gen() }
     }
 
     /// Builds the next packet carrying `payload` spanning `samples` samples.
     pub fn next(&mut self, payload_type: u8, marker: bool, payload: &[u8], samples: u32) -> Vec<u8> {
-        let pkt = RtpPacket {
-            marker,
-            payload_type,
-            sequence: self.sequence,
-            timestamp: self.timestamp,
-            ssrc: self.ssrc,
-            payload,
-        }
-        .build();
+        let pkt = RtpPacket { marker, payload_type, sequence: self.sequence, timestamp: self.timestamp, ssrc: self.ssrc, payload }.build();
         self.sequence = self.sequence.wrapping_add(1);
         self.timestamp = self.timestamp.wrapping_add(samples);
         pkt
@@ -131,14 +119,7 @@ mod tests {
 
     #[test]
     fn round_trip_and_header_extras() {
-        let pkt = RtpPacket {
-            marker: true,
-            payload_type: 8,
-            sequence: 65535,
-            timestamp: 160,
-            ssrc: 0xdead_beef,
-            payload: &[1, 2, 3],
-        };
+        let pkt = RtpPacket { marker: true, payload_type: 8, sequence: 65535, timestamp: 160, ssrc: 0xdead_beef, payload: &[1, 2, 3] };
         let bytes = pkt.build();
         assert_eq!(RtpPacket::parse(&bytes).unwrap(), pkt);
         // One CSRC, an extension of one word and two bytes of padding.

@@ -52,22 +52,13 @@ pub fn decode_wav(bytes: &[u8], path: &Path) -> Result<Vec<i16>, WavError> {
             b"data" => {
                 let (tag, channels, rate, bits) = format.ok_or_else(|| invalid("data before fmt"))?;
                 if channels != 1 || rate != 8000 {
-                    return Err(WavError::Unsupported(
-                        path.to_path_buf(),
-                        format!("{channels} channels at {rate} Hz; need mono 8000 Hz"),
-                    ));
+                    return Err(WavError::Unsupported(path.to_path_buf(), format!("{channels} channels at {rate} Hz; need mono 8000 Hz")));
                 }
                 return match (tag, bits) {
-                    (FORMAT_PCM, 16) => Ok(body
-                        .chunks_exact(2)
-                        .map(|c| i16::from_le_bytes([c[0], c[1]]))
-                        .collect()),
+                    (FORMAT_PCM, 16) => Ok(body.chunks_exact(2).map(|c| i16::from_le_bytes([c[0], c[1]])).collect()),
                     (FORMAT_ALAW, 8) => Ok(body.iter().map(|b| alaw_to_linear(*b)).collect()),
                     (FORMAT_ULAW, 8) => Ok(body.iter().map(|b| ulaw_to_linear(*b)).collect()),
-                    _ => Err(WavError::Unsupported(
-                        path.to_path_buf(),
-                        format!("format tag {tag} with {bits} bits"),
-                    )),
+                    _ => Err(WavError::Unsupported(path.to_path_buf(), format!("format tag {tag} with {bits} bits"))),
                 };
             }
             _ => {}
@@ -102,12 +93,7 @@ impl WavWriter {
         }
         let mut out = BufWriter::new(File::create(path).map_err(io)?);
         out.write_all(&header(channels, 0)).map_err(io)?;
-        Ok(Self {
-            path: path.to_path_buf(),
-            out: Some(out),
-            channels,
-            data_bytes: 0,
-        })
+        Ok(Self { path: path.to_path_buf(), out: Some(out), channels, data_bytes: 0 })
     }
 
     /// Path of the file.

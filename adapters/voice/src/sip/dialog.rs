@@ -44,17 +44,11 @@ pub enum DialogRefusal {
 }
 
 fn contact_uri(msg: &impl HeaderLookup) -> Option<String> {
-    msg.value_of("Contact")
-        .and_then(|c| super::message::split_list(c).first().and_then(|c| NameAddr::parse(c)))
-        .map(|c| c.uri)
+    msg.value_of("Contact").and_then(|c| super::message::split_list(c).first().and_then(|c| NameAddr::parse(c))).map(|c| c.uri)
 }
 
 fn route_uris(values: Vec<&str>) -> Vec<String> {
-    values
-        .iter()
-        .flat_map(|v| super::message::split_list(v))
-        .map(str::to_string)
-        .collect()
+    values.iter().flat_map(|v| super::message::split_list(v)).map(str::to_string).collect()
 }
 
 impl Dialog {
@@ -81,17 +75,9 @@ impl Dialog {
         let mut route_set = route_uris(response.values_of("Record-Route"));
         // §12.1.2: the UAC route set is the Record-Route list in reverse.
         route_set.reverse();
-        let cseq = invite
-            .value_of("CSeq")
-            .and_then(|c| c.split_whitespace().next())
-            .and_then(|n| n.parse().ok())
-            .unwrap_or(1);
+        let cseq = invite.value_of("CSeq").and_then(|c| c.split_whitespace().next()).and_then(|n| n.parse().ok()).unwrap_or(1);
         Some(Self {
-            id: DialogId {
-                call_id: info.call_id.clone(),
-                local_tag: info.from.tag()?.to_string(),
-                remote_tag: info.to.tag()?.to_string(),
-            },
+            id: DialogId { call_id: info.call_id.clone(), local_tag: info.from.tag()?.to_string(), remote_tag: info.to.tag()?.to_string() },
             local_seq: cseq,
             remote_seq: None,
             local_uri: info.from.uri.clone(),
@@ -145,14 +131,8 @@ impl Dialog {
         let mut headers = rsip::Headers::default();
         headers.push(make_header("Via", format!("{via};branch={};rport", new_branch())));
         headers.push(make_header("Max-Forwards", "70"));
-        headers.push(make_header(
-            "From",
-            format!("<{}>;tag={}", self.local_uri, self.id.local_tag),
-        ));
-        headers.push(make_header(
-            "To",
-            format!("<{}>;tag={}", self.remote_uri, self.id.remote_tag),
-        ));
+        headers.push(make_header("From", format!("<{}>;tag={}", self.local_uri, self.id.local_tag)));
+        headers.push(make_header("To", format!("<{}>;tag={}", self.remote_uri, self.id.remote_tag)));
         headers.push(make_header("Call-ID", self.id.call_id.clone()));
         headers.push(make_header("CSeq", format!("{seq} {method}")));
         for route in &self.route_set {
@@ -161,13 +141,7 @@ impl Dialog {
         if matches!(method, Method::Invite | Method::Update) {
             headers.push(make_header("Contact", format!("<{contact}>")));
         }
-        Some(Request {
-            method,
-            uri,
-            version: rsip::Version::V2,
-            headers,
-            body: Vec::new(),
-        })
+        Some(Request { method, uri, version: rsip::Version::V2, headers, body: Vec::new() })
     }
 }
 
@@ -178,10 +152,7 @@ mod tests {
     use crate::sip::validate::{inspect, Inspected};
 
     fn invite() -> (Request, Essentials) {
-        let text = INVITE.replace(
-            "Contact:",
-            "Record-Route: <sip:p1.example;lr>, <sip:p2.example;lr>\r\nContact:",
-        );
+        let text = INVITE.replace("Contact:", "Record-Route: <sip:p1.example;lr>, <sip:p2.example;lr>\r\nContact:");
         match inspect(text.as_bytes(), 65_535) {
             Inspected::Request(r, e) => (r, e),
             other => panic!("{other:?}"),

@@ -41,11 +41,7 @@ impl DigestCredentials {
         for part in super::message::split_list(params) {
             let (k, v) = part.split_once('=')?;
             let v = v.trim();
-            let v = v
-                .strip_prefix('"')
-                .and_then(|v| v.strip_suffix('"'))
-                .unwrap_or(v)
-                .to_string();
+            let v = v.strip_prefix('"').and_then(|v| v.strip_suffix('"')).unwrap_or(v).to_string();
             match k.trim().to_ascii_lowercase().as_str() {
                 "username" => c.username = v,
                 "realm" => c.realm = v,
@@ -110,10 +106,7 @@ pub struct DigestAuthority {
 
 impl std::fmt::Debug for DigestAuthority {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("DigestAuthority")
-            .field("realm", &self.realm)
-            .field("nonce_ttl_secs", &self.nonce_ttl_secs)
-            .finish_non_exhaustive()
+        f.debug_struct("DigestAuthority").field("realm", &self.realm).field("nonce_ttl_secs", &self.nonce_ttl_secs).finish_non_exhaustive()
     }
 }
 
@@ -123,11 +116,7 @@ impl DigestAuthority {
         use rand::RngCore;
         let mut secret = [0u8; 32];
         rand::thread_rng().fill_bytes(&mut secret);
-        Self {
-            realm: realm.into(),
-            secret,
-            nonce_ttl_secs,
-        }
+        Self { realm: realm.into(), secret, nonce_ttl_secs }
     }
 
     /// The realm.
@@ -152,11 +141,7 @@ impl DigestAuthority {
 
     /// `WWW-Authenticate` value (RFC 2617 §3.2.1).
     pub fn challenge(&self, now_secs: u64, stale: bool) -> String {
-        let mut v = format!(
-            "Digest realm=\"{}\", nonce=\"{}\", algorithm=MD5, qop=\"auth\"",
-            self.realm,
-            self.nonce(now_secs)
-        );
+        let mut v = format!("Digest realm=\"{}\", nonce=\"{}\", algorithm=MD5, qop=\"auth\"", self.realm, self.nonce(now_secs));
         if stale {
             v.push_str(", stale=true");
         }
@@ -165,9 +150,7 @@ impl DigestAuthority {
 
     /// Checks credentials against `ha1` for a request with `method`.
     pub fn verify(&self, c: &DigestCredentials, method: &str, ha1: &str, now_secs: u64) -> DigestOutcome {
-        if c.realm != self.realm
-            || c.algorithm.as_deref().is_some_and(|a| !a.eq_ignore_ascii_case("MD5"))
-        {
+        if c.realm != self.realm || c.algorithm.as_deref().is_some_and(|a| !a.eq_ignore_ascii_case("MD5")) {
             return DigestOutcome::Invalid;
         }
         let Some((stamp, tag)) = c.nonce.split_once('.') else {
@@ -230,10 +213,7 @@ mod tests {
         c.response = expected_response(&h, "REGISTER", &c);
         assert_eq!(auth.verify(&c, "REGISTER", &h, 1_100), DigestOutcome::Valid);
         assert_eq!(auth.verify(&c, "REGISTER", &h, 2_000), DigestOutcome::Stale);
-        assert_eq!(
-            auth.verify(&c, "REGISTER", &ha1("alice", "switchboard", "bad"), 1_100),
-            DigestOutcome::Invalid
-        );
+        assert_eq!(auth.verify(&c, "REGISTER", &ha1("alice", "switchboard", "bad"), 1_100), DigestOutcome::Invalid);
         let other = DigestAuthority::new("switchboard", 300);
         assert_eq!(other.verify(&c, "REGISTER", &h, 1_100), DigestOutcome::Invalid);
     }

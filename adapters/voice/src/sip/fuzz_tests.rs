@@ -6,17 +6,14 @@ use std::time::{Duration, Instant};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use super::message::tests_support::INVITE;
 use super::message::response_to;
+use super::message::tests_support::INVITE;
 use super::transaction::{LayerEvent, Peer, Timers, TransactionLayer};
 use super::validate::{inspect, Inspected};
 use super::Transport;
 
 fn peer() -> Peer {
-    Peer {
-        addr: "192.0.2.10:5060".parse().expect("literal address"),
-        transport: Transport::Udp,
-    }
+    Peer { addr: "192.0.2.10:5060".parse().expect("literal address"), transport: Transport::Udp }
 }
 
 fn mutate(rng: &mut StdRng, base: &[u8]) -> Vec<u8> {
@@ -52,7 +49,7 @@ fn mutate(rng: &mut StdRng, base: &[u8]) -> Vec<u8> {
 /// 20,000 inputs through the full receive path; any panic fails the test.
 #[test]
 fn fuzz_receive_path_never_panics() {
-    let mut rng = StdRng::seed_from_u64(0x5b0a_2d);
+    let mut rng = StdRng::seed_from_u64(0x005b_0a2d);
     let mut layer = TransactionLayer::new(Timers::default(), 65_535);
     let start = Instant::now();
     let seeds: Vec<Vec<u8>> = vec![
@@ -112,45 +109,86 @@ Call-ID: t4475@host5.example.net\r\nMax-Forwards: 70\r\n";
 #[test]
 fn rfc4475_invalid_messages_are_rejected() {
     let cases: Vec<(&str, String)> = vec![
-        ("clerr: Content-Length larger than body",
-         format!("INVITE sip:user@example.com SIP/2.0\r\n{HDRS}CSeq: 1 INVITE\r\nContent-Length: 9999\r\n\r\nv=0\r\n")),
-        ("ncl: negative Content-Length",
-         format!("INVITE sip:user@example.com SIP/2.0\r\n{HDRS}CSeq: 1 INVITE\r\nContent-Length: -999\r\n\r\n")),
-        ("scalar02: overlarge CSeq",
-         format!("REGISTER sip:example.com SIP/2.0\r\n{HDRS}CSeq: 36893488147419103232 REGISTER\r\nContent-Length: 0\r\n\r\n")),
-        ("scalar02: overlarge Max-Forwards",
-         format!("OPTIONS sip:example.com SIP/2.0\r\n{}CSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n", HDRS.replace("Max-Forwards: 70", "Max-Forwards: 300"))),
-        ("quotbal: unterminated quoted display name",
-         format!("INVITE sip:user@example.com SIP/2.0\r\n{}CSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n", HDRS.replace("To: <sip:user@example.com>", "To: \"Mr. J. User <sip:j.user@example.com>"))),
-        ("ltgtruri: <> around Request-URI",
-         format!("INVITE <sip:user@example.com> SIP/2.0\r\n{HDRS}CSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n")),
-        ("lwsruri: LWS inside Request-URI",
-         format!("INVITE sip:user@example.com; lr SIP/2.0\r\n{HDRS}CSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n")),
-        ("lwsstart: multiple SP in request line",
-         format!("INVITE  sip:user@example.com  SIP/2.0\r\n{HDRS}CSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n")),
-        ("badvers: unknown protocol version",
-         format!("OPTIONS sip:t.watson@example.org SIP/7.0\r\n{HDRS}CSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n")),
-        ("mismatch01: CSeq method mismatch",
-         format!("OPTIONS sip:user@example.com SIP/2.0\r\n{HDRS}CSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n")),
-        ("mismatch02: unknown method with CSeq mismatch",
-         format!("NEWMETHOD sip:user@example.com SIP/2.0\r\n{HDRS}CSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n")),
-        ("multi-cseq: two CSeq values",
-         format!("INVITE sip:user@example.com SIP/2.0\r\n{HDRS}CSeq: 1 INVITE\r\nCSeq: 2 INVITE\r\nContent-Length: 0\r\n\r\n")),
-        ("novia: no Via (dropped)",
-         format!("INVITE sip:user@example.com SIP/2.0\r\n{}CSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n", HDRS.replace("Via: SIP/2.0/UDP host5.example.net;branch=z9hG4bK98sd\r\n", ""))),
-        ("bigcode: overlarge response code (dropped)",
-         format!("SIP/2.0 4294967301 better not break the receiver\r\n{HDRS}CSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n")),
-        ("badbranch: Via without a host",
-         format!("OPTIONS sip:user@example.com SIP/2.0\r\n{}CSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n", HDRS.replace("host5.example.net;", ";"))),
-        ("binary junk header line",
-         format!("OPTIONS sip:user@example.com SIP/2.0\r\n{HDRS}\u{1}\u{2}\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n")),
+        (
+            "clerr: Content-Length larger than body",
+            format!("INVITE sip:user@example.com SIP/2.0\r\n{HDRS}CSeq: 1 INVITE\r\nContent-Length: 9999\r\n\r\nv=0\r\n"),
+        ),
+        (
+            "ncl: negative Content-Length",
+            format!("INVITE sip:user@example.com SIP/2.0\r\n{HDRS}CSeq: 1 INVITE\r\nContent-Length: -999\r\n\r\n"),
+        ),
+        (
+            "scalar02: overlarge CSeq",
+            format!("REGISTER sip:example.com SIP/2.0\r\n{HDRS}CSeq: 36893488147419103232 REGISTER\r\nContent-Length: 0\r\n\r\n"),
+        ),
+        (
+            "scalar02: overlarge Max-Forwards",
+            format!(
+                "OPTIONS sip:example.com SIP/2.0\r\n{}CSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n",
+                HDRS.replace("Max-Forwards: 70", "Max-Forwards: 300")
+            ),
+        ),
+        (
+            "quotbal: unterminated quoted display name",
+            format!(
+                "INVITE sip:user@example.com SIP/2.0\r\n{}CSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n",
+                HDRS.replace("To: <sip:user@example.com>", "To: \"Mr. J. User <sip:j.user@example.com>")
+            ),
+        ),
+        (
+            "ltgtruri: <> around Request-URI",
+            format!("INVITE <sip:user@example.com> SIP/2.0\r\n{HDRS}CSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n"),
+        ),
+        (
+            "lwsruri: LWS inside Request-URI",
+            format!("INVITE sip:user@example.com; lr SIP/2.0\r\n{HDRS}CSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n"),
+        ),
+        (
+            "lwsstart: multiple SP in request line",
+            format!("INVITE  sip:user@example.com  SIP/2.0\r\n{HDRS}CSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n"),
+        ),
+        (
+            "badvers: unknown protocol version",
+            format!("OPTIONS sip:t.watson@example.org SIP/7.0\r\n{HDRS}CSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n"),
+        ),
+        (
+            "mismatch01: CSeq method mismatch",
+            format!("OPTIONS sip:user@example.com SIP/2.0\r\n{HDRS}CSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n"),
+        ),
+        (
+            "mismatch02: unknown method with CSeq mismatch",
+            format!("NEWMETHOD sip:user@example.com SIP/2.0\r\n{HDRS}CSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n"),
+        ),
+        (
+            "multi-cseq: two CSeq values",
+            format!("INVITE sip:user@example.com SIP/2.0\r\n{HDRS}CSeq: 1 INVITE\r\nCSeq: 2 INVITE\r\nContent-Length: 0\r\n\r\n"),
+        ),
+        (
+            "novia: no Via (dropped)",
+            format!(
+                "INVITE sip:user@example.com SIP/2.0\r\n{}CSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n",
+                HDRS.replace("Via: SIP/2.0/UDP host5.example.net;branch=z9hG4bK98sd\r\n", "")
+            ),
+        ),
+        (
+            "bigcode: overlarge response code (dropped)",
+            format!("SIP/2.0 4294967301 better not break the receiver\r\n{HDRS}CSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n"),
+        ),
+        (
+            "badbranch: Via without a host",
+            format!(
+                "OPTIONS sip:user@example.com SIP/2.0\r\n{}CSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n",
+                HDRS.replace("host5.example.net;", ";")
+            ),
+        ),
+        (
+            "binary junk header line",
+            format!("OPTIONS sip:user@example.com SIP/2.0\r\n{HDRS}\u{1}\u{2}\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n"),
+        ),
     ];
     for (name, text) in cases {
         let got = outcome(&text);
-        assert!(
-            got == "drop" || got.starts_with('4') || got.starts_with('5'),
-            "{name}: got {got}"
-        );
+        assert!(got == "drop" || got.starts_with('4') || got.starts_with('5'), "{name}: got {got}");
     }
     // RFC 4475 §3.1.2.13 (mismatch02) wants 400 rather than 501.
     let mismatch = format!("NEWMETHOD sip:user@example.com SIP/2.0\r\n{HDRS}CSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n");
@@ -169,6 +207,6 @@ s :\r\nNewFangledHeader:   newfangled value\r\n continued newfangled value\r\n\
 UnknownHeaderWithUnusualValue: ;;,,;;,;\r\nv:  SIP  / 2.0  / TCP     spindle.example.com   ;\r\n  branch  =   z9hG4bK9ikj8  ,\r\n SIP  /    2.0   / UDP  192.168.255.111   ; branch=\r\n z9hG4bK30239\r\n\
 m:\"Quoted string \\\"\\\"\" <sip:jdrosen@example.com> ; newparam =\r\n      newvalue ;\r\n  secondparam ; q = 0.33\r\n\r\n";
     assert_eq!(outcome(wsinv), "request", "wsinv");
-    let compact = format!("OPTIONS sip:user@example.com SIP/2.0\r\nv: SIP/2.0/UDP h;branch=z9hG4bKq\r\nt: <sip:user@example.com>\r\nf: <sip:a@b>;tag=1\r\ni: c1\r\nMax-Forwards: 70\r\nCSeq: 2 OPTIONS\r\nl: 0\r\n\r\n");
+    let compact = "OPTIONS sip:user@example.com SIP/2.0\r\nv: SIP/2.0/UDP h;branch=z9hG4bKq\r\nt: <sip:user@example.com>\r\nf: <sip:a@b>;tag=1\r\ni: c1\r\nMax-Forwards: 70\r\nCSeq: 2 OPTIONS\r\nl: 0\r\n\r\n".to_string();
     assert_eq!(outcome(&compact), "request", "compact forms");
 }

@@ -88,18 +88,12 @@ pub struct RawMessage {
 impl RawMessage {
     /// Values of every header called `name` (case-insensitive).
     pub fn values<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
-        self.headers
-            .iter()
-            .filter(move |h| h.name.eq_ignore_ascii_case(name))
-            .map(|h| h.value.as_str())
+        self.headers.iter().filter(move |h| h.name.eq_ignore_ascii_case(name)).map(|h| h.value.as_str())
     }
 
     /// First value of header `name`.
     pub fn value(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|h| h.name.eq_ignore_ascii_case(name))
-            .map(|h| h.value.as_str())
+        self.headers.iter().find(|h| h.name.eq_ignore_ascii_case(name)).map(|h| h.value.as_str())
     }
 
     /// Whether the start line looks like a request (not `SIP/2.0 …`).
@@ -143,14 +137,10 @@ fn split_parts(data: &[u8], max_size: usize) -> Result<(RawMessage, Option<SipEr
     if data.len() > max_size {
         return Err(SipError::TooLarge(data.len()));
     }
-    let start = data
-        .iter()
-        .position(|b| *b != b'\r' && *b != b'\n')
-        .ok_or(SipError::Incomplete)?;
+    let start = data.iter().position(|b| *b != b'\r' && *b != b'\n').ok_or(SipError::Incomplete)?;
     let data = &data[start..];
     let (head_end, body_start) = find_header_end(data).ok_or(SipError::Incomplete)?;
-    let head = std::str::from_utf8(&data[..head_end])
-        .map_err(|_| SipError::Malformed("non-UTF-8 header section".into()))?;
+    let head = std::str::from_utf8(&data[..head_end]).map_err(|_| SipError::Malformed("non-UTF-8 header section".into()))?;
     let mut lines = head.split('\n').map(|l| l.strip_suffix('\r').unwrap_or(l));
     let start_line = lines.next().unwrap_or_default().trim_end().to_string();
     if start_line.is_empty() {
@@ -173,9 +163,7 @@ fn split_parts(data: &[u8], max_size: usize) -> Result<(RawMessage, Option<SipEr
             }
             continue;
         }
-        let (name, value) = line
-            .split_once(':')
-            .ok_or_else(|| SipError::Malformed("header line without colon".into()))?;
+        let (name, value) = line.split_once(':').ok_or_else(|| SipError::Malformed("header line without colon".into()))?;
         let name = name.trim_end_matches([' ', '\t']);
         if name.is_empty() || !name.bytes().all(is_token_char) {
             return Err(SipError::Malformed("header name".into()));
@@ -183,15 +171,10 @@ fn split_parts(data: &[u8], max_size: usize) -> Result<(RawMessage, Option<SipEr
         if value.bytes().any(|b| b == 0 || b == b'\r') {
             return Err(SipError::Malformed("control character in header".into()));
         }
-        headers.push(RawHeader {
-            name: expand_compact(name).to_string(),
-            value: value.trim().to_string(),
-        });
+        headers.push(RawHeader { name: expand_compact(name).to_string(), value: value.trim().to_string() });
     }
     let available = &data[body_start..];
-    let mut lengths = headers
-        .iter()
-        .filter(|h| h.name.eq_ignore_ascii_case("Content-Length"));
+    let mut lengths = headers.iter().filter(|h| h.name.eq_ignore_ascii_case("Content-Length"));
     let mut error = None;
     let body = match lengths.next() {
         Some(h) => match h.value.parse::<usize>() {
@@ -206,11 +189,7 @@ fn split_parts(data: &[u8], max_size: usize) -> Result<(RawMessage, Option<SipEr
         },
         None => available.to_vec(),
     };
-    let raw = RawMessage {
-        start_line,
-        headers,
-        body,
-    };
+    let raw = RawMessage { start_line, headers, body };
     Ok((raw, error))
 }
 
@@ -237,12 +216,8 @@ fn canonical_bytes(raw: &RawMessage) -> Vec<u8> {
 /// (e.g. an unknown method) comes back as `Err` together with the raw split, so the
 /// caller can still answer 400/501 (see [`crate::sip::validate`]).
 pub fn parse(data: &[u8], max_size: usize) -> Result<(SipMessage, RawMessage), ParseFailure> {
-    let (raw, framing) =
-        split_parts(data, max_size).map_err(|error| ParseFailure { error, raw: None })?;
-    let fail = |error: SipError, raw: RawMessage| ParseFailure {
-        error,
-        raw: Some(raw),
-    };
+    let (raw, framing) = split_parts(data, max_size).map_err(|error| ParseFailure { error, raw: None })?;
+    let fail = |error: SipError, raw: RawMessage| ParseFailure { error, raw: Some(raw) };
     if let Some(error) = framing {
         return Err(fail(error, raw));
     }
@@ -254,9 +229,8 @@ pub fn parse(data: &[u8], max_size: usize) -> Result<(SipMessage, RawMessage), P
             return Err(fail(SipError::Malformed("request line".into()), raw));
         }
         // The Request-URI is a bare URI: no <>, no LWS (RFC 4475 §3.1.2.8-9).
-        let uri_ok = b.is_some_and(|u| {
-            !u.is_empty() && u.contains(':') && !u.contains(['<', '>', '"']) && c.is_some_and(|c| !c.contains(' '))
-        });
+        let uri_ok =
+            b.is_some_and(|u| !u.is_empty() && u.contains(':') && !u.contains(['<', '>', '"']) && c.is_some_and(|c| !c.contains(' ')));
         if !uri_ok {
             return Err(fail(SipError::Malformed("Request-URI".into()), raw));
         }
@@ -268,9 +242,7 @@ pub fn parse(data: &[u8], max_size: usize) -> Result<(SipMessage, RawMessage), P
             return Err(fail(SipError::UnknownMethod(m), raw));
         }
     } else {
-        let code_ok = b
-            .and_then(|b| b.parse::<u16>().ok())
-            .is_some_and(|c| (100..=699).contains(&c));
+        let code_ok = b.and_then(|b| b.parse::<u16>().ok()).is_some_and(|c| (100..=699).contains(&c));
         if a != Some("SIP/2.0") || !code_ok {
             return Err(fail(SipError::Malformed("status line".into()), raw));
         }
@@ -395,23 +367,13 @@ pub trait HeaderLookup {
     }
     /// Comma-separated list values of every header `name` (e.g. Require, Allow).
     fn tokens_of(&self, name: &str) -> Vec<String> {
-        self.values_of(name)
-            .iter()
-            .flat_map(|v| split_list(v))
-            .map(|t| t.trim().to_string())
-            .filter(|t| !t.is_empty())
-            .collect()
+        self.values_of(name).iter().flat_map(|v| split_list(v)).map(|t| t.trim().to_string()).filter(|t| !t.is_empty()).collect()
     }
 }
 
 impl<T: HasHeaders> HeaderLookup for T {
     fn values_of<'a>(&'a self, name: &str) -> Vec<&'a str> {
-        self.headers()
-            .iter()
-            .map(name_value)
-            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v)
-            .collect()
+        self.headers().iter().map(name_value).filter(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v).collect()
     }
 }
 
@@ -471,19 +433,12 @@ impl NameAddr {
         if uri.is_empty() || !uri.contains(':') || uri.contains(char::is_whitespace) {
             return None;
         }
-        Some(Self {
-            display,
-            uri: uri.to_string(),
-            params: parse_params(rest),
-        })
+        Some(Self { display, uri: uri.to_string(), params: parse_params(rest) })
     }
 
     /// Value of parameter `name` (case-insensitive).
     pub fn param(&self, name: &str) -> Option<&str> {
-        self.params
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_deref().unwrap_or(""))
+        self.params.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_deref().unwrap_or(""))
     }
 
     /// The `tag` parameter.
@@ -549,9 +504,7 @@ impl SipUri {
             Some(i) => (Some(&rest[..i]), &rest[i + 1..]),
             None => (None, rest),
         };
-        let user = userinfo
-            .map(|u| u.split(':').next().unwrap_or_default().to_string())
-            .filter(|u| !u.is_empty());
+        let user = userinfo.map(|u| u.split(':').next().unwrap_or_default().to_string()).filter(|u| !u.is_empty());
         let (hostport, params) = match hostpart.find(';') {
             Some(i) => (&hostpart[..i], parse_params(&hostpart[i..])),
             None => (hostpart, Vec::new()),
@@ -573,21 +526,12 @@ impl SipUri {
         if host.is_empty() {
             return None;
         }
-        Some(Self {
-            scheme,
-            user,
-            host,
-            port,
-            params,
-        })
+        Some(Self { scheme, user, host, port, params })
     }
 
     /// Value of URI parameter `name`.
     pub fn param(&self, name: &str) -> Option<&str> {
-        self.params
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_deref().unwrap_or(""))
+        self.params.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_deref().unwrap_or(""))
     }
 }
 
@@ -632,19 +576,10 @@ pub fn status(code: u16) -> StatusCode {
 
 /// Builds a response to `req` (RFC 3261 §8.2.6): Via, From, Call-ID and CSeq copied,
 /// To copied and given `to_tag` when it has none (never for 100 Trying, §8.2.6.2).
-pub fn response_from_raw(
-    req: &RawMessage,
-    code: u16,
-    to_tag: Option<&str>,
-    extra: Vec<Header>,
-    body: Vec<u8>,
-) -> Response {
+pub fn response_from_raw(req: &RawMessage, code: u16, to_tag: Option<&str>, extra: Vec<Header>, body: Vec<u8>) -> Response {
     let mut headers = rsip::Headers::default();
     for (name, value) in req.headers.iter().map(|h| (h.name.as_str(), &h.value)) {
-        if ["Via", "From", "Call-ID", "CSeq"]
-            .iter()
-            .any(|n| n.eq_ignore_ascii_case(name))
-        {
+        if ["Via", "From", "Call-ID", "CSeq"].iter().any(|n| n.eq_ignore_ascii_case(name)) {
             headers.push(make_header(name, value.clone()));
         } else if name.eq_ignore_ascii_case("To") {
             headers.push(make_header("To", with_to_tag(value, code, to_tag)));
@@ -653,33 +588,14 @@ pub fn response_from_raw(
     for h in extra {
         headers.push(h);
     }
-    Response {
-        status_code: status(code),
-        version: rsip::Version::V2,
-        headers,
-        body,
-    }
+    Response { status_code: status(code), version: rsip::Version::V2, headers, body }
 }
 
 /// Same as [`response_from_raw`] for a typed request.
-pub fn response_to(
-    req: &Request,
-    code: u16,
-    to_tag: Option<&str>,
-    extra: Vec<Header>,
-    body: Vec<u8>,
-) -> Response {
+pub fn response_to(req: &Request, code: u16, to_tag: Option<&str>, extra: Vec<Header>, body: Vec<u8>) -> Response {
     let raw = RawMessage {
         start_line: String::new(),
-        headers: req
-            .headers()
-            .iter()
-            .map(name_value)
-            .map(|(n, v)| RawHeader {
-                name: n.to_string(),
-                value: v.to_string(),
-            })
-            .collect(),
+        headers: req.headers().iter().map(name_value).map(|(n, v)| RawHeader { name: n.to_string(), value: v.to_string() }).collect(),
         body: Vec::new(),
     };
     response_from_raw(&raw, code, to_tag, extra, body)
@@ -752,10 +668,7 @@ f: <sip:a@h>;tag=1\r\nt: <sip:x@h>\r\ni: abc\r\nCSeq: 1\r\n  OPTIONS\r\nMax-Forw
         let (msg, _) = parse(long.as_bytes(), 65_535).unwrap();
         assert_eq!(msg.body(), b"v=");
         let short = INVITE.replace("Content-Length: 4", "Content-Length: 40");
-        assert_eq!(
-            parse(short.as_bytes(), 65_535).unwrap_err().error,
-            SipError::BadContentLength
-        );
+        assert_eq!(parse(short.as_bytes(), 65_535).unwrap_err().error, SipError::BadContentLength);
     }
 
     #[test]
@@ -767,10 +680,7 @@ f: <sip:a@h>;tag=1\r\nt: <sip:x@h>\r\ni: abc\r\nCSeq: 1\r\n  OPTIONS\r\nMax-Forw
         assert!(parse(big.as_bytes(), 65_535).is_ok());
         big.insert(0, '\n');
         big.push('x');
-        assert!(matches!(
-            parse(big.as_bytes(), 65_535).unwrap_err().error,
-            SipError::TooLarge(_)
-        ));
+        assert!(matches!(parse(big.as_bytes(), 65_535).unwrap_err().error, SipError::TooLarge(_)));
     }
 
     #[test]
@@ -784,9 +694,7 @@ f: <sip:a@h>;tag=1\r\nt: <sip:x@h>\r\ni: abc\r\nCSeq: 1\r\n  OPTIONS\r\nMax-Forw
     #[test]
     fn response_copies_headers_and_adds_tag() {
         let (msg, _) = parse(INVITE.as_bytes(), 65_535).unwrap();
-        let SipMessage::Request(req) = msg else {
-            panic!("request expected")
-        };
+        let SipMessage::Request(req) = msg else { panic!("request expected") };
         let resp = response_to(&req, 486, Some("xyz"), vec![], vec![]);
         let text = String::from_utf8(to_bytes(&resp.into()).to_vec()).unwrap();
         assert!(text.starts_with("SIP/2.0 486 Busy Here\r\n"), "{text}");

@@ -30,11 +30,7 @@ pub struct Timers {
 
 impl Default for Timers {
     fn default() -> Self {
-        Self {
-            t1: Duration::from_millis(500),
-            t2: Duration::from_secs(4),
-            t4: Duration::from_secs(5),
-        }
+        Self { t1: Duration::from_millis(500), t2: Duration::from_secs(4), t4: Duration::from_secs(5) }
     }
 }
 
@@ -118,10 +114,7 @@ impl InviteClient {
             reliable,
             timers,
             // §17.1.1.2: Timer A only for unreliable transports.
-            timer_a: (!reliable).then(|| Backoff {
-                at: now + timers.t1,
-                interval: timers.t1,
-            }),
+            timer_a: (!reliable).then(|| Backoff { at: now + timers.t1, interval: timers.t1 }),
             timer_b: Some(now + timers.t1x64()),
             timer_d: None,
             timer_m: None,
@@ -166,17 +159,11 @@ impl InviteClient {
                 self.state = TxState::Completed;
                 self.timer_a = None;
                 self.timer_b = None;
-                let wait = if self.reliable {
-                    Duration::ZERO
-                } else {
-                    Duration::from_secs(32).max(self.timers.t1x64())
-                };
+                let wait = if self.reliable { Duration::ZERO } else { Duration::from_secs(32).max(self.timers.t1x64()) };
                 self.timer_d = Some(now + wait);
                 vec![TxAction::Send(ack), TxAction::Deliver(response.into())]
             }
-            (TxState::Completed, 300..=699) => {
-                self.ack.clone().map(TxAction::Send).into_iter().collect()
-            }
+            (TxState::Completed, 300..=699) => self.ack.clone().map(TxAction::Send).into_iter().collect(),
             _ => Vec::new(),
         }
     }
@@ -191,10 +178,7 @@ impl InviteClient {
         if let Some(a) = self.timer_a.filter(|a| a.at <= now) {
             // §17.1.1.2: Timer A doubles each time.
             let interval = a.interval * 2;
-            self.timer_a = Some(Backoff {
-                at: now + interval,
-                interval,
-            });
+            self.timer_a = Some(Backoff { at: now + interval, interval });
             out.push(TxAction::Send(self.bytes.clone()));
         }
         if due(self.timer_d, now) || due(self.timer_m, now) {
@@ -206,12 +190,7 @@ impl InviteClient {
 
     /// Next timer deadline.
     pub fn next_deadline(&self) -> Option<Instant> {
-        earliest(&[
-            self.timer_a.map(|a| a.at),
-            self.timer_b,
-            self.timer_d,
-            self.timer_m,
-        ])
+        earliest(&[self.timer_a.map(|a| a.at), self.timer_b, self.timer_d, self.timer_m])
     }
 
     fn terminate(&mut self) {
@@ -227,10 +206,7 @@ impl InviteClient {
 pub fn ack_for_non_2xx(invite: &Request, response: &Response) -> Request {
     let mut headers = rsip::Headers::default();
     if let Some(via) = invite.values_of("Via").first() {
-        let top = super::message::split_list(via)
-            .first()
-            .map(|s| s.to_string())
-            .unwrap_or_default();
+        let top = super::message::split_list(via).first().map(|s| s.to_string()).unwrap_or_default();
         headers.push(make_header("Via", top));
     }
     headers.push(make_header("Max-Forwards", "70"));
@@ -242,22 +218,12 @@ pub fn ack_for_non_2xx(invite: &Request, response: &Response) -> Request {
     if let Some(to) = response.value_of("To") {
         headers.push(make_header("To", to));
     }
-    let cseq = invite
-        .value_of("CSeq")
-        .and_then(|c| c.split_whitespace().next())
-        .unwrap_or("1")
-        .to_string();
+    let cseq = invite.value_of("CSeq").and_then(|c| c.split_whitespace().next()).unwrap_or("1").to_string();
     headers.push(make_header("CSeq", format!("{cseq} ACK")));
     for route in invite.values_of("Route") {
         headers.push(make_header("Route", route));
     }
-    Request {
-        method: Method::Ack,
-        uri: invite.uri.clone(),
-        version: rsip::Version::V2,
-        headers,
-        body: Vec::new(),
-    }
+    Request { method: Method::Ack, uri: invite.uri.clone(), version: rsip::Version::V2, headers, body: Vec::new() }
 }
 
 /// RFC 3261 §17.1.2: non-INVITE client transaction.
@@ -281,10 +247,7 @@ impl NonInviteClient {
             bytes: bytes.clone(),
             reliable,
             timers,
-            timer_e: (!reliable).then(|| Backoff {
-                at: now + timers.t1,
-                interval: timers.t1,
-            }),
+            timer_e: (!reliable).then(|| Backoff { at: now + timers.t1, interval: timers.t1 }),
             timer_f: Some(now + timers.t1x64()),
             timer_k: None,
         };
@@ -330,15 +293,8 @@ impl NonInviteClient {
         let mut out = Vec::new();
         if let Some(e) = self.timer_e.filter(|e| e.at <= now) {
             // §17.1.2.2: doubling up to T2 while Trying; T2 once Proceeding.
-            let interval = if self.state == TxState::Proceeding {
-                self.timers.t2
-            } else {
-                (e.interval * 2).min(self.timers.t2)
-            };
-            self.timer_e = Some(Backoff {
-                at: now + interval,
-                interval,
-            });
+            let interval = if self.state == TxState::Proceeding { self.timers.t2 } else { (e.interval * 2).min(self.timers.t2) };
+            self.timer_e = Some(Backoff { at: now + interval, interval });
             out.push(TxAction::Send(self.bytes.clone()));
         }
         out
@@ -432,10 +388,7 @@ impl InviteServer {
             }
             _ => {
                 self.state = TxState::Completed;
-                self.timer_g = (!self.reliable).then(|| Backoff {
-                    at: now + self.timers.t1,
-                    interval: self.timers.t1,
-                });
+                self.timer_g = (!self.reliable).then(|| Backoff { at: now + self.timers.t1, interval: self.timers.t1 });
                 self.timer_h = Some(now + self.timers.t1x64());
             }
         }
@@ -457,10 +410,7 @@ impl InviteServer {
         if let Some(g) = self.timer_g.filter(|g| g.at <= now) {
             // §17.2.1: Timer G doubles up to T2.
             let interval = (g.interval * 2).min(self.timers.t2);
-            self.timer_g = Some(Backoff {
-                at: now + interval,
-                interval,
-            });
+            self.timer_g = Some(Backoff { at: now + interval, interval });
             out.extend(self.last_response.clone().map(TxAction::Send));
         }
         out
@@ -468,12 +418,7 @@ impl InviteServer {
 
     /// Next timer deadline.
     pub fn next_deadline(&self) -> Option<Instant> {
-        earliest(&[
-            self.timer_g.map(|g| g.at),
-            self.timer_h,
-            self.timer_i,
-            self.timer_l,
-        ])
+        earliest(&[self.timer_g.map(|g| g.at), self.timer_h, self.timer_i, self.timer_l])
     }
 
     fn terminate(&mut self) {
@@ -498,13 +443,7 @@ pub struct NonInviteServer {
 impl NonInviteServer {
     /// Starts the transaction and delivers the request to the TU.
     pub fn new(request: Request, reliable: bool, timers: Timers) -> (Self, Vec<TxAction>) {
-        let tx = Self {
-            state: TxState::Trying,
-            reliable,
-            timers,
-            last_response: None,
-            timer_j: None,
-        };
+        let tx = Self { state: TxState::Trying, reliable, timers, last_response: None, timer_j: None };
         (tx, vec![TxAction::Deliver(request.into())])
     }
 
@@ -517,9 +456,7 @@ impl NonInviteServer {
     pub fn on_request(&mut self, _request: Request) -> Vec<TxAction> {
         match self.state {
             // §17.2.2: retransmissions in Trying are discarded.
-            TxState::Proceeding | TxState::Completed => {
-                self.last_response.clone().map(TxAction::Send).into_iter().collect()
-            }
+            TxState::Proceeding | TxState::Completed => self.last_response.clone().map(TxAction::Send).into_iter().collect(),
             _ => Vec::new(),
         }
     }
@@ -582,10 +519,7 @@ impl AnswerRetransmitter {
     pub fn new(bytes: Bytes, reliable: bool, timers: Timers, now: Instant) -> Self {
         Self {
             bytes,
-            next: (!reliable).then(|| Backoff {
-                at: now + timers.t1,
-                interval: timers.t1,
-            }),
+            next: (!reliable).then(|| Backoff { at: now + timers.t1, interval: timers.t1 }),
             give_up: now + timers.t1x64(),
             timers,
         }
@@ -599,10 +533,7 @@ impl AnswerRetransmitter {
         }
         let n = self.next.filter(|n| n.at <= now)?;
         let interval = (n.interval * 2).min(self.timers.t2);
-        self.next = Some(Backoff {
-            at: now + interval,
-            interval,
-        });
+        self.next = Some(Backoff { at: now + interval, interval });
         Some(AnswerAction::Resend(self.bytes.clone()))
     }
 
@@ -628,29 +559,14 @@ pub struct TransactionKey {
 impl TransactionKey {
     /// Server-side key of a request.
     pub fn server(method: &Method, e: &Essentials) -> Self {
-        let method = if *method == Method::Ack {
-            Method::Invite
-        } else {
-            *method
-        };
+        let method = if *method == Method::Ack { Method::Invite } else { *method };
         let branch = if e.via.is_rfc3261_branch() {
             e.via.branch().unwrap_or_default().to_string()
         } else {
             // §17.2.3 for RFC 2543 peers: match on the request identifiers instead.
-            format!(
-                "rfc2543:{}:{}:{}:{}",
-                e.call_id,
-                e.cseq,
-                e.from.tag().unwrap_or_default(),
-                e.via.branch().unwrap_or_default()
-            )
+            format!("rfc2543:{}:{}:{}:{}", e.call_id, e.cseq, e.from.tag().unwrap_or_default(), e.via.branch().unwrap_or_default())
         };
-        Self {
-            branch,
-            sent_by: e.via.sent_by(),
-            method: method.to_string(),
-            server: true,
-        }
+        Self { branch, sent_by: e.via.sent_by(), method: method.to_string(), server: true }
     }
 
     /// Client-side key: our branch plus the CSeq method (§17.1.3).
@@ -665,10 +581,7 @@ impl TransactionKey {
 
     /// The INVITE server transaction a CANCEL with this key targets (§9.2).
     pub fn cancelled_invite(&self) -> Self {
-        Self {
-            method: Method::Invite.to_string(),
-            ..self.clone()
-        }
+        Self { method: Method::Invite.to_string(), ..self.clone() }
     }
 }
 
@@ -743,7 +656,7 @@ pub enum LayerEvent {
 
 #[derive(Debug)]
 enum Tx {
-    InviteClient(InviteClient),
+    InviteClient(Box<InviteClient>),
     NonInviteClient(NonInviteClient),
     InviteServer(InviteServer),
     NonInviteServer(NonInviteServer),
@@ -779,11 +692,7 @@ pub struct TransactionLayer {
 impl TransactionLayer {
     /// A new, empty layer.
     pub fn new(timers: Timers, max_size: usize) -> Self {
-        Self {
-            timers,
-            max_size,
-            txs: HashMap::new(),
-        }
+        Self { timers, max_size, txs: HashMap::new() }
     }
 
     /// Number of live transactions.
@@ -823,22 +732,12 @@ impl TransactionLayer {
     /// Feeds one received datagram or TCP frame. Never panics.
     pub fn on_message(&mut self, data: &[u8], source: Peer, now: Instant) -> Vec<LayerEvent> {
         match inspect(data, self.max_size) {
-            Inspected::Drop(error) => vec![LayerEvent::Dropped {
-                reason: error.to_string(),
-            }],
+            Inspected::Drop(error) => vec![LayerEvent::Dropped { reason: error.to_string() }],
             Inspected::Reject { reply, via, error } => {
                 let dest = response_destination(&via, source.addr, source.transport);
                 vec![
-                    LayerEvent::Send {
-                        peer: Peer {
-                            addr: dest,
-                            transport: source.transport,
-                        },
-                        bytes: to_bytes(&reply.into()),
-                    },
-                    LayerEvent::Dropped {
-                        reason: error.to_string(),
-                    },
+                    LayerEvent::Send { peer: Peer { addr: dest, transport: source.transport }, bytes: to_bytes(&reply.into()) },
+                    LayerEvent::Dropped { reason: error.to_string() },
                 ]
             }
             Inspected::Request(request, info) => self.on_request(request, info, source, now),
@@ -868,27 +767,16 @@ impl TransactionLayer {
             for a in actions {
                 match a {
                     TxAction::Send(bytes) => events.push(LayerEvent::Send { peer, bytes }),
-                    TxAction::Deliver(_) => events.push(LayerEvent::Ack {
-                        request: request.clone(),
-                        info: Box::new(info.clone()),
-                        source,
-                    }),
+                    TxAction::Deliver(_) => events.push(LayerEvent::Ack { request: request.clone(), info: Box::new(info.clone()), source }),
                     _ => {}
                 }
             }
             return events;
         }
         if request.method == Method::Ack {
-            return vec![LayerEvent::Ack {
-                request,
-                info: Box::new(info),
-                source,
-            }];
+            return vec![LayerEvent::Ack { request, info: Box::new(info), source }];
         }
-        let dest = Peer {
-            addr: response_destination(&info.via, source.addr, source.transport),
-            transport: source.transport,
-        };
+        let dest = Peer { addr: response_destination(&info.via, source.addr, source.transport), transport: source.transport };
         let (tx, actions) = if request.method == Method::Invite {
             let (t, a) = InviteServer::new(request.clone(), reliable, self.timers);
             (Tx::InviteServer(t), a)
@@ -901,12 +789,9 @@ impl TransactionLayer {
         for a in actions {
             match a {
                 TxAction::Send(bytes) => events.push(LayerEvent::Send { peer: dest, bytes }),
-                TxAction::Deliver(_) => events.push(LayerEvent::Request {
-                    key: key.clone(),
-                    request: request.clone(),
-                    info: Box::new(info.clone()),
-                    source,
-                }),
+                TxAction::Deliver(_) => {
+                    events.push(LayerEvent::Request { key: key.clone(), request: request.clone(), info: Box::new(info.clone()), source })
+                }
                 _ => {}
             }
         }
@@ -917,15 +802,9 @@ impl TransactionLayer {
         let key = TransactionKey::client(info.via.branch().unwrap_or_default(), &info.cseq_method);
         let Some((tx, peer)) = self.txs.get_mut(&key) else {
             if response.status_code.code() / 100 == 2 && info.cseq_method == Method::Invite {
-                return vec![LayerEvent::StrayResponse {
-                    response,
-                    info: Box::new(info),
-                    source,
-                }];
+                return vec![LayerEvent::StrayResponse { response, info: Box::new(info), source }];
             }
-            return vec![LayerEvent::Dropped {
-                reason: "response matches no transaction".into(),
-            }];
+            return vec![LayerEvent::Dropped { reason: "response matches no transaction".into() }];
         };
         let peer = *peer;
         let actions = match tx {
@@ -936,24 +815,14 @@ impl TransactionLayer {
         self.apply(&key, peer, actions, Some(&info))
     }
 
-    fn apply(
-        &mut self,
-        key: &TransactionKey,
-        peer: Peer,
-        actions: Vec<TxAction>,
-        info: Option<&Essentials>,
-    ) -> Vec<LayerEvent> {
+    fn apply(&mut self, key: &TransactionKey, peer: Peer, actions: Vec<TxAction>, info: Option<&Essentials>) -> Vec<LayerEvent> {
         let mut events = Vec::new();
         for a in actions {
             match a {
                 TxAction::Send(bytes) => events.push(LayerEvent::Send { peer, bytes }),
                 TxAction::Deliver(SipMessage::Response(response)) => {
                     if let Some(info) = info {
-                        events.push(LayerEvent::Response {
-                            key: key.clone(),
-                            response,
-                            info: Box::new(info.clone()),
-                        });
+                        events.push(LayerEvent::Response { key: key.clone(), response, info: Box::new(info.clone()) });
                     }
                 }
                 TxAction::Deliver(SipMessage::Request(_)) => {}
@@ -969,9 +838,7 @@ impl TransactionLayer {
     /// Sends a request in a new client transaction. The request must carry a Via
     /// with a fresh branch (see [`super::message::new_branch`]).
     pub fn send_request(&mut self, request: Request, peer: Peer, now: Instant) -> (TransactionKey, Vec<LayerEvent>) {
-        let branch = super::via::top_via(&request.clone().into())
-            .and_then(|v| v.branch().map(str::to_string))
-            .unwrap_or_default();
+        let branch = super::via::top_via(&request.clone().into()).and_then(|v| v.branch().map(str::to_string)).unwrap_or_default();
         let key = TransactionKey::client(&branch, &request.method);
         let reliable = peer.transport.is_reliable();
         if request.method == Method::Ack {
@@ -981,7 +848,7 @@ impl TransactionLayer {
         }
         let (tx, actions) = if request.method == Method::Invite {
             let (t, a) = InviteClient::new(request, reliable, self.timers, now);
-            (Tx::InviteClient(t), a)
+            (Tx::InviteClient(Box::new(t)), a)
         } else {
             let (t, a) = NonInviteClient::new(&request, reliable, self.timers, now);
             (Tx::NonInviteClient(t), a)
@@ -994,9 +861,7 @@ impl TransactionLayer {
     /// The TU answers a server transaction.
     pub fn respond(&mut self, key: &TransactionKey, response: Response, now: Instant) -> Vec<LayerEvent> {
         let Some((tx, peer)) = self.txs.get_mut(key) else {
-            return vec![LayerEvent::Dropped {
-                reason: "response for unknown server transaction".into(),
-            }];
+            return vec![LayerEvent::Dropped { reason: "response for unknown server transaction".into() }];
         };
         let peer = *peer;
         let actions = match tx {
@@ -1014,12 +879,8 @@ impl TransactionLayer {
 
     /// Fires every due timer.
     pub fn on_timer(&mut self, now: Instant) -> Vec<LayerEvent> {
-        let due_keys: Vec<TransactionKey> = self
-            .txs
-            .iter()
-            .filter(|(_, (tx, _))| tx.next_deadline().is_some_and(|d| d <= now))
-            .map(|(k, _)| k.clone())
-            .collect();
+        let due_keys: Vec<TransactionKey> =
+            self.txs.iter().filter(|(_, (tx, _))| tx.next_deadline().is_some_and(|d| d <= now)).map(|(k, _)| k.clone()).collect();
         let mut events = Vec::new();
         for key in due_keys {
             if let Some((tx, peer)) = self.txs.get_mut(&key) {
@@ -1065,8 +926,7 @@ mod tests {
         assert_eq!(sends(&first), 1);
         let mut fire_times = Vec::new();
         let mut now = start;
-        loop {
-            let Some(d) = tx.next_deadline() else { break };
+        while let Some(d) = tx.next_deadline() {
             now = d;
             let actions = tx.on_timer(now);
             if actions.contains(&TxAction::Timeout) {
@@ -1213,10 +1073,7 @@ mod tests {
     fn layer_matches_retransmissions_and_routes_to_rport() {
         let mut layer = TransactionLayer::new(Timers::default(), 65_535);
         let now = Instant::now();
-        let source = Peer {
-            addr: "198.51.100.7:40123".parse().unwrap(),
-            transport: Transport::Udp,
-        };
+        let source = Peer { addr: "198.51.100.7:40123".parse().unwrap(), transport: Transport::Udp };
         let events = layer.on_message(INVITE.as_bytes(), source, now);
         let key = events
             .iter()

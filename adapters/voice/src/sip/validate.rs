@@ -4,10 +4,7 @@
 
 use rsip::{Method, Request, Response, SipMessage};
 
-use super::message::{
-    make_header, parse, response_from_raw, split_list, HeaderLookup, NameAddr, RawMessage,
-    SipError,
-};
+use super::message::{make_header, parse, response_from_raw, split_list, HeaderLookup, NameAddr, RawMessage, SipError};
 use super::via::ViaHeader;
 
 /// The fields every transaction and dialog needs, extracted once.
@@ -50,23 +47,14 @@ pub enum Inspected {
 
 const SINGLE: [&str; 5] = ["Call-ID", "CSeq", "From", "To", "Max-Forwards"];
 
-fn essentials_from(
-    values: &dyn Fn(&str) -> Vec<String>,
-    request_method: Option<&str>,
-) -> Result<Essentials, SipError> {
+fn essentials_from(values: &dyn Fn(&str) -> Vec<String>, request_method: Option<&str>) -> Result<Essentials, SipError> {
     for name in SINGLE {
         if values(name).len() > 1 {
             return Err(SipError::BadHeader(name));
         }
     }
-    let via_value = values("Via")
-        .into_iter()
-        .next()
-        .ok_or(SipError::BadHeader("Via"))?;
-    let via = split_list(&via_value)
-        .first()
-        .and_then(|v| ViaHeader::parse(v))
-        .ok_or(SipError::BadHeader("Via"))?;
+    let via_value = values("Via").into_iter().next().ok_or(SipError::BadHeader("Via"))?;
+    let via = split_list(&via_value).first().and_then(|v| ViaHeader::parse(v)).ok_or(SipError::BadHeader("Via"))?;
     let first = |name: &'static str| values(name).into_iter().next().ok_or(SipError::BadHeader(name));
     let from = NameAddr::parse(&first("From")?).ok_or(SipError::BadHeader("From"))?;
     let to = NameAddr::parse(&first("To")?).ok_or(SipError::BadHeader("To"))?;
@@ -85,9 +73,7 @@ fn essentials_from(
     if parts.next().is_some() {
         return Err(SipError::BadHeader("CSeq"));
     }
-    let cseq_method: Method = method_token
-        .parse()
-        .map_err(|_| SipError::BadHeader("CSeq"))?;
+    let cseq_method: Method = method_token.parse().map_err(|_| SipError::BadHeader("CSeq"))?;
     if let Some(m) = request_method {
         if m != method_token {
             return Err(SipError::CSeqMismatch);
@@ -97,20 +83,11 @@ fn essentials_from(
             return Err(SipError::BadHeader("Max-Forwards"));
         }
     }
-    Ok(Essentials {
-        call_id,
-        cseq: number,
-        cseq_method,
-        from,
-        to,
-        via,
-    })
+    Ok(Essentials { call_id, cseq: number, cseq_method, from, to, via })
 }
 
 fn reject_raw(raw: &RawMessage, error: SipError) -> Inspected {
-    let via = raw
-        .value("Via")
-        .and_then(|v| split_list(v).first().and_then(|v| ViaHeader::parse(v)));
+    let via = raw.value("Via").and_then(|v| split_list(v).first().and_then(|v| ViaHeader::parse(v)));
     // Without a usable Via there is nowhere to send a response, so the request is
     // dropped; an ACK is never answered (RFC 3261 §17.2.1).
     match via {
@@ -126,19 +103,12 @@ fn reject_raw(raw: &RawMessage, error: SipError) -> Inspected {
             let mut extra = Vec::new();
             if code == 400 {
                 // RFC 3261 §21.4.1: the reason phrase or a Warning may explain; keep it generic.
-                extra.push(make_header(
-                    "Warning",
-                    format!("399 switchboard \"{}\"", error.to_string().replace('"', "'")),
-                ));
+                extra.push(make_header("Warning", format!("399 switchboard \"{}\"", error.to_string().replace('"', "'"))));
             }
             if code == 501 {
                 extra.push(make_header("Allow", super::super::b2bua::ALLOW));
             }
-            Inspected::Reject {
-                reply: response_from_raw(raw, code, None, extra, Vec::new()),
-                via,
-                error,
-            }
+            Inspected::Reject { reply: response_from_raw(raw, code, None, extra, Vec::new()), via, error }
         }
         _ => Inspected::Drop(error),
     }
@@ -240,9 +210,7 @@ mod tests {
     #[test]
     fn require_100rel_is_unsupported() {
         let text = INVITE.replace("Max-Forwards: 70\r\n", "Max-Forwards: 70\r\nRequire: 100rel, timer\r\n");
-        let Inspected::Request(req, _) = inspect(text.as_bytes(), 65_535) else {
-            panic!("valid request expected")
-        };
+        let Inspected::Request(req, _) = inspect(text.as_bytes(), 65_535) else { panic!("valid request expected") };
         assert_eq!(unsupported_requirements(&req), vec!["100rel", "timer"]);
     }
 }

@@ -53,10 +53,7 @@ impl ViaHeader {
                 None => (sent_by.to_string(), None),
             }
         };
-        let valid_host = !host.is_empty()
-            && host
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"-.:_".contains(&b));
+        let valid_host = !host.is_empty() && host.bytes().all(|b| b.is_ascii_alphanumeric() || b"-.:_".contains(&b));
         if !valid_host {
             return None;
         }
@@ -64,20 +61,12 @@ impl ViaHeader {
             Some(p) => Some(p.trim().parse::<u16>().ok().filter(|p| *p != 0)?),
             None => None,
         };
-        Some(Self {
-            transport,
-            host,
-            port,
-            params,
-        })
+        Some(Self { transport, host, port, params })
     }
 
     /// Parameter value (`""` for a flag parameter).
     pub fn param(&self, name: &str) -> Option<&str> {
-        self.params
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_deref().unwrap_or(""))
+        self.params.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_deref().unwrap_or(""))
     }
 
     /// The branch parameter.
@@ -92,11 +81,7 @@ impl ViaHeader {
 
     /// `sent-by` as written (`host:port`), used in transaction keys.
     pub fn sent_by(&self) -> String {
-        let host = if self.host.contains(':') {
-            format!("[{}]", self.host)
-        } else {
-            self.host.clone()
-        };
+        let host = if self.host.contains(':') { format!("[{}]", self.host) } else { self.host.clone() };
         match self.port {
             Some(p) => format!("{}:{p}", host.to_ascii_lowercase()),
             None => host.to_ascii_lowercase(),
@@ -105,11 +90,7 @@ impl ViaHeader {
 
     /// Sets or replaces a parameter.
     pub fn set_param(&mut self, name: &str, value: Option<String>) {
-        match self
-            .params
-            .iter_mut()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-        {
+        match self.params.iter_mut().find(|(n, _)| n.eq_ignore_ascii_case(name)) {
             Some(p) => p.1 = value,
             None => self.params.push((name.to_string(), value)),
         }
@@ -151,16 +132,8 @@ pub fn stamp_received(msg: &mut SipMessage, source: SocketAddr) {
         via.set_param("rport", Some(source.port().to_string()));
     }
     let rendered = via.render();
-    if let Some(Header::Via(h)) = msg
-        .headers_mut()
-        .iter_mut()
-        .find(|h| matches!(h, Header::Via(_)))
-    {
-        let rest: Vec<String> = split_list(h.value())
-            .into_iter()
-            .skip(1)
-            .map(str::to_string)
-            .collect();
+    if let Some(Header::Via(h)) = msg.headers_mut().iter_mut().find(|h| matches!(h, Header::Via(_))) {
+        let rest: Vec<String> = split_list(h.value()).into_iter().skip(1).map(str::to_string).collect();
         let mut value = rendered;
         for r in rest {
             value.push_str(", ");
@@ -181,22 +154,11 @@ pub fn response_destination(via: &ViaHeader, source: SocketAddr, transport: Tran
     }
     if via.param("rport").is_some() {
         // RFC 3581 §4: with rport the response goes to the packet's source IP and port.
-        let port = via
-            .param("rport")
-            .and_then(|p| p.parse::<u16>().ok())
-            .filter(|p| *p != 0)
-            .unwrap_or(source.port());
-        let ip = via
-            .param("received")
-            .and_then(|r| r.parse().ok())
-            .unwrap_or(source.ip());
+        let port = via.param("rport").and_then(|p| p.parse::<u16>().ok()).filter(|p| *p != 0).unwrap_or(source.port());
+        let ip = via.param("received").and_then(|r| r.parse().ok()).unwrap_or(source.ip());
         return SocketAddr::new(ip, port);
     }
-    let ip: IpAddr = via
-        .param("received")
-        .and_then(|r| r.parse().ok())
-        .or_else(|| via.host.parse().ok())
-        .unwrap_or(source.ip());
+    let ip: IpAddr = via.param("received").and_then(|r| r.parse().ok()).or_else(|| via.host.parse().ok()).unwrap_or(source.ip());
     SocketAddr::new(ip, via.port.unwrap_or(5060))
 }
 
@@ -235,10 +197,7 @@ mod tests {
     fn without_rport_response_uses_sent_by_port() {
         let via = ViaHeader::parse("SIP/2.0/UDP 10.0.0.1:5070;branch=z9hG4bK1;received=198.51.100.7").unwrap();
         let src: SocketAddr = "198.51.100.7:40000".parse().unwrap();
-        assert_eq!(
-            response_destination(&via, src, Transport::Udp),
-            "198.51.100.7:5070".parse::<SocketAddr>().unwrap()
-        );
+        assert_eq!(response_destination(&via, src, Transport::Udp), "198.51.100.7:5070".parse::<SocketAddr>().unwrap());
         assert_eq!(response_destination(&via, src, Transport::Tcp), src);
     }
 }

@@ -36,10 +36,7 @@ pub fn routing() -> (Arc<RecordingRouting>, mpsc::UnboundedReceiver<Seen>) {
 #[async_trait]
 impl CallRouting for RecordingRouting {
     async fn enqueue_call(&self, call: CallInfo) -> Result<CallTicket, RoutingError> {
-        let ticket = CallTicket {
-            call_id: call.call_id.clone(),
-            interaction_id: format!("interaction-{}", call.call_id),
-        };
+        let ticket = CallTicket { call_id: call.call_id.clone(), interaction_id: format!("interaction-{}", call.call_id) };
         let _ = self.tx.send(Seen::Enqueued(call));
         Ok(ticket)
     }
@@ -58,10 +55,7 @@ impl CallRouting for RecordingRouting {
 }
 
 pub async fn next_seen(rx: &mut mpsc::UnboundedReceiver<Seen>) -> Seen {
-    tokio::time::timeout(Duration::from_secs(10), rx.recv())
-        .await
-        .expect("routing event within 10 s")
-        .expect("routing channel open")
+    tokio::time::timeout(Duration::from_secs(10), rx.recv()).await.expect("routing event within 10 s").expect("routing channel open")
 }
 
 /// A SIP phone speaking raw text over UDP.
@@ -72,10 +66,7 @@ pub struct Phone {
 
 impl Phone {
     pub async fn new(hub: SocketAddr) -> Self {
-        Self {
-            sock: UdpSocket::bind("127.0.0.1:0").await.unwrap(),
-            hub,
-        }
+        Self { sock: UdpSocket::bind("127.0.0.1:0").await.unwrap(), hub }
     }
 
     pub fn addr(&self) -> SocketAddr {

@@ -1,0 +1,384 @@
+//! Load benchmark of the web chat channel on loopback (`harness = false`).
+//!
+//! The hub (chat adapter, router, outbox worker, event listener) runs in a child process
+//! (this binary with `--serve`) so its memory can be read from /proc; this process plays
+//! the widgets. Phases:
+//! 1. idle: open `CHAT_BENCH_IDLE` sessions + sockets (default 10,000) and report the hub's
+//!    VmRSS growth per connection;
+//! 2. throughput: `CHAT_BENCH_ACTIVE` of them (default 500) send `CHAT_BENCH_MSGS`
+//!    messages each (default 20, 4 in flight per socket); report persisted messages/s and
+//!    send→ack latency;
+//! 3. replies: agent replies to `CHAT_BENCH_REPLIES` conversations (default 300); report
+//!    reply→visitor-receive latency.
+//!
+//! Bounded: everything runs under a hard timeout (`CHAT_BENCH_TIMEOUT_SECS`, default 120).
+//! Run: `cargo bench -p switchboard-chat --bench chat_load` (needs the local PostgreSQL of
+//! the tests, `SWITCHBOARD_TEST_DATABASE_URL`).
+
+use futures::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use switchboard_core::adapter::{ChannelAdapter, Shutdown};
+use switchboard_core::config::CoreSettings;
+use switchboard_core::testing::TestDb;
+use switchboard_core::Hub;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio_tungstenite::tungstenite::Message;
+use uuid::Uuid;
+
+type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+fn env_usize(k: &str, d: usize) -> usize {
+    std::env::var(k).ok().and_then(|v| v.parse().ok()).unwrap_or(d)
+}
+
+fn raise_fd_limit() -> u64 {
+    // SAFETY: plain libc calls on a local struct.
+    unsafe {
+        let mut r = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) == 0 {
+            r.rlim_cur = r.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &r);
+            libc::getrlimit(libc::RLIMIT_NOFILE, &mut r);
+            return r.rlim_cur as u64;
+        }
+    }
+    0
+}
+
+fn vm_rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse().ok()))
+        .unwrap_or(0)
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
+    if let Some(i) = args.iter().position(|a| a == "--serve") {
+        let url = args.get(i + 1).cloned().expect("--serve <database url>");
+        rt.block_on(serve(url));
+        return;
+    }
+    let limit = raise_fd_limit();
+    let secs = env_usize("CHAT_BENCH_TIMEOUT_SECS", 120) as u64;
+    match rt.block_on(async { tokio::time::timeout(Duration::from_secs(secs), bench(limit)).await }) {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            eprintln!("chat_load failed: {e}");
+            std::process::exit(1);
+        }
+        Err(_) => {
+            eprintln!("chat_load: hard timeout of {secs} s reached");
+            std::process::exit(2);
+        }
+    }
+    rt.shutdown_timeout(Duration::from_secs(2));
+}
+
+/// Child: the hub with a webchat channel on port 0; prints `LISTEN <addr>`; exits when
+/// stdin closes.
+async fn serve(url: String) {
+    raise_fd_limit();
+    let options: sqlx::postgres::PgConnectOptions = url.parse().expect("url");
+    let pool = sqlx::postgres::PgPoolOptions::new().max_connections(30).connect_with(options.clone()).await.expect("pool");
+    let mut settings = CoreSettings::default();
+    settings.outbox.poll_ms = 50;
+    settings.router.tick_ms = 100;
+    let hub = Hub::new(pool.clone(), settings);
+    let (shutdown, shutdown_rx) = tokio::sync::watch::channel(false);
+    let (ready_tx, ready_rx) = oneshot::channel();
+    tokio::spawn(hub.bus().clone().run_listener(options.clone(), pool.clone(), shutdown_rx.clone(), ready_tx));
+    let _ = ready_rx.await;
+    let table: toml::Value = toml::Value::Table(
+        "type = \"webchat\"\nname = \"web\"\nrate_limit_per_10s = 100000\nsessions_per_minute_per_ip = 1000000\nping_interval_secs = 300"
+            .parse()
+            .expect("toml"),
+    );
+    let adapter: Arc<dyn ChannelAdapter> = Arc::new(switchboard_chat::build("web", table).expect("adapter"));
+    hub.add_adapter(adapter.clone());
+    let app = adapter.http_router().expect("router").with_state(hub.clone());
+    tokio::spawn(switchboard_core::router::run(hub.clone(), options, shutdown_rx.clone()));
+    tokio::spawn(switchboard_core::outbox::run_worker(hub.clone(), shutdown_rx.clone()));
+    {
+        let (hub, a, sd) = (hub.clone(), adapter.clone(), Shutdown(shutdown_rx.clone()));
+        tokio::spawn(async move { a.run(hub, sd).await });
+    }
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>()).await.ok();
+    });
+    println!("LISTEN {addr}");
+    let mut buf = Vec::new();
+    let _ = tokio::io::stdin().read_to_end(&mut buf).await;
+    let _ = shutdown.send(true);
+}
+
+/// POST /chat/v1/sessions over a raw HTTP/1.1 connection; returns the token.
+async fn new_session(addr: SocketAddr) -> Result<(String, Uuid), String> {
+    let mut s = tokio::net::TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+    let req = format!("POST /chat/v1/sessions HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{{}}");
+    s.write_all(req.as_bytes()).await.map_err(|e| e.to_string())?;
+    let mut resp = Vec::new();
+    s.read_to_end(&mut resp).await.map_err(|e| e.to_string())?;
+    let text = String::from_utf8_lossy(&resp);
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b).ok_or("no body")?;
+    let v: Value = serde_json::from_str(body).map_err(|e| format!("{e}: {body}"))?;
+    let token = v["token"].as_str().ok_or_else(|| format!("no token: {v}"))?.to_string();
+    let conv = v["conversation_id"].as_str().and_then(|c| c.parse().ok()).ok_or("no conversation")?;
+    Ok((token, conv))
+}
+
+async fn open_socket(addr: SocketAddr, token: &str) -> Result<Ws, String> {
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/chat/v1/ws")).await.map_err(|e| e.to_string())?;
+    ws.send(Message::text(json!({ "type": "hello", "v": 1, "token": token, "last_seq": 0 }).to_string()))
+        .await
+        .map_err(|e| e.to_string())?;
+    loop {
+        match ws.next().await {
+            Some(Ok(Message::Text(t))) if t.contains("\"welcome\"") => return Ok(ws),
+            Some(Ok(_)) => continue,
+            other => return Err(format!("no welcome: {other:?}")),
+        }
+    }
+}
+
+enum Cmd {
+    Burst { count: usize, window: usize, done: oneshot::Sender<Vec<Duration>> },
+}
+
+/// Shared reply bookkeeping: body marker → send time; receive latencies.
+#[derive(Default)]
+struct Replies {
+    sent_at: Mutex<HashMap<String, Instant>>,
+    latencies: Mutex<Vec<Duration>>,
+    received: AtomicU64,
+}
+
+async fn widget(mut ws: Ws, mut cmds: mpsc::Receiver<Cmd>, replies: Arc<Replies>, tag: usize) {
+    let on_text = |t: &str, replies: &Replies| {
+        if t.contains("\"from\":\"agent\"") {
+            if let Ok(v) = serde_json::from_str::<Value>(t) {
+                if let Some(b) = v["body"].as_str() {
+                    if let Some(at) = replies.sent_at.lock().unwrap().remove(b) {
+                        replies.latencies.lock().unwrap().push(at.elapsed());
+                        replies.received.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+        }
+    };
+    loop {
+        tokio::select! {
+            cmd = cmds.recv() => match cmd {
+                None => return,
+                Some(Cmd::Burst { count, window, done }) => {
+                    let mut sent: HashMap<String, Instant> = HashMap::new();
+                    let mut lat = Vec::with_capacity(count);
+                    let mut next = 0;
+                    while lat.len() < count {
+                        while next < count && sent.len() < window {
+                            let id = format!("b{tag}-{next}");
+                            let f = json!({ "type": "message", "client_msg_id": id, "body": format!("load message {next}") });
+                            if ws.send(Message::text(f.to_string())).await.is_err() { let _ = done.send(lat); return; }
+                            sent.insert(id, Instant::now());
+                            next += 1;
+                        }
+                        match ws.next().await {
+                            Some(Ok(Message::Text(t))) => {
+                                if t.starts_with("{\"type\":\"ack\"") {
+                                    if let Ok(v) = serde_json::from_str::<Value>(&t) {
+                                        if let Some(at) = v["client_msg_id"].as_str().and_then(|id| sent.remove(id)) {
+                                            lat.push(at.elapsed());
+                                        }
+                                    }
+                                } else if t.contains("\"type\":\"error\"") {
+                                    eprintln!("error frame: {t}");
+                                    let _ = done.send(lat);
+                                    return;
+                                } else {
+                                    on_text(&t, &replies);
+                                }
+                            }
+                            Some(Ok(_)) => {}
+                            _ => { let _ = done.send(lat); return; }
+                        }
+                    }
+                    let _ = done.send(lat);
+                }
+            },
+            m = ws.next() => match m {
+                Some(Ok(Message::Text(t))) => on_text(&t, &replies),
+                Some(Ok(_)) => {}
+                _ => return,
+            }
+        }
+    }
+}
+
+fn pct(v: &mut [Duration], p: f64) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort();
+    let i = ((v.len() as f64 - 1.0) * p).round() as usize;
+    v[i].as_secs_f64() * 1000.0
+}
+
+async fn bench(fd_limit: u64) -> Result<(), String> {
+    let idle = env_usize("CHAT_BENCH_IDLE", 10_000);
+    let active = env_usize("CHAT_BENCH_ACTIVE", 500).min(idle);
+    let msgs = env_usize("CHAT_BENCH_MSGS", 20);
+    let reply_n = env_usize("CHAT_BENCH_REPLIES", 300).min(active);
+    println!("chat_load: fd limit {fd_limit}, idle sockets {idle}, active {active} × {msgs} messages, {reply_n} agent replies");
+    let db = TestDb::new().await;
+    sqlx::query("insert into queues (name) values ('default')").execute(&db.pool).await.map_err(|e| e.to_string())?;
+
+    let mut child = tokio::process::Command::new(std::env::current_exe().map_err(|e| e.to_string())?)
+        .arg("--serve")
+        .arg(db.url())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| e.to_string())?;
+    let pid = child.id().ok_or("child pid")?;
+    let mut lines = BufReader::new(child.stdout.take().ok_or("child stdout")?).lines();
+    let addr: SocketAddr = loop {
+        let l = lines.next_line().await.map_err(|e| e.to_string())?.ok_or("hub exited")?;
+        if let Some(a) = l.strip_prefix("LISTEN ") {
+            break a.parse().map_err(|e| format!("{e}"))?;
+        }
+    };
+    // Warm up (first database connections, allocator arenas) before the baseline.
+    for _ in 0..20 {
+        let (t, _) = new_session(addr).await?;
+        drop(open_socket(addr, &t).await?);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let rss_before = vm_rss_kib(pid);
+
+    // Phase 1: idle connections.
+    let t0 = Instant::now();
+    let sem = Arc::new(Semaphore::new(64));
+    let mut handles = Vec::with_capacity(idle);
+    for _ in 0..idle {
+        let sem = sem.clone();
+        handles.push(tokio::spawn(async move {
+            let _p = sem.acquire_owned().await;
+            let (token, conv) = new_session(addr).await?;
+            let ws = open_socket(addr, &token).await?;
+            Ok::<_, String>((ws, conv))
+        }));
+    }
+    let mut sockets = Vec::with_capacity(idle);
+    let mut failures = 0;
+    for h in handles {
+        match h.await {
+            Ok(Ok(s)) => sockets.push(s),
+            Ok(Err(e)) => {
+                failures += 1;
+                if failures <= 3 {
+                    eprintln!("connection failed: {e}");
+                }
+            }
+            Err(_) => failures += 1,
+        }
+    }
+    let open_secs = t0.elapsed().as_secs_f64();
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let rss_after = vm_rss_kib(pid);
+    let n = sockets.len().max(1) as f64;
+    let per_conn = (rss_after.saturating_sub(rss_before)) as f64 / n;
+    println!(
+        "idle: {} sockets open ({failures} failed) in {open_secs:.1} s; hub VmRSS {rss_before} KiB -> {rss_after} KiB = {per_conn:.1} KiB per idle connection ({:.1} MiB per 1,000)",
+        sockets.len(),
+        per_conn * 1000.0 / 1024.0
+    );
+
+    // Hand every socket to a widget task.
+    let replies = Arc::new(Replies::default());
+    let mut ctl = Vec::with_capacity(sockets.len());
+    for (i, (ws, conv)) in sockets.into_iter().enumerate() {
+        let (tx, rx) = mpsc::channel(4);
+        tokio::spawn(widget(ws, rx, replies.clone(), i));
+        ctl.push((tx, conv));
+    }
+
+    // Phase 2: throughput.
+    let t1 = Instant::now();
+    let mut waits = Vec::new();
+    for (tx, _) in ctl.iter().take(active) {
+        let (done, rx) = oneshot::channel();
+        tx.send(Cmd::Burst { count: msgs, window: 4, done }).await.map_err(|_| "widget gone")?;
+        waits.push(rx);
+    }
+    let mut lat = Vec::new();
+    for w in waits {
+        lat.extend(w.await.unwrap_or_default());
+    }
+    let secs = t1.elapsed().as_secs_f64();
+    let stored: i64 = sqlx::query_scalar("select count(*) from messages where direction = 'inbound'")
+        .fetch_one(&db.pool)
+        .await
+        .map_err(|e| e.to_string())?;
+    let acked = lat.len();
+    println!(
+        "throughput: {acked} messages acked by {active} sockets in {secs:.2} s = {:.0} persisted messages/s ({stored} inbound rows in the database)",
+        acked as f64 / secs
+    );
+    println!("latency send->ack: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms", pct(&mut lat, 0.5), pct(&mut lat, 0.99), pct(&mut lat, 1.0));
+    if stored < acked as i64 {
+        return Err(format!("only {stored} of {acked} acknowledged messages are stored"));
+    }
+
+    // Phase 3: agent replies → visitor receive.
+    let agent: Uuid = sqlx::query_scalar("insert into agents (name, presence) values ('bench-agent', 'busy') returning id")
+        .fetch_one(&db.pool)
+        .await
+        .map_err(|e| e.to_string())?;
+    let convs: Vec<String> = ctl.iter().take(reply_n).map(|(_, c)| c.to_string()).collect();
+    let ids: Vec<(Uuid,)> = sqlx::query_as(
+        "update interactions set status = 'active', agent_id = $1, answered_at = now() where channel = 'chat' and conversation_key = any($2) returning id",
+    )
+    .bind(agent)
+    .bind(&convs)
+    .fetch_all(&db.pool)
+    .await
+    .map_err(|e| e.to_string())?;
+    let hub = Hub::new(db.pool.clone(), CoreSettings::default());
+    let t2 = Instant::now();
+    let mut tick = tokio::time::interval(Duration::from_millis(5));
+    for (n, (iid,)) in ids.iter().enumerate() {
+        tick.tick().await;
+        let body = format!("reply {n} {iid}");
+        replies.sent_at.lock().unwrap().insert(body.clone(), Instant::now());
+        hub.reply(*iid, Some(agent), &body, None).await.map_err(|e| e.to_string())?;
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while (replies.received.load(Ordering::Relaxed) as usize) < ids.len() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut rl = replies.latencies.lock().unwrap().clone();
+    println!(
+        "replies: {} of {} agent replies received in {:.2} s; latency reply->visitor: p50 {:.1} ms, p99 {:.1} ms",
+        rl.len(),
+        ids.len(),
+        t2.elapsed().as_secs_f64(),
+        pct(&mut rl, 0.5),
+        pct(&mut rl, 0.99)
+    );
+    println!("hub VmRSS at the end: {} KiB", vm_rss_kib(pid));
+    drop(ctl);
+    drop(child.stdin.take());
+    let _ = tokio::time::timeout(Duration::from_secs(5), child.wait()).await;
+    let _ = child.kill().await;
+    Ok(())
+}

@@ -1,0 +1,716 @@
+//! The hub side of the voice channel: the [`ChannelAdapter`] for `type = "sip"`.
+//!
+//! It starts the [`VoiceEngine`] with a [`CallRouting`] implementation over the
+//! [`Hub`]: a caller leaving the IVR becomes a persisted, queued voice interaction
+//! before the engine plays hold music; offers ring the agent's registered phone
+//! ([`ChannelAdapter::on_assignment`]); ring-no-answer, busy and unreachable phones end
+//! the offer as a timeout (core marks the agent away and re-queues with the original
+//! enqueue time); the end of a bridged call stores the recording path and puts the
+//! interaction into wrap-up. Hub events drive the rest: withdrawn offers stop the
+//! ringing, `max_wait_exceeded` sends the caller to voicemail (or hangs up), and
+//! transfers release the agent leg so the new offer can ring the target.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde::Deserialize;
+use serde_json::json;
+use switchboard_core::adapter::{AdapterError, AdapterRegistry, Assignment, ChannelAdapter, DeliveryReceipt, Outbound, Shutdown};
+use switchboard_core::bus::{HubEvent, NewEvent};
+use switchboard_core::interactions::OfferEnd;
+use switchboard_core::{Channel, CoreError, CustomerHints, Hub, InboundItem, InteractionStatus};
+use tokio::sync::broadcast::error::RecvError;
+use uuid::Uuid;
+
+use crate::call::{CallInfo, CallOutcome, CallRouting, CallTicket, RoutingError};
+use crate::config::{CredentialSource, SkillRequirement, VoiceConfig};
+use crate::registrar::{CredentialStore, InlineCredentials};
+use crate::{VoiceEngine, VoiceEngineHandle};
+
+/// Adapter kind in `[[channels]]`.
+pub const KIND: &str = "sip";
+
+/// Keys of the `[[channels]]` table that belong to the adapter, not to [`VoiceConfig`].
+const ADAPTER_KEYS: &[&str] = &["type", "name", "max_wait_action", "max_wait_voicemail_prompt", "max_wait_voicemail_secs"];
+
+/// What happens to a queued caller when the queue's `max_wait_secs` passes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum MaxWaitAction {
+    /// Offer voicemail: prompt, beep, recording; the interaction becomes `voicemail`.
+    #[default]
+    Voicemail,
+    /// Play nothing and hang up; the interaction is abandoned.
+    Hangup,
+    /// Keep waiting.
+    Keep,
+}
+
+/// Adapter-level settings next to the [`VoiceConfig`] keys of the channel table.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdapterSettings {
+    /// Action when a queue's max wait is exceeded.
+    #[serde(default)]
+    pub max_wait_action: MaxWaitAction,
+    /// Prompt played before the voicemail beep after max wait.
+    #[serde(default = "default_max_wait_prompt")]
+    pub max_wait_voicemail_prompt: Option<String>,
+    /// Longest voicemail after max wait, in seconds.
+    #[serde(default = "default_max_wait_voicemail_secs")]
+    pub max_wait_voicemail_secs: u64,
+}
+
+fn default_max_wait_prompt() -> Option<String> {
+    Some("after-hours".into())
+}
+fn default_max_wait_voicemail_secs() -> u64 {
+    120
+}
+
+/// Engines of running adapters by adapter name (tests and diagnostics).
+fn bound() -> &'static Mutex<HashMap<String, VoiceEngineHandle>> {
+    static BOUND: OnceLock<Mutex<HashMap<String, VoiceEngineHandle>>> = OnceLock::new();
+    BOUND.get_or_init(Default::default)
+}
+
+/// The engine of the running adapter called `name`.
+pub fn engine_for(name: &str) -> Option<VoiceEngineHandle> {
+    bound().lock().ok().and_then(|m| m.get(name).cloned())
+}
+
+/// The SIP UDP address the running adapter called `name` is bound to.
+pub fn bound_addr(name: &str) -> Option<SocketAddr> {
+    engine_for(name).and_then(|e| e.udp_addr())
+}
+
+/// The SIP TCP address the running adapter called `name` is bound to.
+pub fn bound_tcp_addr(name: &str) -> Option<SocketAddr> {
+    engine_for(name).and_then(|e| e.tcp_addr())
+}
+
+/// Registers the `sip` adapter kind.
+pub fn register(reg: &mut AdapterRegistry) {
+    reg.register(KIND, Box::new(|name, table| Ok(Arc::new(VoiceAdapter::from_table(name, table)?) as Arc<dyn ChannelAdapter>)));
+}
+
+/// Splits a `[[channels]]` table into adapter settings and a validated [`VoiceConfig`].
+pub fn parse_table(table: toml::Value) -> Result<(AdapterSettings, VoiceConfig), AdapterError> {
+    let toml::Value::Table(mut voice) = table else {
+        return Err(AdapterError::Config("a channel entry must be a table".into()));
+    };
+    let mut own = toml::map::Map::new();
+    for k in ADAPTER_KEYS {
+        if let Some(v) = voice.remove(*k) {
+            own.insert((*k).to_string(), v);
+        }
+    }
+    own.remove("type");
+    own.remove("name");
+    let settings: AdapterSettings = toml::Value::Table(own).try_into().map_err(|e| AdapterError::Config(e.to_string()))?;
+    let config: VoiceConfig = toml::Value::Table(voice).try_into().map_err(|e| AdapterError::Config(e.to_string()))?;
+    config.validate().map_err(|e| AdapterError::Config(e.to_string()))?;
+    Ok((settings, config))
+}
+
+/// One call known to this node.
+#[derive(Debug, Clone)]
+struct CallEntry {
+    ticket: CallTicket,
+    interaction_id: Uuid,
+    /// An agent leg is answered and bridged.
+    bridged: bool,
+    /// Agent holding the call.
+    agent_id: Option<Uuid>,
+    /// Position last announced (to avoid repeating an unchanged one too often).
+    last_position: Option<u32>,
+}
+
+#[derive(Debug, Default)]
+struct CallTable {
+    by_call: HashMap<String, CallEntry>,
+    by_interaction: HashMap<Uuid, String>,
+}
+
+/// State shared by the adapter, its routing implementation and its HTTP routes.
+pub struct VoiceState {
+    name: String,
+    settings: AdapterSettings,
+    engine: OnceLock<VoiceEngineHandle>,
+    hub: OnceLock<Hub>,
+    calls: Mutex<CallTable>,
+}
+
+impl std::fmt::Debug for VoiceState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VoiceState").field("name", &self.name).finish_non_exhaustive()
+    }
+}
+
+impl VoiceState {
+    /// The running engine, once `run` started it.
+    pub fn engine(&self) -> Option<&VoiceEngineHandle> {
+        self.engine.get()
+    }
+
+    fn with_calls<T>(&self, f: impl FnOnce(&mut CallTable) -> T) -> T {
+        let mut guard = match self.calls.lock() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        f(&mut guard)
+    }
+
+    /// The engine call id of an interaction handled on this node.
+    pub fn call_for(&self, interaction_id: Uuid) -> Option<String> {
+        self.with_calls(|t| t.by_interaction.get(&interaction_id).cloned())
+    }
+
+    fn entry(&self, call_id: &str) -> Option<CallEntry> {
+        self.with_calls(|t| t.by_call.get(call_id).cloned())
+    }
+
+    fn insert(&self, entry: CallEntry) {
+        self.with_calls(|t| {
+            t.by_interaction.insert(entry.interaction_id, entry.ticket.call_id.clone());
+            t.by_call.insert(entry.ticket.call_id.clone(), entry);
+        });
+    }
+
+    fn remove(&self, call_id: &str) -> Option<CallEntry> {
+        self.with_calls(|t| {
+            let e = t.by_call.remove(call_id)?;
+            t.by_interaction.remove(&e.interaction_id);
+            Some(e)
+        })
+    }
+
+    fn update(&self, call_id: &str, f: impl FnOnce(&mut CallEntry)) {
+        self.with_calls(|t| {
+            if let Some(e) = t.by_call.get_mut(call_id) {
+                f(e);
+            }
+        });
+    }
+
+    /// Whether the interaction's call is bridged to an agent on this node.
+    pub fn is_bridged(&self, interaction_id: Uuid) -> bool {
+        self.call_for(interaction_id).and_then(|c| self.entry(&c)).is_some_and(|e| e.bridged)
+    }
+
+    /// Marks the call as back in the queue after the engine released the agent leg.
+    pub(crate) fn release(&self, interaction_id: Uuid) -> Option<String> {
+        let call_id = self.call_for(interaction_id)?;
+        let engine = self.engine.get()?;
+        if self.entry(&call_id).is_some_and(|e| e.bridged) {
+            let _ = engine.release_agent(&call_id);
+            self.update(&call_id, |e| {
+                e.bridged = false;
+                e.agent_id = None;
+            });
+        }
+        Some(call_id)
+    }
+}
+
+/// The `sip` channel adapter.
+pub struct VoiceAdapter {
+    config: VoiceConfig,
+    state: Arc<VoiceState>,
+}
+
+impl std::fmt::Debug for VoiceAdapter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VoiceAdapter").field("name", &self.state.name).finish_non_exhaustive()
+    }
+}
+
+impl VoiceAdapter {
+    /// Builds the adapter from its `[[channels]]` table.
+    pub fn from_table(name: &str, table: toml::Value) -> Result<Self, AdapterError> {
+        let (settings, config) = parse_table(table)?;
+        Ok(Self::new(name, settings, config))
+    }
+
+    /// Builds the adapter from parsed settings.
+    pub fn new(name: &str, settings: AdapterSettings, config: VoiceConfig) -> Self {
+        let state = Arc::new(VoiceState {
+            name: name.to_string(),
+            settings,
+            engine: OnceLock::new(),
+            hub: OnceLock::new(),
+            calls: Mutex::new(CallTable::default()),
+        });
+        Self { config, state }
+    }
+
+    /// Shared state (HTTP routes, tests).
+    pub fn state(&self) -> Arc<VoiceState> {
+        self.state.clone()
+    }
+
+    async fn on_event(&self, hub: &Hub, ev: &HubEvent) {
+        let Some(interaction_id) = ev.interaction_id else {
+            return;
+        };
+        let Some(call_id) = self.state.call_for(interaction_id) else {
+            return;
+        };
+        let Some(engine) = self.state.engine.get() else {
+            return;
+        };
+        let offer_id = ev.data.get("offer_id").and_then(|v| v.as_str()).unwrap_or_default();
+        match ev.kind.as_str() {
+            // A withdrawn offer (expired by the router, declined in the UI) stops ringing.
+            "offer_timeout" | "offer_declined" => {
+                let _ = engine.stop_ringing(&call_id, offer_id);
+            }
+            "max_wait_exceeded" => {
+                if self.state.entry(&call_id).is_some_and(|e| e.bridged) {
+                    return;
+                }
+                let s = &self.state.settings;
+                match s.max_wait_action {
+                    MaxWaitAction::Voicemail => {
+                        let max = Duration::from_secs(s.max_wait_voicemail_secs.max(1));
+                        let _ = engine.to_voicemail(&call_id, s.max_wait_voicemail_prompt.clone(), max);
+                    }
+                    MaxWaitAction::Hangup => {
+                        let _ = engine.hangup(&call_id);
+                    }
+                    MaxWaitAction::Keep => {}
+                }
+                record(hub, "call_max_wait", interaction_id, json!({ "call_id": call_id, "action": format!("{:?}", s.max_wait_action).to_lowercase() })).await;
+            }
+            // A transfer to a queue: the agent leg ends and the caller waits again. A transfer
+            // to an agent is handled in `on_assignment` (release, then ring the target).
+            "transferred" if ev.data.get("to_queue").is_some() => {
+                if self.state.release(interaction_id).is_some() {
+                    record(hub, "call_released", interaction_id, json!({ "call_id": call_id, "reason": "transfer" })).await;
+                }
+            }
+            // Closed or abandoned by someone else while the call is still up: hang up.
+            "closed" | "abandoned" => {
+                if self.state.remove(&call_id).is_some() {
+                    let _ = engine.hangup(&call_id);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Announces each waiting caller's position and estimated wait.
+    async fn announce_positions(&self, hub: &Hub) {
+        let Some(engine) = self.state.engine.get() else {
+            return;
+        };
+        let waiting: Vec<(String, Uuid)> =
+            self.state.with_calls(|t| t.by_call.values().filter(|e| !e.bridged).map(|e| (e.ticket.call_id.clone(), e.interaction_id)).collect());
+        for (call_id, id) in waiting {
+            match queue_position(hub, id).await {
+                Ok(Some((position, wait))) => {
+                    let _ = engine.announce_position(&call_id, position, wait);
+                    self.state.update(&call_id, |e| e.last_position = Some(position));
+                }
+                Ok(None) => {}
+                Err(error) => tracing::debug!(%error, "Queue position lookup failed."),
+            }
+        }
+    }
+}
+
+/// Position (1-based) of a queued interaction in its queue and the estimated wait
+/// (average answered wait of the last hour in that queue, 60 s when unknown).
+pub async fn queue_position(hub: &Hub, id: Uuid) -> Result<Option<(u32, Duration)>, sqlx::Error> {
+    let row: Option<(Option<Uuid>, i32, chrono::DateTime<chrono::Utc>, String)> =
+        sqlx::query_as("select queue_id, priority, enqueued_at, status from interactions where id = $1").bind(id).fetch_optional(hub.db()).await?;
+    let Some((Some(queue), priority, enqueued_at, status)) = row else {
+        return Ok(None);
+    };
+    if status != "queued" {
+        return Ok(None);
+    }
+    let ahead: i64 = sqlx::query_scalar(
+        "select count(*) from interactions where queue_id = $1 and status = 'queued'
+           and (priority > $2 or (priority = $2 and enqueued_at < $3))",
+    )
+    .bind(queue)
+    .bind(priority)
+    .bind(enqueued_at)
+    .fetch_one(hub.db())
+    .await?;
+    let avg: Option<f64> = sqlx::query_scalar(
+        "select extract(epoch from avg(answered_at - enqueued_at))::float8 from interactions
+          where queue_id = $1 and answered_at is not null and answered_at > now() - interval '1 hour'",
+    )
+    .bind(queue)
+    .fetch_one(hub.db())
+    .await?;
+    let wait = Duration::from_secs_f64(avg.filter(|a| a.is_finite() && *a >= 0.0).unwrap_or(60.0).min(86_400.0));
+    Ok(Some((u32::try_from(ahead).unwrap_or(u32::MAX).saturating_add(1), wait)))
+}
+
+async fn record(hub: &Hub, kind: &'static str, id: Uuid, data: serde_json::Value) {
+    if let Err(error) = hub.record_event(NewEvent::interaction(kind, id).with_data(data)).await {
+        tracing::warn!(%error, kind, "Could not record a voice event.");
+    }
+}
+
+#[async_trait]
+impl ChannelAdapter for VoiceAdapter {
+    fn channel(&self) -> Channel {
+        Channel::Voice
+    }
+
+    fn name(&self) -> &str {
+        &self.state.name
+    }
+
+    async fn run(&self, hub: Hub, mut shutdown: Shutdown) -> Result<(), AdapterError> {
+        hub.add_route_docs(crate::http::ROUTES);
+        let _ = self.state.hub.set(hub.clone());
+        let inline = InlineCredentials::from_config(&self.config.registrar.credentials);
+        let from_db = matches!(self.config.registrar.credentials, CredentialSource::External);
+        let creds = Arc::new(HubCredentials { inline, db: RwLock::new(HashMap::new()) });
+        if from_db {
+            creds.refresh(&hub).await;
+        }
+        let routing = Arc::new(HubRouting { hub: hub.clone(), state: self.state.clone() });
+        let engine = VoiceEngine::start(self.config.clone(), routing, creds.clone()).await.map_err(|e| AdapterError::Config(e.to_string()))?;
+        if let Ok(mut m) = bound().lock() {
+            m.insert(self.state.name.clone(), engine.clone());
+        }
+        let _ = self.state.engine.set(engine.clone());
+        let mut events = hub.events();
+        let every = Duration::from_secs(self.config.announce_every_secs.max(1));
+        let mut announce = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        let mut refresh = tokio::time::interval(Duration::from_secs(10));
+        loop {
+            tokio::select! {
+                _ = shutdown.wait() => break,
+                ev = events.recv() => match ev {
+                    Ok(ev) => {
+                        if from_db && ev.kind == "agent_updated" {
+                            creds.refresh(&hub).await;
+                        }
+                        self.on_event(&hub, &ev).await;
+                    }
+                    Err(RecvError::Lagged(n)) => tracing::warn!(skipped = n, "Voice adapter lagged behind hub events."),
+                    Err(RecvError::Closed) => break,
+                },
+                _ = announce.tick() => self.announce_positions(&hub).await,
+                _ = refresh.tick(), if from_db => creds.refresh(&hub).await,
+            }
+        }
+        engine.shutdown();
+        if let Ok(mut m) = bound().lock() {
+            m.remove(&self.state.name);
+        }
+        Ok(())
+    }
+
+    async fn deliver(&self, _msg: &Outbound) -> Result<DeliveryReceipt, AdapterError> {
+        Err(AdapterError::Permanent("voice interactions take no text replies".into()))
+    }
+
+    async fn on_assignment(&self, a: &Assignment) -> Result<(), AdapterError> {
+        if a.channel != Channel::Voice {
+            return Ok(());
+        }
+        // Only the node holding the call rings (every node sees every offer).
+        let Some(call_id) = self.state.call_for(a.interaction_id) else {
+            return Ok(());
+        };
+        let (Some(engine), Some(hub)) = (self.state.engine.get(), self.state.hub.get()) else {
+            return Ok(());
+        };
+        let Some(sip_user) = a.agent_sip_user.as_deref().filter(|u| !u.is_empty()) else {
+            tracing::warn!(agent_id = %a.agent_id, "Voice offer to an agent without a SIP user; ending it as a timeout.");
+            record(hub, "call_unreachable", a.interaction_id, json!({ "offer_id": a.offer_id, "reason": "agent has no sip_user" })).await;
+            hub.end_offer(a.offer_id, None, OfferEnd::Timeout).await?;
+            return Ok(());
+        };
+        // A transfer of a bridged call: end the current agent leg first (same command
+        // channel, so the engine sees the release before the ring).
+        if self.state.is_bridged(a.interaction_id) {
+            self.state.release(a.interaction_id);
+            record(hub, "call_released", a.interaction_id, json!({ "call_id": call_id, "reason": "transfer" })).await;
+        }
+        engine.ring_agent(&call_id, sip_user, &a.offer_id.to_string()).map_err(|e| AdapterError::Temporary(e.to_string()))?;
+        Ok(())
+    }
+
+    fn http_router(&self) -> Option<axum::Router<Hub>> {
+        Some(crate::http::router(self.state.clone()))
+    }
+}
+
+/// Agents' SIP credentials: inline ones from the config, then `sip_credentials` rows
+/// (HA1 per realm) of agents with a `sip_user`, cached and refreshed periodically and
+/// whenever an agent changes.
+struct HubCredentials {
+    inline: InlineCredentials,
+    db: RwLock<HashMap<(String, String), String>>,
+}
+
+impl HubCredentials {
+    async fn refresh(&self, hub: &Hub) {
+        let rows: Result<Vec<(String, String, String)>, _> = sqlx::query_as(
+            "select a.sip_user, c.realm, c.ha1 from sip_credentials c join agents a on a.id = c.agent_id where a.sip_user is not null",
+        )
+        .fetch_all(hub.db())
+        .await;
+        match rows {
+            Ok(rows) => {
+                let map = rows.into_iter().map(|(u, r, h)| ((u, r), h)).collect();
+                if let Ok(mut db) = self.db.write() {
+                    *db = map;
+                }
+            }
+            Err(error) => tracing::warn!(%error, "Could not load SIP credentials."),
+        }
+    }
+}
+
+impl CredentialStore for HubCredentials {
+    fn ha1(&self, user: &str, realm: &str) -> Option<String> {
+        self.inline
+            .ha1(user, realm)
+            .or_else(|| self.db.read().ok().and_then(|db| db.get(&(user.to_string(), realm.to_string())).cloned()))
+    }
+}
+
+/// Stores an agent's SIP digest credentials (HA1 only; the password is not kept).
+pub async fn set_sip_password(hub: &Hub, agent_id: Uuid, realm: &str, password: &str) -> Result<(), CoreError> {
+    let sip_user: Option<Option<String>> =
+        sqlx::query_scalar("select sip_user from agents where id = $1").bind(agent_id).fetch_optional(hub.db()).await?;
+    let user = sip_user.ok_or(CoreError::NotFound("agent"))?.ok_or_else(|| CoreError::field("sip_user", "the agent has no SIP user"))?;
+    let ha1 = crate::sip::digest::ha1(&user, realm, password);
+    sqlx::query(
+        "insert into sip_credentials (agent_id, ha1, realm) values ($1, $2, $3)
+         on conflict (agent_id) do update set ha1 = excluded.ha1, realm = excluded.realm",
+    )
+    .bind(agent_id)
+    .bind(ha1)
+    .bind(realm)
+    .execute(hub.db())
+    .await?;
+    hub.record_event(NewEvent::agent("agent_updated", agent_id).with_data(json!({ "sip_credentials": true }))).await
+}
+
+/// [`CallRouting`] over the hub.
+struct HubRouting {
+    hub: Hub,
+    state: Arc<VoiceState>,
+}
+
+fn requirement_expr(reqs: &[SkillRequirement]) -> Option<String> {
+    let parts: Vec<String> = reqs.iter().map(|r| format!("{} >= {}", r.skill, r.min_level)).collect();
+    (!parts.is_empty()).then(|| parts.join(" and "))
+}
+
+fn routing_err(e: impl std::fmt::Display) -> RoutingError {
+    RoutingError(e.to_string())
+}
+
+fn parse_offer(offer_id: &str) -> Result<Uuid, RoutingError> {
+    offer_id.parse().map_err(|_| RoutingError(format!("offer id {offer_id:?} is not a UUID")))
+}
+
+impl HubRouting {
+    fn interaction_of(&self, ticket: &CallTicket) -> Result<Uuid, RoutingError> {
+        ticket.interaction_id.parse().map_err(|_| RoutingError("ticket without interaction id".into()))
+    }
+
+    async fn end_offer_timeout(&self, offer: Uuid) {
+        match self.hub.end_offer(offer, None, OfferEnd::Timeout).await {
+            Ok(()) | Err(CoreError::Conflict(_)) | Err(CoreError::NotFound(_)) => {}
+            Err(error) => tracing::warn!(%error, %offer, "Could not end a voice offer."),
+        }
+    }
+}
+
+#[async_trait]
+impl CallRouting for HubRouting {
+    async fn enqueue_call(&self, call: CallInfo) -> Result<CallTicket, RoutingError> {
+        let requirement = requirement_expr(&call.requirements);
+        let language = call.requirements.iter().find_map(|r| r.skill.strip_prefix("language:").map(str::to_string));
+        let ivr = json!({ "queue": call.queue, "requirements": call.requirements.iter().map(|r| format!("{} >= {}", r.skill, r.min_level)).collect::<Vec<_>>() });
+        let body = match &requirement {
+            Some(r) => format!("Incoming call (IVR: queue {}, {r})", if call.queue.is_empty() { "default" } else { &call.queue }),
+            None => format!("Incoming call (IVR: queue {})", if call.queue.is_empty() { "default" } else { &call.queue }),
+        };
+        let item = InboundItem {
+            channel: Some(Channel::Voice),
+            dedupe_key: call.call_id.clone(),
+            conversation_key: Some(call.call_id.clone()),
+            from: call.caller.clone(),
+            to: Some(call.dialled.clone()),
+            hints: CustomerHints { display_name: call.caller_name.clone(), email: None, language },
+            body,
+            content_type: Some("text/plain".into()),
+            requirement,
+            queue: (!call.queue.is_empty()).then(|| call.queue.clone()),
+            metadata: Some(json!({ "call_id": call.call_id, "trunk": call.trunk, "dialled": call.dialled, "ivr": ivr, "node": self.state.name })),
+            ..Default::default()
+        };
+        let outcome = self.hub.ingest(item).await.map_err(routing_err)?;
+        let ticket = CallTicket { call_id: call.call_id.clone(), interaction_id: outcome.interaction_id.to_string() };
+        self.state.insert(CallEntry { ticket: ticket.clone(), interaction_id: outcome.interaction_id, bridged: false, agent_id: None, last_position: None });
+        record(&self.hub, "ivr_choice", outcome.interaction_id, json!({ "call_id": call.call_id, "ivr": ivr })).await;
+        Ok(ticket)
+    }
+
+    async fn abandon(&self, ticket: &CallTicket) -> Result<(), RoutingError> {
+        let id = self.interaction_of(ticket)?;
+        self.state.remove(&ticket.call_id);
+        match self.hub.abandon(id).await {
+            Ok(()) | Err(CoreError::Conflict(_)) => Ok(()),
+            Err(e) => Err(routing_err(e)),
+        }
+    }
+
+    async fn call_event(&self, ticket: &CallTicket, event: CallOutcome) -> Result<(), RoutingError> {
+        let id = self.interaction_of(ticket)?;
+        let call_id = ticket.call_id.clone();
+        match event {
+            CallOutcome::Ringing { offer_id } => {
+                record(&self.hub, "call_ringing", id, json!({ "call_id": call_id, "offer_id": offer_id })).await;
+            }
+            CallOutcome::Answered { offer_id, agent } => {
+                let offer = parse_offer(&offer_id)?;
+                let agent_id: Option<Uuid> =
+                    sqlx::query_scalar("select agent_id from offers where id = $1").bind(offer).fetch_optional(self.hub.db()).await.map_err(routing_err)?;
+                let Some(agent_id) = agent_id else {
+                    return Err(RoutingError(format!("unknown offer {offer}")));
+                };
+                match self.hub.accept_offer(offer, agent_id).await {
+                    Ok(_) => {
+                        self.state.update(&call_id, |e| {
+                            e.bridged = true;
+                            e.agent_id = Some(agent_id);
+                        });
+                        record(&self.hub, "call_answered", id, json!({ "call_id": call_id, "offer_id": offer_id, "sip_user": agent, "agent_id": agent_id })).await;
+                    }
+                    Err(error) => {
+                        // The offer was withdrawn meanwhile (expired, transferred): the caller
+                        // goes back to waiting and core's next offer rings someone.
+                        tracing::warn!(%error, %offer, "Phone answered an offer core no longer holds; releasing the agent leg.");
+                        if let Some(engine) = self.state.engine.get() {
+                            let _ = engine.release_agent(&call_id);
+                        }
+                        record(&self.hub, "call_released", id, json!({ "call_id": call_id, "offer_id": offer_id, "reason": error.to_string() })).await;
+                    }
+                }
+            }
+            CallOutcome::NoAnswer { offer_id } => {
+                record(&self.hub, "call_no_answer", id, json!({ "call_id": call_id, "offer_id": offer_id })).await;
+                self.end_offer_timeout(parse_offer(&offer_id)?).await;
+            }
+            CallOutcome::Busy { offer_id } => {
+                record(&self.hub, "call_busy", id, json!({ "call_id": call_id, "offer_id": offer_id })).await;
+                self.end_offer_timeout(parse_offer(&offer_id)?).await;
+            }
+            CallOutcome::Unreachable { offer_id, reason } => {
+                record(&self.hub, "call_unreachable", id, json!({ "call_id": call_id, "offer_id": offer_id, "reason": reason })).await;
+                self.end_offer_timeout(parse_offer(&offer_id)?).await;
+            }
+            CallOutcome::Ended { by, recording } => {
+                let entry = self.state.remove(&call_id);
+                let recording = recording.map(|p| p.display().to_string());
+                let by = serde_json::to_value(by).unwrap_or(serde_json::Value::Null);
+                if entry.as_ref().is_some_and(|e| e.bridged) {
+                    let patch = json!({ "recording": recording, "ended_by": by });
+                    self.hub.update_metadata(id, patch).await.map_err(routing_err)?;
+                    record(&self.hub, "call_ended", id, json!({ "call_id": call_id, "by": by, "recording": recording })).await;
+                    match self.hub.wrap_up(id, None).await {
+                        Ok(_) | Err(CoreError::Conflict(_)) => {}
+                        Err(e) => return Err(routing_err(e)),
+                    }
+                } else {
+                    // Ended while waiting (hub hang-up after max wait, failed voicemail start).
+                    record(&self.hub, "call_ended", id, json!({ "call_id": call_id, "by": by })).await;
+                    match self.hub.abandon(id).await {
+                        Ok(()) | Err(CoreError::Conflict(_)) => {}
+                        Err(e) => return Err(routing_err(e)),
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn voicemail(&self, call: CallInfo, recording: PathBuf) -> Result<(), RoutingError> {
+        let path = recording.display().to_string();
+        if let Some(entry) = self.state.remove(&call.call_id) {
+            // Queued first (max wait exceeded): the same interaction becomes a voicemail.
+            let id = entry.interaction_id;
+            self.hub.update_metadata(id, json!({ "recording": path, "voicemail": true })).await.map_err(routing_err)?;
+            self.hub.set_status(id, InteractionStatus::Voicemail, json!({ "recording": path })).await.map_err(routing_err)?;
+            record(&self.hub, "voicemail_recorded", id, json!({ "call_id": call.call_id, "recording": path })).await;
+            return Ok(());
+        }
+        let item = InboundItem {
+            channel: Some(Channel::Voice),
+            dedupe_key: call.call_id.clone(),
+            conversation_key: Some(call.call_id.clone()),
+            from: call.caller.clone(),
+            to: Some(call.dialled.clone()),
+            hints: CustomerHints { display_name: call.caller_name.clone(), email: None, language: None },
+            body: "Voicemail".into(),
+            content_type: Some("text/plain".into()),
+            queue: (!call.queue.is_empty()).then(|| call.queue.clone()),
+            metadata: Some(json!({ "call_id": call.call_id, "trunk": call.trunk, "dialled": call.dialled, "recording": path, "voicemail": true })),
+            initial_status: Some(InteractionStatus::Voicemail),
+            ..Default::default()
+        };
+        let outcome = self.hub.ingest(item).await.map_err(routing_err)?;
+        record(&self.hub, "voicemail_recorded", outcome.interaction_id, json!({ "call_id": call.call_id, "recording": path })).await;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn channel_table_splits_into_settings_and_config() {
+        let table: toml::Value = toml::from_str(
+            r#"
+type = "sip"
+name = "pbx"
+max_wait_action = "hangup"
+udp_listen = "127.0.0.1:0"
+tcp_listen = "127.0.0.1:0"
+rtp_port_min = 0
+"#,
+        )
+        .expect("toml");
+        let (s, c) = parse_table(table).expect("parses");
+        assert_eq!(s.max_wait_action, MaxWaitAction::Hangup);
+        assert_eq!(c.rtp_port_min, 0);
+        let bad: toml::Value = toml::from_str("type = \"sip\"\nudp_listn = \"x\"").expect("toml");
+        assert!(parse_table(bad).is_err());
+    }
+
+    #[test]
+    fn example_config_is_valid() {
+        let doc: toml::Value = toml::from_str(include_str!("../../../config/examples/voice.toml")).expect("example toml");
+        let channel = doc.get("channels").and_then(|c| c.get(0)).cloned().expect("one channel");
+        let (s, c) = parse_table(channel).expect("example config is valid");
+        assert_eq!(s.max_wait_action, MaxWaitAction::Voicemail);
+        assert_eq!(c.ivr_flows.len(), 1);
+    }
+
+    #[test]
+    fn requirements_become_a_skill_expression() {
+        let reqs = vec!["language:es >= 2".parse().expect("req"), "billing".parse().expect("req")];
+        assert_eq!(requirement_expr(&reqs).as_deref(), Some("language:es >= 2 and billing >= 1"));
+        assert_eq!(requirement_expr(&[]), None);
+    }
+}

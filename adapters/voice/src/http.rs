@@ -1,0 +1,139 @@
+//! Agent and supervisor call controls over HTTP: hold, resume, hang up and blind
+//! transfer of a live voice call. Routes act on the node that holds the call (the
+//! adapter's call table); another node answers 409.
+
+use std::sync::Arc;
+
+use axum::routing::post;
+use axum::{Extension, Json, Router};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use switchboard_core::api::{Access, ApiJson, ApiPath, RouteDoc};
+use switchboard_core::auth::Caller;
+use switchboard_core::bus::NewEvent;
+use switchboard_core::{CoreError, CoreResult, Hub, Role};
+use uuid::Uuid;
+
+use crate::adapter::VoiceState;
+
+const STAFF: &[Role] = &[Role::Admin, Role::Supervisor, Role::Agent];
+
+/// The voice routes, for the OpenAPI document.
+pub const ROUTES: &[RouteDoc] = &[
+    RouteDoc {
+        method: "POST",
+        path: "/api/v1/voice/calls/{interaction_id}/hold",
+        access: Access::Roles(STAFF),
+        tag: "voice",
+        summary: "Put the live call on hold: the caller hears music on hold, no audio is relayed (holder or supervisor).",
+    },
+    RouteDoc {
+        method: "POST",
+        path: "/api/v1/voice/calls/{interaction_id}/resume",
+        access: Access::Roles(STAFF),
+        tag: "voice",
+        summary: "Resume a held call (holder or supervisor).",
+    },
+    RouteDoc {
+        method: "POST",
+        path: "/api/v1/voice/calls/{interaction_id}/hangup",
+        access: Access::Roles(STAFF),
+        tag: "voice",
+        summary: "Hang up the call from the hub (both legs get BYE); the interaction goes to wrap-up.",
+    },
+    RouteDoc {
+        method: "POST",
+        path: "/api/v1/voice/calls/{interaction_id}/transfer",
+        access: Access::Roles(STAFF),
+        tag: "voice",
+        summary: "Blind transfer {agent_id | queue_id}: the agent leg ends, the caller hears hold music and the target's phone rings.",
+    },
+];
+
+/// The voice router (state: the hub; the voice state rides in an extension).
+pub fn router(state: Arc<VoiceState>) -> Router<Hub> {
+    Router::new()
+        .route("/api/v1/voice/calls/{interaction_id}/hold", post(hold))
+        .route("/api/v1/voice/calls/{interaction_id}/resume", post(resume))
+        .route("/api/v1/voice/calls/{interaction_id}/hangup", post(hangup))
+        .route("/api/v1/voice/calls/{interaction_id}/transfer", post(transfer))
+        .layer(Extension(state))
+}
+
+/// Checks the caller may control the call and returns the engine call id.
+async fn live_call(hub: &Hub, state: &VoiceState, caller: &Caller, id: Uuid) -> CoreResult<String> {
+    caller.require(STAFF)?;
+    let i = hub.interaction(id).await?;
+    if i.channel != "voice" {
+        return Err(CoreError::Conflict("not a voice interaction".into()));
+    }
+    if !caller.is_supervisor() && (caller.agent_id.is_none() || i.agent_id != caller.agent_id) {
+        return Err(CoreError::Forbidden);
+    }
+    state.call_for(id).ok_or_else(|| CoreError::Conflict("no live call for this interaction on this node".into()))
+}
+
+fn engine(state: &VoiceState) -> CoreResult<&crate::VoiceEngineHandle> {
+    state.engine().ok_or_else(|| CoreError::Conflict("the voice engine is not running".into()))
+}
+
+async fn hold_or_resume(hub: &Hub, state: &VoiceState, caller: &Caller, id: Uuid, on: bool) -> CoreResult<Json<Value>> {
+    let call_id = live_call(hub, state, caller, id).await?;
+    if !state.is_bridged(id) {
+        return Err(CoreError::Conflict("the call is not connected to an agent".into()));
+    }
+    engine(state)?.hold(&call_id, on).map_err(|e| CoreError::Conflict(e.to_string()))?;
+    let kind = if on { "call_hold" } else { "call_resumed" };
+    hub.record_event(NewEvent::interaction(kind, id).with_agent(caller.agent_id).with_data(json!({ "call_id": call_id, "by": caller.username })))
+        .await?;
+    Ok(Json(json!({ "call_id": call_id, "held": on })))
+}
+
+async fn hold(State(hub): axum::extract::State<Hub>, Extension(state): Extension<Arc<VoiceState>>, caller: Caller, ApiPath(id): ApiPath<Uuid>) -> CoreResult<Json<Value>> {
+    hold_or_resume(&hub, &state, &caller, id, true).await
+}
+
+async fn resume(State(hub): axum::extract::State<Hub>, Extension(state): Extension<Arc<VoiceState>>, caller: Caller, ApiPath(id): ApiPath<Uuid>) -> CoreResult<Json<Value>> {
+    hold_or_resume(&hub, &state, &caller, id, false).await
+}
+
+use axum::extract::State;
+
+async fn hangup(State(hub): State<Hub>, Extension(state): Extension<Arc<VoiceState>>, caller: Caller, ApiPath(id): ApiPath<Uuid>) -> CoreResult<Json<Value>> {
+    let call_id = live_call(&hub, &state, &caller, id).await?;
+    engine(&state)?.hangup(&call_id).map_err(|e| CoreError::Conflict(e.to_string()))?;
+    hub.record_event(NewEvent::interaction("call_hangup_requested", id).with_agent(caller.agent_id).with_data(json!({ "call_id": call_id, "by": caller.username })))
+        .await?;
+    Ok(Json(json!({ "call_id": call_id, "hung_up": true })))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Transfer {
+    agent_id: Option<Uuid>,
+    queue_id: Option<Uuid>,
+}
+
+async fn transfer(
+    State(hub): State<Hub>,
+    Extension(state): Extension<Arc<VoiceState>>,
+    caller: Caller,
+    ApiPath(id): ApiPath<Uuid>,
+    ApiJson(b): ApiJson<Transfer>,
+) -> CoreResult<Json<Value>> {
+    let call_id = live_call(&hub, &state, &caller, id).await?;
+    let by = caller.acting_agent()?;
+    // Core first: it releases the current offer/assignment and offers the target; the
+    // adapter then ends the agent leg (queue transfer: on the `transferred` event; agent
+    // transfer: before ringing the new offer).
+    let i = match (b.agent_id, b.queue_id) {
+        (Some(a), None) => hub.transfer_to_agent(id, by, a).await?,
+        (None, Some(q)) => {
+            let i = hub.transfer_to_queue(id, by, q).await?;
+            state.release(id);
+            i
+        }
+        _ => return Err(CoreError::Invalid("give exactly one of agent_id or queue_id".into())),
+    };
+    Ok(Json(json!({ "call_id": call_id, "interaction": i })))
+}

@@ -1,0 +1,182 @@
+// Staff pages without a customer: sign-in (and its errors), presence, the live supervisor
+// dashboard, the admin forms (CSRF on every write), escaping of hostile text.
+
+import { test, after } from 'node:test';
+import assert from 'node:assert/strict';
+import {
+  skipReason, sharedEnv, loginInbox, setPresenceUi, apiClient, eventually, watchErrors, screenshotPath, DEMO,
+} from './helpers.mjs';
+
+const skip = skipReason() || false;
+if (skip) console.log(`# SKIP browser tests: ${skip}`);
+
+const env = sharedEnv({ chat: false });
+after(() => env.teardown());
+
+test('sign-in rejects a wrong password with a readable message, then signs in', { skip }, async () => {
+  const { hub, chrome } = await env.get();
+  const ctx = await chrome.newContext();
+  const page = await ctx.newPage();
+  const errors = watchErrors(page);
+  await page.goto(`${hub.url}/`);
+  await page.waitForSelector('#login-view:not([hidden])');
+  assert.equal(await page.evaluate(() => document.activeElement.id), 'login-username', 'focus starts in the username field');
+  await page.fill('#login-username', 'alice');
+  await page.fill('#login-password', 'not-her-password');
+  await page.click('#login-submit');
+  await page.waitForSelector('#login-error:not([hidden])');
+  assert.match(await page.textContent('#login-error'), /wrong username or password/i);
+  assert.equal(await page.isHidden('#app'), true);
+
+  await page.fill('#login-password', DEMO.alice[1]);
+  await page.click('#login-submit');
+  await page.waitForSelector('#app:not([hidden])');
+  await page.waitForFunction(() => document.body.dataset.stream === 'live');
+  assert.equal(await page.textContent('#me-name'), 'Alice');
+  // Agents do not see supervisor/admin navigation.
+  assert.equal(await page.isHidden('a[href="/dashboard.html"]'), true);
+  assert.equal(await page.isHidden('a[href="/admin.html"]'), true);
+  // A reload keeps the session (cookie) and lands in the inbox, not the login form.
+  await page.reload();
+  await page.waitForSelector('#app:not([hidden])');
+  assert.deepEqual(errors, []);
+  await ctx.close();
+});
+
+test('presence changes reach the server and the live dashboard', { skip }, async () => {
+  const { hub, chrome } = await env.get();
+  const agentCtx = await chrome.newContext();
+  const supCtx = await chrome.newContext();
+  const agent = await agentCtx.newPage();
+  const sup = await supCtx.newPage();
+  const errors = [...watchErrors(agent)];
+  const supErrors = watchErrors(sup);
+  const api = await apiClient(hub.url, DEMO.sam);
+
+  await loginInbox(agent, hub.url, DEMO.bruno);
+  const brunoId = await agent.evaluate(() => window.__sb.state.me.agent_id);
+  assert.ok(brunoId, 'bruno has an agent record');
+
+  await sup.goto(`${hub.url}/dashboard.html`);
+  await sup.fill('#login-username', DEMO.sam[0]);
+  await sup.fill('#login-password', DEMO.sam[1]);
+  await sup.click('#login-submit');
+  await sup.waitForSelector('#queue-table tbody tr[data-queue="billing"]');
+  await sup.waitForFunction(() => document.body.dataset.stream === 'live');
+  const brunoPresence = () => sup.textContent('tr[data-agent="Bruno"] .agent-presence');
+  assert.equal(await brunoPresence(), 'offline');
+
+  await setPresenceUi(agent, 'available');
+  await eventually(async () => (await api.get(`/api/v1/agents/${brunoId}`)).presence === 'available', 5000, 'presence on the server');
+  // The dashboard updates from the event stream (well before its 5 s poll).
+  await sup.waitForFunction(() => document.querySelector('tr[data-agent="Bruno"] .agent-presence')?.textContent === 'available', null, { timeout: 3000 });
+
+  await setPresenceUi(agent, 'away');
+  await sup.waitForFunction(() => document.querySelector('tr[data-agent="Bruno"] .agent-presence')?.textContent === 'away', null, { timeout: 3000 });
+
+  // A supervisor changes it from the server side: the agent's inbox follows.
+  await api.put(`/api/v1/agents/${brunoId}/presence`, { presence: 'available' });
+  await agent.waitForFunction(() => document.querySelector('#presence').dataset.presence === 'available', null, { timeout: 5000 });
+
+  // Three queues with figures.
+  const queues = await sup.$$eval('#queue-table tbody tr', (rows) => rows.map((r) => r.dataset.queue));
+  assert.deepEqual(queues.sort(), ['billing', 'default', 'soporte']);
+  await sup.screenshot({ path: screenshotPath('dashboard.png'), fullPage: true });
+  await agent.screenshot({ path: screenshotPath('inbox-empty.png') });
+  assert.deepEqual(errors, []);
+  assert.deepEqual(supErrors, []);
+  await agentCtx.close();
+  await supCtx.close();
+});
+
+test('admin pages create and edit users, agents and queues; problem details are shown; text is escaped', { skip }, async () => {
+  const { hub, chrome } = await env.get();
+  const ctx = await chrome.newContext();
+  const page = await ctx.newPage();
+  const errors = watchErrors(page);
+  await page.goto(`${hub.url}/admin.html`);
+  await page.fill('#login-username', DEMO.admin[0]);
+  await page.fill('#login-password', DEMO.admin[1]);
+  await page.click('#login-submit');
+  await page.waitForSelector('#user-table tbody tr[data-username="alice"]');
+
+  // Server-side validation error: the problem+json detail is shown.
+  await page.fill('#user-username', 'dora');
+  await page.fill('#user-password', 'short');
+  await page.check('input[name="role"][value="agent"]');
+  await page.click('#user-submit');
+  await page.waitForSelector('#user-form .form-error:not([hidden])');
+  assert.match(await page.textContent('#user-form .form-error'), /8 characters/);
+
+  // Hostile display name: must appear as text, never as markup.
+  const hostile = '<img src=x onerror="window.__pwned=1">Dora';
+  await page.fill('#user-display', hostile);
+  await page.fill('#user-password', 'dora-password-1');
+  await page.click('#user-submit');
+  await page.waitForSelector('#user-table tbody tr[data-username="dora"]');
+  const cell = await page.$('#user-table tbody tr[data-username="dora"] td');
+  assert.equal(await cell.textContent(), hostile);
+  assert.equal(await cell.$('img'), null, 'no element was created from the display name');
+  assert.equal(await page.evaluate(() => window.__pwned), undefined);
+
+  // Edit: make dora a supervisor too (PATCH with CSRF).
+  await page.click('#user-table tbody tr[data-username="dora"] button');
+  await page.check('input[name="role"][value="supervisor"]');
+  await page.click('#user-submit');
+  await page.waitForFunction(() => document.querySelector('#user-table tr[data-username="dora"] td:nth-of-type(2)')?.textContent.split(', ').sort().join() === 'agent,supervisor');
+
+  // Agents tab: create an agent for dora with skills.
+  await page.click('#tab-agents');
+  await page.waitForSelector('#agent-table tbody tr[data-agent="Alice"]');
+  await page.fill('#agent-name', 'Dora');
+  await page.selectOption('#agent-user', { label: 'dora' });
+  await page.fill('#agent-skills', 'language:de=5, billing=2');
+  await page.fill('#agent-cap-chat', '4');
+  await page.click('#agent-submit');
+  await page.waitForSelector('#agent-table tbody tr[data-agent="Dora"]');
+  assert.match(await page.textContent('#agent-table tr[data-agent="Dora"]'), /billing=2, language:de=5/);
+
+  // Queues tab: an invalid requirement is refused with the server's reason; a valid one is stored.
+  await page.click('#tab-queues');
+  await page.waitForSelector('#queue-table tbody tr[data-queue="billing"]');
+  await page.fill('#queue-name', 'german');
+  await page.fill('#queue-requirement', 'language:de >=');
+  await page.click('#queue-submit');
+  await page.waitForSelector('#queue-form .form-error:not([hidden])');
+  assert.match(await page.textContent('#queue-form .form-error'), /requirement|skill expression/i);
+  await page.fill('#queue-requirement', 'language:de >= 3');
+  await page.click('#queue-submit');
+  await page.waitForSelector('#queue-table tbody tr[data-queue="german"]');
+
+  const api = await apiClient(hub.url, DEMO.admin);
+  const q = (await api.get('/api/v1/queues')).find((x) => x.name === 'german');
+  assert.equal(q.requirement, 'language:de >= 3');
+  const users = (await api.get('/api/v1/users?limit=200')).items;
+  const dora = users.find((u) => u.username === 'dora');
+  assert.deepEqual([...dora.roles].sort(), ['agent', 'supervisor']);
+  await page.screenshot({ path: screenshotPath('admin.png'), fullPage: true });
+
+  // Without the CSRF header, the same write is refused (the page always sends it).
+  const cookie = (await ctx.cookies()).find((c) => c.name === 'sb_session');
+  const noCsrf = await fetch(`${hub.url}/api/v1/queues`, {
+    method: 'POST', headers: { cookie: `sb_session=${cookie.value}`, 'content-type': 'application/json' },
+    body: JSON.stringify({ name: 'nocsrf' }),
+  });
+  assert.equal(noCsrf.status, 403);
+  assert.deepEqual(errors, []);
+  await ctx.close();
+});
+
+test('an agent cannot open the admin page', { skip }, async () => {
+  const { hub, chrome } = await env.get();
+  const ctx = await chrome.newContext();
+  const page = await ctx.newPage();
+  await page.goto(`${hub.url}/admin.html`);
+  await page.fill('#login-username', DEMO.carla[0]);
+  await page.fill('#login-password', DEMO.carla[1]);
+  await page.click('#login-submit');
+  await page.waitForSelector('main .form-error');
+  assert.match(await page.textContent('main .form-error'), /needs one of these roles: admin/);
+  assert.equal(await page.$('#user-table'), null);
+  await ctx.close();
+});

@@ -1,0 +1,514 @@
+//! Voice end to end through the real binary wiring: the `sip` channel adapter started by
+//! `switchboard::start_with`, SIPp playing the trunk caller and the agents' phones
+//! (digest REGISTER), core routing the calls. Skipped with a printed reason when `sipp`
+//! (Debian package `sip-tester`) is not installed.
+
+mod support;
+
+use std::net::{SocketAddr, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use support::*;
+use switchboard_core::Role;
+use tokio::process::{Child, Command};
+use uuid::Uuid;
+
+fn sipp_bin() -> Option<PathBuf> {
+    std::env::var_os("PATH").and_then(|paths| std::env::split_paths(&paths).map(|p| p.join("sipp")).find(|p| p.is_file()))
+}
+
+fn free_udp_port() -> u16 {
+    UdpSocket::bind("127.0.0.1:0").and_then(|s| s.local_addr()).map(|a| a.port()).expect("free port")
+}
+
+fn free_media_port() -> u16 {
+    // SIPp uses the given port and the next one (RTCP); keep it even.
+    loop {
+        let p = free_udp_port() & !1;
+        if p > 1024 && UdpSocket::bind(("127.0.0.1", p + 1)).is_ok() {
+            return p;
+        }
+    }
+}
+
+fn scenario(name: &str) -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/voice").join(name).display().to_string()
+}
+
+/// A hub with the voice adapter and two agents' phones' credentials.
+struct VoiceHub {
+    th: TestHub,
+    sip: SocketAddr,
+    dir: PathBuf,
+    admin: Client,
+    sipp: PathBuf,
+    name: String,
+}
+
+fn channel_table(name: &str, dir: &Path, extra: &str) -> toml::Value {
+    let prompts = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/prompts");
+    let text = format!(
+        r#"
+type = "sip"
+name = "{name}"
+udp_listen = "127.0.0.1:0"
+tcp_listen = "127.0.0.1:0"
+public_ip = "127.0.0.1"
+rtp_port_min = 0
+ring_timeout_secs = 3
+announce_every_secs = 1
+prompts_dir = "{prompts}"
+recordings_dir = "{rec}"
+voicemail_dir = "{vm}"
+{extra}
+
+[registrar]
+realm = "switchboard"
+credentials = {{ type = "inline", agents = [ {{ user = "alice", password = "alice-pw" }}, {{ user = "bob", password = "bob-pw" }} ] }}
+
+[[trunks]]
+name = "carrier"
+allowed_sources = ["127.0.0.1"]
+dids = {{ "100" = "main", "200" = "closed" }}
+
+[ivr_flows.main]
+start = "menu"
+default_queue = "support"
+[ivr_flows.main.nodes.menu]
+type = "menu"
+prompt = "menu"
+choices = {{ "1" = "english" }}
+timeout_ms = 8000
+max_attempts = 1
+on_failure = "bye"
+[ivr_flows.main.nodes.english]
+type = "set_requirement"
+requirement = "language:en >= 1"
+next = "queue"
+[ivr_flows.main.nodes.queue]
+type = "enqueue"
+[ivr_flows.main.nodes.bye]
+type = "hangup"
+
+[ivr_flows.closed]
+start = "hours"
+[ivr_flows.closed.nodes.hours]
+type = "hours"
+timezone = "UTC"
+schedule = []
+open = "vm"
+closed = "vm"
+[ivr_flows.closed.nodes.vm]
+type = "voicemail"
+prompt = "after-hours"
+max_seconds = 3
+"#,
+        prompts = prompts.display(),
+        rec = dir.join("rec").display(),
+        vm = dir.join("vm").display(),
+    );
+    toml::from_str(&text).expect("voice channel table")
+}
+
+async fn voice_hub(test: &str, extra: &str) -> Option<VoiceHub> {
+    let Some(sipp) = sipp_bin() else {
+        eprintln!("SKIPPED {test}: `sipp` not on PATH (apt-get install sip-tester)");
+        return None;
+    };
+    let dir = std::env::temp_dir().join(format!("sb-voice-{test}-{}", Uuid::new_v4()));
+    std::fs::create_dir_all(dir.join("rec")).expect("dir");
+    std::fs::create_dir_all(dir.join("vm")).expect("dir");
+    let name = format!("voice-{test}-{}", Uuid::new_v4());
+    let table = channel_table(&name, &dir, extra);
+    let th = spawn_hub_with(|s| s.channels.push(table)).await;
+    let sip = eventually(10, || async { switchboard_voice::bound_addr(&name) }).await;
+    let admin = user(&th, "admin", &[Role::Admin, Role::Supervisor], None).await;
+    Some(VoiceHub { th, sip, dir, admin, sipp, name })
+}
+
+impl VoiceHub {
+    fn sipp(&self, file: &str, port: u16, extra: &[&str]) -> Child {
+        let mut cmd = Command::new(&self.sipp);
+        cmd.arg("-sf")
+            .arg(scenario(file))
+            .args(["-i", "127.0.0.1", "-mi", "127.0.0.1", "-m", "1", "-timeout", "60s", "-nostdin", "-trace_err"])
+            .args(["-p", &port.to_string(), "-mp", &free_media_port().to_string()])
+            .args(extra)
+            .arg(self.sip.to_string())
+            .current_dir(&self.dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        cmd.spawn().expect("sipp starts")
+    }
+
+    /// An agent with a SIP user, available, whose phone (a SIPp UAS running `phone`)
+    /// is registered with digest auth. Returns the agent's client and the phone.
+    async fn agent(&self, name: &str, password: &str, phone: &str, phone_args: &[&str]) -> (Client, Child) {
+        let c = user(&self.th, name, &[Role::Agent], Some(json!({ "language:en": 5 }))).await;
+        let id = c.agent_id.expect("agent id");
+        sqlx::query("update agents set sip_user = $2 where id = $1").bind(id).bind(name).execute(self.th.hub().db()).await.expect("sip user");
+        let port = free_udp_port();
+        let mut args = vec!["-s", name];
+        args.extend_from_slice(phone_args);
+        let uas = self.sipp(phone, port, &args);
+        let port_s = port.to_string();
+        let reg = self.sipp("register.xml", free_udp_port(), &["-s", name, "-au", name, "-ap", password, "-key", "agent_port", &port_s]);
+        finished_ok(reg, "register").await;
+        let (st, body) = c.call("PUT", &format!("/api/v1/agents/{id}/presence"), Some(json!({ "presence": "available" }))).await;
+        assert_eq!(st, StatusCode::OK, "{body}");
+        (c, uas)
+    }
+
+    async fn queue(&self, extra: Value) -> Value {
+        let mut body = json!({ "name": "support", "accept_timeout_secs": 30 });
+        if let (Some(b), Some(e)) = (body.as_object_mut(), extra.as_object()) {
+            b.extend(e.clone());
+        }
+        queue(&self.admin, body).await
+    }
+
+    async fn voice_interaction(&self) -> Value {
+        let admin = self.admin.clone();
+        eventually(20, move || {
+            let admin = admin.clone();
+            async move {
+                let (_, list) = admin.call("GET", "/api/v1/interactions?channel=voice", None).await;
+                list["items"].as_array().and_then(|a| a.first().cloned())
+            }
+        })
+        .await
+    }
+
+    async fn wait_status(&self, id: &str, wanted: &[&str], secs: u64) -> Value {
+        let admin = self.admin.clone();
+        let id = id.to_string();
+        let wanted: Vec<String> = wanted.iter().map(|s| s.to_string()).collect();
+        eventually(secs, move || {
+            let (admin, id, wanted) = (admin.clone(), id.clone(), wanted.clone());
+            async move {
+                let (_, i) = admin.call("GET", &format!("/api/v1/interactions/{id}"), None).await;
+                let status = i["status"].as_str().unwrap_or_default().to_string();
+                wanted.contains(&status).then_some(i)
+            }
+        })
+        .await
+    }
+
+    async fn event_kinds(&self, id: &str) -> Vec<(String, Value)> {
+        let (st, evs) = self.admin.call("GET", &format!("/api/v1/interactions/{id}/events"), None).await;
+        assert_eq!(st, StatusCode::OK, "{evs}");
+        evs.as_array().expect("events").iter().map(|e| (e["kind"].as_str().unwrap_or_default().to_string(), e.clone())).collect()
+    }
+
+    async fn wait_event(&self, id: &str, kind: &str, secs: u64) -> Vec<(String, Value)> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+        loop {
+            let kinds = self.event_kinds(id).await;
+            if kinds.iter().any(|(k, _)| k == kind) {
+                return kinds;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "no {kind} event within {secs} s: {:?}", kinds.iter().map(|k| &k.0).collect::<Vec<_>>());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn stop(self) {
+        self.th.stop().await;
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+async fn finished_ok(child: Child, what: &str) {
+    let out = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
+        .await
+        .unwrap_or_else(|_| panic!("{what}: sipp did not finish"))
+        .expect("sipp ran");
+    assert!(out.status.success(), "{what}: sipp failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr));
+}
+
+fn position(kinds: &[(String, Value)], kind: &str) -> usize {
+    kinds.iter().position(|(k, _)| k == kind).unwrap_or_else(|| panic!("no {kind} in {:?}", kinds.iter().map(|k| &k.0).collect::<Vec<_>>()))
+}
+
+/// RMS of the left and right channels of a 16-bit stereo WAV.
+fn stereo_rms(path: &Path) -> (f64, f64) {
+    let bytes = std::fs::read(path).expect("recording readable");
+    let data = bytes.windows(4).position(|w| w == b"data").map(|p| p + 8).expect("data chunk");
+    let samples: Vec<i16> = bytes[data..].chunks_exact(2).map(|c| i16::from_le_bytes([c[0], c[1]])).collect();
+    let rms = |it: &mut dyn Iterator<Item = &i16>| {
+        let (mut sum, mut n) = (0f64, 0usize);
+        for s in it {
+            sum += f64::from(*s) * f64::from(*s);
+            n += 1;
+        }
+        if n == 0 {
+            0.0
+        } else {
+            (sum / n as f64).sqrt()
+        }
+    };
+    (rms(&mut samples.iter().step_by(2)), rms(&mut samples.iter().skip(1).step_by(2)))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn call_through_ivr_queue_and_agent_phone_is_recorded() {
+    let Some(vh) = voice_hub("main", "").await else { return };
+    vh.queue(json!({})).await;
+    let (alice, phone) = vh.agent("alice", "alice-pw", "agent_answer.xml", &["-d", "3000"]).await;
+    let caller = vh.sipp("caller.xml", free_udp_port(), &["-s", "100"]);
+    let i = vh.voice_interaction().await;
+    let id = i["id"].as_str().expect("id").to_string();
+    assert_eq!(i["customer_address"], "+4930999", "{i}");
+    assert_eq!(i["requirement"], "language:en >= 1");
+    assert_eq!(i["metadata"]["ivr"]["queue"], "support");
+    finished_ok(phone, "alice's phone").await;
+    finished_ok(caller, "caller").await;
+    let done = vh.wait_status(&id, &["wrap_up", "closed"], 20).await;
+    assert_eq!(done["agent_id"], json!(alice.agent_id));
+    let kinds = vh.wait_event(&id, "wrap_up", 10).await;
+    let order = ["enqueued", "ivr_choice", "offered", "call_ringing", "accepted", "call_answered", "call_ended", "wrap_up"];
+    let pos: Vec<usize> = order.iter().map(|k| position(&kinds, k)).collect();
+    assert!(pos.windows(2).all(|w| w[0] < w[1]), "events out of order: {:?}", kinds.iter().map(|k| &k.0).collect::<Vec<_>>());
+    let (_, ended) = &kinds[position(&kinds, "call_ended")];
+    assert_eq!(ended["data"]["by"], "agent");
+    let recording = done["metadata"]["recording"].as_str().expect("recording path in metadata").to_string();
+    let (left, right) = stereo_rms(Path::new(&recording));
+    assert!(left > 200.0, "caller channel is silent (RMS {left:.0})");
+    assert!(right > 200.0, "agent channel is silent (RMS {right:.0})");
+    vh.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn ring_no_answer_reroutes_to_the_next_agent() {
+    let Some(vh) = voice_hub("rna", "").await else { return };
+    vh.queue(json!({ "strategy": "longest_idle" })).await;
+    let (alice, alice_phone) = vh.agent("alice", "alice-pw", "agent_no_answer.xml", &[]).await;
+    // Bob becomes available later, so longest-idle offers to alice first.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let (bob, bob_phone) = vh.agent("bob", "bob-pw", "agent_answer.xml", &["-d", "1500"]).await;
+    let caller = vh.sipp("caller.xml", free_udp_port(), &["-s", "100"]);
+    let i = vh.voice_interaction().await;
+    let id = i["id"].as_str().expect("id").to_string();
+    let enqueued_at = i["enqueued_at"].clone();
+    finished_ok(alice_phone, "alice's phone (never answers)").await;
+    finished_ok(bob_phone, "bob's phone").await;
+    finished_ok(caller, "caller").await;
+    let done = vh.wait_status(&id, &["wrap_up", "closed"], 20).await;
+    assert_eq!(done["agent_id"], json!(bob.agent_id), "bob took the call");
+    assert_eq!(done["enqueued_at"], enqueued_at, "re-queued with the original enqueue time");
+    let kinds = vh.event_kinds(&id).await;
+    let no_answer = position(&kinds, "call_no_answer");
+    let timeout = position(&kinds, "offer_timeout");
+    let requeued = position(&kinds, "requeued");
+    assert!(no_answer < timeout && timeout < requeued, "{:?}", kinds.iter().map(|k| &k.0).collect::<Vec<_>>());
+    let (st, a) = vh.admin.call("GET", &format!("/api/v1/agents/{}", alice.agent_id.expect("id")), None).await;
+    assert_eq!(st, StatusCode::OK);
+    assert_eq!(a["presence"], "away", "ring-no-answer marks the agent away: {a}");
+    vh.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn caller_hanging_up_in_queue_abandons() {
+    let Some(vh) = voice_hub("abandon", "").await else { return };
+    vh.queue(json!({})).await;
+    let caller = vh.sipp("caller_abandon.xml", free_udp_port(), &["-s", "100", "-d", "2500"]);
+    let i = vh.voice_interaction().await;
+    let id = i["id"].as_str().expect("id").to_string();
+    assert_eq!(i["status"], "queued");
+    finished_ok(caller, "caller").await;
+    vh.wait_status(&id, &["abandoned"], 10).await;
+    vh.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn after_hours_call_leaves_a_voicemail() {
+    let Some(vh) = voice_hub("voicemail", "").await else { return };
+    vh.queue(json!({})).await;
+    let caller = vh.sipp("caller_voicemail.xml", free_udp_port(), &["-s", "200"]);
+    finished_ok(caller, "caller").await;
+    let i = vh.voice_interaction().await;
+    let id = i["id"].as_str().expect("id").to_string();
+    let vm = vh.wait_status(&id, &["voicemail"], 10).await;
+    let path = vm["metadata"]["recording"].as_str().expect("recording").to_string();
+    let len = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+    assert!(len > 44 + 8000, "voicemail holds audio ({len} bytes)");
+    vh.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn blind_transfer_rings_the_second_phone_and_hold_works() {
+    let Some(vh) = voice_hub("transfer", "").await else { return };
+    vh.queue(json!({})).await;
+    let (alice, alice_phone) = vh.agent("alice", "alice-pw", "agent_answer_until_bye.xml", &[]).await;
+    let caller = vh.sipp("caller_hold.xml", free_udp_port(), &["-s", "100"]);
+    let i = vh.voice_interaction().await;
+    let id = i["id"].as_str().expect("id").to_string();
+    vh.wait_status(&id, &["active"], 20).await;
+    vh.wait_event(&id, "call_answered", 10).await;
+    // Hub-side hold and resume through the API.
+    let (st, body) = alice.call("POST", &format!("/api/v1/voice/calls/{id}/hold"), None).await;
+    assert_eq!(st, StatusCode::OK, "{body}");
+    let (st, body) = alice.call("POST", &format!("/api/v1/voice/calls/{id}/resume"), None).await;
+    assert_eq!(st, StatusCode::OK, "{body}");
+    // Bob signs in with his phone (after the call is active, so alice had it first).
+    let (bob, bob_phone) = vh.agent("bob", "bob-pw", "agent_answer.xml", &["-d", "2500"]).await;
+    let (st, body) =
+        alice.call("POST", &format!("/api/v1/voice/calls/{id}/transfer"), Some(json!({ "agent_id": bob.agent_id }))).await;
+    assert_eq!(st, StatusCode::OK, "{body}");
+    finished_ok(alice_phone, "alice's phone (released by the transfer)").await;
+    finished_ok(bob_phone, "bob's phone").await;
+    finished_ok(caller, "caller (re-INVITE hold/resume)").await;
+    let done = vh.wait_status(&id, &["wrap_up", "closed"], 20).await;
+    assert_eq!(done["agent_id"], json!(bob.agent_id));
+    let kinds = vh.event_kinds(&id).await;
+    let answered: Vec<&Value> = kinds.iter().filter(|(k, _)| k == "call_answered").map(|(_, e)| e).collect();
+    assert_eq!(answered.len(), 2, "answered by alice, then by bob");
+    assert_eq!(answered[1]["data"]["sip_user"], "bob");
+    assert!(position(&kinds, "call_hold") < position(&kinds, "transferred"));
+    vh.stop().await;
+}
+
+/// Malformed datagrams sent to the running hub's SIP port: none kills the listener;
+/// an OPTIONS afterwards still gets 200.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn malformed_corpus_against_the_running_hub() {
+    let Some(vh) = voice_hub("corpus", "").await else { return };
+    let sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+    let local = sock.local_addr().expect("addr");
+    let hdrs = format!(
+        "Via: SIP/2.0/UDP {local};branch=z9hG4bKcorpus\r\nTo: <sip:user@example.com>\r\nFrom: <sip:c@example.net>;tag=3\r\nCall-ID: corpus@x\r\nMax-Forwards: 70\r\n"
+    );
+    let mut corpus: Vec<Vec<u8>> = vec![
+        format!("INVITE sip:100@127.0.0.1 SIP/2.0\r\n{hdrs}CSeq: 1 INVITE\r\nContent-Length: 9999\r\n\r\nv=0\r\n").into_bytes(),
+        format!("INVITE sip:100@127.0.0.1 SIP/2.0\r\n{hdrs}CSeq: 1 INVITE\r\nContent-Length: -5\r\n\r\n").into_bytes(),
+        format!("REGISTER sip:x SIP/2.0\r\n{hdrs}CSeq: 36893488147419103232 REGISTER\r\n\r\n").into_bytes(),
+        format!("INVITE <sip:user@example.com> SIP/2.0\r\n{hdrs}CSeq: 1 INVITE\r\n\r\n").into_bytes(),
+        format!("OPTIONS sip:x SIP/7.0\r\n{hdrs}CSeq: 1 OPTIONS\r\n\r\n").into_bytes(),
+        format!("NEWMETHOD sip:x SIP/2.0\r\n{hdrs}CSeq: 1 INVITE\r\n\r\n").into_bytes(),
+        format!("INVITE sip:100@127.0.0.1 SIP/2.0\r\n{hdrs}CSeq: 1 INVITE\r\nContent-Type: application/sdp\r\nContent-Length: 20\r\n\r\nv=0\r\nm=audio x RTP/\r\n")
+            .into_bytes(),
+        format!("INVITE sip:100@127.0.0.1 SIP/2.0\r\n{hdrs}CSeq: 1 INVITE\r\nRequire: 100rel, foo\r\n\r\n").into_bytes(),
+        format!("BYE sip:x SIP/2.0\r\n{hdrs}CSeq: 1 BYE\r\n\r\n").into_bytes(),
+        format!("SIP/2.0 4294967301 bad\r\n{hdrs}CSeq: 1 INVITE\r\n\r\n").into_bytes(),
+        b"\x00\x01\x02\x03garbage".to_vec(),
+        b"\r\n\r\n".to_vec(),
+        vec![b'A'; 1400],
+        "INVITE sip:\u{1F600}@h SIP/2.0\r\n\r\n".as_bytes().to_vec(),
+    ];
+    // Plus deterministic byte-flips of a valid OPTIONS.
+    let valid = format!("OPTIONS sip:x@127.0.0.1 SIP/2.0\r\n{hdrs}CSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n").into_bytes();
+    let mut seed = 0x2545_f491_4f6c_dd1du64;
+    for _ in 0..300 {
+        let mut m = valid.clone();
+        for _ in 0..4 {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            let idx = (seed as usize) % m.len();
+            m[idx] = (seed >> 32) as u8;
+        }
+        corpus.push(m);
+    }
+    for m in &corpus {
+        sock.send_to(m, vh.sip).await.expect("send");
+    }
+    let options = format!(
+        "OPTIONS sip:switchboard@{} SIP/2.0\r\nVia: SIP/2.0/UDP {local};branch=z9hG4bKfinal{}\r\nTo: <sip:switchboard@127.0.0.1>\r\nFrom: <sip:probe@127.0.0.1>;tag=9\r\nCall-ID: final-{}@x\r\nCSeq: 7 OPTIONS\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n",
+        vh.sip,
+        Uuid::new_v4().simple(),
+        Uuid::new_v4().simple()
+    );
+    sock.send_to(options.as_bytes(), vh.sip).await.expect("send");
+    let mut buf = vec![0u8; 65_536];
+    let ok = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let (n, _) = sock.recv_from(&mut buf).await.expect("recv");
+            let text = String::from_utf8_lossy(&buf[..n]).to_string();
+            if text.starts_with("SIP/2.0 200") && text.contains("CSeq: 7 OPTIONS") {
+                return text;
+            }
+        }
+    })
+    .await
+    .expect("OPTIONS answered 200 after the corpus");
+    assert!(ok.contains("Allow:"), "{ok}");
+    vh.stop().await;
+}
+
+fn baresip_bin() -> Option<PathBuf> {
+    std::env::var_os("PATH").and_then(|paths| std::env::split_paths(&paths).map(|p| p.join("baresip")).find(|p| p.is_file()))
+}
+
+/// A second, independent SIP stack: baresip (headless: no UI module, a 440 Hz sine
+/// as microphone, the aubridge sink as speaker) is alice's phone. It registers with
+/// digest auth and auto-answers; SIPp calls in; the supervisor hangs up through the API.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn baresip_agent_phone_answers_and_is_recorded() {
+    let Some(baresip) = baresip_bin() else {
+        eprintln!("SKIPPED baresip_agent_phone_answers_and_is_recorded: `baresip` not on PATH (apt-get install baresip)");
+        return;
+    };
+    let Some(vh) = voice_hub("baresip", "").await else { return };
+    vh.queue(json!({})).await;
+    let alice = user(&vh.th, "alice", &[Role::Agent], Some(json!({ "language:en": 5 }))).await;
+    let alice_id = alice.agent_id.expect("agent id");
+    sqlx::query("update agents set sip_user = 'alice' where id = $1").bind(alice_id).execute(vh.th.hub().db()).await.expect("sip user");
+    let conf = vh.dir.join("baresip");
+    std::fs::create_dir_all(&conf).expect("dir");
+    let rtp = free_media_port();
+    std::fs::write(
+        conf.join("config"),
+        format!(
+            "poll_method epoll\nsip_listen 127.0.0.1:{}\nsip_transports udp\nnet_interface 127.0.0.1\n\
+             audio_player aubridge,sink\naudio_source ausine,440\naudio_srate 8000\naudio_channels 1\n\
+             rtp_ports {rtp}-{}\nmodule_path /usr/lib/baresip/modules\nmodule g711.so\nmodule aufile.so\n\
+             module ausine.so\nmodule aubridge.so\nmodule account.so\n",
+            free_udp_port(),
+            rtp + 1,
+        ),
+    )
+    .expect("baresip config");
+    std::fs::write(conf.join("accounts"), format!("<sip:alice@{}>;auth_pass=alice-pw;answermode=auto;regint=300\n", vh.sip))
+        .expect("baresip accounts");
+    let mut phone = Command::new(baresip)
+        .arg("-f")
+        .arg(&conf)
+        .args(["-t", "90"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("baresip starts");
+    let engine = switchboard_voice::engine_for(&vh.name).expect("engine");
+    eventually(15, || {
+        let engine = engine.clone();
+        async move { engine.is_registered("alice").await.unwrap_or(false).then_some(()) }
+    })
+    .await;
+    let (st, body) = alice.call("PUT", &format!("/api/v1/agents/{alice_id}/presence"), Some(json!({ "presence": "available" }))).await;
+    assert_eq!(st, StatusCode::OK, "{body}");
+    let caller = vh.sipp("caller.xml", free_udp_port(), &["-s", "100"]);
+    let i = vh.voice_interaction().await;
+    let id = i["id"].as_str().expect("id").to_string();
+    vh.wait_event(&id, "call_answered", 20).await;
+    // Let audio flow both ways for a while (media time, not an event).
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (st, body) = vh.admin.call("POST", &format!("/api/v1/voice/calls/{id}/hangup"), None).await;
+    assert_eq!(st, StatusCode::OK, "{body}");
+    finished_ok(caller, "caller").await;
+    let done = vh.wait_status(&id, &["wrap_up", "closed"], 20).await;
+    assert_eq!(done["agent_id"], json!(alice_id));
+    let recording = done["metadata"]["recording"].as_str().expect("recording").to_string();
+    let (left, right) = stereo_rms(Path::new(&recording));
+    assert!(left > 200.0, "caller channel is silent (RMS {left:.0})");
+    assert!(right > 200.0, "baresip's sine is missing from the agent channel (RMS {right:.0})");
+    let _ = phone.kill().await;
+    vh.stop().await;
+}
