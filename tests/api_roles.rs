@@ -57,7 +57,9 @@ async fn every_route_times_every_role() {
     // Bearer tokens are checked the same way as sessions.
     let (id, secret) = switchboard_core::auth::create_token(th.hub().db(), clients[3].1.user_id.unwrap(), "t", None).await.unwrap();
     assert!(!id.is_nil());
-    clients.push(("agent-token".into(), Client::with_token(&th.url, &secret), Some(&[Role::Agent])));
+    let mut bot = Client::with_token(&th.url, &secret);
+    bot.agent_id = clients[3].1.agent_id;
+    clients.push(("agent-token".into(), bot, Some(&[Role::Agent])));
     let mut tables: Vec<&[RouteDoc]> = vec![ROUTES];
     tables.extend(th.hub().route_docs());
     for r in tables.iter().flat_map(|t| t.iter()) {

@@ -41,7 +41,7 @@ async fn check_invariants(pool: &sqlx::PgPool) {
     .unwrap();
     assert_eq!(over, 0, "an agent exceeded capacity");
     let accepted_twice: i64 =
-        sqlx::query_scalar("select count(*) from (select interaction_id from offers where state in ('accepted','released') group by 1 having count(*) > 1) x")
+        sqlx::query_scalar("select count(*) from (select interaction_id from offers where state = 'accepted' group by 1 having count(*) > 1) x")
             .fetch_one(pool)
             .await
             .unwrap();
@@ -129,6 +129,8 @@ async fn concurrent_ingest_and_churn_keep_invariants_and_serve_everyone_once() {
     let served_once: i64 =
         sqlx::query_scalar("select count(distinct interaction_id) from offers where state = 'released'").fetch_one(&th.db.pool).await.unwrap();
     assert_eq!(served_once, 120);
+    let released: i64 = sqlx::query_scalar("select count(*) from offers where state = 'released'").fetch_one(&th.db.pool).await.unwrap();
+    assert_eq!(released, 120, "an interaction was served twice");
     th.stop().await;
 }
 
@@ -153,6 +155,15 @@ async fn fifo_within_priority_and_requeue_keeps_original_time_after_ring_no_answ
     assert_eq!(o["interaction_id"].as_str().unwrap(), a.interaction_id.to_string(), "oldest first");
     // Ring-no-answer: first never accepts; after 3 s the offer times out, first goes away
     // (not ready), and the call returns to the queue keeping its place.
+    eventually(15, || {
+        let pool = th.db.pool.clone();
+        let id = a.interaction_id;
+        async move {
+            let st: String = sqlx::query_scalar("select status from interactions where id = $1").bind(id).fetch_one(&pool).await.unwrap();
+            (st == "queued").then_some(())
+        }
+    })
+    .await;
     set_available(&second).await;
     let o2 = eventually(15, || {
         let s = second.clone();

@@ -272,7 +272,9 @@ async fn call_through_ivr_queue_and_agent_phone_is_recorded() {
     let done = vh.wait_status(&id, &["wrap_up", "closed"], 20).await;
     assert_eq!(done["agent_id"], json!(alice.agent_id));
     let kinds = vh.wait_event(&id, "wrap_up", 10).await;
-    let order = ["enqueued", "ivr_choice", "offered", "call_ringing", "accepted", "call_answered", "call_ended", "wrap_up"];
+    // `ivr_choice` is recorded right after the ingest commits, so it may follow `offered`.
+    assert!(position(&kinds, "enqueued") < position(&kinds, "ivr_choice"));
+    let order = ["enqueued", "offered", "call_ringing", "accepted", "call_answered", "call_ended", "wrap_up"];
     let pos: Vec<usize> = order.iter().map(|k| position(&kinds, k)).collect();
     assert!(pos.windows(2).all(|w| w[0] < w[1]), "events out of order: {:?}", kinds.iter().map(|k| &k.0).collect::<Vec<_>>());
     let (_, ended) = &kinds[position(&kinds, "call_ended")];
@@ -415,8 +417,13 @@ async fn malformed_corpus_against_the_running_hub() {
         }
         corpus.push(m);
     }
-    for m in &corpus {
+    // Paced a little: a UDP socket's receive buffer holds ~100 datagrams, and a burst
+    // beyond that is dropped by the kernel, not by the hub.
+    for (n, m) in corpus.iter().enumerate() {
         sock.send_to(m, vh.sip).await.expect("send");
+        if n % 25 == 24 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
     }
     let options = format!(
         "OPTIONS sip:switchboard@{} SIP/2.0\r\nVia: SIP/2.0/UDP {local};branch=z9hG4bKfinal{}\r\nTo: <sip:switchboard@127.0.0.1>\r\nFrom: <sip:probe@127.0.0.1>;tag=9\r\nCall-ID: final-{}@x\r\nCSeq: 7 OPTIONS\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n",
@@ -424,11 +431,18 @@ async fn malformed_corpus_against_the_running_hub() {
         Uuid::new_v4().simple(),
         Uuid::new_v4().simple()
     );
-    sock.send_to(options.as_bytes(), vh.sip).await.expect("send");
     let mut buf = vec![0u8; 65_536];
     let ok = tokio::time::timeout(Duration::from_secs(10), async {
+        // Retransmitted like a UA does (RFC 3261 Timer E) until the 200 arrives.
+        let mut retransmit = tokio::time::interval(Duration::from_millis(500));
         loop {
-            let (n, _) = sock.recv_from(&mut buf).await.expect("recv");
+            let (n, _) = tokio::select! {
+                _ = retransmit.tick() => {
+                    sock.send_to(options.as_bytes(), vh.sip).await.expect("send");
+                    continue;
+                }
+                r = sock.recv_from(&mut buf) => r.expect("recv"),
+            };
             let text = String::from_utf8_lossy(&buf[..n]).to_string();
             if text.starts_with("SIP/2.0 200") && text.contains("CSeq: 7 OPTIONS") {
                 return text;
@@ -468,7 +482,7 @@ async fn baresip_agent_phone_answers_and_is_recorded() {
             "poll_method epoll\nsip_listen 127.0.0.1:{}\nsip_transports udp\nnet_interface 127.0.0.1\n\
              audio_player aubridge,sink\naudio_source ausine,440\naudio_srate 8000\naudio_channels 1\n\
              rtp_ports {rtp}-{}\nmodule_path /usr/lib/baresip/modules\nmodule g711.so\nmodule aufile.so\n\
-             module ausine.so\nmodule aubridge.so\nmodule account.so\n",
+             module ausine.so\nmodule aubridge.so\nmodule account.so\nmodule_app menu.so\n",
             free_udp_port(),
             rtp + 1,
         ),

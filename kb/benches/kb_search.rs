@@ -32,6 +32,25 @@ fn sentence(rng: &mut StdRng, n: usize) -> String {
     (0..n).map(|_| WORDS[rng.gen_range(0..WORDS.len())]).collect::<Vec<_>>().join(" ")
 }
 
+const SYLLABLES: &[&str] = &["ka", "lo", "mer", "ti", "san", "ve", "dor", "ri", "pla", "nu", "sto", "gen", "fa", "bri", "tol", "wen"];
+
+/// Filler prose: a 4,096-word synthetic vocabulary drawn with a Zipf-like skew, with a
+/// few support-topic words mixed in, so a topic word matches a realistic share of
+/// articles rather than nearly all of them.
+fn prose(rng: &mut StdRng, n: usize) -> String {
+    (0..n)
+        .map(|_| {
+            if rng.gen_bool(0.04) {
+                return WORDS[rng.gen_range(0..WORDS.len())].to_string();
+            }
+            let u: f64 = rng.gen();
+            let k = (4096.0 * u.powi(3)) as usize;
+            (0..3).map(|i| SYLLABLES[(k >> (4 * i)) & 15]).collect::<String>()
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
     sorted[i.min(sorted.len() - 1)]
@@ -49,8 +68,8 @@ async fn seed(db: &TestDb, n: usize) {
                 };
                 serde_json::json!({
                     "title": title,
-                    "body": format!("## {}\n\n{}.\n\n- {}\n- {}\n\n{}.", sentence(&mut rng, 4), sentence(&mut rng, 60),
-                                    sentence(&mut rng, 6), sentence(&mut rng, 6), sentence(&mut rng, 60)),
+                    "body": format!("## {}\n\n{}.\n\n- {}\n- {}\n\n{}.", sentence(&mut rng, 3), prose(&mut rng, 60),
+                                    prose(&mut rng, 6), prose(&mut rng, 6), prose(&mut rng, 60)),
                     "category": CATEGORIES[rng.gen_range(0..CATEGORIES.len())],
                     "tags": [WORDS[rng.gen_range(0..WORDS.len())], WORDS[rng.gen_range(0..WORDS.len())]],
                     "locale": LOCALES[rng.gen_range(0..LOCALES.len())],
@@ -100,6 +119,7 @@ async fn run_backend(db: &TestDb, cfg: KbConfig, n: usize, queries: usize) {
     let secs = started.elapsed().as_secs_f64();
     println!("{name}: indexed {n} articles through the outbox worker in {secs:.2} s = {:.0} articles/s", n as f64 / secs);
 
+    sqlx::query("analyze kb_search_docs").execute(&db.pool).await.expect("analyze");
     let app = switchboard_core::api::router(&hub).merge(router).with_state(hub.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let base = format!("http://{}", listener.local_addr().expect("addr"));
@@ -161,7 +181,6 @@ fn main() {
         seed(&db, n).await;
         sqlx::query("analyze").execute(&db.pool).await.expect("analyze");
         run_backend(&db, KbConfig::default(), n, queries).await;
-        sqlx::query("analyze kb_search_docs").execute(&db.pool).await.expect("analyze");
         match std::env::var("MEILISEARCH_URL") {
             Ok(url) => {
                 let cfg = KbConfig {

@@ -163,6 +163,7 @@ struct Replies {
 }
 
 async fn widget(mut ws: Ws, mut cmds: mpsc::Receiver<Cmd>, replies: Arc<Replies>, tag: usize) {
+    let mut bursts = 0u32;
     let on_text = |t: &str, replies: &Replies| {
         if t.contains("\"from\":\"agent\"") {
             if let Ok(v) = serde_json::from_str::<Value>(t) {
@@ -180,12 +181,13 @@ async fn widget(mut ws: Ws, mut cmds: mpsc::Receiver<Cmd>, replies: Arc<Replies>
             cmd = cmds.recv() => match cmd {
                 None => return,
                 Some(Cmd::Burst { count, window, done }) => {
+                    bursts += 1;
                     let mut sent: HashMap<String, Instant> = HashMap::new();
                     let mut lat = Vec::with_capacity(count);
                     let mut next = 0;
                     while lat.len() < count {
                         while next < count && sent.len() < window {
-                            let id = format!("b{tag}-{next}");
+                            let id = format!("b{tag}-{bursts}-{next}");
                             let f = json!({ "type": "message", "client_msg_id": id, "body": format!("load message {next}") });
                             if ws.send(Message::text(f.to_string())).await.is_err() { let _ = done.send(lat); return; }
                             sent.insert(id, Instant::now());
@@ -338,6 +340,26 @@ async fn bench(fd_limit: u64) -> Result<(), String> {
     if stored < acked as i64 {
         return Err(format!("only {stored} of {acked} acknowledged messages are stored"));
     }
+
+    // Phase 2b: latency at light load (20 sockets, one message in flight each).
+    let light = env_usize("CHAT_BENCH_LIGHT", 20).min(active);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut waits = Vec::new();
+    for (tx, _) in ctl.iter().take(light) {
+        let (done, rx) = oneshot::channel();
+        tx.send(Cmd::Burst { count: 10, window: 1, done }).await.map_err(|_| "widget gone")?;
+        waits.push(rx);
+    }
+    let mut light_lat = Vec::new();
+    for w in waits {
+        light_lat.extend(w.await.unwrap_or_default());
+    }
+    println!(
+        "latency send->ack at light load ({light} sockets, 1 in flight): p50 {:.1} ms, p99 {:.1} ms ({} messages)",
+        pct(&mut light_lat, 0.5),
+        pct(&mut light_lat, 0.99),
+        light_lat.len()
+    );
 
     // Phase 3: agent replies → visitor receive.
     let agent: Uuid = sqlx::query_scalar("insert into agents (name, presence) values ('bench-agent', 'busy') returning id")

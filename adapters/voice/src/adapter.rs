@@ -26,7 +26,7 @@ use switchboard_core::{Channel, CoreError, CustomerHints, Hub, InboundItem, Inte
 use tokio::sync::broadcast::error::RecvError;
 use uuid::Uuid;
 
-use crate::call::{CallInfo, CallOutcome, CallRouting, CallTicket, RoutingError};
+use crate::call::{CallInfo, CallOutcome, CallRouting, CallTicket, RoutingError, Side};
 use crate::config::{CredentialSource, SkillRequirement, VoiceConfig};
 use crate::registrar::{CredentialStore, InlineCredentials};
 use crate::{VoiceEngine, VoiceEngineHandle};
@@ -622,7 +622,11 @@ impl CallRouting for HubRouting {
             CallOutcome::Ended { by, recording } => {
                 let entry = self.state.remove(&call_id);
                 let recording = recording.map(|p| p.display().to_string());
-                let by = serde_json::to_value(by).unwrap_or(serde_json::Value::Null);
+                let by = match by {
+                    Side::Caller => "caller",
+                    Side::Agent => "agent",
+                    Side::Hub => "hub",
+                };
                 if entry.as_ref().is_some_and(|e| e.bridged) {
                     let patch = json!({ "recording": recording, "ended_by": by });
                     self.hub.update_metadata(id, patch).await.map_err(routing_err)?;

@@ -23,25 +23,35 @@ impl PostgresBackend {
     }
 
     async fn query(&self, query: &SearchQuery, similar_titles: bool) -> Result<Vec<HitRow>, KbError> {
+        let q = query.q.trim();
         let mut tx = self.pool.begin().await?;
-        if similar_titles {
-            // `<%` uses this threshold (and the trigram index); local to the transaction.
-            sqlx::query("select set_config('pg_trgm.word_similarity_threshold', $1, true)")
-                .bind(self.trigram_threshold.to_string())
-                .execute(&mut *tx)
-                .await?;
-        }
-        let rows: Vec<HitRow> = sqlx::query_as(SEARCH_SQL)
-            .bind(query.q.trim())
-            .bind(query.locale.as_deref())
+        let (sql, tsq) = if q.is_empty() {
+            (search_sql("true", "0", false), None)
+        } else {
+            let tsq: Option<String> =
+                sqlx::query_scalar(TSQUERY_SQL).bind(q).bind(query.locale.as_deref()).bind(query.match_any).fetch_one(&mut *tx).await?;
+            let sql = if similar_titles {
+                // `<%` uses this threshold (and the trigram index); local to the transaction.
+                sqlx::query("select set_config('pg_trgm.word_similarity_threshold', $1, true)")
+                    .bind(self.trigram_threshold.to_string())
+                    .execute(&mut *tx)
+                    .await?;
+                search_sql("(d.tsv @@ $2::tsquery or $1 <% d.title)", "ts_rank(d.tsv, $2::tsquery) + word_similarity($1, d.title)", true)
+            } else {
+                search_sql("d.tsv @@ $2::tsquery", "ts_rank(d.tsv, $2::tsquery)", true)
+            };
+            (sql, tsq)
+        };
+        let rows: Vec<HitRow> = sqlx::query_as(&sql)
+            .bind(q)
+            .bind(tsq)
             .bind(&query.statuses)
             .bind(query.public_only)
             .bind(query.category.as_deref())
+            .bind(query.locale.as_deref())
             .bind(query.tag.as_deref())
             .bind(query.limit)
             .bind(query.offset)
-            .bind(query.match_any)
-            .bind(similar_titles)
             .fetch_all(&mut *tx)
             .await?;
         tx.commit().await?;
@@ -66,51 +76,58 @@ struct HitRow {
     snippet: String,
 }
 
-// With a locale filter the query is parsed with that locale's configuration; without,
+// The tsquery: with a locale filter parsed with that locale's configuration; without,
 // with every configured language OR'ed, so stems match whatever language a document is
-// in. `match_any` ($9) turns the AND of plain words into an OR (agent assist);
-// `similar_titles` ($10) adds titles within trigram word similarity of the query.
-const SEARCH_SQL: &str = r#"
-with q as (
-    select case
-        when $1 = '' then null
-        when $9 and $2::text is not null then replace(plainto_tsquery(kb_ts_config($2), $1)::text, '&', '|')::tsquery
-        when $9 then replace(plainto_tsquery('english', $1)::text, '&', '|')::tsquery
-                  || replace(plainto_tsquery('spanish', $1)::text, '&', '|')::tsquery
-                  || replace(plainto_tsquery('german', $1)::text, '&', '|')::tsquery
-                  || replace(plainto_tsquery('french', $1)::text, '&', '|')::tsquery
-                  || replace(plainto_tsquery('simple', $1)::text, '&', '|')::tsquery
-        when $2::text is not null then websearch_to_tsquery(kb_ts_config($2), $1)
-        else websearch_to_tsquery('english', $1) || websearch_to_tsquery('spanish', $1)
-          || websearch_to_tsquery('german', $1) || websearch_to_tsquery('french', $1)
-          || websearch_to_tsquery('simple', $1)
-    end as tsq
-), matched as (
-    select d.*, count(*) over () as total,
-           case when q.tsq is null then 0
-                else ts_rank_cd(d.tsv, q.tsq) + case when $10 then word_similarity($1, d.title) else 0 end
-           end as score
-    from kb_search_docs d, q
-    where (q.tsq is null or d.tsv @@ q.tsq or ($10 and $1 <% d.title))
-      and d.status = any($3)
-      and (not $4 or d.public)
-      and ($5::text is null or d.category = $5)
-      and ($2::text is null or lower(d.locale) = lower($2) or lower(d.locale) like lower($2) || '-%')
-      and ($6::text is null or d.tags @> array[$6::text])
-    order by score desc, d.updated_at desc, d.article_id
-    limit $7 offset $8
-)
-select m.article_id, m.title, m.body_text, m.category, m.tags, m.locale, m.status, m.public, m.updated_at, m.total, m.score::float4 as score,
-       case when q.tsq is null then m.title
-            else ts_headline(m.ts_config, m.title, q.tsq, 'HighlightAll=true, StartSel=' || chr(1) || ', StopSel=' || chr(2))
-       end as title_hl,
-       case when q.tsq is null then left(m.body_text, 240)
-            else ts_headline(m.ts_config, m.body_text, q.tsq,
-                 'MaxWords=30, MinWords=12, MaxFragments=2, FragmentDelimiter=" … ", StartSel=' || chr(1) || ', StopSel=' || chr(2))
-       end as snippet
-from matched m, q
-order by m.score desc, m.updated_at desc, m.article_id
+// in. `match_any` ($3) turns the AND of plain words into an OR (agent assist). It is
+// computed first and passed to the search as a parameter so the GIN index is used.
+const TSQUERY_SQL: &str = r#"
+select (case
+    when $3 and $2::text is not null then replace(plainto_tsquery(kb_ts_config($2), $1)::text, '&', '|')::tsquery
+    when $3 then replace(plainto_tsquery('english', $1)::text, '&', '|')::tsquery
+              || replace(plainto_tsquery('spanish', $1)::text, '&', '|')::tsquery
+              || replace(plainto_tsquery('german', $1)::text, '&', '|')::tsquery
+              || replace(plainto_tsquery('french', $1)::text, '&', '|')::tsquery
+              || replace(plainto_tsquery('simple', $1)::text, '&', '|')::tsquery
+    when $2::text is not null then websearch_to_tsquery(kb_ts_config($2), $1)
+    else websearch_to_tsquery('english', $1) || websearch_to_tsquery('spanish', $1)
+      || websearch_to_tsquery('german', $1) || websearch_to_tsquery('french', $1)
+      || websearch_to_tsquery('simple', $1)
+end)::text
 "#;
+
+/// The search statement for a match condition: `$1` query text, `$2` tsquery, `$3`
+/// statuses, `$4` public only, `$5` category, `$6` locale, `$7` tag, `$8` limit,
+/// `$9` offset. Text matches rank by weighted `ts_rank` (+ title similarity in the
+/// trigram fallback); an empty query lists by recency.
+fn search_sql(matching: &str, rank: &str, headline: bool) -> String {
+    let (title_hl, snippet) = if headline {
+        (
+            "ts_headline(m.ts_config, m.title, $2::tsquery, 'HighlightAll=true, StartSel=' || chr(1) || ', StopSel=' || chr(2))",
+            "ts_headline(m.ts_config, m.body_text, $2::tsquery,
+                 'MaxWords=30, MinWords=12, MaxFragments=2, FragmentDelimiter=\" … \", StartSel=' || chr(1) || ', StopSel=' || chr(2))",
+        )
+    } else {
+        ("m.title", "left(m.body_text, 240)")
+    };
+    format!(
+        "with matched as (
+            select d.*, count(*) over () as total, ({rank})::float4 as score
+            from kb_search_docs d
+            where {matching}
+              and d.status = any($3)
+              and (not $4 or d.public)
+              and ($5::text is null or d.category = $5)
+              and ($6::text is null or lower(d.locale) = lower($6) or lower(d.locale) like lower($6) || '-%')
+              and ($7::text is null or d.tags @> array[$7::text])
+            order by score desc, d.updated_at desc, d.article_id
+            limit $8 offset $9
+        )
+        select m.article_id, m.title, m.body_text, m.category, m.tags, m.locale, m.status, m.public, m.updated_at, m.total, m.score,
+               {title_hl} as title_hl, {snippet} as snippet
+        from matched m
+        order by m.score desc, m.updated_at desc, m.article_id"
+    )
+}
 
 #[async_trait]
 impl SearchBackend for PostgresBackend {
@@ -144,6 +161,13 @@ impl SearchBackend for PostgresBackend {
             .await?;
         }
         tx.commit().await?;
+        if upserts.len() >= 50 {
+            // Bulk writes sit in the GIN pending lists, which every search then scans
+            // linearly until autovacuum; merge them now.
+            sqlx::query("select gin_clean_pending_list('kb_search_docs_tsv_idx'::regclass), gin_clean_pending_list('kb_search_docs_title_trgm'::regclass)")
+                .execute(&self.pool)
+                .await?;
+        }
         Ok(())
     }
 
