@@ -50,6 +50,49 @@ enum Command {
         #[command(subcommand)]
         command: TokenCommand,
     },
+    /// CRM tasks: import customers from CSV.
+    Crm {
+        #[command(subcommand)]
+        command: CrmCommand,
+    },
+    /// Knowledge-base tasks: rebuild the search index.
+    Kb {
+        #[command(subcommand)]
+        command: KbCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum CrmCommand {
+    /// Import customers from a CSV file (header row: name, phone, email, language, time_zone,
+    /// birthday, tags, company, external_id, …). Bad rows are reported with the line and
+    /// the reason; good rows are kept; re-running does not create duplicates.
+    Import {
+        #[command(flatten)]
+        common: Common,
+        /// The CSV file.
+        file: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum KbCommand {
+    /// Re-send every article to the configured search backend (Meilisearch or PostgreSQL
+    /// full text), with a progress bar.
+    Reindex {
+        #[command(flatten)]
+        common: Common,
+    },
+}
+
+/// Draws a one-line progress bar on stderr.
+fn progress_bar(label: &str, done: u64, total: u64) {
+    use std::io::Write;
+    let width = 30usize;
+    let filled = if total == 0 { width } else { ((done as f64 / total as f64) * width as f64).round() as usize }.min(width);
+    let pct = if total == 0 { 100.0 } else { done as f64 * 100.0 / total as f64 };
+    eprint!("\r{label} [{}{}] {done}/{total} ({pct:.0}%)", "#".repeat(filled), "-".repeat(width - filled));
+    let _ = std::io::stderr().flush();
 }
 
 #[derive(Subcommand)]
@@ -153,7 +196,14 @@ async fn run(cli: Cli) -> Result<(), String> {
             }
         }
         Command::Demo(c) => {
-            let s = load(&c)?;
+            let mut s = load(&c)?;
+            // The demo always has the web chat channel, so the widget demo page works.
+            if !s.channels.iter().any(|ch| ch.get("type").and_then(|t| t.as_str()) == Some("webchat")) {
+                let mut t = toml::Table::new();
+                t.insert("type".into(), toml::Value::String("webchat".into()));
+                t.insert("name".into(), toml::Value::String("webchat".into()));
+                s.channels.push(toml::Value::Table(t));
+            }
             let running = switchboard::start(s).await.map_err(|e| e.to_string())?;
             switchboard::demo::seed(&running.hub).await.map_err(|e| e.to_string())?;
             let url = running.url();
@@ -214,6 +264,33 @@ async fn run(cli: Cli) -> Result<(), String> {
                     .map_err(|e| e.to_string())?;
             }
             println!("Created user {} ({}) with roles {}", u.username, u.id, u.roles.join(","));
+            if let Some(mut pg) = db.embedded.take() {
+                pg.stop();
+            }
+        }
+        Command::Crm { command: CrmCommand::Import { common, file } } => {
+            let s = load(&common)?;
+            let crm = switchboard_crm::Settings::from_toml(s.crm.clone()).map_err(|e| e.to_string())?;
+            let f = std::fs::File::open(&file).map_err(|e| format!("{}: {e}", file.display()))?;
+            let mut db = switchboard::open_database(&s).await.map_err(|e| e.to_string())?;
+            let report = switchboard_crm::import_csv_with(&db.pool, &crm, std::io::BufReader::new(f), |d, t| progress_bar("importing", d, t))
+                .await
+                .map_err(|e| e.to_string())?;
+            eprintln!();
+            println!("{} rows: {} created, {} updated, {} rejected", report.total, report.created, report.updated, report.rejected);
+            for e in &report.errors {
+                println!("  line {}: {}{}", e.line, e.field.as_deref().map(|f| format!("{f}: ")).unwrap_or_default(), e.reason);
+            }
+            if let Some(mut pg) = db.embedded.take() {
+                pg.stop();
+            }
+        }
+        Command::Kb { command: KbCommand::Reindex { common } } => {
+            let s = load(&common)?;
+            let mut db = switchboard::open_database(&s).await.map_err(|e| e.to_string())?;
+            let n = switchboard_kb::reindex(&db.pool, s.kb.clone(), |d, t| progress_bar("reindexing", d, t)).await.map_err(|e| e.to_string())?;
+            eprintln!();
+            println!("{n} articles indexed.");
             if let Some(mut pg) = db.embedded.take() {
                 pg.stop();
             }

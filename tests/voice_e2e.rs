@@ -49,7 +49,11 @@ struct VoiceHub {
     name: String,
 }
 
-fn channel_table(name: &str, dir: &Path, extra: &str) -> toml::Value {
+/// Inline credentials of the two test phones (`credentials` key of `[registrar]`).
+const INLINE_CREDENTIALS: &str =
+    r#"{ type = "inline", agents = [ { user = "alice", password = "alice-pw" }, { user = "bob", password = "bob-pw" } ] }"#;
+
+fn channel_table(name: &str, dir: &Path, credentials: &str) -> toml::Value {
     let prompts = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/prompts");
     let text = format!(
         r#"
@@ -64,11 +68,10 @@ announce_every_secs = 1
 prompts_dir = "{prompts}"
 recordings_dir = "{rec}"
 voicemail_dir = "{vm}"
-{extra}
 
 [registrar]
 realm = "switchboard"
-credentials = {{ type = "inline", agents = [ {{ user = "alice", password = "alice-pw" }}, {{ user = "bob", password = "bob-pw" }} ] }}
+credentials = {credentials}
 
 [[trunks]]
 name = "carrier"
@@ -114,7 +117,7 @@ max_seconds = 3
     toml::from_str(&text).expect("voice channel table")
 }
 
-async fn voice_hub(test: &str, extra: &str) -> Option<VoiceHub> {
+async fn voice_hub(test: &str, credentials: &str) -> Option<VoiceHub> {
     let Some(sipp) = sipp_bin() else {
         eprintln!("SKIPPED {test}: `sipp` not on PATH (apt-get install sip-tester)");
         return None;
@@ -123,7 +126,7 @@ async fn voice_hub(test: &str, extra: &str) -> Option<VoiceHub> {
     std::fs::create_dir_all(dir.join("rec")).expect("dir");
     std::fs::create_dir_all(dir.join("vm")).expect("dir");
     let name = format!("voice-{test}-{}", Uuid::new_v4());
-    let table = channel_table(&name, &dir, extra);
+    let table = channel_table(&name, &dir, credentials);
     let th = spawn_hub_with(|s| s.channels.push(table)).await;
     let sip = eventually(10, || async { switchboard_voice::bound_addr(&name) }).await;
     let admin = user(&th, "admin", &[Role::Admin, Role::Supervisor], None).await;
@@ -152,7 +155,12 @@ impl VoiceHub {
     async fn agent(&self, name: &str, password: &str, phone: &str, phone_args: &[&str]) -> (Client, Child) {
         let c = user(&self.th, name, &[Role::Agent], Some(json!({ "language:en": 5 }))).await;
         let id = c.agent_id.expect("agent id");
-        sqlx::query("update agents set sip_user = $2 where id = $1").bind(id).bind(name).execute(self.th.hub().db()).await.expect("sip user");
+        sqlx::query("update agents set sip_user = $2 where id = $1")
+            .bind(id)
+            .bind(name)
+            .execute(self.th.hub().db())
+            .await
+            .expect("sip user");
         let port = free_udp_port();
         let mut args = vec!["-s", name];
         args.extend_from_slice(phone_args);
@@ -213,7 +221,11 @@ impl VoiceHub {
             if kinds.iter().any(|(k, _)| k == kind) {
                 return kinds;
             }
-            assert!(tokio::time::Instant::now() < deadline, "no {kind} event within {secs} s: {:?}", kinds.iter().map(|k| &k.0).collect::<Vec<_>>());
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no {kind} event within {secs} s: {:?}",
+                kinds.iter().map(|k| &k.0).collect::<Vec<_>>()
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -258,7 +270,7 @@ fn stereo_rms(path: &Path) -> (f64, f64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn call_through_ivr_queue_and_agent_phone_is_recorded() {
-    let Some(vh) = voice_hub("main", "").await else { return };
+    let Some(vh) = voice_hub("main", INLINE_CREDENTIALS).await else { return };
     vh.queue(json!({})).await;
     let (alice, phone) = vh.agent("alice", "alice-pw", "agent_answer.xml", &["-d", "3000"]).await;
     let caller = vh.sipp("caller.xml", free_udp_port(), &["-s", "100"]);
@@ -288,7 +300,7 @@ async fn call_through_ivr_queue_and_agent_phone_is_recorded() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn ring_no_answer_reroutes_to_the_next_agent() {
-    let Some(vh) = voice_hub("rna", "").await else { return };
+    let Some(vh) = voice_hub("rna", INLINE_CREDENTIALS).await else { return };
     vh.queue(json!({ "strategy": "longest_idle" })).await;
     let (alice, alice_phone) = vh.agent("alice", "alice-pw", "agent_no_answer.xml", &[]).await;
     // Bob becomes available later, so longest-idle offers to alice first.
@@ -317,7 +329,7 @@ async fn ring_no_answer_reroutes_to_the_next_agent() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn caller_hanging_up_in_queue_abandons() {
-    let Some(vh) = voice_hub("abandon", "").await else { return };
+    let Some(vh) = voice_hub("abandon", INLINE_CREDENTIALS).await else { return };
     vh.queue(json!({})).await;
     let caller = vh.sipp("caller_abandon.xml", free_udp_port(), &["-s", "100", "-d", "2500"]);
     let i = vh.voice_interaction().await;
@@ -330,7 +342,7 @@ async fn caller_hanging_up_in_queue_abandons() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn after_hours_call_leaves_a_voicemail() {
-    let Some(vh) = voice_hub("voicemail", "").await else { return };
+    let Some(vh) = voice_hub("voicemail", INLINE_CREDENTIALS).await else { return };
     vh.queue(json!({})).await;
     let caller = vh.sipp("caller_voicemail.xml", free_udp_port(), &["-s", "200"]);
     finished_ok(caller, "caller").await;
@@ -345,7 +357,7 @@ async fn after_hours_call_leaves_a_voicemail() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn blind_transfer_rings_the_second_phone_and_hold_works() {
-    let Some(vh) = voice_hub("transfer", "").await else { return };
+    let Some(vh) = voice_hub("transfer", INLINE_CREDENTIALS).await else { return };
     vh.queue(json!({})).await;
     let (alice, alice_phone) = vh.agent("alice", "alice-pw", "agent_answer_until_bye.xml", &[]).await;
     let caller = vh.sipp("caller_hold.xml", free_udp_port(), &["-s", "100"]);
@@ -360,8 +372,7 @@ async fn blind_transfer_rings_the_second_phone_and_hold_works() {
     assert_eq!(st, StatusCode::OK, "{body}");
     // Bob signs in with his phone (after the call is active, so alice had it first).
     let (bob, bob_phone) = vh.agent("bob", "bob-pw", "agent_answer.xml", &["-d", "2500"]).await;
-    let (st, body) =
-        alice.call("POST", &format!("/api/v1/voice/calls/{id}/transfer"), Some(json!({ "agent_id": bob.agent_id }))).await;
+    let (st, body) = alice.call("POST", &format!("/api/v1/voice/calls/{id}/transfer"), Some(json!({ "agent_id": bob.agent_id }))).await;
     assert_eq!(st, StatusCode::OK, "{body}");
     finished_ok(alice_phone, "alice's phone (released by the transfer)").await;
     finished_ok(bob_phone, "bob's phone").await;
@@ -380,7 +391,7 @@ async fn blind_transfer_rings_the_second_phone_and_hold_works() {
 /// an OPTIONS afterwards still gets 200.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn malformed_corpus_against_the_running_hub() {
-    let Some(vh) = voice_hub("corpus", "").await else { return };
+    let Some(vh) = voice_hub("corpus", INLINE_CREDENTIALS).await else { return };
     let sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await.expect("bind");
     let local = sock.local_addr().expect("addr");
     let hdrs = format!(
@@ -459,8 +470,8 @@ fn baresip_bin() -> Option<PathBuf> {
     std::env::var_os("PATH").and_then(|paths| std::env::split_paths(&paths).map(|p| p.join("baresip")).find(|p| p.is_file()))
 }
 
-/// A second, independent SIP stack: baresip (headless: no UI module, a 440 Hz sine
-/// as microphone, the aubridge sink as speaker) is alice's phone. It registers with
+/// A second, independent SIP stack: baresip (headless: no UI module, a 440 Hz tone
+/// WAV as microphone, the aubridge sink as speaker) is alice's phone. It registers with
 /// digest auth and auto-answers; SIPp calls in; the supervisor hangs up through the API.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn baresip_agent_phone_answers_and_is_recorded() {
@@ -468,22 +479,44 @@ async fn baresip_agent_phone_answers_and_is_recorded() {
         eprintln!("SKIPPED baresip_agent_phone_answers_and_is_recorded: `baresip` not on PATH (apt-get install baresip)");
         return;
     };
-    let Some(vh) = voice_hub("baresip", "").await else { return };
+    let Some(vh) = voice_hub("baresip", INLINE_CREDENTIALS).await else { return };
     vh.queue(json!({})).await;
     let alice = user(&vh.th, "alice", &[Role::Agent], Some(json!({ "language:en": 5 }))).await;
     let alice_id = alice.agent_id.expect("agent id");
     sqlx::query("update agents set sip_user = 'alice' where id = $1").bind(alice_id).execute(vh.th.hub().db()).await.expect("sip user");
     let conf = vh.dir.join("baresip");
     std::fs::create_dir_all(&conf).expect("dir");
+    // The phone's "microphone": 10 s of a 440 Hz tone, 8 kHz 16-bit mono WAV (aufile).
+    let tone = conf.join("tone.wav");
+    let samples: Vec<i16> = (0..80_000).map(|n| ((n as f64 * 440.0 * std::f64::consts::TAU / 8000.0).sin() * 8000.0) as i16).collect();
+    let mut wav = Vec::with_capacity(44 + samples.len() * 2);
+    let data_len = (samples.len() * 2) as u32;
+    wav.extend_from_slice(b"RIFF");
+    wav.extend_from_slice(&(36 + data_len).to_le_bytes());
+    wav.extend_from_slice(b"WAVEfmt ");
+    wav.extend_from_slice(&16u32.to_le_bytes());
+    wav.extend_from_slice(&1u16.to_le_bytes());
+    wav.extend_from_slice(&1u16.to_le_bytes());
+    wav.extend_from_slice(&8000u32.to_le_bytes());
+    wav.extend_from_slice(&16000u32.to_le_bytes());
+    wav.extend_from_slice(&2u16.to_le_bytes());
+    wav.extend_from_slice(&16u16.to_le_bytes());
+    wav.extend_from_slice(b"data");
+    wav.extend_from_slice(&data_len.to_le_bytes());
+    for s in samples {
+        wav.extend_from_slice(&s.to_le_bytes());
+    }
+    std::fs::write(&tone, wav).expect("tone");
     let rtp = free_media_port();
     std::fs::write(
         conf.join("config"),
         format!(
             "poll_method epoll\nsip_listen 127.0.0.1:{}\nsip_transports udp\nnet_interface 127.0.0.1\n\
-             audio_player aubridge,sink\naudio_source ausine,440\naudio_srate 8000\naudio_channels 1\n\
+             audio_player aubridge,sink\naudio_source aufile,{}\naudio_srate 8000\naudio_channels 1\n\
              rtp_ports {rtp}-{}\nmodule_path /usr/lib/baresip/modules\nmodule g711.so\nmodule aufile.so\n\
-             module ausine.so\nmodule aubridge.so\nmodule account.so\nmodule_app menu.so\n",
+             module aubridge.so\nmodule account.so\nmodule_app menu.so\n",
             free_udp_port(),
+            tone.display(),
             rtp + 1,
         ),
     )
@@ -495,7 +528,7 @@ async fn baresip_agent_phone_answers_and_is_recorded() {
         .arg(&conf)
         .args(["-t", "90"])
         .stdin(Stdio::null())
-        .stdout(Stdio::null())
+        .stdout(std::fs::File::create(conf.join("baresip.log")).map(Stdio::from).unwrap_or_else(|_| Stdio::null()))
         .stderr(Stdio::null())
         .kill_on_drop(true)
         .spawn()
@@ -511,7 +544,14 @@ async fn baresip_agent_phone_answers_and_is_recorded() {
     let caller = vh.sipp("caller.xml", free_udp_port(), &["-s", "100"]);
     let i = vh.voice_interaction().await;
     let id = i["id"].as_str().expect("id").to_string();
-    vh.wait_event(&id, "call_answered", 20).await;
+    if !vh.event_kinds(&id).await.iter().any(|(k, _)| k == "call_answered") {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        while tokio::time::Instant::now() < deadline && !vh.event_kinds(&id).await.iter().any(|(k, _)| k == "call_answered") {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let log = std::fs::read_to_string(conf.join("baresip.log")).unwrap_or_default();
+        assert!(vh.event_kinds(&id).await.iter().any(|(k, _)| k == "call_answered"), "baresip did not answer; its log:\n{log}");
+    }
     // Let audio flow both ways for a while (media time, not an event).
     tokio::time::sleep(Duration::from_secs(3)).await;
     let (st, body) = vh.admin.call("POST", &format!("/api/v1/voice/calls/{id}/hangup"), None).await;
@@ -522,7 +562,35 @@ async fn baresip_agent_phone_answers_and_is_recorded() {
     let recording = done["metadata"]["recording"].as_str().expect("recording").to_string();
     let (left, right) = stereo_rms(Path::new(&recording));
     assert!(left > 200.0, "caller channel is silent (RMS {left:.0})");
-    assert!(right > 200.0, "baresip's sine is missing from the agent channel (RMS {right:.0})");
+    assert!(right > 200.0, "baresip's tone is missing from the agent channel (RMS {right:.0})");
     let _ = phone.kill().await;
+    vh.stop().await;
+}
+
+/// Agents' phones authenticate against the database: `sip_credentials` (HA1 only) tied
+/// to `agents.sip_user`, picked up by the adapter when the agent changes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn phone_registers_with_credentials_from_the_database() {
+    let Some(vh) = voice_hub("dbcreds", r#"{ type = "external" }"#).await else { return };
+    let carla = user(&vh.th, "carla", &[Role::Agent], Some(json!({}))).await;
+    let id = carla.agent_id.expect("agent id");
+    sqlx::query("update agents set sip_user = 'carla' where id = $1").bind(id).execute(vh.th.hub().db()).await.expect("sip user");
+    switchboard_voice::adapter::set_sip_password(vh.th.hub(), id, "switchboard", "carla-pw").await.expect("credentials");
+    let engine = switchboard_voice::engine_for(&vh.name).expect("engine");
+    let port = free_udp_port().to_string();
+    // A wrong password is refused (SIPp gets 401 again where it expects 200).
+    let bad = vh.sipp("register.xml", free_udp_port(), &["-s", "carla", "-au", "carla", "-ap", "wrong", "-key", "agent_port", &port]);
+    let out = tokio::time::timeout(Duration::from_secs(60), bad.wait_with_output()).await.expect("sipp finished").expect("sipp ran");
+    assert!(!out.status.success(), "a wrong password must not register");
+    assert!(!engine.is_registered("carla").await.expect("engine"));
+    let row: Option<String> = sqlx::query_scalar("select ha1 from sip_credentials where agent_id = $1")
+        .bind(id)
+        .fetch_optional(vh.th.hub().db())
+        .await
+        .expect("row");
+    assert!(row.is_some_and(|h| h.len() == 32 && !h.contains("carla-pw")), "only the HA1 digest is stored");
+    let reg = vh.sipp("register.xml", free_udp_port(), &["-s", "carla", "-au", "carla", "-ap", "carla-pw", "-key", "agent_port", &port]);
+    finished_ok(reg, "register with database credentials").await;
+    assert!(engine.is_registered("carla").await.expect("engine"));
     vh.stop().await;
 }

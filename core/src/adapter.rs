@@ -158,3 +158,20 @@ impl AdapterRegistry {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn registry_reports_unknown_and_missing_types() {
+        let mut r = AdapterRegistry::new();
+        r.register("x", Box::new(|_, _| Err(AdapterError::Config("bad key `port`".into()))));
+        let missing: toml::Value = toml::from_str("name = \"a\"").unwrap();
+        assert!(matches!(r.build(0, missing), Err(AdapterError::Config(m)) if m.contains("channels[0].type")));
+        let unknown: toml::Value = toml::from_str("type = \"fax\"").unwrap();
+        assert!(matches!(r.build(1, unknown), Err(AdapterError::Config(m)) if m.contains("fax") && m.contains("known: x")));
+        let bad: toml::Value = toml::from_str("type = \"x\"").unwrap();
+        assert!(matches!(r.build(2, bad), Err(AdapterError::Config(m)) if m.contains("channels[2] (x)") && m.contains("port")));
+    }
+}

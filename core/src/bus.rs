@@ -77,20 +77,35 @@ impl NewEvent {
 
 /// Appends an event and notifies in the caller's transaction; delivered on commit.
 pub async fn record(conn: &mut PgConnection, e: NewEvent) -> CoreResult<HubEvent> {
-    let ev: HubEvent = sqlx::query_as(
-        "insert into interaction_events (interaction_id, agent_id, queue_id, kind, data)
-         values ($1, $2, $3, $4, $5)
-         returning id, interaction_id, agent_id, queue_id, kind, data, at",
+    // One round trip: insert, then NOTIFY the row as JSON (or by reference when it would
+    // not fit in a NOTIFY payload).
+    #[derive(sqlx::FromRow)]
+    struct Row {
+        #[sqlx(flatten)]
+        ev: HubEvent,
+        #[allow(dead_code)]
+        notified: Option<String>,
+    }
+    let row: Row = sqlx::query_as(
+        "with ev as (
+            insert into interaction_events (interaction_id, agent_id, queue_id, kind, data)
+            values ($1, $2, $3, $4, $5)
+            returning id, interaction_id, agent_id, queue_id, kind, data, at
+         )
+         select ev.*, pg_notify($6, case when length(row_to_json(ev)::text) > 7000
+                                         then json_build_object('ref', ev.id)::text
+                                         else row_to_json(ev)::text end)::text as notified
+         from ev",
     )
     .bind(e.interaction_id)
     .bind(e.agent_id)
     .bind(e.queue_id)
     .bind(e.kind)
     .bind(&e.data)
+    .bind(NOTIFY_CHANNEL)
     .fetch_one(&mut *conn)
     .await?;
-    notify(conn, &ev).await?;
-    Ok(ev)
+    Ok(row.ev)
 }
 
 /// Sends the NOTIFY for an already inserted event row.

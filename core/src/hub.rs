@@ -290,7 +290,24 @@ impl Hub {
         if let Some(dup) = self.find_duplicate(channel, &item.dedupe_key).await? {
             return Ok(dup);
         }
-        let customer = match self.directory().resolve(channel, &item.from, &item.hints).await {
+        // A message in an open conversation belongs to the customer already resolved for it:
+        // skip the directory (the common case for chat and email threads).
+        let known: Option<Option<Uuid>> = match &item.conversation_key {
+            Some(k) => sqlx::query_scalar(
+                "select customer_id from interactions where channel = $1 and conversation_key = $2
+                 and status in ('queued','offered','active','wrap_up')",
+            )
+            .bind(channel.as_str())
+            .bind(k)
+            .fetch_optional(&self.0.pool)
+            .await?,
+            None => None,
+        };
+        let resolved = match known {
+            Some(Some(id)) => Ok(Some(ResolvedCustomer { id, own_manager: None, language: None })),
+            _ => self.directory().resolve(channel, &item.from, &item.hints).await,
+        };
+        let customer = match resolved {
             Ok(c) => c,
             Err(e) => {
                 // An unknown or malformed address must not lose the contact.

@@ -189,7 +189,12 @@ pub async fn run_worker(hub: Hub, mut shutdown: tokio::sync::watch::Receiver<boo
             _ = shutdown.changed() => return,
             _ = wait => {}
             // A reply or campaign message was committed: wake at once.
-            ev = events.recv() => if let Ok(ev) = ev { if ev.kind != "message" { continue; } },
+            ev = events.recv() => match ev {
+                Ok(ev) if ev.kind == "message" && ev.data.get("direction").and_then(|d| d.as_str()) == Some("outbound") => {}
+                Ok(_) => continue,
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                Err(_) => return,
+            },
         }
     }
 }

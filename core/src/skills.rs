@@ -19,7 +19,7 @@ use std::fmt;
 pub type SkillSet = BTreeMap<String, u8>;
 
 /// Comparison in a skill term.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Cmp {
     /// `>=`
     Ge,
@@ -34,7 +34,7 @@ pub enum Cmp {
 }
 
 /// A parsed requirement expression.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum SkillExpr {
     /// Always satisfied (the empty requirement).
     Any,

@@ -86,7 +86,7 @@ fn phone(i: u64) -> String {
 fn row(i: u64) -> (String, String, String) {
     let f = FIRST[(i * 7 % FIRST.len() as u64) as usize];
     let l = LAST[(i / 3 % LAST.len() as u64) as usize];
-    let name = format!("{f} {l}{}", if i % 5 == 0 { format!(" {}", i % 9973) } else { String::new() });
+    let name = format!("{f} {l}{}", if i.is_multiple_of(5) { format!(" {}", i % 9973) } else { String::new() });
     let email = format!("{}.{}{}@example{}.com", f.to_lowercase(), l.to_lowercase().replace(['\'', 'ü'], ""), i, i % 37);
     (name, phone(i), email)
 }
@@ -96,7 +96,7 @@ fn generate(n: u64) -> Vec<u8> {
     out.extend_from_slice(b"external_id,name,phone,email,tags\n");
     for i in 0..n {
         let (name, phone, email) = row(i);
-        let line = format!("C{i},\"{name}\",{phone},{email},{}\n", if i % 10 == 0 { "vip" } else { "" });
+        let line = format!("C{i},\"{name}\",{phone},{email},{}\n", if i.is_multiple_of(10) { "vip" } else { "" });
         out.extend_from_slice(line.as_bytes());
     }
     out

@@ -112,13 +112,15 @@ fn parse_header(settings: &Settings, rec: &csv::StringRecord) -> CoreResult<Head
                     attrs.push(a.to_string());
                     Column::Attr(attrs.len() - 1)
                 }
-                _ => return Err(CoreError::field(
-                    "header",
-                    format!(
+                _ => {
+                    return Err(CoreError::field(
+                        "header",
+                        format!(
                         "unknown column `{raw}` (known: id, external_id, name, phone, email, chat, language, time_zone, birthday, tags, \
                              company, consent_sms, consent_email, attr.<configured attribute>)"
                     ),
-                )),
+                    ))
+                }
             },
         };
         if columns.contains(&c) {
@@ -387,8 +389,8 @@ async fn write_batch(
         for (kind, addr) in [("phone", &row.phone), ("email", &row.email), ("chat", &row.chat)] {
             if let Some(a) = addr {
                 let key = (kind.to_string(), a.clone());
-                if !identity_owner.contains_key(&key) {
-                    identity_owner.insert(key, id);
+                if let std::collections::hash_map::Entry::Vacant(e) = identity_owner.entry(key) {
+                    e.insert(id);
                     ident.push((kind, a.clone()));
                 }
             }

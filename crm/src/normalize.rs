@@ -104,7 +104,7 @@ pub fn phone(raw: &str, region: Region) -> Result<String, NormalizeError> {
     // libphonenumber accepts letters (vanity numbers); an address that is mostly letters is
     // garbage here, not a vanity number.
     let letters = s.chars().filter(|c| c.is_alphabetic()).count();
-    if digits < 3 || digits > 17 || letters > 3 || s.len() > 40 {
+    if !(3..=17).contains(&digits) || letters > 3 || s.len() > 40 {
         return Err(NormalizeError::PhoneUnparsable(raw.to_string()));
     }
     let owned;

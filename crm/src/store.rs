@@ -257,14 +257,16 @@ pub async fn card(db: &PgPool, id: Uuid) -> CoreResult<Option<Value>> {
         Some(m) => sqlx::query_as("select id, name from agents where id = $1").bind(m).fetch_optional(db).await?,
         None => None,
     };
-    let open: Vec<(Uuid, String, String, Option<Uuid>, DateTime<Utc>)> = sqlx::query_as(
+    type OpenRow = (Uuid, String, String, Option<Uuid>, DateTime<Utc>);
+    type LastRow = (Uuid, String, String, Option<String>, DateTime<Utc>, Option<String>);
+    let open: Vec<OpenRow> = sqlx::query_as(
         "select id, channel, status, agent_id, created_at from interactions
          where customer_id = $1 and status in ('queued','offered','active','wrap_up') order by created_at desc limit 20",
     )
     .bind(id)
     .fetch_all(db)
     .await?;
-    let last: Vec<(Uuid, String, String, Option<String>, DateTime<Utc>, Option<String>)> = sqlx::query_as(
+    let last: Vec<LastRow> = sqlx::query_as(
         "select id, channel, status, disposition, created_at, summary from interactions
          where customer_id = $1 order by created_at desc, id limit 5",
     )
@@ -330,6 +332,9 @@ pub async fn search(db: &PgPool, q: &str, limit: i64) -> CoreResult<Vec<SearchHi
     let spaced = q.contains(char::is_whitespace);
     let by_name = digits.is_none() && !q.contains('@') && (spaced || !q.contains(['.', '_', '+']));
     let by_address = digits.is_none() && !spaced;
+    // An unnamed statement gets a custom plan for this very fragment: a common one is read
+    // by a short sequential scan that stops at LIMIT, a rare one through the trigram index.
+    // (A cached generic plan cannot tell them apart.)
     let rows: Vec<SearchHit> = sqlx::query_as(
         "with hits as (
             (select id from customers where $4 and name ilike $1 and merged_into is null and erased_at is null limit $3)
@@ -349,6 +354,7 @@ pub async fn search(db: &PgPool, q: &str, limit: i64) -> CoreResult<Vec<SearchHi
     .bind(limit)
     .bind(by_name)
     .bind(by_address)
+    .persistent(false)
     .fetch_all(db)
     .await?;
     let mut rows = rows;

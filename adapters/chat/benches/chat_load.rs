@@ -45,7 +45,7 @@ fn raise_fd_limit() -> u64 {
             r.rlim_cur = r.rlim_max;
             libc::setrlimit(libc::RLIMIT_NOFILE, &r);
             libc::getrlimit(libc::RLIMIT_NOFILE, &mut r);
-            return r.rlim_cur as u64;
+            return r.rlim_cur;
         }
     }
     0

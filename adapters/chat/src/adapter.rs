@@ -396,10 +396,10 @@ impl ChannelAdapter for ChatAdapter {
                 _ = tick.tick() => {
                     ticks += 1;
                     // Every 10 s refresh all estimates (the answer rate moves with time).
-                    if let Err(e) = st.refresh_queues(&hub, ticks % 10 == 0).await {
+                    if let Err(e) = st.refresh_queues(&hub, ticks.is_multiple_of(10)).await {
                         tracing::warn!(error = %e, "Queue position refresh failed.");
                     }
-                    if ticks % 60 == 0 {
+                    if ticks.is_multiple_of(60) {
                         let now = Instant::now();
                         st.visitor_limits.prune(now);
                         st.ip_limits.prune(now);

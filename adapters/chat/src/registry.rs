@@ -259,7 +259,7 @@ mod tests {
         assert_eq!(r.socket_count(), 0);
         // The socket drains what it had, then sees the end.
         let mut n = 0;
-        while let Ok(_) = rx.try_recv() {
+        while rx.try_recv().is_ok() {
             n += 1;
         }
         assert_eq!(n, SOCKET_QUEUE);

@@ -111,7 +111,7 @@ fn sipp_stat(dir: &Path, column: &str) -> Option<f64> {
     let text = std::fs::read_to_string(file).ok()?;
     let mut lines = text.lines().filter(|l| !l.trim().is_empty());
     let header: Vec<&str> = lines.next()?.split(';').collect();
-    let last: Vec<&str> = lines.last()?.split(';').collect();
+    let last: Vec<&str> = lines.next_back()?.split(';').collect();
     let idx = header.iter().position(|h| *h == column)?;
     last.get(idx)?.trim().parse().ok()
 }
@@ -245,7 +245,17 @@ type = "enqueue"
         let mut uas = match Command::new(&sipp)
             .arg("-sf")
             .arg(scenario("cps_agent.xml"))
-            .args(["-i", "127.0.0.1", "-mi", "127.0.0.1", "-nostdin", "-p", &agent_port.to_string(), "-mp", &(free_port() & !1).to_string()])
+            .args([
+                "-i",
+                "127.0.0.1",
+                "-mi",
+                "127.0.0.1",
+                "-nostdin",
+                "-p",
+                &agent_port.to_string(),
+                "-mp",
+                &(free_port() & !1).to_string(),
+            ])
             .args(["-max_socket", "4096"])
             .current_dir(&work)
             .stdin(Stdio::null())
@@ -287,7 +297,17 @@ type = "enqueue"
         let mut uas = match Command::new(&sipp)
             .arg("-sf")
             .arg(scenario("media_agent.xml"))
-            .args(["-i", "127.0.0.1", "-mi", "127.0.0.1", "-nostdin", "-p", &agent_port.to_string(), "-mp", &(free_port() & !1).to_string()])
+            .args([
+                "-i",
+                "127.0.0.1",
+                "-mi",
+                "127.0.0.1",
+                "-nostdin",
+                "-p",
+                &agent_port.to_string(),
+                "-mp",
+                &(free_port() & !1).to_string(),
+            ])
             .args(["-max_socket", "4096"])
             .current_dir(&work)
             .stdin(Stdio::null())

@@ -202,18 +202,20 @@ impl VoiceState {
         self.call_for(interaction_id).and_then(|c| self.entry(&c)).is_some_and(|e| e.bridged)
     }
 
-    /// Marks the call as back in the queue after the engine released the agent leg.
-    pub(crate) fn release(&self, interaction_id: Uuid) -> Option<String> {
-        let call_id = self.call_for(interaction_id)?;
-        let engine = self.engine.get()?;
-        if self.entry(&call_id).is_some_and(|e| e.bridged) {
+    /// Ends a bridged agent leg (the caller waits again); true when there was one.
+    pub(crate) fn release(&self, interaction_id: Uuid) -> bool {
+        let (Some(call_id), Some(engine)) = (self.call_for(interaction_id), self.engine.get()) else {
+            return false;
+        };
+        let mut released = false;
+        self.update(&call_id, |e| {
+            released = std::mem::take(&mut e.bridged);
+            e.agent_id = None;
+        });
+        if released {
             let _ = engine.release_agent(&call_id);
-            self.update(&call_id, |e| {
-                e.bridged = false;
-                e.agent_id = None;
-            });
         }
-        Some(call_id)
+        released
     }
 }
 
@@ -284,20 +286,22 @@ impl VoiceAdapter {
                     }
                     MaxWaitAction::Keep => {}
                 }
-                record(hub, "call_max_wait", interaction_id, json!({ "call_id": call_id, "action": format!("{:?}", s.max_wait_action).to_lowercase() })).await;
+                record(
+                    hub,
+                    "call_max_wait",
+                    interaction_id,
+                    json!({ "call_id": call_id, "action": format!("{:?}", s.max_wait_action).to_lowercase() }),
+                )
+                .await;
             }
             // A transfer to a queue: the agent leg ends and the caller waits again. A transfer
             // to an agent is handled in `on_assignment` (release, then ring the target).
-            "transferred" if ev.data.get("to_queue").is_some() => {
-                if self.state.release(interaction_id).is_some() {
-                    record(hub, "call_released", interaction_id, json!({ "call_id": call_id, "reason": "transfer" })).await;
-                }
+            "transferred" if ev.data.get("to_queue").is_some() && self.state.release(interaction_id) => {
+                record(hub, "call_released", interaction_id, json!({ "call_id": call_id, "reason": "transfer" })).await;
             }
             // Closed or abandoned by someone else while the call is still up: hang up.
-            "closed" | "abandoned" => {
-                if self.state.remove(&call_id).is_some() {
-                    let _ = engine.hangup(&call_id);
-                }
+            "closed" | "abandoned" if self.state.remove(&call_id).is_some() => {
+                let _ = engine.hangup(&call_id);
             }
             _ => {}
         }
@@ -308,8 +312,9 @@ impl VoiceAdapter {
         let Some(engine) = self.state.engine.get() else {
             return;
         };
-        let waiting: Vec<(String, Uuid)> =
-            self.state.with_calls(|t| t.by_call.values().filter(|e| !e.bridged).map(|e| (e.ticket.call_id.clone(), e.interaction_id)).collect());
+        let waiting: Vec<(String, Uuid)> = self
+            .state
+            .with_calls(|t| t.by_call.values().filter(|e| !e.bridged).map(|e| (e.ticket.call_id.clone(), e.interaction_id)).collect());
         for (call_id, id) in waiting {
             match queue_position(hub, id).await {
                 Ok(Some((position, wait))) => {
@@ -327,7 +332,10 @@ impl VoiceAdapter {
 /// (average answered wait of the last hour in that queue, 60 s when unknown).
 pub async fn queue_position(hub: &Hub, id: Uuid) -> Result<Option<(u32, Duration)>, sqlx::Error> {
     let row: Option<(Option<Uuid>, i32, chrono::DateTime<chrono::Utc>, String)> =
-        sqlx::query_as("select queue_id, priority, enqueued_at, status from interactions where id = $1").bind(id).fetch_optional(hub.db()).await?;
+        sqlx::query_as("select queue_id, priority, enqueued_at, status from interactions where id = $1")
+            .bind(id)
+            .fetch_optional(hub.db())
+            .await?;
     let Some((Some(queue), priority, enqueued_at, status)) = row else {
         return Ok(None);
     };
@@ -380,7 +388,8 @@ impl ChannelAdapter for VoiceAdapter {
             creds.refresh(&hub).await;
         }
         let routing = Arc::new(HubRouting { hub: hub.clone(), state: self.state.clone() });
-        let engine = VoiceEngine::start(self.config.clone(), routing, creds.clone()).await.map_err(|e| AdapterError::Config(e.to_string()))?;
+        let engine =
+            VoiceEngine::start(self.config.clone(), routing, creds.clone()).await.map_err(|e| AdapterError::Config(e.to_string()))?;
         if let Ok(mut m) = bound().lock() {
             m.insert(self.state.name.clone(), engine.clone());
         }
@@ -436,8 +445,7 @@ impl ChannelAdapter for VoiceAdapter {
         };
         // A transfer of a bridged call: end the current agent leg first (same command
         // channel, so the engine sees the release before the ring).
-        if self.state.is_bridged(a.interaction_id) {
-            self.state.release(a.interaction_id);
+        if self.state.release(a.interaction_id) {
             record(hub, "call_released", a.interaction_id, json!({ "call_id": call_id, "reason": "transfer" })).await;
         }
         engine.ring_agent(&call_id, sip_user, &a.offer_id.to_string()).map_err(|e| AdapterError::Temporary(e.to_string()))?;
@@ -478,9 +486,7 @@ impl HubCredentials {
 
 impl CredentialStore for HubCredentials {
     fn ha1(&self, user: &str, realm: &str) -> Option<String> {
-        self.inline
-            .ha1(user, realm)
-            .or_else(|| self.db.read().ok().and_then(|db| db.get(&(user.to_string(), realm.to_string())).cloned()))
+        self.inline.ha1(user, realm).or_else(|| self.db.read().ok().and_then(|db| db.get(&(user.to_string(), realm.to_string())).cloned()))
     }
 }
 
@@ -555,12 +561,20 @@ impl CallRouting for HubRouting {
             content_type: Some("text/plain".into()),
             requirement,
             queue: (!call.queue.is_empty()).then(|| call.queue.clone()),
-            metadata: Some(json!({ "call_id": call.call_id, "trunk": call.trunk, "dialled": call.dialled, "ivr": ivr, "node": self.state.name })),
+            metadata: Some(
+                json!({ "call_id": call.call_id, "trunk": call.trunk, "dialled": call.dialled, "ivr": ivr, "node": self.state.name }),
+            ),
             ..Default::default()
         };
         let outcome = self.hub.ingest(item).await.map_err(routing_err)?;
         let ticket = CallTicket { call_id: call.call_id.clone(), interaction_id: outcome.interaction_id.to_string() };
-        self.state.insert(CallEntry { ticket: ticket.clone(), interaction_id: outcome.interaction_id, bridged: false, agent_id: None, last_position: None });
+        self.state.insert(CallEntry {
+            ticket: ticket.clone(),
+            interaction_id: outcome.interaction_id,
+            bridged: false,
+            agent_id: None,
+            last_position: None,
+        });
         record(&self.hub, "ivr_choice", outcome.interaction_id, json!({ "call_id": call.call_id, "ivr": ivr })).await;
         Ok(ticket)
     }
@@ -583,8 +597,11 @@ impl CallRouting for HubRouting {
             }
             CallOutcome::Answered { offer_id, agent } => {
                 let offer = parse_offer(&offer_id)?;
-                let agent_id: Option<Uuid> =
-                    sqlx::query_scalar("select agent_id from offers where id = $1").bind(offer).fetch_optional(self.hub.db()).await.map_err(routing_err)?;
+                let agent_id: Option<Uuid> = sqlx::query_scalar("select agent_id from offers where id = $1")
+                    .bind(offer)
+                    .fetch_optional(self.hub.db())
+                    .await
+                    .map_err(routing_err)?;
                 let Some(agent_id) = agent_id else {
                     return Err(RoutingError(format!("unknown offer {offer}")));
                 };
@@ -594,7 +611,13 @@ impl CallRouting for HubRouting {
                             e.bridged = true;
                             e.agent_id = Some(agent_id);
                         });
-                        record(&self.hub, "call_answered", id, json!({ "call_id": call_id, "offer_id": offer_id, "sip_user": agent, "agent_id": agent_id })).await;
+                        record(
+                            &self.hub,
+                            "call_answered",
+                            id,
+                            json!({ "call_id": call_id, "offer_id": offer_id, "sip_user": agent, "agent_id": agent_id }),
+                        )
+                        .await;
                     }
                     Err(error) => {
                         // The offer was withdrawn meanwhile (expired, transferred): the caller
@@ -603,7 +626,13 @@ impl CallRouting for HubRouting {
                         if let Some(engine) = self.state.engine.get() {
                             let _ = engine.release_agent(&call_id);
                         }
-                        record(&self.hub, "call_released", id, json!({ "call_id": call_id, "offer_id": offer_id, "reason": error.to_string() })).await;
+                        record(
+                            &self.hub,
+                            "call_released",
+                            id,
+                            json!({ "call_id": call_id, "offer_id": offer_id, "reason": error.to_string() }),
+                        )
+                        .await;
                     }
                 }
             }
@@ -668,7 +697,9 @@ impl CallRouting for HubRouting {
             body: "Voicemail".into(),
             content_type: Some("text/plain".into()),
             queue: (!call.queue.is_empty()).then(|| call.queue.clone()),
-            metadata: Some(json!({ "call_id": call.call_id, "trunk": call.trunk, "dialled": call.dialled, "recording": path, "voicemail": true })),
+            metadata: Some(
+                json!({ "call_id": call.call_id, "trunk": call.trunk, "dialled": call.dialled, "recording": path, "voicemail": true }),
+            ),
             initial_status: Some(InteractionStatus::Voicemail),
             ..Default::default()
         };

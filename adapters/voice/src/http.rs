@@ -4,6 +4,7 @@
 
 use std::sync::Arc;
 
+use axum::extract::State;
 use axum::routing::post;
 use axum::{Extension, Json, Router};
 use serde::Deserialize;
@@ -84,26 +85,45 @@ async fn hold_or_resume(hub: &Hub, state: &VoiceState, caller: &Caller, id: Uuid
     }
     engine(state)?.hold(&call_id, on).map_err(|e| CoreError::Conflict(e.to_string()))?;
     let kind = if on { "call_hold" } else { "call_resumed" };
-    hub.record_event(NewEvent::interaction(kind, id).with_agent(caller.agent_id).with_data(json!({ "call_id": call_id, "by": caller.username })))
-        .await?;
+    hub.record_event(
+        NewEvent::interaction(kind, id).with_agent(caller.agent_id).with_data(json!({ "call_id": call_id, "by": caller.username })),
+    )
+    .await?;
     Ok(Json(json!({ "call_id": call_id, "held": on })))
 }
 
-async fn hold(State(hub): axum::extract::State<Hub>, Extension(state): Extension<Arc<VoiceState>>, caller: Caller, ApiPath(id): ApiPath<Uuid>) -> CoreResult<Json<Value>> {
+async fn hold(
+    State(hub): axum::extract::State<Hub>,
+    Extension(state): Extension<Arc<VoiceState>>,
+    caller: Caller,
+    ApiPath(id): ApiPath<Uuid>,
+) -> CoreResult<Json<Value>> {
     hold_or_resume(&hub, &state, &caller, id, true).await
 }
 
-async fn resume(State(hub): axum::extract::State<Hub>, Extension(state): Extension<Arc<VoiceState>>, caller: Caller, ApiPath(id): ApiPath<Uuid>) -> CoreResult<Json<Value>> {
+async fn resume(
+    State(hub): axum::extract::State<Hub>,
+    Extension(state): Extension<Arc<VoiceState>>,
+    caller: Caller,
+    ApiPath(id): ApiPath<Uuid>,
+) -> CoreResult<Json<Value>> {
     hold_or_resume(&hub, &state, &caller, id, false).await
 }
 
-use axum::extract::State;
-
-async fn hangup(State(hub): State<Hub>, Extension(state): Extension<Arc<VoiceState>>, caller: Caller, ApiPath(id): ApiPath<Uuid>) -> CoreResult<Json<Value>> {
+async fn hangup(
+    State(hub): State<Hub>,
+    Extension(state): Extension<Arc<VoiceState>>,
+    caller: Caller,
+    ApiPath(id): ApiPath<Uuid>,
+) -> CoreResult<Json<Value>> {
     let call_id = live_call(&hub, &state, &caller, id).await?;
     engine(&state)?.hangup(&call_id).map_err(|e| CoreError::Conflict(e.to_string()))?;
-    hub.record_event(NewEvent::interaction("call_hangup_requested", id).with_agent(caller.agent_id).with_data(json!({ "call_id": call_id, "by": caller.username })))
-        .await?;
+    hub.record_event(
+        NewEvent::interaction("call_hangup_requested", id)
+            .with_agent(caller.agent_id)
+            .with_data(json!({ "call_id": call_id, "by": caller.username })),
+    )
+    .await?;
     Ok(Json(json!({ "call_id": call_id, "hung_up": true })))
 }
 
@@ -130,7 +150,10 @@ async fn transfer(
         (Some(a), None) => hub.transfer_to_agent(id, by, a).await?,
         (None, Some(q)) => {
             let i = hub.transfer_to_queue(id, by, q).await?;
-            state.release(id);
+            if state.release(id) {
+                hub.record_event(NewEvent::interaction("call_released", id).with_data(json!({ "call_id": call_id, "reason": "transfer" })))
+                    .await?;
+            }
             i
         }
         _ => return Err(CoreError::Invalid("give exactly one of agent_id or queue_id".into())),

@@ -121,6 +121,16 @@ enum Compiled {
 }
 
 impl Compiled {
+    /// Best-skill score: the agent's levels of the skills named (max over `or`).
+    fn score(&self, levels: &[u8]) -> u32 {
+        match self {
+            Compiled::Term(i, _, _) => levels.get(*i as usize).copied().unwrap_or(0) as u32,
+            Compiled::And(a, b) => a.score(levels) + b.score(levels),
+            Compiled::Or(a, b) => a.score(levels).max(b.score(levels)),
+            Compiled::Any | Compiled::Not(_) | Compiled::InGroup(_) => 0,
+        }
+    }
+
     #[inline]
     fn eval(&self, levels: &[u8], groups: &[u16]) -> bool {
         match self {
@@ -211,6 +221,9 @@ pub struct Engine {
     offer_seq: u64,
     /// When the next escalation step of a waiting interaction falls due: (due ms, id).
     timers: BinaryHeap<Reverse<(i64, Uuid)>>,
+    /// Per channel, how many agents have room now (kept incrementally so a decision never
+    /// scans every agent just to learn that nobody is free).
+    room: [usize; 4],
 }
 
 impl Engine {
@@ -244,6 +257,24 @@ impl Engine {
         self.agent_index.get(&agent).map(|i| self.agents[*i].info.load[ch.index()])
     }
 
+    fn room_of(a: &Agent) -> [bool; 4] {
+        [a.has_room(Channel::Voice), a.has_room(Channel::Sms), a.has_room(Channel::Email), a.has_room(Channel::Chat)]
+    }
+
+    /// Applies `f` to agent `i`, keeping the per-channel room counters right.
+    fn touch_agent(&mut self, i: usize, f: impl FnOnce(&mut Agent)) {
+        let before = Self::room_of(&self.agents[i]);
+        f(&mut self.agents[i]);
+        let after = Self::room_of(&self.agents[i]);
+        for c in 0..4 {
+            match (before[c], after[c]) {
+                (true, false) => self.room[c] -= 1,
+                (false, true) => self.room[c] += 1,
+                _ => {}
+            }
+        }
+    }
+
     /// Adds or replaces a queue. Waiting interactions of that queue are recompiled.
     pub fn upsert_queue(&mut self, q: QueueRouting) {
         let id = q.id;
@@ -270,45 +301,58 @@ impl Engine {
         let groups = a.groups.iter().map(|g| self.groups.id(g)).collect();
         if let Some(&i) = self.agent_index.get(&a.id) {
             let seq = self.agents[i].last_offer_seq;
-            self.agents[i] = Agent { info: a, levels, groups, last_offer_seq: seq };
+            self.touch_agent(i, |slot| *slot = Agent { info: a, levels, groups, last_offer_seq: seq });
         } else {
-            self.agent_index.insert(a.id, self.agents.len());
-            self.agents.push(Agent { info: a, levels, groups, last_offer_seq: 0 });
+            let agent = Agent { info: a, levels, groups, last_offer_seq: 0 };
+            for (c, has) in Self::room_of(&agent).iter().enumerate() {
+                if *has {
+                    self.room[c] += 1;
+                }
+            }
+            self.agent_index.insert(agent.info.id, self.agents.len());
+            self.agents.push(agent);
         }
     }
 
     /// Sets presence availability; becoming available resets the idle clock.
     pub fn set_available(&mut self, agent: Uuid, available: bool, now_ms: i64) {
         if let Some(&i) = self.agent_index.get(&agent) {
-            let a = &mut self.agents[i];
-            if available && !a.info.available {
-                a.info.idle_since_ms = now_ms;
-            }
-            a.info.available = available;
+            self.touch_agent(i, |a| {
+                if available && !a.info.available {
+                    a.info.idle_since_ms = now_ms;
+                }
+                a.info.available = available;
+            });
         }
     }
 
     /// Frees one unit of an agent's capacity on a channel (interaction finished or offer ended).
     pub fn release(&mut self, agent: Uuid, ch: Channel, now_ms: i64) {
         if let Some(&i) = self.agent_index.get(&agent) {
-            let a = &mut self.agents[i];
-            a.info.load[ch.index()] = a.info.load[ch.index()].saturating_sub(1);
-            if a.info.load.iter().all(|l| *l == 0) {
-                a.info.idle_since_ms = now_ms;
-            }
+            self.touch_agent(i, |a| {
+                a.info.load[ch.index()] = a.info.load[ch.index()].saturating_sub(1);
+                if a.info.load.iter().all(|l| *l == 0) {
+                    a.info.idle_since_ms = now_ms;
+                }
+            });
         }
     }
 
     /// Sets an agent's load on a channel to an absolute value (resync from the database).
     pub fn set_load(&mut self, agent: Uuid, ch: Channel, load: u32) {
         if let Some(&i) = self.agent_index.get(&agent) {
-            self.agents[i].info.load[ch.index()] = load;
+            self.touch_agent(i, |a| a.info.load[ch.index()] = load);
         }
     }
 
     /// Removes an agent.
     pub fn remove_agent(&mut self, agent: Uuid) {
         if let Some(i) = self.agent_index.remove(&agent) {
+            for (c, has) in Self::room_of(&self.agents[i]).iter().enumerate() {
+                if *has {
+                    self.room[c] -= 1;
+                }
+            }
             self.agents.swap_remove(i);
             if i < self.agents.len() {
                 let moved = self.agents[i].info.id;
@@ -363,7 +407,7 @@ impl Engine {
     fn compile_for(&mut self, w: &WaitingInteraction, stage: usize) -> (Compiled, u64) {
         let Some(q) = self.queues.get(&w.queue_id) else {
             let c = self.compile(&w.requirement);
-            return (c, hash_str(&format!("{}|{}", w.channel, w.requirement)));
+            return (c, hash_of(&(w.channel, &w.requirement)));
         };
         let mut expr = q.requirement.clone().and(w.requirement.clone());
         let mut extra_queues = Vec::new();
@@ -380,7 +424,7 @@ impl Engine {
                 expr = expr.or(other.requirement.clone());
             }
         }
-        let class = hash_str(&format!("{}|{}|{:?}", w.channel, expr, groups));
+        let class = hash_of(&(w.channel, &expr, &groups));
         let mut c = self.compile(&expr);
         for g in groups {
             c = Compiled::Or(Box::new(c), Box::new(Compiled::InGroup(self.groups.id(&g))));
@@ -423,14 +467,7 @@ impl Engine {
         self.escalate(now_ms);
         let mut out = Vec::new();
         let mut hopeless: HashSet<u64> = HashSet::new();
-        let mut free_channels = [false; 4];
-        for a in &self.agents {
-            for ch in Channel::ALL {
-                if a.has_room(*ch) {
-                    free_channels[ch.index()] = true;
-                }
-            }
-        }
+        let mut free_channels = [self.room[0] > 0, self.room[1] > 0, self.room[2] > 0, self.room[3] > 0];
         // Walk the waiting set in order with a cursor (no copy of the whole set).
         let mut cursor: Option<WaitKey> = None;
         loop {
@@ -464,8 +501,7 @@ impl Engine {
                     self.waiting.remove(&key);
                     self.by_id.remove(&id);
                     out.push(d);
-                    // Recompute channel freedom lazily: only this channel can have filled up.
-                    free_channels[ch.index()] = self.agents.iter().any(|a| a.has_room(ch));
+                    free_channels[ch.index()] = self.room[ch.index()] > 0;
                 }
                 None if sticky.is_none() => {
                     hopeless.insert(class);
@@ -508,11 +544,6 @@ impl Engine {
             return Some(Decision::RingAll { interaction: w.info.id, agents, channel: ch });
         }
         let mut best: Option<usize> = None;
-        let expr_for_score = self
-            .queues
-            .get(&w.info.queue_id)
-            .map(|q| q.requirement.clone().and(w.info.requirement.clone()))
-            .unwrap_or_else(|| w.info.requirement.clone());
         for (i, a) in self.agents.iter().enumerate() {
             if !eligible(a) {
                 continue;
@@ -531,7 +562,7 @@ impl Engine {
                         }
                         Strategy::RoundRobin => a.last_offer_seq < cur.last_offer_seq,
                         Strategy::BestSkill => {
-                            let (x, y) = (expr_for_score.score(&a.info.skills), expr_for_score.score(&cur.info.skills));
+                            let (x, y) = (w.compiled.score(&a.levels), w.compiled.score(&cur.levels));
                             x > y || (x == y && a.info.idle_since_ms < cur.info.idle_since_ms)
                         }
                     };
@@ -554,9 +585,11 @@ impl Engine {
         for id in agents {
             if let Some(&i) = self.agent_index.get(&id) {
                 self.offer_seq += 1;
-                let a = &mut self.agents[i];
-                a.info.load[ch.index()] += 1;
-                a.last_offer_seq = self.offer_seq;
+                let seq = self.offer_seq;
+                self.touch_agent(i, |a| {
+                    a.info.load[ch.index()] += 1;
+                    a.last_offer_seq = seq;
+                });
             }
         }
     }
@@ -570,18 +603,17 @@ impl Engine {
         };
         for id in agents {
             if let Some(&i) = self.agent_index.get(&id) {
-                let a = &mut self.agents[i];
-                a.info.load[ch.index()] = a.info.load[ch.index()].saturating_sub(1);
+                self.touch_agent(i, |a| a.info.load[ch.index()] = a.info.load[ch.index()].saturating_sub(1));
             }
         }
         self.enqueue(w);
     }
 }
 
-fn hash_str(s: &str) -> u64 {
-    use std::hash::{Hash, Hasher};
+fn hash_of<T: std::hash::Hash>(v: &T) -> u64 {
+    use std::hash::Hasher;
     let mut h = std::collections::hash_map::DefaultHasher::new();
-    s.hash(&mut h);
+    v.hash(&mut h);
     h.finish()
 }
 

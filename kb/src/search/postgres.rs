@@ -102,16 +102,16 @@ end)::text
 fn search_sql(matching: &str, rank: &str, headline: bool) -> String {
     let (title_hl, snippet) = if headline {
         (
-            "ts_headline(m.ts_config, m.title, $2::tsquery, 'HighlightAll=true, StartSel=' || chr(1) || ', StopSel=' || chr(2))",
-            "ts_headline(m.ts_config, m.body_text, $2::tsquery,
+            "ts_headline(d.ts_config, d.title, $2::tsquery, 'HighlightAll=true, StartSel=' || chr(1) || ', StopSel=' || chr(2))",
+            "ts_headline(d.ts_config, d.body_text, $2::tsquery,
                  'MaxWords=30, MinWords=12, MaxFragments=2, FragmentDelimiter=\" … \", StartSel=' || chr(1) || ', StopSel=' || chr(2))",
         )
     } else {
-        ("m.title", "left(m.body_text, 240)")
+        ("d.title", "left(d.body_text, 240)")
     };
     format!(
         "with matched as (
-            select d.*, count(*) over () as total, ({rank})::float4 as score
+            select d.article_id, d.updated_at, count(*) over () as total, ({rank})::float4 as score
             from kb_search_docs d
             where {matching}
               and d.status = any($3)
@@ -122,9 +122,9 @@ fn search_sql(matching: &str, rank: &str, headline: bool) -> String {
             order by score desc, d.updated_at desc, d.article_id
             limit $8 offset $9
         )
-        select m.article_id, m.title, m.body_text, m.category, m.tags, m.locale, m.status, m.public, m.updated_at, m.total, m.score,
+        select m.article_id, d.title, d.body_text, d.category, d.tags, d.locale, d.status, d.public, m.updated_at, m.total, m.score,
                {title_hl} as title_hl, {snippet} as snippet
-        from matched m
+        from matched m join kb_search_docs d on d.article_id = m.article_id
         order by m.score desc, m.updated_at desc, m.article_id"
     )
 }
