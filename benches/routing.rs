@@ -13,7 +13,9 @@
 use rand::{Rng, SeedableRng};
 use std::time::{Duration, Instant};
 use switchboard_core::domain::{Capacity, Channel, Strategy};
-use switchboard_core::router::engine::{AgentRouting, Decision, Engine, EscalationAction, EscalationStep, QueueRouting, WaitingInteraction};
+use switchboard_core::router::engine::{
+    AgentRouting, Decision, Engine, EscalationAction, EscalationStep, QueueRouting, WaitingInteraction,
+};
 use switchboard_core::skills::SkillExpr;
 use uuid::Uuid;
 
@@ -132,7 +134,10 @@ async fn committed(quick: bool) {
     let pool = db.pool.clone();
     let n_agents = AGENTS as i64;
     let n_waiting: i64 = if quick { 3_000 } else { WAITING as i64 };
-    sqlx::query("insert into queues (name, requirement, accept_timeout_secs) values ('bench', '', 600)").execute(&pool).await.expect("queue");
+    sqlx::query("insert into queues (name, requirement, accept_timeout_secs) values ('bench', '', 600)")
+        .execute(&pool)
+        .await
+        .expect("queue");
     sqlx::query(
         "insert into agents (name, skills, capacity, presence)
          select 'agent ' || g, '{\"language:en\": 5}', '{\"voice\":1,\"chat\":3,\"email\":8,\"sms\":4}', 'available' from generate_series(1, $1) g",

@@ -273,9 +273,10 @@ async fn run(cli: Cli) -> Result<(), String> {
             let crm = switchboard_crm::Settings::from_toml(s.crm.clone()).map_err(|e| e.to_string())?;
             let f = std::fs::File::open(&file).map_err(|e| format!("{}: {e}", file.display()))?;
             let mut db = switchboard::open_database(&s).await.map_err(|e| e.to_string())?;
-            let report = switchboard_crm::import_csv_with(&db.pool, &crm, std::io::BufReader::new(f), |d, t| progress_bar("importing", d, t))
-                .await
-                .map_err(|e| e.to_string())?;
+            let report =
+                switchboard_crm::import_csv_with(&db.pool, &crm, std::io::BufReader::new(f), |d, t| progress_bar("importing", d, t))
+                    .await
+                    .map_err(|e| e.to_string())?;
             eprintln!();
             println!("{} rows: {} created, {} updated, {} rejected", report.total, report.created, report.updated, report.rejected);
             for e in &report.errors {
@@ -288,7 +289,9 @@ async fn run(cli: Cli) -> Result<(), String> {
         Command::Kb { command: KbCommand::Reindex { common } } => {
             let s = load(&common)?;
             let mut db = switchboard::open_database(&s).await.map_err(|e| e.to_string())?;
-            let n = switchboard_kb::reindex(&db.pool, s.kb.clone(), |d, t| progress_bar("reindexing", d, t)).await.map_err(|e| e.to_string())?;
+            let n = switchboard_kb::reindex(&db.pool, s.kb.clone(), |d, t| progress_bar("reindexing", d, t))
+                .await
+                .map_err(|e| e.to_string())?;
             eprintln!();
             println!("{n} articles indexed.");
             if let Some(mut pg) = db.embedded.take() {

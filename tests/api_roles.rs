@@ -17,7 +17,20 @@ fn concrete(path: &str, own_agent: Option<uuid::Uuid>) -> String {
     let nil = "00000000-0000-4000-8000-000000000000".to_string();
     let own = own_agent.map(|a| a.to_string()).unwrap_or_else(|| nil.clone());
     let agent_route = path.starts_with("/api/v1/agents/{id}/");
-    path.split('/').map(|s| if s.starts_with('{') { if agent_route { own.clone() } else { nil.clone() } } else { s.to_string() }).collect::<Vec<_>>().join("/")
+    path.split('/')
+        .map(|s| {
+            if s.starts_with('{') {
+                if agent_route {
+                    own.clone()
+                } else {
+                    nil.clone()
+                }
+            } else {
+                s.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("/")
 }
 
 async fn check_route(r: &RouteDoc, who: &str, c: &Client, roles: Option<&[Role]>) {
@@ -28,9 +41,13 @@ async fn check_route(r: &RouteDoc, who: &str, c: &Client, roles: Option<&[Role]>
     let (st, b) = c.call(r.method, &concrete(r.path, c.agent_id), body).await;
     assert!(st != StatusCode::INTERNAL_SERVER_ERROR, "{} {} as {who}: 500 {b}", r.method, r.path);
     match (r.access, roles) {
-        (Access::Public, _) => assert!(st != StatusCode::UNAUTHORIZED && st != StatusCode::FORBIDDEN, "{} {} as {who}: {st}", r.method, r.path),
+        (Access::Public, _) => {
+            assert!(st != StatusCode::UNAUTHORIZED && st != StatusCode::FORBIDDEN, "{} {} as {who}: {st}", r.method, r.path)
+        }
         (_, None) => assert_eq!(st, StatusCode::UNAUTHORIZED, "{} {} anonymous", r.method, r.path),
-        (Access::AnyUser, Some(_)) => assert!(st != StatusCode::UNAUTHORIZED && st != StatusCode::FORBIDDEN, "{} {} as {who}: {st} {b}", r.method, r.path),
+        (Access::AnyUser, Some(_)) => {
+            assert!(st != StatusCode::UNAUTHORIZED && st != StatusCode::FORBIDDEN, "{} {} as {who}: {st} {b}", r.method, r.path)
+        }
         (Access::Roles(allowed), Some(mine)) => {
             if mine.iter().any(|m| allowed.contains(m)) {
                 assert!(st != StatusCode::UNAUTHORIZED && st != StatusCode::FORBIDDEN, "{} {} as {who}: {st} {b}", r.method, r.path);
@@ -94,8 +111,12 @@ async fn sessions_csrf_expiry_logout_and_tokens() {
     let (st, _) = admin.call("POST", "/api/v1/canned-responses", Some(json!({ "title": "t", "body": "b" }))).await;
     assert_eq!(st, StatusCode::CREATED);
     // Wrong password: 401, same answer as an unknown user.
-    let (st, b1) = Client::anonymous(&th.url).call("POST", "/api/v1/auth/login", Some(json!({ "username": "root", "password": "wrong-password" }))).await;
-    let (st2, b2) = Client::anonymous(&th.url).call("POST", "/api/v1/auth/login", Some(json!({ "username": "nobody", "password": "wrong-password" }))).await;
+    let (st, b1) = Client::anonymous(&th.url)
+        .call("POST", "/api/v1/auth/login", Some(json!({ "username": "root", "password": "wrong-password" })))
+        .await;
+    let (st2, b2) = Client::anonymous(&th.url)
+        .call("POST", "/api/v1/auth/login", Some(json!({ "username": "nobody", "password": "wrong-password" })))
+        .await;
     assert_eq!((st, st2), (StatusCode::UNAUTHORIZED, StatusCode::UNAUTHORIZED));
     assert_eq!(b1["detail"], b2["detail"]);
     // Expired session: 401 session_expired.

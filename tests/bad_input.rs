@@ -8,20 +8,58 @@ use serde_json::json;
 use support::*;
 use switchboard_core::Role;
 
+/// method, path, content type, body, expected status, text the detail must contain.
+type Case = (&'static str, &'static str, Option<&'static str>, Vec<u8>, StatusCode, &'static str);
+
 #[tokio::test]
 async fn malformed_requests_get_clear_problems() {
     let th = spawn_hub().await;
     let admin = user(&th, "root", &[Role::Admin], None).await;
     let queues_before: i64 = sqlx::query_scalar("select count(*) from queues").fetch_one(&th.db.pool).await.unwrap();
-    let cases: Vec<(&str, &str, Option<&str>, Vec<u8>, StatusCode, &str)> = vec![
+    let cases: Vec<Case> = vec![
         ("POST", "/api/v1/queues", Some("application/json"), b"{\"name\": \"q\",".to_vec(), StatusCode::BAD_REQUEST, "malformed JSON"),
         ("POST", "/api/v1/queues", Some("application/json"), b"[1,2,3]".to_vec(), StatusCode::UNPROCESSABLE_ENTITY, "invalid type"),
         ("POST", "/api/v1/queues", Some("text/plain"), b"{\"name\":\"q\"}".to_vec(), StatusCode::UNSUPPORTED_MEDIA_TYPE, "Content-Type"),
-        ("POST", "/api/v1/queues", Some("application/json"), b"{\"name\":\"q\",\"colour\":\"red\"}".to_vec(), StatusCode::UNPROCESSABLE_ENTITY, "colour"),
-        ("POST", "/api/v1/queues", Some("application/json"), b"{\"name\":\"q\",\"priority\":\"high\"}".to_vec(), StatusCode::UNPROCESSABLE_ENTITY, "priority"),
-        ("POST", "/api/v1/queues", Some("application/json"), b"{\"name\":\"q\",\"requirement\":\"language:es >= \"}".to_vec(), StatusCode::UNPROCESSABLE_ENTITY, "requirement"),
-        ("POST", "/api/v1/queues", Some("application/json"), b"{\"name\":\"q\",\"requirement\":\"a b\"}".to_vec(), StatusCode::UNPROCESSABLE_ENTITY, "skill expression"),
-        ("POST", "/api/v1/queues", Some("application/json"), b"{\"name\":\"q\",\"strategy\":\"random\"}".to_vec(), StatusCode::UNPROCESSABLE_ENTITY, "strategy"),
+        (
+            "POST",
+            "/api/v1/queues",
+            Some("application/json"),
+            b"{\"name\":\"q\",\"colour\":\"red\"}".to_vec(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "colour",
+        ),
+        (
+            "POST",
+            "/api/v1/queues",
+            Some("application/json"),
+            b"{\"name\":\"q\",\"priority\":\"high\"}".to_vec(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "priority",
+        ),
+        (
+            "POST",
+            "/api/v1/queues",
+            Some("application/json"),
+            b"{\"name\":\"q\",\"requirement\":\"language:es >= \"}".to_vec(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "requirement",
+        ),
+        (
+            "POST",
+            "/api/v1/queues",
+            Some("application/json"),
+            b"{\"name\":\"q\",\"requirement\":\"a b\"}".to_vec(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "skill expression",
+        ),
+        (
+            "POST",
+            "/api/v1/queues",
+            Some("application/json"),
+            b"{\"name\":\"q\",\"strategy\":\"random\"}".to_vec(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "strategy",
+        ),
         (
             "POST",
             "/api/v1/queues",
@@ -45,15 +83,71 @@ async fn malformed_requests_get_clear_problems() {
         ("GET", "/api/v1/interactions?status=lost", None, vec![], StatusCode::UNPROCESSABLE_ENTITY, "unknown"),
         ("GET", "/api/v1/interactions?bogus=1", None, vec![], StatusCode::BAD_REQUEST, "bogus"),
         ("GET", "/api/v1/interactions?since=yesterday", None, vec![], StatusCode::BAD_REQUEST, "since"),
-        ("POST", "/api/v1/agents", Some("application/json"), b"{\"name\":\"a\",\"skills\":{\"billing\":0}}".to_vec(), StatusCode::UNPROCESSABLE_ENTITY, "level"),
-        ("POST", "/api/v1/agents", Some("application/json"), b"{\"name\":\"a\",\"skills\":{\"bad name!\":3}}".to_vec(), StatusCode::UNPROCESSABLE_ENTITY, "skill name"),
-        ("POST", "/api/v1/agents", Some("application/json"), b"{\"name\":\"a\",\"skills\":{\"x\":300}}".to_vec(), StatusCode::UNPROCESSABLE_ENTITY, "skills"),
-        ("POST", "/api/v1/users", Some("application/json"), b"{\"username\":\"u\",\"password\":\"short\",\"roles\":[\"agent\"]}".to_vec(), StatusCode::UNPROCESSABLE_ENTITY, "password"),
-        ("POST", "/api/v1/users", Some("application/json"), b"{\"username\":\"u\",\"password\":\"long-enough-1\",\"roles\":[\"god\"]}".to_vec(), StatusCode::UNPROCESSABLE_ENTITY, "god"),
-        ("PUT", "/api/v1/agents/00000000-0000-4000-8000-000000000000/presence", Some("application/json"), b"{\"presence\":\"asleep\"}".to_vec(), StatusCode::UNPROCESSABLE_ENTITY, "asleep"),
-        ("PUT", "/api/v1/agents/00000000-0000-4000-8000-000000000000/presence", Some("application/json"), b"{\"presence\":\"away\"}".to_vec(), StatusCode::NOT_FOUND, "agent not found"),
+        (
+            "POST",
+            "/api/v1/agents",
+            Some("application/json"),
+            b"{\"name\":\"a\",\"skills\":{\"billing\":0}}".to_vec(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "level",
+        ),
+        (
+            "POST",
+            "/api/v1/agents",
+            Some("application/json"),
+            b"{\"name\":\"a\",\"skills\":{\"bad name!\":3}}".to_vec(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "skill name",
+        ),
+        (
+            "POST",
+            "/api/v1/agents",
+            Some("application/json"),
+            b"{\"name\":\"a\",\"skills\":{\"x\":300}}".to_vec(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "skills",
+        ),
+        (
+            "POST",
+            "/api/v1/users",
+            Some("application/json"),
+            b"{\"username\":\"u\",\"password\":\"short\",\"roles\":[\"agent\"]}".to_vec(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "password",
+        ),
+        (
+            "POST",
+            "/api/v1/users",
+            Some("application/json"),
+            b"{\"username\":\"u\",\"password\":\"long-enough-1\",\"roles\":[\"god\"]}".to_vec(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "god",
+        ),
+        (
+            "PUT",
+            "/api/v1/agents/00000000-0000-4000-8000-000000000000/presence",
+            Some("application/json"),
+            b"{\"presence\":\"asleep\"}".to_vec(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "asleep",
+        ),
+        (
+            "PUT",
+            "/api/v1/agents/00000000-0000-4000-8000-000000000000/presence",
+            Some("application/json"),
+            b"{\"presence\":\"away\"}".to_vec(),
+            StatusCode::NOT_FOUND,
+            "agent not found",
+        ),
         ("POST", "/api/v1/offers/00000000-0000-4000-8000-000000000000/accept", None, vec![], StatusCode::CONFLICT, "agent record"),
-        ("POST", "/api/v1/interactions/00000000-0000-4000-8000-000000000000/close", Some("application/json"), b"{\"disposition\":\"meh\"}".to_vec(), StatusCode::UNPROCESSABLE_ENTITY, "meh"),
+        (
+            "POST",
+            "/api/v1/interactions/00000000-0000-4000-8000-000000000000/close",
+            Some("application/json"),
+            b"{\"disposition\":\"meh\"}".to_vec(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "meh",
+        ),
     ];
     for (method, path, ct, body, want, needle) in cases {
         let (st, b, ctype) = admin.raw(method, path, ct, body).await;

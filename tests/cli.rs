@@ -114,7 +114,10 @@ async fn demo_starts_embedded_postgres_from_an_empty_data_dir() {
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let out = Command::new(BIN).args(["token", "create", "--username", "zoe", "--name", "ci", "--data-dir", data.to_str().unwrap()]).output().unwrap();
+    let out = Command::new(BIN)
+        .args(["token", "create", "--username", "zoe", "--name", "ci", "--data-dir", data.to_str().unwrap()])
+        .output()
+        .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stdout).contains("sbt_"));
     let _ = std::fs::remove_dir_all(&dir);
@@ -137,8 +140,8 @@ async fn two_processes_one_router_and_failover_within_seconds() {
         ("SWITCHBOARD__ROUTER__STANDBY_POLL_MS", "200".to_string()),
         ("SWITCHBOARD__ROUTER__TICK_MS", "50".to_string()),
     ];
-    let (mut p1, u1) = spawn(&["serve", "--bind", "127.0.0.1:0"], &env);
-    let (mut p2, u2) = spawn(&["serve", "--bind", "127.0.0.1:0"], &env);
+    let (p1, u1) = spawn(&["serve", "--bind", "127.0.0.1:0"], &env);
+    let (p2, u2) = spawn(&["serve", "--bind", "127.0.0.1:0"], &env);
     let urls = vec![u1.clone(), u2.clone()];
     let leaders = eventually(20, || {
         let urls = urls.clone();
@@ -159,12 +162,15 @@ async fn two_processes_one_router_and_failover_within_seconds() {
     let hub = switchboard_core::Hub::new(db.pool.clone(), Default::default());
     let mut agents = Vec::new();
     for i in 0..3 {
-        let u = switchboard_core::auth::create_user(&db.pool, None, &format!("a{i}"), "a", "agent-password-1", &[Role::Agent]).await.unwrap();
-        let id: uuid::Uuid = sqlx::query_scalar("insert into agents (user_id, name, capacity) values ($1, 'a', '{\"chat\":2,\"voice\":1,\"email\":1,\"sms\":1}') returning id")
-            .bind(u.id)
-            .fetch_one(&db.pool)
-            .await
-            .unwrap();
+        let u =
+            switchboard_core::auth::create_user(&db.pool, None, &format!("a{i}"), "a", "agent-password-1", &[Role::Agent]).await.unwrap();
+        let id: uuid::Uuid = sqlx::query_scalar(
+            "insert into agents (user_id, name, capacity) values ($1, 'a', '{\"chat\":2,\"voice\":1,\"email\":1,\"sms\":1}') returning id",
+        )
+        .bind(u.id)
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
         hub.set_presence(id, switchboard_core::Presence::Available).await.unwrap();
         agents.push(id);
     }
@@ -194,7 +200,8 @@ async fn two_processes_one_router_and_failover_within_seconds() {
     let took = t0.elapsed();
     assert!(took < Duration::from_secs(5), "takeover took {took:?}");
     // The new leader keeps routing: close the six offered (accept + close), six more come.
-    let offers: Vec<(uuid::Uuid, uuid::Uuid)> = sqlx::query_as("select id, agent_id from offers where state = 'pending'").fetch_all(&db.pool).await.unwrap();
+    let offers: Vec<(uuid::Uuid, uuid::Uuid)> =
+        sqlx::query_as("select id, agent_id from offers where state = 'pending'").fetch_all(&db.pool).await.unwrap();
     for (o, a) in offers {
         let i = hub.accept_offer(o, a).await.unwrap();
         hub.close(i.id, Some(a), switchboard_core::Disposition::Inquiry, None).await.unwrap();

@@ -14,7 +14,8 @@ use switchboard_core::{Channel, CoreResult, Role};
 use uuid::Uuid;
 
 async fn set_available(c: &Client) {
-    let (st, b) = c.call("PUT", &format!("/api/v1/agents/{}/presence", c.agent_id.unwrap()), Some(json!({ "presence": "available" }))).await;
+    let (st, b) =
+        c.call("PUT", &format!("/api/v1/agents/{}/presence", c.agent_id.unwrap()), Some(json!({ "presence": "available" }))).await;
     assert_eq!(st, StatusCode::OK, "{b}");
 }
 
@@ -40,11 +41,12 @@ async fn check_invariants(pool: &sqlx::PgPool) {
     .await
     .unwrap();
     assert_eq!(over, 0, "an agent exceeded capacity");
-    let accepted_twice: i64 =
-        sqlx::query_scalar("select count(*) from (select interaction_id from offers where state = 'accepted' group by 1 having count(*) > 1) x")
-            .fetch_one(pool)
-            .await
-            .unwrap();
+    let accepted_twice: i64 = sqlx::query_scalar(
+        "select count(*) from (select interaction_id from offers where state = 'accepted' group by 1 having count(*) > 1) x",
+    )
+    .fetch_one(pool)
+    .await
+    .unwrap();
     assert_eq!(accepted_twice, 0, "an interaction was held by two agents");
 }
 
@@ -95,7 +97,8 @@ async fn concurrent_ingest_and_churn_keep_invariants_and_serve_everyone_once() {
                     let (st, i) = a.call("POST", &format!("/api/v1/offers/{}/accept", o["id"].as_str().unwrap()), None).await;
                     assert_eq!(st, StatusCode::OK, "{i}");
                     let id = i["id"].as_str().unwrap().to_string();
-                    let (st, _) = a.call("POST", &format!("/api/v1/interactions/{id}/close"), Some(json!({ "disposition": "inquiry" }))).await;
+                    let (st, _) =
+                        a.call("POST", &format!("/api/v1/interactions/{id}/close"), Some(json!({ "disposition": "inquiry" }))).await;
                     assert_eq!(st, StatusCode::OK);
                     served.push(id);
                 }
@@ -109,7 +112,8 @@ async fn concurrent_ingest_and_churn_keep_invariants_and_serve_everyone_once() {
             eventually(60, || {
                 let pool = pool.clone();
                 async move {
-                    let open: i64 = sqlx::query_scalar("select count(*) from interactions where status <> 'closed'").fetch_one(&pool).await.unwrap();
+                    let open: i64 =
+                        sqlx::query_scalar("select count(*) from interactions where status <> 'closed'").fetch_one(&pool).await.unwrap();
                     (open == 0).then_some(())
                 }
             })
@@ -126,8 +130,10 @@ async fn concurrent_ingest_and_churn_keep_invariants_and_serve_everyone_once() {
         w.abort();
     }
     check_invariants(&th.db.pool).await;
-    let served_once: i64 =
-        sqlx::query_scalar("select count(distinct interaction_id) from offers where state = 'released'").fetch_one(&th.db.pool).await.unwrap();
+    let served_once: i64 = sqlx::query_scalar("select count(distinct interaction_id) from offers where state = 'released'")
+        .fetch_one(&th.db.pool)
+        .await
+        .unwrap();
     assert_eq!(served_once, 120);
     let released: i64 = sqlx::query_scalar("select count(*) from offers where state = 'released'").fetch_one(&th.db.pool).await.unwrap();
     assert_eq!(released, 120, "an interaction was served twice");
@@ -145,8 +151,11 @@ async fn fifo_within_priority_and_requeue_keeps_original_time_after_ring_no_answ
     set_available(&first).await;
     let a = th.hub().ingest(inbound(Channel::Voice, "call-a", "+4930111", "call")).await.unwrap();
     let b = th.hub().ingest(inbound(Channel::Voice, "call-b", "+4930222", "call")).await.unwrap();
-    let enq_a: chrono::DateTime<chrono::Utc> =
-        sqlx::query_scalar("select enqueued_at from interactions where id = $1").bind(a.interaction_id).fetch_one(&th.db.pool).await.unwrap();
+    let enq_a: chrono::DateTime<chrono::Utc> = sqlx::query_scalar("select enqueued_at from interactions where id = $1")
+        .bind(a.interaction_id)
+        .fetch_one(&th.db.pool)
+        .await
+        .unwrap();
     let o = eventually(10, || {
         let f = first.clone();
         async move { offers_of(&f).await.first().cloned() }
@@ -171,18 +180,20 @@ async fn fifo_within_priority_and_requeue_keeps_original_time_after_ring_no_answ
     })
     .await;
     assert_eq!(o2["interaction_id"].as_str().unwrap(), a.interaction_id.to_string(), "re-queued call keeps its place ahead of b");
-    let (presence, enq_after): (String, chrono::DateTime<chrono::Utc>) = sqlx::query_as(
-        "select a.presence, i.enqueued_at from agents a, interactions i where a.id = $1 and i.id = $2",
-    )
-    .bind(first.agent_id.unwrap())
-    .bind(a.interaction_id)
-    .fetch_one(&th.db.pool)
-    .await
-    .unwrap();
+    let (presence, enq_after): (String, chrono::DateTime<chrono::Utc>) =
+        sqlx::query_as("select a.presence, i.enqueued_at from agents a, interactions i where a.id = $1 and i.id = $2")
+            .bind(first.agent_id.unwrap())
+            .bind(a.interaction_id)
+            .fetch_one(&th.db.pool)
+            .await
+            .unwrap();
     assert_eq!(presence, "away");
     assert_eq!(enq_after, enq_a);
-    let kinds: Vec<String> =
-        sqlx::query_scalar("select kind from interaction_events where interaction_id = $1 order by id").bind(a.interaction_id).fetch_all(&th.db.pool).await.unwrap();
+    let kinds: Vec<String> = sqlx::query_scalar("select kind from interaction_events where interaction_id = $1 order by id")
+        .bind(a.interaction_id)
+        .fetch_all(&th.db.pool)
+        .await
+        .unwrap();
     let pos = |k: &str| kinds.iter().position(|x| x == k).unwrap_or_else(|| panic!("{k} missing in {kinds:?}"));
     assert!(pos("enqueued") < pos("offered") && pos("offered") < pos("offer_timeout") && pos("offer_timeout") < pos("requeued"));
     let _ = b;
@@ -223,7 +234,8 @@ async fn sticky_to_own_manager_then_fallback_and_screen_pop() {
     .await;
     assert_eq!(o["interaction_id"].as_str().unwrap(), a.interaction_id.to_string());
     // Manager away: the next one falls back at once.
-    let (st, _) = manager.call("PUT", &format!("/api/v1/agents/{}/presence", manager.agent_id.unwrap()), Some(json!({ "presence": "away" }))).await;
+    let (st, _) =
+        manager.call("PUT", &format!("/api/v1/agents/{}/presence", manager.agent_id.unwrap()), Some(json!({ "presence": "away" }))).await;
     assert_eq!(st, StatusCode::OK);
     let b = th.hub().ingest(inbound(Channel::Email, "mail-2", "a@example.com", "again")).await.unwrap();
     let o = eventually(10, || {
@@ -280,7 +292,8 @@ async fn transfers_to_agent_and_queue_and_ring_all() {
     let admin = user(&th, "root", &[Role::Admin], None).await;
     queue(&admin, json!({ "name": "default", "accept_timeout_secs": 60 })).await;
     let q2 = queue(&admin, json!({ "name": "second", "requirement": "vip", "accept_timeout_secs": 60 })).await;
-    let ring = queue(&admin, json!({ "name": "ring", "strategy": "ring_all", "entry_rules": [{ "to": "+49800*" }], "rule_order": 1 })).await;
+    let ring =
+        queue(&admin, json!({ "name": "ring", "strategy": "ring_all", "entry_rules": [{ "to": "+49800*" }], "rule_order": 1 })).await;
     let a1 = user(&th, "a1", &[Role::Agent], Some(json!({ "x": 1 }))).await;
     let a2 = user(&th, "a2", &[Role::Agent], Some(json!({ "vip": 2 }))).await;
     set_available(&a1).await;
@@ -292,7 +305,8 @@ async fn transfers_to_agent_and_queue_and_ring_all() {
     .await;
     a1.call("POST", &format!("/api/v1/offers/{}/accept", o["id"].as_str().unwrap()), None).await;
     // Transfer to a queue only a2 qualifies for; a2 comes online and gets it.
-    let (st, t) = a1.call("POST", &format!("/api/v1/interactions/{}/transfer", i.interaction_id), Some(json!({ "queue_id": q2["id"] }))).await;
+    let (st, t) =
+        a1.call("POST", &format!("/api/v1/interactions/{}/transfer", i.interaction_id), Some(json!({ "queue_id": q2["id"] }))).await;
     assert_eq!(st, StatusCode::OK, "{t}");
     assert_eq!(t["status"], "queued");
     set_available(&a2).await;
@@ -306,7 +320,8 @@ async fn transfers_to_agent_and_queue_and_ring_all() {
     // a1 lost access; a2 transfers straight back to a1.
     let (st, _) = a1.call("POST", &format!("/api/v1/interactions/{}/messages", i.interaction_id), Some(json!({ "body": "x" }))).await;
     assert!(st == StatusCode::FORBIDDEN || st == StatusCode::CONFLICT, "{st}");
-    let (st, t) = a2.call("POST", &format!("/api/v1/interactions/{}/transfer", i.interaction_id), Some(json!({ "agent_id": a1.agent_id }))).await;
+    let (st, t) =
+        a2.call("POST", &format!("/api/v1/interactions/{}/transfer", i.interaction_id), Some(json!({ "agent_id": a1.agent_id }))).await;
     assert_eq!(st, StatusCode::OK, "{t}");
     assert_eq!(t["status"], "offered");
     assert_eq!(offers_of(&a1).await.len(), 1);
@@ -360,10 +375,22 @@ async fn outbox_retries_with_backoff_then_fails_for_good() {
     .await;
     a.call("POST", &format!("/api/v1/offers/{}/accept", o["id"].as_str().unwrap()), None).await;
     *adapter.fail_next.lock().unwrap() = 2;
-    let (st, _) = a.call("POST", &format!("/api/v1/interactions/{}/messages", i.interaction_id), Some(json!({ "body": "answer", "idempotency_key": "k1" }))).await;
+    let (st, _) = a
+        .call(
+            "POST",
+            &format!("/api/v1/interactions/{}/messages", i.interaction_id),
+            Some(json!({ "body": "answer", "idempotency_key": "k1" })),
+        )
+        .await;
     assert_eq!(st, StatusCode::CREATED);
     // Same idempotency key: no second message.
-    let (st, _) = a.call("POST", &format!("/api/v1/interactions/{}/messages", i.interaction_id), Some(json!({ "body": "answer", "idempotency_key": "k1" }))).await;
+    let (st, _) = a
+        .call(
+            "POST",
+            &format!("/api/v1/interactions/{}/messages", i.interaction_id),
+            Some(json!({ "body": "answer", "idempotency_key": "k1" })),
+        )
+        .await;
     assert_eq!(st, StatusCode::CREATED);
     let (attempts, status): (i32, String) = eventually(20, || {
         let pool = th.db.pool.clone();
@@ -387,7 +414,8 @@ async fn outbox_retries_with_backoff_then_fails_for_good() {
         }
     })
     .await;
-    let failed: i64 = sqlx::query_scalar("select count(*) from interaction_events where kind = 'delivery_failed'").fetch_one(&th.db.pool).await.unwrap();
+    let failed: i64 =
+        sqlx::query_scalar("select count(*) from interaction_events where kind = 'delivery_failed'").fetch_one(&th.db.pool).await.unwrap();
     assert_eq!(failed, 1);
     th.stop().await;
 }

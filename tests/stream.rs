@@ -80,7 +80,8 @@ async fn stream_filters_by_role_and_assignment() {
     let offer = offer.expect("offer event");
     // Invariant 4: by the time anyone hears of the offer, it is committed.
     let offer_id: Uuid = offer["data"]["offer_id"].as_str().unwrap().parse().unwrap();
-    let state: Option<String> = sqlx::query_scalar("select state from offers where id = $1").bind(offer_id).fetch_optional(&th.db.pool).await.unwrap();
+    let state: Option<String> =
+        sqlx::query_scalar("select state from offers where id = $1").bind(offer_id).fetch_optional(&th.db.pool).await.unwrap();
     assert_eq!(state.as_deref(), Some("pending"));
     assert_eq!(offer["interaction_id"], out.interaction_id.to_string());
     assert_eq!(offer["customer_card"]["name"], "Ada Lovelace");

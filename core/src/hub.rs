@@ -293,14 +293,16 @@ impl Hub {
         // A message in an open conversation belongs to the customer already resolved for it:
         // skip the directory (the common case for chat and email threads).
         let known: Option<Option<Uuid>> = match &item.conversation_key {
-            Some(k) => sqlx::query_scalar(
-                "select customer_id from interactions where channel = $1 and conversation_key = $2
+            Some(k) => {
+                sqlx::query_scalar(
+                    "select customer_id from interactions where channel = $1 and conversation_key = $2
                  and status in ('queued','offered','active','wrap_up')",
-            )
-            .bind(channel.as_str())
-            .bind(k)
-            .fetch_optional(&self.0.pool)
-            .await?,
+                )
+                .bind(channel.as_str())
+                .bind(k)
+                .fetch_optional(&self.0.pool)
+                .await?
+            }
             None => None,
         };
         let resolved = match known {

@@ -215,9 +215,12 @@ async fn remove(State(hub): State<Hub>, caller: Caller, ApiPath(id): ApiPath<Uui
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// id, name, waiting, oldest wait, in service, answered today, within SLA, abandoned today, SLA %, SLA secs.
+type StatsRow = (Uuid, String, i64, Option<f64>, i64, i64, i64, i64, i32, i32);
+
 async fn stats(State(hub): State<Hub>, caller: Caller) -> CoreResult<Json<Vec<serde_json::Value>>> {
     caller.require(&[Role::Admin, Role::Supervisor, Role::Agent])?;
-    let rows: Vec<(Uuid, String, i64, Option<f64>, i64, i64, i64, i64, i32, i32)> = sqlx::query_as(
+    let rows: Vec<StatsRow> = sqlx::query_as(
         "select q.id, q.name,
             (select count(*) from interactions i where i.queue_id = q.id and i.status = 'queued'),
             (select extract(epoch from now() - min(i.enqueued_at))::float8 from interactions i where i.queue_id = q.id and i.status = 'queued'),
