@@ -443,6 +443,26 @@ impl ChannelAdapter for VoiceAdapter {
             hub.end_offer(a.offer_id, None, OfferEnd::Timeout).await?;
             return Ok(());
         };
+        // Ring-all: the engine bridges one agent leg per call, so of the simultaneous offers
+        // only the first (by creation, then id — the same answer on every node) rings; the
+        // others are declined at once, which leaves those agents available (a timeout
+        // would mark them not-ready).
+        if a.ring_all {
+            let first: Option<Uuid> = sqlx::query_scalar(
+                "select id from offers where interaction_id = $1 and state = 'pending' and ring_all order by created_at, id limit 1",
+            )
+            .bind(a.interaction_id)
+            .fetch_optional(hub.db())
+            .await
+            .map_err(|e| AdapterError::Temporary(e.to_string()))?;
+            if first.is_some_and(|f| f != a.offer_id) {
+                match hub.end_offer(a.offer_id, None, OfferEnd::Declined).await {
+                    Ok(()) | Err(switchboard_core::CoreError::Conflict(_)) => {}
+                    Err(e) => return Err(e.into()),
+                }
+                return Ok(());
+            }
+        }
         // A transfer of a bridged call: end the current agent leg first (same command
         // channel, so the engine sees the release before the ring).
         if self.state.release(a.interaction_id) {
