@@ -64,5 +64,5 @@ fi
 if [ -f tests/browser/package.json ]; then
   echo "==> browser tests (headless Chromium)"
   cargo build --quiet --bin switchboard
-  (cd tests/browser && SWITCHBOARD_BIN="$ROOT/target/debug/switchboard" node --test --test-concurrency=1 ./*.test.mjs)
+  (cd tests/browser && SWITCHBOARD_BIN="${CARGO_TARGET_DIR:-$ROOT/target}/debug/switchboard" node --test --test-concurrency=1 ./*.test.mjs)
 fi
