@@ -95,12 +95,7 @@ pub async fn start_with(settings: Settings, database: Database) -> CoreResult<Ru
 
     // Event listener first, so nothing committed after start is missed.
     let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
-    tasks.push(tokio::spawn(hub.bus().clone().run_listener(
-        database.options.clone(),
-        database.pool.clone(),
-        shutdown_rx.clone(),
-        ready_tx,
-    )));
+    tasks.push(tokio::spawn(hub.bus().clone().run_listener(database.pool.clone(), shutdown_rx.clone(), ready_tx)));
     let _ = tokio::time::timeout(std::time::Duration::from_secs(10), ready_rx).await;
 
     // Channel adapters.

@@ -189,11 +189,9 @@ async fn run(cli: Cli) -> Result<(), String> {
         }
         Command::Migrate(c) => {
             let s = load(&c)?;
-            let mut db = switchboard::open_database(&s).await.map_err(|e| e.to_string())?;
+            // Dropping the database at the end of the arm stops an embedded cluster.
+            let _db = switchboard::open_database(&s).await.map_err(|e| e.to_string())?;
             println!("Migrations applied.");
-            if let Some(mut pg) = db.embedded.take() {
-                pg.stop();
-            }
         }
         Command::Demo(c) => {
             let mut s = load(&c)?;
@@ -243,7 +241,7 @@ async fn run(cli: Cli) -> Result<(), String> {
             };
             switchboard_core::skills::validate_skills(&skills)?;
             let password = read_password()?;
-            let mut db = switchboard::open_database(&s).await.map_err(|e| e.to_string())?;
+            let db = switchboard::open_database(&s).await.map_err(|e| e.to_string())?;
             let u = switchboard_core::auth::create_user(
                 &db.pool,
                 None,
@@ -264,15 +262,12 @@ async fn run(cli: Cli) -> Result<(), String> {
                     .map_err(|e| e.to_string())?;
             }
             println!("Created user {} ({}) with roles {}", u.username, u.id, u.roles.join(","));
-            if let Some(mut pg) = db.embedded.take() {
-                pg.stop();
-            }
         }
         Command::Crm { command: CrmCommand::Import { common, file } } => {
             let s = load(&common)?;
             let crm = switchboard_crm::Settings::from_toml(s.crm.clone()).map_err(|e| e.to_string())?;
             let f = std::fs::File::open(&file).map_err(|e| format!("{}: {e}", file.display()))?;
-            let mut db = switchboard::open_database(&s).await.map_err(|e| e.to_string())?;
+            let db = switchboard::open_database(&s).await.map_err(|e| e.to_string())?;
             let report =
                 switchboard_crm::import_csv_with(&db.pool, &crm, std::io::BufReader::new(f), |d, t| progress_bar("importing", d, t))
                     .await
@@ -282,25 +277,19 @@ async fn run(cli: Cli) -> Result<(), String> {
             for e in &report.errors {
                 println!("  line {}: {}{}", e.line, e.field.as_deref().map(|f| format!("{f}: ")).unwrap_or_default(), e.reason);
             }
-            if let Some(mut pg) = db.embedded.take() {
-                pg.stop();
-            }
         }
         Command::Kb { command: KbCommand::Reindex { common } } => {
             let s = load(&common)?;
-            let mut db = switchboard::open_database(&s).await.map_err(|e| e.to_string())?;
+            let db = switchboard::open_database(&s).await.map_err(|e| e.to_string())?;
             let n = switchboard_kb::reindex(&db.pool, s.kb.clone(), |d, t| progress_bar("reindexing", d, t))
                 .await
                 .map_err(|e| e.to_string())?;
             eprintln!();
             println!("{n} articles indexed.");
-            if let Some(mut pg) = db.embedded.take() {
-                pg.stop();
-            }
         }
         Command::Token { command: TokenCommand::Create { common, username, name } } => {
             let s = load(&common)?;
-            let mut db = switchboard::open_database(&s).await.map_err(|e| e.to_string())?;
+            let db = switchboard::open_database(&s).await.map_err(|e| e.to_string())?;
             let uid: Option<uuid::Uuid> = sqlx::query_scalar("select id from users where username = $1")
                 .bind(&username)
                 .fetch_optional(&db.pool)
@@ -309,9 +298,6 @@ async fn run(cli: Cli) -> Result<(), String> {
             let uid = uid.ok_or_else(|| format!("no user `{username}`"))?;
             let (id, secret) = switchboard_core::auth::create_token(&db.pool, uid, &name, None).await.map_err(|e| e.to_string())?;
             println!("Token {id} for {username}:\n{secret}\n(store it now; it is not shown again)");
-            if let Some(mut pg) = db.embedded.take() {
-                pg.stop();
-            }
         }
     }
     Ok(())

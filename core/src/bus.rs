@@ -6,7 +6,7 @@
 use crate::error::CoreResult;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use sqlx::postgres::{PgConnectOptions, PgListener};
+use sqlx::postgres::PgListener;
 use sqlx::{PgConnection, PgPool};
 use std::sync::Arc;
 use tokio::sync::broadcast;
@@ -108,17 +108,6 @@ pub async fn record(conn: &mut PgConnection, e: NewEvent) -> CoreResult<HubEvent
     Ok(row.ev)
 }
 
-/// Sends the NOTIFY for an already inserted event row.
-pub async fn notify(conn: &mut PgConnection, ev: &HubEvent) -> CoreResult<()> {
-    let mut payload = serde_json::to_string(ev).unwrap_or_default();
-    // NOTIFY payloads must stay under 8000 bytes; large events travel by id.
-    if payload.len() > 7000 {
-        payload = serde_json::json!({ "ref": ev.id }).to_string();
-    }
-    sqlx::query("select pg_notify($1, $2)").bind(NOTIFY_CHANNEL).bind(payload).execute(conn).await?;
-    Ok(())
-}
-
 #[derive(Deserialize)]
 #[serde(untagged)]
 enum Payload {
@@ -162,7 +151,6 @@ impl EventBus {
     /// during a reconnect are read back from the table by id.
     pub async fn run_listener(
         self,
-        options: PgConnectOptions,
         pool: PgPool,
         mut shutdown: tokio::sync::watch::Receiver<bool>,
         ready: tokio::sync::oneshot::Sender<()>,
@@ -180,7 +168,6 @@ impl EventBus {
                     }
                 }
             };
-            let _ = &options;
             if let Err(e) = listener.listen(NOTIFY_CHANNEL).await {
                 tracing::warn!(error = %e, "LISTEN failed; retrying.");
                 continue;

@@ -112,6 +112,14 @@ pub struct IngestOutcome {
     pub created: bool,
 }
 
+#[derive(sqlx::FromRow)]
+struct PreIngest {
+    interaction_id: Option<Uuid>,
+    message_id: Option<Uuid>,
+    open_conversation: bool,
+    customer_id: Option<Uuid>,
+}
+
 pub(crate) struct HubInner {
     pub(crate) pool: PgPool,
     pub(crate) bus: EventBus,
@@ -286,27 +294,30 @@ impl Hub {
         if let Some(r) = &item.requirement {
             crate::skills::SkillExpr::parse(r).map_err(|e| CoreError::field("requirement", e.to_string()))?;
         }
-        // Fast replay check before touching the CRM.
-        if let Some(dup) = self.find_duplicate(channel, &item.dedupe_key).await? {
-            return Ok(dup);
+        // One round trip before the transaction: is this a replay, and does an open
+        // conversation already know the customer (then the directory is skipped — the
+        // common case for chat and email threads)?
+        let pre: PreIngest = sqlx::query_as(
+            "select d.interaction_id, d.message_id, c.interaction_id is not null as open_conversation, c.customer_id
+             from (select 1) x
+             left join inbound_items d on d.channel = $1 and d.dedupe_key = $2
+             left join lateral (
+                 select id as interaction_id, customer_id from interactions
+                  where $3::text is not null and channel = $1 and conversation_key = $3
+                    and status in ('queued','offered','active','wrap_up') limit 1
+             ) c on true",
+        )
+        .bind(channel.as_str())
+        .bind(&item.dedupe_key)
+        .bind(&item.conversation_key)
+        .fetch_one(&self.0.pool)
+        .await?;
+        if let Some(interaction_id) = pre.interaction_id {
+            self.0.metrics.inc_ingested(channel, true);
+            return Ok(IngestOutcome { interaction_id, message_id: pre.message_id, customer_id: None, duplicate: true, created: false });
         }
-        // A message in an open conversation belongs to the customer already resolved for it:
-        // skip the directory (the common case for chat and email threads).
-        let known: Option<Option<Uuid>> = match &item.conversation_key {
-            Some(k) => {
-                sqlx::query_scalar(
-                    "select customer_id from interactions where channel = $1 and conversation_key = $2
-                 and status in ('queued','offered','active','wrap_up')",
-                )
-                .bind(channel.as_str())
-                .bind(k)
-                .fetch_optional(&self.0.pool)
-                .await?
-            }
-            None => None,
-        };
-        let resolved = match known {
-            Some(Some(id)) => Ok(Some(ResolvedCustomer { id, own_manager: None, language: None })),
+        let resolved = match (pre.open_conversation, pre.customer_id) {
+            (true, Some(id)) => Ok(Some(ResolvedCustomer { id, own_manager: None, language: None })),
             _ => self.directory().resolve(channel, &item.from, &item.hints).await,
         };
         let customer = match resolved {
@@ -333,22 +344,6 @@ impl Hub {
                 Err(e) => return Err(e),
             }
         }
-    }
-
-    async fn find_duplicate(&self, channel: Channel, key: &str) -> CoreResult<Option<IngestOutcome>> {
-        let row: Option<(Uuid, Option<Uuid>)> =
-            sqlx::query_as("select interaction_id, message_id from inbound_items where channel = $1 and dedupe_key = $2")
-                .bind(channel.as_str())
-                .bind(key)
-                .fetch_optional(&self.0.pool)
-                .await?;
-        Ok(row.map(|(interaction_id, message_id)| IngestOutcome {
-            interaction_id,
-            message_id,
-            customer_id: None,
-            duplicate: true,
-            created: false,
-        }))
     }
 
     async fn ingest_tx(&self, channel: Channel, item: &InboundItem, customer: Option<&ResolvedCustomer>) -> CoreResult<IngestOutcome> {

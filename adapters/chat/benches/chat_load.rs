@@ -94,7 +94,7 @@ async fn serve(url: String) {
     let hub = Hub::new(pool.clone(), settings);
     let (shutdown, shutdown_rx) = tokio::sync::watch::channel(false);
     let (ready_tx, ready_rx) = oneshot::channel();
-    tokio::spawn(hub.bus().clone().run_listener(options.clone(), pool.clone(), shutdown_rx.clone(), ready_tx));
+    tokio::spawn(hub.bus().clone().run_listener(pool.clone(), shutdown_rx.clone(), ready_tx));
     let _ = ready_rx.await;
     let table: toml::Value = toml::Value::Table(
         "type = \"webchat\"\nname = \"web\"\nrate_limit_per_10s = 100000\nsessions_per_minute_per_ip = 1000000\nping_interval_secs = 300"
