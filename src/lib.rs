@@ -127,6 +127,13 @@ pub async fn start_with(settings: Settings, database: Database) -> CoreResult<Ru
         .await
         .map_err(|e| CoreError::Internal(format!("cannot listen on {}: {e}", settings.http.bind)))?;
     let addr = listener.local_addr().map_err(|e| CoreError::Internal(e.to_string()))?;
+    // Chat and stream frames are small writes in quick succession (an entry, then its
+    // ack): without TCP_NODELAY the second waits for the peer's delayed ACK (~40 ms).
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp: &mut tokio::net::TcpStream| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "Could not set TCP_NODELAY.");
+        }
+    });
     let mut srv_shutdown = shutdown_rx.clone();
     tasks.push(tokio::spawn(async move {
         let r = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())

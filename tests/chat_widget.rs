@@ -14,12 +14,16 @@ use uuid::Uuid;
 
 type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
+fn chat_table(dir: &std::path::Path, extra: &str) -> toml::Value {
+    toml::Value::Table(
+        format!("type = \"webchat\"\nname = \"web\"\nattachments_dir = \"{}\"\n{extra}", dir.display()).parse().expect("chat toml"),
+    )
+}
+
 /// A hub with a webchat channel; `extra` adds TOML keys to the channel table.
 async fn chat_hub(extra: &str) -> (TestHub, std::path::PathBuf) {
     let dir = std::env::temp_dir().join(format!("sb-chat-test-{}", Uuid::new_v4().simple()));
-    let table: toml::Value = toml::Value::Table(
-        format!("type = \"webchat\"\nname = \"web\"\nattachments_dir = \"{}\"\n{extra}", dir.display()).parse().expect("chat toml"),
-    );
+    let table = chat_table(&dir, extra);
     // The binary builds adapters from settings.channels; check the registry accepts it.
     switchboard::registry().build(0, table.clone()).expect("webchat adapter builds");
     let th = spawn_hub_with(|s| s.channels.push(table)).await;
@@ -605,5 +609,61 @@ async fn after_hours_shows_the_offline_form_and_origins_are_enforced() {
     let mut req = format!("{}/chat/v1/ws", th.url.replacen("http", "ws", 1)).into_client_request().unwrap();
     req.headers_mut().insert("origin", "https://evil.example".parse().unwrap());
     assert!(tokio_tungstenite::connect_async(req).await.is_err(), "a foreign origin cannot open the socket");
+    th.stop().await;
+}
+
+/// Two hub nodes on one database: the visitor's socket is on node B while its HTTP
+/// fallback message and the agent's typing go through node A, and the visitor types on
+/// node B while the agent's inbox listens on node A. Everything crosses at once, not on
+/// the next reconnect.
+#[tokio::test]
+async fn two_nodes_share_fallback_messages_and_typing() {
+    let (th, dir) = chat_hub("").await;
+    default_queue(&th, json!({})).await;
+    let alice = setup_agent(&th, "alice", "available").await;
+    let node_b = spawn_node_with(&th.db, |s| s.channels.push(chat_table(&dir, ""))).await;
+    let mut events_a = th.hub().events();
+
+    let (v, _) = Visitor::start(&th.url, json!({})).await;
+    let on_b = Visitor { base: node_b.url(), token: v.token.clone(), conversation: v.conversation, http: reqwest::Client::new() };
+    let (mut ws_b, _) = on_b.connect(0).await;
+    send(&mut ws_b, json!({ "type": "message", "client_msg_id": "m1", "body": "one" })).await;
+    assert_eq!(frames_until(&mut ws_b, "ack").await.last().unwrap()["seq"], 1);
+    let i = accept_offer(&alice).await;
+    let iid = i["id"].as_str().unwrap().to_string();
+    frames_until(&mut ws_b, "agent_joined").await;
+
+    // A message sent through node A's HTTP fallback appears on node B's socket.
+    let (st, ack) = v.post("/chat/v1/messages", json!({ "client_msg_id": "via-a", "body": "two" })).await;
+    assert_eq!((st, ack["seq"].as_i64()), (StatusCode::OK, Some(2)), "{ack}");
+    loop {
+        let f = next_frame(&mut ws_b).await;
+        if f["type"] == "message" && f["seq"] == 2 {
+            assert_eq!((f["body"].as_str(), f["from"].as_str()), (Some("two"), Some("visitor")));
+            break;
+        }
+    }
+
+    // The agent types through node A; the widget on node B shows it.
+    let (st, b) =
+        alice.call("POST", "/chat/v1/agent-signal", Some(json!({ "interaction_id": iid, "kind": "typing", "active": true }))).await;
+    assert_eq!(st, StatusCode::NO_CONTENT, "{b}");
+    assert_eq!(frames_until(&mut ws_b, "typing").await.last().unwrap()["active"], true);
+
+    // The visitor types on node B; node A's event stream (the agent's inbox) hears it.
+    send(&mut ws_b, json!({ "type": "typing", "active": true })).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let ev = tokio::time::timeout_at(deadline, events_a.recv()).await.expect("visitor typing on node A").expect("bus");
+        if ev.kind == "typing" && ev.data["by"] == "visitor" && ev.interaction_id.map(|i| i.to_string()) == Some(iid.clone()) {
+            assert_eq!(ev.data["active"], true);
+            break;
+        }
+    }
+    // Typing is not stored.
+    let stored: i64 =
+        sqlx::query_scalar("select count(*) from interaction_events where kind = 'typing'").fetch_one(th.hub().db()).await.unwrap();
+    assert_eq!(stored, 0);
+    node_b.stop().await;
     th.stop().await;
 }

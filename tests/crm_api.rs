@@ -1,6 +1,8 @@
 //! End-to-end tests of the CRM through a running hub: identity resolution across
 //! channels and merge, phone normalization errors, concurrent resolution of one new
-//! address, CSV import with good and bad rows (and re-import), erasure, tasks, roles.
+//! address, CSV import with good and bad rows (and re-import), import jobs resumed after
+//! a node stops, multi-address export round trip, paged duplicate suggestions, erasure,
+//! tasks, roles.
 
 mod support;
 
@@ -336,5 +338,212 @@ async fn follow_up_tasks_inbox_and_duplicate_suggestions() {
     // Route docs are in the OpenAPI document.
     let (_, doc) = sup.call("GET", "/api/openapi.json", None).await;
     assert!(doc["paths"]["/api/v1/customers/{id}/merge"]["post"].is_object());
+    th.stop().await;
+}
+
+async fn job_row(th: &TestHub, job: Uuid) -> (String, i64, i64, i64, i64, i64, i32, Option<String>) {
+    sqlx::query_as("select status, total, done, created, updated, rejected, resumed, failure from crm_import_jobs where id = $1")
+        .bind(job)
+        .fetch_one(th.hub().db())
+        .await
+        .expect("job row")
+}
+
+#[tokio::test]
+async fn import_jobs_left_running_by_a_stopped_node_are_resumed_where_they_stopped() {
+    let th = spawn_hub().await;
+    let db = th.hub().db().clone();
+    let header = "external_id,name,phone\n";
+    let rows = [
+        "R1,Rae One,(202) 555-0111",
+        "R2,Rae Two,(202) 555-0112",
+        "R3,Rae Three,(202) 555-0113",
+        "R4,Rae Four,bad",
+        "R5,Rae Five,(202) 555-0115",
+    ];
+    let file = format!("{header}{}\n", rows.join("\n"));
+
+    // A node crashed after committing the first batch (two rows) of this job: the rows and
+    // the job's progress are in the database, the job still says running.
+    let first = format!("{header}{}\n", rows[..2].join("\n"));
+    switchboard_crm::import_csv(&db, first.as_bytes(), |_, _| {}).await.expect("first batch");
+    let crashed = switchboard_crm::jobs::create_job(&db, None, file.as_bytes()).await.expect("job");
+    sqlx::query("update crm_import_jobs set total = 5, done = 2, created = 2 where id = $1")
+        .bind(crashed)
+        .execute(&db)
+        .await
+        .expect("progress");
+    // A job from before imports were resumable: no file kept.
+    let old: Uuid = sqlx::query_scalar("insert into crm_import_jobs default values returning id").fetch_one(&db).await.expect("old job");
+    // A job a live worker is running (it holds the job's lock).
+    let held = switchboard_crm::jobs::create_job(&db, None, b"external_id,name\nH1,Held One\n").await.expect("held job");
+    let mut worker = db.acquire().await.expect("conn").detach();
+    sqlx::query("select pg_advisory_lock($1, hashtext($2::text))")
+        .bind(switchboard_crm::jobs::IMPORT_LOCK_NAMESPACE)
+        .bind(held)
+        .execute(&mut worker)
+        .await
+        .expect("lock");
+
+    // Another node starts: it claims the orphans while starting.
+    let node = spawn_node(&th.db).await;
+    let (status, .., failure) = job_row(&th, old).await;
+    assert_eq!(status, "failed");
+    assert_eq!(failure.as_deref(), Some(switchboard_crm::jobs::NO_DATA_REASON));
+    let sup = user(&th, "sue", &[Role::Supervisor], None).await;
+    let job = wait_job(&sup, &crashed.to_string()).await;
+    assert_eq!(job["status"], "done", "{job}");
+    // Resumed after row 2: rows 3 and 5 created, row 4 rejected, rows 1-2 not redone
+    // (a restart from the top would count them as updated).
+    let (_, total, done, created, updated, rejected, resumed, _) = job_row(&th, crashed).await;
+    assert_eq!((total, done, created, updated, rejected, resumed), (5, 5, 4, 0, 1, 1));
+    assert_eq!(job["errors"][0]["line"], 5, "{job}");
+    assert_eq!(job["resumed"], 1, "{job}");
+    assert_eq!(count(&th, "select count(*) from customers where external_id like 'R%'").await, 4);
+    assert_eq!(count(&th, &format!("select count(*) from crm_import_job_data where job_id = '{crashed}'")).await, 0, "file dropped");
+
+    // The held job was left to its worker...
+    let (status, .., resumed, _) = job_row(&th, held).await;
+    assert_eq!((status.as_str(), resumed), ("running", 0));
+    assert_eq!(count(&th, "select count(*) from customers where external_id = 'H1'").await, 0);
+    // ...and once that worker is gone, the next node to start finishes it.
+    sqlx::Connection::close(worker).await.expect("worker gone");
+    let node2 = spawn_node(&th.db).await;
+    let job = wait_job(&sup, &held.to_string()).await;
+    assert_eq!((job["status"].as_str(), job["created"].as_i64()), (Some("done"), Some(1)), "{job}");
+    node2.stop().await;
+    node.stop().await;
+    th.stop().await;
+}
+
+#[tokio::test]
+async fn duplicate_suggestions_are_paged_and_groups_disappear_once_merged() {
+    let th = spawn_hub().await;
+    let sup = user(&th, "sue", &[Role::Supervisor], None).await;
+    let mk = |name: &str, ids: Value, birthday: Option<&str>| json!({ "name": name, "identities": ids, "birthday": birthday });
+    let mut ids = std::collections::HashMap::new();
+    for (name, idents, birthday) in [
+        ("Jo Ann", json!([{ "kind": "email", "address": "Jo.Ann+shop@example.com" }]), None),
+        ("Joann", json!([{ "kind": "email", "address": "joann@example.com" }]), None),
+        ("Pat UK", json!([{ "kind": "phone", "address": "+44 20 7946 0958" }]), None),
+        ("Pat US", json!([{ "kind": "phone", "address": "+1 207 946 0958" }]), None),
+        ("Lee Park", json!([]), Some("1985-03-04")),
+        ("lee  park", json!([]), Some("1985-03-04")),
+        ("Lee Park", json!([]), Some("1985-03-05")),
+        (
+            "Other One",
+            json!([{ "kind": "email", "address": "other1@example.com" }, { "kind": "phone", "address": "(202) 555-0101" }]),
+            None,
+        ),
+        (
+            "Other Two",
+            json!([{ "kind": "email", "address": "other2@example.com" }, { "kind": "phone", "address": "(202) 555-0102" }]),
+            None,
+        ),
+    ] {
+        let (st, c) = sup.call("POST", "/api/v1/customers", Some(mk(name, idents, birthday))).await;
+        assert_eq!(st, StatusCode::CREATED, "{c}");
+        ids.insert(c["id"].as_str().expect("id").to_string(), name.to_string());
+    }
+
+    // One group per page, followed to the end.
+    let mut groups: Vec<(String, Vec<String>)> = Vec::new();
+    let mut after = 0;
+    for _ in 0..10 {
+        let (st, page) = sup.call("GET", &format!("/api/v1/customers/duplicates?limit=1&after={after}"), None).await;
+        assert_eq!(st, StatusCode::OK, "{page}");
+        for g in page["items"].as_array().expect("items") {
+            let mut names: Vec<String> =
+                g["customers"].as_array().expect("customers").iter().map(|c| ids[c["id"].as_str().expect("id")].clone()).collect();
+            names.sort();
+            groups.push((g["reason"].as_str().expect("reason").to_string(), names));
+        }
+        match page["next_after"].as_i64() {
+            Some(n) => after = n,
+            None => break,
+        }
+    }
+    groups.sort();
+    assert_eq!(
+        groups,
+        vec![
+            ("same email".to_string(), vec!["Jo Ann".to_string(), "Joann".to_string()]),
+            ("same name and birthday".to_string(), vec!["Lee Park".to_string(), "lee  park".to_string()]),
+            ("same phone number".to_string(), vec!["Pat UK".to_string(), "Pat US".to_string()]),
+        ]
+    );
+
+    // Merged, the email group is no longer suggested, and its key leaves the work list.
+    let jo = ids.iter().find(|(_, n)| *n == "Jo Ann").map(|(id, _)| id.clone()).expect("jo");
+    let joann = ids.iter().find(|(_, n)| *n == "Joann").map(|(id, _)| id.clone()).expect("joann");
+    let (st, m) = sup.call("POST", &format!("/api/v1/customers/{jo}/merge"), Some(json!({ "other_id": joann }))).await;
+    assert_eq!(st, StatusCode::OK, "{m}");
+    let (_, page) = sup.call("GET", "/api/v1/customers/duplicates", None).await;
+    let reasons: Vec<&str> = page["items"].as_array().expect("items").iter().filter_map(|g| g["reason"].as_str()).collect();
+    assert_eq!(reasons.len(), 2, "{page}");
+    assert!(!reasons.contains(&"same email"), "{page}");
+    assert_eq!(page["next_after"], Value::Null);
+    assert_eq!(count(&th, "select count(*) from crm_duplicate_keys where reason = 'email'").await, 0);
+
+    let (st, p) = sup.call("GET", "/api/v1/customers/duplicates?after=-1", None).await;
+    assert_eq!(st, StatusCode::UNPROCESSABLE_ENTITY, "{p}");
+    assert_eq!(p["field"], "after");
+    th.stop().await;
+}
+
+#[tokio::test]
+async fn csv_export_holds_every_phone_and_email_and_imports_back() {
+    let th = spawn_hub().await;
+    let sup = user(&th, "sue", &[Role::Supervisor], None).await;
+    let (st, c) = sup
+        .call(
+            "POST",
+            "/api/v1/customers",
+            Some(json!({ "name": "Multi Contact", "external_id": "M1", "identities": [
+                { "kind": "phone", "address": "(415) 555-0101" }, { "kind": "phone", "address": "(415) 555-0102" },
+                { "kind": "email", "address": "multi@example.com" }, { "kind": "email", "address": "m.c@example.org" },
+                { "kind": "chat", "address": "visitor-9" }] })),
+        )
+        .await;
+    assert_eq!(st, StatusCode::CREATED, "{c}");
+    let id = c["id"].as_str().expect("id").to_string();
+    let (st, _) = sup
+        .call(
+            "POST",
+            "/api/v1/customers",
+            Some(json!({ "name": "Single", "identities": [{ "kind": "phone", "address": "(415) 555-0199" }] })),
+        )
+        .await;
+    assert_eq!(st, StatusCode::CREATED);
+
+    let (st, csv, _) = sup.raw("GET", "/api/v1/customers/export.csv", None, vec![]).await;
+    assert_eq!(st, StatusCode::OK);
+    let csv = csv.as_str().expect("csv").to_string();
+    // No cell of these rows needs CSV quoting, so splitting on commas reads them.
+    let header: Vec<&str> = csv.lines().next().expect("header").split(',').collect();
+    let col = |name: &str| header.iter().position(|h| *h == name).expect(name);
+    let multi: Vec<&str> = csv.lines().find(|l| l.starts_with(id.as_str())).expect("multi row").split(',').collect();
+    assert_eq!(multi[col("phone")], "+14155550101;+14155550102", "{csv}");
+    assert_eq!(multi[col("email")], "m.c@example.org;multi@example.com", "{csv}");
+
+    // Lose the second number and address, then import the export: they come back, on the
+    // same customer, and nothing is created or rejected.
+    let before = count(&th, "select count(*) from customer_identities").await;
+    for addr in ["+14155550102", "multi@example.com"] {
+        let identity: Uuid = sqlx::query_scalar("select id from customer_identities where address = $1")
+            .bind(addr)
+            .fetch_one(th.hub().db())
+            .await
+            .expect("identity");
+        let (st, _) = sup.call("DELETE", &format!("/api/v1/customers/{id}/identities/{identity}"), None).await;
+        assert_eq!(st, StatusCode::NO_CONTENT);
+    }
+    assert_eq!(count(&th, "select count(*) from customer_identities").await, before - 2);
+    let (st, r, _) = sup.raw("POST", "/api/v1/customers/import", Some("text/csv"), csv.into_bytes()).await;
+    assert_eq!(st, StatusCode::ACCEPTED, "{r}");
+    let job = wait_job(&sup, r["job_id"].as_str().expect("job id")).await;
+    assert_eq!((job["created"].as_i64(), job["updated"].as_i64(), job["rejected"].as_i64()), (Some(0), Some(2), Some(0)), "{job}");
+    assert_eq!(count(&th, "select count(*) from customer_identities").await, before);
+    assert_eq!(count(&th, &format!("select count(*) from customer_identities where customer_id = '{id}'")).await, 5);
     th.stop().await;
 }

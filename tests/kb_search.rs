@@ -1,8 +1,9 @@
 //! Knowledge base end to end through the HTTP API, written once and run against both
 //! search backends: PostgreSQL full text always, Meilisearch when `MEILISEARCH_URL` is
 //! set (optional `MEILISEARCH_API_KEY`). Covers typo tolerance, filters and locales,
-//! visibility of unpublished articles, the outbox catching up after a backend outage,
-//! deletion, agent assist, safe Markdown, attachments and the full reindex.
+//! configured synonyms and stop words, visibility of unpublished articles, the outbox
+//! catching up after a backend outage, deletion, agent assist and who may ask for it,
+//! safe Markdown, attachments and the full reindex.
 
 mod support;
 
@@ -112,6 +113,10 @@ async fn login(h: &Harness, name: &str, roles: &[Role], agent: bool) -> Client {
     Client::login(&h.url, name, "test-password-1").await
 }
 
+async fn agent_id(h: &Harness, name: &str) -> Uuid {
+    sqlx::query_scalar("select id from agents where name = $1").bind(name).fetch_one(h.hub.db()).await.expect("agent id")
+}
+
 async fn create(c: &Client, body: Value) -> Value {
     let (st, a) = c.call("POST", "/api/v1/kb/articles", Some(body)).await;
     assert_eq!(st, StatusCode::CREATED, "{a}");
@@ -147,6 +152,8 @@ async fn suite(cfg: KbConfig, broken: Option<KbConfig>) {
     let h = spawn(cfg, broken).await;
     let ken = login(&h, "ken", &[Role::KbEditor], false).await;
     let alice = login(&h, "alice", &[Role::Agent], true).await;
+    let bob = login(&h, "bob", &[Role::Agent], true).await;
+    let sue = login(&h, "sue", &[Role::Supervisor], false).await;
     let portal = Client::anonymous(&h.url);
 
     let reset = create(
@@ -181,6 +188,20 @@ async fn suite(cfg: KbConfig, broken: Option<KbConfig>) {
                 "body": "Outdated password reset steps." }),
     )
     .await;
+    // Synonyms: the en vocabulary makes "shipment", "parcel" and "package delivery" one
+    // meaning; neither article contains the other's word.
+    let parcel = create(
+        &ken,
+        json!({ "title": "Where is my parcel?", "category": "shipping", "locale": "en", "status": "published",
+                "body": "Follow your parcel with the tracking link in the confirmation message." }),
+    )
+    .await;
+    let shipment = create(
+        &ken,
+        json!({ "title": "Holiday delays", "category": "shipping", "locale": "en", "status": "published",
+                "body": "Around holidays a shipment can take two extra days." }),
+    )
+    .await;
     let xss = create(
         &ken,
         json!({ "title": "Formatting <b>test</b>", "locale": "en", "status": "published",
@@ -200,6 +221,31 @@ async fn suite(cfg: KbConfig, broken: Option<KbConfig>) {
     assert!(hit["snippet_html"].as_str().unwrap().contains("<mark>"), "{hit}");
     let r = search(&alice, "q=formatting").await;
     assert!(r["items"][0]["title_html"].as_str().unwrap().contains("&lt;b&gt;"), "{r}");
+
+    // Configured synonyms, both ways, multi-word ones included; configured stop words
+    // are ignored (no article contains "please").
+    for (q, expect) in [
+        ("q=shipment", &parcel),
+        ("q=parcel", &shipment),
+        ("q=package%20delivery", &parcel),
+        ("q=package%20delivery", &shipment),
+        ("q=please%20shipment", &parcel),
+        ("q=parcel&locale=en", &shipment),
+    ] {
+        let r = search(&alice, q).await;
+        assert!(ids(&r).contains(&expect["id"].as_str().unwrap().to_string()), "{q}: {r}");
+        assert!(!ids(&r).contains(&billing["id"].as_str().unwrap().to_string()), "{q}: {r}");
+    }
+    // An excluded word is literal, and the misspelling fallback honours it too.
+    let r = search(&alice, "q=parcel%20-shipment").await;
+    assert_eq!(ids(&r), vec![parcel["id"].as_str().unwrap().to_string()], "{r}");
+    let r = search(&alice, "q=holliday").await;
+    assert_eq!(ids(&r), vec![shipment["id"].as_str().unwrap().to_string()], "{r}");
+    let r = search(&alice, "q=holliday%20-shipment").await;
+    assert!(ids(&r).is_empty(), "{r}");
+    // Only the language's stop words ("where" in English) still finds the title.
+    let r = search(&alice, "q=Where&locale=en").await;
+    assert_eq!(titles(&r).first().map(String::as_str), Some("Where is my parcel?"), "{r}");
 
     // Filters and locales.
     let r = search(&alice, "category=billing").await;
@@ -245,18 +291,31 @@ async fn suite(cfg: KbConfig, broken: Option<KbConfig>) {
     let (st, _) = alice.call("POST", "/api/v1/kb/articles", Some(json!({ "title": "nope" }))).await;
     assert_eq!(st, StatusCode::FORBIDDEN);
 
-    // Agent assist: the latest inbound message of an interaction.
+    // Agent assist: the latest inbound message of an interaction, for the agent it is
+    // offered to (and supervisors), nobody else.
     let out =
         h.hub.ingest(inbound(Channel::Chat, "kb-1", "visitor-1", "Hi! I forgot my password, how do I reset it?")).await.expect("ingest");
-    let (st, s) = alice.call("GET", &format!("/api/v1/kb/suggest?interaction_id={}", out.interaction_id), None).await;
+    let suggest = format!("/api/v1/kb/suggest?interaction_id={}", out.interaction_id);
+    let (st, s) = alice.call("GET", &suggest, None).await;
+    assert_eq!(st, StatusCode::NOT_FOUND, "not offered to alice yet: {s}");
+    h.hub.transfer_to_agent(out.interaction_id, None, agent_id(&h, "alice").await).await.expect("offer to alice");
+    let (st, s) = bob.call("GET", &suggest, None).await;
+    assert_eq!(st, StatusCode::NOT_FOUND, "offered to alice, not bob: {s}");
+    assert!(s.get("items").is_none(), "{s}");
+    let (st, s) = sue.call("GET", &suggest, None).await;
+    assert_eq!(st, StatusCode::OK, "supervisors see every interaction: {s}");
+    assert_eq!(s["items"][0]["title"], "Password reset", "{s}");
+    let (st, s) = alice.call("GET", &suggest, None).await;
     assert_eq!(st, StatusCode::OK, "{s}");
     let items = s["items"].as_array().unwrap();
     assert!(!items.is_empty() && items.len() <= 3, "{s}");
     assert_eq!(items[0]["title"], "Password reset", "{s}");
     assert!(items[0]["url"].as_str().unwrap().contains(reset["id"].as_str().unwrap()));
     assert!(items.iter().all(|i| i["id"] != draft["id"] && i["excerpt"].is_string()), "{s}");
-    let (st, _) = ken.call("GET", &format!("/api/v1/kb/suggest?interaction_id={}", out.interaction_id), None).await;
+    let (st, _) = ken.call("GET", &suggest, None).await;
     assert_eq!(st, StatusCode::FORBIDDEN);
+    let (st, _) = alice.call("GET", &format!("/api/v1/kb/suggest?interaction_id={}", Uuid::new_v4()), None).await;
+    assert_eq!(st, StatusCode::NOT_FOUND);
 
     // Versions and publishing.
     let (st, p) = ken
@@ -353,7 +412,7 @@ async fn suite(cfg: KbConfig, broken: Option<KbConfig>) {
     })
     .await
     .expect("reindex");
-    assert_eq!(n, 6);
+    assert_eq!(n, 8);
     assert!(calls.load(Ordering::Relaxed) >= 2);
     let r = search(&alice, "q=refund").await;
     assert_eq!(titles(&r), vec!["Refund policy".to_string()]);
@@ -365,6 +424,12 @@ async fn suite(cfg: KbConfig, broken: Option<KbConfig>) {
 }
 
 fn fast(mut cfg: KbConfig) -> KbConfig {
+    let vocabulary: toml::Value = toml::from_str(
+        r#"synonyms = { shipment = ["parcel", "package delivery"] }
+           stop_words = ["please"]"#,
+    )
+    .expect("vocabulary");
+    cfg.locales.insert("en".into(), vocabulary.try_into().expect("locale vocabulary"));
     cfg.worker_poll_interval_ms = 50;
     cfg.retry_base_ms = 50;
     cfg.retry_max_ms = 400;

@@ -49,16 +49,18 @@ struct VoiceHub {
     name: String,
 }
 
-/// Inline credentials of the two test phones (`credentials` key of `[registrar]`).
-const INLINE_CREDENTIALS: &str =
-    r#"{ type = "inline", agents = [ { user = "alice", password = "alice-pw" }, { user = "bob", password = "bob-pw" } ] }"#;
+/// Inline credentials of the test phones (`credentials` key of `[registrar]`): two
+/// agents and a supervisor.
+const INLINE_CREDENTIALS: &str = r#"{ type = "inline", agents = [ { user = "alice", password = "alice-pw" }, { user = "bob", password = "bob-pw" }, { user = "sup", password = "sup-pw" } ] }"#;
 
-fn channel_table(name: &str, dir: &Path, credentials: &str) -> toml::Value {
+/// The voice channel table; `top` adds adapter keys, `tail` adds tables at the end.
+fn channel_table(name: &str, dir: &Path, credentials: &str, top: &str, tail: &str) -> toml::Value {
     let prompts = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/prompts");
     let text = format!(
         r#"
 type = "sip"
 name = "{name}"
+{top}
 udp_listen = "127.0.0.1:0"
 tcp_listen = "127.0.0.1:0"
 public_ip = "127.0.0.1"
@@ -109,6 +111,7 @@ closed = "vm"
 type = "voicemail"
 prompt = "after-hours"
 max_seconds = 3
+{tail}
 "#,
         prompts = prompts.display(),
         rec = dir.join("rec").display(),
@@ -118,6 +121,10 @@ max_seconds = 3
 }
 
 async fn voice_hub(test: &str, credentials: &str) -> Option<VoiceHub> {
+    voice_hub_with(test, credentials, "", "").await
+}
+
+async fn voice_hub_with(test: &str, credentials: &str, top: &str, tail: &str) -> Option<VoiceHub> {
     let Some(sipp) = sipp_bin() else {
         eprintln!("SKIPPED {test}: `sipp` not on PATH (apt-get install sip-tester)");
         return None;
@@ -126,7 +133,7 @@ async fn voice_hub(test: &str, credentials: &str) -> Option<VoiceHub> {
     std::fs::create_dir_all(dir.join("rec")).expect("dir");
     std::fs::create_dir_all(dir.join("vm")).expect("dir");
     let name = format!("voice-{test}-{}", Uuid::new_v4());
-    let table = channel_table(&name, &dir, credentials);
+    let table = channel_table(&name, &dir, credentials, top, tail);
     let th = spawn_hub_with(|s| s.channels.push(table)).await;
     let sip = eventually(10, || async { switchboard_voice::bound_addr(&name) }).await;
     let admin = user(&th, "admin", &[Role::Admin, Role::Supervisor], None).await;
@@ -592,5 +599,262 @@ async fn phone_registers_with_credentials_from_the_database() {
     let reg = vh.sipp("register.xml", free_udp_port(), &["-s", "carla", "-au", "carla", "-ap", "carla-pw", "-key", "agent_port", &port]);
     finished_ok(reg, "register with database credentials").await;
     assert!(engine.is_registered("carla").await.expect("engine"));
+    vh.stop().await;
+}
+
+/// RTP arriving at a UDP socket of the test (a phone's SDP points its media there).
+#[derive(Debug, Default)]
+struct RtpCapture {
+    /// G.711 audio packets received.
+    packets: usize,
+    /// RMS of all decoded audio.
+    rms: f64,
+}
+
+/// Reads RTP from `sock` until `want` audio packets with audible content (RMS > 200)
+/// arrived or `within` passed, decoding PCMU/PCMA with the hub's own codec functions.
+async fn capture_rtp(sock: &tokio::net::UdpSocket, want: usize, within: Duration) -> RtpCapture {
+    use switchboard_voice::media::{g711, rtp::RtpPacket};
+    use switchboard_voice::sdp::Codec;
+    let deadline = tokio::time::Instant::now() + within;
+    let mut buf = vec![0u8; 2048];
+    let (mut packets, mut sum, mut n) = (0usize, 0f64, 0usize);
+    let rms = |sum: f64, n: usize| if n == 0 { 0.0 } else { (sum / n as f64).sqrt() };
+    while packets < want || rms(sum, n) <= 200.0 {
+        let Ok(Ok((len, _))) = tokio::time::timeout_at(deadline, sock.recv_from(&mut buf)).await else {
+            break;
+        };
+        let Ok(pkt) = RtpPacket::parse(&buf[..len]) else { continue };
+        let codec = match pkt.payload_type {
+            0 => Codec::Pcmu,
+            8 => Codec::Pcma,
+            _ => continue,
+        };
+        for s in g711::decode(codec, pkt.payload) {
+            sum += f64::from(s) * f64::from(s);
+            n += 1;
+        }
+        packets += 1;
+    }
+    RtpCapture { packets, rms: rms(sum, n) }
+}
+
+/// A UDP socket standing in for a phone's RTP port (even port, as SDP wants).
+async fn media_socket() -> (tokio::net::UdpSocket, String) {
+    let port = free_media_port();
+    let sock = tokio::net::UdpSocket::bind(("127.0.0.1", port)).await.expect("media socket");
+    (sock, port.to_string())
+}
+
+impl VoiceHub {
+    /// Registers phone `user` (password `pw`) for a SIPp UAS listening on `port`.
+    async fn register(&self, user: &str, pw: &str, port: u16) {
+        let port = port.to_string();
+        let reg = self.sipp("register.xml", free_udp_port(), &["-s", user, "-au", user, "-ap", pw, "-key", "agent_port", &port]);
+        finished_ok(reg, "register").await;
+    }
+}
+
+fn kinds_of(kinds: &[(String, Value)]) -> Vec<&String> {
+    kinds.iter().map(|k| &k.0).collect()
+}
+
+/// Supervisor listen-in through the API: an agent is refused (403); the supervisor's
+/// phone (found through the supervisor's agent record) is called as a third leg and hears
+/// both parties mixed, re-encoded to its own codec (PCMU while the call runs on PCMA);
+/// its hang-up leaves the call up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn supervisor_listens_in_and_leaves_the_call_intact() {
+    let Some(vh) = voice_hub("listen", INLINE_CREDENTIALS).await else { return };
+    vh.queue(json!({})).await;
+    let (alice, alice_phone) = vh.agent("alice", "alice-pw", "agent_answer_until_bye.xml", &[]).await;
+    // The supervisor's agent record names their phone; it stays offline, so it is never offered calls.
+    let sup = user(&vh.th, "sup", &[Role::Supervisor], Some(json!({}))).await;
+    sqlx::query("update agents set sip_user = 'sup' where id = $1")
+        .bind(sup.agent_id.expect("supervisor's agent record"))
+        .execute(vh.th.hub().db())
+        .await
+        .expect("sip user");
+    let (media, media_port) = media_socket().await;
+    let sup_port = free_udp_port();
+    let sup_phone = vh.sipp("supervisor_listen.xml", sup_port, &["-s", "sup", "-d", "3000", "-key", "sup_media_port", &media_port]);
+    vh.register("sup", "sup-pw", sup_port).await;
+    let caller = vh.sipp("caller.xml", free_udp_port(), &["-s", "100"]);
+    let i = vh.voice_interaction().await;
+    let id = i["id"].as_str().expect("id").to_string();
+    vh.wait_event(&id, "call_answered", 20).await;
+    let (st, body) = alice.call("POST", &format!("/api/v1/voice/calls/{id}/listen"), None).await;
+    assert_eq!(st, StatusCode::FORBIDDEN, "an agent may not listen in: {body}");
+    let (st, body) = alice.call("POST", &format!("/api/v1/voice/calls/{id}/barge"), None).await;
+    assert_eq!(st, StatusCode::FORBIDDEN, "an agent may not barge: {body}");
+    let (st, body) = sup.call("POST", &format!("/api/v1/voice/calls/{id}/listen"), None).await;
+    assert_eq!(st, StatusCode::OK, "{body}");
+    assert_eq!(body["result"], "ringing");
+    let heard = capture_rtp(&media, 50, Duration::from_secs(20)).await;
+    assert!(heard.packets >= 50, "the supervisor's phone got {} RTP packets", heard.packets);
+    assert!(heard.rms > 200.0, "the supervisor hears silence (RMS {:.0})", heard.rms);
+    finished_ok(sup_phone, "supervisor's phone (answers, listens, hangs up)").await;
+    let kinds = vh.wait_event(&id, "supervisor_left", 20).await;
+    assert!(position(&kinds, "supervisor_joined") < position(&kinds, "supervisor_left"), "{:?}", kinds_of(&kinds));
+    let (_, listen) = &kinds[position(&kinds, "supervisor_listen")];
+    assert_eq!(listen["data"]["phone"], "sup");
+    assert_eq!(listen["data"]["by"], "sup");
+    // The third leg's BYE left the call up: still active with alice, then hung up from the hub.
+    let (_, now) = vh.admin.call("GET", &format!("/api/v1/interactions/{id}"), None).await;
+    assert_eq!(now["status"], "active", "{now}");
+    let (st, body) = vh.admin.call("POST", &format!("/api/v1/voice/calls/{id}/hangup"), None).await;
+    assert_eq!(st, StatusCode::OK, "{body}");
+    finished_ok(alice_phone, "alice's phone").await;
+    finished_ok(caller, "caller").await;
+    let done = vh.wait_status(&id, &["wrap_up", "closed"], 20).await;
+    assert_eq!(done["agent_id"], json!(alice.agent_id));
+    vh.stop().await;
+}
+
+/// Barge: while the supervisor only listens, the agent hears nothing from a silent
+/// caller; after /barge the supervisor's voice reaches the agent. Hanging up the call
+/// BYEs the supervisor's leg too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn supervisor_barge_is_heard_and_the_call_end_hangs_up_the_third_leg() {
+    let Some(vh) = voice_hub("barge", INLINE_CREDENTIALS).await else { return };
+    vh.queue(json!({})).await;
+    let (agent_media, agent_media_port) = media_socket().await;
+    let (_alice, alice_phone) =
+        vh.agent("alice", "alice-pw", "agent_answer_media_to_test.xml", &["-key", "agent_media_port", &agent_media_port]).await;
+    let sup_port = free_udp_port();
+    let sup_phone = vh.sipp("supervisor_talk_until_bye.xml", sup_port, &["-s", "sup"]);
+    vh.register("sup", "sup-pw", sup_port).await;
+    let caller = vh.sipp("caller_silent.xml", free_udp_port(), &["-s", "100"]);
+    let i = vh.voice_interaction().await;
+    let id = i["id"].as_str().expect("id").to_string();
+    vh.wait_event(&id, "call_answered", 20).await;
+    let listen_url = format!("/api/v1/voice/calls/{id}/listen");
+    let (st, body) = vh.admin.call("POST", &listen_url, Some(json!({ "extension": "bad ext" }))).await;
+    assert_eq!(st, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert_eq!(body["field"], "extension");
+    let (st, body) = vh.admin.call("POST", &listen_url, Some(json!({ "extension": "sup" }))).await;
+    assert_eq!(st, StatusCode::OK, "{body}");
+    vh.wait_event(&id, "supervisor_joined", 20).await;
+    // Listening: the supervisor talks, but nobody hears it (and the caller is silent).
+    let before = capture_rtp(&agent_media, usize::MAX, Duration::from_millis(1500)).await;
+    assert_eq!(before.packets, 0, "the agent heard a listening supervisor");
+    let (st, body) = vh.admin.call("POST", &format!("/api/v1/voice/calls/{id}/barge"), Some(json!({ "extension": "sup" }))).await;
+    assert_eq!(st, StatusCode::OK, "{body}");
+    assert_eq!(body["result"], "mode_changed");
+    let heard = capture_rtp(&agent_media, 40, Duration::from_secs(20)).await;
+    assert!(heard.packets >= 40 && heard.rms > 200.0, "the agent does not hear the barging supervisor: {heard:?}");
+    let (st, body) = vh.admin.call("POST", &format!("/api/v1/voice/calls/{id}/hangup"), None).await;
+    assert_eq!(st, StatusCode::OK, "{body}");
+    finished_ok(sup_phone, "supervisor's phone (BYE from the hub)").await;
+    finished_ok(alice_phone, "alice's phone").await;
+    finished_ok(caller, "caller").await;
+    vh.wait_status(&id, &["wrap_up", "closed"], 20).await;
+    let kinds = vh.event_kinds(&id).await;
+    assert!(position(&kinds, "supervisor_listen") < position(&kinds, "supervisor_barge"), "{:?}", kinds_of(&kinds));
+    vh.stop().await;
+}
+
+/// Ring-all: both agents' phones ring at once (parallel INVITEs), bob answers and is
+/// bridged, alice's phone gets CANCEL, and her offer is settled without penalty.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn ring_all_rings_every_phone_and_bridges_the_first_to_answer() {
+    let Some(vh) = voice_hub("ringall", INLINE_CREDENTIALS).await else { return };
+    vh.queue(json!({ "strategy": "ring_all" })).await;
+    let (alice, alice_phone) = vh.agent("alice", "alice-pw", "agent_no_answer.xml", &[]).await;
+    let (bob, bob_phone) = vh.agent("bob", "bob-pw", "agent_answer.xml", &["-d", "2000"]).await;
+    let caller = vh.sipp("caller.xml", free_udp_port(), &["-s", "100"]);
+    let i = vh.voice_interaction().await;
+    let id = i["id"].as_str().expect("id").to_string();
+    finished_ok(alice_phone, "alice's phone (rings, then CANCEL)").await;
+    finished_ok(bob_phone, "bob's phone (answers)").await;
+    finished_ok(caller, "caller").await;
+    let done = vh.wait_status(&id, &["wrap_up", "closed"], 20).await;
+    assert_eq!(done["agent_id"], json!(bob.agent_id), "bob answered first");
+    let offers: Vec<(Uuid, String, bool)> = sqlx::query_as("select agent_id, state, ring_all from offers where interaction_id = $1")
+        .bind(Uuid::parse_str(&id).expect("uuid"))
+        .fetch_all(vh.th.hub().db())
+        .await
+        .expect("offers");
+    assert_eq!(offers.len(), 2, "{offers:?}");
+    assert!(offers.iter().all(|o| o.2), "both offers are ring-all: {offers:?}");
+    let alice_id = alice.agent_id.expect("id");
+    let alice_offer = offers.iter().find(|o| o.0 == alice_id).expect("alice's offer");
+    assert_eq!(alice_offer.1, "cancelled", "{offers:?}");
+    let kinds = vh.event_kinds(&id).await;
+    let ringing = kinds.iter().filter(|(k, _)| k == "call_ringing").count();
+    assert_eq!(ringing, 2, "both phones rang: {:?}", kinds_of(&kinds));
+    assert!(!kinds.iter().any(|(k, _)| k == "offer_timeout"), "{:?}", kinds_of(&kinds));
+    let (_, a) = vh.admin.call("GET", &format!("/api/v1/agents/{alice_id}"), None).await;
+    assert_eq!(a["presence"], "available", "losing a ring-all race is no ring-no-answer: {a}");
+    vh.stop().await;
+}
+
+/// Overflow: nobody is available, so after the queue's overflow_after_secs the hub calls
+/// the external number through the trunk's outbound address (SIPp as the far end) and
+/// bridges and records the caller with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn overflow_calls_the_external_number_through_the_trunk() {
+    let ext_port = free_udp_port();
+    let tail = format!(
+        r#"
+[[trunks]]
+name = "pstn-out"
+allowed_sources = ["192.0.2.1"]
+outbound_address = "127.0.0.1:{ext_port}"
+
+[queues.support]
+overflow_after_secs = 1
+overflow_number = "+4930555"
+overflow_trunk = "pstn-out"
+"#
+    );
+    let Some(vh) = voice_hub_with("overflow", INLINE_CREDENTIALS, "", &tail).await else { return };
+    vh.queue(json!({})).await;
+    let external = vh.sipp("agent_answer.xml", ext_port, &["-s", "+4930555", "-d", "3000"]);
+    let caller = vh.sipp("caller.xml", free_udp_port(), &["-s", "100"]);
+    let i = vh.voice_interaction().await;
+    let id = i["id"].as_str().expect("id").to_string();
+    finished_ok(external, "external party (answers, talks, hangs up)").await;
+    finished_ok(caller, "caller").await;
+    let kinds = vh.wait_event(&id, "call_ended", 20).await;
+    let (_, overflow) = &kinds[position(&kinds, "overflowed_external")];
+    assert_eq!(overflow["data"]["number"], "+4930555");
+    let (_, ended) = &kinds[position(&kinds, "call_ended")];
+    assert_eq!(ended["data"]["by"], "external");
+    let done = vh.wait_status(&id, &["overflowed"], 10).await;
+    let recording = done["metadata"]["recording"].as_str().expect("recording path in metadata").to_string();
+    let (left, right) = stereo_rms(Path::new(&recording));
+    assert!(left > 200.0, "caller channel is silent (RMS {left:.0})");
+    assert!(right > 200.0, "external party's channel is silent (RMS {right:.0})");
+    vh.stop().await;
+}
+
+/// Max wait: nobody answers within the queue's max_wait_secs; meanwhile the hub
+/// announces the caller's position (event with the position); then it offers voicemail,
+/// records until the caller presses # and hangs up; the interaction becomes a voicemail
+/// with its recording for a callback.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn max_wait_offers_voicemail_until_pound_and_announces_the_position() {
+    let Some(vh) = voice_hub_with("maxwait", INLINE_CREDENTIALS, "max_wait_voicemail_silence_secs = 0", "").await else { return };
+    vh.queue(json!({ "max_wait_secs": 3 })).await;
+    let caller = vh.sipp("caller_max_wait.xml", free_udp_port(), &["-s", "100"]);
+    let i = vh.voice_interaction().await;
+    let id = i["id"].as_str().expect("id").to_string();
+    // Only the # ends this recording (no silence limit, 120 s time limit > SIPp's 60 s).
+    finished_ok(caller, "caller (talks, presses #, gets the hub's BYE)").await;
+    let vm = vh.wait_status(&id, &["voicemail"], 20).await;
+    let path = vm["metadata"]["recording"].as_str().expect("recording").to_string();
+    let bytes = std::fs::read(&path).expect("voicemail file");
+    let data = bytes.windows(4).position(|w| w == b"data").map(|p| p + 8).expect("data chunk");
+    let samples: Vec<i16> = bytes[data..].chunks_exact(2).map(|c| i16::from_le_bytes([c[0], c[1]])).collect();
+    assert!(samples.len() > 8000 * 2, "at least 2 s of voicemail ({} samples)", samples.len());
+    let rms = (samples.iter().map(|s| f64::from(*s) * f64::from(*s)).sum::<f64>() / samples.len() as f64).sqrt();
+    assert!(rms > 200.0, "the voicemail holds the caller's voice (RMS {rms:.0})");
+    let kinds = vh.wait_event(&id, "voicemail_recorded", 10).await;
+    let announced = position(&kinds, "announced_position");
+    assert_eq!(kinds[announced].1["data"]["position"], 1, "{:?}", kinds[announced].1);
+    assert!(announced < position(&kinds, "call_max_wait"), "{:?}", kinds_of(&kinds));
+    let (_, max_wait) = &kinds[position(&kinds, "call_max_wait")];
+    assert_eq!(max_wait["data"]["action"], "voicemail");
     vh.stop().await;
 }

@@ -12,8 +12,14 @@ use std::sync::Arc;
 use tokio::sync::broadcast;
 use uuid::Uuid;
 
-/// The NOTIFY channel.
+/// The NOTIFY channel (also spelled out in [`NOTIFY_EV`]).
 pub const NOTIFY_CHANNEL: &str = "switchboard_events";
+
+/// SQL expression that NOTIFYs the `interaction_events` row aliased `ev`: the row as JSON,
+/// or a reference when it would not fit in a NOTIFY payload. For statements that append
+/// several events at once.
+pub(crate) const NOTIFY_EV: &str = "pg_notify('switchboard_events', case when length(row_to_json(ev)::text) > 7000 \
+     then json_build_object('ref', ev.id)::text else row_to_json(ev)::text end)::text";
 
 /// A committed event.
 #[derive(Debug, Clone, Serialize, Deserialize, sqlx::FromRow)]
@@ -75,6 +81,17 @@ impl NewEvent {
     }
 }
 
+static RECORD_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "with ev as (
+            insert into interaction_events (interaction_id, agent_id, queue_id, kind, data)
+            values ($1, $2, $3, $4, $5)
+            returning id, interaction_id, agent_id, queue_id, kind, data, at
+         )
+         select ev.*, {NOTIFY_EV} as notified from ev"
+    )
+});
+
 /// Appends an event and notifies in the caller's transaction; delivered on commit.
 pub async fn record(conn: &mut PgConnection, e: NewEvent) -> CoreResult<HubEvent> {
     // One round trip: insert, then NOTIFY the row as JSON (or by reference when it would
@@ -86,26 +103,36 @@ pub async fn record(conn: &mut PgConnection, e: NewEvent) -> CoreResult<HubEvent
         #[allow(dead_code)]
         notified: Option<String>,
     }
-    let row: Row = sqlx::query_as(
-        "with ev as (
-            insert into interaction_events (interaction_id, agent_id, queue_id, kind, data)
-            values ($1, $2, $3, $4, $5)
-            returning id, interaction_id, agent_id, queue_id, kind, data, at
-         )
-         select ev.*, pg_notify($6, case when length(row_to_json(ev)::text) > 7000
-                                         then json_build_object('ref', ev.id)::text
-                                         else row_to_json(ev)::text end)::text as notified
-         from ev",
-    )
-    .bind(e.interaction_id)
-    .bind(e.agent_id)
-    .bind(e.queue_id)
-    .bind(e.kind)
-    .bind(&e.data)
-    .bind(NOTIFY_CHANNEL)
-    .fetch_one(&mut *conn)
-    .await?;
+    let row: Row = sqlx::query_as(RECORD_SQL.as_str())
+        .bind(e.interaction_id)
+        .bind(e.agent_id)
+        .bind(e.queue_id)
+        .bind(e.kind)
+        .bind(&e.data)
+        .fetch_one(&mut *conn)
+        .await?;
     Ok(row.ev)
+}
+
+/// Sends an ephemeral event (typing indicators) to every node
+/// without storing it: it carries id 0, arrives at once (autocommit NOTIFY) and is not
+/// replayed after a listener reconnect — only for hints whose loss a reconnect repairs.
+pub async fn signal(pool: &PgPool, e: NewEvent) -> CoreResult<()> {
+    let ev = HubEvent {
+        id: 0,
+        interaction_id: e.interaction_id,
+        agent_id: e.agent_id,
+        queue_id: e.queue_id,
+        kind: e.kind.to_string(),
+        data: e.data,
+        at: Utc::now(),
+    };
+    let payload = serde_json::to_string(&ev).map_err(|err| crate::CoreError::Internal(err.to_string()))?;
+    if payload.len() > 7900 {
+        return Err(crate::CoreError::Invalid("signal too large for a notification".into()));
+    }
+    sqlx::query("select pg_notify($1, $2)").bind(NOTIFY_CHANNEL).bind(payload).execute(pool).await?;
+    Ok(())
 }
 
 #[derive(Deserialize)]

@@ -4,6 +4,7 @@
 //! acknowledges upstream.
 
 use crate::adapter::{Assignment, ChannelAdapter};
+use crate::batch::Batcher;
 use crate::bus::{self, EventBus, HubEvent, NewEvent};
 use crate::config::CoreSettings;
 use crate::domain::{Channel, InteractionStatus};
@@ -12,8 +13,8 @@ use crate::metrics::Metrics;
 use crate::queues;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
-use sqlx::PgPool;
-use std::sync::{Arc, RwLock};
+use sqlx::{PgConnection, PgPool};
+use std::sync::{Arc, RwLock, Weak};
 use uuid::Uuid;
 
 /// Hints an adapter knows about the sender.
@@ -60,6 +61,17 @@ impl CustomerDirectory for NoDirectory {
     async fn card(&self, _: Uuid) -> CoreResult<Option<serde_json::Value>> {
         Ok(None)
     }
+}
+
+/// Rows a channel keeps per message beside the core's, written in the ingest transaction
+/// (the web chat's per-conversation sequence): the message, its ledger row and its event
+/// commit together, so whoever hears the event finds the ledger row.
+#[async_trait]
+pub trait IngestLedger: Send + Sync + 'static {
+    /// Called with the batch's new messages of this channel, in arrival order, as
+    /// (message id, conversation key); returns one value per message (None: no ledger row,
+    /// e.g. an unknown conversation — the adapter then handles it itself).
+    async fn append(&self, conn: &mut PgConnection, messages: &[(Uuid, Option<&str>)]) -> CoreResult<Vec<Option<i64>>>;
 }
 
 /// A normalized inbound contact.
@@ -110,6 +122,9 @@ pub struct IngestOutcome {
     pub duplicate: bool,
     /// True when a new interaction was created.
     pub created: bool,
+    /// The channel ledger's value for a new message (see [`IngestLedger`]).
+    #[serde(default)]
+    pub sequence: Option<i64>,
 }
 
 #[derive(sqlx::FromRow)]
@@ -117,8 +132,47 @@ struct PreIngest {
     interaction_id: Option<Uuid>,
     message_id: Option<Uuid>,
     open_conversation: bool,
+    open_interaction_id: Option<Uuid>,
     customer_id: Option<Uuid>,
 }
+
+/// Appends messages to open interactions for a whole batch in one statement: locks the
+/// interactions (in id order), inserts the messages in batch order (stamped by the clock),
+/// their dedupe ledger rows and their `message` events, and NOTIFYs the events. Items whose
+/// interaction closed in the meantime are left out (the caller writes them one by one).
+static APPEND_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "with input as (
+             select * from unnest($1::uuid[], $2::text[], $3::text[], $4::jsonb[], $5::text[], $6::text[]) with ordinality
+                 as t(interaction_id, body, content_type, attachments, dedupe_key, channel, ord)
+         ), locked as (
+             select id, queue_id from interactions
+              where id in (select interaction_id from input) and status in ('queued','offered','active','wrap_up')
+              order by id for update
+         ), m as (
+             insert into messages (interaction_id, direction, body, content_type, attachments, client_message_id, created_at)
+             select i.interaction_id, 'inbound', i.body, i.content_type, i.attachments, i.dedupe_key, clock_timestamp()
+               from input i where i.interaction_id in (select id from locked) order by i.ord
+             returning id, interaction_id, client_message_id
+         ), mi as (
+             select m.id as message_id, i.interaction_id, i.dedupe_key, i.channel, i.ord, lk.queue_id
+               from m join input i on i.interaction_id = m.interaction_id and i.dedupe_key = m.client_message_id
+               join locked lk on lk.id = m.interaction_id
+         ), l as (
+             insert into inbound_items (channel, dedupe_key, interaction_id, message_id)
+             select channel, dedupe_key, interaction_id, message_id from mi
+         ), ev as (
+             insert into interaction_events (interaction_id, queue_id, kind, data)
+             select interaction_id, queue_id, 'message',
+                    jsonb_build_object('message_id', message_id, 'direction', 'inbound', 'channel', channel, 'node', $7::uuid)
+               from mi order by ord
+             returning id, interaction_id, agent_id, queue_id, kind, data, at
+         )
+         select mi.ord, mi.interaction_id, mi.message_id, {} as notified
+           from ev join mi on mi.message_id = (ev.data->>'message_id')::uuid",
+        bus::NOTIFY_EV
+    )
+});
 
 pub(crate) struct HubInner {
     pub(crate) pool: PgPool,
@@ -129,7 +183,21 @@ pub(crate) struct HubInner {
     pub(crate) metrics: Metrics,
     pub(crate) router_status: crate::router::RouterStatus,
     pub(crate) route_docs: RwLock<Vec<&'static [crate::api::RouteDoc]>>,
+    ingest_batcher: Batcher<IngestJob, CoreResult<IngestOutcome>>,
+    ledgers: RwLock<Vec<(Channel, Arc<dyn IngestLedger>)>>,
+    node_id: Uuid,
 }
+
+/// A validated item waiting for its batch.
+struct IngestJob {
+    channel: Channel,
+    item: InboundItem,
+}
+
+/// Concurrent ingest writers (each holds one pooled connection while writing a batch).
+const INGEST_LANES: usize = 4;
+/// Most items written in one ingest transaction.
+const INGEST_MAX_BATCH: usize = 64;
 
 /// The hub handle: cheap to clone.
 #[derive(Clone)]
@@ -138,7 +206,7 @@ pub struct Hub(pub(crate) Arc<HubInner>);
 impl Hub {
     /// A hub over an open pool.
     pub fn new(pool: PgPool, settings: CoreSettings) -> Hub {
-        Hub(Arc::new(HubInner {
+        Hub(Arc::new_cyclic(|me: &Weak<HubInner>| HubInner {
             pool,
             bus: EventBus::new(),
             directory: RwLock::new(Arc::new(NoDirectory)),
@@ -147,6 +215,21 @@ impl Hub {
             metrics: Metrics::default(),
             router_status: Default::default(),
             route_docs: RwLock::new(Vec::new()),
+            ledgers: RwLock::new(Vec::new()),
+            node_id: Uuid::new_v4(),
+            ingest_batcher: Batcher::new(INGEST_LANES, INGEST_MAX_BATCH, {
+                // Weak: the lanes end with the hub instead of keeping it alive.
+                let me = me.clone();
+                Arc::new(move |jobs: Vec<IngestJob>| {
+                    let me = me.clone();
+                    Box::pin(async move {
+                        match me.upgrade() {
+                            Some(inner) => Hub(inner).ingest_batch(jobs).await,
+                            None => jobs.iter().map(|_| Err(CoreError::Internal("the hub is shutting down".into()))).collect(),
+                        }
+                    })
+                })
+            }),
         }))
     }
 
@@ -208,6 +291,45 @@ impl Hub {
             }
         }
         g.iter().find(|a| a.channel() == ch).cloned()
+    }
+
+    /// This node's id, carried by the `message` events of the items it ingests (so an
+    /// adapter can tell its own from other nodes').
+    pub fn node_id(&self) -> Uuid {
+        self.0.node_id
+    }
+
+    /// Sets the ledger a channel writes in the ingest transaction (once per channel).
+    pub fn set_ingest_ledger(&self, channel: Channel, ledger: Arc<dyn IngestLedger>) {
+        if let Ok(mut g) = self.0.ledgers.write() {
+            if !g.iter().any(|(c, _)| *c == channel) {
+                g.push((channel, ledger));
+            }
+        }
+    }
+
+    fn ledger(&self, channel: Channel) -> Option<Arc<dyn IngestLedger>> {
+        self.0.ledgers.read().ok()?.iter().find(|(c, _)| *c == channel).map(|(_, l)| l.clone())
+    }
+
+    /// Runs the channels' ledgers over new messages written in `conn`'s transaction and
+    /// stores their values in the outcomes.
+    async fn write_ledgers(&self, conn: &mut PgConnection, written: &mut [(Channel, Option<&str>, &mut IngestOutcome)]) -> CoreResult<()> {
+        let mut channels: Vec<Channel> = written.iter().map(|w| w.0).collect();
+        channels.dedup();
+        channels.sort_by_key(|c| c.as_str());
+        channels.dedup();
+        for ch in channels {
+            let Some(ledger) = self.ledger(ch) else { continue };
+            let idx: Vec<usize> = (0..written.len()).filter(|&i| written[i].0 == ch && written[i].2.message_id.is_some()).collect();
+            let msgs: Vec<(Uuid, Option<&str>)> =
+                idx.iter().map(|&i| (written[i].2.message_id.unwrap_or_default(), written[i].1)).collect();
+            let values = ledger.append(conn, &msgs).await?;
+            for (&i, v) in idx.iter().zip(values) {
+                written[i].2.sequence = v;
+            }
+        }
+        Ok(())
     }
 
     /// Adds a module's route table to the OpenAPI document.
@@ -282,6 +404,10 @@ impl Hub {
     }
 
     /// Ingests one normalized inbound item. Returns once it is committed.
+    ///
+    /// Concurrent ingests are group-committed: items arriving while a batch is written go
+    /// into the next one (see [`crate::batch`]), items of one conversation always in the
+    /// same lane and in arrival order.
     #[tracing::instrument(skip(self, item), fields(channel, dedupe_key = %item.dedupe_key))]
     pub async fn ingest(&self, item: InboundItem) -> CoreResult<IngestOutcome> {
         let channel = item.channel.ok_or_else(|| CoreError::field("channel", "missing"))?;
@@ -294,44 +420,239 @@ impl Hub {
         if let Some(r) = &item.requirement {
             crate::skills::SkillExpr::parse(r).map_err(|e| CoreError::field("requirement", e.to_string()))?;
         }
-        // One round trip before the transaction: is this a replay, and does an open
-        // conversation already know the customer (then the directory is skipped — the
-        // common case for chat and email threads)?
-        let pre: PreIngest = sqlx::query_as(
-            "select d.interaction_id, d.message_id, c.interaction_id is not null as open_conversation, c.customer_id
-             from (select 1) x
-             left join inbound_items d on d.channel = $1 and d.dedupe_key = $2
+        let lane_key = (channel.as_str(), item.conversation_key.clone().unwrap_or_else(|| item.dedupe_key.clone()));
+        match self.0.ingest_batcher.submit(&lane_key, IngestJob { channel, item }).await {
+            Some(r) => r,
+            None => Err(CoreError::Internal("the ingest writer stopped".into())),
+        }
+    }
+
+    /// One batch of validated items: one query finds replays and open conversations, the
+    /// customers still unknown are resolved concurrently, then every item is written in
+    /// one transaction. If anything in the batch fails, each remaining item is written on
+    /// its own (with the unique-violation retry), so one bad item never fails the others.
+    async fn ingest_batch(&self, jobs: Vec<IngestJob>) -> Vec<CoreResult<IngestOutcome>> {
+        let mut out: Vec<Option<CoreResult<IngestOutcome>>> = jobs.iter().map(|_| None).collect();
+        let pre = match self.pre_ingest(&jobs).await {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!(error = %e, "Batched replay check failed; writing items one by one.");
+                return self.ingest_each(jobs, out).await;
+            }
+        };
+        let mut customers: Vec<Option<ResolvedCustomer>> = jobs.iter().map(|_| None).collect();
+        let mut lookups = Vec::new();
+        for (i, (job, p)) in jobs.iter().zip(&pre).enumerate() {
+            if let Some(interaction_id) = p.interaction_id {
+                out[i] = Some(Ok(IngestOutcome {
+                    interaction_id,
+                    message_id: p.message_id,
+                    customer_id: None,
+                    duplicate: true,
+                    created: false,
+                    sequence: None,
+                }));
+                continue;
+            }
+            match (p.open_conversation, p.customer_id) {
+                (true, Some(id)) => customers[i] = Some(ResolvedCustomer { id, own_manager: None, language: None }),
+                _ => lookups.push(async move { (i, self.resolve_customer(job.channel, &job.item).await) }),
+            }
+        }
+        for (i, c) in futures::future::join_all(lookups).await {
+            customers[i] = c;
+        }
+        let open: Vec<Option<Uuid>> = pre.iter().map(|p| p.open_interaction_id).collect();
+        let written = match self.write_batch(&jobs, &customers, &open, &mut out).await {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(error = %e, items = jobs.len(), "Batch write failed; writing items one by one.");
+                false
+            }
+        };
+        if !written {
+            for (i, o) in out.iter_mut().enumerate() {
+                if pre[i].interaction_id.is_none() {
+                    *o = None;
+                }
+            }
+            return self.ingest_each(jobs, out).await;
+        }
+        let results: Vec<CoreResult<IngestOutcome>> =
+            out.into_iter().map(|o| o.unwrap_or_else(|| Err(CoreError::Internal("item left unwritten".into())))).collect();
+        for (job, r) in jobs.iter().zip(&results) {
+            if let Ok(o) = r {
+                self.0.metrics.inc_ingested(job.channel, o.duplicate);
+            }
+        }
+        results
+    }
+
+    /// Writes the batch's new items in one transaction, filling `out` only on commit:
+    /// appends to open conversations in one statement, everything else (first messages,
+    /// conversations closed meanwhile) item by item, in order.
+    async fn write_batch(
+        &self,
+        jobs: &[IngestJob],
+        customers: &[Option<ResolvedCustomer>],
+        open: &[Option<Uuid>],
+        out: &mut [Option<CoreResult<IngestOutcome>>],
+    ) -> CoreResult<()> {
+        // The same item twice in one batch (a resend while the first was in flight) is
+        // written once; the repeat is answered as its duplicate.
+        let mut first_of: std::collections::HashMap<(Channel, &str), usize> = Default::default();
+        let mut repeats: Vec<(usize, usize)> = Vec::new();
+        let mut fresh: Vec<usize> = Vec::new();
+        for (i, job) in jobs.iter().enumerate() {
+            if out[i].is_some() {
+                continue;
+            }
+            match first_of.entry((job.channel, job.item.dedupe_key.as_str())) {
+                std::collections::hash_map::Entry::Occupied(e) => repeats.push((i, *e.get())),
+                std::collections::hash_map::Entry::Vacant(e) => {
+                    e.insert(i);
+                    fresh.push(i);
+                }
+            }
+        }
+        let mut written: std::collections::HashMap<usize, IngestOutcome> = Default::default();
+        let mut tx = self.0.pool.begin().await?;
+        let appends: Vec<usize> = fresh.iter().copied().filter(|&i| open[i].is_some()).collect();
+        if !appends.is_empty() {
+            let rows: Vec<(i64, Uuid, Uuid, Option<String>)> = sqlx::query_as(APPEND_SQL.as_str())
+                .bind(appends.iter().map(|&i| open[i]).collect::<Vec<_>>())
+                .bind(appends.iter().map(|&i| jobs[i].item.body.as_str()).collect::<Vec<_>>())
+                .bind(appends.iter().map(|&i| jobs[i].item.content_type.as_deref().unwrap_or("text/plain")).collect::<Vec<_>>())
+                .bind(
+                    appends.iter().map(|&i| jobs[i].item.attachments.clone().unwrap_or_else(|| serde_json::json!([]))).collect::<Vec<_>>(),
+                )
+                .bind(appends.iter().map(|&i| jobs[i].item.dedupe_key.as_str()).collect::<Vec<_>>())
+                .bind(appends.iter().map(|&i| jobs[i].channel.as_str()).collect::<Vec<_>>())
+                .bind(self.0.node_id)
+                .fetch_all(&mut *tx)
+                .await?;
+            for (ord, interaction_id, message_id, _) in rows {
+                let i = appends[(ord - 1) as usize];
+                written.insert(
+                    i,
+                    IngestOutcome {
+                        interaction_id,
+                        message_id: Some(message_id),
+                        customer_id: customers[i].as_ref().map(|c| c.id),
+                        duplicate: false,
+                        created: false,
+                        sequence: None,
+                    },
+                );
+            }
+        }
+        for &i in &fresh {
+            if let std::collections::hash_map::Entry::Vacant(e) = written.entry(i) {
+                e.insert(self.write_item(&mut tx, jobs[i].channel, &jobs[i].item, customers[i].as_ref(), false).await?);
+            }
+        }
+        {
+            let mut order: Vec<(&usize, &mut IngestOutcome)> = written.iter_mut().collect();
+            order.sort_by_key(|(i, _)| **i);
+            let mut w: Vec<(Channel, Option<&str>, &mut IngestOutcome)> =
+                order.into_iter().map(|(i, o)| (jobs[*i].channel, jobs[*i].item.conversation_key.as_deref(), o)).collect();
+            self.write_ledgers(&mut tx, &mut w).await?;
+        }
+        tx.commit().await?;
+        for (i, first) in repeats {
+            if let Some(o) = written.get(&first) {
+                out[i] = Some(Ok(IngestOutcome { duplicate: true, created: false, ..o.clone() }));
+            }
+        }
+        for (i, o) in written {
+            out[i] = Some(Ok(o));
+        }
+        Ok(())
+    }
+
+    /// The fallback: every item without an answer yet is ingested on its own, in order.
+    async fn ingest_each(&self, jobs: Vec<IngestJob>, mut out: Vec<Option<CoreResult<IngestOutcome>>>) -> Vec<CoreResult<IngestOutcome>> {
+        for (i, job) in jobs.into_iter().enumerate() {
+            if out[i].is_none() {
+                out[i] = Some(self.ingest_one(job.channel, &job.item).await);
+            }
+        }
+        out.into_iter().map(|o| o.unwrap_or_else(|| Err(CoreError::Internal("item left unwritten".into())))).collect()
+    }
+
+    /// Replay check and open-conversation lookup for a whole batch in one round trip.
+    async fn pre_ingest(&self, jobs: &[IngestJob]) -> CoreResult<Vec<PreIngest>> {
+        let channels: Vec<&str> = jobs.iter().map(|j| j.channel.as_str()).collect();
+        let keys: Vec<&str> = jobs.iter().map(|j| j.item.dedupe_key.as_str()).collect();
+        let convs: Vec<Option<&str>> = jobs.iter().map(|j| j.item.conversation_key.as_deref()).collect();
+        let rows: Vec<PreIngest> = sqlx::query_as(
+            "select d.interaction_id, d.message_id, c.interaction_id is not null as open_conversation,
+                    c.interaction_id as open_interaction_id, c.customer_id
+             from unnest($1::text[], $2::text[], $3::text[]) with ordinality as i(channel, dedupe_key, conversation_key, ord)
+             left join inbound_items d on d.channel = i.channel and d.dedupe_key = i.dedupe_key
              left join lateral (
                  select id as interaction_id, customer_id from interactions
-                  where $3::text is not null and channel = $1 and conversation_key = $3
+                  where i.conversation_key is not null and channel = i.channel and conversation_key = i.conversation_key
                     and status in ('queued','offered','active','wrap_up') limit 1
-             ) c on true",
+             ) c on true
+             order by i.ord",
         )
-        .bind(channel.as_str())
-        .bind(&item.dedupe_key)
-        .bind(&item.conversation_key)
-        .fetch_one(&self.0.pool)
+        .bind(&channels)
+        .bind(&keys)
+        .bind(&convs)
+        .fetch_all(&self.0.pool)
         .await?;
-        if let Some(interaction_id) = pre.interaction_id {
-            self.0.metrics.inc_ingested(channel, true);
-            return Ok(IngestOutcome { interaction_id, message_id: pre.message_id, customer_id: None, duplicate: true, created: false });
+        if rows.len() != jobs.len() {
+            return Err(CoreError::Internal("replay check returned the wrong number of rows".into()));
         }
-        let resolved = match (pre.open_conversation, pre.customer_id) {
-            (true, Some(id)) => Ok(Some(ResolvedCustomer { id, own_manager: None, language: None })),
-            _ => self.directory().resolve(channel, &item.from, &item.hints).await,
-        };
-        let customer = match resolved {
+        Ok(rows)
+    }
+
+    /// Asks the directory who sent the item; a failure never loses the contact.
+    async fn resolve_customer(&self, channel: Channel, item: &InboundItem) -> Option<ResolvedCustomer> {
+        match self.directory().resolve(channel, &item.from, &item.hints).await {
             Ok(c) => c,
             Err(e) => {
                 // An unknown or malformed address must not lose the contact.
                 tracing::warn!(error = %e, from = %item.from, "Customer resolution failed; ingesting without a customer.");
                 None
             }
+        }
+    }
+
+    /// Ingests one item in its own transaction (the path taken when a batch fails).
+    async fn ingest_one(&self, channel: Channel, item: &InboundItem) -> CoreResult<IngestOutcome> {
+        let pre = self.pre_ingest(std::slice::from_ref(&IngestJob { channel, item: item.clone() })).await?.remove(0);
+        if let Some(interaction_id) = pre.interaction_id {
+            self.0.metrics.inc_ingested(channel, true);
+            return Ok(IngestOutcome {
+                interaction_id,
+                message_id: pre.message_id,
+                customer_id: None,
+                duplicate: true,
+                created: false,
+                sequence: None,
+            });
+        }
+        let customer = match (pre.open_conversation, pre.customer_id) {
+            (true, Some(id)) => Some(ResolvedCustomer { id, own_manager: None, language: None }),
+            _ => self.resolve_customer(channel, item).await,
         };
         let mut attempt = 0;
         loop {
             attempt += 1;
-            match self.ingest_tx(channel, &item, customer.as_ref()).await {
+            let mut tx = self.0.pool.begin().await?;
+            let r = match self.write_item(&mut tx, channel, item, customer.as_ref(), true).await {
+                Ok(mut o) if !o.duplicate => {
+                    match self.write_ledgers(&mut tx, &mut [(channel, item.conversation_key.as_deref(), &mut o)]).await {
+                        Ok(()) => tx.commit().await.map(|_| o).map_err(CoreError::from),
+                        Err(e) => Err(e),
+                    }
+                }
+                Ok(o) => Ok(o),
+                Err(e) => Err(e),
+            };
+            match r {
                 Ok(o) => {
                     self.0.metrics.inc_ingested(channel, o.duplicate);
                     return Ok(o);
@@ -346,16 +667,34 @@ impl Hub {
         }
     }
 
-    async fn ingest_tx(&self, channel: Channel, item: &InboundItem, customer: Option<&ResolvedCustomer>) -> CoreResult<IngestOutcome> {
-        let mut tx = self.0.pool.begin().await?;
-        let dup: Option<(Uuid, Option<Uuid>)> =
-            sqlx::query_as("select interaction_id, message_id from inbound_items where channel = $1 and dedupe_key = $2")
-                .bind(channel.as_str())
-                .bind(&item.dedupe_key)
-                .fetch_optional(&mut *tx)
-                .await?;
-        if let Some((interaction_id, message_id)) = dup {
-            return Ok(IngestOutcome { interaction_id, message_id, customer_id: customer.map(|c| c.id), duplicate: true, created: false });
+    /// Writes one item in the caller's transaction: the open interaction of its
+    /// conversation (locked) or a new one matched to a queue, the message and its dedupe
+    /// ledger row, and the events.
+    async fn write_item(
+        &self,
+        conn: &mut PgConnection,
+        channel: Channel,
+        item: &InboundItem,
+        customer: Option<&ResolvedCustomer>,
+        check_replay: bool,
+    ) -> CoreResult<IngestOutcome> {
+        if check_replay {
+            let dup: Option<(Uuid, Option<Uuid>)> =
+                sqlx::query_as("select interaction_id, message_id from inbound_items where channel = $1 and dedupe_key = $2")
+                    .bind(channel.as_str())
+                    .bind(&item.dedupe_key)
+                    .fetch_optional(&mut *conn)
+                    .await?;
+            if let Some((interaction_id, message_id)) = dup {
+                return Ok(IngestOutcome {
+                    interaction_id,
+                    message_id,
+                    customer_id: customer.map(|c| c.id),
+                    duplicate: true,
+                    created: false,
+                    sequence: None,
+                });
+            }
         }
         let open: Option<(Uuid, Option<Uuid>)> = match &item.conversation_key {
             Some(k) => {
@@ -365,7 +704,7 @@ impl Hub {
                 )
                 .bind(channel.as_str())
                 .bind(k)
-                .fetch_optional(&mut *tx)
+                .fetch_optional(&mut *conn)
                 .await?
             }
             None => None,
@@ -373,7 +712,7 @@ impl Hub {
         let (interaction_id, created, queue_id) = match open {
             Some((id, q)) => (id, false, q),
             None => {
-                let qs = queues::list(&mut *tx).await?;
+                let qs = queues::list(&mut *conn).await?;
                 let text = format!("{} {}", item.subject.as_deref().unwrap_or(""), item.body);
                 let language = item.hints.language.as_deref().or(customer.and_then(|c| c.language.as_deref()));
                 let queue = queues::select(&qs, item.queue.as_deref(), channel, item.to.as_deref(), &text, language);
@@ -394,29 +733,32 @@ impl Hub {
                 .bind(customer.and_then(|c| c.own_manager))
                 .bind(status.as_str())
                 .bind(item.metadata.clone().unwrap_or_else(|| serde_json::json!({})))
-                .fetch_one(&mut *tx)
+                .fetch_one(&mut *conn)
                 .await?;
                 (id, true, queue.map(|q| q.id))
             }
         };
+        // The message and its dedupe ledger row in one statement. The clock, not the
+        // transaction start, stamps it: a batch holds several messages of a conversation
+        // and they must keep their order.
         let message_id: Uuid = sqlx::query_scalar(
-            "insert into messages (interaction_id, direction, body, content_type, attachments, client_message_id)
-             values ($1, 'inbound', $2, $3, $4, $5) returning id",
+            "with m as (
+                insert into messages (interaction_id, direction, body, content_type, attachments, client_message_id, created_at)
+                values ($1, 'inbound', $2, $3, $4, $5, clock_timestamp()) returning id
+             ), l as (
+                insert into inbound_items (channel, dedupe_key, interaction_id, message_id)
+                select $6, $5, $1, id from m
+             )
+             select id from m",
         )
         .bind(interaction_id)
         .bind(&item.body)
         .bind(item.content_type.as_deref().unwrap_or("text/plain"))
         .bind(item.attachments.clone().unwrap_or_else(|| serde_json::json!([])))
         .bind(&item.dedupe_key)
-        .fetch_one(&mut *tx)
+        .bind(channel.as_str())
+        .fetch_one(&mut *conn)
         .await?;
-        sqlx::query("insert into inbound_items (channel, dedupe_key, interaction_id, message_id) values ($1, $2, $3, $4)")
-            .bind(channel.as_str())
-            .bind(&item.dedupe_key)
-            .bind(interaction_id)
-            .bind(message_id)
-            .execute(&mut *tx)
-            .await?;
         if created {
             let kind = match item.initial_status {
                 Some(InteractionStatus::Voicemail) => "voicemail",
@@ -424,7 +766,7 @@ impl Hub {
                 _ => "enqueued",
             };
             bus::record(
-                &mut tx,
+                &mut *conn,
                 NewEvent::interaction(kind, interaction_id)
                     .with_queue(queue_id)
                     .with_data(serde_json::json!({ "channel": channel, "customer_id": customer.map(|c| c.id) })),
@@ -432,13 +774,19 @@ impl Hub {
             .await?;
         }
         bus::record(
-            &mut tx,
-            NewEvent::interaction("message", interaction_id)
-                .with_queue(queue_id)
-                .with_data(serde_json::json!({ "message_id": message_id, "direction": "inbound", "channel": channel })),
+            &mut *conn,
+            NewEvent::interaction("message", interaction_id).with_queue(queue_id).with_data(
+                serde_json::json!({ "message_id": message_id, "direction": "inbound", "channel": channel, "node": self.0.node_id }),
+            ),
         )
         .await?;
-        tx.commit().await?;
-        Ok(IngestOutcome { interaction_id, message_id: Some(message_id), customer_id: customer.map(|c| c.id), duplicate: false, created })
+        Ok(IngestOutcome {
+            interaction_id,
+            message_id: Some(message_id),
+            customer_id: customer.map(|c| c.id),
+            duplicate: false,
+            created,
+            sequence: None,
+        })
     }
 }

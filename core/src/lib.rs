@@ -9,6 +9,7 @@
 pub mod adapter;
 pub mod api;
 pub mod auth;
+pub mod batch;
 pub mod bus;
 pub mod config;
 pub mod db;
@@ -28,4 +29,4 @@ pub mod testing;
 pub use adapter::{AdapterError, AdapterRegistry, Assignment, ChannelAdapter, DeliveryReceipt, Outbound, Shutdown};
 pub use domain::{Channel, Disposition, InteractionStatus, Presence, Role};
 pub use error::{CoreError, CoreResult};
-pub use hub::{CustomerDirectory, CustomerHints, Hub, InboundItem, IngestOutcome, ResolvedCustomer};
+pub use hub::{CustomerDirectory, CustomerHints, Hub, InboundItem, IngestLedger, IngestOutcome, ResolvedCustomer};

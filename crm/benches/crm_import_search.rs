@@ -4,11 +4,18 @@
 //!
 //! Run: `CARGO_TARGET_DIR=/work/target-crm cargo bench -p switchboard-crm --bench crm_import_search`
 //! Knobs: `CRM_BENCH_ROWS` (default 1000000), `CRM_BENCH_SEARCHES` (default 1000),
-//! `CRM_BENCH_MAX_SECS` (default 900: the run stops with an error past it).
+//! `CRM_BENCH_MAX_SECS` (default 900: the run stops with an error past it),
+//! `CRM_BENCH_DB` (a database name: the bench uses and keeps that database on the test
+//! server instead of a throwaway one, creating and migrating it when needed, and skips the
+//! import when it already holds `CRM_BENCH_ROWS` customers; for iterating on search at 1M
+//! rows without re-importing; drop it with `dropdb` when done).
 //! Needs the test PostgreSQL (`SWITCHBOARD_TEST_DATABASE_URL`).
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+use sqlx::postgres::PgConnectOptions;
+use sqlx::{ConnectOptions, Connection, PgPool};
+use std::str::FromStr;
 use std::time::{Duration, Instant};
 use switchboard_core::config::CoreSettings;
 use switchboard_core::testing::TestDb;
@@ -135,11 +142,58 @@ async fn main() {
     }
 }
 
-async fn run(rows: u64, searches: usize) {
-    let db = TestDb::new().await;
-    let pool = db.pool.clone();
-    println!("crm bench: {rows} customers, {searches} searches");
+/// The database the bench runs on: a throwaway one, or a kept one named by `CRM_BENCH_DB`.
+enum BenchDb {
+    Throwaway(Box<TestDb>),
+    Kept(PgPool),
+}
 
+impl BenchDb {
+    async fn open() -> BenchDb {
+        let Ok(name) = std::env::var("CRM_BENCH_DB") else { return BenchDb::Throwaway(Box::new(TestDb::new().await)) };
+        assert!(
+            !name.is_empty() && name.len() <= 63 && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'),
+            "CRM_BENCH_DB must be 1..=63 characters of a-z, 0-9 and _"
+        );
+        let admin =
+            PgConnectOptions::from_str(&switchboard_core::testing::admin_url()).expect("test database URL").disable_statement_logging();
+        let mut conn = admin.connect().await.expect("connect to the test PostgreSQL");
+        let exists: Option<i32> =
+            sqlx::query_scalar("select 1 from pg_database where datname = $1").bind(&name).fetch_optional(&mut conn).await.expect("lookup");
+        if exists.is_none() {
+            sqlx::query(&format!("create database {name}")).execute(&mut conn).await.expect("create bench database");
+        }
+        let _ = conn.close().await;
+        let pool = sqlx::postgres::PgPoolOptions::new().max_connections(20).connect_with(admin.database(&name)).await.expect("connect");
+        switchboard_core::db::MIGRATOR.run(&pool).await.expect("migrate bench database");
+        println!("using kept database {name}");
+        BenchDb::Kept(pool)
+    }
+
+    fn pool(&self) -> PgPool {
+        match self {
+            BenchDb::Throwaway(db) => db.pool.clone(),
+            BenchDb::Kept(pool) => pool.clone(),
+        }
+    }
+}
+
+async fn run(rows: u64, searches: usize) {
+    let db = BenchDb::open().await;
+    let pool = db.pool();
+    println!("crm bench: {rows} customers, {searches} searches");
+    let present: i64 = sqlx::query_scalar("select count(*) from customers").fetch_one(&pool).await.expect("count");
+    if present >= rows as i64 {
+        println!("IMPORT: skipped, the kept database already holds {present} customers");
+    } else {
+        import(&pool, rows).await;
+    }
+    sqlx::query("analyze customers").execute(&pool).await.expect("analyze");
+    sqlx::query("analyze customer_identities").execute(&pool).await.expect("analyze");
+    search(&pool, rows, searches).await;
+}
+
+async fn import(pool: &PgPool, rows: u64) {
     let t = Instant::now();
     let csv = generate(rows);
     println!("generated CSV: {:.1} MB in {:.1} s", csv.len() as f64 / 1e6, t.elapsed().as_secs_f64());
@@ -148,7 +202,7 @@ async fn run(rows: u64, searches: usize) {
         switchboard_crm::Settings::new(switchboard_crm::CrmConfig { import_batch_rows: 5000, ..Default::default() }).expect("settings");
     let t = Instant::now();
     let last = std::sync::Mutex::new(Instant::now());
-    let report = switchboard_crm::import_csv_with(&pool, &settings, std::io::Cursor::new(csv), |done, total| {
+    let report = switchboard_crm::import_csv_with(pool, &settings, std::io::Cursor::new(csv), |done, total| {
         let mut l = last.lock().expect("lock");
         if l.elapsed() > Duration::from_secs(10) || done == total {
             *l = Instant::now();
@@ -170,9 +224,9 @@ async fn run(rows: u64, searches: usize) {
     for e in report.errors.iter().take(3) {
         println!("  rejected line {}: {:?} {}", e.line, e.field, e.reason);
     }
-    sqlx::query("analyze customers").execute(&pool).await.expect("analyze");
-    sqlx::query("analyze customer_identities").execute(&pool).await.expect("analyze");
+}
 
+async fn search(pool: &PgPool, rows: u64, searches: usize) {
     // The hub's HTTP API in-process: core routes (login) plus the CRM router.
     let hub = Hub::new(pool.clone(), CoreSettings::default());
     let crm = switchboard_crm::start(&hub, None, tokio::sync::watch::channel(false).1).await.expect("crm start");
@@ -182,12 +236,14 @@ async fn run(rows: u64, searches: usize) {
     tokio::spawn(async move {
         let _ = axum::serve(listener, app.into_make_service_with_connect_info::<std::net::SocketAddr>()).await;
     });
-    switchboard_core::auth::create_user(&pool, None, "bench", "Bench", "bench-password-1", &[Role::Supervisor]).await.expect("user");
+    // A fresh user per run: a kept database already has the earlier runs' users.
+    let username = format!("bench-{}", uuid::Uuid::new_v4().simple());
+    switchboard_core::auth::create_user(pool, None, &username, "Bench", "bench-password-1", &[Role::Supervisor]).await.expect("user");
     let http = reqwest::Client::builder().cookie_store(true).build().expect("client");
     let base = format!("http://{addr}");
     let r = http
         .post(format!("{base}/api/v1/auth/login"))
-        .json(&serde_json::json!({ "username": "bench", "password": "bench-password-1" }))
+        .json(&serde_json::json!({ "username": username, "password": "bench-password-1" }))
         .send()
         .await
         .expect("login");
@@ -196,6 +252,7 @@ async fn run(rows: u64, searches: usize) {
     let mut rng = StdRng::seed_from_u64(7);
     let mut by_kind: [(String, Vec<Duration>); 3] = [("name".into(), vec![]), ("phone".into(), vec![]), ("email".into(), vec![])];
     let mut all = Vec::with_capacity(searches);
+    let mut slowest: Vec<(Duration, &str, String)> = Vec::new();
     let mut hits_total = 0usize;
     // Warm-up (connection, plan cache).
     for _ in 0..10 {
@@ -227,6 +284,9 @@ async fn run(rows: u64, searches: usize) {
         hits_total += body["items"].as_array().map(Vec::len).unwrap_or(0);
         by_kind[kind].1.push(d);
         all.push(d);
+        slowest.push((d, ["name", "phone", "email"][kind], frag));
+        slowest.sort_by_key(|s| std::cmp::Reverse(s.0));
+        slowest.truncate(5);
     }
     all.sort();
     println!(
@@ -242,6 +302,9 @@ async fn run(rows: u64, searches: usize) {
     for (k, v) in by_kind.iter_mut() {
         v.sort();
         println!("  {k:5}: n={} p50 {} p99 {}", v.len(), ms(pct(v, 0.50)), ms(pct(v, 0.99)));
+    }
+    for (d, kind, frag) in &slowest {
+        println!("  slow: {kind} {frag:?} {}", ms(*d));
     }
     let target = Duration::from_millis(20);
     println!("target p99 < 20 ms: {}", if pct(&all, 0.99) < target { "MET" } else { "NOT MET" });

@@ -3,8 +3,11 @@
 //! follow-up tasks. [`ROUTES`] documents every route with who may call it.
 
 use crate::config::Settings;
+use crate::duplicates;
 use crate::import::{self, check_language, check_time_zone};
+use crate::jobs;
 use crate::normalize::{self, IdentityKind};
+use crate::search;
 use crate::store::{self, Customer, Identity, CUSTOMER_COLUMNS};
 use axum::body::{Body, Bytes};
 use axum::extract::{DefaultBodyLimit, State};
@@ -42,7 +45,13 @@ pub const ROUTES: &[RouteDoc] = &[
         "Search customers by name, phone or email fragment (q), or list them."
     ),
     route!("POST", "/api/v1/customers", Access::Roles(STAFF), "crm", "Create a customer with identities."),
-    route!("GET", "/api/v1/customers/duplicates", Access::Roles(SUPERVISORS), "crm", "Suggested duplicates to confirm and merge."),
+    route!(
+        "GET",
+        "/api/v1/customers/duplicates",
+        Access::Roles(SUPERVISORS),
+        "crm",
+        "Suggested duplicates to confirm and merge, paged by `after` (the previous page's `next_after`)."
+    ),
     route!(
         "POST",
         "/api/v1/customers/import",
@@ -146,11 +155,16 @@ struct ListQuery {
     offset: Option<i64>,
 }
 
-async fn list(State(hub): State<Hub>, caller: Caller, ApiQuery(q): ApiQuery<ListQuery>) -> CoreResult<Response> {
+async fn list(
+    State(hub): State<Hub>,
+    Extension(crm): Extension<Crm>,
+    caller: Caller,
+    ApiQuery(q): ApiQuery<ListQuery>,
+) -> CoreResult<Response> {
     caller.require(READERS)?;
     let (limit, offset) = page_bounds(q.limit, q.offset)?;
     if let Some(text) = q.q.as_deref().filter(|t| !t.trim().is_empty()) {
-        let hits = store::search(hub.db(), text, limit.min(50)).await?;
+        let hits = search::search(hub.db(), crm.settings.region, text, limit.min(50)).await?;
         return Ok(Json(json!({ "items": hits, "next_offset": null })).into_response());
     }
     let rows: Vec<Customer> = sqlx::query_as(&format!(
@@ -686,14 +700,24 @@ async fn merge(
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct LimitQuery {
+struct DuplicatesQuery {
+    /// Work-list position to continue after (`next_after` of the previous page).
+    after: Option<i64>,
     limit: Option<i64>,
 }
 
-async fn duplicates(State(hub): State<Hub>, caller: Caller, ApiQuery(q): ApiQuery<LimitQuery>) -> CoreResult<Json<Value>> {
+async fn duplicates(
+    State(hub): State<Hub>,
+    caller: Caller,
+    ApiQuery(q): ApiQuery<DuplicatesQuery>,
+) -> CoreResult<Json<duplicates::DuplicatePage>> {
     caller.require(SUPERVISORS)?;
     let (limit, _) = page_bounds(q.limit, None)?;
-    Ok(Json(json!({ "items": store::duplicates(hub.db(), limit).await? })))
+    let after = q.after.unwrap_or(0);
+    if after < 0 {
+        return Err(CoreError::field("after", "must not be negative"));
+    }
+    Ok(Json(duplicates::duplicates(hub.db(), after, limit).await?))
 }
 
 async fn privacy_export(State(hub): State<Hub>, caller: Caller, ApiPath(id): ApiPath<Uuid>) -> CoreResult<Response> {
@@ -732,44 +756,18 @@ async fn import_start(
     if body.is_empty() {
         return Err(CoreError::field("body", "empty CSV"));
     }
-    let job: Uuid = sqlx::query_scalar("insert into crm_import_jobs (created_by) values ($1) returning id")
-        .bind(caller.user_id)
-        .fetch_one(hub.db())
-        .await?;
+    // The file is stored with the job before the answer: a restart resumes it.
+    let job = jobs::create_job(hub.db(), Some(caller.user_id), &body).await?;
     let mut conn = hub.db().acquire().await?;
     audit(&mut conn, Some(caller.user_id), "customer.import", "import_job", &job.to_string(), json!({ "bytes": body.len() })).await?;
     drop(conn);
-    let pool = hub.db().clone();
-    let settings = crm.settings.clone();
-    let mut shutdown = crm.shutdown.clone();
-    tokio::spawn(async move {
-        let quiet = |_: u64, _: u64| {};
-        let run = import::run_import(&pool, &settings, &body, Some(job), &quiet);
-        let result = tokio::select! {
-            r = run => r,
-            _ = shutdown.wait_for(|v| *v) => Err(CoreError::Internal("interrupted by shutdown".into())),
-        };
-        let outcome = match result {
-            Ok(report) => import::save_job(&pool, job, &report, Some("done")).await,
-            Err(e) => {
-                tracing::warn!(%job, error = %e, "CSV import failed.");
-                let reason = match &e {
-                    CoreError::Database(_) | CoreError::Internal(_) => "internal error; it has been logged".to_string(),
-                    other => other.to_string(),
-                };
-                sqlx::query("update crm_import_jobs set status = 'failed', failure = $2, finished_at = now() where id = $1")
-                    .bind(job)
-                    .bind(reason)
-                    .execute(&pool)
-                    .await
-                    .map(|_| ())
-                    .map_err(CoreError::from)
-            }
-        };
-        if let Err(e) = outcome {
-            tracing::warn!(%job, error = %e, "Could not record the import outcome.");
-        }
-    });
+    // None: another node's sweep took it first, and runs it.
+    if let Some(claimed) = jobs::try_claim(hub.db(), job).await? {
+        let pool = hub.db().clone();
+        let settings = crm.settings.clone();
+        let shutdown = crm.shutdown.clone();
+        tokio::spawn(async move { jobs::run(&pool, &settings, claimed, Some(body), shutdown).await });
+    }
     Ok((StatusCode::ACCEPTED, Json(json!({ "job_id": job, "status_url": format!("/api/v1/customers/import/{job}") }))))
 }
 
@@ -784,6 +782,8 @@ struct ImportJob {
     rejected: i64,
     errors: Value,
     failure: Option<String>,
+    /// Times a node picked the job up again after its worker stopped.
+    resumed: i32,
     created_at: DateTime<Utc>,
     finished_at: Option<DateTime<Utc>>,
 }
@@ -791,7 +791,8 @@ struct ImportJob {
 async fn import_status(State(hub): State<Hub>, caller: Caller, ApiPath(job): ApiPath<Uuid>) -> CoreResult<Json<Value>> {
     caller.require(SUPERVISORS)?;
     let j: ImportJob = sqlx::query_as(
-        "select id, status, total, done, created, updated, rejected, errors, failure, created_at, finished_at from crm_import_jobs where id = $1",
+        "select id, status, total, done, created, updated, rejected, errors, failure, resumed, created_at, finished_at
+         from crm_import_jobs where id = $1",
     )
     .bind(job)
     .fetch_optional(hub.db())

@@ -1,5 +1,7 @@
 //! CSV import and export of customers. Import is an idempotent upsert: a row is matched
-//! to an existing customer by `id`, `external_id`, normalized phone or normalized email;
+//! to an existing customer by `id`, `external_id`, normalized phone or normalized email
+//! (a `phone` or `email` cell may hold several addresses separated by `;`, which is how
+//! the export writes a customer's every number and address);
 //! bad rows are rejected with their line number, field and reason while good rows are
 //! kept. Rows are written in batches (multi-row `unnest` inserts, one transaction each),
 //! which is what makes a million-row file feasible.
@@ -18,7 +20,7 @@ use uuid::Uuid;
 pub const MAX_REPORTED_ERRORS: usize = 1000;
 
 /// One rejected row.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct RowError {
     /// Line number in the file (the header is line 1).
     pub line: u64,
@@ -62,7 +64,7 @@ pub async fn import_csv_with<R: std::io::Read>(
 ) -> CoreResult<ImportReport> {
     let mut data = Vec::new();
     reader.read_to_end(&mut data).map_err(|e| CoreError::Invalid(format!("cannot read the CSV: {e}")))?;
-    run_import(pool, settings, &data, None, &progress).await
+    run_import(pool, settings, &data, None, ImportReport::default(), &progress).await
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -141,8 +143,10 @@ struct Row {
     id: Option<Uuid>,
     external_id: Option<String>,
     name: Option<String>,
-    phone: Option<String>,
-    email: Option<String>,
+    /// Phone numbers (a cell holds one or several, `;`-separated), normalized, deduplicated.
+    phones: Vec<String>,
+    /// Email addresses, likewise.
+    emails: Vec<String>,
     chat: Option<String>,
     language: Option<String>,
     time_zone: Option<String>,
@@ -200,8 +204,10 @@ fn parse_row(settings: &Settings, header: &Header, rec: &csv::StringRecord, line
                 }
                 r.name = Some(v)
             }
-            Column::Phone => r.phone = Some(normalize::phone(&v, settings.region).map_err(|e| reject(line, "phone", e.to_string()))?),
-            Column::Email => r.email = Some(normalize::email(&v).map_err(|e| reject(line, "email", e.to_string()))?),
+            Column::Phone => {
+                r.phones = split_addresses(&v, |a| normalize::phone(a, settings.region)).map_err(|e| reject(line, "phone", e))?
+            }
+            Column::Email => r.emails = split_addresses(&v, normalize::email).map_err(|e| reject(line, "email", e))?,
             Column::Chat => r.chat = Some(normalize::chat(&v).map_err(|e| reject(line, "chat", e.to_string()))?),
             Column::Language => {
                 check_language(&v).map_err(|e| reject(line, "language", e))?;
@@ -237,13 +243,32 @@ fn parse_row(settings: &Settings, header: &Header, rec: &csv::StringRecord, line
             }
         }
     }
-    if r.id.is_none() && r.external_id.is_none() && r.phone.is_none() && r.email.is_none() {
+    if r.id.is_none() && r.external_id.is_none() && r.phones.is_empty() && r.emails.is_empty() {
         return Err(RowError { line, field: None, reason: "needs an id, external_id, phone or email to be matched on".into() });
     }
     Ok(r)
 }
 
 use chrono::Datelike;
+
+/// Most addresses of one kind in one cell.
+pub const MAX_ADDRESSES_PER_CELL: usize = 20;
+
+/// Splits a phone or email cell on `;` (the export writes every address of a customer
+/// that way) and normalizes each address; duplicates after normalization collapse.
+fn split_addresses(cell: &str, normalize: impl Fn(&str) -> Result<String, normalize::NormalizeError>) -> Result<Vec<String>, String> {
+    let mut out: Vec<String> = Vec::new();
+    for part in cell.split(';').map(str::trim).filter(|p| !p.is_empty()) {
+        let a = normalize(part).map_err(|e| e.to_string())?;
+        if !out.contains(&a) {
+            out.push(a);
+        }
+    }
+    if out.len() > MAX_ADDRESSES_PER_CELL {
+        return Err(format!("at most {MAX_ADDRESSES_PER_CELL} addresses in one cell"));
+    }
+    Ok(out)
+}
 
 /// Splits a tags cell on `;`, `|` or `,`.
 pub fn split_tags(s: &str) -> Result<Vec<String>, String> {
@@ -291,9 +316,16 @@ struct Existing {
     erased_at: Option<chrono::DateTime<chrono::Utc>>,
 }
 
-/// Matches rows to customers and writes one batch in one transaction.
+/// Every address of a row with its identity kind.
+fn row_addresses(row: &Row) -> impl Iterator<Item = (&'static str, &str)> {
+    let phones = row.phones.iter().map(|a| ("phone", a.as_str()));
+    let emails = row.emails.iter().map(|a| ("email", a.as_str()));
+    phones.chain(emails).chain(row.chat.iter().map(|a| ("chat", a.as_str())))
+}
+
+/// Matches rows to customers and writes one batch into the caller's transaction.
 async fn write_batch(
-    pool: &PgPool,
+    tx: &mut sqlx::PgConnection,
     settings: &Settings,
     rows: Vec<Row>,
     report: &mut ImportReport,
@@ -304,10 +336,9 @@ async fn write_batch(
     }
     let ids: Vec<Uuid> = rows.iter().filter_map(|r| r.id).collect();
     let exts: Vec<String> = rows.iter().filter_map(|r| r.external_id.clone()).collect();
-    let phones: Vec<String> = rows.iter().filter_map(|r| r.phone.clone()).collect();
-    let emails: Vec<String> = rows.iter().filter_map(|r| r.email.clone()).collect();
+    let phones: Vec<String> = rows.iter().flat_map(|r| r.phones.iter().cloned()).collect();
+    let emails: Vec<String> = rows.iter().flat_map(|r| r.emails.iter().cloned()).collect();
     let chats: Vec<String> = rows.iter().filter_map(|r| r.chat.clone()).collect();
-    let mut tx = pool.begin().await?;
     let by_identity: Vec<(String, String, Uuid)> = sqlx::query_as(
         "select kind, address, customer_id from customer_identities
          where (kind = 'phone' and address = any($1)) or (kind = 'email' and address = any($2)) or (kind = 'chat' and address = any($3))",
@@ -352,11 +383,9 @@ async fn write_batch(
                 matches.push(("external_id", *c));
             }
         }
-        for (kind, addr) in [("phone", &row.phone), ("email", &row.email), ("chat", &row.chat)] {
-            if let Some(a) = addr {
-                if let Some(c) = identity_owner.get(&(kind.to_string(), a.clone())) {
-                    matches.push((kind, *c));
-                }
+        for (kind, a) in row_addresses(&row) {
+            if let Some(c) = identity_owner.get(&(kind.to_string(), a.to_string())) {
+                matches.push((kind, *c));
             }
         }
         let target = match matches.first() {
@@ -386,13 +415,10 @@ async fn write_batch(
         }
         let id = target.unwrap_or_else(Uuid::new_v4);
         let mut ident = Vec::new();
-        for (kind, addr) in [("phone", &row.phone), ("email", &row.email), ("chat", &row.chat)] {
-            if let Some(a) = addr {
-                let key = (kind.to_string(), a.clone());
-                if let std::collections::hash_map::Entry::Vacant(e) = identity_owner.entry(key) {
-                    e.insert(id);
-                    ident.push((kind, a.clone()));
-                }
+        for (kind, a) in row_addresses(&row) {
+            if let std::collections::hash_map::Entry::Vacant(e) = identity_owner.entry((kind.to_string(), a.to_string())) {
+                e.insert(id);
+                ident.push((kind, a.to_string()));
             }
         }
         if let Some(x) = &row.external_id {
@@ -518,16 +544,20 @@ async fn write_batch(
         .execute(&mut *tx)
         .await?;
     }
-    tx.commit().await?;
     Ok(())
 }
 
-/// The import loop shared by the API job and the CLI entry point.
+/// The import loop shared by the API job and the CLI entry point. `start` is the state to
+/// continue from: default for a new import; for a resumed job, what its last committed
+/// batch recorded (its first `start.done` records are skipped). With a `job`, each
+/// batch's progress is saved in the batch's own transaction, so the job row never
+/// claims a batch that was not written, nor misses one that was.
 pub(crate) async fn run_import(
     pool: &PgPool,
     settings: &Settings,
     data: &[u8],
     job: Option<Uuid>,
+    start: ImportReport,
     progress: &(dyn Fn(u64, u64) + Send + Sync),
 ) -> CoreResult<ImportReport> {
     let builder = || {
@@ -539,19 +569,30 @@ pub(crate) async fn run_import(
     let mut rdr = builder().from_reader(data);
     let header = rdr.headers().map_err(|e| CoreError::field("header", format!("unreadable CSV header: {e}")))?.clone();
     let header = parse_header(settings, &header)?;
-    let mut report = ImportReport { total, ..Default::default() };
-    let mut all_errors: Vec<RowError> = Vec::new();
-    let batch_size = settings.config.import_batch_rows;
-    let mut batch: Vec<Row> = Vec::with_capacity(batch_size);
-    let mut in_batch = 0u64;
+    let mut report = ImportReport { total, ..start };
     let mut rec = csv::StringRecord::new();
+    // Resuming: step over the records the job already accounted for, counted the way the
+    // loop below counts them (a broken record is one).
+    let mut skipped = 0u64;
+    while skipped < report.done {
+        match rdr.read_record(&mut rec) {
+            Ok(true) => skipped += 1,
+            Ok(false) => break,
+            Err(e) if matches!(e.kind(), csv::ErrorKind::Io(_)) => break,
+            Err(_) => skipped += 1,
+        }
+    }
+    let batch_size = settings.config.import_batch_rows.max(1);
+    let mut batch: Vec<Row> = Vec::with_capacity(batch_size);
+    let mut batch_errors: Vec<RowError> = Vec::new();
+    let mut in_batch = 0u64;
     loop {
         let more = match rdr.read_record(&mut rec) {
             Ok(true) => {
                 let line = rec.position().map(|p| p.line()).unwrap_or(0);
                 match parse_row(settings, &header, &rec, line) {
                     Ok(r) => batch.push(r),
-                    Err(e) => all_errors.push(e),
+                    Err(e) => batch_errors.push(e),
                 }
                 in_batch += 1;
                 true
@@ -560,23 +601,33 @@ pub(crate) async fn run_import(
             Err(e) => {
                 // A broken record (bad UTF-8, unterminated quote) is one rejected row.
                 let line = e.position().map(|p| p.line()).unwrap_or(0);
-                all_errors.push(RowError { line, field: None, reason: format!("unreadable CSV record: {e}") });
+                batch_errors.push(RowError { line, field: None, reason: format!("unreadable CSV record: {e}") });
                 in_batch += 1;
                 !matches!(e.kind(), csv::ErrorKind::Io(_))
             }
         };
         if in_batch >= batch_size as u64 || !more {
             let rows = std::mem::take(&mut batch);
-            let mut errs = Vec::new();
+            let parse_errors = std::mem::take(&mut batch_errors);
             let mut attempt = 0;
             loop {
                 attempt += 1;
                 let mut trial = ImportReport::default();
-                errs.clear();
-                match write_batch(pool, settings, rows.clone(), &mut trial, &mut errs).await {
-                    Ok(()) => {
-                        report.created += trial.created;
-                        report.updated += trial.updated;
+                let mut errs = parse_errors.clone();
+                let written: CoreResult<ImportReport> = async {
+                    let mut tx = pool.begin().await?;
+                    write_batch(&mut tx, settings, rows.clone(), &mut trial, &mut errs).await?;
+                    let next = advance(&report, &trial, in_batch, errs.clone());
+                    if let Some(job) = job {
+                        save_job(&mut *tx, job, &next, None).await?;
+                    }
+                    tx.commit().await?;
+                    Ok(next)
+                }
+                .await;
+                match written {
+                    Ok(next) => {
+                        report = next;
                         break;
                     }
                     // A concurrent writer (ingest, another import) took a key: the re-run
@@ -584,28 +635,22 @@ pub(crate) async fn run_import(
                     Err(CoreError::Database(e)) if attempt < 3 && is_retryable(&e) => continue,
                     Err(CoreError::Database(e)) => {
                         tracing::warn!(error = %e, "CSV import batch failed.");
-                        errs = rows
-                            .iter()
-                            .map(|r| RowError {
-                                line: r.line,
-                                field: None,
-                                reason: "could not be written (database error); re-run the import".into(),
-                            })
-                            .collect();
+                        let mut failed = parse_errors.clone();
+                        failed.extend(rows.iter().map(|r| RowError {
+                            line: r.line,
+                            field: None,
+                            reason: "could not be written (database error); re-run the import".into(),
+                        }));
+                        report = advance(&report, &ImportReport::default(), in_batch, failed);
+                        if let Some(job) = job {
+                            save_job(pool, job, &report, None).await?;
+                        }
                         break;
                     }
                     Err(e) => return Err(e),
                 }
             }
-            all_errors.extend(errs);
-            all_errors.sort_by_key(|e| e.line);
-            report.done += in_batch;
             in_batch = 0;
-            report.rejected = all_errors.len() as u64;
-            report.errors = all_errors.iter().take(MAX_REPORTED_ERRORS).cloned().collect();
-            if let Some(job) = job {
-                save_job(pool, job, &report, None).await?;
-            }
             progress(report.done.min(total), total);
             if !more {
                 break;
@@ -613,17 +658,30 @@ pub(crate) async fn run_import(
         }
     }
     report.done = report.done.min(total);
-    all_errors.sort_by_key(|e| e.line);
-    report.errors = all_errors.iter().take(MAX_REPORTED_ERRORS).cloned().collect();
-    report.rejected = all_errors.len() as u64;
     Ok(report)
+}
+
+/// The report after one more batch: its counts added, its rejected rows counted and kept
+/// among the first [`MAX_REPORTED_ERRORS`] by line (a batch's lines all follow the
+/// previous batches', so cutting after each batch keeps the right ones).
+fn advance(before: &ImportReport, batch: &ImportReport, records: u64, mut errors: Vec<RowError>) -> ImportReport {
+    let mut next = before.clone();
+    next.created += batch.created;
+    next.updated += batch.updated;
+    next.done += records;
+    next.rejected += errors.len() as u64;
+    errors.sort_by_key(|e| e.line);
+    next.errors.extend(errors);
+    next.errors.truncate(MAX_REPORTED_ERRORS);
+    next
 }
 
 fn is_retryable(e: &sqlx::Error) -> bool {
     matches!(e, sqlx::Error::Database(d) if matches!(d.code().as_deref(), Some("23505") | Some("40001") | Some("40P01")))
 }
 
-pub(crate) async fn save_job(pool: &PgPool, job: Uuid, r: &ImportReport, finished: Option<&str>) -> CoreResult<()> {
+/// Records a job's progress, and its end when `finished` is given.
+pub(crate) async fn save_job(db: impl sqlx::PgExecutor<'_>, job: Uuid, r: &ImportReport, finished: Option<&str>) -> CoreResult<()> {
     sqlx::query(
         "update crm_import_jobs set total = $2, done = $3, created = $4, updated = $5, rejected = $6, errors = $7,
             status = coalesce($8, status), finished_at = case when $8 is null then null else now() end where id = $1",
@@ -636,7 +694,7 @@ pub(crate) async fn save_job(pool: &PgPool, job: Uuid, r: &ImportReport, finishe
     .bind(r.rejected as i64)
     .bind(serde_json::to_value(&r.errors).unwrap_or_else(|_| json!([])))
     .bind(finished)
-    .execute(pool)
+    .execute(db)
     .await?;
     Ok(())
 }
@@ -691,8 +749,10 @@ pub async fn export_page(
 ) -> CoreResult<Option<(Vec<u8>, Uuid)>> {
     let rows: Vec<ExportRow> = sqlx::query_as(
         "select c.id, c.external_id, c.name,
-            (select address from customer_identities i where i.customer_id = c.id and i.kind = 'phone' order by created_at limit 1) as phone,
-            (select address from customer_identities i where i.customer_id = c.id and i.kind = 'email' order by created_at limit 1) as email,
+            (select string_agg(address, ';' order by created_at, address) from customer_identities i
+              where i.customer_id = c.id and i.kind = 'phone') as phone,
+            (select string_agg(address, ';' order by created_at, address) from customer_identities i
+              where i.customer_id = c.id and i.kind = 'email') as email,
             c.language, c.time_zone, c.birthday, c.tags, c.company, c.consent_sms, c.consent_email, c.attributes
          from customers c where c.merged_into is null and c.erased_at is null and ($1::uuid is null or c.id > $1)
          order by c.id limit $2",
@@ -757,11 +817,29 @@ mod tests {
         let h = parse_header(&s, rdr.headers().expect("h")).expect("header");
         let recs: Vec<csv::StringRecord> = rdr.records().map(|r| r.expect("rec")).collect();
         let ok = parse_row(&s, &h, &recs[0], 2).expect("row");
-        assert_eq!(ok.phone.as_deref(), Some("+12025550143"));
-        assert_eq!(ok.email.as_deref(), Some("ana@example.com"));
+        assert_eq!(ok.phones, vec!["+12025550143".to_string()]);
+        assert_eq!(ok.emails, vec!["ana@example.com".to_string()]);
         let bad = parse_row(&s, &h, &recs[1], 3).expect_err("bad");
         assert_eq!(bad.field.as_deref(), Some("phone"));
         assert_eq!(bad.line, 3);
+    }
+
+    #[test]
+    fn address_cells_hold_several_addresses() {
+        let s = Settings::new(CrmConfig::default()).expect("settings");
+        let mut rdr = csv::Reader::from_reader(
+            "phone,email\n\"(202) 555-0143; +1 415 555 0100;;+12025550143\",A@Example.com;b@example.org\n+12025550143;12ab,\n".as_bytes(),
+        );
+        let h = parse_header(&s, rdr.headers().expect("h")).expect("header");
+        let recs: Vec<csv::StringRecord> = rdr.records().map(|r| r.expect("rec")).collect();
+        let ok = parse_row(&s, &h, &recs[0], 2).expect("row");
+        assert_eq!(ok.phones, vec!["+12025550143".to_string(), "+14155550100".to_string()], "normalized, deduplicated, in order");
+        assert_eq!(ok.emails, vec!["a@example.com".to_string(), "b@example.org".to_string()]);
+        let bad = parse_row(&s, &h, &recs[1], 3).expect_err("one bad number rejects the row");
+        assert_eq!(bad.field.as_deref(), Some("phone"));
+        assert!(bad.reason.contains("12ab"), "{}", bad.reason);
+        let many = (0..21).map(|i| format!("u{i}@example.com")).collect::<Vec<_>>().join(";");
+        assert!(split_addresses(&many, normalize::email).is_err());
     }
 
     #[test]

@@ -10,8 +10,11 @@
 
 pub mod api;
 pub mod config;
+pub mod duplicates;
 pub mod import;
+pub mod jobs;
 pub mod normalize;
+pub mod search;
 pub mod store;
 
 use async_trait::async_trait;
@@ -63,12 +66,16 @@ impl CustomerDirectory for CrmDirectory {
     }
 }
 
-/// Starts the module: reads its config section, wires itself into the hub, spawns its
-/// background tasks, and returns its HTTP router.
+/// Starts the module: reads its config section, wires itself into the hub, claims the
+/// import jobs a stopped node left running and spawns the task that resumes them (and
+/// keeps looking for such jobs), and returns its HTTP router.
 pub async fn start(hub: &Hub, config: Option<toml::Value>, shutdown: tokio::sync::watch::Receiver<bool>) -> CoreResult<axum::Router<Hub>> {
     let settings = Arc::new(Settings::from_toml(config)?);
     hub.set_directory(Arc::new(CrmDirectory::new(hub.db().clone(), settings.clone())));
     hub.add_route_docs(ROUTES);
+    // Imports a crashed or stopped node left behind: claimed now, run in the background.
+    let orphans = jobs::claim_orphans(hub.db()).await?;
+    tokio::spawn(jobs::supervise(hub.db().clone(), settings.clone(), orphans, shutdown.clone()));
     tracing::info!(default_region = %settings.config.default_region, attributes = settings.config.attributes.len(), "CRM started.");
     Ok(api::router(api::Crm { settings, shutdown }))
 }

@@ -51,6 +51,9 @@ fn prose(rng: &mut StdRng, n: usize) -> String {
         .join(" ")
 }
 
+/// The query mix, one of each in turn.
+const KINDS: &[&str] = &["one word", "two words", "misspelled", "one word + category", "two words + locale, page 2"];
+
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
     sorted[i.min(sorted.len() - 1)]
@@ -139,9 +142,10 @@ async fn run_backend(db: &TestDb, cfg: KbConfig, n: usize, queries: usize) {
     let http = reqwest::Client::new();
     let mut rng = StdRng::seed_from_u64(7);
     let mut lat = Vec::with_capacity(queries);
+    let mut by_kind: Vec<Vec<Duration>> = vec![Vec::new(); KINDS.len()];
     let mut hits = 0usize;
     for i in 0..queries + 50 {
-        let q = match i % 5 {
+        let q = match i % KINDS.len() {
             0 => sentence(&mut rng, 1),
             1 => sentence(&mut rng, 2),
             2 => "pasword reest".to_string(),
@@ -157,6 +161,7 @@ async fn run_backend(db: &TestDb, cfg: KbConfig, n: usize, queries: usize) {
         if i >= 50 {
             // The first 50 warm caches and connections.
             lat.push(d);
+            by_kind[i % KINDS.len()].push(d);
             hits += body["items"].as_array().map(|a| a.len()).unwrap_or(0);
         }
     }
@@ -168,6 +173,14 @@ async fn run_backend(db: &TestDb, cfg: KbConfig, n: usize, queries: usize) {
         lat.last().map(|d| d.as_secs_f64() * 1000.0).unwrap_or(0.0),
         hits as f64 / queries as f64
     );
+    for (kind, mut l) in KINDS.iter().zip(by_kind) {
+        l.sort();
+        println!(
+            "{name}:   {kind:<28} p50 {:6.2} ms, p99 {:6.2} ms",
+            percentile(&l, 0.50).as_secs_f64() * 1000.0,
+            percentile(&l, 0.99).as_secs_f64() * 1000.0
+        );
+    }
     let _ = stop.send(true);
     tokio::time::sleep(Duration::from_millis(100)).await;
 }

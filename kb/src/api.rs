@@ -56,7 +56,7 @@ pub const ROUTES: &[RouteDoc] = &[
         "GET",
         "/api/v1/kb/suggest",
         Access::Roles(STAFF),
-        "Agent assist: top three published articles for an interaction's latest inbound message."
+        "Agent assist: top three published articles for the latest inbound message of an interaction the caller holds, was offered or supervises."
     ),
     route!("GET", "/api/v1/kb/index/status", Access::Roles(INDEX_VIEWERS), "Search index status: backend, outbox lag, last error."),
     route!("GET", "/api/v1/kb/public/search", Access::Public, "Portal search over public published articles."),
@@ -456,6 +456,28 @@ struct Suggestion {
     url: String,
 }
 
+/// The latest inbound message of an interaction the caller may see — the rule of
+/// `GET /api/v1/interactions/{id}`: supervisors and admins any; agents those they hold or
+/// held, were offered, or whose customer they are the own manager of. Anything else is
+/// "not found", so an agent cannot even learn which interactions exist.
+#[tracing::instrument(skip(db, caller), fields(user = %caller.username))]
+async fn latest_inbound_message(db: &sqlx::PgPool, caller: &Caller, interaction_id: Uuid) -> CoreResult<Option<String>> {
+    let agent = if caller.is_supervisor() { None } else { Some(caller.agent_id.ok_or(CoreError::NotFound("interaction"))?) };
+    let row: Option<(Option<String>,)> = sqlx::query_as(
+        "select (select m.body from messages m where m.interaction_id = i.id and m.direction = 'inbound'
+                 order by m.created_at desc limit 1)
+         from interactions i
+         where i.id = $1
+           and ($2::uuid is null or i.agent_id = $2 or i.preferred_agent_id = $2
+                or exists (select 1 from offers o where o.interaction_id = i.id and o.agent_id = $2))",
+    )
+    .bind(interaction_id)
+    .bind(agent)
+    .fetch_optional(db)
+    .await?;
+    row.map(|(m,)| m).ok_or(CoreError::NotFound("interaction"))
+}
+
 async fn suggest(
     State(hub): State<Hub>,
     caller: Caller,
@@ -464,15 +486,7 @@ async fn suggest(
 ) -> CoreResult<Json<serde_json::Value>> {
     caller.require(STAFF)?;
     let ApiQuery(p) = p?;
-    let row: Option<(Option<String>,)> = sqlx::query_as(
-        "select (select m.body from messages m where m.interaction_id = i.id and m.direction = 'inbound'
-                 order by m.created_at desc limit 1)
-         from interactions i where i.id = $1",
-    )
-    .bind(p.interaction_id)
-    .fetch_optional(hub.db())
-    .await?;
-    let Some((message,)) = row else { return Err(CoreError::NotFound("interaction")) };
+    let message = latest_inbound_message(hub.db(), &caller, p.interaction_id).await?;
     let text: String = crate::markdown::strip_controls(&message.unwrap_or_default()).chars().take(500).collect();
     if text.trim().is_empty() {
         return Ok(Json(serde_json::json!({ "items": [], "query": "" })));

@@ -1,6 +1,7 @@
 //! The `[kb]` configuration section: search backend, Meilisearch connection, per-locale
 //! synonyms and stop words, the index worker's pacing, and attachment limits.
 
+use crate::search::query::Vocabulary;
 use secrecy::SecretString;
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -30,11 +31,13 @@ impl BackendKind {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LocaleVocabulary {
-    /// Words that mean the same (`signin = ["login", "log in"]`), for Meilisearch (the
-    /// PostgreSQL backend relies on its language configuration's stemming instead).
+    /// Words that mean the same (`signin = ["login", "log in"]`): a query for any of them
+    /// finds articles with any other, whichever side of the `=` it is on. Both backends
+    /// apply them (PostgreSQL on top of its language configuration's stemming).
     #[serde(default)]
     pub synonyms: BTreeMap<String, Vec<String>>,
-    /// Words ignored in queries (Meilisearch). PostgreSQL uses its per-language stop words.
+    /// Words ignored in queries, on both backends (PostgreSQL also drops its language
+    /// configuration's own stop words).
     #[serde(default)]
     pub stop_words: Vec<String>,
 }
@@ -187,37 +190,27 @@ impl KbConfig {
         }
     }
 
-    /// Synonyms of every locale merged (Meilisearch has one index for all locales).
-    pub fn all_synonyms(&self) -> BTreeMap<String, Vec<String>> {
-        let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
-        for v in self.locales.values() {
-            for (k, syns) in &v.synonyms {
-                let e = out.entry(k.to_lowercase()).or_default();
-                for s in syns {
-                    if !e.contains(s) {
-                        e.push(s.clone());
-                    }
-                }
-            }
-        }
-        out
+    /// Synonyms and stop words of every locale merged (Meilisearch has one index for
+    /// all locales; PostgreSQL uses it for queries without a locale).
+    pub fn merged_vocabulary(&self) -> Vocabulary {
+        let stop_words: Vec<String> = self.locales.values().flat_map(|v| v.stop_words.iter().cloned()).collect();
+        Vocabulary::new(self.locales.values().flat_map(|v| v.synonyms.iter()), &stop_words)
     }
 
-    /// Stop words of every locale merged.
-    pub fn all_stop_words(&self) -> Vec<String> {
-        let mut out: Vec<String> = self.locales.values().flat_map(|v| v.stop_words.iter().cloned()).collect();
-        out.sort();
-        out.dedup();
-        out
-    }
-
-    /// Synonyms for one locale (its primary subtag, e.g. `en` for `en-US`), falling back
-    /// to all locales' when none is given.
-    pub fn synonyms_for(&self, locale: Option<&str>) -> BTreeMap<String, Vec<String>> {
-        match locale.map(primary_subtag) {
-            Some(l) => self.locales.get(&l).map(|v| v.synonyms.clone()).unwrap_or_default(),
-            None => self.all_synonyms(),
+    /// Vocabulary per configured locale (key: primary subtag, `en` for `en-US`; `en` and
+    /// `en-GB` sections both count for `en`).
+    pub fn locale_vocabularies(&self) -> BTreeMap<String, Vocabulary> {
+        let mut by_language: BTreeMap<String, Vec<&LocaleVocabulary>> = BTreeMap::new();
+        for (l, v) in &self.locales {
+            by_language.entry(primary_subtag(l)).or_default().push(v);
         }
+        by_language
+            .into_iter()
+            .map(|(l, vs)| {
+                let stop_words: Vec<String> = vs.iter().flat_map(|v| v.stop_words.iter().cloned()).collect();
+                (l, Vocabulary::new(vs.iter().flat_map(|v| v.synonyms.iter()), &stop_words))
+            })
+            .collect()
     }
 }
 
@@ -240,8 +233,10 @@ mod tests {
             toml::from_str("backend = \"meilisearch\"\nmeilisearch_api_key = \"k\"\n[locales.en]\nsynonyms = { signin = [\"login\"] }\nstop_words = [\"the\"]")
                 .expect("toml");
         let c = KbConfig::from_toml(Some(v)).expect("valid");
-        assert_eq!(c.all_synonyms()["signin"], vec!["login".to_string()]);
-        assert_eq!(c.all_stop_words(), vec!["the".to_string()]);
+        let merged = c.merged_vocabulary();
+        assert_eq!(merged.symmetric_synonyms()["signin"], vec!["login".to_string()]);
+        assert_eq!(merged.symmetric_synonyms()["login"], vec!["signin".to_string()]);
+        assert_eq!(merged.stop_words(), vec!["the".to_string()]);
         assert!(!format!("{c:?}").contains("\"k\""));
     }
 }

@@ -22,6 +22,7 @@ export const DEMO = {
   alice: ['alice', 'agent-pass-1'],
   bruno: ['bruno', 'agent-pass-2'],
   carla: ['carla', 'agent-pass-3'],
+  ken: ['ken', 'kb-editor-pass'],
 };
 
 /** Why the browser tests cannot run here, or null. Only a missing Chromium skips. */

@@ -253,22 +253,31 @@ test('a dropped event stream resumes without losing or duplicating messages', { 
 test('knowledge-base suggestions insert a link or an excerpt; hostile text stays text', { skip }, async () => {
   const { hub, chrome } = await env.get();
   const sup = await apiClient(hub.url, DEMO.sam);
+  // Real articles through the real KB (the embedded PostgreSQL search backend), one of them
+  // with a hostile title.
+  const ken = await apiClient(hub.url, DEMO.ken);
+  const refunds = await ken.post('/api/v1/kb/articles', {
+    title: 'Refunds <b>and</b> chargebacks', body: 'Refunds reach your card in 3-5 business days after the invoice is credited.',
+    category: 'billing', tags: ['refund'], status: 'published', public: true,
+  });
+  const hostile = await ken.post('/api/v1/kb/articles', {
+    title: '<img src=x onerror="window.__pwned=1"> refund invoice', body: 'Refund invoice questions <script>window.__pwned=2</script>.',
+    category: 'billing', status: 'published',
+  });
+  await ken.post('/api/v1/kb/articles', { title: 'Refund draft', body: 'refund invoice draft', status: 'draft' });
+  // Indexing is asynchronous (outbox worker): wait until search sees both.
+  for (let n = 0; ; n++) {
+    const r = await sup.get('/api/v1/kb/search?q=refund%20invoice');
+    const ids = (r.items || r.hits || []).map((h) => h.id);
+    if (ids.includes(refunds.id) && ids.includes(hostile.id)) break;
+    if (n > 100) throw new Error(`articles not searchable: ${JSON.stringify(r)}`);
+    await new Promise((res) => setTimeout(res, 100));
+  }
   const alice = await agentPage(chrome, hub, DEMO.alice);
   const { page } = alice;
-  // The KB module needs a search engine; its suggest endpoint is stubbed here so the test is
-  // about the panel: rendering, escaping and insertion.
   let asked = null;
-  await page.route('**/api/v1/kb/suggest?*', (route) => {
-    asked = new URL(route.request().url()).searchParams.get('interaction_id');
-    return route.fulfill({
-      status: 200, contentType: 'application/json',
-      body: JSON.stringify({
-        items: [
-          { id: '5f0c1a52-0000-4000-8000-000000000001', title: 'Refunds <b>and</b> chargebacks', excerpt: 'Refunds reach your card in 3-5 business days.', url: '/kb.html#/articles/5f0c1a52-0000-4000-8000-000000000001' },
-          { id: '5f0c1a52-0000-4000-8000-000000000002', title: '<img src=x onerror="window.__pwned=1">', excerpt: 'x', url: 'javascript:alert(1)' },
-        ],
-      }),
-    });
+  page.on('request', (req) => {
+    if (req.url().includes('/api/v1/kb/suggest?')) asked = new URL(req.url()).searchParams.get('interaction_id');
   });
   const visitor = await chatVisitor(hub.url, { name: 'Lea Kurz', email: 'lea@example.com', language: 'en' });
   await visitor.say('When will my refund for the invoice arrive?');
@@ -276,18 +285,22 @@ test('knowledge-base suggestions insert a link or an excerpt; hostile text stays
   await page.waitForSelector(offerSel(i.id), { timeout: 15000 });
   assert.match(await page.textContent(`${offerSel(i.id)} .offer-preview`), /When will my refund/, 'the offer previews the message');
   await page.click(`${offerSel(i.id)} .offer-accept`);
-  await page.waitForSelector('#kb-suggestions .kb-item');
+  await page.waitForFunction(() => document.querySelectorAll('#kb-suggestions .kb-item').length >= 2, null, { timeout: 15000 });
   assert.equal(asked, i.id);
   const titles = await page.$$eval('#kb-suggestions .kb-title', (els) => els.map((e) => e.textContent));
-  assert.deepEqual(titles, ['Refunds <b>and</b> chargebacks', '<img src=x onerror="window.__pwned=1">']);
-  assert.equal(await page.$('#kb-suggestions img, #kb-suggestions b'), null, 'titles are not parsed as HTML');
+  assert.ok(titles.includes('Refunds <b>and</b> chargebacks'), JSON.stringify(titles));
+  assert.ok(titles.includes('<img src=x onerror="window.__pwned=1"> refund invoice'), JSON.stringify(titles));
+  assert.ok(!titles.includes('Refund draft'), 'drafts are never suggested');
+  assert.ok(titles.length <= 3, 'top three');
+  assert.equal(await page.$('#kb-suggestions img, #kb-suggestions b, #kb-suggestions script'), null, 'titles are not parsed as HTML');
   assert.equal(await page.$('#kb-suggestions a[href^="javascript:"]'), null, 'no javascript: links');
 
-  await page.click('#kb-suggestions .kb-item:first-child .kb-insert-excerpt');
-  assert.equal(await page.inputValue('#reply-input'), 'Refunds reach your card in 3-5 business days.');
-  await page.click('#kb-suggestions .kb-item:first-child .kb-insert-link');
+  const item = page.locator('#kb-suggestions .kb-item', { hasText: 'Refunds <b>and</b> chargebacks' });
+  await item.locator('.kb-insert-excerpt').click();
+  assert.equal(await page.inputValue('#reply-input'), 'Refunds reach your card in 3-5 business days after the invoice is credited.');
+  await item.locator('.kb-insert-link').click();
   const v = await page.inputValue('#reply-input');
-  assert.ok(v.endsWith(`Refunds <b>and</b> chargebacks: ${hub.url}/portal.html#/articles/5f0c1a52-0000-4000-8000-000000000001`), v);
+  assert.ok(v.endsWith(`Refunds <b>and</b> chargebacks: ${hub.url}/portal.html#/articles/${refunds.id}`), v);
   assert.equal(await page.evaluate(() => window.__pwned), undefined);
 
   // The customer panel shows the CRM profile (or degrades gracefully when the CRM is absent).

@@ -64,8 +64,15 @@ pub async fn spawn_hub_with(adjust: impl FnOnce(&mut Settings)) -> TestHub {
 }
 
 /// Starts a second hub process-equivalent on the same database.
+#[allow(dead_code)]
 pub async fn spawn_node(db: &TestDb) -> Running {
-    let s = test_settings(&db.url(), &[]);
+    spawn_node_with(db, |_| {}).await
+}
+
+/// Starts another node on the same database with adjusted settings.
+pub async fn spawn_node_with(db: &TestDb, adjust: impl FnOnce(&mut Settings)) -> Running {
+    let mut s = test_settings(&db.url(), &[]);
+    adjust(&mut s);
     let database =
         Database { pool: sqlx::PgPool::connect_with(db.options.clone()).await.expect("pool"), embedded: None, options: db.options.clone() };
     switchboard::start_with(s, database).await.expect("start node")

@@ -558,6 +558,12 @@ function renderHeader(i) {
   const open = OPEN.includes(i.status);
   const mine = state.me.agent_id && i.agent_id === state.me.agent_id;
   $('#btn-transfer').disabled = !(mine && ['offered', 'active'].includes(i.status));
+  // Live call controls (voice): the agent on the call, or a supervisor.
+  const roles = state.me.roles || [];
+  const supervisor = roles.includes('supervisor') || roles.includes('admin');
+  const liveCall = i.channel === 'voice' && i.status === 'active';
+  $('#voice-actions').hidden = !(liveCall && (mine || supervisor));
+  for (const b of ['#btn-listen', '#btn-barge']) $(b).hidden = !supervisor;
   $('#btn-wrapup').disabled = !(mine && i.status === 'active');
   $('#btn-close').disabled = !(mine && open);
   const canWrite = mine && ['active', 'wrap_up'].includes(i.status);
@@ -842,7 +848,11 @@ $('#transfer-form').addEventListener('submit', async (e) => {
     return;
   }
   try {
-    await post(`/api/v1/interactions/${id}/transfer`, body);
+    // A live call is transferred by the voice channel (the target's phone rings); other
+    // conversations by the core.
+    const sel = state.interactions.get(id);
+    const live = sel && sel.channel === 'voice' && sel.status === 'active';
+    await post(live ? `/api/v1/voice/calls/${id}/transfer` : `/api/v1/interactions/${id}/transfer`, body);
     dlg.returnFocusTo = $('#conversation');
     dlg.close();
     toast('Conversation transferred.', 'success');
@@ -851,6 +861,27 @@ $('#transfer-form').addEventListener('submit', async (e) => {
     dialogError(dlg, ex);
   }
 });
+
+// Live call controls: each maps to the voice channel's call API for the selected call.
+const CALL_ACTIONS = {
+  '#btn-hold': ['hold', 'Call on hold — the caller hears music'],
+  '#btn-resume': ['resume', 'Call resumed'],
+  '#btn-hangup': ['hangup', 'Call ended'],
+  '#btn-listen': ['listen', 'Your phone is ringing: you will hear the call'],
+  '#btn-barge': ['barge', 'Your phone is ringing: caller and agent will hear you'],
+};
+for (const [sel, [action, done]] of Object.entries(CALL_ACTIONS)) {
+  $(sel).addEventListener('click', async () => {
+    try {
+      await post(`/api/v1/voice/calls/${state.selected}/${action}`);
+      toast(done, 'success');
+      announce(done);
+      await loadSelected(false);
+    } catch (e) {
+      showError(e, `Could not ${action === 'hangup' ? 'hang up' : action} the call`);
+    }
+  });
+}
 
 $('#btn-wrapup').addEventListener('click', async () => {
   try {

@@ -15,6 +15,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 use switchboard_core::adapter::{AdapterError, Assignment, ChannelAdapter, DeliveryReceipt, Outbound, Shutdown};
+use switchboard_core::batch::Batcher;
 use switchboard_core::bus::{HubEvent, NewEvent};
 use switchboard_core::{Channel, CoreError, CoreResult, CustomerHints, Hub, InboundItem};
 use tokio::sync::broadcast::error::RecvError;
@@ -64,7 +65,31 @@ pub struct ChatState {
     secret: tokio::sync::OnceCell<Vec<u8>>,
     hub: OnceLock<Hub>,
     dirty_queues: Mutex<HashSet<Uuid>>,
+    seqs: OnceLock<SeqBatcher>,
 }
+
+/// Numbers (conversation, message) pairs: (seq, newly assigned).
+type SeqBatcher = Batcher<(Uuid, Uuid), CoreResult<(i64, bool)>>;
+
+/// The chat ledger written in the ingest transaction: a visitor message gets its seq in
+/// the same commit as the message and its event.
+struct ChatLedger;
+
+#[async_trait]
+impl switchboard_core::IngestLedger for ChatLedger {
+    async fn append(&self, conn: &mut sqlx::PgConnection, messages: &[(Uuid, Option<&str>)]) -> CoreResult<Vec<Option<i64>>> {
+        let pairs: Vec<(Uuid, Uuid)> =
+            messages.iter().filter_map(|(m, conv)| conv.and_then(|c| c.parse::<Uuid>().ok()).map(|c| (c, *m))).collect();
+        let rows = store::number_messages(&mut *conn, &pairs).await?;
+        let seqs: std::collections::HashMap<Uuid, i64> = rows.into_iter().filter(|r| r.2).map(|(m, seq, _)| (m, seq)).collect();
+        Ok(messages.iter().map(|(m, _)| seqs.get(m).copied()).collect())
+    }
+}
+
+/// Concurrent writers of the conversation ledger.
+const SEQ_LANES: usize = 4;
+/// Most messages numbered in one statement.
+const SEQ_MAX_BATCH: usize = 64;
 
 impl ChatState {
     /// New state for a configured channel.
@@ -78,12 +103,35 @@ impl ChatState {
             secret: tokio::sync::OnceCell::new(),
             hub: OnceLock::new(),
             dirty_queues: Mutex::new(HashSet::new()),
+            seqs: OnceLock::new(),
         }
+    }
+
+    /// Gives a stored message its seq in the conversation (group-committed with the
+    /// other messages being numbered at the same moment; one conversation, one lane).
+    pub async fn assign_seq(&self, hub: &Hub, conversation: Uuid, message: Uuid) -> CoreResult<(i64, bool)> {
+        let batcher = self.seqs.get_or_init(|| {
+            let db = hub.db().clone();
+            Batcher::new(
+                SEQ_LANES,
+                SEQ_MAX_BATCH,
+                Arc::new(move |pairs: Vec<(Uuid, Uuid)>| {
+                    let db = db.clone();
+                    Box::pin(async move { store::assign_seqs(&db, &pairs).await })
+                }),
+            )
+        });
+        batcher
+            .submit(&conversation, (conversation, message))
+            .await
+            .unwrap_or_else(|| Err(CoreError::Internal("the chat ledger writer stopped".into())))
     }
 
     /// Remembers the hub (deliveries may arrive before `run` starts).
     pub fn bind_hub(&self, hub: &Hub) {
-        let _ = self.hub.set(hub.clone());
+        if self.hub.set(hub.clone()).is_ok() {
+            hub.set_ingest_ledger(Channel::Chat, Arc::new(ChatLedger));
+        }
     }
 
     /// The token HMAC key: configured, or generated once and kept in the database.
@@ -184,7 +232,12 @@ impl ChatState {
             other => internal(other).for_message(client_msg_id),
         })?;
         let message_id = out.message_id.ok_or_else(|| internal("ingest returned no message id").for_message(client_msg_id))?;
-        let (seq, fresh) = store::assign_seq(hub.db(), conv, message_id).await.map_err(|e| internal(e).for_message(client_msg_id))?;
+        let (seq, fresh) = match out.sequence {
+            Some(seq) if !out.duplicate => (seq, true),
+            // A replay (or a conversation the ledger did not know): look the seq up, or
+            // assign it now.
+            _ => self.assign_seq(hub, conv, message_id).await.map_err(|e| internal(e).for_message(client_msg_id))?,
+        };
         if fresh {
             let entry = WireMessage {
                 seq,
@@ -313,6 +366,16 @@ impl ChatState {
             "read" if by == Some("agent") => {
                 ev.data.get("up_to_seq").and_then(|s| s.as_i64()).map(|up_to_seq| ServerFrame::Read { up_to_seq })
             }
+            // A visitor message ingested by another node (HTTP fallback, another tab): its
+            // seq committed with it, so sockets here read past their cursor. The ingesting
+            // node pushed it itself.
+            "message"
+                if ev.data.get("direction").and_then(|d| d.as_str()) == Some("inbound")
+                    && ev.data.get("node").and_then(|n| n.as_str()) != Some(hub.node_id().to_string().as_str()) =>
+            {
+                self.registry.push(conv, Push::CatchUp);
+                None
+            }
             "delivered" => {
                 // Another node may have stored the reply: let each socket read past its cursor.
                 self.registry.push(conv, Push::CatchUp);
@@ -425,7 +488,7 @@ impl ChannelAdapter for ChatAdapter {
         };
         let message_id =
             store::outbox_message(hub.db(), msg.id).await?.ok_or_else(|| AdapterError::Permanent("outbox row has no message".into()))?;
-        let (seq, fresh) = store::assign_seq(hub.db(), conv, message_id).await?;
+        let (seq, fresh) = self.state.assign_seq(&hub, conv, message_id).await?;
         if fresh {
             if let Some(entry) = store::transcript_entry(hub.db(), conv, seq).await? {
                 self.state.registry.push(conv, Push::Entry { seq, text: ServerFrame::Message(entry).to_text().into() });
@@ -463,17 +526,12 @@ impl ChannelAdapter for ChatAdapter {
     }
 }
 
-/// Publishes a visitor typing indicator on this node's event bus (not persisted).
-pub fn publish_visitor_typing(hub: &Hub, interaction: Uuid, conversation: Uuid, active: bool) {
-    hub.bus().publish(HubEvent {
-        id: 0,
-        interaction_id: Some(interaction),
-        agent_id: None,
-        queue_id: None,
-        kind: "typing".into(),
-        data: serde_json::json!({ "by": "visitor", "active": active, "channel": "chat", "conversation_id": conversation }),
-        at: chrono::Utc::now(),
-    });
+/// Sends a typing indicator to every node (an ephemeral event: not persisted).
+pub async fn signal_typing(hub: &Hub, interaction: Uuid, data: serde_json::Value) {
+    let ev = NewEvent { interaction_id: Some(interaction), kind: "typing", data, ..Default::default() };
+    if let Err(e) = switchboard_core::bus::signal(hub.db(), ev).await {
+        tracing::warn!(error = %e, "Could not send a typing indicator.");
+    }
 }
 
 /// Records a read receipt as an interaction event (persisted, reaches every node).

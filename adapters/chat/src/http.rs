@@ -598,15 +598,8 @@ async fn agent_signal(
     let conv = i.conversation_key.as_deref().and_then(|k| k.parse::<Uuid>().ok()).ok_or(CoreError::NotFound("chat conversation"))?;
     match req.kind.as_str() {
         "typing" => {
-            hub.bus().publish(switchboard_core::bus::HubEvent {
-                id: 0,
-                interaction_id: Some(i.id),
-                agent_id: None,
-                queue_id: None,
-                kind: "typing".into(),
-                data: serde_json::json!({ "by": "agent", "agent_id": caller.agent_id, "active": req.active.unwrap_or(true), "channel": "chat", "conversation_id": conv }),
-                at: chrono::Utc::now(),
-            });
+            let data = serde_json::json!({ "by": "agent", "agent_id": caller.agent_id, "active": req.active.unwrap_or(true), "channel": "chat", "conversation_id": conv });
+            adapter::signal_typing(&hub, i.id, data).await;
         }
         "read" => {
             let up_to_seq = store::last_visitor_seq(hub.db(), conv).await?;
@@ -878,7 +871,8 @@ async fn handle_frame(
             };
             if forward {
                 if let Some(i) = state.registry.interaction_of(conv) {
-                    adapter::publish_visitor_typing(hub, i.id, conv, active);
+                    let data = serde_json::json!({ "by": "visitor", "active": active, "channel": "chat", "conversation_id": conv });
+                    adapter::signal_typing(hub, i.id, data).await;
                 }
                 *last_typing = Some((active, now));
             }

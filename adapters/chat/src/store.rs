@@ -112,6 +112,74 @@ pub async fn assign_seq(db: &PgPool, conversation: Uuid, message: Uuid) -> CoreR
     }
 }
 
+/// Seqs for a batch of (conversation, message) pairs in one statement (group commit of
+/// the chat ledger): each conversation's counter is bumped once by its number of new
+/// messages, under its row lock, and the messages are numbered in batch order. Returns one
+/// answer per pair, in order; pairs the statement could not settle (a concurrent writer on
+/// another node) fall back to [`assign_seq`].
+pub async fn assign_seqs(db: &PgPool, pairs: &[(Uuid, Uuid)]) -> Vec<CoreResult<(i64, bool)>> {
+    let found: std::collections::HashMap<Uuid, (i64, bool)> = match number_messages(db, pairs).await {
+        Ok(rows) => rows.into_iter().map(|(m, seq, fresh)| (m, (seq, fresh))).collect(),
+        Err(e) => {
+            tracing::warn!(error = %e, "Batched seq assignment failed; assigning one by one.");
+            Default::default()
+        }
+    };
+    let mut first_seen: std::collections::HashSet<Uuid> = Default::default();
+    let mut out = Vec::with_capacity(pairs.len());
+    for (conv, msg) in pairs {
+        let repeat = !first_seen.insert(*msg);
+        out.push(match found.get(msg) {
+            Some((seq, fresh)) => Ok((*seq, *fresh && !repeat)),
+            None => assign_seq(db, *conv, *msg).await,
+        });
+    }
+    out
+}
+
+/// The statement behind [`assign_seqs`] and the ingest ledger: numbers the pairs' new
+/// messages (each conversation's counter bumped once, under its row lock, in pair order)
+/// and returns (message, seq, newly assigned) for every pair it could settle.
+pub async fn number_messages<'e>(db: impl sqlx::PgExecutor<'e>, pairs: &[(Uuid, Uuid)]) -> Result<Vec<(Uuid, i64, bool)>, sqlx::Error> {
+    let mut unique: Vec<(Uuid, Uuid)> = Vec::with_capacity(pairs.len());
+    for p in pairs {
+        if !unique.iter().any(|u| u.1 == p.1) {
+            unique.push(*p);
+        }
+    }
+    let convs: Vec<Uuid> = unique.iter().map(|p| p.0).collect();
+    let msgs: Vec<Uuid> = unique.iter().map(|p| p.1).collect();
+    sqlx::query_as(
+        "with input as (
+             select conv, msg, ord from unnest($1::uuid[], $2::uuid[]) with ordinality as t(conv, msg, ord)
+         ), fresh as (
+             select i.* from input i where not exists (select 1 from chat_messages m where m.message_id = i.msg)
+         ), counts as (
+             select conv, count(*) as n from fresh group by conv
+         ), locked as (
+             -- Row locks in id order: concurrent batches never deadlock on each other.
+             select id from chat_conversations where id in (select conv from counts) order by id for update
+         ), bumped as (
+             update chat_conversations c set next_seq = c.next_seq + counts.n
+             from counts join locked l on l.id = counts.conv where c.id = counts.conv returning c.id, c.next_seq
+         ), numbered as (
+             select f.conv, f.msg, b.next_seq - k.n + row_number() over (partition by f.conv order by f.ord) as seq
+             from fresh f join counts k on k.conv = f.conv join bumped b on b.id = f.conv
+         ), ins as (
+             insert into chat_messages (conversation_id, seq, message_id)
+             select conv, seq, msg from numbered order by conv, seq
+             on conflict (message_id) do nothing returning message_id, seq
+         )
+         select message_id, seq, true from ins
+         union all
+         select message_id, seq, false from chat_messages where message_id = any($2)",
+    )
+    .bind(&convs)
+    .bind(&msgs)
+    .fetch_all(db)
+    .await
+}
+
 #[derive(sqlx::FromRow)]
 struct TranscriptRow {
     seq: i64,

@@ -85,6 +85,12 @@ impl CallRouting for BenchRouting {
                 self.c.failed_offers.fetch_add(1, Ordering::Relaxed);
             }
             CallOutcome::Ringing { .. } => {}
+            // No overflow numbers or supervisors in this load run.
+            CallOutcome::ExternalAnswered { .. }
+            | CallOutcome::ExternalFailed { .. }
+            | CallOutcome::SupervisorJoined { .. }
+            | CallOutcome::SupervisorFailed { .. }
+            | CallOutcome::SupervisorLeft { .. } => {}
         }
         Ok(())
     }

@@ -8,7 +8,10 @@
 //! enqueue time); the end of a bridged call stores the recording path and puts the
 //! interaction into wrap-up. Hub events drive the rest: withdrawn offers stop the
 //! ringing, `max_wait_exceeded` sends the caller to voicemail (or hangs up), and
-//! transfers release the agent leg so the new offer can ring the target.
+//! transfers release the agent leg so the new offer can ring the target. Ring-all
+//! offers ring every phone at once; the first to answer is accepted in core, which
+//! cancels the other offers without penalty. An overflow call answered by the external
+//! number makes the interaction `overflowed`; supervisor legs are recorded as events.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -35,7 +38,8 @@ use crate::{VoiceEngine, VoiceEngineHandle};
 pub const KIND: &str = "sip";
 
 /// Keys of the `[[channels]]` table that belong to the adapter, not to [`VoiceConfig`].
-const ADAPTER_KEYS: &[&str] = &["type", "name", "max_wait_action", "max_wait_voicemail_prompt", "max_wait_voicemail_secs"];
+const ADAPTER_KEYS: &[&str] =
+    &["type", "name", "max_wait_action", "max_wait_voicemail_prompt", "max_wait_voicemail_secs", "max_wait_voicemail_silence_secs"];
 
 /// What happens to a queued caller when the queue's `max_wait_secs` passes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
@@ -63,6 +67,10 @@ pub struct AdapterSettings {
     /// Longest voicemail after max wait, in seconds.
     #[serde(default = "default_max_wait_voicemail_secs")]
     pub max_wait_voicemail_secs: u64,
+    /// Seconds of silence that end a voicemail after max wait (0: only `#`, hang-up or
+    /// the time limit end it).
+    #[serde(default = "default_max_wait_voicemail_silence_secs")]
+    pub max_wait_voicemail_silence_secs: u64,
 }
 
 fn default_max_wait_prompt() -> Option<String> {
@@ -70,6 +78,9 @@ fn default_max_wait_prompt() -> Option<String> {
 }
 fn default_max_wait_voicemail_secs() -> u64 {
     120
+}
+fn default_max_wait_voicemail_silence_secs() -> u64 {
+    8
 }
 
 /// Engines of running adapters by adapter name (tests and diagnostics).
@@ -279,7 +290,9 @@ impl VoiceAdapter {
                 match s.max_wait_action {
                     MaxWaitAction::Voicemail => {
                         let max = Duration::from_secs(s.max_wait_voicemail_secs.max(1));
-                        let _ = engine.to_voicemail(&call_id, s.max_wait_voicemail_prompt.clone(), max);
+                        let silence =
+                            (s.max_wait_voicemail_silence_secs > 0).then(|| Duration::from_secs(s.max_wait_voicemail_silence_secs));
+                        let _ = engine.to_voicemail_until_silence(&call_id, s.max_wait_voicemail_prompt.clone(), max, silence);
                     }
                     MaxWaitAction::Hangup => {
                         let _ = engine.hangup(&call_id);
@@ -319,7 +332,16 @@ impl VoiceAdapter {
             match queue_position(hub, id).await {
                 Ok(Some((position, wait))) => {
                     let _ = engine.announce_position(&call_id, position, wait);
-                    self.state.update(&call_id, |e| e.last_position = Some(position));
+                    let mut changed = false;
+                    self.state.update(&call_id, |e| {
+                        changed = e.last_position != Some(position);
+                        e.last_position = Some(position);
+                    });
+                    // One event per change of position, not one per announcement.
+                    if changed {
+                        let data = json!({ "call_id": call_id, "position": position, "estimated_wait_secs": wait.as_secs() });
+                        record(hub, "announced_position", id, data).await;
+                    }
                 }
                 Ok(None) => {}
                 Err(error) => tracing::debug!(%error, "Queue position lookup failed."),
@@ -443,26 +465,9 @@ impl ChannelAdapter for VoiceAdapter {
             hub.end_offer(a.offer_id, None, OfferEnd::Timeout).await?;
             return Ok(());
         };
-        // Ring-all: the engine bridges one agent leg per call, so of the simultaneous offers
-        // only the first (by creation, then id — the same answer on every node) rings; the
-        // others are declined at once, which leaves those agents available (a timeout
-        // would mark them not-ready).
-        if a.ring_all {
-            let first: Option<Uuid> = sqlx::query_scalar(
-                "select id from offers where interaction_id = $1 and state = 'pending' and ring_all order by created_at, id limit 1",
-            )
-            .bind(a.interaction_id)
-            .fetch_optional(hub.db())
-            .await
-            .map_err(|e| AdapterError::Temporary(e.to_string()))?;
-            if first.is_some_and(|f| f != a.offer_id) {
-                match hub.end_offer(a.offer_id, None, OfferEnd::Declined).await {
-                    Ok(()) | Err(switchboard_core::CoreError::Conflict(_)) => {}
-                    Err(e) => return Err(e.into()),
-                }
-                return Ok(());
-            }
-        }
+        // Ring-all: every offer rings its phone at once (parallel forks). The first phone
+        // to answer is accepted; core cancels the other offers without penalty and the
+        // engine CANCELs their INVITEs.
         // A transfer of a bridged call: end the current agent leg first (same command
         // channel, so the engine sees the release before the ring).
         if self.state.release(a.interaction_id) {
@@ -668,6 +673,30 @@ impl CallRouting for HubRouting {
                 record(&self.hub, "call_unreachable", id, json!({ "call_id": call_id, "offer_id": offer_id, "reason": reason })).await;
                 self.end_offer_timeout(parse_offer(&offer_id)?).await;
             }
+            CallOutcome::ExternalAnswered { number } => {
+                self.state.update(&call_id, |e| {
+                    e.bridged = true;
+                    e.agent_id = None;
+                });
+                // Overflowed: out of the queue (pending offers released without penalty).
+                let data = json!({ "call_id": call_id, "number": number });
+                self.hub.update_metadata(id, json!({ "overflow_number": number })).await.map_err(routing_err)?;
+                self.hub.set_status(id, InteractionStatus::Overflowed, data.clone()).await.map_err(routing_err)?;
+                record(&self.hub, "overflowed_external", id, data).await;
+            }
+            CallOutcome::ExternalFailed { number, reason } => {
+                record(&self.hub, "overflow_failed", id, json!({ "call_id": call_id, "number": number, "reason": reason })).await;
+            }
+            CallOutcome::SupervisorJoined { user, barge } => {
+                let mode = if barge { "barge" } else { "listen" };
+                record(&self.hub, "supervisor_joined", id, json!({ "call_id": call_id, "phone": user, "mode": mode })).await;
+            }
+            CallOutcome::SupervisorFailed { user, reason } => {
+                record(&self.hub, "supervisor_failed", id, json!({ "call_id": call_id, "phone": user, "reason": reason })).await;
+            }
+            CallOutcome::SupervisorLeft { user } => {
+                record(&self.hub, "supervisor_left", id, json!({ "call_id": call_id, "phone": user })).await;
+            }
             CallOutcome::Ended { by, recording } => {
                 let entry = self.state.remove(&call_id);
                 let recording = recording.map(|p| p.display().to_string());
@@ -676,6 +705,7 @@ impl CallRouting for HubRouting {
                     Side::Agent => "agent",
                     Side::Hub => "hub",
                 };
+                let by = if by == "agent" && entry.as_ref().is_some_and(|e| e.bridged && e.agent_id.is_none()) { "external" } else { by };
                 if entry.as_ref().is_some_and(|e| e.bridged) {
                     let patch = json!({ "recording": recording, "ended_by": by });
                     self.hub.update_metadata(id, patch).await.map_err(routing_err)?;

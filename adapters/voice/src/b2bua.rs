@@ -1,7 +1,11 @@
 //! The call engine: a back-to-back user agent that answers trunk calls, runs the
 //! IVR, hands callers to core through [`CallRouting`], rings agents' registered
-//! phones when core says so, bridges and records the two legs, and serves the
-//! registrar. One task owns all signalling state; media runs in per-leg tasks.
+//! phones when core says so (one phone, or every ring-all offer at once as parallel
+//! forks: the first to answer is bridged, the others get CANCEL), bridges and records
+//! the two legs, overflows a caller who waited too long to an external number
+//! through a trunk, adds a supervisor's phone as a third leg (listen-in or barge),
+//! and serves the registrar. One task owns all signalling state; media runs in
+//! per-leg tasks.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -13,11 +17,11 @@ use rsip::{Method, Request, Response};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::call::{CallInfo, CallOutcome, CallRouting, CallTicket, Side};
-use crate::config::{IvrFlowConfig, TrunkConfig, VoiceConfig};
+use crate::config::{IvrFlowConfig, QueueVoiceConfig, TrunkConfig, VoiceConfig};
 use crate::ivr::{IvrAction, IvrInput, IvrSession};
 use crate::media::dtmf::parse_info_body;
 use crate::media::player::{tone, PromptStore};
-use crate::media_session::{bind_rtp, spawn_leg, spawn_recorder, LegId, MediaCommand, MediaEvent, MediaHandle, Recorder};
+use crate::media_session::{bind_rtp, spawn_leg, spawn_recorder, LegId, MediaCommand, MediaEvent, MediaHandle, Recorder, RecordingEnd};
 use crate::registrar::{CredentialStore, InlineCredentials, Registrar};
 use crate::sdp::{self, Codec, Direction, Negotiated};
 use crate::sip::dialog::Dialog;
@@ -44,7 +48,29 @@ enum Command {
     IsRegistered { user: String, reply: oneshot::Sender<bool> },
     ReleaseAgent { call_id: String },
     Hold { call_id: String, on: bool },
-    ToVoicemail { call_id: String, prompt: Option<String>, max: Duration },
+    ToVoicemail { call_id: String, prompt: Option<String>, max: Duration, silence: Option<Duration> },
+    Supervise { call_id: String, target: SupervisorTarget, barge: bool, reply: oneshot::Sender<std::result::Result<Supervision, String>> },
+    Overflow { call_id: String },
+}
+
+/// Whose phone a supervisor leg rings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SupervisorTarget {
+    /// A SIP user registered with our registrar (the supervisor's agent record or an
+    /// extension given in the request).
+    Registered(String),
+    /// A SIP URI reached directly (`sip:user@host:port`, UDP).
+    Uri(String),
+}
+
+/// What a supervise request did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Supervision {
+    /// The supervisor's phone is ringing; it joins when answered.
+    Ringing,
+    /// The supervisor was already on the call; the mode changed (listen ↔ barge).
+    ModeChanged,
 }
 
 /// Results of spawned routing calls.
@@ -101,7 +127,35 @@ impl VoiceEngineHandle {
     /// prompt, beep, then a mono recording of at most `max`, reported through
     /// [`CallRouting::voicemail`].
     pub fn to_voicemail(&self, call_id: &str, prompt: Option<String>, max: Duration) -> Result<()> {
-        self.send(Command::ToVoicemail { call_id: call_id.into(), prompt, max })
+        self.to_voicemail_until_silence(call_id, prompt, max, None)
+    }
+
+    /// Like [`Self::to_voicemail`]; the recording also ends after `silence` without
+    /// speech (and, as always, on `#`).
+    pub fn to_voicemail_until_silence(
+        &self,
+        call_id: &str,
+        prompt: Option<String>,
+        max: Duration,
+        silence: Option<Duration>,
+    ) -> Result<()> {
+        self.send(Command::ToVoicemail { call_id: call_id.into(), prompt, max, silence })
+    }
+
+    /// Supervisor listen-in (`barge = false`: the supervisor hears caller and agent
+    /// mixed, nobody hears the supervisor) or barge (`true`: the supervisor is also
+    /// mixed into what caller and agent hear) on a bridged call. The supervisor's phone
+    /// is called as a third leg; its BYE leaves the call up, the call's end BYEs it.
+    /// Progress is reported through [`CallRouting::call_event`].
+    pub async fn supervise(
+        &self,
+        call_id: &str,
+        target: SupervisorTarget,
+        barge: bool,
+    ) -> Result<std::result::Result<Supervision, String>> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Command::Supervise { call_id: call_id.into(), target, barge, reply })?;
+        rx.await.map_err(|_| VoiceError::Stopped)
     }
 
     /// Whether `user` has a live registration (for agent presence).
@@ -210,10 +264,42 @@ enum Phase {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum AgentState {
+enum LegState {
     Ringing,
     Cancelling,
     Answered,
+}
+
+/// What an outgoing (UAC) leg is for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum OutRole {
+    /// An agent's phone rung for a core offer (several at once for ring-all).
+    Agent { offer_id: String },
+    /// An external number dialled through a trunk (queue overflow).
+    External { number: String },
+    /// A supervisor listening in (`barge = false`) or barging in.
+    Supervisor { barge: bool },
+}
+
+/// Where an outgoing leg's INVITE goes.
+#[derive(Debug)]
+struct DialTarget {
+    /// Request-URI.
+    uri: rsip::Uri,
+    /// Next hop (the registration's source for phones, the trunk for numbers).
+    peer: Peer,
+    /// SIP user, number or URI user (logs and events).
+    user: String,
+    /// `To` header value.
+    to: String,
+}
+
+/// Why an outgoing leg failed before it was answered.
+#[derive(Debug, Clone)]
+enum LegFailure {
+    NoAnswer,
+    Busy,
+    Unreachable(String),
 }
 
 #[derive(Debug)]
@@ -228,21 +314,61 @@ struct CallerLeg {
     telephone_event: Option<u8>,
 }
 
+/// An outgoing leg: an agent's phone, an external number or a supervisor's phone.
 #[derive(Debug)]
-struct AgentLeg {
+struct OutLeg {
+    /// SIP user, number or URI called (logs and events).
     user: String,
-    offer_id: String,
+    role: OutRole,
     invite: Request,
     invite_key: TransactionKey,
     peer: Peer,
     media: MediaHandle,
     dialog: Option<Dialog>,
     ring_deadline: Option<Instant>,
-    state: AgentState,
+    state: LegState,
     sip_call_id: String,
     reported_ringing: bool,
     answer: Option<(AnswerRetransmitter, Peer)>,
     sdp_version: u64,
+}
+
+impl OutLeg {
+    /// A leg that can be bridged to the caller (agent or external party).
+    fn is_party(&self) -> bool {
+        !matches!(self.role, OutRole::Supervisor { .. })
+    }
+
+    fn offer_id(&self) -> Option<&str> {
+        match &self.role {
+            OutRole::Agent { offer_id } => Some(offer_id),
+            _ => None,
+        }
+    }
+
+    /// The report for a failure before answer (agents' offers end in core; the
+    /// others are informational).
+    fn failure(&self, why: LegFailure) -> CallOutcome {
+        match (&self.role, why) {
+            (OutRole::Agent { offer_id }, LegFailure::NoAnswer) => CallOutcome::NoAnswer { offer_id: offer_id.clone() },
+            (OutRole::Agent { offer_id }, LegFailure::Busy) => CallOutcome::Busy { offer_id: offer_id.clone() },
+            (OutRole::Agent { offer_id }, LegFailure::Unreachable(reason)) => {
+                CallOutcome::Unreachable { offer_id: offer_id.clone(), reason }
+            }
+            (OutRole::External { number }, why) => CallOutcome::ExternalFailed { number: number.clone(), reason: why.describe() },
+            (OutRole::Supervisor { .. }, why) => CallOutcome::SupervisorFailed { user: self.user.clone(), reason: why.describe() },
+        }
+    }
+}
+
+impl LegFailure {
+    fn describe(self) -> String {
+        match self {
+            LegFailure::NoAnswer => "no answer".into(),
+            LegFailure::Busy => "busy".into(),
+            LegFailure::Unreachable(r) => r,
+        }
+    }
 }
 
 struct Call {
@@ -251,14 +377,19 @@ struct Call {
     phase: Phase,
     ivr: Option<IvrSession>,
     caller: CallerLeg,
-    agent: Option<AgentLeg>,
+    /// Outgoing legs: ringing forks, the bridged party, a supervisor.
+    legs: Vec<OutLeg>,
     ticket: Option<CallTicket>,
     digit_deadline: Option<Instant>,
     recorder: Option<Recorder>,
     hangup_after_prompt: bool,
     voicemail: Option<Voicemail>,
-    /// A ring request that arrived while core was still enqueueing.
-    pending_ring: Option<(String, String)>,
+    /// Ring requests (user, offer) that arrived while core was still enqueueing.
+    pending_rings: Vec<(String, String)>,
+    /// When to dial the queue's overflow number (set on enqueue, cleared once tried).
+    overflow_at: Option<Instant>,
+    /// Caller and bridged party mix their inputs (a supervisor barged in).
+    mixing: bool,
     /// Bridges so far (recording file names get a suffix after the first).
     bridges: u32,
     /// Hub-side hold active.
@@ -269,12 +400,29 @@ struct Call {
 struct Voicemail {
     path: PathBuf,
     max: Duration,
+    silence: Option<Duration>,
     started: bool,
+}
+
+impl Call {
+    /// The answered agent or external leg bridged to the caller.
+    fn bridged(&self) -> Option<&OutLeg> {
+        self.legs.iter().find(|l| l.is_party() && l.state == LegState::Answered)
+    }
+
+    fn leg_by_key(&self, key: &TransactionKey) -> Option<usize> {
+        self.legs.iter().position(|l| &l.invite_key == key)
+    }
+
+    fn leg_by_sip_call_id(&self, sip_call_id: &str) -> Option<usize> {
+        self.legs.iter().position(|l| l.sip_call_id == sip_call_id)
+    }
 }
 
 #[derive(Debug, Clone)]
 enum ClientPurpose {
-    AgentInvite(String),
+    /// The INVITE of an outgoing leg of this call.
+    LegInvite(String),
     Other,
 }
 
@@ -344,14 +492,10 @@ impl Engine {
             d = d.min(t);
         }
         for c in self.calls.values() {
-            for t in [
-                c.digit_deadline,
-                c.caller.answer.as_ref().map(|(a, _)| a.next_deadline()),
-                c.agent.as_ref().and_then(|a| a.ring_deadline),
-                c.agent.as_ref().and_then(|a| a.answer.as_ref().map(|(r, _)| r.next_deadline())),
-            ]
-            .into_iter()
-            .flatten()
+            for t in
+                [c.digit_deadline, c.caller.answer.as_ref().map(|(a, _)| a.next_deadline()), c.overflow_at].into_iter().flatten().chain(
+                    c.legs.iter().flat_map(|l| [l.ring_deadline, l.answer.as_ref().map(|(r, _)| r.next_deadline())].into_iter().flatten()),
+                )
             {
                 d = d.min(t);
             }
@@ -547,13 +691,15 @@ impl Engine {
                 codec: neg.codec,
                 telephone_event: neg.telephone_event,
             },
-            agent: None,
+            legs: Vec::new(),
             ticket: None,
             digit_deadline: None,
             recorder: None,
             hangup_after_prompt: false,
             voicemail: None,
-            pending_ring: None,
+            pending_rings: Vec::new(),
+            overflow_at: None,
+            mixing: false,
             bridges: 0,
             held: false,
         };
@@ -621,7 +767,7 @@ impl Engine {
                     call.caller.media.command(MediaCommand::Play(samples));
                     let path = self.cfg.voicemail_dir.join(format!("{}.wav", file_safe(call_id)));
                     // Recording starts when the beep has played (PromptFinished).
-                    call.voicemail = Some(Voicemail { path, max, started: false });
+                    call.voicemail = Some(Voicemail { path, max, silence: None, started: false });
                     call.digit_deadline = None;
                     call.info.queue.clear();
                     call.ivr = None;
@@ -638,12 +784,16 @@ impl Engine {
 impl Engine {
     fn on_media(&mut self, ev: MediaEvent) {
         let leg = match &ev {
-            MediaEvent::PromptFinished(l) | MediaEvent::Digit(l, _) | MediaEvent::RecordingDone(l, _) => *l,
+            MediaEvent::PromptFinished(l) | MediaEvent::Digit(l, _) | MediaEvent::RecordingDone(l, _, _) => *l,
         };
-        if let MediaEvent::RecordingDone(_, path) = &ev {
+        if let MediaEvent::RecordingDone(_, path, how) = &ev {
             if let Some((call_id, _)) = self.by_leg.get(&leg).cloned() {
-                // Time limit reached: hang up; the recording is reported below.
+                // Time limit, `#` or silence: hang up; the recording is reported below.
+                tracing::info!(call_id = %call_id, end = ?how, "Voicemail recorded.");
                 self.end_call(&call_id, Side::Hub);
+            }
+            if *how == RecordingEnd::Hangup {
+                tracing::debug!("Voicemail ended by hang-up.");
             }
             if let Some(info) = self.pending_voicemails.remove(&leg) {
                 let routing = self.routing.clone();
@@ -689,7 +839,7 @@ impl Engine {
         if let Some(vm) = call.voicemail.as_mut() {
             if !vm.started {
                 vm.started = true;
-                call.caller.media.command(MediaCommand::RecordMono(vm.path.clone(), vm.max));
+                call.caller.media.command(MediaCommand::RecordMono { path: vm.path.clone(), max: vm.max, silence: vm.silence });
             }
             return;
         }
@@ -719,7 +869,10 @@ impl Engine {
                         if call.phase == Phase::Enqueuing {
                             call.phase = Phase::Queued;
                         }
-                        if let Some((agent, offer_id)) = call.pending_ring.take() {
+                        if let Some(rule) = self.cfg.queues.get(&call.info.queue).filter(|r| r.overflow_number.is_some()) {
+                            call.overflow_at = Some(Self::now() + Duration::from_secs(rule.overflow_after_secs));
+                        }
+                        for (agent, offer_id) in std::mem::take(&mut call.pending_rings) {
                             self.deferred.push(Command::RingAgent { call_id: call_id.clone(), agent, offer_id });
                         }
                     }
@@ -758,12 +911,21 @@ impl Engine {
                     None => {}
                 }
             }
-            if let Some((r, peer)) = call.agent.as_mut().and_then(|a| a.answer.as_mut()) {
+            let mut supervisor_gone = None;
+            for leg in call.legs.iter_mut() {
+                let party = leg.is_party();
+                let Some((r, peer)) = leg.answer.as_mut() else { continue };
                 match r.on_timer(now) {
                     Some(AnswerAction::Resend(b)) => self.transport.send(*peer, b),
+                    // A supervisor's phone that stopped answering costs only its own leg.
+                    Some(AnswerAction::GiveUp) if !party => supervisor_gone = Some(leg.sip_call_id.clone()),
                     Some(AnswerAction::GiveUp) => give_up = true,
                     None => {}
                 }
+            }
+            if let Some(leg) = supervisor_gone {
+                self.drop_leg(&id, &leg, true);
+                continue;
             }
             if give_up {
                 tracing::info!(call_id = %id, "No ACK for our 2xx within 64*T1; ending call.");
@@ -778,9 +940,14 @@ impl Engine {
                 }
                 continue;
             }
-            let ring_expired = call.agent.as_ref().and_then(|a| a.ring_deadline).is_some_and(|d| d <= now);
-            if ring_expired {
-                self.ring_no_answer(&id);
+            if call.overflow_at.is_some_and(|t| t <= now) {
+                call.overflow_at = None;
+                self.deferred.push(Command::Overflow { call_id: id.clone() });
+            }
+            let expired: Vec<String> =
+                call.legs.iter().filter(|l| l.ring_deadline.is_some_and(|d| d <= now)).map(|l| l.sip_call_id.clone()).collect();
+            for leg in expired {
+                self.ring_no_answer(&id, &leg);
             }
         }
     }
@@ -821,23 +988,44 @@ fn report(routing: &Arc<dyn CallRouting>, call: &Call, event: CallOutcome) {
 }
 
 impl Engine {
-    fn ring_no_answer(&mut self, call_id: &str) {
+    /// Ring timeout of one outgoing leg: CANCEL it (RFC 3261 §9.1) and report.
+    fn ring_no_answer(&mut self, call_id: &str, sip_call_id: &str) {
         let Some(call) = self.calls.get_mut(call_id) else {
             return;
         };
-        let Some(agent) = call.agent.as_mut() else {
+        let Some(i) = call.leg_by_sip_call_id(sip_call_id) else {
             return;
         };
-        agent.ring_deadline = None;
-        agent.state = AgentState::Cancelling;
-        let cancel = cancel_for(&agent.invite);
-        let peer = agent.peer;
-        let offer_id = agent.offer_id.clone();
-        tracing::info!(call_id = %call_id, agent = %agent.user, "Ring-no-answer; cancelling.");
-        let event = CallOutcome::NoAnswer { offer_id };
-        let call = &*call;
+        let leg = &mut call.legs[i];
+        leg.ring_deadline = None;
+        if leg.state != LegState::Ringing {
+            return;
+        }
+        leg.state = LegState::Cancelling;
+        let cancel = cancel_for(&leg.invite);
+        let peer = leg.peer;
+        tracing::info!(call_id = %call_id, user = %leg.user, "Ring-no-answer; cancelling.");
+        let event = leg.failure(LegFailure::NoAnswer);
         report(&self.routing, call, event);
         self.send_request(cancel, peer, ClientPurpose::Other);
+    }
+
+    /// CANCELs every ringing agent or external fork except `keep`, without reports:
+    /// core settles those offers itself (accepting one ring-all offer cancels the
+    /// others without penalty; a status change releases them).
+    fn cancel_forks(&mut self, call_id: &str, keep: Option<&str>) {
+        let Some(call) = self.calls.get_mut(call_id) else {
+            return;
+        };
+        let mut cancels = Vec::new();
+        for leg in call.legs.iter_mut().filter(|l| l.is_party() && l.state == LegState::Ringing && Some(l.sip_call_id.as_str()) != keep) {
+            leg.state = LegState::Cancelling;
+            leg.ring_deadline = None;
+            cancels.push((cancel_for(&leg.invite), leg.peer));
+        }
+        for (cancel, peer) in cancels {
+            self.send_request(cancel, peer, ClientPurpose::Other);
+        }
     }
 
     async fn on_command(&mut self, cmd: Command) {
@@ -847,15 +1035,14 @@ impl Engine {
                 let Some(call) = self.calls.get_mut(&call_id) else {
                     return;
                 };
-                let Some(agent) = call.agent.as_mut() else {
+                let Some(leg) = call.legs.iter_mut().find(|l| l.offer_id() == Some(offer_id.as_str()) && l.state == LegState::Ringing)
+                else {
                     return;
                 };
-                if agent.offer_id == offer_id && agent.state == AgentState::Ringing {
-                    agent.state = AgentState::Cancelling;
-                    agent.ring_deadline = None;
-                    let (cancel, peer) = (cancel_for(&agent.invite), agent.peer);
-                    self.send_request(cancel, peer, ClientPurpose::Other);
-                }
+                leg.state = LegState::Cancelling;
+                leg.ring_deadline = None;
+                let (cancel, peer) = (cancel_for(&leg.invite), leg.peer);
+                self.send_request(cancel, peer, ClientPurpose::Other);
             }
             Command::Announce { call_id, position, wait } => {
                 let Some(call) = self.calls.get(&call_id) else {
@@ -879,31 +1066,33 @@ impl Engine {
             }
             Command::ReleaseAgent { call_id } => self.release_agent(&call_id),
             Command::Hold { call_id, on } => self.hold(&call_id, on),
-            Command::ToVoicemail { call_id, prompt, max } => {
+            Command::ToVoicemail { call_id, prompt, max, silence } => {
                 let Some(call) = self.calls.get(&call_id) else {
                     return;
                 };
                 if !matches!(call.phase, Phase::Queued | Phase::Enqueuing | Phase::Ivr) {
                     return;
                 }
-                if call.agent.is_some() {
-                    let ringing = call.agent.as_ref().is_some_and(|a| a.state == AgentState::Ringing);
-                    if ringing {
-                        if let Some(agent) = self.calls.get_mut(&call_id).and_then(|c| c.agent.as_mut()) {
-                            agent.state = AgentState::Cancelling;
-                            agent.ring_deadline = None;
-                            let (cancel, peer) = (cancel_for(&agent.invite), agent.peer);
-                            self.send_request(cancel, peer, ClientPurpose::Other);
-                        }
-                    }
-                    self.drop_agent_leg(&call_id, false);
+                let legs: Vec<String> = call.legs.iter().map(|l| l.sip_call_id.clone()).collect();
+                self.cancel_forks(&call_id, None);
+                for leg in legs {
+                    self.drop_leg(&call_id, &leg, false);
                 }
                 if let Some(call) = self.calls.get_mut(&call_id) {
+                    call.overflow_at = None;
                     call.caller.media.command(MediaCommand::Moh(false));
                     call.caller.media.command(MediaCommand::StopPlayback);
                 }
                 self.run_ivr_actions(&call_id, vec![IvrAction::Voicemail { prompt, max }]);
+                if let Some(vm) = self.calls.get_mut(&call_id).and_then(|c| c.voicemail.as_mut()) {
+                    vm.silence = silence;
+                }
             }
+            Command::Supervise { call_id, target, barge, reply } => {
+                let result = self.supervise(&call_id, target, barge).await;
+                let _ = reply.send(result);
+            }
+            Command::Overflow { call_id } => self.overflow(&call_id).await,
         }
     }
 
@@ -912,13 +1101,16 @@ impl Engine {
         let Some(call) = self.calls.get_mut(call_id) else {
             return;
         };
-        if call.phase == Phase::Enqueuing && call.agent.is_none() {
+        if call.phase == Phase::Enqueuing {
             // Core can offer before the enqueue result reached this task: ring once it has.
-            call.pending_ring = Some((user.to_string(), offer_id.to_string()));
+            call.pending_rings.push((user.to_string(), offer_id.to_string()));
             return;
         }
         let call = &*call;
-        if call.phase != Phase::Queued || call.agent.is_some() {
+        if call.legs.iter().any(|l| l.offer_id() == Some(offer_id)) {
+            return; // already ringing for this offer
+        }
+        if call.phase != Phase::Queued || call.bridged().is_some() {
             report(&self.routing, call, unreachable("call is not waiting for an agent"));
             return;
         }
@@ -930,17 +1122,24 @@ impl Engine {
             report(&self.routing, call, unreachable("unusable contact"));
             return;
         };
-        let socket = match bind_rtp(self.rtp_bind_ip(), self.cfg.rtp_port_min, self.cfg.rtp_port_max).await {
-            Ok(s) => s,
-            Err(_) => {
-                if let Some(call) = self.calls.get(call_id) {
-                    report(&self.routing, call, unreachable("no RTP port"));
-                }
-                return;
+        let to = format!("<sip:{}@{}>", sip_user_safe(user), host_port(self.local_ip, 0));
+        let role = OutRole::Agent { offer_id: offer_id.to_string() };
+        let ring = Duration::from_secs(self.cfg.ring_timeout_secs);
+        let target = DialTarget { uri, peer: binding.peer, user: user.to_string(), to };
+        if let Err(reason) = self.dial(call_id, target, role, ring).await {
+            if let Some(call) = self.calls.get(call_id) {
+                report(&self.routing, call, unreachable(reason));
             }
-        };
+        }
+    }
+
+    /// Sends the INVITE of a new outgoing leg of `call_id` (RTP port, SDP offer with
+    /// PCMU and PCMA, media task) and tracks it as ringing for `ring`.
+    async fn dial(&mut self, call_id: &str, target: DialTarget, role: OutRole, ring: Duration) -> std::result::Result<(), &'static str> {
+        let DialTarget { uri, peer, user, to } = target;
+        let socket = bind_rtp(self.rtp_bind_ip(), self.cfg.rtp_port_min, self.cfg.rtp_port_max).await.map_err(|_| "no RTP port")?;
         let Some(call) = self.calls.get(call_id) else {
-            return;
+            return Ok(());
         };
         let local_rtp = SocketAddr::new(self.local_ip, socket.local_addr().map(|a| a.port()).unwrap_or(0));
         let offer = sdp::render(
@@ -951,16 +1150,19 @@ impl Engine {
             Some(TELEPHONE_EVENT_PT),
             Direction::SendRecv,
         );
-        let transport = binding.peer.transport;
+        let transport = peer.transport;
         let sip_call_id = format!("{}@{}", uuid::Uuid::new_v4(), self.local_ip);
         let from_user = sip_user_safe(&call.info.caller);
-        let display = call.info.caller_name.clone().unwrap_or_else(|| call.info.caller.clone()).replace(['"', '\\'], "");
+        let mut display = call.info.caller_name.clone().unwrap_or_else(|| call.info.caller.clone()).replace(['"', '\\'], "");
+        if let OutRole::Supervisor { barge } = role {
+            display = format!("{}: {display}", if barge { "Barge" } else { "Listen" });
+        }
         let host = host_port(self.local_ip, 0);
         let mut headers = rsip::Headers::default();
         headers.push(make_header("Via", format!("{};branch={};rport", self.via(transport), new_branch())));
         headers.push(make_header("Max-Forwards", "70"));
         headers.push(make_header("From", format!("\"{display}\" <sip:{from_user}@{host}>;tag={}", random_token())));
-        headers.push(make_header("To", format!("<sip:{}@{host}>", sip_user_safe(user))));
+        headers.push(make_header("To", to));
         headers.push(make_header("Call-ID", sip_call_id.clone()));
         headers.push(make_header("CSeq", "1 INVITE"));
         headers.push(make_header("Contact", format!("<{}>", self.contact(transport))));
@@ -971,32 +1173,108 @@ impl Engine {
         let invite = Request { method: Method::Invite, uri, version: rsip::Version::V2, headers, body: offer.into_bytes() };
         let leg_id = self.next_leg();
         let media = spawn_leg(leg_id, socket, local_rtp, self.moh.clone(), self.media_tx.clone());
-        let key = self.send_request(invite.clone(), binding.peer, ClientPurpose::AgentInvite(call_id.to_string()));
-        tracing::info!(call_id = %call_id, agent = %user, offer_id = %offer_id, "Ringing agent.");
+        let key = self.send_request(invite.clone(), peer, ClientPurpose::LegInvite(call_id.to_string()));
+        tracing::info!(call_id = %call_id, user = %user, role = ?role, "Calling an outgoing leg.");
         self.by_leg.insert(leg_id, (call_id.to_string(), Side::Agent));
         self.by_sip_call_id.insert(sip_call_id.clone(), (call_id.to_string(), Side::Agent));
-        let ring = Duration::from_secs(self.cfg.ring_timeout_secs);
         if let Some(call) = self.calls.get_mut(call_id) {
-            call.agent = Some(AgentLeg {
-                user: user.to_string(),
-                offer_id: offer_id.to_string(),
+            call.legs.push(OutLeg {
+                user,
+                role,
                 invite,
                 invite_key: key,
-                peer: binding.peer,
+                peer,
                 media,
                 dialog: None,
                 ring_deadline: Some(Self::now() + ring),
-                state: AgentState::Ringing,
+                state: LegState::Ringing,
                 sip_call_id,
                 reported_ringing: false,
                 answer: None,
                 sdp_version: 1,
             });
         }
+        Ok(())
+    }
+
+    /// Adds a supervisor's phone to a bridged call, or changes the mode of the one there.
+    async fn supervise(&mut self, call_id: &str, target: SupervisorTarget, barge: bool) -> std::result::Result<Supervision, String> {
+        let Some(call) = self.calls.get_mut(call_id) else {
+            return Err("the call has ended".into());
+        };
+        if call.phase != Phase::Bridged || call.bridged().is_none() {
+            return Err("the call is not connected to an agent".into());
+        }
+        if let Some(leg) = call.legs.iter_mut().find(|l| !l.is_party()) {
+            if leg.state != LegState::Answered {
+                return Err("a supervisor's phone is already ringing for this call".into());
+            }
+            leg.role = OutRole::Supervisor { barge };
+            tracing::info!(call_id = %call_id, barge, "Supervisor mode changed.");
+            self.rewire(call_id, &[]);
+            return Ok(Supervision::ModeChanged);
+        }
+        let (uri, peer, user) = match target {
+            SupervisorTarget::Registered(user) => {
+                let binding = self.registrar.lookup(&user, Self::now()).cloned().ok_or("the supervisor's phone is not registered")?;
+                let uri =
+                    rsip::Uri::try_from(binding.contact.as_str()).map_err(|_| "the supervisor's phone registered an unusable contact")?;
+                (uri, binding.peer, user)
+            }
+            SupervisorTarget::Uri(text) => {
+                let parsed = SipUri::parse(&text).filter(|u| u.scheme == "sip").ok_or("not a sip: URI")?;
+                let ip: IpAddr = parsed.host.trim_matches(['[', ']']).parse().map_err(|_| "the SIP URI must name an IP address")?;
+                if parsed
+                    .params
+                    .iter()
+                    .any(|(n, v)| n.eq_ignore_ascii_case("transport") && v.as_deref().is_some_and(|v| !v.eq_ignore_ascii_case("udp")))
+                {
+                    return Err("only UDP is supported for a supervisor URI".into());
+                }
+                let uri = rsip::Uri::try_from(text.as_str()).map_err(|_| "not a valid SIP URI")?;
+                let peer = Peer { addr: SocketAddr::new(ip, parsed.port.unwrap_or(5060)), transport: Transport::Udp };
+                (uri, peer, parsed.user.unwrap_or(parsed.host))
+            }
+        };
+        let to = format!("<{uri}>");
+        let ring = Duration::from_secs(self.cfg.ring_timeout_secs);
+        self.dial(call_id, DialTarget { uri, peer, user, to }, OutRole::Supervisor { barge }, ring).await.map_err(str::to_string)?;
+        Ok(Supervision::Ringing)
+    }
+
+    /// The queue's overflow time passed: dial its external number through the trunk,
+    /// in parallel with any agent still being rung (the first to answer is bridged).
+    async fn overflow(&mut self, call_id: &str) {
+        let Some(call) = self.calls.get(call_id) else {
+            return;
+        };
+        if call.phase != Phase::Queued || call.bridged().is_some() || call.legs.iter().any(|l| matches!(l.role, OutRole::External { .. })) {
+            return;
+        }
+        let Some(rule) = self.cfg.queues.get(&call.info.queue).cloned() else {
+            return;
+        };
+        let Some((number, trunk, addr)) = overflow_route(&self.cfg, &rule) else {
+            tracing::warn!(call_id = %call_id, queue = %call.info.queue, "Overflow configured without a trunk outbound address.");
+            return;
+        };
+        let Ok(uri) = rsip::Uri::try_from(format!("sip:{}@{}", sip_user_safe(&number), addr).as_str()) else {
+            return;
+        };
+        tracing::info!(call_id = %call_id, %number, %trunk, "Queue overflow: calling the external number.");
+        let to = format!("<{uri}>");
+        let ring = Duration::from_secs(rule.overflow_ring_secs);
+        let peer = Peer { addr, transport: Transport::Udp };
+        let target = DialTarget { uri, peer, user: number.clone(), to };
+        if let Err(reason) = self.dial(call_id, target, OutRole::External { number: number.clone() }, ring).await {
+            if let Some(call) = self.calls.get(call_id) {
+                report(&self.routing, call, CallOutcome::ExternalFailed { number, reason: reason.into() });
+            }
+        }
     }
 
     fn on_response(&mut self, key: TransactionKey, resp: Response, info: &Essentials) {
-        let Some(ClientPurpose::AgentInvite(call_id)) = self.client_tx.get(&key).cloned() else {
+        let Some(ClientPurpose::LegInvite(call_id)) = self.client_tx.get(&key).cloned() else {
             return;
         };
         let code = resp.status_code.code();
@@ -1006,96 +1284,114 @@ impl Engine {
         let Some(call) = self.calls.get_mut(&call_id) else {
             return;
         };
-        let Some(agent) = call.agent.as_mut().filter(|a| a.invite_key == key) else {
+        let Some(i) = call.leg_by_key(&key) else {
             return;
         };
+        let leg = &mut call.legs[i];
         match code {
-            180 | 183 if !agent.reported_ringing => {
-                agent.reported_ringing = true;
-                let ev = CallOutcome::Ringing { offer_id: agent.offer_id.clone() };
-                let call = &*call;
-                report(&self.routing, call, ev);
-            }
-            100..=199 => {}
-            200..=299 => self.on_agent_answer(&call_id, &resp, info),
-            _ => {
-                let state = agent.state;
-                let offer_id = agent.offer_id.clone();
-                let leg = agent.media.id;
-                agent.media.command(MediaCommand::Stop);
-                let sip_call_id = agent.sip_call_id.clone();
-                call.agent = None;
-                let ev = match code {
-                    486 | 600 | 603 => CallOutcome::Busy { offer_id },
-                    _ => CallOutcome::Unreachable { offer_id, reason: format!("agent phone answered {code}") },
-                };
-                // After our CANCEL (ring-no-answer) the 487 needs no second report.
-                if state == AgentState::Ringing {
-                    let call = &*call;
+            180 | 183 if !leg.reported_ringing => {
+                leg.reported_ringing = true;
+                if let Some(offer_id) = leg.offer_id() {
+                    let ev = CallOutcome::Ringing { offer_id: offer_id.to_string() };
                     report(&self.routing, call, ev);
                 }
-                self.by_leg.remove(&leg);
-                self.by_sip_call_id.remove(&sip_call_id);
+            }
+            100..=199 => {}
+            200..=299 => {
+                let sip_call_id = leg.sip_call_id.clone();
+                self.on_leg_answer(&call_id, &sip_call_id, &resp, info);
+            }
+            _ => {
+                let why = match code {
+                    486 | 600 | 603 => LegFailure::Busy,
+                    _ if leg.is_party() && leg.offer_id().is_some() => LegFailure::Unreachable(format!("agent phone answered {code}")),
+                    _ => LegFailure::Unreachable(format!("answered {code}")),
+                };
+                let ev = leg.failure(why);
+                // After our CANCEL (ring-no-answer, a fork that lost) the 487 needs no report.
+                let report_it = leg.state == LegState::Ringing;
+                let sip_call_id = leg.sip_call_id.clone();
+                if report_it {
+                    report(&self.routing, call, ev);
+                }
+                self.drop_leg(&call_id, &sip_call_id, false);
             }
         }
     }
 
-    fn on_agent_answer(&mut self, call_id: &str, resp: &Response, info: &Essentials) {
+    fn on_leg_answer(&mut self, call_id: &str, sip_call_id: &str, resp: &Response, info: &Essentials) {
         let vias = self.vias();
         let Some(call) = self.calls.get_mut(call_id) else {
             return;
         };
-        let Some(agent) = call.agent.as_mut() else {
+        let Some(i) = call.leg_by_sip_call_id(sip_call_id) else {
             return;
         };
-        if agent.dialog.is_some() {
+        let leg = &mut call.legs[i];
+        if leg.dialog.is_some() {
             return; // a 2xx retransmission: re-ACKed via on_stray_2xx
         }
-        let Some(mut dialog) = Dialog::as_uac(&agent.invite, resp, info) else {
+        let Some(mut dialog) = Dialog::as_uac(&leg.invite, resp, info) else {
             return;
         };
-        let via = vias.get(agent.peer.transport).to_string();
+        let via = vias.get(leg.peer.transport).to_string();
         let invite_cseq = 1;
         let ack = dialog.request(Method::Ack, &via, "", Some(invite_cseq));
         let neg = sdp::SessionDescription::parse(resp.body()).and_then(|s| sdp::negotiate(&s));
-        let peer = agent.peer;
-        let cancelled = agent.state == AgentState::Cancelling;
-        agent.ring_deadline = None;
-        agent.dialog = Some(dialog);
+        let peer = leg.peer;
+        let cancelled = leg.state == LegState::Cancelling;
+        leg.ring_deadline = None;
+        leg.dialog = Some(dialog);
         if let Some(ack) = ack {
             self.transport.send(peer, to_bytes(&ack.into()));
         }
         let Some(call) = self.calls.get_mut(call_id) else {
             return;
         };
-        let Some(agent) = call.agent.as_mut() else {
-            return;
+        let wanted = if call.legs[i].is_party() {
+            call.phase == Phase::Queued && call.bridged().is_none()
+        } else {
+            call.phase == Phase::Bridged && call.bridged().is_some()
         };
+        let leg = &call.legs[i];
         let neg = match neg {
-            Ok(n) if !cancelled && call.phase == Phase::Queued => n,
+            Ok(n) if !cancelled && wanted => n,
             other => {
-                // Answered too late (after CANCEL) or with unusable SDP: hang up that leg.
-                if let (Ok(_) | Err(_), false) = (&other, cancelled) {
-                    let ev = CallOutcome::Unreachable {
-                        offer_id: agent.offer_id.clone(),
-                        reason: "agent phone answered with unusable SDP".into(),
-                    };
-                    let call = &*call;
+                // Answered too late (after CANCEL, another fork won, the call moved on) or
+                // with unusable SDP: hang up that leg.
+                if !cancelled {
+                    let reason = if other.is_err() { "phone answered with unusable SDP" } else { "call no longer waiting for this leg" };
+                    let ev = leg.failure(LegFailure::Unreachable(reason.into()));
                     report(&self.routing, call, ev);
                 }
-                self.drop_agent_leg(call_id, true);
+                self.drop_leg(call_id, sip_call_id, true);
                 return;
             }
         };
-        agent.state = AgentState::Answered;
-        agent.media.command(MediaCommand::SetRemote(neg));
+        let leg = &mut call.legs[i];
+        leg.state = LegState::Answered;
+        leg.media.command(MediaCommand::SetRemote(neg));
+        let ev = match &leg.role {
+            OutRole::Supervisor { barge } => {
+                // The supervisor hears a mix of both parties (and, barging, is heard).
+                leg.media.command(MediaCommand::Mix(true));
+                let ev = CallOutcome::SupervisorJoined { user: leg.user.clone(), barge: *barge };
+                tracing::info!(call_id = %call_id, supervisor = %leg.user, barge, "Supervisor joined.");
+                report(&self.routing, call, ev);
+                self.rewire(call_id, &[]);
+                return;
+            }
+            OutRole::Agent { offer_id } => CallOutcome::Answered { offer_id: offer_id.clone(), agent: leg.user.clone() },
+            OutRole::External { number } => CallOutcome::ExternalAnswered { number: number.clone() },
+        };
         let caller_media = call.caller.media.clone();
-        let agent_media = agent.media.clone();
+        let agent_media = leg.media.clone();
         caller_media.command(MediaCommand::Moh(false));
         caller_media.command(MediaCommand::StopPlayback);
         caller_media.command(MediaCommand::RelayTo(Some(agent_media.relay_input())));
         agent_media.command(MediaCommand::RelayTo(Some(caller_media.relay_input())));
         call.bridges += 1;
+        call.overflow_at = None;
         let name = if call.bridges == 1 { file_safe(call_id) } else { format!("{}-{}", file_safe(call_id), call.bridges) };
         let path = self.cfg.recordings_dir.join(format!("{name}.wav"));
         if let Some(rec) = spawn_recorder(path) {
@@ -1104,13 +1400,57 @@ impl Engine {
             call.recorder = Some(rec);
         }
         call.phase = Phase::Bridged;
-        let ev = CallOutcome::Answered { offer_id: agent.offer_id.clone(), agent: agent.user.clone() };
-        tracing::info!(call_id = %call_id, agent = %agent.user, "Agent answered; legs bridged.");
-        let call = &*call;
+        tracing::info!(call_id = %call_id, user = %call.legs[i].user, "Call answered; legs bridged.");
         report(&self.routing, call, ev);
+        // Ring-all and overflow forks that lost the race stop ringing.
+        self.cancel_forks(call_id, Some(sip_call_id));
     }
 
-    /// Blind transfer: a bridged call goes back to waiting (agent leg ended with BYE).
+    /// Recomputes who hears whom on a bridged call: every answered supervisor gets a
+    /// copy of the caller's and the bridged party's audio (mixed in its leg); a barging
+    /// supervisor's audio is copied to both, which then mix their inputs. `gone` lists
+    /// legs that left and must get no more copies.
+    fn rewire(&mut self, call_id: &str, gone: &[LegId]) {
+        let Some(call) = self.calls.get_mut(call_id) else {
+            return;
+        };
+        let caller = call.caller.media.clone();
+        let party = call.bridged().map(|l| l.media.clone());
+        let supervisors: Vec<(MediaHandle, bool)> = call
+            .legs
+            .iter()
+            .filter(|l| l.state == LegState::Answered)
+            .filter_map(|l| match l.role {
+                OutRole::Supervisor { barge } => Some((l.media.clone(), barge)),
+                _ => None,
+            })
+            .collect();
+        for id in gone {
+            caller.command(MediaCommand::CopyTo(*id, None));
+            if let Some(p) = &party {
+                p.command(MediaCommand::CopyTo(*id, None));
+            }
+        }
+        let barging = party.is_some() && supervisors.iter().any(|(_, b)| *b);
+        if barging != call.mixing {
+            call.mixing = barging;
+            caller.command(MediaCommand::Mix(barging));
+            if let Some(p) = &party {
+                p.command(MediaCommand::Mix(barging));
+            }
+        }
+        for (sup, barge) in &supervisors {
+            caller.command(MediaCommand::CopyTo(sup.id, Some(sup.relay_input())));
+            sup.command(MediaCommand::CopyTo(caller.id, barge.then(|| caller.relay_input())));
+            if let Some(p) = &party {
+                p.command(MediaCommand::CopyTo(sup.id, Some(sup.relay_input())));
+                sup.command(MediaCommand::CopyTo(p.id, barge.then(|| p.relay_input())));
+            }
+        }
+    }
+
+    /// Blind transfer: a bridged call goes back to waiting (agent leg ended with BYE;
+    /// a supervisor leg ends with it).
     fn release_agent(&mut self, call_id: &str) {
         let Some(call) = self.calls.get_mut(call_id) else {
             return;
@@ -1125,7 +1465,9 @@ impl Engine {
         }
         call.caller.media.command(MediaCommand::Tap(None));
         tracing::info!(call_id = %call_id, "Agent leg released; caller waits again.");
-        self.drop_agent_leg(call_id, true);
+        if let Some(leg) = call.bridged().map(|l| l.sip_call_id.clone()) {
+            self.drop_leg(call_id, &leg, true);
+        }
     }
 
     /// Hub-side hold: music on hold to the caller, no relay either way.
@@ -1133,14 +1475,14 @@ impl Engine {
         let Some(call) = self.calls.get_mut(call_id) else {
             return;
         };
-        let Some(agent) = call.agent.as_ref().filter(|a| a.state == AgentState::Answered) else {
+        let Some(agent) = call.bridged() else {
             return;
         };
         if call.phase != Phase::Bridged || call.held == on {
             return;
         }
-        call.held = on;
         let (caller, agent) = (call.caller.media.clone(), agent.media.clone());
+        call.held = on;
         if on {
             caller.command(MediaCommand::RelayTo(None));
             agent.command(MediaCommand::RelayTo(None));
@@ -1153,30 +1495,59 @@ impl Engine {
         tracing::info!(call_id = %call_id, on, "Hub-side hold.");
     }
 
-    /// Ends the agent leg (BYE when `answered`) and puts the caller back on hold music.
-    fn drop_agent_leg(&mut self, call_id: &str, answered: bool) {
+    /// Ends one outgoing leg (BYE when `bye` and it has a dialog) and forgets it. When
+    /// the bridged party leaves, the caller is back on hold music and supervision ends.
+    fn drop_leg(&mut self, call_id: &str, sip_call_id: &str, bye: bool) {
         let vias = self.vias();
-        let via = |t: Transport| vias.get(t).to_string();
         let Some(call) = self.calls.get_mut(call_id) else {
             return;
         };
-        let Some(mut agent) = call.agent.take() else {
+        let Some(i) = call.leg_by_sip_call_id(sip_call_id) else {
             return;
         };
-        let mut bye = None;
-        if answered {
-            if let Some(d) = agent.dialog.as_mut() {
-                bye = d.request(Method::Bye, &via(agent.peer.transport), "", None);
+        let mut dropped = vec![(call.legs.remove(i), bye)];
+        let was_bridge = dropped[0].0.is_party() && dropped[0].0.state == LegState::Answered;
+        if was_bridge {
+            call.caller.media.command(MediaCommand::RelayTo(None));
+            call.caller.media.command(MediaCommand::Moh(true));
+            if std::mem::take(&mut call.mixing) {
+                call.caller.media.command(MediaCommand::Mix(false));
+            }
+            // Supervision is of a conversation with an agent: it ends with it.
+            let (supervisors, rest): (Vec<OutLeg>, Vec<OutLeg>) = std::mem::take(&mut call.legs).into_iter().partition(|l| !l.is_party());
+            call.legs = rest;
+            dropped.extend(supervisors.into_iter().map(|l| (l, true)));
+        }
+        let mut requests = Vec::new();
+        let mut gone = Vec::new();
+        let mut left = Vec::new();
+        for (mut leg, bye) in dropped {
+            if was_bridge && !leg.is_party() && leg.state == LegState::Answered {
+                left.push(CallOutcome::SupervisorLeft { user: leg.user.clone() });
+            }
+            match leg.state {
+                LegState::Ringing if bye => requests.push((cancel_for(&leg.invite), leg.peer)),
+                LegState::Answered if bye => {
+                    if let Some(req) = leg.dialog.as_mut().and_then(|d| d.request(Method::Bye, vias.get(leg.peer.transport), "", None)) {
+                        requests.push((req, leg.peer));
+                    }
+                }
+                _ => {}
+            }
+            leg.media.command(MediaCommand::Stop);
+            self.by_leg.remove(&leg.media.id);
+            self.by_sip_call_id.remove(&leg.sip_call_id);
+            gone.push(leg.media.id);
+        }
+        for (req, peer) in requests {
+            self.send_request(req, peer, ClientPurpose::Other);
+        }
+        if let Some(call) = self.calls.get(call_id) {
+            for ev in left {
+                report(&self.routing, call, ev);
             }
         }
-        agent.media.command(MediaCommand::Stop);
-        call.caller.media.command(MediaCommand::RelayTo(None));
-        call.caller.media.command(MediaCommand::Moh(true));
-        self.by_leg.remove(&agent.media.id);
-        self.by_sip_call_id.remove(&agent.sip_call_id);
-        if let Some(bye) = bye {
-            self.send_request(bye, agent.peer, ClientPurpose::Other);
-        }
+        self.rewire(call_id, &gone);
     }
 
     fn on_stray_2xx(&mut self, info: &Essentials) {
@@ -1186,31 +1557,34 @@ impl Engine {
         };
         let vias = self.vias();
         let via = |t: Transport| vias.get(t).to_string();
-        let Some(agent) = self.calls.get_mut(&call_id).and_then(|c| c.agent.as_mut()) else {
+        let Some(leg) = self.calls.get_mut(&call_id).and_then(|c| c.legs.iter_mut().find(|l| l.sip_call_id == info.call_id)) else {
             return;
         };
-        let peer = agent.peer;
-        let ack = agent.dialog.as_mut().and_then(|d| d.request(Method::Ack, &via(peer.transport), "", Some(info.cseq)));
+        let peer = leg.peer;
+        let ack = leg.dialog.as_mut().and_then(|d| d.request(Method::Ack, &via(peer.transport), "", Some(info.cseq)));
         if let Some(ack) = ack {
             self.transport.send(peer, to_bytes(&ack.into()));
         }
     }
 
     fn on_tx_timeout(&mut self, key: TransactionKey) {
-        let Some(ClientPurpose::AgentInvite(call_id)) = self.client_tx.remove(&key) else {
+        let Some(ClientPurpose::LegInvite(call_id)) = self.client_tx.remove(&key) else {
             return;
         };
         let Some(call) = self.calls.get(&call_id) else {
             return;
         };
-        let Some(agent) = call.agent.as_ref().filter(|a| a.invite_key == key) else {
+        let Some(i) = call.leg_by_key(&key) else {
             return;
         };
-        if agent.state == AgentState::Ringing {
-            let ev = CallOutcome::Unreachable { offer_id: agent.offer_id.clone(), reason: "agent phone did not respond".into() };
+        let leg = &call.legs[i];
+        if leg.state == LegState::Ringing {
+            let reason = if leg.offer_id().is_some() { "agent phone did not respond" } else { "no response" };
+            let ev = leg.failure(LegFailure::Unreachable(reason.into()));
             report(&self.routing, call, ev);
         }
-        self.drop_agent_leg(&call_id, false);
+        let sip_call_id = leg.sip_call_id.clone();
+        self.drop_leg(&call_id, &sip_call_id, false);
     }
 
     fn on_ack(&mut self, _req: &Request, info: &Essentials) {
@@ -1223,8 +1597,8 @@ impl Engine {
         match side {
             Side::Caller => call.caller.answer = None,
             _ => {
-                if let Some(a) = call.agent.as_mut() {
-                    a.answer = None;
+                if let Some(leg) = call.legs.iter_mut().find(|l| l.sip_call_id == info.call_id) {
+                    leg.answer = None;
                 }
             }
         }
@@ -1246,7 +1620,10 @@ impl Engine {
                 call.caller.answer.is_some(),
                 call.caller.dialog.matches(&info) && call.caller.dialog.on_remote_request(&req, &info).is_ok(),
             ),
-            _ => match call.agent.as_mut().and_then(|a| a.dialog.as_mut().map(|d| (a.answer.is_some(), d))) {
+            _ => match call.legs.iter_mut().find(|l| l.sip_call_id == info.call_id).and_then(|a| {
+                let pending = a.answer.is_some();
+                a.dialog.as_mut().map(|d| (pending, d))
+            }) {
                 Some((pending, d)) => (pending, d.on_remote_request(&req, &info).is_ok()),
                 None => (false, false),
             },
@@ -1267,7 +1644,7 @@ impl Engine {
                 call.caller.sdp_version += 1;
                 (
                     call.caller.media.clone(),
-                    call.agent.as_ref().map(|a| a.media.clone()),
+                    call.bridged().map(|a| a.media.clone()),
                     call.caller.dialog.id.local_tag.clone(),
                     call.caller.session_id,
                     call.caller.sdp_version,
@@ -1276,12 +1653,15 @@ impl Engine {
                 )
             }
             _ => {
-                let Some(agent) = call.agent.as_mut() else {
+                let bridged = call.bridged().map(|l| l.sip_call_id.clone());
+                let Some(agent) = call.legs.iter_mut().find(|l| l.sip_call_id == info.call_id) else {
                     return;
                 };
                 agent.sdp_version += 1;
                 let tag = agent.dialog.as_ref().map(|d| d.id.local_tag.clone()).unwrap_or_default();
-                (agent.media.clone(), Some(call.caller.media.clone()), tag, 1, agent.sdp_version, None, Some(TELEPHONE_EVENT_PT))
+                // Only the bridged party's hold puts the caller on music; a supervisor's does not.
+                let other = (bridged.as_deref() == Some(agent.sip_call_id.as_str())).then(|| call.caller.media.clone());
+                (agent.media.clone(), other, tag, 1, agent.sdp_version, None, Some(TELEPHONE_EVENT_PT))
             }
         };
         let body = if req.body().is_empty() {
@@ -1330,7 +1710,7 @@ impl Engine {
                 match side {
                     Side::Caller => call.caller.answer = Some((r, peer)),
                     _ => {
-                        if let Some(a) = call.agent.as_mut() {
+                        if let Some(a) = call.legs.iter_mut().find(|l| l.sip_call_id == info.call_id) {
                             a.answer = Some((r, peer));
                         }
                     }
@@ -1346,10 +1726,21 @@ impl Engine {
         };
         self.reply(&key, &req, 200, Vec::new());
         if side == Side::Agent {
-            let bridged = self.calls.get(&call_id).is_some_and(|c| c.phase == Phase::Bridged);
-            if !bridged {
-                // The agent hung up a leg that never got bridged: caller stays queued.
-                self.drop_agent_leg(&call_id, false);
+            let Some(call) = self.calls.get(&call_id) else {
+                return;
+            };
+            let Some(leg) = call.leg_by_sip_call_id(&info.call_id).map(|i| &call.legs[i]) else {
+                return;
+            };
+            let is_bridge = call.phase == Phase::Bridged && leg.is_party() && leg.state == LegState::Answered;
+            if !is_bridge {
+                // A supervisor left (the call goes on), or a leg that never got bridged
+                // hung up (the caller stays queued).
+                if !leg.is_party() && leg.state == LegState::Answered {
+                    tracing::info!(call_id = %call_id, supervisor = %leg.user, "Supervisor left.");
+                    report(&self.routing, call, CallOutcome::SupervisorLeft { user: leg.user.clone() });
+                }
+                self.drop_leg(&call_id, &info.call_id, false);
                 return;
             }
         }
@@ -1409,21 +1800,24 @@ impl Engine {
             }
         }
         let mut agent_answered = false;
-        if let Some(agent) = call.agent.as_mut() {
-            match agent.state {
-                AgentState::Ringing => requests.push((cancel_for(&agent.invite), agent.peer)),
-                AgentState::Answered if by != Side::Agent => {
-                    agent_answered = true;
-                    if let Some(bye) = agent.dialog.as_mut().and_then(|d| d.request(Method::Bye, &via(agent.peer.transport), "", None)) {
-                        requests.push((bye, agent.peer));
+        for leg in call.legs.iter_mut() {
+            match leg.state {
+                LegState::Ringing => requests.push((cancel_for(&leg.invite), leg.peer)),
+                LegState::Answered => {
+                    let party = leg.is_party();
+                    agent_answered |= party;
+                    // Everyone still up gets BYE except the bridged party that hung up.
+                    if !(party && by == Side::Agent) {
+                        if let Some(bye) = leg.dialog.as_mut().and_then(|d| d.request(Method::Bye, &via(leg.peer.transport), "", None)) {
+                            requests.push((bye, leg.peer));
+                        }
                     }
                 }
-                AgentState::Answered => agent_answered = true,
-                AgentState::Cancelling => {}
+                LegState::Cancelling => {}
             }
-            agent.media.command(MediaCommand::Stop);
-            self.by_leg.remove(&agent.media.id);
-            self.by_sip_call_id.remove(&agent.sip_call_id);
+            leg.media.command(MediaCommand::Stop);
+            self.by_leg.remove(&leg.media.id);
+            self.by_sip_call_id.remove(&leg.sip_call_id);
         }
         call.caller.media.command(MediaCommand::Stop);
         self.by_leg.remove(&call.caller.media.id);
@@ -1517,6 +1911,17 @@ fn sip_user_safe(s: &str) -> String {
     } else {
         cleaned
     }
+}
+
+/// The overflow target of a queue rule: number, trunk name and the trunk's outbound
+/// address (the rule's trunk, else the first trunk that has an outbound address).
+fn overflow_route(cfg: &VoiceConfig, rule: &QueueVoiceConfig) -> Option<(String, String, SocketAddr)> {
+    let number = rule.overflow_number.clone()?;
+    let trunk = match &rule.overflow_trunk {
+        Some(name) => cfg.trunks.iter().find(|t| &t.name == name)?,
+        None => cfg.trunks.iter().find(|t| t.outbound_address.is_some())?,
+    };
+    Some((number, trunk.name.clone(), trunk.outbound_address?))
 }
 
 /// Prompt names that say `n` (0-20 as words, then tens and units).

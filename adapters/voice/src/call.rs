@@ -82,11 +82,42 @@ pub enum CallOutcome {
         /// Short reason.
         reason: String,
     },
+    /// The queue's overflow number answered; the caller is bridged to it and recorded.
+    ExternalAnswered {
+        /// The number called.
+        number: String,
+    },
+    /// The overflow call failed (busy, no answer, unreachable); the caller keeps waiting.
+    ExternalFailed {
+        /// The number called.
+        number: String,
+        /// Short reason.
+        reason: String,
+    },
+    /// A supervisor's phone answered and joined the bridged call.
+    SupervisorJoined {
+        /// SIP user or URI user of the supervisor's phone.
+        user: String,
+        /// Barge (heard by both parties) rather than listen-in.
+        barge: bool,
+    },
+    /// The supervisor's phone did not answer or failed.
+    SupervisorFailed {
+        /// SIP user or URI user of the supervisor's phone.
+        user: String,
+        /// Short reason.
+        reason: String,
+    },
+    /// The supervisor hung up; the call goes on.
+    SupervisorLeft {
+        /// SIP user or URI user of the supervisor's phone.
+        user: String,
+    },
     /// The bridged call ended.
     Ended {
         /// Who hung up.
         by: Side,
-        /// Stereo recording (caller left, agent right), if one was made.
+        /// Stereo recording (caller left, agent or external party right), if one was made.
         recording: Option<PathBuf>,
     },
 }

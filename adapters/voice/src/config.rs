@@ -44,6 +44,10 @@ pub struct VoiceConfig {
     /// IVR flows by name; trunks map dialled numbers to these names.
     #[serde(default)]
     pub ivr_flows: BTreeMap<String, IvrFlowConfig>,
+    /// Voice settings per queue, keyed by the queue name the IVR enqueues to
+    /// (overflow to an external number).
+    #[serde(default)]
+    pub queues: BTreeMap<String, QueueVoiceConfig>,
     /// Directory holding prompt WAV files (8 kHz mono, PCM16 or G.711); `<name>.wav`.
     #[serde(default = "default_prompts_dir")]
     pub prompts_dir: PathBuf,
@@ -155,6 +159,32 @@ pub struct TrunkConfig {
     /// Flow for numbers not listed in `dids`; unlisted numbers get 404 when absent.
     #[serde(default)]
     pub default_flow: Option<String>,
+    /// Where outbound calls through this trunk go (`ip:port`, UDP), e.g. a queue's
+    /// overflow to an external number. No outbound calls when absent.
+    #[serde(default)]
+    pub outbound_address: Option<SocketAddr>,
+}
+
+/// Voice behaviour of one queue.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QueueVoiceConfig {
+    /// Seconds a caller waits in the queue before the overflow number is called as
+    /// well (agents offered meanwhile keep ringing; the first to answer is bridged).
+    #[serde(default = "default_overflow_after_secs")]
+    pub overflow_after_secs: u64,
+    /// External number (E.164 or an extension of the far end) called on overflow;
+    /// no overflow when absent.
+    #[serde(default)]
+    pub overflow_number: Option<String>,
+    /// Trunk used for the overflow call; the first trunk with an `outbound_address`
+    /// when absent.
+    #[serde(default)]
+    pub overflow_trunk: Option<String>,
+    /// Seconds the external number may ring before the attempt is given up (the
+    /// caller keeps waiting for an agent).
+    #[serde(default = "default_overflow_ring_secs")]
+    pub overflow_ring_secs: u64,
 }
 
 /// An IVR flow: a start node and named nodes.
@@ -427,6 +457,12 @@ fn default_voicemail_dir() -> PathBuf {
 fn default_announce_every_secs() -> u64 {
     30
 }
+fn default_overflow_after_secs() -> u64 {
+    60
+}
+fn default_overflow_ring_secs() -> u64 {
+    30
+}
 fn default_ring_timeout_secs() -> u64 {
     20
 }
@@ -481,6 +517,7 @@ impl Default for VoiceConfig {
             registrar: RegistrarConfig::default(),
             trunks: Vec::new(),
             ivr_flows: BTreeMap::new(),
+            queues: BTreeMap::new(),
             prompts_dir: default_prompts_dir(),
             recordings_dir: default_recordings_dir(),
             voicemail_dir: default_voicemail_dir(),
@@ -524,6 +561,30 @@ impl VoiceConfig {
         }
         for (name, flow) in &self.ivr_flows {
             flow.check(name, &mut errors);
+        }
+        for (name, q) in &self.queues {
+            if q.overflow_number.as_deref().is_some_and(|n| n.trim().is_empty()) {
+                errors.push(format!("queue {name}: overflow_number is empty"));
+            }
+            if q.overflow_number.is_some() && q.overflow_after_secs == 0 {
+                errors.push(format!("queue {name}: overflow_after_secs must be at least 1"));
+            }
+            if q.overflow_number.is_some() && q.overflow_ring_secs == 0 {
+                errors.push(format!("queue {name}: overflow_ring_secs must be at least 1"));
+            }
+            match (&q.overflow_trunk, q.overflow_number.is_some()) {
+                (Some(t), _) => match self.trunks.iter().find(|tr| &tr.name == t) {
+                    None => errors.push(format!("queue {name}: overflow_trunk {t} is not a configured trunk")),
+                    Some(tr) if tr.outbound_address.is_none() => {
+                        errors.push(format!("queue {name}: overflow_trunk {t} has no outbound_address"))
+                    }
+                    Some(_) => {}
+                },
+                (None, true) if !self.trunks.iter().any(|t| t.outbound_address.is_some()) => {
+                    errors.push(format!("queue {name}: overflow_number needs a trunk with an outbound_address"))
+                }
+                _ => {}
+            }
         }
         if errors.is_empty() {
             Ok(())
@@ -650,6 +711,25 @@ type = "voicemail"
     fn unknown_keys_are_rejected() {
         let err = toml::from_str::<VoiceConfig>("udp_listn = \"127.0.0.1:0\"");
         assert!(err.is_err());
+    }
+
+    #[test]
+    fn queue_overflow_needs_a_trunk_with_an_outbound_address() {
+        let mut cfg: VoiceConfig = toml::from_str(SAMPLE).unwrap();
+        let rule: QueueVoiceConfig = toml::from_str("overflow_after_secs = 30\noverflow_number = \"+4930555\"").unwrap();
+        assert_eq!(rule.overflow_ring_secs, 30);
+        cfg.queues.insert("support".into(), rule.clone());
+        let errors = |cfg: &VoiceConfig| match cfg.validate() {
+            Err(VoiceError::Config(e)) => e,
+            Ok(()) => Vec::new(),
+            Err(other) => panic!("{other:?}"),
+        };
+        assert_eq!(errors(&cfg).len(), 1, "no trunk can call out: {:?}", errors(&cfg));
+        cfg.trunks[0].outbound_address = Some("192.0.2.7:5060".parse().unwrap());
+        assert!(errors(&cfg).is_empty(), "{:?}", errors(&cfg));
+        cfg.queues.insert("sales".into(), QueueVoiceConfig { overflow_trunk: Some("nope".into()), overflow_after_secs: 0, ..rule });
+        assert_eq!(errors(&cfg).len(), 2, "{:?}", errors(&cfg));
+        assert!(toml::from_str::<QueueVoiceConfig>("overflow_numbr = \"1\"").is_err(), "unknown keys are rejected");
     }
 
     #[test]

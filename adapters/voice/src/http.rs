@@ -1,6 +1,7 @@
 //! Agent and supervisor call controls over HTTP: hold, resume, hang up and blind
-//! transfer of a live voice call. Routes act on the node that holds the call (the
-//! adapter's call table); another node answers 409.
+//! transfer of a live voice call, and supervisor listen-in and barge (the hub calls
+//! the supervisor's phone as a third leg). Routes act on the node that holds the call
+//! (the adapter's call table); another node answers 409.
 
 use std::sync::Arc;
 
@@ -16,8 +17,10 @@ use switchboard_core::{CoreError, CoreResult, Hub, Role};
 use uuid::Uuid;
 
 use crate::adapter::VoiceState;
+use crate::SupervisorTarget;
 
 const STAFF: &[Role] = &[Role::Admin, Role::Supervisor, Role::Agent];
+const SUPERVISORS: &[Role] = &[Role::Admin, Role::Supervisor];
 
 /// The voice routes, for the OpenAPI document.
 pub const ROUTES: &[RouteDoc] = &[
@@ -49,6 +52,20 @@ pub const ROUTES: &[RouteDoc] = &[
         tag: "voice",
         summary: "Blind transfer {agent_id | queue_id}: the agent leg ends, the caller hears hold music and the target's phone rings.",
     },
+    RouteDoc {
+        method: "POST",
+        path: "/api/v1/voice/calls/{interaction_id}/listen",
+        access: Access::Roles(SUPERVISORS),
+        tag: "voice",
+        summary: "Supervisor listen-in: the hub calls the supervisor's phone (their agent record's sip_user, or {extension} / {uri} in the body) as a third leg that hears caller and agent mixed; nobody hears the supervisor.",
+    },
+    RouteDoc {
+        method: "POST",
+        path: "/api/v1/voice/calls/{interaction_id}/barge",
+        access: Access::Roles(SUPERVISORS),
+        tag: "voice",
+        summary: "Supervisor barge: like listen, and caller and agent also hear the supervisor. On a call the supervisor already listens to, switches the mode.",
+    },
 ];
 
 /// The voice router (state: the hub; the voice state rides in an extension).
@@ -58,6 +75,8 @@ pub fn router(state: Arc<VoiceState>) -> Router<Hub> {
         .route("/api/v1/voice/calls/{interaction_id}/resume", post(resume))
         .route("/api/v1/voice/calls/{interaction_id}/hangup", post(hangup))
         .route("/api/v1/voice/calls/{interaction_id}/transfer", post(transfer))
+        .route("/api/v1/voice/calls/{interaction_id}/listen", post(listen))
+        .route("/api/v1/voice/calls/{interaction_id}/barge", post(barge))
         .layer(Extension(state))
 }
 
@@ -159,4 +178,97 @@ async fn transfer(
         _ => return Err(CoreError::Invalid("give exactly one of agent_id or queue_id".into())),
     };
     Ok(Json(json!({ "call_id": call_id, "interaction": i })))
+}
+
+/// Where to reach the supervisor's phone (both absent: the supervisor's own agent
+/// record's `sip_user`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SuperviseBody {
+    /// A SIP user registered with the hub's registrar.
+    extension: Option<String>,
+    /// A SIP URI reached directly over UDP (`sip:user@192.0.2.10:5060`).
+    uri: Option<String>,
+}
+
+async fn listen(
+    State(hub): State<Hub>,
+    Extension(state): Extension<Arc<VoiceState>>,
+    caller: Caller,
+    ApiPath(id): ApiPath<Uuid>,
+    body: axum::body::Bytes,
+) -> CoreResult<Json<Value>> {
+    supervise(&hub, &state, &caller, id, &body, false).await
+}
+
+async fn barge(
+    State(hub): State<Hub>,
+    Extension(state): Extension<Arc<VoiceState>>,
+    caller: Caller,
+    ApiPath(id): ApiPath<Uuid>,
+    body: axum::body::Bytes,
+) -> CoreResult<Json<Value>> {
+    supervise(&hub, &state, &caller, id, &body, true).await
+}
+
+#[tracing::instrument(skip(hub, state, caller, body), fields(user = %caller.username))]
+async fn supervise(hub: &Hub, state: &VoiceState, caller: &Caller, id: Uuid, body: &[u8], barge: bool) -> CoreResult<Json<Value>> {
+    caller.require(SUPERVISORS)?;
+    let b: SuperviseBody = if body.iter().all(u8::is_ascii_whitespace) {
+        SuperviseBody::default()
+    } else {
+        serde_json::from_slice(body).map_err(|e| CoreError::Invalid(format!("invalid JSON body: {e}")))?
+    };
+    let target = match (b.extension, b.uri) {
+        (Some(_), Some(_)) => return Err(CoreError::Invalid("give at most one of extension or uri".into())),
+        (Some(ext), None) => {
+            let ext = ext.trim().to_string();
+            if ext.is_empty() || !ext.chars().all(|c| c.is_ascii_alphanumeric() || "-_.+".contains(c)) {
+                return Err(CoreError::field("extension", "letters, digits and - _ . + only"));
+            }
+            SupervisorTarget::Registered(ext)
+        }
+        (None, Some(uri)) => {
+            let uri = uri.trim().to_string();
+            if !uri.starts_with("sip:") || uri.len() > 256 {
+                return Err(CoreError::field("uri", "a sip: URI is required"));
+            }
+            SupervisorTarget::Uri(uri)
+        }
+        (None, None) => {
+            let agent = caller
+                .agent_id
+                .ok_or_else(|| CoreError::Invalid("your user has no agent record with a SIP phone; give extension or uri".into()))?;
+            let sip_user: Option<Option<String>> =
+                sqlx::query_scalar("select sip_user from agents where id = $1").bind(agent).fetch_optional(hub.db()).await?;
+            let user = sip_user
+                .flatten()
+                .filter(|u| !u.is_empty())
+                .ok_or_else(|| CoreError::Invalid("your agent record has no sip_user; give extension or uri".into()))?;
+            SupervisorTarget::Registered(user)
+        }
+    };
+    let i = hub.interaction(id).await?;
+    if i.channel != "voice" {
+        return Err(CoreError::Conflict("not a voice interaction".into()));
+    }
+    let call_id = state.call_for(id).ok_or_else(|| CoreError::Conflict("no live call for this interaction on this node".into()))?;
+    if !state.is_bridged(id) {
+        return Err(CoreError::Conflict("the call is not connected to an agent".into()));
+    }
+    let target_text = match &target {
+        SupervisorTarget::Registered(u) => u.clone(),
+        SupervisorTarget::Uri(u) => u.clone(),
+    };
+    let outcome = engine(state)?
+        .supervise(&call_id, target, barge)
+        .await
+        .map_err(|e| CoreError::Conflict(e.to_string()))?
+        .map_err(CoreError::Conflict)?;
+    let kind = if barge { "supervisor_barge" } else { "supervisor_listen" };
+    hub.record_event(NewEvent::interaction(kind, id).with_agent(caller.agent_id).with_data(
+        json!({ "call_id": call_id, "by": caller.username, "by_user_id": caller.user_id, "phone": target_text, "result": outcome }),
+    ))
+    .await?;
+    Ok(Json(json!({ "call_id": call_id, "mode": if barge { "barge" } else { "listen" }, "result": outcome })))
 }

@@ -27,7 +27,7 @@ pub mod sip;
 pub mod transport;
 
 pub use adapter::{bound_addr, bound_tcp_addr, engine_for, register, VoiceAdapter};
-pub use b2bua::{VoiceEngine, VoiceEngineHandle};
+pub use b2bua::{Supervision, SupervisorTarget, VoiceEngine, VoiceEngineHandle};
 pub use call::{CallInfo, CallOutcome, CallRouting, CallTicket};
 pub use config::VoiceConfig;
 

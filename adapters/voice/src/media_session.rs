@@ -1,6 +1,7 @@
 //! One call leg's RTP endpoint on tokio: plays prompts and music on hold, detects
-//! RFC 4733 digits, relays audio to the bridged leg and feeds recorders. A thin shell
-//! over the pure pieces in [`crate::media`].
+//! RFC 4733 digits, relays audio to the bridged leg, copies it to conference members
+//! (supervisor listen-in and barge) and feeds recorders. A thin shell over the pure
+//! pieces in [`crate::media`].
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -13,6 +14,7 @@ use tokio::sync::mpsc;
 use crate::media::dtmf::DtmfReceiver;
 use crate::media::g711;
 use crate::media::latch::RtpLatch;
+use crate::media::mix::{rms, FrameMixer, SILENCE_RMS};
 use crate::media::player::{MusicOnHold, PromptPlayer, StereoMixer};
 use crate::media::rtp::{RtpPacket, RtpSender};
 use crate::media::wav::WavWriter;
@@ -41,6 +43,32 @@ pub fn media_stats() -> &'static MediaStats {
 /// Identifies a leg in events.
 pub type LegId = u64;
 
+/// Decoded audio handed from one leg to another, labelled with the leg it came from
+/// (a mixing leg keeps one buffer per source).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RelayFrame {
+    /// The leg whose peer sent this audio.
+    pub source: LegId,
+    /// Linear PCM, 8 kHz.
+    pub samples: Vec<i16>,
+}
+
+/// Where a leg sends decoded audio for another leg.
+pub type RelaySender = mpsc::UnboundedSender<RelayFrame>;
+
+/// Why a mono (voicemail) recording ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RecordingEnd {
+    /// The time limit was reached.
+    TimeLimit,
+    /// The caller pressed `#`.
+    Pound,
+    /// The caller stayed silent for the configured time.
+    Silence,
+    /// The leg ended (hang-up) while recording.
+    Hangup,
+}
+
 /// Commands to a media leg.
 #[derive(Debug)]
 pub enum MediaCommand {
@@ -53,11 +81,26 @@ pub enum MediaCommand {
     /// Music on hold on (replaces relayed audio) or off.
     Moh(bool),
     /// Send decoded inbound audio to this channel (the other leg's relay input).
-    RelayTo(Option<mpsc::UnboundedSender<Vec<i16>>>),
+    RelayTo(Option<RelaySender>),
+    /// Also copy decoded inbound audio to the leg `LegId` (conference member), or stop
+    /// copying to it (`None`).
+    CopyTo(LegId, Option<RelaySender>),
+    /// Mix what other legs relay here (one 20 ms frame per source, summed) instead of
+    /// forwarding each relayed packet as it comes. Needed as soon as more than one
+    /// leg sends audio to this one (supervisor listening, barge).
+    Mix(bool),
     /// Record inbound audio into this mixer side (`true` = left/caller).
     Tap(Option<(Arc<Mutex<StereoMixer>>, bool)>),
-    /// Record inbound audio to a mono WAV for at most this long (voicemail).
-    RecordMono(PathBuf, Duration),
+    /// Record inbound audio to a mono WAV (voicemail) for at most `max`; `#` ends it,
+    /// and so does `silence` without speech when given.
+    RecordMono {
+        /// The file.
+        path: PathBuf,
+        /// Longest recording.
+        max: Duration,
+        /// Trailing silence that ends the recording.
+        silence: Option<Duration>,
+    },
     /// End the leg.
     Stop,
 }
@@ -69,8 +112,8 @@ pub enum MediaEvent {
     PromptFinished(LegId),
     /// A digit arrived via RFC 4733.
     Digit(LegId, char),
-    /// A mono recording ended (time limit reached).
-    RecordingDone(LegId, PathBuf),
+    /// A mono recording ended.
+    RecordingDone(LegId, PathBuf, RecordingEnd),
 }
 
 /// Handle to a running media leg.
@@ -81,7 +124,7 @@ pub struct MediaHandle {
     /// Local RTP address as advertised in SDP.
     pub local: SocketAddr,
     commands: mpsc::UnboundedSender<MediaCommand>,
-    relay_input: mpsc::UnboundedSender<Vec<i16>>,
+    relay_input: RelaySender,
 }
 
 impl MediaHandle {
@@ -91,7 +134,7 @@ impl MediaHandle {
     }
 
     /// The channel another leg relays into.
-    pub fn relay_input(&self) -> mpsc::UnboundedSender<Vec<i16>> {
+    pub fn relay_input(&self) -> RelaySender {
         self.relay_input.clone()
     }
 }
@@ -138,6 +181,9 @@ pub fn spawn_leg(
         moh_on: false,
         dtmf: DtmfReceiver::new(),
         relay: None,
+        copies: Vec::new(),
+        mixing: false,
+        mixer: FrameMixer::new(),
         tap: None,
         mono: None,
         events,
@@ -157,15 +203,18 @@ struct Leg {
     moh: MusicOnHold,
     moh_on: bool,
     dtmf: DtmfReceiver,
-    relay: Option<mpsc::UnboundedSender<Vec<i16>>>,
+    relay: Option<RelaySender>,
+    copies: Vec<(LegId, RelaySender)>,
+    mixing: bool,
+    mixer: FrameMixer,
     tap: Option<(Arc<Mutex<StereoMixer>>, bool)>,
-    mono: Option<(WavWriter, Instant)>,
+    mono: Option<MonoRecording>,
     events: mpsc::UnboundedSender<MediaEvent>,
     first_frame: bool,
 }
 
 impl Leg {
-    async fn run(mut self, mut commands: mpsc::UnboundedReceiver<MediaCommand>, mut relay_rx: mpsc::UnboundedReceiver<Vec<i16>>) {
+    async fn run(mut self, mut commands: mpsc::UnboundedReceiver<MediaCommand>, mut relay_rx: mpsc::UnboundedReceiver<RelayFrame>) {
         let mut tick = tokio::time::interval(Duration::from_millis(20));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         let mut buf = vec![0u8; 2048];
@@ -180,9 +229,11 @@ impl Leg {
                         self.on_packet(&buf[..n], src);
                     }
                 }
-                Some(samples) = relay_rx.recv() => {
-                    if !self.moh_on && !self.player.is_playing() {
-                        for chunk in samples.chunks(FRAME_SAMPLES) {
+                Some(frame) = relay_rx.recv() => {
+                    if self.mixing {
+                        self.mixer.push(frame.source, &frame.samples);
+                    } else if !self.moh_on && !self.player.is_playing() {
+                        for chunk in frame.samples.chunks(FRAME_SAMPLES) {
                             self.send_audio(chunk);
                         }
                     }
@@ -191,9 +242,13 @@ impl Leg {
             }
         }
         // A voicemail cut short by a hangup is still a voicemail: close and report it.
-        if let Some((mut w, _)) = self.mono.take() {
-            let _ = w.finish();
-            let _ = self.events.send(MediaEvent::RecordingDone(self.id, w.path().to_path_buf()));
+        self.finish_mono(RecordingEnd::Hangup);
+    }
+
+    fn finish_mono(&mut self, how: RecordingEnd) {
+        if let Some(mut rec) = self.mono.take() {
+            let _ = rec.writer.finish();
+            let _ = self.events.send(MediaEvent::RecordingDone(self.id, rec.writer.path().to_path_buf(), how));
         }
     }
 
@@ -211,9 +266,22 @@ impl Leg {
             MediaCommand::StopPlayback => self.player.clear(),
             MediaCommand::Moh(on) => self.moh_on = on,
             MediaCommand::RelayTo(tx) => self.relay = tx,
+            MediaCommand::CopyTo(leg, tx) => {
+                self.copies.retain(|(l, _)| *l != leg);
+                if let Some(tx) = tx {
+                    self.copies.push((leg, tx));
+                }
+            }
+            MediaCommand::Mix(on) => {
+                self.mixing = on;
+                self.mixer = FrameMixer::new();
+            }
             MediaCommand::Tap(tap) => self.tap = tap,
-            MediaCommand::RecordMono(path, max) => match WavWriter::create(&path, 1) {
-                Ok(w) => self.mono = Some((w, Instant::now() + max)),
+            MediaCommand::RecordMono { path, max, silence } => match WavWriter::create(&path, 1) {
+                Ok(writer) => {
+                    let now = Instant::now();
+                    self.mono = Some(MonoRecording { writer, until: now + max, silence, last_voice: now });
+                }
                 Err(error) => tracing::warn!(%error, "Voicemail recording failed to start."),
             },
             MediaCommand::Stop => {}
@@ -231,6 +299,10 @@ impl Leg {
         }
         if Some(pkt.payload_type) == remote.telephone_event {
             if let Some(d) = self.dtmf.on_packet(pkt.timestamp, pkt.payload) {
+                // `#` ends a voicemail (the usual "press pound when done").
+                if d == '#' && self.mono.is_some() {
+                    self.finish_mono(RecordingEnd::Pound);
+                }
                 let _ = self.events.send(MediaEvent::Digit(self.id, d));
             }
             return;
@@ -249,23 +321,35 @@ impl Leg {
                 }
             }
         }
-        if let Some((w, _)) = self.mono.as_mut() {
-            let _ = w.write_samples(&samples);
+        if let Some(rec) = self.mono.as_mut() {
+            let _ = rec.writer.write_samples(&samples);
+            if rms(&samples) >= SILENCE_RMS {
+                rec.last_voice = Instant::now();
+            }
+        }
+        for (_, copy) in &self.copies {
+            let _ = copy.send(RelayFrame { source: self.id, samples: samples.clone() });
         }
         if let Some(relay) = &self.relay {
-            if relay.send(samples).is_ok() {
+            if relay.send(RelayFrame { source: self.id, samples }).is_ok() {
                 media_stats().relayed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             }
         }
     }
 
     fn on_tick(&mut self) {
-        if let Some((_, until)) = &self.mono {
-            if Instant::now() >= *until {
-                if let Some((mut w, _)) = self.mono.take() {
-                    let _ = w.finish();
-                    let _ = self.events.send(MediaEvent::RecordingDone(self.id, w.path().to_path_buf()));
-                }
+        if let Some(rec) = &self.mono {
+            let now = Instant::now();
+            if now >= rec.until {
+                self.finish_mono(RecordingEnd::TimeLimit);
+            } else if rec.silence.is_some_and(|s| now.duration_since(rec.last_voice) >= s) {
+                self.finish_mono(RecordingEnd::Silence);
+            }
+        }
+        if self.mixing {
+            let mixed = self.mixer.pop_frame();
+            if let Some(frame) = mixed.filter(|_| !self.moh_on && !self.player.is_playing()) {
+                self.send_audio(&frame);
             }
         }
         if self.player.is_playing() {
@@ -296,6 +380,14 @@ impl Leg {
             counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
     }
+}
+
+/// A voicemail being recorded.
+struct MonoRecording {
+    writer: WavWriter,
+    until: Instant,
+    silence: Option<Duration>,
+    last_voice: Instant,
 }
 
 /// Writes a call's stereo recording every 20 ms until dropped.
@@ -357,6 +449,94 @@ pub struct Recorder {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use crate::media::dtmf::TelephoneEvent;
+    use crate::sdp::{Codec, Direction};
+
+    /// A leg on a loopback socket whose peer is `peer` (PCMU, telephone-event 101).
+    async fn leg_towards(id: LegId, peer: SocketAddr) -> (MediaHandle, mpsc::UnboundedReceiver<MediaEvent>) {
+        let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let local = socket.local_addr().unwrap();
+        let (tx, rx) = mpsc::unbounded_channel();
+        let leg = spawn_leg(id, socket, local, Arc::from(vec![0i16; 160]), tx);
+        leg.command(MediaCommand::SetRemote(Negotiated {
+            codec: Codec::Pcmu,
+            telephone_event: Some(101),
+            remote: peer,
+            direction: Direction::SendRecv,
+        }));
+        (leg, rx)
+    }
+
+    async fn next_event(rx: &mut mpsc::UnboundedReceiver<MediaEvent>) -> MediaEvent {
+        tokio::time::timeout(Duration::from_secs(10), rx.recv()).await.expect("an event within 10 s").expect("leg alive")
+    }
+
+    #[tokio::test]
+    async fn mixing_leg_sums_its_sources_and_encodes_to_its_codec() {
+        let phone = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let (leg, _events) = leg_towards(1, phone.local_addr().unwrap()).await;
+        leg.command(MediaCommand::Mix(true));
+        let input = leg.relay_input();
+        // Commands and relayed audio travel on separate channels, so the first frames may
+        // beat SetRemote/Mix into the leg: feed frames until a mixed packet comes out. No
+        // single source exceeds 30000, so only the saturating sum can.
+        let mut buf = [0u8; 512];
+        let mut mixed = None;
+        for _ in 0..50 {
+            input.send(RelayFrame { source: 7, samples: vec![30_000; FRAME_SAMPLES] }).unwrap();
+            input.send(RelayFrame { source: 8, samples: vec![-1_000; FRAME_SAMPLES] }).unwrap();
+            input.send(RelayFrame { source: 9, samples: vec![20_000; FRAME_SAMPLES] }).unwrap();
+            let Ok(Ok(n)) = tokio::time::timeout(Duration::from_millis(200), phone.recv(&mut buf)).await else { continue };
+            let pkt = RtpPacket::parse(&buf[..n]).unwrap();
+            assert_eq!(pkt.payload_type, Codec::Pcmu.payload_type());
+            let samples = g711::decode(Codec::Pcmu, pkt.payload);
+            assert_eq!(samples.len(), FRAME_SAMPLES);
+            // 30000 - 1000 + 20000 saturates at i16::MAX; μ-law's largest step is 32124.
+            if samples.iter().all(|s| *s > 31_000) {
+                mixed = Some(samples);
+                break;
+            }
+        }
+        assert!(mixed.is_some(), "no mixed frame came out of the leg");
+        leg.command(MediaCommand::Stop);
+    }
+
+    #[tokio::test]
+    async fn voicemail_ends_on_pound_and_on_silence() {
+        let dir = std::env::temp_dir();
+        let phone = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        // `#`: an RFC 4733 event sent by the phone.
+        let (leg, mut events) = leg_towards(2, phone.local_addr().unwrap()).await;
+        let path = dir.join(format!("sbv-vm-{}.wav", uuid::Uuid::new_v4()));
+        leg.command(MediaCommand::RecordMono { path: path.clone(), max: Duration::from_secs(60), silence: None });
+        let mut sender = crate::media::rtp::RtpSender::new();
+        let pound = TelephoneEvent { event: 11, end: true, volume: 10, duration: 800 }.build();
+        let target = leg.local;
+        // The command and the packet race inside the leg: send new events until it reacts.
+        let ended = loop {
+            let pkt = sender.next(101, true, &pound, 800);
+            phone.send_to(&pkt, target).await.unwrap();
+            match tokio::time::timeout(Duration::from_millis(200), events.recv()).await {
+                Ok(Some(MediaEvent::RecordingDone(_, p, how))) => break (p, how),
+                Ok(Some(_)) | Err(_) => continue,
+                Ok(None) => panic!("leg ended"),
+            }
+        };
+        assert_eq!(ended, (path.clone(), RecordingEnd::Pound));
+        assert!(std::fs::metadata(&path).is_ok());
+        leg.command(MediaCommand::Stop);
+        // Silence: nothing arrives at all.
+        let (leg, mut events) = leg_towards(3, phone.local_addr().unwrap()).await;
+        let path = dir.join(format!("sbv-vm-{}.wav", uuid::Uuid::new_v4()));
+        leg.command(MediaCommand::RecordMono {
+            path: path.clone(),
+            max: Duration::from_secs(60),
+            silence: Some(Duration::from_millis(200)),
+        });
+        assert_eq!(next_event(&mut events).await, MediaEvent::RecordingDone(3, path, RecordingEnd::Silence));
+        leg.command(MediaCommand::Stop);
+    }
 
     #[tokio::test]
     async fn recorder_writes_frames_and_patches_header() {

@@ -1,6 +1,7 @@
 //! The Meilisearch backend (`meilisearch-sdk`): one index for all locales with
 //! searchable, filterable and sortable attributes, typo tolerance, and the configured
-//! synonyms and stop words (every locale's merged, since the index is shared). Writes
+//! synonyms (made symmetric: Meilisearch reads an entry one way only, from key to
+//! values) and stop words, every locale's merged since the index is shared. Writes
 //! wait for the Meilisearch task so the outbox row is only deleted once the change is
 //! searchable; a failed task is an error the worker retries.
 
@@ -82,12 +83,13 @@ impl MeiliBackend {
     pub fn new(config: &KbConfig) -> Result<MeiliBackend, KbError> {
         let key = config.meilisearch_api_key.as_ref().map(|k| k.expose_secret().to_string());
         let client = Client::new(config.meilisearch_url.trim_end_matches('/'), key).map_err(err)?;
+        let vocabulary = config.merged_vocabulary();
         Ok(MeiliBackend {
             client,
             index_name: config.index_name.clone(),
             timeout: Duration::from_millis(config.request_timeout_ms),
-            synonyms: config.all_synonyms().into_iter().collect(),
-            stop_words: config.all_stop_words(),
+            synonyms: vocabulary.symmetric_synonyms().into_iter().collect(),
+            stop_words: vocabulary.stop_words(),
         })
     }
 

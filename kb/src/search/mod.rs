@@ -4,6 +4,7 @@
 
 pub mod meili;
 pub mod postgres;
+pub mod query;
 
 use crate::config::{BackendKind, KbConfig};
 use crate::KbError;
@@ -101,7 +102,7 @@ pub trait SearchBackend: Send + Sync {
 /// Builds the configured backend.
 pub fn build_backend(pool: &PgPool, config: &KbConfig) -> Result<Arc<dyn SearchBackend>, KbError> {
     Ok(match config.backend {
-        BackendKind::Postgres => Arc::new(postgres::PostgresBackend::new(pool.clone(), config.trigram_threshold)),
+        BackendKind::Postgres => Arc::new(postgres::PostgresBackend::new(pool.clone(), config)),
         BackendKind::Meilisearch => Arc::new(meili::MeiliBackend::new(config)?),
     })
 }

@@ -1,62 +1,184 @@
 //! The embedded search backend: PostgreSQL full text over `kb_search_docs` (a tsvector
 //! kept by trigger with per-locale text search configurations and weights title A,
 //! tags B, body C) combined with pg_trgm word similarity on titles so misspelled queries
-//! ("pasword reest") still find "Password reset". Snippets come from `ts_headline`.
+//! ("pasword reest") still find "Password reset". The configured synonyms and stop words
+//! of the query's locale (all locales' without one) are applied to the query the same way
+//! Meilisearch applies them ([`super::query`]). Snippets come from `ts_headline`.
 
+use super::query::{parse, ParsedQuery, Vocabulary};
 use super::{IndexDoc, SearchBackend, SearchHit, SearchQuery, SearchResults};
+use crate::config::{primary_subtag, KbConfig};
 use crate::KbError;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
+use std::collections::BTreeMap;
 use uuid::Uuid;
 
 /// PostgreSQL full-text backend.
 pub struct PostgresBackend {
     pool: PgPool,
     trigram_threshold: f32,
+    /// Vocabulary per locale primary subtag.
+    locales: BTreeMap<String, Vocabulary>,
+    /// Every locale's vocabulary merged, for queries without a locale.
+    merged: Vocabulary,
+}
+
+/// What a text query turned into.
+struct TextQuery {
+    /// The parsed clauses as JSON (`$8` of the search statements).
+    clauses: serde_json::Value,
+    /// The wanted words, for the trigram title match.
+    plain: String,
+}
+
+/// Which documents a search statement matches and how it ranks them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Matching {
+    /// Everything visible, newest first (no query text).
+    Recent,
+    /// The tsquery, by weighted `ts_rank`.
+    FullText,
+    /// Titles that look like the query's words, by trigram word similarity (the
+    /// misspelling fallback).
+    SimilarTitles,
 }
 
 impl PostgresBackend {
-    /// A backend on the hub's database.
-    pub fn new(pool: PgPool, trigram_threshold: f32) -> PostgresBackend {
-        PostgresBackend { pool, trigram_threshold }
+    /// A backend on the hub's database with the `[kb]` vocabulary and trigram threshold.
+    pub fn new(pool: PgPool, config: &KbConfig) -> PostgresBackend {
+        PostgresBackend {
+            pool,
+            trigram_threshold: config.trigram_threshold,
+            locales: config.locale_vocabularies(),
+            merged: config.merged_vocabulary(),
+        }
     }
 
-    async fn query(&self, query: &SearchQuery, similar_titles: bool) -> Result<Vec<HitRow>, KbError> {
-        let q = query.q.trim();
-        let mut tx = self.pool.begin().await?;
-        let (sql, tsq) = if q.is_empty() {
-            (search_sql("true", "0", false), None)
-        } else {
-            let tsq: Option<String> =
-                sqlx::query_scalar(TSQUERY_SQL).bind(q).bind(query.locale.as_deref()).bind(query.match_any).fetch_one(&mut *tx).await?;
-            let sql = if similar_titles {
-                // `<%` uses this threshold (and the trigram index); local to the transaction.
-                sqlx::query("select set_config('pg_trgm.word_similarity_threshold', $1, true)")
-                    .bind(self.trigram_threshold.to_string())
-                    .execute(&mut *tx)
-                    .await?;
-                search_sql("(d.tsv @@ $2::tsquery or $1 <% d.title)", "ts_rank(d.tsv, $2::tsquery) + word_similarity($1, d.title)", true)
-            } else {
-                search_sql("d.tsv @@ $2::tsquery", "ts_rank(d.tsv, $2::tsquery)", true)
-            };
-            (sql, tsq)
-        };
-        let rows: Vec<HitRow> = sqlx::query_as(&sql)
-            .bind(q)
-            .bind(tsq)
+    fn vocabulary(&self, locale: Option<&str>) -> Option<&Vocabulary> {
+        match locale {
+            Some(l) => self.locales.get(&primary_subtag(l)),
+            None => Some(&self.merged),
+        }
+    }
+
+    /// Parses the query text with the locale's vocabulary; `None` when nothing searchable
+    /// is left (only stop words or operators).
+    fn text_query(&self, query: &SearchQuery) -> Result<Option<TextQuery>, KbError> {
+        let empty = Vocabulary::default();
+        let ParsedQuery { mut clauses, plain } = parse(query.q.trim(), self.vocabulary(query.locale.as_deref()).unwrap_or(&empty));
+        if query.match_any {
+            // "Any of these words" has no room for exclusions.
+            clauses.retain(|c| !c.negated);
+        }
+        if clauses.is_empty() {
+            return Ok(None);
+        }
+        let clauses = serde_json::to_value(&clauses).map_err(|e| KbError::Internal(e.to_string()))?;
+        Ok(Some(TextQuery { clauses, plain }))
+    }
+
+    /// One page of hits, in one statement (one round trip).
+    async fn query(&self, query: &SearchQuery, text: Option<&TextQuery>, matching: Matching) -> Result<Vec<HitRow>, KbError> {
+        let sql = search_sql(matching);
+        let q = sqlx::query_as(&sql)
             .bind(&query.statuses)
             .bind(query.public_only)
             .bind(query.category.as_deref())
             .bind(query.locale.as_deref())
             .bind(query.tag.as_deref())
             .bind(query.limit)
-            .bind(query.offset)
-            .fetch_all(&mut *tx)
-            .await?;
-        tx.commit().await?;
-        Ok(rows)
+            .bind(query.offset);
+        let q = match (matching, text) {
+            (Matching::Recent, _) => q,
+            (Matching::FullText, Some(t)) => q.bind(&t.clauses).bind(if query.match_any { " | " } else { " & " }),
+            (Matching::SimilarTitles, Some(t)) => q.bind(&t.clauses).bind(" & ").bind(t.plain.as_str()).bind(self.trigram_threshold),
+            (_, None) => return Err(KbError::Internal("text search without query text".into())),
+        };
+        Ok(q.fetch_all(&self.pool).await?)
     }
+}
+
+// The tsquery from the parsed clauses ($8, JSON), as CTEs ending in `q` (one row: `tsq`,
+// and `excluded`, any of the excluded terms): each alternative (word or phrase) is parsed
+// with the locale's text search configuration ($4), or with every configured language
+// when there is none so stems match whatever language a document is in; the
+// alternatives of a clause are OR'ed, clauses joined with $9 (AND, or OR for agent
+// assist), excluded clauses negated. Alternatives that are only the language's stop
+// words vanish (numnode = 0); a query of nothing else has a null tsquery. The search
+// joins `q` so the tsquery is computed once per statement and the GIN index is probed
+// with it (a nested loop from `q`'s one row into a bitmap scan).
+const TSQUERY_CTES: &str = "
+clause as (
+    select c.ord, (c.v ->> 'negated')::boolean as negated, a.alternative
+    from jsonb_array_elements($8::jsonb) with ordinality as c(v, ord)
+    cross join lateral jsonb_array_elements_text(c.v -> 'alternatives') as a(alternative)
+), per_language as (
+    select clause.ord, clause.negated, phraseto_tsquery(cfg, clause.alternative) as q
+    from clause
+    cross join unnest(case when $4::text is null then array['english', 'spanish', 'german', 'french', 'simple']::regconfig[]
+                           else array[kb_ts_config($4)] end) as cfg
+), per_clause as (
+    select ord, negated, string_agg(distinct '(' || q::text || ')', ' | ') as q
+    from per_language
+    where numnode(q) > 0
+    group by ord, negated
+), q as materialized (
+    select string_agg(case when negated then '!(' || q || ')' else '(' || q || ')' end, $9::text order by ord)::tsquery as tsq,
+           string_agg('(' || q || ')', ' | ') filter (where negated)::tsquery as excluded
+    from per_clause
+),";
+
+/// The search statement. Parameters: `$1` statuses, `$2` public only, `$3` category,
+/// `$4` locale, `$5` tag, `$6` limit, `$7` offset; text searches add `$8` clauses and
+/// `$9` how they join ([`TSQUERY_CTES`]); the trigram fallback adds `$10` the wanted
+/// words and `$11` the similarity threshold.
+///
+/// Cost: every match is ranked (the order needs it) and counted, but only from narrow
+/// rows — id, time, score — materialized once; the heap rows keep their tsvector inline
+/// and the body text out of line (migration `20261122200000_kb_search`), so ranking
+/// thousands of matches never reads a body or a TOAST pointer. Bodies are read and
+/// `ts_headline`d only for the page returned.
+fn search_sql(matching: Matching) -> String {
+    // A null tsquery (only the language's stop words) leaves only the trigram title
+    // match: no highlights then.
+    const TITLE_HL: &str =
+        "coalesce(ts_headline(d.ts_config, d.title, q.tsq, 'HighlightAll=true, StartSel=' || chr(1) || ', StopSel=' || chr(2)), d.title)";
+    const SNIPPET: &str = "coalesce(ts_headline(d.ts_config, d.body_text, q.tsq,
+                 'MaxWords=30, MinWords=12, MaxFragments=2, FragmentDelimiter=\" … \", StartSel=' || chr(1) || ', StopSel=' || chr(2)),
+                 left(d.body_text, 240))";
+    let (ctes, source, rank, title_hl, snippet, page_source) = match matching {
+        Matching::Recent => ("", "kb_search_docs d", "0", "d.title", "left(d.body_text, 240)", "page p"),
+        Matching::FullText => {
+            (TSQUERY_CTES, "kb_search_docs d join q on d.tsv @@ q.tsq", "ts_rank(d.tsv, q.tsq)", TITLE_HL, SNIPPET, "q, page p")
+        }
+        // Runs only when nothing matches the tsquery under these filters, so the titles
+        // that look alike are the whole answer; excluded terms still exclude.
+        // `kb_similar_titles` returns the filtered columns under the same names.
+        Matching::SimilarTitles => {
+            (TSQUERY_CTES, "q cross join kb_similar_titles($10, $11, q.excluded) d", "d.similarity", TITLE_HL, SNIPPET, "q, page p")
+        }
+    };
+    format!(
+        "with {ctes} matched as (
+            select d.article_id, d.updated_at, ({rank})::float4 as score
+            from {source}
+            where d.status = any($1)
+              and (not $2 or d.public)
+              and ($3::text is null or d.category = $3)
+              and ($4::text is null or lower(d.locale) = lower($4) or lower(d.locale) like lower($4) || '-%')
+              and ($5::text is null or d.tags @> array[$5::text])
+        ), page as (
+            select article_id, updated_at, score from matched
+            order by score desc, updated_at desc, article_id
+            limit $6 offset $7
+        )
+        select p.article_id, d.title, d.body_text, d.category, d.tags, d.locale, d.status, d.public, p.updated_at,
+               (select count(*) from matched) as total, p.score, {title_hl} as title_hl, {snippet} as snippet
+        from {page_source} join kb_search_docs d on d.article_id = p.article_id
+        order by p.score desc, p.updated_at desc, p.article_id"
+    )
 }
 
 #[derive(sqlx::FromRow)]
@@ -74,59 +196,6 @@ struct HitRow {
     score: f32,
     title_hl: String,
     snippet: String,
-}
-
-// The tsquery: with a locale filter parsed with that locale's configuration; without,
-// with every configured language OR'ed, so stems match whatever language a document is
-// in. `match_any` ($3) turns the AND of plain words into an OR (agent assist). It is
-// computed first and passed to the search as a parameter so the GIN index is used.
-const TSQUERY_SQL: &str = r#"
-select (case
-    when $3 and $2::text is not null then replace(plainto_tsquery(kb_ts_config($2), $1)::text, '&', '|')::tsquery
-    when $3 then replace(plainto_tsquery('english', $1)::text, '&', '|')::tsquery
-              || replace(plainto_tsquery('spanish', $1)::text, '&', '|')::tsquery
-              || replace(plainto_tsquery('german', $1)::text, '&', '|')::tsquery
-              || replace(plainto_tsquery('french', $1)::text, '&', '|')::tsquery
-              || replace(plainto_tsquery('simple', $1)::text, '&', '|')::tsquery
-    when $2::text is not null then websearch_to_tsquery(kb_ts_config($2), $1)
-    else websearch_to_tsquery('english', $1) || websearch_to_tsquery('spanish', $1)
-      || websearch_to_tsquery('german', $1) || websearch_to_tsquery('french', $1)
-      || websearch_to_tsquery('simple', $1)
-end)::text
-"#;
-
-/// The search statement for a match condition: `$1` query text, `$2` tsquery, `$3`
-/// statuses, `$4` public only, `$5` category, `$6` locale, `$7` tag, `$8` limit,
-/// `$9` offset. Text matches rank by weighted `ts_rank` (+ title similarity in the
-/// trigram fallback); an empty query lists by recency.
-fn search_sql(matching: &str, rank: &str, headline: bool) -> String {
-    let (title_hl, snippet) = if headline {
-        (
-            "ts_headline(d.ts_config, d.title, $2::tsquery, 'HighlightAll=true, StartSel=' || chr(1) || ', StopSel=' || chr(2))",
-            "ts_headline(d.ts_config, d.body_text, $2::tsquery,
-                 'MaxWords=30, MinWords=12, MaxFragments=2, FragmentDelimiter=\" … \", StartSel=' || chr(1) || ', StopSel=' || chr(2))",
-        )
-    } else {
-        ("d.title", "left(d.body_text, 240)")
-    };
-    format!(
-        "with matched as (
-            select d.article_id, d.updated_at, count(*) over () as total, ({rank})::float4 as score
-            from kb_search_docs d
-            where {matching}
-              and d.status = any($3)
-              and (not $4 or d.public)
-              and ($5::text is null or d.category = $5)
-              and ($6::text is null or lower(d.locale) = lower($6) or lower(d.locale) like lower($6) || '-%')
-              and ($7::text is null or d.tags @> array[$7::text])
-            order by score desc, d.updated_at desc, d.article_id
-            limit $8 offset $9
-        )
-        select m.article_id, d.title, d.body_text, d.category, d.tags, d.locale, d.status, d.public, m.updated_at, m.total, m.score,
-               {title_hl} as title_hl, {snippet} as snippet
-        from matched m join kb_search_docs d on d.article_id = m.article_id
-        order by m.score desc, m.updated_at desc, m.article_id"
-    )
 }
 
 #[async_trait]
@@ -172,43 +241,54 @@ impl SearchBackend for PostgresBackend {
     }
 
     async fn search(&self, query: &SearchQuery) -> Result<SearchResults, KbError> {
-        let mut rows = self.query(query, false).await?;
-        // Nothing spelled like that: fall back to titles that look alike ("pasword reest").
-        if rows.is_empty() && query.offset == 0 && !query.match_any && !query.q.trim().is_empty() {
-            rows = self.query(query, true).await?;
-        } else if rows.is_empty() && query.offset > 0 && !query.match_any && !query.q.trim().is_empty() {
-            let mut first = query.clone();
-            first.offset = 0;
-            first.limit = 1;
-            if self.query(&first, false).await?.is_empty() {
-                rows = self.query(query, true).await?;
+        if query.q.trim().is_empty() {
+            let rows = self.query(query, None, Matching::Recent).await?;
+            return Ok(results(rows));
+        }
+        // Only stop words or operators: nothing to look for.
+        let Some(text) = self.text_query(query)? else { return Ok(SearchResults::default()) };
+        let mut rows = self.query(query, Some(&text), Matching::FullText).await?;
+        // Nothing spelled like that: fall back to titles that look alike ("pasword reest"),
+        // but only when the tsquery matches nothing at all under these filters (a later
+        // page past the real matches stays empty).
+        if rows.is_empty() && !query.match_any && !text.plain.is_empty() {
+            let fall_back = query.offset == 0 || {
+                let first = SearchQuery { offset: 0, limit: 1, ..query.clone() };
+                self.query(&first, Some(&text), Matching::FullText).await?.is_empty()
+            };
+            if fall_back {
+                rows = self.query(query, Some(&text), Matching::SimilarTitles).await?;
             }
         }
-        let total = rows.first().map(|r| r.total.max(0) as u64).unwrap_or(0);
-        let hits = rows
-            .into_iter()
-            .map(|r| SearchHit {
-                score: f64::from(r.score),
-                title_highlighted: r.title_hl,
-                snippet: r.snippet,
-                doc: IndexDoc {
-                    id: r.article_id,
-                    title: r.title,
-                    body_text: r.body_text,
-                    category: r.category,
-                    tags: r.tags,
-                    locale: r.locale,
-                    status: r.status,
-                    public: r.public,
-                    updated_at: r.updated_at,
-                },
-            })
-            .collect();
-        Ok(SearchResults { hits, total })
+        Ok(results(rows))
     }
 
     async fn retain_only(&self, keep: &[Uuid]) -> Result<(), KbError> {
         sqlx::query("delete from kb_search_docs where article_id <> all($1)").bind(keep).execute(&self.pool).await?;
         Ok(())
     }
+}
+
+fn results(rows: Vec<HitRow>) -> SearchResults {
+    let total = rows.first().map(|r| r.total.max(0) as u64).unwrap_or(0);
+    let hits = rows
+        .into_iter()
+        .map(|r| SearchHit {
+            score: f64::from(r.score),
+            title_highlighted: r.title_hl,
+            snippet: r.snippet,
+            doc: IndexDoc {
+                id: r.article_id,
+                title: r.title,
+                body_text: r.body_text,
+                category: r.category,
+                tags: r.tags,
+                locale: r.locale,
+                status: r.status,
+                public: r.public,
+                updated_at: r.updated_at,
+            },
+        })
+        .collect();
+    SearchResults { hits, total }
 }

@@ -1,9 +1,10 @@
 //! Media plane building blocks, all pure: RTP packets, G.711, RFC 4733 DTMF, WAV
-//! files, prompt playback, tones and symmetric-RTP latching.
+//! files, prompt playback, tones, symmetric-RTP latching and conference mixing.
 
 pub mod dtmf;
 pub mod g711;
 pub mod latch;
+pub mod mix;
 pub mod player;
 pub mod rtp;
 pub mod wav;

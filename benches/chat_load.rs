@@ -8,12 +8,14 @@
 //! 2. throughput: `CHAT_BENCH_ACTIVE` of them (default 500) send `CHAT_BENCH_MSGS`
 //!    messages each (default 20, 4 in flight per socket); report persisted messages/s and
 //!    send→ack latency;
+//!    then the same sockets send open loop at `CHAT_BENCH_RATE` messages/s (default 5,000)
+//!    for `CHAT_BENCH_RATE_SECS` (default 6); report send→ack latency at that rate;
 //! 3. replies: agent replies to `CHAT_BENCH_REPLIES` conversations (default 300); report
 //!    reply→visitor-receive latency.
 //!
 //! Bounded: everything runs under a hard timeout (`CHAT_BENCH_TIMEOUT_SECS`, default 120).
-//! Run: `cargo bench -p switchboard-chat --bench chat_load` (needs the local PostgreSQL of
-//! the tests, `SWITCHBOARD_TEST_DATABASE_URL`).
+//! Run: `cargo bench --bench chat_load` (needs the local PostgreSQL of the tests,
+//! `SWITCHBOARD_TEST_DATABASE_URL`).
 
 use futures::{SinkExt, StreamExt};
 use serde_json::{json, Value};
@@ -22,8 +24,9 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use switchboard_core::adapter::{ChannelAdapter, Shutdown};
+use switchboard::settings::Settings;
 use switchboard_core::config::CoreSettings;
+use switchboard_core::db::Database;
 use switchboard_core::testing::TestDb;
 use switchboard_core::Hub;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
@@ -82,43 +85,31 @@ fn main() {
     rt.shutdown_timeout(Duration::from_secs(2));
 }
 
-/// Child: the hub with a webchat channel on port 0; prints `LISTEN <addr>`; exits when
-/// stdin closes.
+/// Child: the production wiring (`switchboard::start_with`: CRM directory, knowledge base,
+/// router, outbox, event listener, every HTTP route) with a webchat channel on port 0;
+/// prints `LISTEN <addr>`; exits when stdin closes.
 async fn serve(url: String) {
     raise_fd_limit();
-    let options: sqlx::postgres::PgConnectOptions = url.parse().expect("url");
-    let pool = sqlx::postgres::PgPoolOptions::new().max_connections(30).connect_with(options.clone()).await.expect("pool");
-    let mut settings = CoreSettings::default();
-    settings.outbox.poll_ms = 50;
-    settings.router.tick_ms = 100;
-    let hub = Hub::new(pool.clone(), settings);
-    let (shutdown, shutdown_rx) = tokio::sync::watch::channel(false);
-    let (ready_tx, ready_rx) = oneshot::channel();
-    tokio::spawn(hub.bus().clone().run_listener(pool.clone(), shutdown_rx.clone(), ready_tx));
-    let _ = ready_rx.await;
-    let table: toml::Value = toml::Value::Table(
+    let env: Vec<(String, String)> = vec![
+        ("SWITCHBOARD__HTTP__BIND".into(), "\"127.0.0.1:0\"".into()),
+        ("SWITCHBOARD__DATABASE__URL".into(), format!("\"{url}\"")),
+        ("SWITCHBOARD__DATABASE__MAX_CONNECTIONS".into(), "30".into()),
+        ("SWITCHBOARD__ROUTER__TICK_MS".into(), "100".into()),
+        ("SWITCHBOARD__OUTBOX__POLL_MS".into(), "50".into()),
+    ];
+    let mut settings = Settings::load(None, env).expect("settings");
+    settings.channels.push(toml::Value::Table(
         "type = \"webchat\"\nname = \"web\"\nrate_limit_per_10s = 100000\nsessions_per_minute_per_ip = 1000000\nping_interval_secs = 300"
             .parse()
             .expect("toml"),
-    );
-    let adapter: Arc<dyn ChannelAdapter> = Arc::new(switchboard_chat::build("web", table).expect("adapter"));
-    hub.add_adapter(adapter.clone());
-    let app = adapter.http_router().expect("router").with_state(hub.clone());
-    tokio::spawn(switchboard_core::router::run(hub.clone(), options, shutdown_rx.clone()));
-    tokio::spawn(switchboard_core::outbox::run_worker(hub.clone(), shutdown_rx.clone()));
-    {
-        let (hub, a, sd) = (hub.clone(), adapter.clone(), Shutdown(shutdown_rx.clone()));
-        tokio::spawn(async move { a.run(hub, sd).await });
-    }
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(async move {
-        axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>()).await.ok();
-    });
-    println!("LISTEN {addr}");
+    ));
+    let options: sqlx::postgres::PgConnectOptions = url.parse().expect("url");
+    let pool = sqlx::postgres::PgPoolOptions::new().max_connections(30).connect_with(options.clone()).await.expect("pool");
+    let running = switchboard::start_with(settings, Database { pool, embedded: None, options }).await.expect("start hub");
+    println!("LISTEN {}", running.url().trim_start_matches("http://"));
     let mut buf = Vec::new();
     let _ = tokio::io::stdin().read_to_end(&mut buf).await;
-    let _ = shutdown.send(true);
+    running.stop().await;
 }
 
 /// POST /chat/v1/sessions over a raw HTTP/1.1 connection; returns the token.
@@ -137,7 +128,8 @@ async fn new_session(addr: SocketAddr) -> Result<(String, Uuid), String> {
 }
 
 async fn open_socket(addr: SocketAddr, token: &str) -> Result<Ws, String> {
-    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/chat/v1/ws")).await.map_err(|e| e.to_string())?;
+    let (mut ws, _) =
+        tokio_tungstenite::connect_async_with_config(format!("ws://{addr}/chat/v1/ws"), None, true).await.map_err(|e| e.to_string())?;
     ws.send(Message::text(json!({ "type": "hello", "v": 1, "token": token, "last_seq": 0 }).to_string()))
         .await
         .map_err(|e| e.to_string())?;
@@ -151,7 +143,27 @@ async fn open_socket(addr: SocketAddr, token: &str) -> Result<Ws, String> {
 }
 
 enum Cmd {
+    /// Closed loop: `count` messages, at most `window` unacknowledged.
     Burst { count: usize, window: usize, done: oneshot::Sender<Vec<Duration>> },
+    /// Open loop: one message every `interval` (first after `offset`), whatever the acks.
+    Paced { count: usize, interval: Duration, offset: Duration, done: oneshot::Sender<Vec<Duration>> },
+}
+
+/// An ack for one of `sent` records its latency; an error frame ends the phase.
+fn on_ack(t: &str, sent: &mut HashMap<String, Instant>, lat: &mut Vec<Duration>) -> Result<bool, ()> {
+    if t.starts_with("{\"type\":\"ack\"") {
+        if let Ok(v) = serde_json::from_str::<Value>(t) {
+            if let Some(at) = v["client_msg_id"].as_str().and_then(|id| sent.remove(id)) {
+                lat.push(at.elapsed());
+            }
+        }
+        return Ok(true);
+    }
+    if t.contains("\"type\":\"error\"") {
+        eprintln!("error frame: {t}");
+        return Err(());
+    }
+    Ok(false)
 }
 
 /// Shared reply bookkeeping: body marker → send time; receive latencies.
@@ -194,23 +206,42 @@ async fn widget(mut ws: Ws, mut cmds: mpsc::Receiver<Cmd>, replies: Arc<Replies>
                             next += 1;
                         }
                         match ws.next().await {
-                            Some(Ok(Message::Text(t))) => {
-                                if t.starts_with("{\"type\":\"ack\"") {
-                                    if let Ok(v) = serde_json::from_str::<Value>(&t) {
-                                        if let Some(at) = v["client_msg_id"].as_str().and_then(|id| sent.remove(id)) {
-                                            lat.push(at.elapsed());
-                                        }
-                                    }
-                                } else if t.contains("\"type\":\"error\"") {
-                                    eprintln!("error frame: {t}");
-                                    let _ = done.send(lat);
-                                    return;
-                                } else {
-                                    on_text(&t, &replies);
-                                }
-                            }
+                            Some(Ok(Message::Text(t))) => match on_ack(&t, &mut sent, &mut lat) {
+                                Ok(true) => {}
+                                Ok(false) => on_text(&t, &replies),
+                                Err(()) => { let _ = done.send(lat); return; }
+                            },
                             Some(Ok(_)) => {}
                             _ => { let _ = done.send(lat); return; }
+                        }
+                    }
+                    let _ = done.send(lat);
+                }
+                Some(Cmd::Paced { count, interval, offset, done }) => {
+                    bursts += 1;
+                    let mut sent: HashMap<String, Instant> = HashMap::new();
+                    let mut lat = Vec::with_capacity(count);
+                    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + offset, interval);
+                    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+                    let mut next = 0;
+                    while lat.len() < count {
+                        tokio::select! {
+                            _ = tick.tick(), if next < count => {
+                                let id = format!("p{tag}-{bursts}-{next}");
+                                let f = json!({ "type": "message", "client_msg_id": id, "body": format!("paced message {next}") });
+                                if ws.send(Message::text(f.to_string())).await.is_err() { let _ = done.send(lat); return; }
+                                sent.insert(id, Instant::now());
+                                next += 1;
+                            }
+                            m = ws.next() => match m {
+                                Some(Ok(Message::Text(t))) => match on_ack(&t, &mut sent, &mut lat) {
+                                    Ok(true) => {}
+                                    Ok(false) => on_text(&t, &replies),
+                                    Err(()) => { let _ = done.send(lat); return; }
+                                },
+                                Some(Ok(_)) => {}
+                                _ => { let _ = done.send(lat); return; }
+                            }
                         }
                     }
                     let _ = done.send(lat);
@@ -223,6 +254,11 @@ async fn widget(mut ws: Ws, mut cmds: mpsc::Receiver<Cmd>, replies: Arc<Replies>
             }
         }
     }
+}
+
+/// Inbound messages persisted so far.
+async fn stored_inbound(db: &TestDb) -> Result<i64, String> {
+    sqlx::query_scalar("select count(*) from messages where direction = 'inbound'").fetch_one(&db.pool).await.map_err(|e| e.to_string())
 }
 
 fn pct(v: &mut [Duration], p: f64) -> f64 {
@@ -327,10 +363,7 @@ async fn bench(fd_limit: u64) -> Result<(), String> {
         lat.extend(w.await.unwrap_or_default());
     }
     let secs = t1.elapsed().as_secs_f64();
-    let stored: i64 = sqlx::query_scalar("select count(*) from messages where direction = 'inbound'")
-        .fetch_one(&db.pool)
-        .await
-        .map_err(|e| e.to_string())?;
+    let stored: i64 = stored_inbound(&db).await?;
     let acked = lat.len();
     println!(
         "throughput: {acked} messages acked by {active} sockets in {secs:.2} s = {:.0} persisted messages/s ({stored} inbound rows in the database)",
@@ -339,6 +372,43 @@ async fn bench(fd_limit: u64) -> Result<(), String> {
     println!("latency send->ack: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms", pct(&mut lat, 0.5), pct(&mut lat, 0.99), pct(&mut lat, 1.0));
     if stored < acked as i64 {
         return Err(format!("only {stored} of {acked} acknowledged messages are stored"));
+    }
+
+    // Phase 2a: latency at the target rate, open loop: every active socket sends on a fixed
+    // schedule (staggered), so queueing shows up as latency instead of a lower send rate.
+    let rate = env_usize("CHAT_BENCH_RATE", 5_000);
+    let paced_secs = env_usize("CHAT_BENCH_RATE_SECS", 6);
+    if rate > 0 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let per_socket = ((rate * paced_secs) / active).max(1);
+        let interval = Duration::from_secs_f64(active as f64 / rate as f64);
+        let before: i64 = stored_inbound(&db).await?;
+        let t = Instant::now();
+        let mut waits = Vec::new();
+        for (n, (tx, _)) in ctl.iter().take(active).enumerate() {
+            let (done, rx) = oneshot::channel();
+            let offset = interval.mul_f64(n as f64 / active as f64);
+            tx.send(Cmd::Paced { count: per_socket, interval, offset, done }).await.map_err(|_| "widget gone")?;
+            waits.push(rx);
+        }
+        let mut paced = Vec::new();
+        for w in waits {
+            paced.extend(w.await.unwrap_or_default());
+        }
+        let secs = t.elapsed().as_secs_f64();
+        let after: i64 = stored_inbound(&db).await?;
+        println!(
+            "at {rate} messages/s offered for {paced_secs} s ({active} sockets, open loop): {} acked in {secs:.2} s = {:.0} persisted messages/s ({} new rows); latency send->ack p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+            paced.len(),
+            paced.len() as f64 / secs,
+            after - before,
+            pct(&mut paced, 0.5),
+            pct(&mut paced, 0.99),
+            pct(&mut paced, 1.0)
+        );
+        if after - before < paced.len() as i64 {
+            return Err(format!("only {} of {} acknowledged messages are stored", after - before, paced.len()));
+        }
     }
 
     // Phase 2b: latency at light load (20 sockets, one message in flight each).
