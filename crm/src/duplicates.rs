@@ -147,9 +147,10 @@ mod tests {
         .execute(&db.pool)
         .await
         .expect("customers");
+        // The whole id as `+tag`: addresses are unique, and a short tag would collide now and then.
         sqlx::query(
             "insert into customer_identities (customer_id, kind, address)
-             select id, 'email', replace(lower(name), ' ', '.') || '+' || left(id::text, 4) || '@example.com' from customers",
+             select id, 'email', replace(lower(name), ' ', '.') || '+' || replace(id::text, '-', '') || '@example.com' from customers",
         )
         .execute(&db.pool)
         .await
