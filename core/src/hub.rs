@@ -137,39 +137,39 @@ struct PreIngest {
 }
 
 /// Appends messages to open interactions for a whole batch in one statement: locks the
-/// interactions (in id order), inserts the messages in batch order (stamped by the clock),
-/// their dedupe ledger rows and their `message` events, and NOTIFYs the events. Items whose
-/// interaction closed in the meantime are left out (the caller writes them one by one).
+/// interactions (in id order), inserts the messages (ids chosen by the caller) in batch
+/// order, stamped by the clock, their dedupe ledger rows and their `message` events, and
+/// NOTIFYs the events; returns the ids of the messages written. Items whose interaction
+/// closed in the meantime are left out (the caller writes them one by one).
+///
+/// Every join is on ids the caller passed, and the interactions are found through their
+/// primary key, so the cost follows the batch, never the size of the tables.
 static APPEND_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
     format!(
         "with input as (
-             select * from unnest($1::uuid[], $2::text[], $3::text[], $4::jsonb[], $5::text[], $6::text[]) with ordinality
-                 as t(interaction_id, body, content_type, attachments, dedupe_key, channel, ord)
+             select * from unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::jsonb[], $6::text[], $7::text[]) with ordinality
+                 as t(message_id, interaction_id, body, content_type, attachments, dedupe_key, channel, ord)
          ), locked as (
              select id, queue_id from interactions
-              where id in (select interaction_id from input) and status in ('queued','offered','active','wrap_up')
+              where id = any($2) and status in ('queued','offered','active','wrap_up')
               order by id for update
-         ), m as (
-             insert into messages (interaction_id, direction, body, content_type, attachments, client_message_id, created_at)
-             select i.interaction_id, 'inbound', i.body, i.content_type, i.attachments, i.dedupe_key, clock_timestamp()
-               from input i where i.interaction_id in (select id from locked) order by i.ord
-             returning id, interaction_id, client_message_id
          ), mi as (
-             select m.id as message_id, i.interaction_id, i.dedupe_key, i.channel, i.ord, lk.queue_id
-               from m join input i on i.interaction_id = m.interaction_id and i.dedupe_key = m.client_message_id
-               join locked lk on lk.id = m.interaction_id
+             select i.*, lk.queue_id from input i join locked lk on lk.id = i.interaction_id
+         ), m as (
+             insert into messages (id, interaction_id, direction, body, content_type, attachments, client_message_id, created_at)
+             select message_id, interaction_id, 'inbound', body, content_type, attachments, dedupe_key, clock_timestamp()
+               from mi order by ord
          ), l as (
              insert into inbound_items (channel, dedupe_key, interaction_id, message_id)
              select channel, dedupe_key, interaction_id, message_id from mi
          ), ev as (
              insert into interaction_events (interaction_id, queue_id, kind, data)
              select interaction_id, queue_id, 'message',
-                    jsonb_build_object('message_id', message_id, 'direction', 'inbound', 'channel', channel, 'node', $7::uuid)
+                    jsonb_build_object('message_id', message_id, 'direction', 'inbound', 'channel', channel, 'node', $8::uuid)
                from mi order by ord
              returning id, interaction_id, agent_id, queue_id, kind, data, at
          )
-         select mi.ord, mi.interaction_id, mi.message_id, {} as notified
-           from ev join mi on mi.message_id = (ev.data->>'message_id')::uuid",
+         select (ev.data->>'message_id')::uuid as message_id, {} as notified from ev",
         bus::NOTIFY_EV
     )
 });
@@ -519,7 +519,10 @@ impl Hub {
         let mut tx = self.0.pool.begin().await?;
         let appends: Vec<usize> = fresh.iter().copied().filter(|&i| open[i].is_some()).collect();
         if !appends.is_empty() {
-            let rows: Vec<(i64, Uuid, Uuid, Option<String>)> = sqlx::query_as(APPEND_SQL.as_str())
+            let ids: Vec<Uuid> = appends.iter().map(|_| Uuid::new_v4()).collect();
+            let index: std::collections::HashMap<Uuid, usize> = ids.iter().copied().zip(appends.iter().copied()).collect();
+            let rows: Vec<(Uuid, Option<String>)> = sqlx::query_as(APPEND_SQL.as_str())
+                .bind(&ids)
                 .bind(appends.iter().map(|&i| open[i]).collect::<Vec<_>>())
                 .bind(appends.iter().map(|&i| jobs[i].item.body.as_str()).collect::<Vec<_>>())
                 .bind(appends.iter().map(|&i| jobs[i].item.content_type.as_deref().unwrap_or("text/plain")).collect::<Vec<_>>())
@@ -531,8 +534,9 @@ impl Hub {
                 .bind(self.0.node_id)
                 .fetch_all(&mut *tx)
                 .await?;
-            for (ord, interaction_id, message_id, _) in rows {
-                let i = appends[(ord - 1) as usize];
+            for (message_id, _) in rows {
+                let Some(&i) = index.get(&message_id) else { continue };
+                let Some(interaction_id) = open[i] else { continue };
                 written.insert(
                     i,
                     IngestOutcome {
@@ -589,7 +593,11 @@ impl Hub {
             "select d.interaction_id, d.message_id, c.interaction_id is not null as open_conversation,
                     c.interaction_id as open_interaction_id, c.customer_id
              from unnest($1::text[], $2::text[], $3::text[]) with ordinality as i(channel, dedupe_key, conversation_key, ord)
-             left join inbound_items d on d.channel = i.channel and d.dedupe_key = i.dedupe_key
+             left join lateral (
+                 -- A probe of the primary key per item (a plain join may hash the whole ledger).
+                 select interaction_id, message_id from inbound_items
+                  where channel = i.channel and dedupe_key = i.dedupe_key limit 1
+             ) d on true
              left join lateral (
                  select id as interaction_id, customer_id from interactions
                   where i.conversation_key is not null and channel = i.channel and conversation_key = i.conversation_key

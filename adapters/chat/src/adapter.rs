@@ -80,7 +80,7 @@ impl switchboard_core::IngestLedger for ChatLedger {
     async fn append(&self, conn: &mut sqlx::PgConnection, messages: &[(Uuid, Option<&str>)]) -> CoreResult<Vec<Option<i64>>> {
         let pairs: Vec<(Uuid, Uuid)> =
             messages.iter().filter_map(|(m, conv)| conv.and_then(|c| c.parse::<Uuid>().ok()).map(|c| (c, *m))).collect();
-        let rows = store::number_messages(&mut *conn, &pairs).await?;
+        let rows = store::number_new_messages(&mut *conn, &pairs).await?;
         let seqs: std::collections::HashMap<Uuid, i64> = rows.into_iter().filter(|r| r.2).map(|(m, seq, _)| (m, seq)).collect();
         Ok(messages.iter().map(|(m, _)| seqs.get(m).copied()).collect())
     }

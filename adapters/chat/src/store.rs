@@ -139,26 +139,27 @@ pub async fn assign_seqs(db: &PgPool, pairs: &[(Uuid, Uuid)]) -> Vec<CoreResult<
 
 /// The statement behind [`assign_seqs`] and the ingest ledger: numbers the pairs' new
 /// messages (each conversation's counter bumped once, under its row lock, in pair order)
-/// and returns (message, seq, newly assigned) for every pair it could settle.
-pub async fn number_messages<'e>(db: impl sqlx::PgExecutor<'e>, pairs: &[(Uuid, Uuid)]) -> Result<Vec<(Uuid, i64, bool)>, sqlx::Error> {
-    let mut unique: Vec<(Uuid, Uuid)> = Vec::with_capacity(pairs.len());
-    for p in pairs {
-        if !unique.iter().any(|u| u.1 == p.1) {
-            unique.push(*p);
-        }
-    }
-    let convs: Vec<Uuid> = unique.iter().map(|p| p.0).collect();
-    let msgs: Vec<Uuid> = unique.iter().map(|p| p.1).collect();
-    sqlx::query_as(
+/// and returns (message, seq, newly assigned) for every pair it could settle. `replays`:
+/// some messages may be numbered already (their seq is returned, not a new one); without
+/// it the messages were written by the caller's own transaction and nothing is looked up.
+fn numbering_sql(replays: bool) -> String {
+    let (fresh, numbered_before) = if replays {
+        (
+            "select i.* from input i where not exists (select 1 from chat_messages m where m.message_id = i.msg)",
+            " union all select message_id, seq, false from chat_messages where message_id = any($2)",
+        )
+    } else {
+        ("select * from input", "")
+    };
+    format!(
         "with input as (
              select conv, msg, ord from unnest($1::uuid[], $2::uuid[]) with ordinality as t(conv, msg, ord)
-         ), fresh as (
-             select i.* from input i where not exists (select 1 from chat_messages m where m.message_id = i.msg)
+         ), fresh as ({fresh}
          ), counts as (
              select conv, count(*) as n from fresh group by conv
          ), locked as (
              -- Row locks in id order: concurrent batches never deadlock on each other.
-             select id from chat_conversations where id in (select conv from counts) order by id for update
+             select id from chat_conversations where id = any($1) order by id for update
          ), bumped as (
              update chat_conversations c set next_seq = c.next_seq + counts.n
              from counts join locked l on l.id = counts.conv where c.id = counts.conv returning c.id, c.next_seq
@@ -170,14 +171,38 @@ pub async fn number_messages<'e>(db: impl sqlx::PgExecutor<'e>, pairs: &[(Uuid, 
              select conv, seq, msg from numbered order by conv, seq
              on conflict (message_id) do nothing returning message_id, seq
          )
-         select message_id, seq, true from ins
-         union all
-         select message_id, seq, false from chat_messages where message_id = any($2)",
+         select message_id, seq, true from ins{numbered_before}"
     )
-    .bind(&convs)
-    .bind(&msgs)
-    .fetch_all(db)
-    .await
+}
+
+static NUMBER_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| numbering_sql(true));
+static NUMBER_NEW_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| numbering_sql(false));
+
+/// Numbers pairs of which some may be numbered already (see [`numbering_sql`]).
+pub async fn number_messages<'e>(db: impl sqlx::PgExecutor<'e>, pairs: &[(Uuid, Uuid)]) -> Result<Vec<(Uuid, i64, bool)>, sqlx::Error> {
+    run_numbering(db, NUMBER_SQL.as_str(), pairs).await
+}
+
+/// Numbers messages the caller's transaction has just written (the ingest ledger).
+pub async fn number_new_messages<'e>(db: impl sqlx::PgExecutor<'e>, pairs: &[(Uuid, Uuid)]) -> Result<Vec<(Uuid, i64, bool)>, sqlx::Error> {
+    run_numbering(db, NUMBER_NEW_SQL.as_str(), pairs).await
+}
+
+async fn run_numbering<'e>(
+    db: impl sqlx::PgExecutor<'e>,
+    sql: &str,
+    pairs: &[(Uuid, Uuid)],
+) -> Result<Vec<(Uuid, i64, bool)>, sqlx::Error> {
+    let mut unique: Vec<(Uuid, Uuid)> = Vec::with_capacity(pairs.len());
+    let mut seen = std::collections::HashSet::with_capacity(pairs.len());
+    for p in pairs {
+        if seen.insert(p.1) {
+            unique.push(*p);
+        }
+    }
+    let convs: Vec<Uuid> = unique.iter().map(|p| p.0).collect();
+    let msgs: Vec<Uuid> = unique.iter().map(|p| p.1).collect();
+    sqlx::query_as(sql).bind(&convs).bind(&msgs).fetch_all(db).await
 }
 
 #[derive(sqlx::FromRow)]
