@@ -104,7 +104,7 @@ async fn serve(url: String) {
             .expect("toml"),
     ));
     let options: sqlx::postgres::PgConnectOptions = url.parse().expect("url");
-    let pool = sqlx::postgres::PgPoolOptions::new().max_connections(30).connect_with(options.clone()).await.expect("pool");
+    let pool = switchboard_core::db::pool_options(30).connect_with(options.clone()).await.expect("pool");
     let running = switchboard::start_with(settings, Database { pool, embedded: None, options }).await.expect("start hub");
     println!("LISTEN {}", running.url().trim_start_matches("http://"));
     let mut buf = Vec::new();

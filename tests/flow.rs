@@ -94,6 +94,7 @@ async fn chat_contact_is_routed_by_skill_answered_and_closed() {
 async fn concurrent_ingests_are_group_committed_without_loss_or_duplicates() {
     let th = spawn_hub().await;
     let hub = th.hub().clone();
+    let mut listening = hub.events();
     let mut tasks = Vec::new();
     for conv in 0..12 {
         for copy in 0..2 {
@@ -136,4 +137,55 @@ async fn concurrent_ingests_are_group_committed_without_loss_or_duplicates() {
     assert_eq!(events, 12 * 15, "one message event per stored message");
     let ledger: i64 = sqlx::query_scalar("select count(*) from inbound_items").fetch_one(hub.db()).await.unwrap();
     assert_eq!(ledger, 12 * 15);
+    // Every message event is heard once (announced after its commit, many to a payload),
+    // also across the listener's sweeps.
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    let mut heard = std::collections::HashMap::<i64, usize>::new();
+    while let Ok(ev) = listening.try_recv() {
+        if ev.kind == "message" {
+            *heard.entry(ev.id).or_default() += 1;
+        }
+    }
+    assert_eq!(heard.len(), 12 * 15, "every message event heard");
+    assert!(heard.values().all(|&n| n == 1), "and heard once");
+}
+
+/// An event committed without a notification (a node that died between its commit and
+/// the announcement) still reaches every node, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn committed_events_without_a_notification_reach_every_node_once() {
+    let th = spawn_hub().await;
+    let node_b = spawn_node(&th.db).await;
+    let mut receivers = [th.hub().events(), node_b.hub.events()];
+    let id: i64 = sqlx::query_scalar("insert into interaction_events (kind, data) values ('silent', '{}') returning id")
+        .fetch_one(&th.db.pool)
+        .await
+        .unwrap();
+    for rx in receivers.iter_mut() {
+        let ev = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+            loop {
+                match rx.recv().await {
+                    Ok(ev) if ev.kind == "silent" => return ev,
+                    Ok(_) => continue,
+                    Err(e) => panic!("event stream ended: {e}"),
+                }
+            }
+        })
+        .await
+        .expect("the sweep delivers it");
+        assert_eq!(ev.id, id);
+    }
+    // A notification arriving late, and later sweeps, do not deliver it again.
+    sqlx::query("select pg_notify('switchboard_events', row_to_json(e)::text) from interaction_events e where id = $1")
+        .bind(id)
+        .execute(&th.db.pool)
+        .await
+        .unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    for rx in receivers.iter_mut() {
+        while let Ok(ev) = rx.try_recv() {
+            assert_ne!(ev.kind, "silent", "delivered twice");
+        }
+    }
+    node_b.stop().await;
 }

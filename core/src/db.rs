@@ -22,6 +22,14 @@ pub struct Database {
     pub options: PgConnectOptions,
 }
 
+/// How the hub pools its connections. A pooled connection is not pinged before each use
+/// (sqlx's default): that is one more round trip per query on the hot paths, and a
+/// connection that broke meanwhile fails its query, is dropped, and the caller's retry (a
+/// resend, the outbox's backoff) gets a fresh one.
+pub fn pool_options(max_connections: u32) -> PgPoolOptions {
+    PgPoolOptions::new().max_connections(max_connections).acquire_timeout(Duration::from_secs(10)).test_before_acquire(false)
+}
+
 impl Database {
     /// Opens the configured database or starts the embedded one, and creates the
     /// `switchboard` database inside the embedded cluster when missing.
@@ -40,11 +48,7 @@ impl Database {
             (o, None)
         };
         let options = options.disable_statement_logging();
-        let pool = PgPoolOptions::new()
-            .max_connections(s.max_connections)
-            .acquire_timeout(Duration::from_secs(10))
-            .connect_with(options.clone())
-            .await?;
+        let pool = pool_options(s.max_connections).connect_with(options.clone()).await?;
         Ok(Database { pool, embedded, options })
     }
 

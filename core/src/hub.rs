@@ -138,15 +138,14 @@ struct PreIngest {
 
 /// Appends messages to open interactions for a whole batch in one statement: locks the
 /// interactions (in id order), inserts the messages (ids chosen by the caller) in batch
-/// order, stamped by the clock, their dedupe ledger rows and their `message` events, and
-/// NOTIFYs the events; returns the ids of the messages written. Items whose interaction
+/// order, stamped by the clock, their dedupe ledger rows and their `message` events;
+/// returns the messages written with their events, which the caller announces after the
+/// commit (see [`crate::bus::Announcer`]). Items whose interaction
 /// closed in the meantime are left out (the caller writes them one by one).
 ///
 /// Every join is on ids the caller passed, and the interactions are found through their
 /// primary key, so the cost follows the batch, never the size of the tables.
-static APPEND_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
-    format!(
-        "with input as (
+const APPEND_SQL: &str = "with input as (
              select * from unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::jsonb[], $6::text[], $7::text[]) with ordinality
                  as t(message_id, interaction_id, body, content_type, attachments, dedupe_key, channel, ord)
          ), locked as (
@@ -169,10 +168,7 @@ static APPEND_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
                from mi order by ord
              returning id, interaction_id, agent_id, queue_id, kind, data, at
          )
-         select (ev.data->>'message_id')::uuid as message_id, {} as notified from ev",
-        bus::NOTIFY_EV
-    )
-});
+         select (ev.data->>'message_id')::uuid as message_id, ev.id, row_to_json(ev)::text as event from ev";
 
 pub(crate) struct HubInner {
     pub(crate) pool: PgPool,
@@ -184,6 +180,7 @@ pub(crate) struct HubInner {
     pub(crate) router_status: crate::router::RouterStatus,
     pub(crate) route_docs: RwLock<Vec<&'static [crate::api::RouteDoc]>>,
     ingest_batcher: Batcher<IngestJob, CoreResult<IngestOutcome>>,
+    announcer: bus::Announcer,
     ledgers: RwLock<Vec<(Channel, Arc<dyn IngestLedger>)>>,
     node_id: Uuid,
 }
@@ -207,6 +204,7 @@ impl Hub {
     /// A hub over an open pool.
     pub fn new(pool: PgPool, settings: CoreSettings) -> Hub {
         Hub(Arc::new_cyclic(|me: &Weak<HubInner>| HubInner {
+            announcer: bus::Announcer::new(pool.clone()),
             pool,
             bus: EventBus::new(),
             directory: RwLock::new(Arc::new(NoDirectory)),
@@ -516,12 +514,13 @@ impl Hub {
             }
         }
         let mut written: std::collections::HashMap<usize, IngestOutcome> = Default::default();
+        let mut events = Vec::new();
         let mut tx = self.0.pool.begin().await?;
         let appends: Vec<usize> = fresh.iter().copied().filter(|&i| open[i].is_some()).collect();
         if !appends.is_empty() {
             let ids: Vec<Uuid> = appends.iter().map(|_| Uuid::new_v4()).collect();
             let index: std::collections::HashMap<Uuid, usize> = ids.iter().copied().zip(appends.iter().copied()).collect();
-            let rows: Vec<(Uuid, Option<String>)> = sqlx::query_as(APPEND_SQL.as_str())
+            let rows: Vec<(Uuid, i64, String)> = sqlx::query_as(APPEND_SQL)
                 .bind(&ids)
                 .bind(appends.iter().map(|&i| open[i]).collect::<Vec<_>>())
                 .bind(appends.iter().map(|&i| jobs[i].item.body.as_str()).collect::<Vec<_>>())
@@ -534,7 +533,8 @@ impl Hub {
                 .bind(self.0.node_id)
                 .fetch_all(&mut *tx)
                 .await?;
-            for (message_id, _) in rows {
+            for (message_id, event_id, event) in rows {
+                events.push((event_id, event));
                 let Some(&i) = index.get(&message_id) else { continue };
                 let Some(interaction_id) = open[i] else { continue };
                 written.insert(
@@ -563,6 +563,7 @@ impl Hub {
             self.write_ledgers(&mut tx, &mut w).await?;
         }
         tx.commit().await?;
+        self.0.announcer.announce(events);
         for (i, first) in repeats {
             if let Some(o) = written.get(&first) {
                 out[i] = Some(Ok(IngestOutcome { duplicate: true, created: false, ..o.clone() }));
