@@ -140,8 +140,8 @@ struct PreIngest {
 /// interactions (in id order), inserts the messages (ids chosen by the caller) in batch
 /// order, stamped by the clock, their dedupe ledger rows and their `message` events;
 /// returns the messages written with their events, which the caller announces after the
-/// commit (see [`crate::bus::Announcer`]). Items whose interaction
-/// closed in the meantime are left out (the caller writes them one by one).
+/// commit (see [`crate::bus::Announcer`]). Items whose interaction closed in the meantime
+/// are left out (the caller writes them one by one).
 ///
 /// Every join is on ids the caller passed, and the interactions are found through their
 /// primary key, so the cost follows the batch, never the size of the tables.
