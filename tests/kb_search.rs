@@ -263,6 +263,15 @@ async fn suite(cfg: KbConfig, broken: Option<KbConfig>) {
     let r = search(&alice, "limit=2").await;
     assert_eq!(r["items"].as_array().unwrap().len(), 2);
     assert_eq!(r["next_offset"], 2, "{r}");
+    // A page past the last match is empty and still says how many matches there are.
+    let all = search(&alice, "q=password").await;
+    assert!(all["total"].as_u64().unwrap_or(0) >= 1, "{all}");
+    for q in ["q=password&offset=50", "offset=500"] {
+        let past = search(&alice, q).await;
+        assert!(past["items"].as_array().unwrap().is_empty(), "{q}: {past}");
+        assert!(past["total"].as_u64().unwrap_or(0) >= 1, "{q}: {past}");
+    }
+    assert_eq!(search(&alice, "q=password&offset=50").await["total"], all["total"]);
 
     // Unpublished articles never reach non-editors, through any door.
     for q in ["q=password", "q=password%20policy", "q=outdated", "category=account", ""] {

@@ -98,6 +98,12 @@ impl PostgresBackend {
         };
         Ok(q.fetch_all(&self.pool).await?)
     }
+
+    /// How many documents the search matches (its first row's count).
+    async fn total(&self, query: &SearchQuery, text: Option<&TextQuery>, matching: Matching) -> Result<u64, KbError> {
+        let first = SearchQuery { offset: 0, limit: 1, ..query.clone() };
+        Ok(self.query(&first, text, matching).await?.first().map_or(0, |r| r.total.max(0) as u64))
+    }
 }
 
 // The tsquery from the parsed clauses ($8, JSON), as CTEs ending in `q` (one row: `tsq`,
@@ -241,26 +247,29 @@ impl SearchBackend for PostgresBackend {
     }
 
     async fn search(&self, query: &SearchQuery) -> Result<SearchResults, KbError> {
-        if query.q.trim().is_empty() {
-            let rows = self.query(query, None, Matching::Recent).await?;
-            return Ok(results(rows));
-        }
-        // Only stop words or operators: nothing to look for.
-        let Some(text) = self.text_query(query)? else { return Ok(SearchResults::default()) };
-        let mut rows = self.query(query, Some(&text), Matching::FullText).await?;
+        let (mut matching, text) = if query.q.trim().is_empty() {
+            (Matching::Recent, None)
+        } else {
+            // Only stop words or operators: nothing to look for.
+            let Some(text) = self.text_query(query)? else { return Ok(SearchResults::default()) };
+            (Matching::FullText, Some(text))
+        };
+        let mut rows = self.query(query, text.as_ref(), matching).await?;
         // Nothing spelled like that: fall back to titles that look alike ("pasword reest"),
         // but only when the tsquery matches nothing at all under these filters (a later
         // page past the real matches stays empty).
-        if rows.is_empty() && !query.match_any && !text.plain.is_empty() {
-            let fall_back = query.offset == 0 || {
-                let first = SearchQuery { offset: 0, limit: 1, ..query.clone() };
-                self.query(&first, Some(&text), Matching::FullText).await?.is_empty()
-            };
-            if fall_back {
-                rows = self.query(query, Some(&text), Matching::SimilarTitles).await?;
+        if let (true, Some(t)) = (rows.is_empty() && matching == Matching::FullText && !query.match_any, &text) {
+            if !t.plain.is_empty() && (query.offset == 0 || self.total(query, text.as_ref(), matching).await? == 0) {
+                matching = Matching::SimilarTitles;
+                rows = self.query(query, text.as_ref(), matching).await?;
             }
         }
-        Ok(results(rows))
+        let mut res = results(rows);
+        if res.hits.is_empty() && query.offset > 0 {
+            // A page past the last match still says how many there are.
+            res.total = self.total(query, text.as_ref(), matching).await?;
+        }
+        Ok(res)
     }
 
     async fn retain_only(&self, keep: &[Uuid]) -> Result<(), KbError> {
