@@ -166,6 +166,42 @@ fn on_ack(t: &str, sent: &mut HashMap<String, Instant>, lat: &mut Vec<Duration>)
     Ok(false)
 }
 
+/// An agent reply arriving at the widget: records its latency.
+fn on_reply(t: &str, replies: &Replies) {
+    if t.contains("\"from\":\"agent\"") {
+        if let Ok(v) = serde_json::from_str::<Value>(t) {
+            if let Some(b) = v["body"].as_str() {
+                if let Some(at) = replies.sent_at.lock().unwrap().remove(b) {
+                    replies.latencies.lock().unwrap().push(at.elapsed());
+                    replies.received.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+}
+
+/// One frame while sending: an ack settles a message, an agent reply is timed. False when
+/// the socket ended or the hub answered with an error.
+fn on_frame(
+    m: Option<Result<Message, tokio_tungstenite::tungstenite::Error>>,
+    sent: &mut HashMap<String, Instant>,
+    lat: &mut Vec<Duration>,
+    replies: &Replies,
+) -> bool {
+    match m {
+        Some(Ok(Message::Text(t))) => match on_ack(&t, sent, lat) {
+            Ok(true) => true,
+            Ok(false) => {
+                on_reply(&t, replies);
+                true
+            }
+            Err(()) => false,
+        },
+        Some(Ok(_)) => true,
+        _ => false,
+    }
+}
+
 /// Shared reply bookkeeping: body marker → send time; receive latencies.
 #[derive(Default)]
 struct Replies {
@@ -176,18 +212,6 @@ struct Replies {
 
 async fn widget(mut ws: Ws, mut cmds: mpsc::Receiver<Cmd>, replies: Arc<Replies>, tag: usize) {
     let mut bursts = 0u32;
-    let on_text = |t: &str, replies: &Replies| {
-        if t.contains("\"from\":\"agent\"") {
-            if let Ok(v) = serde_json::from_str::<Value>(t) {
-                if let Some(b) = v["body"].as_str() {
-                    if let Some(at) = replies.sent_at.lock().unwrap().remove(b) {
-                        replies.latencies.lock().unwrap().push(at.elapsed());
-                        replies.received.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-            }
-        }
-    };
     loop {
         tokio::select! {
             cmd = cmds.recv() => match cmd {
@@ -205,15 +229,7 @@ async fn widget(mut ws: Ws, mut cmds: mpsc::Receiver<Cmd>, replies: Arc<Replies>
                             sent.insert(id, Instant::now());
                             next += 1;
                         }
-                        match ws.next().await {
-                            Some(Ok(Message::Text(t))) => match on_ack(&t, &mut sent, &mut lat) {
-                                Ok(true) => {}
-                                Ok(false) => on_text(&t, &replies),
-                                Err(()) => { let _ = done.send(lat); return; }
-                            },
-                            Some(Ok(_)) => {}
-                            _ => { let _ = done.send(lat); return; }
-                        }
+                        if !on_frame(ws.next().await, &mut sent, &mut lat, &replies) { let _ = done.send(lat); return; }
                     }
                     let _ = done.send(lat);
                 }
@@ -233,22 +249,14 @@ async fn widget(mut ws: Ws, mut cmds: mpsc::Receiver<Cmd>, replies: Arc<Replies>
                                 sent.insert(id, Instant::now());
                                 next += 1;
                             }
-                            m = ws.next() => match m {
-                                Some(Ok(Message::Text(t))) => match on_ack(&t, &mut sent, &mut lat) {
-                                    Ok(true) => {}
-                                    Ok(false) => on_text(&t, &replies),
-                                    Err(()) => { let _ = done.send(lat); return; }
-                                },
-                                Some(Ok(_)) => {}
-                                _ => { let _ = done.send(lat); return; }
-                            }
+                            m = ws.next() => if !on_frame(m, &mut sent, &mut lat, &replies) { let _ = done.send(lat); return; }
                         }
                     }
                     let _ = done.send(lat);
                 }
             },
             m = ws.next() => match m {
-                Some(Ok(Message::Text(t))) => on_text(&t, &replies),
+                Some(Ok(Message::Text(t))) => on_reply(&t, &replies),
                 Some(Ok(_)) => {}
                 _ => return,
             }

@@ -23,13 +23,8 @@ use std::sync::Arc;
 use tokio::sync::broadcast;
 use uuid::Uuid;
 
-/// The NOTIFY channel (also spelled out in [`NOTIFY_EV`]).
+/// The NOTIFY channel.
 pub const NOTIFY_CHANNEL: &str = "switchboard_events";
-
-/// SQL expression that NOTIFYs the `interaction_events` row aliased `ev`: the row as JSON,
-/// or a reference when it would not fit in a NOTIFY payload (used by [`record`]).
-pub(crate) const NOTIFY_EV: &str = "pg_notify('switchboard_events', case when length(row_to_json(ev)::text) > 7000 \
-     then json_build_object('ref', ev.id)::text else row_to_json(ev)::text end)::text";
 
 /// A committed event.
 #[derive(Debug, Clone, Serialize, Deserialize, sqlx::FromRow)]
@@ -98,14 +93,16 @@ static RECORD_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
             values ($1, $2, $3, $4, $5)
             returning id, interaction_id, agent_id, queue_id, kind, data, at
          )
-         select ev.*, {NOTIFY_EV} as notified from ev"
+         select ev.*, pg_notify('{NOTIFY_CHANNEL}', case when length(row_to_json(ev)::text) > {PAYLOAD_LIMIT}
+                                then json_build_object('ref', ev.id)::text else row_to_json(ev)::text end)::text as notified
+         from ev"
     )
 });
 
 /// Appends an event and notifies in the caller's transaction; delivered on commit.
 pub async fn record(conn: &mut PgConnection, e: NewEvent) -> CoreResult<HubEvent> {
     // One round trip: insert, then NOTIFY the row as JSON (or by reference when it would
-    // not fit in a NOTIFY payload).
+    // not fit in a payload).
     #[derive(sqlx::FromRow)]
     struct Row {
         #[sqlx(flatten)]
@@ -133,7 +130,13 @@ fn pack(events: &[(i64, String)]) -> Vec<String> {
     let mut out = Vec::new();
     let mut cur = String::from("[");
     for (id, json) in events {
-        let item = if json.len() + 2 > PAYLOAD_LIMIT { format!("{{\"ref\":{id}}}") } else { json.clone() };
+        let by_ref;
+        let item = if json.len() + 2 > PAYLOAD_LIMIT {
+            by_ref = format!("{{\"ref\":{id}}}");
+            &by_ref
+        } else {
+            json
+        };
         if cur.len() > 1 && cur.len() + item.len() + 2 > PAYLOAD_LIMIT {
             cur.push(']');
             out.push(std::mem::replace(&mut cur, String::from("[")));
@@ -141,7 +144,7 @@ fn pack(events: &[(i64, String)]) -> Vec<String> {
         if cur.len() > 1 {
             cur.push(',');
         }
-        cur.push_str(&item);
+        cur.push_str(item);
     }
     if cur.len() > 1 {
         cur.push(']');
@@ -302,7 +305,7 @@ pub async fn signal(pool: &PgPool, e: NewEvent) -> CoreResult<()> {
         at: Utc::now(),
     };
     let payload = serde_json::to_string(&ev).map_err(|err| crate::CoreError::Internal(err.to_string()))?;
-    if payload.len() > 7900 {
+    if payload.len() > PAYLOAD_LIMIT {
         return Err(crate::CoreError::Invalid("signal too large for a notification".into()));
     }
     sqlx::query("select pg_notify($1, $2)").bind(NOTIFY_CHANNEL).bind(payload).execute(pool).await?;
