@@ -148,6 +148,89 @@ async fn concurrent_ingests_are_group_committed_without_loss_or_duplicates() {
     }
     assert_eq!(heard.len(), 12 * 15, "every message event heard");
     assert!(heard.values().all(|&n| n == 1), "and heard once");
+    // Races between copies are settled by the batch statements themselves, not by failing them.
+    assert_eq!(hub.metrics().ingest_fallbacks.load(std::sync::atomic::Ordering::Relaxed), 0);
+}
+
+/// A channel ledger in SQL for the test: each new message's value is 1000 + the length of
+/// its conversation key.
+struct KeyLengthLedger;
+
+impl switchboard_core::IngestLedger for KeyLengthLedger {
+    fn ctes(&self, input: &str, p: &str) -> String {
+        format!("{p}out as (select message_id, 1000 + length(conversation_key)::bigint as value from {input})")
+    }
+}
+
+/// Both ingest paths — the one-statement append to open conversations and the general
+/// path (first messages, replays, repeats, conversations closed meanwhile) — store each
+/// message once, in order, with its channel ledger value, whatever mix a batch holds.
+#[tokio::test]
+async fn every_kind_of_item_in_a_batch_is_stored_once_with_its_ledger_value() {
+    let th = spawn_hub().await;
+    let hub = th.hub().clone();
+    hub.set_ingest_ledger(Channel::Sms, std::sync::Arc::new(KeyLengthLedger));
+    let item = |key: &str, conv: &str, body: &str| {
+        let mut i = inbound(Channel::Sms, key, "+15550100", body);
+        i.conversation_key = Some(conv.to_string());
+        i
+    };
+    let first = hub.ingest(item("a-0", "conv-a", "a0")).await.unwrap();
+    assert!(first.created && !first.duplicate);
+    assert_eq!(first.sequence, Some(1006), "the general path writes the ledger");
+    let closing = hub.ingest(item("b-0", "conv-bb", "b0")).await.unwrap();
+    sqlx::query("update interactions set status = 'closed' where id = $1").bind(closing.interaction_id).execute(hub.db()).await.unwrap();
+
+    // One burst: continuations of an open conversation, a replay, a repeat inside the
+    // burst, a message to the closed conversation, a new conversation, and an item
+    // without a conversation.
+    let burst = vec![
+        item("a-1", "conv-a", "a1"),
+        item("a-0", "conv-a", "a0"),
+        item("a-2", "conv-a", "a2"),
+        item("a-2", "conv-a", "a2"),
+        item("b-1", "conv-bb", "b1"),
+        item("c-0", "conv-ccc", "c0"),
+        inbound(Channel::Sms, "loose", "+15550199", "no conversation"),
+        item("a-3", "conv-a", "a3"),
+    ];
+    let outs = futures::future::join_all(burst.into_iter().map(|i| {
+        let hub = hub.clone();
+        async move { hub.ingest(i).await.expect("ingest") }
+    }))
+    .await;
+    let (a1, a0, a2, a2_again, b1, c0, loose, a3) = (&outs[0], &outs[1], &outs[2], &outs[3], &outs[4], &outs[5], &outs[6], &outs[7]);
+    for o in [a1, a2, a3] {
+        assert_eq!(o.interaction_id, first.interaction_id);
+        assert!(!o.created && !o.duplicate);
+        assert_eq!(o.sequence, Some(1006));
+    }
+    assert!(a0.duplicate && a0.message_id == first.message_id && a0.sequence.is_none(), "a replay: {a0:?}");
+    assert_eq!([a2.duplicate, a2_again.duplicate].iter().filter(|d| **d).count(), 1, "one of the repeated pair is the duplicate");
+    assert_eq!(a2.message_id, a2_again.message_id);
+    assert!(b1.created && b1.interaction_id != closing.interaction_id, "a closed conversation opens a new interaction");
+    assert_eq!(b1.sequence, Some(1007));
+    assert!(c0.created && c0.sequence == Some(1008));
+    assert!(loose.created && loose.sequence.is_none(), "no conversation key, no ledger row: {loose:?}");
+
+    let bodies: Vec<String> = sqlx::query_scalar("select body from messages where interaction_id = $1 order by created_at, id")
+        .bind(first.interaction_id)
+        .fetch_all(hub.db())
+        .await
+        .unwrap();
+    assert_eq!(bodies, ["a0", "a1", "a2", "a3"], "each message once, in arrival order");
+    let (messages, ledger, events): (i64, i64, i64) = sqlx::query_as(
+        "select (select count(*) from messages), (select count(*) from inbound_items),
+                (select count(*) from interaction_events where kind = 'message')",
+    )
+    .fetch_one(hub.db())
+    .await
+    .unwrap();
+    assert_eq!((messages, ledger, events), (8, 8, 8));
+    // The continuations took the one-statement path, and no batch statement failed.
+    use std::sync::atomic::Ordering::Relaxed;
+    assert!(hub.metrics().ingest_appended.load(Relaxed) >= 3, "a1, a2 and a3 were appended in one statement");
+    assert_eq!(hub.metrics().ingest_fallbacks.load(Relaxed), 0);
 }
 
 /// An event committed without a notification (a node that died between its commit and

@@ -63,15 +63,62 @@ impl CustomerDirectory for NoDirectory {
     }
 }
 
-/// Rows a channel keeps per message beside the core's, written in the ingest transaction
-/// (the web chat's per-conversation sequence): the message, its ledger row and its event
-/// commit together, so whoever hears the event finds the ledger row.
-#[async_trait]
+/// Rows a channel keeps per message beside the core's (the web chat's per-conversation
+/// sequence), written by the same statement or transaction as the message: the message, its
+/// ledger row and its event commit together, so whoever hears the event finds the ledger
+/// row. A ledger is SQL, so the hub can fold it into the one statement that appends a
+/// batch to open conversations.
 pub trait IngestLedger: Send + Sync + 'static {
-    /// Called with the batch's new messages of this channel, in arrival order, as
-    /// (message id, conversation key); returns one value per message (None: no ledger row,
-    /// e.g. an unknown conversation — the adapter then handles it itself).
-    async fn append(&self, conn: &mut PgConnection, messages: &[(Uuid, Option<&str>)]) -> CoreResult<Vec<Option<i64>>>;
+    /// The ledger as common table expressions (`a as (...), b as (...)`), every name
+    /// starting with `prefix`. They read `input(conversation_key text, message_id uuid, ord
+    /// bigint)`, the channel's new messages of a conversation (the key is never null; `ord`
+    /// gives their arrival order), and the last
+    /// one, `{prefix}out(message_id uuid, value bigint)`, gives each message's value. A
+    /// message without a row (an unknown conversation, say) is left to the adapter.
+    fn ctes(&self, input: &str, prefix: &str) -> String;
+}
+
+/// A registered ledger with its stand-alone statement (binds: conversation keys, message ids).
+struct Ledger {
+    channel: Channel,
+    sql: String,
+}
+
+/// The channels' ledgers and the batch append statement that includes them.
+struct Ledgers {
+    registered: Vec<(Channel, Arc<dyn IngestLedger>)>,
+    list: Vec<Ledger>,
+    append_sql: Arc<str>,
+}
+
+impl Ledgers {
+    fn new(ledgers: Vec<(Channel, Arc<dyn IngestLedger>)>) -> Ledgers {
+        let list = ledgers
+            .iter()
+            .map(|(channel, l)| Ledger {
+                channel: *channel,
+                sql: format!(
+                    "with input as (select * from unnest($1::text[], $2::uuid[]) with ordinality as t(conversation_key, message_id, ord)),
+                     {} select message_id, value from lg_out",
+                    l.ctes("input", "lg_")
+                ),
+            })
+            .collect();
+        let mut sql = String::from(APPEND_OPEN_CTES);
+        let mut select = String::from(APPEND_OPEN_SELECT);
+        for (k, (channel, l)) in ledgers.iter().enumerate() {
+            let p = format!("l{k}_");
+            sql.push_str(&format!(
+                ", l{k}input as (select conversation_key, message_id, ord from mi where channel = '{}'), {}",
+                channel.as_str(),
+                l.ctes(&format!("l{k}input"), &p)
+            ));
+            select.push_str(&format!(" union all select 2::smallint, message_id, null, null, value, null from {p}out"));
+        }
+        sql.push(' ');
+        sql.push_str(&select);
+        Ledgers { registered: ledgers, list, append_sql: sql.into() }
+    }
 }
 
 /// A normalized inbound contact.
@@ -132,28 +179,39 @@ struct PreIngest {
     interaction_id: Option<Uuid>,
     message_id: Option<Uuid>,
     open_conversation: bool,
-    open_interaction_id: Option<Uuid>,
     customer_id: Option<Uuid>,
 }
 
-/// Appends messages to open interactions for a whole batch in one statement: locks the
-/// interactions (in id order), inserts the messages (ids chosen by the caller) in batch
-/// order, stamped by the clock, their dedupe ledger rows and their `message` events;
-/// returns the messages written with their events, which the caller announces after the
-/// commit (see [`crate::bus::Announcer`]). Items whose interaction closed in the meantime
-/// are left out (the caller writes them one by one).
+/// The hot path of ingest: a whole batch of items continuing open conversations in one
+/// autocommit statement (one round trip, one commit). It leaves out replays (the channel's
+/// id is in the dedupe ledger already) and items of conversations with no open interaction,
+/// looks each conversation's open interaction up through its unique index, locks those
+/// interactions (in id order, re-checking that they are still open), inserts the messages
+/// (ids chosen by the hub) in batch order, stamped by the clock, their dedupe ledger rows,
+/// their `message` events and the channels' ledger rows (see [`IngestLedger`], appended by
+/// [`Ledgers::new`]). Every lookup is by key from the batch, so the cost follows the batch,
+/// never the size of the tables.
 ///
-/// Every join is on ids the caller passed, and the interactions are found through their
-/// primary key, so the cost follows the batch, never the size of the tables.
-const APPEND_SQL: &str = "with input as (
-             select * from unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::jsonb[], $6::text[], $7::text[]) with ordinality
-                 as t(message_id, interaction_id, body, content_type, attachments, dedupe_key, channel, ord)
+/// The result is one row per written message (tag 0: message, interaction, customer), per
+/// event (tag 1: id, row JSON, announced after the commit by [`crate::bus::Announcer`]) and
+/// per ledger value (tag 2); a union rather than joins, so reading it is linear too.
+const APPEND_OPEN_CTES: &str = "with input as (
+             select * from unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::jsonb[]) with ordinality
+                 as t(message_id, channel, dedupe_key, conversation_key, body, content_type, attachments, ord)
+         ), open as (
+             select i.*, o.id as interaction_id from input i
+             cross join lateral (
+                 select id from interactions
+                  where channel = i.channel and conversation_key = i.conversation_key
+                    and status in ('queued','offered','active','wrap_up') limit 1
+             ) o
+             where not exists (select 1 from inbound_items d where d.channel = i.channel and d.dedupe_key = i.dedupe_key)
          ), locked as (
-             select id, queue_id from interactions
-              where id = any($2) and status in ('queued','offered','active','wrap_up')
+             select id, queue_id, customer_id from interactions
+              where id = any(array(select interaction_id from open)) and status in ('queued','offered','active','wrap_up')
               order by id for update
          ), mi as (
-             select i.*, lk.queue_id from input i join locked lk on lk.id = i.interaction_id
+             select o.*, lk.queue_id, lk.customer_id from open o join locked lk on lk.id = o.interaction_id
          ), m as (
              insert into messages (id, interaction_id, direction, body, content_type, attachments, client_message_id, created_at)
              select message_id, interaction_id, 'inbound', body, content_type, attachments, dedupe_key, clock_timestamp()
@@ -167,8 +225,13 @@ const APPEND_SQL: &str = "with input as (
                     jsonb_build_object('message_id', message_id, 'direction', 'inbound', 'channel', channel, 'node', $8::uuid)
                from mi order by ord
              returning id, interaction_id, agent_id, queue_id, kind, data, at
-         )
-         select (ev.data->>'message_id')::uuid as message_id, ev.id, row_to_json(ev)::text as event from ev";
+         )";
+const APPEND_OPEN_SELECT: &str =
+    "select 0::smallint as tag, message_id, interaction_id, customer_id, null::bigint as n, null::text as event from mi
+         union all select 1::smallint, null, null, null, id, row_to_json(ev)::text from ev";
+
+/// One row of [`APPEND_OPEN_CTES`]'s result.
+type AppendRow = (i16, Option<Uuid>, Option<Uuid>, Option<Uuid>, Option<i64>, Option<String>);
 
 pub(crate) struct HubInner {
     pub(crate) pool: PgPool,
@@ -181,7 +244,7 @@ pub(crate) struct HubInner {
     pub(crate) route_docs: RwLock<Vec<&'static [crate::api::RouteDoc]>>,
     ingest_batcher: Batcher<IngestJob, CoreResult<IngestOutcome>>,
     announcer: bus::Announcer,
-    ledgers: RwLock<Vec<(Channel, Arc<dyn IngestLedger>)>>,
+    ledgers: RwLock<Arc<Ledgers>>,
     node_id: Uuid,
 }
 
@@ -213,7 +276,7 @@ impl Hub {
             metrics: Metrics::default(),
             router_status: Default::default(),
             route_docs: RwLock::new(Vec::new()),
-            ledgers: RwLock::new(Vec::new()),
+            ledgers: RwLock::new(Arc::new(Ledgers::new(Vec::new()))),
             node_id: Uuid::new_v4(),
             ingest_batcher: Batcher::new(INGEST_LANES, INGEST_MAX_BATCH, {
                 // Weak: the lanes end with the hub instead of keeping it alive.
@@ -297,34 +360,38 @@ impl Hub {
         self.0.node_id
     }
 
-    /// Sets the ledger a channel writes in the ingest transaction (once per channel).
+    /// Sets the ledger a channel writes with its messages (once per channel).
     pub fn set_ingest_ledger(&self, channel: Channel, ledger: Arc<dyn IngestLedger>) {
         if let Ok(mut g) = self.0.ledgers.write() {
-            if !g.iter().any(|(c, _)| *c == channel) {
-                g.push((channel, ledger));
+            if !g.registered.iter().any(|(c, _)| *c == channel) {
+                let mut registered = g.registered.clone();
+                registered.push((channel, ledger));
+                *g = Arc::new(Ledgers::new(registered));
             }
         }
     }
 
-    fn ledger(&self, channel: Channel) -> Option<Arc<dyn IngestLedger>> {
-        self.0.ledgers.read().ok()?.iter().find(|(c, _)| *c == channel).map(|(_, l)| l.clone())
+    fn ledgers(&self) -> Arc<Ledgers> {
+        self.0.ledgers.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// Runs the channels' ledgers over new messages written in `conn`'s transaction and
     /// stores their values in the outcomes.
     async fn write_ledgers(&self, conn: &mut PgConnection, written: &mut [(Channel, Option<&str>, &mut IngestOutcome)]) -> CoreResult<()> {
-        let mut channels: Vec<Channel> = written.iter().map(|w| w.0).collect();
-        channels.dedup();
-        channels.sort_by_key(|c| c.as_str());
-        channels.dedup();
-        for ch in channels {
-            let Some(ledger) = self.ledger(ch) else { continue };
-            let idx: Vec<usize> = (0..written.len()).filter(|&i| written[i].0 == ch && written[i].2.message_id.is_some()).collect();
-            let msgs: Vec<(Uuid, Option<&str>)> =
-                idx.iter().map(|&i| (written[i].2.message_id.unwrap_or_default(), written[i].1)).collect();
-            let values = ledger.append(conn, &msgs).await?;
-            for (&i, v) in idx.iter().zip(values) {
-                written[i].2.sequence = v;
+        for ledger in &self.ledgers().list {
+            // As in the batch append: messages of a conversation only.
+            let idx: Vec<usize> = (0..written.len())
+                .filter(|&i| written[i].0 == ledger.channel && written[i].1.is_some() && written[i].2.message_id.is_some())
+                .collect();
+            if idx.is_empty() {
+                continue;
+            }
+            let keys: Vec<Option<&str>> = idx.iter().map(|&i| written[i].1).collect();
+            let ids: Vec<Uuid> = idx.iter().map(|&i| written[i].2.message_id.unwrap_or_default()).collect();
+            let rows: Vec<(Uuid, Option<i64>)> = sqlx::query_as(&ledger.sql).bind(&keys).bind(&ids).fetch_all(&mut *conn).await?;
+            let values: std::collections::HashMap<Uuid, i64> = rows.into_iter().filter_map(|(m, v)| Some((m, v?))).collect();
+            for &i in &idx {
+                written[i].2.sequence = written[i].2.message_id.and_then(|m| values.get(&m).copied());
             }
         }
         Ok(())
@@ -425,15 +492,109 @@ impl Hub {
         }
     }
 
-    /// One batch of validated items: one query finds replays and open conversations, the
-    /// customers still unknown are resolved concurrently, then every item is written in
-    /// one transaction. If anything in the batch fails, each remaining item is written on
-    /// its own (with the unique-violation retry), so one bad item never fails the others.
+    /// One batch of validated items. Items continuing open conversations are written by
+    /// one statement ([`Hub::append_open`]); the rest ([`Hub::ingest_rest`]) go through the
+    /// replay check, customer resolution and one transaction.
     async fn ingest_batch(&self, jobs: Vec<IngestJob>) -> Vec<CoreResult<IngestOutcome>> {
+        let mut out: Vec<Option<CoreResult<IngestOutcome>>> = jobs.iter().map(|_| None).collect();
+        if let Err(e) = self.append_open(&jobs, &mut out).await {
+            // Nothing was written: the items take the general path.
+            self.0.metrics.ingest_fallbacks.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            tracing::warn!(error = %e, items = jobs.len(), "Batched append failed; taking the general path.");
+        }
+        let mut rest = Vec::new();
+        let mut rest_at = Vec::new();
+        for (i, job) in jobs.into_iter().enumerate() {
+            if out[i].is_none() {
+                rest.push(job);
+                rest_at.push(i);
+            }
+        }
+        if !rest.is_empty() {
+            for (i, r) in rest_at.into_iter().zip(self.ingest_rest(rest).await) {
+                out[i] = Some(r);
+            }
+        }
+        out.into_iter().map(|o| o.unwrap_or_else(|| Err(CoreError::Internal("item left unwritten".into())))).collect()
+    }
+
+    /// Writes the batch's items that continue an open conversation in one autocommit
+    /// statement ([`APPEND_OPEN_CTES`]) and fills their answers; announces their events
+    /// after the commit. Leaves unanswered: items without a conversation, replays,
+    /// conversations without an open interaction, and repeats of an item within the batch
+    /// (the general path answers them as duplicates).
+    async fn append_open(&self, jobs: &[IngestJob], out: &mut [Option<CoreResult<IngestOutcome>>]) -> CoreResult<()> {
+        let mut seen = std::collections::HashSet::new();
+        let picked: Vec<usize> = (0..jobs.len())
+            .filter(|&i| jobs[i].item.conversation_key.is_some() && seen.insert((jobs[i].channel, jobs[i].item.dedupe_key.as_str())))
+            .collect();
+        if picked.is_empty() {
+            return Ok(());
+        }
+        let ids: Vec<Uuid> = picked.iter().map(|_| Uuid::new_v4()).collect();
+        let item = |i: usize| &jobs[i].item;
+        let ledgers = self.ledgers();
+        let rows: Vec<AppendRow> = sqlx::query_as(&ledgers.append_sql)
+            .bind(&ids)
+            .bind(picked.iter().map(|&i| jobs[i].channel.as_str()).collect::<Vec<_>>())
+            .bind(picked.iter().map(|&i| item(i).dedupe_key.as_str()).collect::<Vec<_>>())
+            .bind(picked.iter().map(|&i| item(i).conversation_key.as_deref()).collect::<Vec<_>>())
+            .bind(picked.iter().map(|&i| item(i).body.as_str()).collect::<Vec<_>>())
+            .bind(picked.iter().map(|&i| item(i).content_type.as_deref().unwrap_or("text/plain")).collect::<Vec<_>>())
+            .bind(picked.iter().map(|&i| item(i).attachments.clone().unwrap_or_else(|| serde_json::json!([]))).collect::<Vec<_>>())
+            .bind(self.0.node_id)
+            .fetch_all(&self.0.pool)
+            .await?;
+        let index: std::collections::HashMap<Uuid, usize> = ids.iter().copied().zip(picked.iter().copied()).collect();
+        let mut written: Vec<(usize, IngestOutcome)> = Vec::new();
+        let mut values: std::collections::HashMap<Uuid, i64> = Default::default();
+        let mut events = Vec::new();
+        for row in rows {
+            match row {
+                (0, Some(message_id), Some(interaction_id), customer_id, _, _) => {
+                    if let Some(&i) = index.get(&message_id) {
+                        let outcome = IngestOutcome {
+                            interaction_id,
+                            message_id: Some(message_id),
+                            customer_id,
+                            duplicate: false,
+                            created: false,
+                            sequence: None,
+                        };
+                        written.push((i, outcome));
+                    }
+                }
+                (1, _, _, _, Some(id), Some(event)) => events.push((id, event)),
+                (2, Some(message_id), _, _, value, _) => {
+                    if let Some(v) = value {
+                        values.insert(message_id, v);
+                    }
+                }
+                _ => tracing::warn!("Unexpected row from the batched append."),
+            }
+        }
+        events.sort_unstable_by_key(|e| e.0);
+        self.0.announcer.announce(events);
+        for (i, mut o) in written {
+            o.sequence = o.message_id.and_then(|m| values.get(&m).copied());
+            self.0.metrics.inc_ingested(jobs[i].channel, false);
+            self.0.metrics.ingest_appended.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            out[i] = Some(Ok(o));
+        }
+        Ok(())
+    }
+
+    /// The general path for items [`Hub::append_open`] left: one query finds replays and
+    /// open conversations, the customers still unknown are resolved concurrently, then
+    /// every item is written in one transaction. If anything fails, each remaining item is
+    /// written on its own (with the unique-violation retry), so one bad item never fails
+    /// the others.
+    async fn ingest_rest(&self, jobs: Vec<IngestJob>) -> Vec<CoreResult<IngestOutcome>> {
         let mut out: Vec<Option<CoreResult<IngestOutcome>>> = jobs.iter().map(|_| None).collect();
         let pre = match self.pre_ingest(&jobs).await {
             Ok(p) => p,
             Err(e) => {
+                self.0.metrics.ingest_fallbacks.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 tracing::warn!(error = %e, "Batched replay check failed; writing items one by one.");
                 return self.ingest_each(jobs, out).await;
             }
@@ -460,10 +621,10 @@ impl Hub {
         for (i, c) in futures::future::join_all(lookups).await {
             customers[i] = c;
         }
-        let open: Vec<Option<Uuid>> = pre.iter().map(|p| p.open_interaction_id).collect();
-        let written = match self.write_batch(&jobs, &customers, &open, &mut out).await {
+        let written = match self.write_batch(&jobs, &customers, &mut out).await {
             Ok(()) => true,
             Err(e) => {
+                self.0.metrics.ingest_fallbacks.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 tracing::warn!(error = %e, items = jobs.len(), "Batch write failed; writing items one by one.");
                 false
             }
@@ -486,14 +647,12 @@ impl Hub {
         results
     }
 
-    /// Writes the batch's new items in one transaction, filling `out` only on commit:
-    /// appends to open conversations in one statement, everything else (first messages,
-    /// conversations closed meanwhile) item by item, in order.
+    /// Writes the batch's new items in one transaction, item by item and in order,
+    /// filling `out` only on commit.
     async fn write_batch(
         &self,
         jobs: &[IngestJob],
         customers: &[Option<ResolvedCustomer>],
-        open: &[Option<Uuid>],
         out: &mut [Option<CoreResult<IngestOutcome>>],
     ) -> CoreResult<()> {
         // The same item twice in one batch (a resend while the first was in flight) is
@@ -513,59 +672,19 @@ impl Hub {
                 }
             }
         }
-        let mut written: std::collections::HashMap<usize, IngestOutcome> = Default::default();
-        let mut events = Vec::new();
+        let mut written: Vec<(usize, IngestOutcome)> = Vec::with_capacity(fresh.len());
         let mut tx = self.0.pool.begin().await?;
-        let appends: Vec<usize> = fresh.iter().copied().filter(|&i| open[i].is_some()).collect();
-        if !appends.is_empty() {
-            let ids: Vec<Uuid> = appends.iter().map(|_| Uuid::new_v4()).collect();
-            let index: std::collections::HashMap<Uuid, usize> = ids.iter().copied().zip(appends.iter().copied()).collect();
-            let rows: Vec<(Uuid, i64, String)> = sqlx::query_as(APPEND_SQL)
-                .bind(&ids)
-                .bind(appends.iter().map(|&i| open[i]).collect::<Vec<_>>())
-                .bind(appends.iter().map(|&i| jobs[i].item.body.as_str()).collect::<Vec<_>>())
-                .bind(appends.iter().map(|&i| jobs[i].item.content_type.as_deref().unwrap_or("text/plain")).collect::<Vec<_>>())
-                .bind(
-                    appends.iter().map(|&i| jobs[i].item.attachments.clone().unwrap_or_else(|| serde_json::json!([]))).collect::<Vec<_>>(),
-                )
-                .bind(appends.iter().map(|&i| jobs[i].item.dedupe_key.as_str()).collect::<Vec<_>>())
-                .bind(appends.iter().map(|&i| jobs[i].channel.as_str()).collect::<Vec<_>>())
-                .bind(self.0.node_id)
-                .fetch_all(&mut *tx)
-                .await?;
-            for (message_id, event_id, event) in rows {
-                events.push((event_id, event));
-                let Some(&i) = index.get(&message_id) else { continue };
-                let Some(interaction_id) = open[i] else { continue };
-                written.insert(
-                    i,
-                    IngestOutcome {
-                        interaction_id,
-                        message_id: Some(message_id),
-                        customer_id: customers[i].as_ref().map(|c| c.id),
-                        duplicate: false,
-                        created: false,
-                        sequence: None,
-                    },
-                );
-            }
-        }
         for &i in &fresh {
-            if let std::collections::hash_map::Entry::Vacant(e) = written.entry(i) {
-                e.insert(self.write_item(&mut tx, jobs[i].channel, &jobs[i].item, customers[i].as_ref(), false).await?);
-            }
+            written.push((i, self.write_item(&mut tx, jobs[i].channel, &jobs[i].item, customers[i].as_ref(), false).await?));
         }
         {
-            let mut order: Vec<(&usize, &mut IngestOutcome)> = written.iter_mut().collect();
-            order.sort_by_key(|(i, _)| **i);
             let mut w: Vec<(Channel, Option<&str>, &mut IngestOutcome)> =
-                order.into_iter().map(|(i, o)| (jobs[*i].channel, jobs[*i].item.conversation_key.as_deref(), o)).collect();
+                written.iter_mut().map(|(i, o)| (jobs[*i].channel, jobs[*i].item.conversation_key.as_deref(), o)).collect();
             self.write_ledgers(&mut tx, &mut w).await?;
         }
         tx.commit().await?;
-        self.0.announcer.announce(events);
         for (i, first) in repeats {
-            if let Some(o) = written.get(&first) {
+            if let Some((_, o)) = written.iter().find(|(j, _)| *j == first) {
                 out[i] = Some(Ok(IngestOutcome { duplicate: true, created: false, ..o.clone() }));
             }
         }
@@ -591,8 +710,7 @@ impl Hub {
         let keys: Vec<&str> = jobs.iter().map(|j| j.item.dedupe_key.as_str()).collect();
         let convs: Vec<Option<&str>> = jobs.iter().map(|j| j.item.conversation_key.as_deref()).collect();
         let rows: Vec<PreIngest> = sqlx::query_as(
-            "select d.interaction_id, d.message_id, c.interaction_id is not null as open_conversation,
-                    c.interaction_id as open_interaction_id, c.customer_id
+            "select d.interaction_id, d.message_id, c.interaction_id is not null as open_conversation, c.customer_id
              from unnest($1::text[], $2::text[], $3::text[]) with ordinality as i(channel, dedupe_key, conversation_key, ord)
              left join lateral (
                  -- A probe of the primary key per item (a plain join may hash the whole ledger).

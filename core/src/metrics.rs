@@ -22,6 +22,10 @@ pub struct Metrics {
     pub http_errors: AtomicU64,
     /// Open WebSocket connections (event stream and chat).
     pub websockets: AtomicU64,
+    /// Inbound items written by the one-statement append to open conversations.
+    pub ingest_appended: AtomicU64,
+    /// Batched ingest statements that failed (their items then took a slower path).
+    pub ingest_fallbacks: AtomicU64,
 }
 
 impl Metrics {
@@ -70,6 +74,16 @@ impl Metrics {
             ("switchboard_router_conflicts_total", "Router decisions refused by the database.", &self.router_conflicts),
             ("switchboard_http_requests_total", "HTTP requests served.", &self.http_requests),
             ("switchboard_http_errors_total", "HTTP responses with status 500 or more.", &self.http_errors),
+            (
+                "switchboard_ingest_appended_total",
+                "Inbound items written by the one-statement append to open conversations.",
+                &self.ingest_appended,
+            ),
+            (
+                "switchboard_ingest_fallbacks_total",
+                "Batched ingest statements that failed; their items were written by a slower path.",
+                &self.ingest_fallbacks,
+            ),
         ] {
             let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}", v.load(Ordering::Relaxed));
         }

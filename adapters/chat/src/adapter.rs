@@ -71,18 +71,21 @@ pub struct ChatState {
 /// Numbers (conversation, message) pairs: (seq, newly assigned).
 type SeqBatcher = Batcher<(Uuid, Uuid), CoreResult<(i64, bool)>>;
 
-/// The chat ledger written in the ingest transaction: a visitor message gets its seq in
-/// the same commit as the message and its event.
+/// The chat ledger, written by the hub with the visitor's message: the message gets its
+/// seq in the same commit as the message and its event.
 struct ChatLedger;
 
-#[async_trait]
 impl switchboard_core::IngestLedger for ChatLedger {
-    async fn append(&self, conn: &mut sqlx::PgConnection, messages: &[(Uuid, Option<&str>)]) -> CoreResult<Vec<Option<i64>>> {
-        let pairs: Vec<(Uuid, Uuid)> =
-            messages.iter().filter_map(|(m, conv)| conv.and_then(|c| c.parse::<Uuid>().ok()).map(|c| (c, *m))).collect();
-        let rows = store::number_new_messages(&mut *conn, &pairs).await?;
-        let seqs: std::collections::HashMap<Uuid, i64> = rows.into_iter().filter(|r| r.2).map(|(m, seq, _)| (m, seq)).collect();
-        Ok(messages.iter().map(|(m, _)| seqs.get(m).copied()).collect())
+    fn ctes(&self, input: &str, p: &str) -> String {
+        // The conversation key is the conversation id (see `accept_message`); anything else
+        // gets no seq here.
+        format!(
+            "{p}pairs as (
+                 select conversation_key::uuid as conv, message_id as msg, ord from {input}
+                  where conversation_key ~ '^[0-9a-fA-F]{{8}}-([0-9a-fA-F]{{4}}-){{3}}[0-9a-fA-F]{{12}}$'
+             ), {}, {p}out as (select message_id, seq as value from {p}ins)",
+            store::numbering_ctes(&format!("{p}pairs"), p, false)
+        )
     }
 }
 

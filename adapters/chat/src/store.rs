@@ -137,62 +137,53 @@ pub async fn assign_seqs(db: &PgPool, pairs: &[(Uuid, Uuid)]) -> Vec<CoreResult<
     out
 }
 
-/// The statement behind [`assign_seqs`] and the ingest ledger: numbers the pairs' new
-/// messages (each conversation's counter bumped once, under its row lock, in pair order)
-/// and returns (message, seq, newly assigned) for every pair it could settle. `replays`:
-/// some messages may be numbered already (their seq is returned, not a new one); without
-/// it the messages were written by the caller's own transaction and nothing is looked up.
-fn numbering_sql(replays: bool) -> String {
-    let (fresh, numbered_before) = if replays {
-        (
-            "select i.* from input i where not exists (select 1 from chat_messages m where m.message_id = i.msg)",
-            " union all select message_id, seq, false from chat_messages where message_id = any($2)",
-        )
+/// Common table expressions (names starting with `p`) behind [`assign_seqs`] and the
+/// ingest ledger: they number the new messages of `input(conv uuid, msg uuid, ord bigint)`
+/// (each conversation's counter bumped once, under its row lock, in `ord` order) and end
+/// with `{p}ins(message_id, seq)`, the messages numbered. `replays`: some messages may be
+/// numbered already (they are left out); without it the messages were written by the
+/// caller's own statement or transaction and nothing is looked up.
+pub fn numbering_ctes(input: &str, p: &str, replays: bool) -> String {
+    let fresh = if replays {
+        format!("select i.* from {input} i where not exists (select 1 from chat_messages m where m.message_id = i.msg)")
     } else {
-        ("select * from input", "")
+        format!("select * from {input}")
     };
     format!(
-        "with input as (
-             select conv, msg, ord from unnest($1::uuid[], $2::uuid[]) with ordinality as t(conv, msg, ord)
-         ), fresh as ({fresh}
-         ), counts as (
-             select conv, count(*) as n from fresh group by conv
-         ), locked as (
+        "{p}fresh as ({fresh}
+         ), {p}counts as (
+             select conv, count(*) as n from {p}fresh group by conv
+         ), {p}locked as (
              -- Row locks in id order: concurrent batches never deadlock on each other.
-             select id from chat_conversations where id = any($1) order by id for update
-         ), bumped as (
-             update chat_conversations c set next_seq = c.next_seq + counts.n
-             from counts join locked l on l.id = counts.conv where c.id = counts.conv returning c.id, c.next_seq
-         ), numbered as (
-             select f.conv, f.msg, b.next_seq - k.n + row_number() over (partition by f.conv order by f.ord) as seq
-             from fresh f join counts k on k.conv = f.conv join bumped b on b.id = f.conv
-         ), ins as (
+             select id from chat_conversations where id = any(array(select conv from {p}counts)) order by id for update
+         ), {p}bumped as (
+             update chat_conversations c set next_seq = c.next_seq + k.n
+             from {p}counts k join {p}locked l on l.id = k.conv where c.id = k.conv returning c.id, c.next_seq, k.n
+         ), {p}numbered as (
+             select f.conv, f.msg, b.next_seq - b.n + row_number() over (partition by f.conv order by f.ord) as seq
+             from {p}fresh f join {p}bumped b on b.id = f.conv
+         ), {p}ins as (
              insert into chat_messages (conversation_id, seq, message_id)
-             select conv, seq, msg from numbered order by conv, seq
+             select conv, seq, msg from {p}numbered order by conv, seq
              on conflict (message_id) do nothing returning message_id, seq
-         )
-         select message_id, seq, true from ins{numbered_before}"
+         )"
     )
 }
 
-static NUMBER_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| numbering_sql(true));
-static NUMBER_NEW_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| numbering_sql(false));
+/// [`numbering_ctes`] over (conversation, message) pairs bound as arrays; returns
+/// (message, seq, newly assigned) for every pair it could settle, including those
+/// numbered before.
+static NUMBER_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "with input as (select conv, msg, ord from unnest($1::uuid[], $2::uuid[]) with ordinality as t(conv, msg, ord)),
+         {} select message_id, seq, true from ins
+         union all select message_id, seq, false from chat_messages where message_id = any($2)",
+        numbering_ctes("input", "", true)
+    )
+});
 
-/// Numbers pairs of which some may be numbered already (see [`numbering_sql`]).
+/// Numbers pairs of which some may be numbered already (see [`NUMBER_SQL`]).
 pub async fn number_messages<'e>(db: impl sqlx::PgExecutor<'e>, pairs: &[(Uuid, Uuid)]) -> Result<Vec<(Uuid, i64, bool)>, sqlx::Error> {
-    run_numbering(db, NUMBER_SQL.as_str(), pairs).await
-}
-
-/// Numbers messages the caller's transaction has just written (the ingest ledger).
-pub async fn number_new_messages<'e>(db: impl sqlx::PgExecutor<'e>, pairs: &[(Uuid, Uuid)]) -> Result<Vec<(Uuid, i64, bool)>, sqlx::Error> {
-    run_numbering(db, NUMBER_NEW_SQL.as_str(), pairs).await
-}
-
-async fn run_numbering<'e>(
-    db: impl sqlx::PgExecutor<'e>,
-    sql: &str,
-    pairs: &[(Uuid, Uuid)],
-) -> Result<Vec<(Uuid, i64, bool)>, sqlx::Error> {
     let mut unique: Vec<(Uuid, Uuid)> = Vec::with_capacity(pairs.len());
     let mut seen = std::collections::HashSet::with_capacity(pairs.len());
     for p in pairs {
@@ -202,7 +193,7 @@ async fn run_numbering<'e>(
     }
     let convs: Vec<Uuid> = unique.iter().map(|p| p.0).collect();
     let msgs: Vec<Uuid> = unique.iter().map(|p| p.1).collect();
-    sqlx::query_as(sql).bind(&convs).bind(&msgs).fetch_all(db).await
+    sqlx::query_as(NUMBER_SQL.as_str()).bind(&convs).bind(&msgs).fetch_all(db).await
 }
 
 #[derive(sqlx::FromRow)]
