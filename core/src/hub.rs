@@ -72,9 +72,9 @@ pub trait IngestLedger: Send + Sync + 'static {
     /// The ledger as common table expressions (`a as (...), b as (...)`), every name
     /// starting with `prefix`. They read `input(conversation_key text, message_id uuid, ord
     /// bigint)`, the channel's new messages of a conversation (the key is never null; `ord`
-    /// gives their arrival order), and the last
-    /// one, `{prefix}out(message_id uuid, value bigint)`, gives each message's value. A
-    /// message without a row (an unknown conversation, say) is left to the adapter.
+    /// gives their arrival order), and the last one, `{prefix}out(message_id uuid, value
+    /// bigint)`, gives each message's value. A message without a row (an unknown
+    /// conversation, say) is left to the adapter.
     fn ctes(&self, input: &str, prefix: &str) -> String;
 }
 
