@@ -201,6 +201,48 @@ async fn fifo_within_priority_and_requeue_keeps_original_time_after_ring_no_answ
     th.stop().await;
 }
 
+/// A channel withdrawing an offer (a ring-all call answered on another phone just before
+/// this one was to ring) cancels it without the ring-no-answer penalty, and the contact
+/// returns to the queue keeping its place.
+#[tokio::test]
+async fn a_withdrawn_offer_costs_the_agent_nothing() {
+    let th = spawn_hub().await;
+    let admin = user(&th, "root", &[Role::Admin], None).await;
+    queue(&admin, json!({ "name": "default", "accept_timeout_secs": 30 })).await;
+    let agent = user(&th, "agent", &[Role::Agent], Some(json!({ "x": 1 }))).await;
+    set_available(&agent).await;
+    let call = th.hub().ingest(inbound(Channel::Voice, "call-w", "+4930333", "call")).await.unwrap();
+    let o = eventually(10, || {
+        let a = agent.clone();
+        async move { offers_of(&a).await.first().cloned() }
+    })
+    .await;
+    let offer_id: Uuid = o["id"].as_str().unwrap().parse().unwrap();
+    th.hub().end_offer(offer_id, None, switchboard_core::interactions::OfferEnd::Withdrawn).await.unwrap();
+    let (state, presence): (String, String) =
+        sqlx::query_as("select o.state, a.presence from offers o join agents a on a.id = o.agent_id where o.id = $1")
+            .bind(offer_id)
+            .fetch_one(&th.db.pool)
+            .await
+            .unwrap();
+    assert_eq!((state.as_str(), presence.as_str()), ("cancelled", "available"));
+    let kinds: Vec<(String, serde_json::Value)> =
+        sqlx::query_as("select kind, data from interaction_events where interaction_id = $1 order by id")
+            .bind(call.interaction_id)
+            .fetch_all(&th.db.pool)
+            .await
+            .unwrap();
+    let withdrawn = kinds.iter().position(|(k, _)| k == "offer_withdrawn").expect("offer_withdrawn recorded");
+    let requeued = kinds.iter().position(|(k, _)| k == "requeued").expect("requeued");
+    assert!(withdrawn < requeued);
+    assert_eq!(kinds[requeued].1["reason"], "withdrawn");
+    assert!(!kinds.iter().any(|(k, _)| k == "offer_timeout"));
+    // Withdrawing again is a conflict, not a second re-queue.
+    assert!(th.hub().end_offer(offer_id, None, switchboard_core::interactions::OfferEnd::Withdrawn).await.is_err());
+    check_invariants(&th.db.pool).await;
+    th.stop().await;
+}
+
 struct ManagerDirectory {
     manager: Uuid,
 }

@@ -121,6 +121,10 @@ pub enum OfferEnd {
     Declined,
     /// Nobody answered in time (ring-no-answer).
     Timeout,
+    /// The channel withdrew it: the contact no longer waits for this agent (a ring-all
+    /// call answered on another phone a moment before this one was to ring). The offer is
+    /// cancelled and the agent keeps their presence.
+    Withdrawn,
 }
 
 async fn lock_interaction(tx: &mut PgConnection, id: Uuid) -> CoreResult<Interaction> {
@@ -239,8 +243,9 @@ impl Hub {
         self.interaction(i.id).await
     }
 
-    /// An offer ends unaccepted. A timeout marks the agent not-ready (away). The interaction
-    /// is re-queued with its original enqueue time unless other ring-all offers are live.
+    /// An offer ends unaccepted. A timeout marks the agent not-ready (away); a decline or a
+    /// withdrawal does not. The interaction is re-queued with its original enqueue time
+    /// unless other ring-all offers are live.
     #[tracing::instrument(skip(self))]
     pub async fn end_offer(&self, offer_id: Uuid, agent_id: Option<Uuid>, how: OfferEnd) -> CoreResult<()> {
         let mut tx = self.begin().await?;
@@ -253,9 +258,11 @@ impl Hub {
             return Err(CoreError::NotFound("offer"));
         }
         let i = lock_interaction(&mut tx, offer.interaction_id).await?;
-        let state = match how {
-            OfferEnd::Declined => "declined",
-            OfferEnd::Timeout => "timeout",
+        // (offer state, event, re-queue reason)
+        let (state, kind, reason) = match how {
+            OfferEnd::Declined => ("declined", "offer_declined", "declined"),
+            OfferEnd::Timeout => ("timeout", "offer_timeout", "timeout"),
+            OfferEnd::Withdrawn => ("cancelled", "offer_withdrawn", "withdrawn"),
         };
         let n = sqlx::query("update offers set state = $2, ended_at = now() where id = $1 and state = 'pending'")
             .bind(offer_id)
@@ -268,7 +275,7 @@ impl Hub {
         }
         bus::record(
             &mut tx,
-            NewEvent::interaction(if how == OfferEnd::Timeout { "offer_timeout" } else { "offer_declined" }, i.id)
+            NewEvent::interaction(kind, i.id)
                 .with_agent(Some(offer.agent_id))
                 .with_queue(i.queue_id)
                 .with_data(serde_json::json!({ "offer_id": offer_id, "channel": i.channel })),
@@ -282,7 +289,7 @@ impl Hub {
             .fetch_one(&mut *tx)
             .await?;
         if live == 0 && i.status == "offered" {
-            requeue_tx(&mut tx, &i, state).await?;
+            requeue_tx(&mut tx, &i, reason).await?;
         }
         tx.commit().await?;
         Ok(())

@@ -81,7 +81,7 @@ impl CallRouting for BenchRouting {
                 self.c.ended.fetch_add(1, Ordering::Relaxed);
                 self.c.live.fetch_sub(1, Ordering::Relaxed);
             }
-            CallOutcome::NoAnswer { .. } | CallOutcome::Busy { .. } | CallOutcome::Unreachable { .. } => {
+            CallOutcome::NoAnswer { .. } | CallOutcome::Busy { .. } | CallOutcome::Unreachable { .. } | CallOutcome::Withdrawn { .. } => {
                 self.c.failed_offers.fetch_add(1, Ordering::Relaxed);
             }
             CallOutcome::Ringing { .. } => {}

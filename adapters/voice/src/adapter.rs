@@ -278,8 +278,9 @@ impl VoiceAdapter {
         };
         let offer_id = ev.data.get("offer_id").and_then(|v| v.as_str()).unwrap_or_default();
         match ev.kind.as_str() {
-            // A withdrawn offer (expired by the router, declined in the UI) stops ringing.
-            "offer_timeout" | "offer_declined" => {
+            // An offer that ended (expired by the router, declined in the UI, withdrawn)
+            // stops ringing.
+            "offer_timeout" | "offer_declined" | "offer_withdrawn" => {
                 let _ = engine.stop_ringing(&call_id, offer_id);
             }
             "max_wait_exceeded" => {
@@ -672,6 +673,14 @@ impl CallRouting for HubRouting {
             CallOutcome::Unreachable { offer_id, reason } => {
                 record(&self.hub, "call_unreachable", id, json!({ "call_id": call_id, "offer_id": offer_id, "reason": reason })).await;
                 self.end_offer_timeout(parse_offer(&offer_id)?).await;
+            }
+            CallOutcome::Withdrawn { offer_id, reason } => {
+                // Not the agent's doing: the offer is cancelled without a ring-no-answer.
+                let offer = parse_offer(&offer_id)?;
+                match self.hub.end_offer(offer, None, OfferEnd::Withdrawn).await {
+                    Ok(()) | Err(CoreError::Conflict(_)) | Err(CoreError::NotFound(_)) => {}
+                    Err(error) => tracing::warn!(%error, %offer, %reason, "Could not withdraw a voice offer."),
+                }
             }
             CallOutcome::ExternalAnswered { number } => {
                 self.state.update(&call_id, |e| {

@@ -1111,7 +1111,8 @@ impl Engine {
             return; // already ringing for this offer
         }
         if call.phase != Phase::Queued || call.bridged().is_some() {
-            report(&self.routing, call, unreachable("call is not waiting for an agent"));
+            let withdrawn = CallOutcome::Withdrawn { offer_id: offer_id.to_string(), reason: "call is not waiting for an agent".into() };
+            report(&self.routing, call, withdrawn);
             return;
         }
         let Some(binding) = self.registrar.lookup(user, Self::now()).cloned() else {

@@ -82,6 +82,14 @@ pub enum CallOutcome {
         /// Short reason.
         reason: String,
     },
+    /// The offer came when the call no longer waited for an agent (answered on another
+    /// phone of a ring-all a moment before, gone to voicemail or overflow): nobody rang.
+    Withdrawn {
+        /// Offer.
+        offer_id: String,
+        /// Short reason.
+        reason: String,
+    },
     /// The queue's overflow number answered; the caller is bridged to it and recorded.
     ExternalAnswered {
         /// The number called.

@@ -224,6 +224,11 @@ async fn caller_to_agent_bridge_with_recording() {
         next_seen(&mut hub.routing).await,
         Seen::Event("call-1".into(), CallOutcome::Answered { offer_id: "offer-1".into(), agent: "alice".into() })
     );
+    // An offer reaching the engine after the call was bridged (the losing side of a
+    // ring-all race) rings nobody and is reported withdrawn, not as the agent's failure.
+    hub.handle.ring_agent(&info.call_id, "alice", "offer-late").unwrap();
+    let Seen::Event(_, CallOutcome::Withdrawn { offer_id, .. }) = next_seen(&mut hub.routing).await else { panic!("withdrawn expected") };
+    assert_eq!(offer_id, "offer-late");
     let hub_agent_rtp = media_addr(&invite);
 
     // Agent → caller (PCMA in, PCMU out: transcoded) and caller → agent.
