@@ -150,6 +150,7 @@ async fn concurrent_ingests_are_group_committed_without_loss_or_duplicates() {
     assert!(heard.values().all(|&n| n == 1), "and heard once");
     // Races between copies are settled by the batch statements themselves, not by failing them.
     assert_eq!(hub.metrics().ingest_fallbacks.load(std::sync::atomic::Ordering::Relaxed), 0);
+    th.stop().await;
 }
 
 /// A channel ledger in SQL for the test: each new message's value is 1000 + the length of
@@ -231,6 +232,7 @@ async fn every_kind_of_item_in_a_batch_is_stored_once_with_its_ledger_value() {
     use std::sync::atomic::Ordering::Relaxed;
     assert!(hub.metrics().ingest_appended.load(Relaxed) >= 3, "a1, a2 and a3 were appended in one statement");
     assert_eq!(hub.metrics().ingest_fallbacks.load(Relaxed), 0);
+    th.stop().await;
 }
 
 /// An event committed without a notification (a node that died between its commit and
@@ -271,4 +273,5 @@ async fn committed_events_without_a_notification_reach_every_node_once() {
         }
     }
     node_b.stop().await;
+    th.stop().await;
 }

@@ -60,7 +60,10 @@ impl Drop for TestDb {
                 Err(_) => return,
             };
             rt.block_on(async move {
-                pool.close().await;
+                // A connection may still be checked out by a task of the test's runtime,
+                // which cannot run while this blocks: don't wait for it forever, the forced
+                // drop below ends it.
+                let _ = tokio::time::timeout(std::time::Duration::from_secs(2), pool.close()).await;
                 if let Ok(mut c) = admin.connect().await {
                     let _ = sqlx::query(&format!("drop database if exists {name} with (force)")).execute(&mut c).await;
                 }

@@ -12,7 +12,7 @@
  *   #sb-chat-close           close button in the panel header
  *   #sb-chat-status          status line (aria-live): connection, queue position and
  *                            estimated wait, agent joined/left
- *   #sb-chat-messages        the transcript (role=log)
+ *   #sb-chat-messages        the transcript (a live list)
  *     .sb-msg                one message; also .sb-msg-visitor or .sb-msg-agent,
  *                            .sb-msg-pending (not yet acknowledged), .sb-msg-failed,
  *                            .sb-msg-read (agent has read it); data-seq, data-client-msg-id
@@ -96,7 +96,7 @@
   var closeBtn = el("button", { id: "sb-chat-close", type: "button", "aria-label": "Close chat" }, "\u00d7");
   header.appendChild(titleEl); header.appendChild(closeBtn);
   var statusEl = el("p", { id: "sb-chat-status", role: "status", "aria-live": "polite" }, "");
-  var log = el("ol", { id: "sb-chat-messages", role: "log", "aria-live": "polite", "aria-label": "Messages" });
+  var log = el("ol", { id: "sb-chat-messages", "aria-live": "polite", "aria-relevant": "additions", "aria-label": "Messages" });
   var typingEl = el("p", { id: "sb-chat-typing", "aria-live": "polite", hidden: "" }, "Agent is typing\u2026");
 
   var prechat = el("form", { id: "sb-chat-prechat", "aria-label": "Before we start", hidden: "" });
