@@ -829,6 +829,48 @@ overflow_trunk = "pstn-out"
     vh.stop().await;
 }
 
+/// Overflow retry: the external number is busy the first time; while the caller still
+/// waits, the hub calls it again after the queue's overflow_retry_secs and bridges the
+/// caller when it answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_busy_overflow_number_is_called_again_while_the_caller_waits() {
+    let ext_port = free_udp_port();
+    let tail = format!(
+        r#"
+[[trunks]]
+name = "pstn-out"
+allowed_sources = ["192.0.2.1"]
+outbound_address = "127.0.0.1:{ext_port}"
+
+[queues.support]
+overflow_after_secs = 1
+overflow_number = "+4930555"
+overflow_trunk = "pstn-out"
+overflow_retry_secs = 2
+overflow_attempts = 3
+"#
+    );
+    let Some(vh) = voice_hub_with("overflow-retry", INLINE_CREDENTIALS, "", &tail).await else { return };
+    vh.queue(json!({})).await;
+    let busy = vh.sipp("external_busy.xml", ext_port, &["-s", "+4930555"]);
+    let caller = vh.sipp("caller.xml", free_udp_port(), &["-s", "100"]);
+    finished_ok(busy, "external party (busy)").await;
+    // The retry comes 2 s after the busy answer: the far end now picks up.
+    let external = vh.sipp("agent_answer.xml", ext_port, &["-s", "+4930555", "-d", "2000"]);
+    let i = vh.voice_interaction().await;
+    let id = i["id"].as_str().expect("id").to_string();
+    finished_ok(external, "external party (answers the second call)").await;
+    finished_ok(caller, "caller").await;
+    let kinds = vh.wait_event(&id, "call_ended", 20).await;
+    let failed = position(&kinds, "overflow_failed");
+    assert_eq!(kinds[failed].1["data"]["reason"], "busy");
+    let answered = position(&kinds, "overflowed_external");
+    assert!(failed < answered, "{:?}", kinds_of(&kinds));
+    assert_eq!(kinds.iter().filter(|(k, _)| k == "overflow_failed").count(), 1, "{:?}", kinds_of(&kinds));
+    vh.wait_status(&id, &["overflowed"], 10).await;
+    vh.stop().await;
+}
+
 /// Max wait: nobody answers within the queue's max_wait_secs; meanwhile the hub
 /// announces the caller's position (event with the position); then it offers voicemail,
 /// records until the caller presses # and hangs up; the interaction becomes a voicemail

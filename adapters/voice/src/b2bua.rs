@@ -388,6 +388,8 @@ struct Call {
     pending_rings: Vec<(String, String)>,
     /// When to dial the queue's overflow number (set on enqueue, cleared once tried).
     overflow_at: Option<Instant>,
+    /// Overflow calls made for this caller so far.
+    overflow_attempts: u32,
     /// Caller and bridged party mix their inputs (a supervisor barged in).
     mixing: bool,
     /// Bridges so far (recording file names get a suffix after the first).
@@ -699,6 +701,7 @@ impl Engine {
             voicemail: None,
             pending_rings: Vec::new(),
             overflow_at: None,
+            overflow_attempts: 0,
             mixing: false,
             bridges: 0,
             held: false,
@@ -1262,6 +1265,9 @@ impl Engine {
         let Ok(uri) = rsip::Uri::try_from(format!("sip:{}@{}", sip_user_safe(&number), addr).as_str()) else {
             return;
         };
+        if let Some(call) = self.calls.get_mut(call_id) {
+            call.overflow_attempts += 1;
+        }
         tracing::info!(call_id = %call_id, %number, %trunk, "Queue overflow: calling the external number.");
         let to = format!("<{uri}>");
         let ring = Duration::from_secs(rule.overflow_ring_secs);
@@ -1271,6 +1277,23 @@ impl Engine {
             if let Some(call) = self.calls.get(call_id) {
                 report(&self.routing, call, CallOutcome::ExternalFailed { number, reason: reason.into() });
             }
+            self.retry_overflow(call_id);
+        }
+    }
+
+    /// After a failed overflow call: if the caller still waits for an agent, calls the
+    /// number again after the queue's `overflow_retry_secs`, up to `overflow_attempts`.
+    fn retry_overflow(&mut self, call_id: &str) {
+        let Some(call) = self.calls.get_mut(call_id) else {
+            return;
+        };
+        let Some(rule) = self.cfg.queues.get(&call.info.queue) else {
+            return;
+        };
+        let waiting = call.phase == Phase::Queued && call.bridged().is_none();
+        if waiting && rule.overflow_retry_secs > 0 && call.overflow_attempts < rule.overflow_attempts {
+            tracing::info!(call_id = %call_id, attempts = call.overflow_attempts, retry_secs = rule.overflow_retry_secs, "Overflow call failed; retrying later.");
+            call.overflow_at = Some(Self::now() + Duration::from_secs(rule.overflow_retry_secs));
         }
     }
 
@@ -1508,6 +1531,7 @@ impl Engine {
         };
         let mut dropped = vec![(call.legs.remove(i), bye)];
         let was_bridge = dropped[0].0.is_party() && dropped[0].0.state == LegState::Answered;
+        let overflow_failed = matches!(dropped[0].0.role, OutRole::External { .. }) && dropped[0].0.state != LegState::Answered;
         if was_bridge {
             call.caller.media.command(MediaCommand::RelayTo(None));
             call.caller.media.command(MediaCommand::Moh(true));
@@ -1549,6 +1573,9 @@ impl Engine {
             }
         }
         self.rewire(call_id, &gone);
+        if overflow_failed {
+            self.retry_overflow(call_id);
+        }
     }
 
     fn on_stray_2xx(&mut self, info: &Essentials) {

@@ -185,6 +185,13 @@ pub struct QueueVoiceConfig {
     /// caller keeps waiting for an agent).
     #[serde(default = "default_overflow_ring_secs")]
     pub overflow_ring_secs: u64,
+    /// Seconds after a failed overflow call (busy, no answer, unreachable) before the
+    /// number is called again while the caller still waits; 0: no retry.
+    #[serde(default = "default_overflow_retry_secs")]
+    pub overflow_retry_secs: u64,
+    /// Overflow calls per caller at most, the first one included.
+    #[serde(default = "default_overflow_attempts")]
+    pub overflow_attempts: u32,
 }
 
 /// An IVR flow: a start node and named nodes.
@@ -463,6 +470,12 @@ fn default_overflow_after_secs() -> u64 {
 fn default_overflow_ring_secs() -> u64 {
     30
 }
+fn default_overflow_retry_secs() -> u64 {
+    20
+}
+fn default_overflow_attempts() -> u32 {
+    3
+}
 fn default_ring_timeout_secs() -> u64 {
     20
 }
@@ -571,6 +584,9 @@ impl VoiceConfig {
             }
             if q.overflow_number.is_some() && q.overflow_ring_secs == 0 {
                 errors.push(format!("queue {name}: overflow_ring_secs must be at least 1"));
+            }
+            if q.overflow_number.is_some() && q.overflow_attempts == 0 {
+                errors.push(format!("queue {name}: overflow_attempts must be at least 1"));
             }
             match (&q.overflow_trunk, q.overflow_number.is_some()) {
                 (Some(t), _) => match self.trunks.iter().find(|tr| &tr.name == t) {
@@ -718,6 +734,7 @@ type = "voicemail"
         let mut cfg: VoiceConfig = toml::from_str(SAMPLE).unwrap();
         let rule: QueueVoiceConfig = toml::from_str("overflow_after_secs = 30\noverflow_number = \"+4930555\"").unwrap();
         assert_eq!(rule.overflow_ring_secs, 30);
+        assert_eq!((rule.overflow_retry_secs, rule.overflow_attempts), (20, 3), "failed overflow calls are retried by default");
         cfg.queues.insert("support".into(), rule.clone());
         let errors = |cfg: &VoiceConfig| match cfg.validate() {
             Err(VoiceError::Config(e)) => e,
@@ -727,8 +744,10 @@ type = "voicemail"
         assert_eq!(errors(&cfg).len(), 1, "no trunk can call out: {:?}", errors(&cfg));
         cfg.trunks[0].outbound_address = Some("192.0.2.7:5060".parse().unwrap());
         assert!(errors(&cfg).is_empty(), "{:?}", errors(&cfg));
-        cfg.queues.insert("sales".into(), QueueVoiceConfig { overflow_trunk: Some("nope".into()), overflow_after_secs: 0, ..rule });
+        cfg.queues.insert("sales".into(), QueueVoiceConfig { overflow_trunk: Some("nope".into()), overflow_after_secs: 0, ..rule.clone() });
         assert_eq!(errors(&cfg).len(), 2, "{:?}", errors(&cfg));
+        cfg.queues.insert("sales".into(), QueueVoiceConfig { overflow_attempts: 0, ..rule });
+        assert_eq!(errors(&cfg), ["queue sales: overflow_attempts must be at least 1"]);
         assert!(toml::from_str::<QueueVoiceConfig>("overflow_numbr = \"1\"").is_err(), "unknown keys are rejected");
     }
 
