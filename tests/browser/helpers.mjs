@@ -76,13 +76,19 @@ export async function startHub({ chat = true } = {}) {
   const probe = await fetch(`${hub.url}/chat/v1/config`).catch(() => null);
   if (probe && probe.status !== 404) return hub;
   await hub.stop();
+  return startHubWithConfig('[[channels]]\ntype = "webchat"\nname = "webchat"\n');
+}
+
+/** Starts `switchboard demo` with a configuration file holding `toml` (e.g. channels). */
+export async function startHubWithConfig(toml) {
+  requireBin();
   const dir = mkdtempSync(join(tmpdir(), 'sb-config-'));
-  const file = join(dir, 'webchat.toml');
-  writeFileSync(file, '[[channels]]\ntype = "webchat"\nname = "webchat"\n');
-  const withChat = await startHubWith(file);
-  const stop = withChat.stop;
-  withChat.stop = async () => { await stop(); rmSync(dir, { recursive: true, force: true }); };
-  return withChat;
+  const file = join(dir, 'switchboard.toml');
+  writeFileSync(file, toml);
+  const hub = await startHubWith(file);
+  const stop = hub.stop;
+  hub.stop = async () => { await stop(); rmSync(dir, { recursive: true, force: true }); };
+  return hub;
 }
 
 async function startHubWith(configFile) {
