@@ -794,6 +794,16 @@ async fn ring_all_rings_every_phone_and_bridges_the_first_to_answer() {
 /// bridges and records the caller with it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn overflow_calls_the_external_number_through_the_trunk() {
+    overflow_through_trunk("overflow", "udp", &[]).await;
+}
+
+/// The same with the trunk's outbound calls over TCP (SIPp listening on TCP).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn overflow_calls_the_external_number_over_tcp() {
+    overflow_through_trunk("overflow-tcp", "tcp", &["-t", "t1"]).await;
+}
+
+async fn overflow_through_trunk(test: &str, transport: &str, far_end: &[&str]) {
     let ext_port = free_udp_port();
     let tail = format!(
         r#"
@@ -801,6 +811,7 @@ async fn overflow_calls_the_external_number_through_the_trunk() {
 name = "pstn-out"
 allowed_sources = ["192.0.2.1"]
 outbound_address = "127.0.0.1:{ext_port}"
+outbound_transport = "{transport}"
 
 [queues.support]
 overflow_after_secs = 1
@@ -808,9 +819,11 @@ overflow_number = "+4930555"
 overflow_trunk = "pstn-out"
 "#
     );
-    let Some(vh) = voice_hub_with("overflow", INLINE_CREDENTIALS, "", &tail).await else { return };
+    let Some(vh) = voice_hub_with(test, INLINE_CREDENTIALS, "", &tail).await else { return };
     vh.queue(json!({})).await;
-    let external = vh.sipp("agent_answer.xml", ext_port, &["-s", "+4930555", "-d", "3000"]);
+    let mut args = vec!["-s", "+4930555", "-d", "3000"];
+    args.extend_from_slice(far_end);
+    let external = vh.sipp("agent_answer.xml", ext_port, &args);
     let caller = vh.sipp("caller.xml", free_udp_port(), &["-s", "100"]);
     let i = vh.voice_interaction().await;
     let id = i["id"].as_str().expect("id").to_string();

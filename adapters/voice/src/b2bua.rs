@@ -17,7 +17,7 @@ use rsip::{Method, Request, Response};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::call::{CallInfo, CallOutcome, CallRouting, CallTicket, Side};
-use crate::config::{IvrFlowConfig, QueueVoiceConfig, TrunkConfig, VoiceConfig};
+use crate::config::{IvrFlowConfig, OutboundTransport, QueueVoiceConfig, TrunkConfig, VoiceConfig};
 use crate::ivr::{IvrAction, IvrInput, IvrSession};
 use crate::media::dtmf::parse_info_body;
 use crate::media::player::{tone, PromptStore};
@@ -1258,11 +1258,12 @@ impl Engine {
         let Some(rule) = self.cfg.queues.get(&call.info.queue).cloned() else {
             return;
         };
-        let Some((number, trunk, addr)) = overflow_route(&self.cfg, &rule) else {
+        let Some((number, trunk, peer)) = overflow_route(&self.cfg, &rule) else {
             tracing::warn!(call_id = %call_id, queue = %call.info.queue, "Overflow configured without a trunk outbound address.");
             return;
         };
-        let Ok(uri) = rsip::Uri::try_from(format!("sip:{}@{}", sip_user_safe(&number), addr).as_str()) else {
+        let param = if peer.transport == Transport::Tcp { ";transport=tcp" } else { "" };
+        let Ok(uri) = rsip::Uri::try_from(format!("sip:{}@{}{param}", sip_user_safe(&number), peer.addr).as_str()) else {
             return;
         };
         if let Some(call) = self.calls.get_mut(call_id) {
@@ -1271,7 +1272,6 @@ impl Engine {
         tracing::info!(call_id = %call_id, %number, %trunk, "Queue overflow: calling the external number.");
         let to = format!("<{uri}>");
         let ring = Duration::from_secs(rule.overflow_ring_secs);
-        let peer = Peer { addr, transport: Transport::Udp };
         let target = DialTarget { uri, peer, user: number.clone(), to };
         if let Err(reason) = self.dial(call_id, target, OutRole::External { number: number.clone() }, ring).await {
             if let Some(call) = self.calls.get(call_id) {
@@ -1943,13 +1943,17 @@ fn sip_user_safe(s: &str) -> String {
 
 /// The overflow target of a queue rule: number, trunk name and the trunk's outbound
 /// address (the rule's trunk, else the first trunk that has an outbound address).
-fn overflow_route(cfg: &VoiceConfig, rule: &QueueVoiceConfig) -> Option<(String, String, SocketAddr)> {
+fn overflow_route(cfg: &VoiceConfig, rule: &QueueVoiceConfig) -> Option<(String, String, Peer)> {
     let number = rule.overflow_number.clone()?;
     let trunk = match &rule.overflow_trunk {
         Some(name) => cfg.trunks.iter().find(|t| &t.name == name)?,
         None => cfg.trunks.iter().find(|t| t.outbound_address.is_some())?,
     };
-    Some((number, trunk.name.clone(), trunk.outbound_address?))
+    let transport = match trunk.outbound_transport {
+        OutboundTransport::Udp => Transport::Udp,
+        OutboundTransport::Tcp => Transport::Tcp,
+    };
+    Some((number, trunk.name.clone(), Peer { addr: trunk.outbound_address?, transport }))
 }
 
 /// Prompt names that say `n` (0-20 as words, then tens and units).

@@ -159,10 +159,24 @@ pub struct TrunkConfig {
     /// Flow for numbers not listed in `dids`; unlisted numbers get 404 when absent.
     #[serde(default)]
     pub default_flow: Option<String>,
-    /// Where outbound calls through this trunk go (`ip:port`, UDP), e.g. a queue's
-    /// overflow to an external number. No outbound calls when absent.
+    /// Where outbound calls through this trunk go (`ip:port`), e.g. a queue's overflow
+    /// to an external number. No outbound calls when absent.
     #[serde(default)]
     pub outbound_address: Option<SocketAddr>,
+    /// Transport of the outbound calls: `udp` (default) or `tcp` (needs `tcp_listen`).
+    #[serde(default)]
+    pub outbound_transport: OutboundTransport,
+}
+
+/// Transport of a trunk's outbound calls.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OutboundTransport {
+    /// SIP over UDP.
+    #[default]
+    Udp,
+    /// SIP over a TCP connection the hub opens.
+    Tcp,
 }
 
 /// Voice behaviour of one queue.
@@ -565,6 +579,9 @@ impl VoiceConfig {
             if trunk.digest_user.is_some() != trunk.digest_password.is_some() {
                 errors.push(format!("trunk {}: digest_user and digest_password go together", trunk.name));
             }
+            if trunk.outbound_transport == OutboundTransport::Tcp && self.tcp_listen.is_none() {
+                errors.push(format!("trunk {}: outbound_transport = \"tcp\" needs tcp_listen", trunk.name));
+            }
             for (did, flow) in trunk.dids.iter().map(|(d, f)| (d.as_str(), f)).chain(trunk.default_flow.iter().map(|f| ("default_flow", f)))
             {
                 if !self.ivr_flows.contains_key(flow) {
@@ -748,6 +765,11 @@ type = "voicemail"
         assert_eq!(errors(&cfg).len(), 2, "{:?}", errors(&cfg));
         cfg.queues.insert("sales".into(), QueueVoiceConfig { overflow_attempts: 0, ..rule });
         assert_eq!(errors(&cfg), ["queue sales: overflow_attempts must be at least 1"]);
+        cfg.queues.remove("sales");
+        cfg.trunks[0].outbound_transport = OutboundTransport::Tcp;
+        assert!(errors(&cfg).is_empty(), "{:?}", errors(&cfg));
+        cfg.tcp_listen = None;
+        assert_eq!(errors(&cfg), [format!("trunk {}: outbound_transport = \"tcp\" needs tcp_listen", cfg.trunks[0].name)]);
         assert!(toml::from_str::<QueueVoiceConfig>("overflow_numbr = \"1\"").is_err(), "unknown keys are rejected");
     }
 
