@@ -9,7 +9,8 @@
 //!    messages each (default 20, 4 in flight per socket); report persisted messages/s and
 //!    send→ack latency;
 //!    then the same sockets send open loop at `CHAT_BENCH_RATE` messages/s (default 5,000)
-//!    for `CHAT_BENCH_RATE_SECS` (default 6); report send→ack latency at that rate;
+//!    for `CHAT_BENCH_RATE_SECS` (default 6); report send→ack latency at that rate, and
+//!    how long each message takes to reach a supervisor's event stream (the inbox feed);
 //! 3. replies: agent replies to `CHAT_BENCH_REPLIES` conversations (default 300); report
 //!    reply→visitor-receive latency.
 //!
@@ -149,12 +150,18 @@ enum Cmd {
     Paced { count: usize, interval: Duration, offset: Duration, done: oneshot::Sender<Vec<Duration>> },
 }
 
-/// An ack for one of `sent` records its latency; an error frame ends the phase.
-fn on_ack(t: &str, sent: &mut HashMap<String, Instant>, lat: &mut Vec<Duration>) -> Result<bool, ()> {
+/// An ack for one of `sent` records its latency (and, while the agents' stream is timed,
+/// the stored message's send time); an error frame ends the phase.
+fn on_ack(t: &str, sent: &mut HashMap<String, Instant>, lat: &mut Vec<Duration>, shared: &Shared) -> Result<bool, ()> {
     if t.starts_with("{\"type\":\"ack\"") {
         if let Ok(v) = serde_json::from_str::<Value>(t) {
             if let Some(at) = v["client_msg_id"].as_str().and_then(|id| sent.remove(id)) {
                 lat.push(at.elapsed());
+                if shared.timing_stream.load(Ordering::Relaxed) {
+                    if let Some(m) = v["message_id"].as_str().and_then(|m| m.parse::<Uuid>().ok()) {
+                        shared.sent_by_message.lock().unwrap().insert(m, at);
+                    }
+                }
             }
         }
         return Ok(true);
@@ -167,7 +174,7 @@ fn on_ack(t: &str, sent: &mut HashMap<String, Instant>, lat: &mut Vec<Duration>)
 }
 
 /// An agent reply arriving at the widget: records its latency.
-fn on_reply(t: &str, replies: &Replies) {
+fn on_reply(t: &str, replies: &Shared) {
     if t.contains("\"from\":\"agent\"") {
         if let Ok(v) = serde_json::from_str::<Value>(t) {
             if let Some(b) = v["body"].as_str() {
@@ -186,10 +193,10 @@ fn on_frame(
     m: Option<Result<Message, tokio_tungstenite::tungstenite::Error>>,
     sent: &mut HashMap<String, Instant>,
     lat: &mut Vec<Duration>,
-    replies: &Replies,
+    replies: &Shared,
 ) -> bool {
     match m {
-        Some(Ok(Message::Text(t))) => match on_ack(&t, sent, lat) {
+        Some(Ok(Message::Text(t))) => match on_ack(&t, sent, lat, replies) {
             Ok(true) => true,
             Ok(false) => {
                 on_reply(&t, replies);
@@ -202,15 +209,49 @@ fn on_frame(
     }
 }
 
-/// Shared reply bookkeeping: body marker → send time; receive latencies.
+/// Shared bookkeeping. Replies: body marker → send time, receive latencies. The agents'
+/// event stream: while `timing_stream` is set, each acknowledged message's send time and
+/// the moment its `message` event reached the supervisor's stream.
 #[derive(Default)]
-struct Replies {
+struct Shared {
     sent_at: Mutex<HashMap<String, Instant>>,
     latencies: Mutex<Vec<Duration>>,
     received: AtomicU64,
+    timing_stream: std::sync::atomic::AtomicBool,
+    sent_by_message: Mutex<HashMap<Uuid, Instant>>,
+    heard_by_message: Mutex<HashMap<Uuid, Instant>>,
+    resyncs: AtomicU64,
 }
 
-async fn widget(mut ws: Ws, mut cmds: mpsc::Receiver<Cmd>, replies: Arc<Replies>, tag: usize) {
+/// A supervisor's event stream (`/api/v1/stream`, the inbox's feed): notes when each
+/// inbound `message` event arrives while the stream is timed.
+async fn supervisor_stream(addr: SocketAddr, token: String, shared: Arc<Shared>) -> Result<(), String> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut req = format!("ws://{addr}/api/v1/stream").into_client_request().map_err(|e| e.to_string())?;
+    req.headers_mut().insert("authorization", format!("Bearer {token}").parse().map_err(|_| "header")?);
+    let (mut ws, _) = tokio_tungstenite::connect_async(req).await.map_err(|e| e.to_string())?;
+    tokio::spawn(async move {
+        while let Some(Ok(m)) = ws.next().await {
+            let Message::Text(t) = m else { continue };
+            if !shared.timing_stream.load(Ordering::Relaxed) {
+                continue;
+            }
+            let at = Instant::now();
+            if t.contains("\"kind\":\"resync\"") {
+                shared.resyncs.fetch_add(1, Ordering::Relaxed);
+            } else if t.contains("\"kind\":\"message\"") {
+                if let Ok(v) = serde_json::from_str::<Value>(&t) {
+                    if let Some(m) = v["data"]["message_id"].as_str().and_then(|m| m.parse::<Uuid>().ok()) {
+                        shared.heard_by_message.lock().unwrap().entry(m).or_insert(at);
+                    }
+                }
+            }
+        }
+    });
+    Ok(())
+}
+
+async fn widget(mut ws: Ws, mut cmds: mpsc::Receiver<Cmd>, replies: Arc<Shared>, tag: usize) {
     let mut bursts = 0u32;
     loop {
         tokio::select! {
@@ -350,7 +391,7 @@ async fn bench(fd_limit: u64) -> Result<(), String> {
     );
 
     // Hand every socket to a widget task.
-    let replies = Arc::new(Replies::default());
+    let replies = Arc::new(Shared::default());
     let mut ctl = Vec::with_capacity(sockets.len());
     for (i, (ws, conv)) in sockets.into_iter().enumerate() {
         let (tx, rx) = mpsc::channel(4);
@@ -387,7 +428,21 @@ async fn bench(fd_limit: u64) -> Result<(), String> {
     let rate = env_usize("CHAT_BENCH_RATE", 5_000);
     let paced_secs = env_usize("CHAT_BENCH_RATE_SECS", 6);
     if rate > 0 {
+        // A supervisor watches the inbox feed meanwhile: visitor → agents' stream latency.
+        let sup = switchboard_core::auth::create_user(
+            &db.pool,
+            None,
+            "bench-sup",
+            "Bench Supervisor",
+            "bench-sup-pass-1",
+            &[switchboard_core::Role::Supervisor],
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+        let (_, token) = switchboard_core::auth::create_token(&db.pool, sup.id, "bench", None).await.map_err(|e| e.to_string())?;
+        supervisor_stream(addr, token, replies.clone()).await?;
         tokio::time::sleep(Duration::from_millis(500)).await;
+        replies.timing_stream.store(true, Ordering::Relaxed);
         let per_socket = ((rate * paced_secs) / active).max(1);
         let interval = Duration::from_secs_f64(active as f64 / rate as f64);
         let before: i64 = stored_inbound(&db).await?;
@@ -417,6 +472,21 @@ async fn bench(fd_limit: u64) -> Result<(), String> {
         if after - before < paced.len() as i64 {
             return Err(format!("only {} of {} acknowledged messages are stored", after - before, paced.len()));
         }
+        // Events still in flight reach the stream within moments.
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+        replies.timing_stream.store(false, Ordering::Relaxed);
+        let sent = std::mem::take(&mut *replies.sent_by_message.lock().unwrap());
+        let heard = std::mem::take(&mut *replies.heard_by_message.lock().unwrap());
+        let mut feed: Vec<Duration> = sent.iter().filter_map(|(m, s)| heard.get(m).map(|h| h.saturating_duration_since(*s))).collect();
+        println!(
+            "visitor send -> supervisor's inbox stream at {rate}/s: {} of {} messages heard ({} resyncs); p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+            feed.len(),
+            sent.len(),
+            replies.resyncs.load(Ordering::Relaxed),
+            pct(&mut feed, 0.5),
+            pct(&mut feed, 0.99),
+            pct(&mut feed, 1.0)
+        );
     }
 
     // Phase 2b: latency at light load (20 sockets, one message in flight each).
