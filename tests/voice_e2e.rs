@@ -14,6 +14,7 @@ use reqwest::StatusCode;
 use serde_json::{json, Value};
 use support::*;
 use switchboard_core::Role;
+use switchboard_voice::media::mix::rms;
 use tokio::process::{Child, Command};
 use uuid::Uuid;
 
@@ -260,19 +261,17 @@ fn stereo_rms(path: &Path) -> (f64, f64) {
     let bytes = std::fs::read(path).expect("recording readable");
     let data = bytes.windows(4).position(|w| w == b"data").map(|p| p + 8).expect("data chunk");
     let samples: Vec<i16> = bytes[data..].chunks_exact(2).map(|c| i16::from_le_bytes([c[0], c[1]])).collect();
-    let rms = |it: &mut dyn Iterator<Item = &i16>| {
-        let (mut sum, mut n) = (0f64, 0usize);
-        for s in it {
-            sum += f64::from(*s) * f64::from(*s);
-            n += 1;
-        }
-        if n == 0 {
-            0.0
-        } else {
-            (sum / n as f64).sqrt()
-        }
-    };
-    (rms(&mut samples.iter().step_by(2)), rms(&mut samples.iter().skip(1).step_by(2)))
+    let side = |skip: usize| -> Vec<i16> { samples.iter().skip(skip).step_by(2).copied().collect() };
+    (rms(&side(0)), rms(&side(1)))
+}
+
+/// The interaction's recording has the caller on the left and `right` (the agent, the
+/// external party...) on the right, both audible.
+fn assert_both_sides_heard(interaction: &Value, right: &str) {
+    let recording = interaction["metadata"]["recording"].as_str().expect("recording path in metadata");
+    let (l, r) = stereo_rms(Path::new(recording));
+    assert!(l > 200.0, "caller channel is silent (RMS {l:.0})");
+    assert!(r > 200.0, "{right} channel is silent (RMS {r:.0})");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -298,10 +297,7 @@ async fn call_through_ivr_queue_and_agent_phone_is_recorded() {
     assert!(pos.windows(2).all(|w| w[0] < w[1]), "events out of order: {:?}", kinds.iter().map(|k| &k.0).collect::<Vec<_>>());
     let (_, ended) = &kinds[position(&kinds, "call_ended")];
     assert_eq!(ended["data"]["by"], "agent");
-    let recording = done["metadata"]["recording"].as_str().expect("recording path in metadata").to_string();
-    let (left, right) = stereo_rms(Path::new(&recording));
-    assert!(left > 200.0, "caller channel is silent (RMS {left:.0})");
-    assert!(right > 200.0, "agent channel is silent (RMS {right:.0})");
+    assert_both_sides_heard(&done, "agent");
     vh.stop().await;
 }
 
@@ -566,10 +562,7 @@ async fn baresip_agent_phone_answers_and_is_recorded() {
     finished_ok(caller, "caller").await;
     let done = vh.wait_status(&id, &["wrap_up", "closed"], 20).await;
     assert_eq!(done["agent_id"], json!(alice_id));
-    let recording = done["metadata"]["recording"].as_str().expect("recording").to_string();
-    let (left, right) = stereo_rms(Path::new(&recording));
-    assert!(left > 200.0, "caller channel is silent (RMS {left:.0})");
-    assert!(right > 200.0, "baresip's tone is missing from the agent channel (RMS {right:.0})");
+    assert_both_sides_heard(&done, "baresip's (agent)");
     let _ = phone.kill().await;
     vh.stop().await;
 }
@@ -835,10 +828,7 @@ overflow_trunk = "pstn-out"
     let (_, ended) = &kinds[position(&kinds, "call_ended")];
     assert_eq!(ended["data"]["by"], "external");
     let done = vh.wait_status(&id, &["overflowed"], 10).await;
-    let recording = done["metadata"]["recording"].as_str().expect("recording path in metadata").to_string();
-    let (left, right) = stereo_rms(Path::new(&recording));
-    assert!(left > 200.0, "caller channel is silent (RMS {left:.0})");
-    assert!(right > 200.0, "external party's channel is silent (RMS {right:.0})");
+    assert_both_sides_heard(&done, "external party's");
     vh.stop().await;
 }
 

@@ -260,7 +260,7 @@ impl Tracker {
     }
 
     /// Moves the floor over every id that was published or stayed invisible for longer
-    /// than [`GAP_TIMEOUT`], up to the first one still pending.
+    /// than `GAP_TIMEOUT` (10 s), up to the first one still pending.
     pub fn advance(&mut self, visible: &[i64], now: std::time::Instant) {
         let top = visible.last().copied().unwrap_or(0).max(self.seen.last().copied().unwrap_or(0));
         let visible: std::collections::HashSet<i64> = visible.iter().copied().collect();
@@ -459,7 +459,7 @@ impl EventBus {
     }
 
     /// Publishes the committed events above the tracker's floor that no notification
-    /// brought (see [`Tracker::sweep`]).
+    /// brought (see [`Tracker`]).
     async fn sweep(&self, pool: &PgPool, t: &mut Tracker, now_all: bool) {
         let visible: Vec<i64> = match sqlx::query_scalar("select id from interaction_events where id > $1 order by id limit 50000")
             .bind(t.floor)

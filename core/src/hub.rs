@@ -182,6 +182,13 @@ struct PreIngest {
     customer_id: Option<Uuid>,
 }
 
+impl PreIngest {
+    /// The customer of the open conversation the item continues: no directory lookup.
+    fn known_customer(&self) -> Option<ResolvedCustomer> {
+        self.customer_id.filter(|_| self.open_conversation).map(|id| ResolvedCustomer { id, own_manager: None, language: None })
+    }
+}
+
 /// The hot path of ingest: a whole batch of items continuing open conversations in one
 /// autocommit statement (one round trip, one commit). It leaves out replays (the channel's
 /// id is in the dedupe ledger already) and items of conversations with no open interaction,
@@ -246,6 +253,11 @@ pub(crate) struct HubInner {
     announcer: bus::Announcer,
     ledgers: RwLock<Arc<Ledgers>>,
     node_id: Uuid,
+}
+
+/// The answers of a batch; an item that got none is reported, never dropped silently.
+fn answers(out: Vec<Option<CoreResult<IngestOutcome>>>) -> Vec<CoreResult<IngestOutcome>> {
+    out.into_iter().map(|o| o.unwrap_or_else(|| Err(CoreError::Internal("item left unwritten".into())))).collect()
 }
 
 /// A validated item waiting for its batch.
@@ -496,6 +508,7 @@ impl Hub {
     /// one statement ([`Hub::append_open`]); the rest ([`Hub::ingest_rest`]) go through the
     /// replay check, customer resolution and one transaction.
     async fn ingest_batch(&self, jobs: Vec<IngestJob>) -> Vec<CoreResult<IngestOutcome>> {
+        let channels: Vec<Channel> = jobs.iter().map(|j| j.channel).collect();
         let mut out: Vec<Option<CoreResult<IngestOutcome>>> = jobs.iter().map(|_| None).collect();
         if let Err(e) = self.append_open(&jobs, &mut out).await {
             // Nothing was written: the items take the general path.
@@ -515,7 +528,13 @@ impl Hub {
                 out[i] = Some(r);
             }
         }
-        out.into_iter().map(|o| o.unwrap_or_else(|| Err(CoreError::Internal("item left unwritten".into())))).collect()
+        let results = answers(out);
+        for (ch, r) in channels.into_iter().zip(&results) {
+            if let Ok(o) = r {
+                self.0.metrics.inc_ingested(ch, o.duplicate);
+            }
+        }
+        results
     }
 
     /// Writes the batch's items that continue an open conversation in one autocommit
@@ -577,7 +596,6 @@ impl Hub {
         self.0.announcer.announce(events);
         for (i, mut o) in written {
             o.sequence = o.message_id.and_then(|m| values.get(&m).copied());
-            self.0.metrics.inc_ingested(jobs[i].channel, false);
             self.0.metrics.ingest_appended.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             out[i] = Some(Ok(o));
         }
@@ -613,38 +631,21 @@ impl Hub {
                 }));
                 continue;
             }
-            match (p.open_conversation, p.customer_id) {
-                (true, Some(id)) => customers[i] = Some(ResolvedCustomer { id, own_manager: None, language: None }),
-                _ => lookups.push(async move { (i, self.resolve_customer(job.channel, &job.item).await) }),
+            match p.known_customer() {
+                Some(c) => customers[i] = Some(c),
+                None => lookups.push(async move { (i, self.resolve_customer(job.channel, &job.item).await) }),
             }
         }
         for (i, c) in futures::future::join_all(lookups).await {
             customers[i] = c;
         }
-        let written = match self.write_batch(&jobs, &customers, &mut out).await {
-            Ok(()) => true,
-            Err(e) => {
-                self.0.metrics.ingest_fallbacks.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                tracing::warn!(error = %e, items = jobs.len(), "Batch write failed; writing items one by one.");
-                false
-            }
-        };
-        if !written {
-            for (i, o) in out.iter_mut().enumerate() {
-                if pre[i].interaction_id.is_none() {
-                    *o = None;
-                }
-            }
+        if let Err(e) = self.write_batch(&jobs, &customers, &mut out).await {
+            // Nothing of it was written (`out` is filled on commit only): item by item.
+            self.0.metrics.ingest_fallbacks.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            tracing::warn!(error = %e, items = jobs.len(), "Batch write failed; writing items one by one.");
             return self.ingest_each(jobs, out).await;
         }
-        let results: Vec<CoreResult<IngestOutcome>> =
-            out.into_iter().map(|o| o.unwrap_or_else(|| Err(CoreError::Internal("item left unwritten".into())))).collect();
-        for (job, r) in jobs.iter().zip(&results) {
-            if let Ok(o) = r {
-                self.0.metrics.inc_ingested(job.channel, o.duplicate);
-            }
-        }
-        results
+        answers(out)
     }
 
     /// Writes the batch's new items in one transaction, item by item and in order,
@@ -701,7 +702,7 @@ impl Hub {
                 out[i] = Some(self.ingest_one(job.channel, &job.item).await);
             }
         }
-        out.into_iter().map(|o| o.unwrap_or_else(|| Err(CoreError::Internal("item left unwritten".into())))).collect()
+        answers(out)
     }
 
     /// Replay check and open-conversation lookup for a whole batch in one round trip.
@@ -751,7 +752,6 @@ impl Hub {
     async fn ingest_one(&self, channel: Channel, item: &InboundItem) -> CoreResult<IngestOutcome> {
         let pre = self.pre_ingest(std::slice::from_ref(&IngestJob { channel, item: item.clone() })).await?.remove(0);
         if let Some(interaction_id) = pre.interaction_id {
-            self.0.metrics.inc_ingested(channel, true);
             return Ok(IngestOutcome {
                 interaction_id,
                 message_id: pre.message_id,
@@ -761,9 +761,9 @@ impl Hub {
                 sequence: None,
             });
         }
-        let customer = match (pre.open_conversation, pre.customer_id) {
-            (true, Some(id)) => Some(ResolvedCustomer { id, own_manager: None, language: None }),
-            _ => self.resolve_customer(channel, item).await,
+        let customer = match pre.known_customer() {
+            Some(c) => Some(c),
+            None => self.resolve_customer(channel, item).await,
         };
         let mut attempt = 0;
         loop {
@@ -780,10 +780,7 @@ impl Hub {
                 Err(e) => Err(e),
             };
             match r {
-                Ok(o) => {
-                    self.0.metrics.inc_ingested(channel, o.duplicate);
-                    return Ok(o);
-                }
+                Ok(o) => return Ok(o),
                 Err(CoreError::Database(e)) if is_unique_violation(&e) && attempt < 3 => {
                     // A concurrent replay or a concurrent first message of the same
                     // conversation won the race: retry, which finds it.

@@ -542,6 +542,11 @@ async function loadSelected(full) {
   }
 }
 
+/** A voice interaction whose call is up (controlled through the voice channel's API). */
+function isLiveCall(i) {
+  return !!i && i.channel === 'voice' && i.status === 'active';
+}
+
 function renderHeader(i) {
   replace($('#conv-channel'), channelIcon(i.channel));
   replace($('#conv-title'), who(i));
@@ -561,8 +566,7 @@ function renderHeader(i) {
   // Live call controls (voice): the agent on the call, or a supervisor.
   const roles = state.me.roles || [];
   const supervisor = roles.includes('supervisor') || roles.includes('admin');
-  const liveCall = i.channel === 'voice' && i.status === 'active';
-  $('#voice-actions').hidden = !(liveCall && (mine || supervisor));
+  $('#voice-actions').hidden = !(isLiveCall(i) && (mine || supervisor));
   for (const b of ['#btn-listen', '#btn-barge']) $(b).hidden = !supervisor;
   $('#btn-wrapup').disabled = !(mine && i.status === 'active');
   $('#btn-close').disabled = !(mine && open);
@@ -850,9 +854,7 @@ $('#transfer-form').addEventListener('submit', async (e) => {
   try {
     // A live call is transferred by the voice channel (the target's phone rings); other
     // conversations by the core.
-    const sel = state.interactions.get(id);
-    const live = sel && sel.channel === 'voice' && sel.status === 'active';
-    await post(live ? `/api/v1/voice/calls/${id}/transfer` : `/api/v1/interactions/${id}/transfer`, body);
+    await post(isLiveCall(state.interactions.get(id)) ? `/api/v1/voice/calls/${id}/transfer` : `/api/v1/interactions/${id}/transfer`, body);
     dlg.returnFocusTo = $('#conversation');
     dlg.close();
     toast('Conversation transferred.', 'success');

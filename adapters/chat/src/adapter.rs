@@ -374,7 +374,8 @@ impl ChatState {
             // node pushed it itself.
             "message"
                 if ev.data.get("direction").and_then(|d| d.as_str()) == Some("inbound")
-                    && ev.data.get("node").and_then(|n| n.as_str()) != Some(hub.node_id().to_string().as_str()) =>
+                    && ev.data.get("node").and_then(|n| n.as_str())
+                        != Some(&*hub.node_id().hyphenated().encode_lower(&mut Uuid::encode_buffer())) =>
             {
                 self.registry.push(conv, Push::CatchUp);
                 None

@@ -293,7 +293,7 @@ impl VoiceAdapter {
                         let max = Duration::from_secs(s.max_wait_voicemail_secs.max(1));
                         let silence =
                             (s.max_wait_voicemail_silence_secs > 0).then(|| Duration::from_secs(s.max_wait_voicemail_silence_secs));
-                        let _ = engine.to_voicemail_until_silence(&call_id, s.max_wait_voicemail_prompt.clone(), max, silence);
+                        let _ = engine.to_voicemail(&call_id, s.max_wait_voicemail_prompt.clone(), max, silence);
                     }
                     MaxWaitAction::Hangup => {
                         let _ = engine.hangup(&call_id);
@@ -558,10 +558,11 @@ impl HubRouting {
         ticket.interaction_id.parse().map_err(|_| RoutingError("ticket without interaction id".into()))
     }
 
-    async fn end_offer_timeout(&self, offer: Uuid) {
-        match self.hub.end_offer(offer, None, OfferEnd::Timeout).await {
+    /// Ends an offer the phone did not take (an offer already settled is left alone).
+    async fn end_offer(&self, offer: Uuid, how: OfferEnd) {
+        match self.hub.end_offer(offer, None, how).await {
             Ok(()) | Err(CoreError::Conflict(_)) | Err(CoreError::NotFound(_)) => {}
-            Err(error) => tracing::warn!(%error, %offer, "Could not end a voice offer."),
+            Err(error) => tracing::warn!(%error, %offer, ?how, "Could not end a voice offer."),
         }
     }
 }
@@ -664,23 +665,20 @@ impl CallRouting for HubRouting {
             }
             CallOutcome::NoAnswer { offer_id } => {
                 record(&self.hub, "call_no_answer", id, json!({ "call_id": call_id, "offer_id": offer_id })).await;
-                self.end_offer_timeout(parse_offer(&offer_id)?).await;
+                self.end_offer(parse_offer(&offer_id)?, OfferEnd::Timeout).await;
             }
             CallOutcome::Busy { offer_id } => {
                 record(&self.hub, "call_busy", id, json!({ "call_id": call_id, "offer_id": offer_id })).await;
-                self.end_offer_timeout(parse_offer(&offer_id)?).await;
+                self.end_offer(parse_offer(&offer_id)?, OfferEnd::Timeout).await;
             }
             CallOutcome::Unreachable { offer_id, reason } => {
                 record(&self.hub, "call_unreachable", id, json!({ "call_id": call_id, "offer_id": offer_id, "reason": reason })).await;
-                self.end_offer_timeout(parse_offer(&offer_id)?).await;
+                self.end_offer(parse_offer(&offer_id)?, OfferEnd::Timeout).await;
             }
             CallOutcome::Withdrawn { offer_id, reason } => {
                 // Not the agent's doing: the offer is cancelled without a ring-no-answer.
-                let offer = parse_offer(&offer_id)?;
-                match self.hub.end_offer(offer, None, OfferEnd::Withdrawn).await {
-                    Ok(()) | Err(CoreError::Conflict(_)) | Err(CoreError::NotFound(_)) => {}
-                    Err(error) => tracing::warn!(%error, %offer, %reason, "Could not withdraw a voice offer."),
-                }
+                tracing::debug!(%offer_id, %reason, "Voice offer withdrawn.");
+                self.end_offer(parse_offer(&offer_id)?, OfferEnd::Withdrawn).await;
             }
             CallOutcome::ExternalAnswered { number } => {
                 self.state.update(&call_id, |e| {

@@ -21,7 +21,7 @@ use crate::config::{IvrFlowConfig, OutboundTransport, QueueVoiceConfig, TrunkCon
 use crate::ivr::{IvrAction, IvrInput, IvrSession};
 use crate::media::dtmf::parse_info_body;
 use crate::media::player::{tone, PromptStore};
-use crate::media_session::{bind_rtp, spawn_leg, spawn_recorder, LegId, MediaCommand, MediaEvent, MediaHandle, Recorder, RecordingEnd};
+use crate::media_session::{bind_rtp, spawn_leg, spawn_recorder, LegId, MediaCommand, MediaEvent, MediaHandle, Recorder};
 use crate::registrar::{CredentialStore, InlineCredentials, Registrar};
 use crate::sdp::{self, Codec, Direction, Negotiated};
 use crate::sip::dialog::Dialog;
@@ -124,21 +124,10 @@ impl VoiceEngineHandle {
     }
 
     /// Sends a queued caller to voicemail (e.g. queue max wait exceeded): optional
-    /// prompt, beep, then a mono recording of at most `max`, reported through
+    /// prompt, beep, then a mono recording of at most `max` that also ends on `#` and,
+    /// when given, after `silence` without speech; reported through
     /// [`CallRouting::voicemail`].
-    pub fn to_voicemail(&self, call_id: &str, prompt: Option<String>, max: Duration) -> Result<()> {
-        self.to_voicemail_until_silence(call_id, prompt, max, None)
-    }
-
-    /// Like [`Self::to_voicemail`]; the recording also ends after `silence` without
-    /// speech (and, as always, on `#`).
-    pub fn to_voicemail_until_silence(
-        &self,
-        call_id: &str,
-        prompt: Option<String>,
-        max: Duration,
-        silence: Option<Duration>,
-    ) -> Result<()> {
+    pub fn to_voicemail(&self, call_id: &str, prompt: Option<String>, max: Duration, silence: Option<Duration>) -> Result<()> {
         self.send(Command::ToVoicemail { call_id: call_id.into(), prompt, max, silence })
     }
 
@@ -346,6 +335,26 @@ impl OutLeg {
         }
     }
 
+    /// Stops a ringing leg: marks it cancelling and returns its CANCEL (RFC 3261 §9.1).
+    fn cancel(&mut self) -> (Request, Peer) {
+        self.state = LegState::Cancelling;
+        self.ring_deadline = None;
+        (cancel_for(&self.invite), self.peer)
+    }
+
+    /// The request that ends the leg where it stands: CANCEL while ringing, BYE once
+    /// answered, nothing while a CANCEL is under way.
+    fn hangup(&mut self, vias: &Vias) -> Option<(Request, Peer)> {
+        match self.state {
+            LegState::Ringing => Some(self.cancel()),
+            LegState::Answered => {
+                let peer = self.peer;
+                self.dialog.as_mut().and_then(|d| d.request(Method::Bye, vias.get(peer.transport), "", None)).map(|r| (r, peer))
+            }
+            LegState::Cancelling => None,
+        }
+    }
+
     /// The report for a failure before answer (agents' offers end in core; the
     /// others are informational).
     fn failure(&self, why: LegFailure) -> CallOutcome {
@@ -418,6 +427,10 @@ impl Call {
 
     fn leg_by_sip_call_id(&self, sip_call_id: &str) -> Option<usize> {
         self.legs.iter().position(|l| l.sip_call_id == sip_call_id)
+    }
+
+    fn leg_mut(&mut self, sip_call_id: &str) -> Option<&mut OutLeg> {
+        self.legs.iter_mut().find(|l| l.sip_call_id == sip_call_id)
     }
 }
 
@@ -795,9 +808,6 @@ impl Engine {
                 tracing::info!(call_id = %call_id, end = ?how, "Voicemail recorded.");
                 self.end_call(&call_id, Side::Hub);
             }
-            if *how == RecordingEnd::Hangup {
-                tracing::debug!("Voicemail ended by hang-up.");
-            }
             if let Some(info) = self.pending_voicemails.remove(&leg) {
                 let routing = self.routing.clone();
                 let path = path.clone();
@@ -1004,9 +1014,7 @@ impl Engine {
         if leg.state != LegState::Ringing {
             return;
         }
-        leg.state = LegState::Cancelling;
-        let cancel = cancel_for(&leg.invite);
-        let peer = leg.peer;
+        let (cancel, peer) = leg.cancel();
         tracing::info!(call_id = %call_id, user = %leg.user, "Ring-no-answer; cancelling.");
         let event = leg.failure(LegFailure::NoAnswer);
         report(&self.routing, call, event);
@@ -1020,12 +1028,12 @@ impl Engine {
         let Some(call) = self.calls.get_mut(call_id) else {
             return;
         };
-        let mut cancels = Vec::new();
-        for leg in call.legs.iter_mut().filter(|l| l.is_party() && l.state == LegState::Ringing && Some(l.sip_call_id.as_str()) != keep) {
-            leg.state = LegState::Cancelling;
-            leg.ring_deadline = None;
-            cancels.push((cancel_for(&leg.invite), leg.peer));
-        }
+        let cancels: Vec<(Request, Peer)> = call
+            .legs
+            .iter_mut()
+            .filter(|l| l.is_party() && l.state == LegState::Ringing && Some(l.sip_call_id.as_str()) != keep)
+            .map(OutLeg::cancel)
+            .collect();
         for (cancel, peer) in cancels {
             self.send_request(cancel, peer, ClientPurpose::Other);
         }
@@ -1042,9 +1050,7 @@ impl Engine {
                 else {
                     return;
                 };
-                leg.state = LegState::Cancelling;
-                leg.ring_deadline = None;
-                let (cancel, peer) = (cancel_for(&leg.invite), leg.peer);
+                let (cancel, peer) = leg.cancel();
                 self.send_request(cancel, peer, ClientPurpose::Other);
             }
             Command::Announce { call_id, position, wait } => {
@@ -1550,14 +1556,8 @@ impl Engine {
             if was_bridge && !leg.is_party() && leg.state == LegState::Answered {
                 left.push(CallOutcome::SupervisorLeft { user: leg.user.clone() });
             }
-            match leg.state {
-                LegState::Ringing if bye => requests.push((cancel_for(&leg.invite), leg.peer)),
-                LegState::Answered if bye => {
-                    if let Some(req) = leg.dialog.as_mut().and_then(|d| d.request(Method::Bye, vias.get(leg.peer.transport), "", None)) {
-                        requests.push((req, leg.peer));
-                    }
-                }
-                _ => {}
+            if bye {
+                requests.extend(leg.hangup(&vias));
             }
             leg.media.command(MediaCommand::Stop);
             self.by_leg.remove(&leg.media.id);
@@ -1585,7 +1585,7 @@ impl Engine {
         };
         let vias = self.vias();
         let via = |t: Transport| vias.get(t).to_string();
-        let Some(leg) = self.calls.get_mut(&call_id).and_then(|c| c.legs.iter_mut().find(|l| l.sip_call_id == info.call_id)) else {
+        let Some(leg) = self.calls.get_mut(&call_id).and_then(|c| c.leg_mut(&info.call_id)) else {
             return;
         };
         let peer = leg.peer;
@@ -1625,7 +1625,7 @@ impl Engine {
         match side {
             Side::Caller => call.caller.answer = None,
             _ => {
-                if let Some(leg) = call.legs.iter_mut().find(|l| l.sip_call_id == info.call_id) {
+                if let Some(leg) = call.leg_mut(&info.call_id) {
                     leg.answer = None;
                 }
             }
@@ -1648,7 +1648,7 @@ impl Engine {
                 call.caller.answer.is_some(),
                 call.caller.dialog.matches(&info) && call.caller.dialog.on_remote_request(&req, &info).is_ok(),
             ),
-            _ => match call.legs.iter_mut().find(|l| l.sip_call_id == info.call_id).and_then(|a| {
+            _ => match call.leg_mut(&info.call_id).and_then(|a| {
                 let pending = a.answer.is_some();
                 a.dialog.as_mut().map(|d| (pending, d))
             }) {
@@ -1681,14 +1681,13 @@ impl Engine {
                 )
             }
             _ => {
-                let bridged = call.bridged().map(|l| l.sip_call_id.clone());
-                let Some(agent) = call.legs.iter_mut().find(|l| l.sip_call_id == info.call_id) else {
+                // Only the bridged party's hold puts the caller on music; a supervisor's does not.
+                let other = call.bridged().is_some_and(|l| l.sip_call_id == info.call_id).then(|| call.caller.media.clone());
+                let Some(agent) = call.leg_mut(&info.call_id) else {
                     return;
                 };
                 agent.sdp_version += 1;
                 let tag = agent.dialog.as_ref().map(|d| d.id.local_tag.clone()).unwrap_or_default();
-                // Only the bridged party's hold puts the caller on music; a supervisor's does not.
-                let other = (bridged.as_deref() == Some(agent.sip_call_id.as_str())).then(|| call.caller.media.clone());
                 (agent.media.clone(), other, tag, 1, agent.sdp_version, None, Some(TELEPHONE_EVENT_PT))
             }
         };
@@ -1738,7 +1737,7 @@ impl Engine {
                 match side {
                     Side::Caller => call.caller.answer = Some((r, peer)),
                     _ => {
-                        if let Some(a) = call.legs.iter_mut().find(|l| l.sip_call_id == info.call_id) {
+                        if let Some(a) = call.leg_mut(&info.call_id) {
                             a.answer = Some((r, peer));
                         }
                     }
@@ -1829,19 +1828,11 @@ impl Engine {
         }
         let mut agent_answered = false;
         for leg in call.legs.iter_mut() {
-            match leg.state {
-                LegState::Ringing => requests.push((cancel_for(&leg.invite), leg.peer)),
-                LegState::Answered => {
-                    let party = leg.is_party();
-                    agent_answered |= party;
-                    // Everyone still up gets BYE except the bridged party that hung up.
-                    if !(party && by == Side::Agent) {
-                        if let Some(bye) = leg.dialog.as_mut().and_then(|d| d.request(Method::Bye, &via(leg.peer.transport), "", None)) {
-                            requests.push((bye, leg.peer));
-                        }
-                    }
-                }
-                LegState::Cancelling => {}
+            let bridged = leg.is_party() && leg.state == LegState::Answered;
+            agent_answered |= bridged;
+            // Every leg still up is ended, except the bridged party that hung up.
+            if !(bridged && by == Side::Agent) {
+                requests.extend(leg.hangup(&vias));
             }
             leg.media.command(MediaCommand::Stop);
             self.by_leg.remove(&leg.media.id);

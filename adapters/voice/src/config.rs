@@ -596,14 +596,15 @@ impl VoiceConfig {
             if q.overflow_number.as_deref().is_some_and(|n| n.trim().is_empty()) {
                 errors.push(format!("queue {name}: overflow_number is empty"));
             }
-            if q.overflow_number.is_some() && q.overflow_after_secs == 0 {
-                errors.push(format!("queue {name}: overflow_after_secs must be at least 1"));
-            }
-            if q.overflow_number.is_some() && q.overflow_ring_secs == 0 {
-                errors.push(format!("queue {name}: overflow_ring_secs must be at least 1"));
-            }
-            if q.overflow_number.is_some() && q.overflow_attempts == 0 {
-                errors.push(format!("queue {name}: overflow_attempts must be at least 1"));
+            if q.overflow_number.is_some() {
+                let counts = [
+                    ("overflow_after_secs", q.overflow_after_secs),
+                    ("overflow_ring_secs", q.overflow_ring_secs),
+                    ("overflow_attempts", q.overflow_attempts.into()),
+                ];
+                for (key, _) in counts.iter().filter(|(_, v)| *v == 0) {
+                    errors.push(format!("queue {name}: {key} must be at least 1"));
+                }
             }
             match (&q.overflow_trunk, q.overflow_number.is_some()) {
                 (Some(t), _) => match self.trunks.iter().find(|tr| &tr.name == t) {

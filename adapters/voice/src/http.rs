@@ -71,12 +71,12 @@ pub const ROUTES: &[RouteDoc] = &[
 /// The voice router (state: the hub; the voice state rides in an extension).
 pub fn router(state: Arc<VoiceState>) -> Router<Hub> {
     Router::new()
-        .route("/api/v1/voice/calls/{interaction_id}/hold", post(hold))
-        .route("/api/v1/voice/calls/{interaction_id}/resume", post(resume))
+        .route("/api/v1/voice/calls/{interaction_id}/hold", post(hold_or_resume::<true>))
+        .route("/api/v1/voice/calls/{interaction_id}/resume", post(hold_or_resume::<false>))
         .route("/api/v1/voice/calls/{interaction_id}/hangup", post(hangup))
         .route("/api/v1/voice/calls/{interaction_id}/transfer", post(transfer))
-        .route("/api/v1/voice/calls/{interaction_id}/listen", post(listen))
-        .route("/api/v1/voice/calls/{interaction_id}/barge", post(barge))
+        .route("/api/v1/voice/calls/{interaction_id}/listen", post(supervise::<false>))
+        .route("/api/v1/voice/calls/{interaction_id}/barge", post(supervise::<true>))
         .layer(Extension(state))
 }
 
@@ -97,36 +97,30 @@ fn engine(state: &VoiceState) -> CoreResult<&crate::VoiceEngineHandle> {
     state.engine().ok_or_else(|| CoreError::Conflict("the voice engine is not running".into()))
 }
 
-async fn hold_or_resume(hub: &Hub, state: &VoiceState, caller: &Caller, id: Uuid, on: bool) -> CoreResult<Json<Value>> {
+/// [`live_call`] for a call that is connected to an agent.
+async fn bridged_call(hub: &Hub, state: &VoiceState, caller: &Caller, id: Uuid) -> CoreResult<String> {
     let call_id = live_call(hub, state, caller, id).await?;
     if !state.is_bridged(id) {
         return Err(CoreError::Conflict("the call is not connected to an agent".into()));
     }
-    engine(state)?.hold(&call_id, on).map_err(|e| CoreError::Conflict(e.to_string()))?;
-    let kind = if on { "call_hold" } else { "call_resumed" };
+    Ok(call_id)
+}
+
+/// `hold` (`ON`) and `resume`.
+async fn hold_or_resume<const ON: bool>(
+    State(hub): State<Hub>,
+    Extension(state): Extension<Arc<VoiceState>>,
+    caller: Caller,
+    ApiPath(id): ApiPath<Uuid>,
+) -> CoreResult<Json<Value>> {
+    let call_id = bridged_call(&hub, &state, &caller, id).await?;
+    engine(&state)?.hold(&call_id, ON).map_err(|e| CoreError::Conflict(e.to_string()))?;
+    let kind = if ON { "call_hold" } else { "call_resumed" };
     hub.record_event(
         NewEvent::interaction(kind, id).with_agent(caller.agent_id).with_data(json!({ "call_id": call_id, "by": caller.username })),
     )
     .await?;
-    Ok(Json(json!({ "call_id": call_id, "held": on })))
-}
-
-async fn hold(
-    State(hub): axum::extract::State<Hub>,
-    Extension(state): Extension<Arc<VoiceState>>,
-    caller: Caller,
-    ApiPath(id): ApiPath<Uuid>,
-) -> CoreResult<Json<Value>> {
-    hold_or_resume(&hub, &state, &caller, id, true).await
-}
-
-async fn resume(
-    State(hub): axum::extract::State<Hub>,
-    Extension(state): Extension<Arc<VoiceState>>,
-    caller: Caller,
-    ApiPath(id): ApiPath<Uuid>,
-) -> CoreResult<Json<Value>> {
-    hold_or_resume(&hub, &state, &caller, id, false).await
+    Ok(Json(json!({ "call_id": call_id, "held": ON })))
 }
 
 async fn hangup(
@@ -191,33 +185,20 @@ struct SuperviseBody {
     uri: Option<String>,
 }
 
-async fn listen(
-    State(hub): State<Hub>,
-    Extension(state): Extension<Arc<VoiceState>>,
-    caller: Caller,
-    ApiPath(id): ApiPath<Uuid>,
-    body: axum::body::Bytes,
-) -> CoreResult<Json<Value>> {
-    supervise(&hub, &state, &caller, id, &body, false).await
-}
-
-async fn barge(
-    State(hub): State<Hub>,
-    Extension(state): Extension<Arc<VoiceState>>,
-    caller: Caller,
-    ApiPath(id): ApiPath<Uuid>,
-    body: axum::body::Bytes,
-) -> CoreResult<Json<Value>> {
-    supervise(&hub, &state, &caller, id, &body, true).await
-}
-
+/// `listen` and `barge` (`BARGE`).
 #[tracing::instrument(skip(hub, state, caller, body), fields(user = %caller.username))]
-async fn supervise(hub: &Hub, state: &VoiceState, caller: &Caller, id: Uuid, body: &[u8], barge: bool) -> CoreResult<Json<Value>> {
+async fn supervise<const BARGE: bool>(
+    State(hub): State<Hub>,
+    Extension(state): Extension<Arc<VoiceState>>,
+    caller: Caller,
+    ApiPath(id): ApiPath<Uuid>,
+    body: axum::body::Bytes,
+) -> CoreResult<Json<Value>> {
     caller.require(SUPERVISORS)?;
     let b: SuperviseBody = if body.iter().all(u8::is_ascii_whitespace) {
         SuperviseBody::default()
     } else {
-        serde_json::from_slice(body).map_err(|e| CoreError::Invalid(format!("invalid JSON body: {e}")))?
+        serde_json::from_slice(&body).map_err(|e| CoreError::Invalid(format!("invalid JSON body: {e}")))?
     };
     let target = match (b.extension, b.uri) {
         (Some(_), Some(_)) => return Err(CoreError::Invalid("give at most one of extension or uri".into())),
@@ -248,27 +229,20 @@ async fn supervise(hub: &Hub, state: &VoiceState, caller: &Caller, id: Uuid, bod
             SupervisorTarget::Registered(user)
         }
     };
-    let i = hub.interaction(id).await?;
-    if i.channel != "voice" {
-        return Err(CoreError::Conflict("not a voice interaction".into()));
-    }
-    let call_id = state.call_for(id).ok_or_else(|| CoreError::Conflict("no live call for this interaction on this node".into()))?;
-    if !state.is_bridged(id) {
-        return Err(CoreError::Conflict("the call is not connected to an agent".into()));
-    }
+    let call_id = bridged_call(&hub, &state, &caller, id).await?;
     let target_text = match &target {
         SupervisorTarget::Registered(u) => u.clone(),
         SupervisorTarget::Uri(u) => u.clone(),
     };
-    let outcome = engine(state)?
-        .supervise(&call_id, target, barge)
+    let outcome = engine(&state)?
+        .supervise(&call_id, target, BARGE)
         .await
         .map_err(|e| CoreError::Conflict(e.to_string()))?
         .map_err(CoreError::Conflict)?;
-    let kind = if barge { "supervisor_barge" } else { "supervisor_listen" };
+    let kind = if BARGE { "supervisor_barge" } else { "supervisor_listen" };
     hub.record_event(NewEvent::interaction(kind, id).with_agent(caller.agent_id).with_data(
         json!({ "call_id": call_id, "by": caller.username, "by_user_id": caller.user_id, "phone": target_text, "result": outcome }),
     ))
     .await?;
-    Ok(Json(json!({ "call_id": call_id, "mode": if barge { "barge" } else { "listen" }, "result": outcome })))
+    Ok(Json(json!({ "call_id": call_id, "mode": if BARGE { "barge" } else { "listen" }, "result": outcome })))
 }
