@@ -145,6 +145,8 @@ struct CallEntry {
 struct CallTable {
     by_call: HashMap<String, CallEntry>,
     by_interaction: HashMap<Uuid, String>,
+    /// Calls being enqueued here whose interaction id is not known yet.
+    enqueuing: std::collections::HashSet<String>,
 }
 
 /// State shared by the adapter, its routing implementation and its HTTP routes.
@@ -185,11 +187,39 @@ impl VoiceState {
         self.with_calls(|t| t.by_call.get(call_id).cloned())
     }
 
+    /// Registers a call once core knows it (ends its `enqueuing` mark).
     fn insert(&self, entry: CallEntry) {
         self.with_calls(|t| {
+            t.enqueuing.remove(&entry.ticket.call_id);
             t.by_interaction.insert(entry.interaction_id, entry.ticket.call_id.clone());
             t.by_call.insert(entry.ticket.call_id.clone(), entry);
         });
+    }
+
+    fn set_enqueuing(&self, call_id: &str, on: bool) {
+        self.with_calls(|t| {
+            if on {
+                t.enqueuing.insert(call_id.to_string());
+            } else {
+                t.enqueuing.remove(call_id);
+            }
+        });
+    }
+
+    /// The engine call id of an offered interaction when this node holds its call. An
+    /// offer can overtake the enqueue that created its interaction (the router acts on
+    /// the commit before the enqueue's answer is back here): such a call is found by its
+    /// Call-ID, which is the interaction's conversation key.
+    async fn local_call(&self, hub: &Hub, interaction_id: Uuid) -> Option<String> {
+        if let Some(c) = self.call_for(interaction_id) {
+            return Some(c);
+        }
+        if self.with_calls(|t| t.enqueuing.is_empty()) {
+            return None;
+        }
+        let key = hub.interaction(interaction_id).await.ok()?.conversation_key?;
+        let here = self.with_calls(|t| t.enqueuing.contains(&key) || t.by_interaction.contains_key(&interaction_id));
+        here.then_some(key)
     }
 
     fn remove(&self, call_id: &str) -> Option<CallEntry> {
@@ -453,11 +483,11 @@ impl ChannelAdapter for VoiceAdapter {
         if a.channel != Channel::Voice {
             return Ok(());
         }
-        // Only the node holding the call rings (every node sees every offer).
-        let Some(call_id) = self.state.call_for(a.interaction_id) else {
+        let (Some(engine), Some(hub)) = (self.state.engine.get(), self.state.hub.get()) else {
             return Ok(());
         };
-        let (Some(engine), Some(hub)) = (self.state.engine.get(), self.state.hub.get()) else {
+        // Only the node holding the call rings (every node sees every offer).
+        let Some(call_id) = self.state.local_call(hub, a.interaction_id).await else {
             return Ok(());
         };
         let Some(sip_user) = a.agent_sip_user.as_deref().filter(|u| !u.is_empty()) else {
@@ -593,7 +623,14 @@ impl CallRouting for HubRouting {
             ),
             ..Default::default()
         };
-        let outcome = self.hub.ingest(item).await.map_err(routing_err)?;
+        self.state.set_enqueuing(&call.call_id, true);
+        let outcome = match self.hub.ingest(item).await {
+            Ok(o) => o,
+            Err(e) => {
+                self.state.set_enqueuing(&call.call_id, false);
+                return Err(routing_err(e));
+            }
+        };
         let ticket = CallTicket { call_id: call.call_id.clone(), interaction_id: outcome.interaction_id.to_string() };
         self.state.insert(CallEntry {
             ticket: ticket.clone(),
@@ -769,6 +806,41 @@ impl CallRouting for HubRouting {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An offer that overtakes the enqueue of its call (the router acted on the commit
+    /// before `enqueue_call` got its answer) still finds the call on the node that holds
+    /// it, by Call-ID; other nodes leave it alone.
+    #[tokio::test]
+    async fn an_offer_overtaking_the_enqueue_finds_its_call() {
+        let db = switchboard_core::testing::TestDb::new().await;
+        let hub = Hub::new(db.pool.clone(), Default::default());
+        let item = InboundItem {
+            channel: Some(Channel::Voice),
+            dedupe_key: "call-race@pbx".into(),
+            conversation_key: Some("call-race@pbx".into()),
+            from: "+4930111".into(),
+            body: "Incoming call".into(),
+            ..Default::default()
+        };
+        let interaction = hub.ingest(item).await.expect("ingest").interaction_id;
+        let settings: AdapterSettings = toml::from_str("").expect("defaults");
+        let state = VoiceState {
+            name: "pbx".into(),
+            settings,
+            engine: OnceLock::new(),
+            hub: OnceLock::new(),
+            calls: Mutex::new(CallTable::default()),
+        };
+        assert_eq!(state.local_call(&hub, interaction).await, None, "not this node's call");
+        state.set_enqueuing("call-other@pbx", true);
+        assert_eq!(state.local_call(&hub, interaction).await, None, "another call is being enqueued here");
+        state.set_enqueuing("call-race@pbx", true);
+        assert_eq!(state.local_call(&hub, interaction).await.as_deref(), Some("call-race@pbx"), "found by its Call-ID");
+        let ticket = CallTicket { call_id: "call-race@pbx".into(), interaction_id: interaction.to_string() };
+        state.insert(CallEntry { ticket, interaction_id: interaction, bridged: false, agent_id: None, last_position: None });
+        assert!(state.with_calls(|t| !t.enqueuing.contains("call-race@pbx")), "registering the call ends its mark");
+        assert_eq!(state.local_call(&hub, interaction).await.as_deref(), Some("call-race@pbx"));
+    }
 
     #[test]
     fn channel_table_splits_into_settings_and_config() {
