@@ -25,6 +25,24 @@ pub fn registry() -> AdapterRegistry {
     r
 }
 
+/// The digest realm of the configured `sip` channel's registrar (the default realm when
+/// there is none); an error when several `sip` channels disagree.
+pub fn sip_realm(settings: &Settings) -> Result<String, String> {
+    let mut realms = std::collections::BTreeSet::new();
+    for table in &settings.channels {
+        if table.get("type").and_then(|t| t.as_str()) != Some(switchboard_voice::adapter::KIND) {
+            continue;
+        }
+        let (_, config) = switchboard_voice::adapter::parse_table(table.clone()).map_err(|e| format!("sip channel: {e}"))?;
+        realms.insert(config.registrar.realm);
+    }
+    match realms.len() {
+        0 => Ok(switchboard_voice::config::RegistrarConfig::default().realm),
+        1 => Ok(realms.into_iter().next().unwrap_or_default()),
+        _ => Err(format!("the sip channels use several realms ({}); give --realm", realms.into_iter().collect::<Vec<_>>().join(", "))),
+    }
+}
+
 /// A running hub.
 pub struct Running {
     /// The hub handle.

@@ -60,6 +60,29 @@ enum Command {
         #[command(subcommand)]
         command: KbCommand,
     },
+    /// Agent tasks: set the password of an agent's SIP phone.
+    Agent {
+        #[command(subcommand)]
+        command: AgentCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum AgentCommand {
+    /// Set the password the agent's SIP phone registers with. The password is read from
+    /// SWITCHBOARD_PASSWORD or the first line of stdin; only its digest (HA1 for the SIP
+    /// registrar's realm) is stored. The agent needs a SIP user (agents.sip_user).
+    SipPassword {
+        #[command(flatten)]
+        common: Common,
+        /// Login name of the agent's user account.
+        #[arg(long)]
+        username: String,
+        /// Digest realm; defaults to the realm of the configured `sip` channel (or
+        /// "switchboard" when none is configured).
+        #[arg(long)]
+        realm: Option<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -286,6 +309,28 @@ async fn run(cli: Cli) -> Result<(), String> {
                 .map_err(|e| e.to_string())?;
             eprintln!();
             println!("{n} articles indexed.");
+        }
+        Command::Agent { command: AgentCommand::SipPassword { common, username, realm } } => {
+            let s = load(&common)?;
+            let realm = match realm {
+                Some(r) if !r.trim().is_empty() => r.trim().to_string(),
+                Some(_) => return Err("--realm must not be empty".into()),
+                None => switchboard::sip_realm(&s)?,
+            };
+            let password = read_password()?;
+            switchboard_voice::adapter::check_sip_password(&password).map_err(|e| e.to_string())?;
+            let db = switchboard::open_database(&s).await.map_err(|e| e.to_string())?;
+            let agent: Option<uuid::Uuid> =
+                sqlx::query_scalar("select a.id from agents a join users u on u.id = a.user_id where u.username = $1")
+                    .bind(&username)
+                    .fetch_optional(&db.pool)
+                    .await
+                    .map_err(|e| e.to_string())?;
+            let agent = agent.ok_or_else(|| format!("no agent for user `{username}`"))?;
+            let hub = switchboard_core::Hub::new(db.pool.clone(), s.core());
+            let sip_user =
+                switchboard_voice::adapter::set_sip_password_as(&hub, None, agent, &realm, &password).await.map_err(|e| e.to_string())?;
+            println!("SIP password set for {username} (SIP user {sip_user}, realm {realm}).");
         }
         Command::Token { command: TokenCommand::Create { common, username, name } } => {
             let s = load(&common)?;

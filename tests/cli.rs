@@ -226,3 +226,67 @@ async fn two_processes_one_router_and_failover_within_seconds() {
     standby.kill().unwrap();
     let _ = standby.wait();
 }
+
+/// `switchboard agent sip-password` stores the HA1 digest of the password (read from
+/// SWITCHBOARD_PASSWORD or stdin) for the agent's SIP user and the configured realm, and
+/// refuses unknown users, agents without a SIP user and too short passwords clearly.
+#[tokio::test]
+async fn agent_sip_password_sets_the_digest_credentials() {
+    let db = TestDb::new().await;
+    let u = switchboard_core::auth::create_user(&db.pool, None, "alice", "Alice", "agent-password-1", &[Role::Agent]).await.unwrap();
+    let agent: uuid::Uuid =
+        sqlx::query_scalar("insert into agents (user_id, name, sip_user) values ($1, 'Alice', 'alice-phone') returning id")
+            .bind(u.id)
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    let nophone = switchboard_core::auth::create_user(&db.pool, None, "nils", "Nils", "agent-password-1", &[Role::Agent]).await.unwrap();
+    sqlx::query("insert into agents (user_id, name) values ($1, 'Nils')").bind(nophone.id).execute(&db.pool).await.unwrap();
+    let run = |args: &[&str], password: Option<&str>, stdin: Option<&str>| {
+        let mut cmd = Command::new(BIN);
+        cmd.args(["agent", "sip-password", "--database-url", &db.url()]).args(args).env_remove("SWITCHBOARD_PASSWORD");
+        if let Some(p) = password {
+            cmd.env("SWITCHBOARD_PASSWORD", p);
+        }
+        cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        let mut child = cmd.spawn().unwrap();
+        if let Some(text) = stdin {
+            use std::io::Write;
+            child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+        }
+        drop(child.stdin.take());
+        let out = child.wait_with_output().unwrap();
+        (out.status.success(), String::from_utf8_lossy(&out.stdout).to_string(), String::from_utf8_lossy(&out.stderr).to_string())
+    };
+    let stored = || async {
+        sqlx::query_as::<_, (String, String)>("select ha1, realm from sip_credentials where agent_id = $1")
+            .bind(agent)
+            .fetch_optional(&db.pool)
+            .await
+            .unwrap()
+    };
+    // From the environment, default realm.
+    let (ok, out, err) = run(&["--username", "alice"], Some("alice-sip-pass"), None);
+    assert!(ok, "{err}");
+    assert!(out.contains("alice-phone") && out.contains("switchboard"), "{out}");
+    let expected = switchboard_voice::sip::digest::ha1("alice-phone", "switchboard", "alice-sip-pass");
+    assert_eq!(stored().await, Some((expected, "switchboard".to_string())));
+    // From stdin, with an explicit realm.
+    let (ok, _, err) = run(&["--username", "alice", "--realm", "pbx.example"], None, Some("piped-sip-pass\n"));
+    assert!(ok, "{err}");
+    let expected = switchboard_voice::sip::digest::ha1("alice-phone", "pbx.example", "piped-sip-pass");
+    assert_eq!(stored().await, Some((expected.clone(), "pbx.example".to_string())));
+    // Clear errors, nothing changed.
+    for (args, password, wanted) in [
+        (&["--username", "nobody"][..], "long-enough-1", "no agent for user `nobody`"),
+        (&["--username", "nils"][..], "long-enough-1", "no SIP user"),
+        (&["--username", "alice"][..], "short", "8 to 128 characters"),
+    ] {
+        let (ok, _, err) = run(args, Some(password), None);
+        assert!(!ok, "{args:?} must fail");
+        assert!(err.contains(wanted), "{args:?}: {err}");
+    }
+    let (ok, _, err) = run(&["--username", "alice"], None, Some(""));
+    assert!(!ok && err.contains("SWITCHBOARD_PASSWORD"), "{err}");
+    assert_eq!(stored().await, Some((expected, "pbx.example".to_string())));
+}

@@ -903,3 +903,95 @@ async fn max_wait_offers_voicemail_until_pound_and_announces_the_position() {
     assert_eq!(max_wait["data"]["action"], "voicemail");
     vh.stop().await;
 }
+
+/// Runs `register.xml` for `user` until it succeeds (the adapter loads new database
+/// credentials on the `agent_updated` event, a moment after the API answered) or `secs`
+/// pass; true on success.
+async fn registers(vh: &VoiceHub, user: &str, password: &str, secs: u64) -> bool {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+    let port = free_udp_port().to_string();
+    loop {
+        let reg = vh.sipp("register.xml", free_udp_port(), &["-s", user, "-au", user, "-ap", password, "-key", "agent_port", &port]);
+        let out = tokio::time::timeout(Duration::from_secs(60), reg.wait_with_output()).await.expect("sipp finished").expect("sipp ran");
+        if out.status.success() {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// An admin sets an agent's SIP password over the API (other roles get 403); only the
+/// HA1 digest is stored and nothing returns it; the phone registers with the new password
+/// and no longer with the old one. A hub whose registrar reads inline credentials says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn admin_sets_an_agents_sip_password_and_the_phone_registers_with_it() {
+    let Some(vh) = voice_hub("sippw", r#"{ type = "external" }"#).await else { return };
+    let dave = user(&vh.th, "dave", &[Role::Agent], Some(json!({}))).await;
+    let id = dave.agent_id.expect("agent id");
+    let path = format!("/api/v1/agents/{id}/sip-password");
+    // Without a SIP user there is nothing to authenticate.
+    let (st, body) = vh.admin.call("PUT", &path, Some(json!({ "password": "dave-sip-pass" }))).await;
+    assert_eq!(st, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert_eq!(body["field"], "sip_user", "{body}");
+    let (st, body) = vh.admin.call("PATCH", &format!("/api/v1/agents/{id}"), Some(json!({ "sip_user": "dave" }))).await;
+    assert_eq!(st, StatusCode::OK, "{body}");
+    // Roles: only admins.
+    let sup = user(&vh.th, "sam", &[Role::Supervisor], None).await;
+    for (who, c) in [("supervisor", &sup), ("the agent himself", &dave)] {
+        let (st, body) = c.call("PUT", &path, Some(json!({ "password": "dave-sip-pass" }))).await;
+        assert_eq!(st, StatusCode::FORBIDDEN, "{who}: {body}");
+    }
+    let (st, _) = Client::anonymous(&vh.th.url).call("PUT", &path, Some(json!({ "password": "dave-sip-pass" }))).await;
+    assert_eq!(st, StatusCode::UNAUTHORIZED);
+    // Bad input gets a clear error.
+    for bad in [json!({ "password": "short" }), json!({ "password": "x\u{7}yyyyyyyyy" }), json!({}), json!({ "password": 5 })] {
+        let (st, body) = vh.admin.call("PUT", &path, Some(bad.clone())).await;
+        assert!(st.is_client_error() && st != StatusCode::NOT_FOUND, "{bad}: {st} {body}");
+        assert!(body["detail"].is_string(), "{bad}: not problem+json: {body}");
+    }
+    let (st, body) = vh
+        .admin
+        .call("PUT", &format!("/api/v1/agents/{}/sip-password", Uuid::new_v4()), Some(json!({ "password": "dave-sip-pass" })))
+        .await;
+    assert_eq!(st, StatusCode::NOT_FOUND, "{body}");
+    // Set it: the answer names the SIP user and realm, never the password or its digest.
+    let (st, body) = vh.admin.call("PUT", &path, Some(json!({ "password": "dave-sip-pass" }))).await;
+    assert_eq!(st, StatusCode::OK, "{body}");
+    assert_eq!(body["sip_user"], "dave");
+    assert_eq!(body["realm"], "switchboard");
+    let ha1 = switchboard_voice::sip::digest::ha1("dave", "switchboard", "dave-sip-pass");
+    let stored: String = sqlx::query_scalar("select ha1 from sip_credentials where agent_id = $1")
+        .bind(id)
+        .fetch_one(vh.th.hub().db())
+        .await
+        .expect("credentials row");
+    assert_eq!(stored, ha1, "HA1 = MD5(user:realm:password) is stored");
+    for get in [format!("/api/v1/agents/{id}"), "/api/v1/agents".to_string(), "/api/v1/audit".to_string()] {
+        let (st, body) = vh.admin.call("GET", &get, None).await;
+        assert_eq!(st, StatusCode::OK, "{get}: {body}");
+        let text = body.to_string();
+        assert!(!text.contains("dave-sip-pass") && !text.contains(&ha1), "{get} leaks the SIP password: {text}");
+    }
+    // The phone registers with it.
+    let engine = switchboard_voice::engine_for(&vh.name).expect("engine");
+    assert!(registers(&vh, "dave", "dave-sip-pass", 10).await, "REGISTER with the new password");
+    assert!(engine.is_registered("dave").await.expect("engine"));
+    // A new password replaces the old one.
+    let (st, body) = vh.admin.call("PUT", &path, Some(json!({ "password": "dave-new-pass" }))).await;
+    assert_eq!(st, StatusCode::OK, "{body}");
+    assert!(registers(&vh, "dave", "dave-new-pass", 10).await, "REGISTER with the changed password");
+    assert!(!registers(&vh, "dave", "dave-sip-pass", 0).await, "the old password no longer registers");
+    vh.stop().await;
+
+    // A registrar with inline credentials would ignore a stored password: 409 says why.
+    let Some(vh) = voice_hub("sippw-inline", INLINE_CREDENTIALS).await else { return };
+    let erin = user(&vh.th, "erin", &[Role::Agent], Some(json!({}))).await;
+    let id = erin.agent_id.expect("agent id");
+    let (st, body) = vh.admin.call("PUT", &format!("/api/v1/agents/{id}/sip-password"), Some(json!({ "password": "erin-sip-pass" }))).await;
+    assert_eq!(st, StatusCode::CONFLICT, "{body}");
+    assert!(body["detail"].as_str().unwrap_or_default().contains("inline"), "{body}");
+    vh.stop().await;
+}

@@ -1,8 +1,8 @@
 // Administration: users (roles, password, disable), agents (skills, capacity, groups, SIP
-// user), queues (requirement, strategy, SLA, timeouts). Each section has a list and one
+// user, SIP phone password), queues (requirement, strategy, SLA, timeouts). Each section has a list and one
 // form that creates, or edits the row chosen with "Edit".
 
-import { get, post, patch } from './api.js';
+import { get, post, put, patch } from './api.js';
 import { h, replace, $, $$, toast } from './dom.js';
 import { startPage } from './shell.js';
 
@@ -145,6 +145,12 @@ function run({ main }) {
       input('agent-groups', 'Overflow groups (comma-separated)', { 'data-field': 'groups' }),
       input('agent-sip', 'SIP user', { 'data-field': 'sip_user' }),
       ...['voice', 'sms', 'email', 'chat'].map((c) => input(`agent-cap-${c}`, `Capacity: ${c}`, { type: 'number', min: 0, max: 100, 'data-field': 'capacity' }))),
+    // The phone's SIP password is set on its own (admins only): the hub keeps only its
+    // digest, so it is never shown again.
+    h('fieldset', { id: 'agent-sip-password-box', class: 'checks', hidden: true },
+      h('legend', null, 'SIP phone password'),
+      input('agent-sip-password', 'New SIP password (8+ characters)', { type: 'password', autocomplete: 'new-password', 'data-field': 'password' }),
+      h('button', { type: 'button', class: 'btn', id: 'agent-sip-password-set', onclick: () => setSipPassword() }, 'Set SIP password')),
     aErr,
     h('div', { class: 'row-actions', style: 'margin-top:10px' },
       h('button', { type: 'submit', class: 'btn btn-primary', id: 'agent-submit' }, 'Create agent'),
@@ -196,9 +202,23 @@ function run({ main }) {
     $('#agent-sip').value = a && a.sip_user ? a.sip_user : '';
     const defaults = { voice: 1, sms: 3, email: 8, chat: 3 };
     for (const c of ['voice', 'sms', 'email', 'chat']) $(`#agent-cap-${c}`).value = a ? a.capacity[c] : defaults[c];
+    $('#agent-sip-password').value = '';
+    $('#agent-sip-password-box').hidden = !a;
     $('#agent-submit').textContent = a ? 'Save changes' : 'Create agent';
     $('#agent-cancel').hidden = !a;
     if (!quiet) $('#agent-name').focus();
+  }
+  async function setSipPassword() {
+    aErr.hidden = true;
+    if (!editingAgent) return;
+    const field = $('#agent-sip-password');
+    try {
+      const r = await put(`/api/v1/agents/${editingAgent.id}/sip-password`, { password: field.value });
+      field.value = '';
+      toast(`SIP password set for ${editingAgent.name} (SIP user ${r.sip_user}).`, 'success');
+    } catch (ex) {
+      fail(aErr, ex);
+    }
   }
   aForm.addEventListener('submit', async (e) => {
     e.preventDefault();

@@ -509,7 +509,11 @@ impl ChannelAdapter for VoiceAdapter {
     }
 
     fn http_router(&self) -> Option<axum::Router<Hub>> {
-        Some(crate::http::router(self.state.clone()))
+        let registrar = crate::http::RegistrarInfo {
+            realm: self.config.registrar.realm.clone(),
+            from_database: matches!(self.config.registrar.credentials, CredentialSource::External),
+        };
+        Some(crate::http::router(self.state.clone(), registrar))
     }
 }
 
@@ -546,22 +550,63 @@ impl CredentialStore for HubCredentials {
     }
 }
 
+/// Shortest SIP password accepted (phones store it; digest auth offers no lockout).
+pub const MIN_SIP_PASSWORD_LEN: usize = 8;
+/// Longest SIP password accepted.
+pub const MAX_SIP_PASSWORD_LEN: usize = 128;
+
+/// Checks a new SIP password: 8 to 128 characters, no control characters.
+pub fn check_sip_password(password: &str) -> Result<(), CoreError> {
+    let n = password.chars().count();
+    if !(MIN_SIP_PASSWORD_LEN..=MAX_SIP_PASSWORD_LEN).contains(&n) {
+        return Err(CoreError::field("password", format!("must be {MIN_SIP_PASSWORD_LEN} to {MAX_SIP_PASSWORD_LEN} characters")));
+    }
+    if password.chars().any(char::is_control) {
+        return Err(CoreError::field("password", "must not contain control characters"));
+    }
+    Ok(())
+}
+
 /// Stores an agent's SIP digest credentials (HA1 only; the password is not kept).
 pub async fn set_sip_password(hub: &Hub, agent_id: Uuid, realm: &str, password: &str) -> Result<(), CoreError> {
+    set_sip_password_as(hub, None, agent_id, realm, password).await.map(|_| ())
+}
+
+/// [`set_sip_password`] on behalf of `actor` (audit log); returns the agent's SIP user.
+/// The digest stored is HA1 = MD5(sip_user:realm:password) (RFC 2617 §3.2.2.2), what the
+/// registrar needs to check a phone's REGISTER; running hubs pick it up through the
+/// `agent_updated` event.
+pub async fn set_sip_password_as(hub: &Hub, actor: Option<Uuid>, agent_id: Uuid, realm: &str, password: &str) -> Result<String, CoreError> {
+    check_sip_password(password)?;
     let sip_user: Option<Option<String>> =
         sqlx::query_scalar("select sip_user from agents where id = $1").bind(agent_id).fetch_optional(hub.db()).await?;
-    let user = sip_user.ok_or(CoreError::NotFound("agent"))?.ok_or_else(|| CoreError::field("sip_user", "the agent has no SIP user"))?;
+    let user = sip_user
+        .ok_or(CoreError::NotFound("agent"))?
+        .filter(|u| !u.is_empty())
+        .ok_or_else(|| CoreError::field("sip_user", "the agent has no SIP user; set one first"))?;
     let ha1 = crate::sip::digest::ha1(&user, realm, password);
+    let mut tx = hub.db().begin().await?;
     sqlx::query(
         "insert into sip_credentials (agent_id, ha1, realm) values ($1, $2, $3)
-         on conflict (agent_id) do update set ha1 = excluded.ha1, realm = excluded.realm",
+         on conflict (agent_id) do update set ha1 = excluded.ha1, realm = excluded.realm, updated_at = now()",
     )
     .bind(agent_id)
     .bind(ha1)
     .bind(realm)
-    .execute(hub.db())
+    .execute(&mut *tx)
     .await?;
-    hub.record_event(NewEvent::agent("agent_updated", agent_id).with_data(json!({ "sip_credentials": true }))).await
+    switchboard_core::auth::audit(
+        &mut tx,
+        actor,
+        "agent.sip_password",
+        "agent",
+        &agent_id.to_string(),
+        json!({ "sip_user": user, "realm": realm }),
+    )
+    .await?;
+    tx.commit().await?;
+    hub.record_event(NewEvent::agent("agent_updated", agent_id).with_data(json!({ "sip_credentials": true }))).await?;
+    Ok(user)
 }
 
 /// [`CallRouting`] over the hub.

@@ -1,12 +1,13 @@
 //! Agent and supervisor call controls over HTTP: hold, resume, hang up and blind
 //! transfer of a live voice call, and supervisor listen-in and barge (the hub calls
 //! the supervisor's phone as a third leg). Routes act on the node that holds the call
-//! (the adapter's call table); another node answers 409.
+//! (the adapter's call table); another node answers 409. Admins also set agents' SIP
+//! passwords here (stored as the digest HA1 for this registrar's realm, never returned).
 
 use std::sync::Arc;
 
 use axum::extract::State;
-use axum::routing::post;
+use axum::routing::{post, put};
 use axum::{Extension, Json, Router};
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -21,6 +22,7 @@ use crate::SupervisorTarget;
 
 const STAFF: &[Role] = &[Role::Admin, Role::Supervisor, Role::Agent];
 const SUPERVISORS: &[Role] = &[Role::Admin, Role::Supervisor];
+const ADMINS: &[Role] = &[Role::Admin];
 
 /// The voice routes, for the OpenAPI document.
 pub const ROUTES: &[RouteDoc] = &[
@@ -66,11 +68,30 @@ pub const ROUTES: &[RouteDoc] = &[
         tag: "voice",
         summary: "Supervisor barge: like listen, and caller and agent also hear the supervisor. On a call the supervisor already listens to, switches the mode.",
     },
+    RouteDoc {
+        method: "PUT",
+        path: "/api/v1/agents/{id}/sip-password",
+        access: Access::Roles(ADMINS),
+        tag: "voice",
+        summary: "Set the password of the agent's SIP phone ({password}, 8-128 characters): stored as the digest HA1 for the registrar's realm, never returned; the agent needs a sip_user.",
+    },
 ];
 
+/// The registrar the SIP password route stores credentials for.
+#[derive(Debug, Clone)]
+pub struct RegistrarInfo {
+    /// Digest realm of the registrar (part of the stored HA1).
+    pub realm: String,
+    /// Whether the registrar reads credentials from the database (`credentials.type =
+    /// "external"`); with inline credentials a stored password would have no effect.
+    pub from_database: bool,
+}
+
 /// The voice router (state: the hub; the voice state rides in an extension).
-pub fn router(state: Arc<VoiceState>) -> Router<Hub> {
+pub fn router(state: Arc<VoiceState>, registrar: RegistrarInfo) -> Router<Hub> {
     Router::new()
+        .route("/api/v1/agents/{id}/sip-password", put(sip_password))
+        .layer(Extension(Arc::new(registrar)))
         .route("/api/v1/voice/calls/{interaction_id}/hold", post(hold_or_resume::<true>))
         .route("/api/v1/voice/calls/{interaction_id}/resume", post(hold_or_resume::<false>))
         .route("/api/v1/voice/calls/{interaction_id}/hangup", post(hangup))
@@ -245,4 +266,38 @@ async fn supervise<const BARGE: bool>(
     ))
     .await?;
     Ok(Json(json!({ "call_id": call_id, "mode": if BARGE { "barge" } else { "listen" }, "result": outcome })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SipPassword {
+    password: String,
+}
+
+impl std::fmt::Debug for SipPassword {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SipPassword { .. }")
+    }
+}
+
+/// `PUT /api/v1/agents/{id}/sip-password` (admins).
+#[tracing::instrument(skip(hub, registrar, caller, body), fields(user = %caller.username))]
+async fn sip_password(
+    State(hub): State<Hub>,
+    Extension(registrar): Extension<Arc<RegistrarInfo>>,
+    caller: Caller,
+    ApiPath(id): ApiPath<Uuid>,
+    ApiJson(body): ApiJson<SipPassword>,
+) -> CoreResult<Json<Value>> {
+    caller.require(ADMINS)?;
+    if !registrar.from_database {
+        return Err(CoreError::Conflict(
+            "this hub's registrar takes SIP credentials from its configuration (credentials.type = \"inline\"); \
+             use credentials = { type = \"external\" } to manage them here"
+                .into(),
+        ));
+    }
+    let sip_user = crate::adapter::set_sip_password_as(&hub, Some(caller.user_id), id, &registrar.realm, &body.password).await?;
+    tracing::info!(agent_id = %id, %sip_user, "SIP password set.");
+    Ok(Json(json!({ "agent_id": id, "sip_user": sip_user, "realm": registrar.realm })))
 }
