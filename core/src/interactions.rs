@@ -58,10 +58,14 @@ pub struct Interaction {
     pub wrap_up_at: Option<DateTime<Utc>>,
     /// Closed.
     pub closed_at: Option<DateTime<Utc>>,
+    /// When the customer left a waiting chat (widget closed); supervisors see such
+    /// interactions flagged and may close them, and they abandon themselves after
+    /// `router.abandon_left_chat_secs`.
+    pub visitor_left_at: Option<DateTime<Utc>>,
 }
 
 /// Columns for [`Interaction`].
-pub const INTERACTION_COLUMNS: &str = "id, channel, direction, conversation_key, customer_id, customer_address, subject, queue_id, priority, requirement, preferred_agent_id, agent_id, status, disposition, summary, metadata, created_at, enqueued_at, offered_at, answered_at, wrap_up_at, closed_at";
+pub const INTERACTION_COLUMNS: &str = "id, channel, direction, conversation_key, customer_id, customer_address, subject, queue_id, priority, requirement, preferred_agent_id, agent_id, status, disposition, summary, metadata, created_at, enqueued_at, offered_at, answered_at, wrap_up_at, closed_at, visitor_left_at";
 
 /// A message of an interaction.
 #[derive(Debug, Clone, Serialize, Deserialize, sqlx::FromRow)]
@@ -125,6 +129,10 @@ pub enum OfferEnd {
     /// call answered on another phone a moment before this one was to ring). The offer is
     /// cancelled and the agent keeps their presence.
     Withdrawn,
+    /// The agent's phone could not ring (not registered, answered 404/480/503, transport
+    /// error). Not the agent's fault: the offer is cancelled, the agent keeps their
+    /// presence, a warning is logged, and the interaction is not offered straight back.
+    Unreachable,
 }
 
 async fn lock_interaction(tx: &mut PgConnection, id: Uuid) -> CoreResult<Interaction> {
@@ -243,9 +251,11 @@ impl Hub {
         self.interaction(i.id).await
     }
 
-    /// An offer ends unaccepted. A timeout marks the agent not-ready (away); a decline or a
-    /// withdrawal does not. The interaction is re-queued with its original enqueue time
-    /// unless other ring-all offers are live.
+    /// An offer ends unaccepted. A timeout marks the agent not-ready (away) when they were
+    /// idle and able to answer; an agent busy with another interaction (on a call, in
+    /// wrap-up, at work in another channel) or no longer available is not penalized. A
+    /// decline, a withdrawal or an unreachable phone never is. The interaction is re-queued
+    /// with its original enqueue time unless other ring-all offers are live.
     #[tracing::instrument(skip(self))]
     pub async fn end_offer(&self, offer_id: Uuid, agent_id: Option<Uuid>, how: OfferEnd) -> CoreResult<()> {
         let mut tx = self.begin().await?;
@@ -263,26 +273,44 @@ impl Hub {
             OfferEnd::Declined => ("declined", "offer_declined", "declined"),
             OfferEnd::Timeout => ("timeout", "offer_timeout", "timeout"),
             OfferEnd::Withdrawn => ("cancelled", "offer_withdrawn", "withdrawn"),
+            OfferEnd::Unreachable => ("cancelled", "offer_unreachable", "unreachable"),
         };
-        let n = sqlx::query("update offers set state = $2, ended_at = now() where id = $1 and state = 'pending'")
+        // Ring-no-answer penalizes only an agent who was idle and able to answer: not one
+        // busy with something else they hold (a call, a chat, wrap-up) nor one who is no
+        // longer available (the offer expiring while they were away is not news).
+        let penalize = if how == OfferEnd::Timeout {
+            let (presence, held): (String, i64) = sqlx::query_as(
+                "select a.presence, (select count(*) from offers o where o.agent_id = a.id and o.state = 'accepted')
+                   from agents a where a.id = $1 for update of a",
+            )
+            .bind(offer.agent_id)
+            .fetch_one(&mut *tx)
+            .await?;
+            presence == "available" && held == 0
+        } else {
+            false
+        };
+        let n = sqlx::query("update offers set state = $2, end_reason = $3, ended_at = now() where id = $1 and state = 'pending'")
             .bind(offer_id)
             .bind(state)
+            .bind(reason)
             .execute(&mut *tx)
             .await?
             .rows_affected();
         if n == 0 {
             return Err(CoreError::Conflict(format!("offer is already {}", offer.state)));
         }
-        bus::record(
-            &mut tx,
-            NewEvent::interaction(kind, i.id)
-                .with_agent(Some(offer.agent_id))
-                .with_queue(i.queue_id)
-                .with_data(serde_json::json!({ "offer_id": offer_id, "channel": i.channel })),
-        )
-        .await?;
+        let mut data = serde_json::json!({ "offer_id": offer_id, "channel": i.channel });
         if how == OfferEnd::Timeout {
+            data["penalized"] = serde_json::json!(penalize);
+        }
+        bus::record(&mut tx, NewEvent::interaction(kind, i.id).with_agent(Some(offer.agent_id)).with_queue(i.queue_id).with_data(data))
+            .await?;
+        if penalize {
             set_presence_tx(&mut tx, offer.agent_id, Presence::Away, "ring_no_answer").await?;
+        }
+        if how == OfferEnd::Unreachable {
+            tracing::warn!(agent_id = %offer.agent_id, interaction_id = %i.id, %offer_id, reason, "Offer could not reach the agent's phone; re-queued without penalty.");
         }
         let live: i64 = sqlx::query_scalar("select count(*) from offers where interaction_id = $1 and state in ('pending','accepted')")
             .bind(i.id)
@@ -370,6 +398,12 @@ impl Hub {
 
     /// Marks a waiting or offered interaction abandoned (caller hung up, visitor left).
     pub async fn abandon(&self, id: Uuid) -> CoreResult<()> {
+        self.abandon_with(id, None).await
+    }
+
+    /// Marks a waiting or offered interaction abandoned, saying why in the event
+    /// (`visitor_left_timeout`, `closed_by_supervisor`).
+    pub async fn abandon_with(&self, id: Uuid, reason: Option<&str>) -> CoreResult<()> {
         let mut tx = self.begin().await?;
         let i = lock_interaction(&mut tx, id).await?;
         if !matches!(i.status.as_str(), "queued" | "offered") {
@@ -380,13 +414,11 @@ impl Hub {
             .bind(id)
             .execute(&mut *tx)
             .await?;
-        bus::record(
-            &mut tx,
-            NewEvent::interaction("abandoned", id)
-                .with_queue(i.queue_id)
-                .with_data(serde_json::json!({ "released_agents": released, "channel": i.channel })),
-        )
-        .await?;
+        let mut data = serde_json::json!({ "released_agents": released, "channel": i.channel });
+        if let Some(r) = reason {
+            data["reason"] = serde_json::json!(r);
+        }
+        bus::record(&mut tx, NewEvent::interaction("abandoned", id).with_queue(i.queue_id).with_data(data)).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -444,7 +476,8 @@ impl Hub {
         if !matches!(i.status.as_str(), "queued" | "offered" | "active") {
             return Err(CoreError::Conflict(format!("interaction is {}; only waiting or active interactions transfer", i.status)));
         }
-        let exists: Option<Uuid> = sqlx::query_scalar("select id from agents where id = $1").bind(target).fetch_optional(&mut *tx).await?;
+        let exists: Option<Uuid> =
+            sqlx::query_scalar("select id from agents where id = $1 and archived_at is null").bind(target).fetch_optional(&mut *tx).await?;
         exists.ok_or(CoreError::NotFound("target agent"))?;
         let released = release_offers_tx(&mut tx, id).await?;
         let timeout: i32 = match i.queue_id {
@@ -499,7 +532,8 @@ impl Hub {
         if !matches!(i.status.as_str(), "queued" | "offered" | "active") {
             return Err(CoreError::Conflict(format!("interaction is {}; only waiting or active interactions transfer", i.status)));
         }
-        let exists: Option<Uuid> = sqlx::query_scalar("select id from queues where id = $1").bind(queue).fetch_optional(&mut *tx).await?;
+        let exists: Option<Uuid> =
+            sqlx::query_scalar("select id from queues where id = $1 and archived_at is null").bind(queue).fetch_optional(&mut *tx).await?;
         exists.ok_or(CoreError::NotFound("target queue"))?;
         let released = release_offers_tx(&mut tx, id).await?;
         sqlx::query("update interactions set status = 'queued', queue_id = $2, agent_id = null, updated_at = now() where id = $1")
@@ -625,6 +659,161 @@ impl Hub {
         set_presence_tx(&mut tx, agent_id, p, "agent").await?;
         tx.commit().await?;
         Ok(())
+    }
+
+    /// Records that the customer of a waiting chat left (`true`: the widget closed) or came
+    /// back (`false`). Only waiting (queued/offered) interactions are marked; returns
+    /// whether anything changed. Leaving records a `visitor_left` event.
+    pub async fn set_visitor_left(&self, id: Uuid, left: bool) -> CoreResult<bool> {
+        let mut tx = self.begin().await?;
+        let i = lock_interaction(&mut tx, id).await?;
+        if !matches!(i.status.as_str(), "queued" | "offered") || i.visitor_left_at.is_some() == left {
+            return Ok(false);
+        }
+        sqlx::query("update interactions set visitor_left_at = case when $2 then now() end, updated_at = now() where id = $1")
+            .bind(id)
+            .bind(left)
+            .execute(&mut *tx)
+            .await?;
+        let kind = if left { "visitor_left" } else { "visitor_returned" };
+        bus::record(
+            &mut tx,
+            NewEvent::interaction(kind, id).with_agent(i.agent_id).with_queue(i.queue_id).with_data(serde_json::json!({ "channel": i.channel, "waiting": true })),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    /// Closes as `abandoned` every waiting interaction whose customer left more than
+    /// `after_secs` ago (called by the router leader).
+    pub async fn abandon_left_chats(&self, after_secs: u64) -> CoreResult<usize> {
+        let due: Vec<Uuid> = sqlx::query_scalar(
+            "select id from interactions where status in ('queued','offered') and visitor_left_at is not null
+               and visitor_left_at <= now() - make_interval(secs => $1) order by visitor_left_at limit 200",
+        )
+        .bind(after_secs as f64)
+        .fetch_all(self.db())
+        .await?;
+        let mut n = 0;
+        for id in due {
+            match self.abandon_with(id, Some("visitor_left_timeout")).await {
+                Ok(()) => n += 1,
+                Err(CoreError::Conflict(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(n)
+    }
+
+    /// Publishes whether this node holds a live registration of `sip_user`'s phone
+    /// (`expires_at`), or none (`None`). The router offers calls only to agents whose
+    /// phone is registered on some node; an agent event tells it when that changes.
+    pub async fn set_voice_registration(&self, sip_user: &str, expires_at: Option<DateTime<Utc>>) -> CoreResult<()> {
+        let mut tx = self.begin().await?;
+        let live = "select exists(select 1 from voice_registrations where sip_user = $1 and expires_at > now())";
+        let before: bool = sqlx::query_scalar(live).bind(sip_user).fetch_one(&mut *tx).await?;
+        match expires_at {
+            Some(at) => {
+                sqlx::query(
+                    "insert into voice_registrations (sip_user, node_id, expires_at) values ($1, $2, $3)
+                     on conflict (sip_user, node_id) do update set expires_at = excluded.expires_at, updated_at = now()",
+                )
+                .bind(sip_user)
+                .bind(self.node_id())
+                .bind(at)
+                .execute(&mut *tx)
+                .await?;
+            }
+            None => {
+                sqlx::query("delete from voice_registrations where sip_user = $1 and node_id = $2")
+                    .bind(sip_user)
+                    .bind(self.node_id())
+                    .execute(&mut *tx)
+                    .await?;
+            }
+        }
+        let after: bool = sqlx::query_scalar(live).bind(sip_user).fetch_one(&mut *tx).await?;
+        if before != after {
+            let agent: Option<Uuid> = sqlx::query_scalar("select id from agents where sip_user = $1").bind(sip_user).fetch_optional(&mut *tx).await?;
+            if let Some(a) = agent {
+                bus::record(&mut tx, NewEvent::agent("voice_registration", a).with_data(serde_json::json!({ "registered": after })))
+                    .await?;
+            }
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// An inbox connection (event stream) of an agent opened on this node.
+    pub async fn connection_opened(&self, connection: Uuid, agent_id: Uuid) -> CoreResult<()> {
+        sqlx::query("insert into agent_connections (id, agent_id, node_id) values ($1, $2, $3) on conflict (id) do update set seen_at = now()")
+            .bind(connection)
+            .bind(agent_id)
+            .bind(self.node_id())
+            .execute(self.db())
+            .await?;
+        Ok(())
+    }
+
+    /// The node still serves an inbox connection (heartbeat).
+    pub async fn connection_alive(&self, connection: Uuid) -> CoreResult<()> {
+        sqlx::query("update agent_connections set seen_at = now() where id = $1").bind(connection).execute(self.db()).await?;
+        Ok(())
+    }
+
+    /// An inbox connection closed: the presence grace period starts now unless another
+    /// connection of the agent is live.
+    pub async fn connection_closed(&self, connection: Uuid) -> CoreResult<()> {
+        sqlx::query(
+            "with gone as (delete from agent_connections where id = $1 returning agent_id)
+             update agents set last_connection_at = now() where id in (select agent_id from gone)",
+        )
+        .bind(connection)
+        .execute(self.db())
+        .await?;
+        Ok(())
+    }
+
+    /// Sets offline (reason `no_connection`, with an event and an audit entry) every agent
+    /// who is available or in wrap-up and has had no inbox connection on any node for
+    /// `grace_secs`: not since their presence was set, their last connection closed, or
+    /// a node last vouched for one (a dead node's rows go stale). Called by the leader.
+    pub async fn sweep_disconnected_agents(&self, grace_secs: u64) -> CoreResult<Vec<Uuid>> {
+        let mut tx = self.begin().await?;
+        let gone: Vec<Uuid> = sqlx::query_scalar(
+            "select a.id from agents a
+              where a.presence in ('available','wrap_up')
+                and greatest(a.presence_since, a.last_connection_at,
+                             (select max(c.seen_at) from agent_connections c where c.agent_id = a.id))
+                    <= now() - make_interval(secs => $1)
+              order by a.id limit 500
+              for update of a skip locked",
+        )
+        .bind(grace_secs as f64)
+        .fetch_all(&mut *tx)
+        .await?;
+        for a in &gone {
+            set_presence_tx(&mut tx, *a, Presence::Offline, "no_connection").await?;
+            crate::auth::audit(
+                &mut tx,
+                None,
+                "agent.presence",
+                "agent",
+                &a.to_string(),
+                serde_json::json!({ "presence": Presence::Offline, "reason": "no_connection", "grace_secs": grace_secs }),
+            )
+            .await?;
+        }
+        sqlx::query("delete from agent_connections where seen_at < now() - make_interval(secs => $1)")
+            .bind((grace_secs.max(60) * 10) as f64)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        for a in &gone {
+            tracing::info!(agent_id = %a, grace_secs, "Agent set offline: no inbox connection.");
+        }
+        Ok(gone)
     }
 
     /// Live offers for an agent (the inbox shows them with a countdown).

@@ -176,10 +176,14 @@ pub struct Queue {
     pub sticky_timeout_secs: i32,
     /// Entry rule evaluation order (lower first).
     pub rule_order: i32,
+    /// When the queue was archived (deleted through the API); archived queues take no
+    /// new interactions but their history keeps pointing at them.
+    #[serde(default)]
+    pub archived_at: Option<DateTime<Utc>>,
 }
 
 /// Columns selected for [`Queue`].
-pub const QUEUE_COLUMNS: &str = "id, name, entry_rules, requirement, priority, strategy, sla_target_pct, sla_target_secs, business_hours, max_wait_secs, escalation, accept_timeout_secs, wrap_up_secs, sticky_timeout_secs, rule_order";
+pub const QUEUE_COLUMNS: &str = "id, name, entry_rules, requirement, priority, strategy, sla_target_pct, sla_target_secs, business_hours, max_wait_secs, escalation, accept_timeout_secs, wrap_up_secs, sticky_timeout_secs, rule_order, archived_at";
 
 impl Queue {
     /// The router's view of the queue.
@@ -200,12 +204,21 @@ impl Queue {
     }
 }
 
-/// All queues in rule order.
+/// All live (not archived) queues in rule order: what ingest and the router use.
 pub async fn list(db: impl PgExecutor<'_>) -> CoreResult<Vec<Queue>> {
-    Ok(sqlx::query_as::<_, Queue>(&format!("select {QUEUE_COLUMNS} from queues order by rule_order, name")).fetch_all(db).await?)
+    Ok(sqlx::query_as::<_, Queue>(&format!("select {QUEUE_COLUMNS} from queues where archived_at is null order by rule_order, name"))
+        .fetch_all(db)
+        .await?)
 }
 
-/// One queue.
+/// Every queue, archived ones included (after the live ones).
+pub async fn list_with_archived(db: impl PgExecutor<'_>) -> CoreResult<Vec<Queue>> {
+    Ok(sqlx::query_as::<_, Queue>(&format!("select {QUEUE_COLUMNS} from queues order by archived_at is not null, rule_order, name"))
+        .fetch_all(db)
+        .await?)
+}
+
+/// One queue, archived or not.
 pub async fn get(db: impl PgExecutor<'_>, id: Uuid) -> CoreResult<Queue> {
     sqlx::query_as::<_, Queue>(&format!("select {QUEUE_COLUMNS} from queues where id = $1"))
         .bind(id)

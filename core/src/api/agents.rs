@@ -1,6 +1,6 @@
 //! Agents: skills with levels, per-channel capacity, overflow groups, SIP user, presence.
 
-use super::{ApiJson, ApiPath};
+use super::{ApiJson, ApiPath, ApiQuery};
 use crate::auth::{self, Caller};
 use crate::bus::{self, NewEvent};
 use crate::domain::{Capacity, Presence, Role};
@@ -37,15 +37,42 @@ pub struct AgentView {
     presence: String,
     presence_since: DateTime<Utc>,
     load: sqlx::types::Json<serde_json::Value>,
+    /// Set when the agent was deleted: archived agents keep their history but are never
+    /// routed to again.
+    archived_at: Option<DateTime<Utc>>,
 }
 
-const AGENT_SELECT: &str = "select a.id, a.user_id, a.name, a.skills, a.capacity, a.groups, a.sip_user, a.presence, a.presence_since,
+const AGENT_SELECT: &str = "select a.id, a.user_id, a.name, a.skills, a.capacity, a.groups, a.sip_user, a.presence, a.presence_since, a.archived_at,
     coalesce((select jsonb_object_agg(channel, n) from (select channel, count(*) n from offers o where o.agent_id = a.id and o.state in ('pending','accepted') group by channel) x), '{}') as load
     from agents a";
 
-async fn list(State(hub): State<Hub>, caller: Caller) -> CoreResult<Json<Vec<AgentView>>> {
+/// `GET /api/v1/agents` filter: archived agents are listed only on request.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct ListQuery {
+    #[serde(default)]
+    include_archived: bool,
+}
+
+async fn list(State(hub): State<Hub>, caller: Caller, ApiQuery(f): ApiQuery<ListQuery>) -> CoreResult<Json<Vec<AgentView>>> {
     caller.require(&[Role::Admin, Role::Supervisor, Role::Agent])?;
-    Ok(Json(sqlx::query_as(&format!("{AGENT_SELECT} order by a.name limit 5000")).fetch_all(hub.db()).await?))
+    Ok(Json(
+        sqlx::query_as(&format!("{AGENT_SELECT} where $1 or a.archived_at is null order by a.archived_at is not null, a.name limit 5000"))
+            .bind(f.include_archived)
+            .fetch_all(hub.db())
+            .await?,
+    ))
+}
+
+/// Refuses changes to an archived agent (409) or a missing one (404).
+async fn require_live(conn: &mut sqlx::PgConnection, id: Uuid) -> CoreResult<()> {
+    let archived: Option<Option<DateTime<Utc>>> =
+        sqlx::query_scalar("select archived_at from agents where id = $1 for update").bind(id).fetch_optional(conn).await?;
+    match archived {
+        None => Err(CoreError::NotFound("agent")),
+        Some(Some(_)) => Err(CoreError::Conflict("agent is archived".into())),
+        Some(None) => Ok(()),
+    }
 }
 
 async fn get_one(State(hub): State<Hub>, caller: Caller, ApiPath(id): ApiPath<Uuid>) -> CoreResult<Json<AgentView>> {
@@ -147,6 +174,7 @@ async fn update(
     caller.require(&[Role::Admin, Role::Supervisor])?;
     check_common(b.name.as_deref(), b.skills.as_ref(), b.groups.as_deref(), b.sip_user.as_deref(), b.capacity.as_ref())?;
     let mut tx = hub.db().begin().await?;
+    require_live(&mut tx, id).await?;
     let n = sqlx::query(
         "update agents set name = coalesce($2, name), skills = coalesce($3, skills), capacity = coalesce($4, capacity),
            groups = coalesce($5, groups), sip_user = coalesce($6, sip_user), user_id = coalesce($7, user_id) where id = $1",
@@ -181,6 +209,8 @@ async fn update(
 async fn remove(State(hub): State<Hub>, caller: Caller, ApiPath(id): ApiPath<Uuid>) -> CoreResult<StatusCode> {
     caller.require(&[Role::Admin])?;
     let mut tx = hub.db().begin().await?;
+    // Locks the row: the router's capacity trigger takes the same lock before an offer.
+    require_live(&mut tx, id).await?;
     let held: i64 = sqlx::query_scalar("select count(*) from offers where agent_id = $1 and state in ('pending','accepted')")
         .bind(id)
         .fetch_one(&mut *tx)
@@ -188,11 +218,28 @@ async fn remove(State(hub): State<Hub>, caller: Caller, ApiPath(id): ApiPath<Uui
     if held > 0 {
         return Err(CoreError::Conflict("agent holds open interactions; transfer them first".into()));
     }
-    let n = sqlx::query("delete from agents where id = $1").bind(id).execute(&mut *tx).await?.rows_affected();
-    if n == 0 {
+    // Archive, never delete: offers, interactions and messages keep pointing at the agent
+    // for reports. The user link and SIP user are released so they can be reused.
+    let archived: Option<(Option<Uuid>, Option<String>, String)> = sqlx::query_as(
+        "update agents a set archived_at = now(), presence = 'offline', presence_since = now(), user_id = null, sip_user = null
+         from agents old where a.id = $1 and old.id = a.id and a.archived_at is null
+         returning old.user_id, old.sip_user, old.presence",
+    )
+    .bind(id)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some((user_id, sip_user, presence)) = archived else {
         return Err(CoreError::NotFound("agent"));
-    }
-    auth::audit(&mut tx, Some(caller.user_id), "agent.delete", "agent", &id.to_string(), serde_json::json!({})).await?;
+    };
+    auth::audit(
+        &mut tx,
+        Some(caller.user_id),
+        "agent.archive",
+        "agent",
+        &id.to_string(),
+        serde_json::json!({ "user_id": user_id, "sip_user": sip_user, "presence_before": presence }),
+    )
+    .await?;
     bus::record(&mut tx, NewEvent::agent("agent_deleted", id)).await?;
     tx.commit().await?;
     Ok(StatusCode::NO_CONTENT)
@@ -214,7 +261,25 @@ async fn presence(
     if !caller.is_supervisor() && caller.agent_id != Some(id) {
         return Err(CoreError::Forbidden);
     }
+    let before: Option<(String, Option<DateTime<Utc>>)> =
+        sqlx::query_as("select presence, archived_at from agents where id = $1").bind(id).fetch_optional(hub.db()).await?;
+    match before {
+        None => return Err(CoreError::NotFound("agent")),
+        Some((_, Some(_))) => return Err(CoreError::Conflict("agent is archived".into())),
+        Some(_) => {}
+    }
     hub.set_presence(id, b.presence).await?;
+    let from = before.map(|(p, _)| p);
+    let mut conn = hub.db().acquire().await?;
+    auth::audit(
+        &mut conn,
+        Some(caller.user_id),
+        "agent.presence",
+        "agent",
+        &id.to_string(),
+        serde_json::json!({ "from": from, "to": b.presence, "by": caller.username }),
+    )
+    .await?;
     Ok(Json(serde_json::json!({ "agent_id": id, "presence": b.presence })))
 }
 
@@ -228,9 +293,10 @@ async fn offers(State(hub): State<Hub>, caller: Caller, ApiPath(id): ApiPath<Uui
 
 async fn skills(State(hub): State<Hub>, caller: Caller) -> CoreResult<Json<Vec<serde_json::Value>>> {
     caller.require(&[Role::Admin, Role::Supervisor, Role::Agent])?;
-    let rows: Vec<(String, i64, i32)> =
-        sqlx::query_as("select key, count(*), max(value::int) from agents, jsonb_each_text(skills) group by key order by key")
-            .fetch_all(hub.db())
-            .await?;
+    let rows: Vec<(String, i64, i32)> = sqlx::query_as(
+        "select key, count(*), max(value::int) from agents, jsonb_each_text(skills) where archived_at is null group by key order by key",
+    )
+    .fetch_all(hub.db())
+    .await?;
     Ok(Json(rows.into_iter().map(|(k, n, m)| serde_json::json!({ "skill": k, "agents": n, "max_level": m })).collect()))
 }

@@ -1,6 +1,6 @@
 //! Queues: CRUD with validation of rules, requirement, hours and escalation; live stats.
 
-use super::{ApiJson, ApiPath};
+use super::{ApiJson, ApiPath, ApiQuery};
 use crate::auth::{self, Caller};
 use crate::bus::{self, NewEvent};
 use crate::domain::{Role, Strategy};
@@ -96,9 +96,17 @@ fn validate(hub_queues: &[Queue], b: &QueueInput) -> CoreResult<()> {
     Ok(())
 }
 
-async fn list(State(hub): State<Hub>, caller: Caller) -> CoreResult<Json<Vec<Queue>>> {
+/// `GET /api/v1/queues` filter: archived queues are listed only on request.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct ListQuery {
+    #[serde(default)]
+    include_archived: bool,
+}
+
+async fn list(State(hub): State<Hub>, caller: Caller, ApiQuery(f): ApiQuery<ListQuery>) -> CoreResult<Json<Vec<Queue>>> {
     caller.require(&[Role::Admin, Role::Supervisor, Role::Agent])?;
-    Ok(Json(q::list(hub.db()).await?))
+    Ok(Json(if f.include_archived { q::list_with_archived(hub.db()).await? } else { q::list(hub.db()).await? }))
 }
 
 async fn get_one(State(hub): State<Hub>, caller: Caller, ApiPath(id): ApiPath<Uuid>) -> CoreResult<Json<Queue>> {
@@ -157,6 +165,9 @@ async fn update(
     validate(&existing, &b)?;
     let mut tx = hub.db().begin().await?;
     let cur = q::get(&mut *tx, id).await?;
+    if cur.archived_at.is_some() {
+        return Err(CoreError::Conflict("queue is archived".into()));
+    }
     let bh = match b.business_hours {
         Some(v) => v.map(sqlx::types::Json),
         None => cur.business_hours.clone(),
@@ -204,12 +215,16 @@ async fn remove(State(hub): State<Hub>, caller: Caller, ApiPath(id): ApiPath<Uui
     if open > 0 {
         return Err(CoreError::Conflict(format!("queue has {open} open interactions")));
     }
-    sqlx::query("update interactions set queue_id = null where queue_id = $1").bind(id).execute(&mut *tx).await?;
-    let n = sqlx::query("delete from queues where id = $1").bind(id).execute(&mut *tx).await?.rows_affected();
-    if n == 0 {
+    // Archive, never delete: past interactions keep their queue for reports.
+    let name: Option<String> =
+        sqlx::query_scalar("update queues set archived_at = now() where id = $1 and archived_at is null returning name")
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await?;
+    let Some(name) = name else {
         return Err(CoreError::NotFound("queue"));
-    }
-    auth::audit(&mut tx, Some(caller.user_id), "queue.delete", "queue", &id.to_string(), serde_json::json!({})).await?;
+    };
+    auth::audit(&mut tx, Some(caller.user_id), "queue.archive", "queue", &id.to_string(), serde_json::json!({ "name": name })).await?;
     bus::record(&mut tx, NewEvent { queue_id: Some(id), kind: "queue_deleted", data: serde_json::json!({}), ..Default::default() }).await?;
     tx.commit().await?;
     Ok(StatusCode::NO_CONTENT)
@@ -230,11 +245,12 @@ async fn stats(State(hub): State<Hub>, caller: Caller) -> CoreResult<Json<Vec<se
                  and i.answered_at - i.enqueued_at <= make_interval(secs => q.sla_target_secs)),
             (select count(*) from interactions i where i.queue_id = q.id and i.status = 'abandoned' and i.closed_at >= date_trunc('day', now())),
             q.sla_target_pct, q.sla_target_secs
-         from queues q order by q.rule_order, q.name",
+         from queues q where q.archived_at is null order by q.rule_order, q.name",
     )
     .fetch_all(hub.db())
     .await?;
-    let available: i64 = sqlx::query_scalar("select count(*) from agents where presence = 'available'").fetch_one(hub.db()).await?;
+    let available: i64 =
+        sqlx::query_scalar("select count(*) from agents where presence = 'available' and archived_at is null").fetch_one(hub.db()).await?;
     Ok(Json(
         rows.into_iter()
             .map(|(id, name, waiting, oldest, in_service, answered, within, abandoned, pct, secs)| {

@@ -20,6 +20,7 @@ struct AgentRow {
     groups: Vec<String>,
     presence: String,
     last_idle_at: DateTime<Utc>,
+    voice_reachable: bool,
 }
 
 #[derive(sqlx::FromRow)]
@@ -37,7 +38,7 @@ struct WaitingRow {
 /// Loads queues, agents with their live load, and every waiting interaction.
 pub async fn load_all(db: &PgPool, engine: &mut Engine) -> CoreResult<()> {
     load_queues(db, engine).await?;
-    let ids: Vec<Uuid> = sqlx::query_scalar("select id from agents").fetch_all(db).await?;
+    let ids: Vec<Uuid> = sqlx::query_scalar("select id from agents where archived_at is null").fetch_all(db).await?;
     load_agents(db, engine, &ids).await?;
     let rows: Vec<WaitingRow> = sqlx::query_as(
         "select id, queue_id, channel, priority, enqueued_at, requirement, preferred_agent_id, status from interactions where status = 'queued'",
@@ -46,6 +47,31 @@ pub async fn load_all(db: &PgPool, engine: &mut Engine) -> CoreResult<()> {
     .await?;
     for r in rows {
         apply_interaction(engine, r);
+    }
+    load_refusals(db, engine, None).await
+}
+
+/// Loads recent refusals (declined offers, offers that rang out, phones that could not
+/// ring) of some interactions, or of all when `ids` is `None`, so the engine does not
+/// offer an interaction straight back to the agent who just refused it.
+pub async fn load_refusals(db: &PgPool, engine: &mut Engine, ids: Option<&[Uuid]>) -> CoreResult<()> {
+    let skip_secs = engine.refusal_skip_ms() as f64 / 1000.0;
+    if skip_secs <= 0.0 {
+        return Ok(());
+    }
+    let rows: Vec<(Uuid, Uuid, i64)> = sqlx::query_as(
+        "select interaction_id, agent_id, (extract(epoch from ended_at + make_interval(secs => $1)) * 1000)::int8
+           from offers
+          where ended_at > now() - make_interval(secs => $1)
+            and (state in ('declined','timeout') or end_reason = 'unreachable')
+            and ($2::uuid[] is null or interaction_id = any($2))",
+    )
+    .bind(skip_secs)
+    .bind(ids)
+    .fetch_all(db)
+    .await?;
+    for (interaction, agent, until_ms) in rows {
+        engine.note_refusal(interaction, agent, until_ms);
     }
     Ok(())
 }
@@ -60,10 +86,14 @@ pub async fn load_queues(db: &PgPool, engine: &mut Engine) -> CoreResult<()> {
 
 /// Reloads some agents and their live load (pending + accepted offers per channel).
 pub async fn load_agents(db: &PgPool, engine: &mut Engine, ids: &[Uuid]) -> CoreResult<()> {
-    let rows: Vec<AgentRow> = sqlx::query_as("select id, skills, capacity, groups, presence, last_idle_at from agents where id = any($1)")
-        .bind(ids)
-        .fetch_all(db)
-        .await?;
+    let rows: Vec<AgentRow> = sqlx::query_as(
+        "select a.id, a.skills, a.capacity, a.groups, a.presence, a.last_idle_at,
+                exists(select 1 from voice_registrations r where r.sip_user = a.sip_user and r.expires_at > now()) as voice_reachable
+           from agents a where a.id = any($1) and a.archived_at is null",
+    )
+    .bind(ids)
+    .fetch_all(db)
+    .await?;
     let loads: Vec<(Uuid, String, i64)> = sqlx::query_as(
         "select agent_id, channel, count(*) from offers where agent_id = any($1) and state in ('pending','accepted') group by 1, 2",
     )
@@ -89,6 +119,7 @@ pub async fn load_agents(db: &PgPool, engine: &mut Engine, ids: &[Uuid]) -> Core
             groups: r.groups,
             capacity: r.capacity.0,
             available: r.presence == "available",
+            voice_reachable: r.voice_reachable,
             load: load.get(&r.id).copied().unwrap_or_default(),
             idle_since_ms: r.last_idle_at.timestamp_millis(),
         });
@@ -107,7 +138,7 @@ pub async fn load_interactions(db: &PgPool, engine: &mut Engine, ids: &[Uuid]) -
     for r in rows {
         apply_interaction(engine, r);
     }
-    Ok(())
+    load_refusals(db, engine, Some(ids)).await
 }
 
 fn apply_interaction(engine: &mut Engine, r: WaitingRow) {
