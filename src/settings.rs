@@ -81,6 +81,9 @@ impl Settings {
         if self.database.max_connections == 0 {
             return Err(ConfigError { key: "database.max_connections".into(), reason: "must be at least 1".into() });
         }
+        if self.database.acquire_timeout_ms == 0 {
+            return Err(ConfigError { key: "database.acquire_timeout_ms".into(), reason: "must be at least 1".into() });
+        }
         if self.router.batch_size == 0 || self.router.tick_ms == 0 {
             return Err(ConfigError { key: "router".into(), reason: "batch_size and tick_ms must be positive".into() });
         }

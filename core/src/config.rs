@@ -53,6 +53,11 @@ pub struct DatabaseSettings {
     /// Connection pool size.
     #[serde(default = "default_max_connections")]
     pub max_connections: u32,
+    /// Longest wait for a pooled connection, in milliseconds. While the database is down a
+    /// request fails after this long with 503 `database_unavailable` and `Retry-After`,
+    /// rather than hanging; under overload it sheds load the same way.
+    #[serde(default = "default_acquire_timeout_ms")]
+    pub acquire_timeout_ms: u64,
 }
 
 fn default_data_dir() -> PathBuf {
@@ -61,10 +66,18 @@ fn default_data_dir() -> PathBuf {
 fn default_max_connections() -> u32 {
     16
 }
+fn default_acquire_timeout_ms() -> u64 {
+    800
+}
 
 impl Default for DatabaseSettings {
     fn default() -> Self {
-        DatabaseSettings { url: String::new(), data_dir: default_data_dir(), max_connections: default_max_connections() }
+        DatabaseSettings {
+            url: String::new(),
+            data_dir: default_data_dir(),
+            max_connections: default_max_connections(),
+            acquire_timeout_ms: default_acquire_timeout_ms(),
+        }
     }
 }
 

@@ -22,10 +22,12 @@ pub struct Database {
     pub options: PgConnectOptions,
 }
 
-/// How the hub pools its connections. A pooled connection is not pinged before each use
-/// (sqlx's default): that is one more round trip per query on the hot paths, and a
-/// connection that broke meanwhile fails its query, is dropped, and the caller's retry (a
-/// resend, the outbox's backoff) gets a fresh one.
+/// How the hub pools its connections ([`Database::open`] then sets `acquire_timeout` from
+/// `database.acquire_timeout_ms`, so a request fails fast with 503 while the database is
+/// down). A pooled connection is not pinged before each use (sqlx's default): that is one
+/// more round trip per query on the hot paths, and a connection that broke meanwhile fails
+/// its query, is dropped, and the caller's retry (a resend, the outbox's backoff) gets a
+/// fresh one.
 pub fn pool_options(max_connections: u32) -> PgPoolOptions {
     PgPoolOptions::new().max_connections(max_connections).acquire_timeout(Duration::from_secs(10)).test_before_acquire(false)
 }
@@ -48,7 +50,17 @@ impl Database {
             (o, None)
         };
         let options = options.disable_statement_logging();
-        let pool = pool_options(s.max_connections).connect_with(options.clone()).await?;
+        // One direct connection first: a wrong URL or a server that is down fails now with
+        // its own message ("connection refused", "password authentication failed"), not as
+        // a pool timeout after `acquire_timeout_ms`.
+        let probe = sqlx::PgConnection::connect_with(&options)
+            .await
+            .map_err(|e| CoreError::Internal(format!("cannot connect to the database: {e}")))?;
+        let _ = probe.close().await;
+        let pool = pool_options(s.max_connections)
+            .acquire_timeout(Duration::from_millis(s.acquire_timeout_ms))
+            .connect_with(options.clone())
+            .await?;
         Ok(Database { pool, embedded, options })
     }
 

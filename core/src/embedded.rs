@@ -55,7 +55,9 @@ pub fn find_bin_dir() -> CoreResult<PathBuf> {
     })
 }
 
-fn postgres_user() -> CoreResult<Option<(u32, u32)>> {
+/// The uid and gid the cluster runs as: `None` (the hub's own user) unless the hub runs as
+/// root, then the `postgres` system user's.
+pub fn cluster_owner() -> CoreResult<Option<(u32, u32)>> {
     if !nix::unistd::geteuid().is_root() {
         return Ok(None);
     }
@@ -94,7 +96,7 @@ impl EmbeddedPostgres {
 
     fn start_blocking(data_dir: &Path) -> CoreResult<EmbeddedPostgres> {
         let bin_dir = find_bin_dir()?;
-        let run_as = postgres_user()?;
+        let run_as = cluster_owner()?;
         std::fs::create_dir_all(data_dir).map_err(|e| CoreError::Internal(format!("create {}: {e}", data_dir.display())))?;
         let data_dir = data_dir.canonicalize().map_err(|e| CoreError::Internal(e.to_string()))?;
         let cluster_dir = data_dir.join("postgres");

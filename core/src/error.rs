@@ -81,6 +81,7 @@ impl CoreError {
             CoreError::Channel(_) => ("channel_error", StatusCode::BAD_GATEWAY),
             CoreError::Database(e) if is_unique_violation(e) => ("conflict", StatusCode::CONFLICT),
             CoreError::Database(e) if is_fk_violation(e) => ("invalid_reference", StatusCode::UNPROCESSABLE_ENTITY),
+            CoreError::Database(e) if is_unavailable(e) => ("database_unavailable", StatusCode::SERVICE_UNAVAILABLE),
             CoreError::Database(_) | CoreError::Internal(_) => ("internal", StatusCode::INTERNAL_SERVER_ERROR),
         }
     }
@@ -94,6 +95,22 @@ pub fn is_unique_violation(e: &sqlx::Error) -> bool {
 /// True for PostgreSQL foreign-key violations (SQLSTATE 23503).
 pub fn is_fk_violation(e: &sqlx::Error) -> bool {
     matches!(e, sqlx::Error::Database(d) if d.code().as_deref() == Some("23503"))
+}
+
+/// Seconds a client is told to wait (`Retry-After`) while the database is unavailable.
+pub const DATABASE_RETRY_AFTER_SECS: u32 = 5;
+
+/// True when the error means the database cannot be reached right now (down, restarting,
+/// out of connections, or no pooled connection within `database.acquire_timeout_ms`),
+/// as opposed to a query the database refused: retrying later may succeed.
+pub fn is_unavailable(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) | sqlx::Error::Tls(_) | sqlx::Error::WorkerCrashed => true,
+        // SQLSTATE class 08 (connection exception), 57P01–57P03 (admin/crash shutdown,
+        // cannot connect now) and 53300 (too many connections).
+        sqlx::Error::Database(d) => d.code().is_some_and(|c| c.starts_with("08") || matches!(&*c, "57P01" | "57P02" | "57P03" | "53300")),
+        _ => false,
+    }
 }
 
 /// True when the capacity trigger refused an offer.
@@ -126,6 +143,10 @@ impl IntoResponse for CoreError {
         let detail = match &self {
             CoreError::Database(e) if is_unique_violation(e) => "a record with the same unique value already exists".to_string(),
             CoreError::Database(e) if is_fk_violation(e) => "a referenced record does not exist".to_string(),
+            CoreError::Database(e) if is_unavailable(e) => {
+                tracing::warn!(error = %e, "Database unavailable in request.");
+                "the database is unavailable; retry later".to_string()
+            }
             CoreError::Database(e) => {
                 tracing::error!(error = %e, "Database error in request.");
                 "internal error; it has been logged".to_string()
@@ -151,6 +172,9 @@ impl IntoResponse for CoreError {
         let json = serde_json::to_vec(&body).unwrap_or_default();
         let mut resp = (status, json).into_response();
         resp.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static("application/problem+json"));
+        if code == "database_unavailable" {
+            resp.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from(DATABASE_RETRY_AFTER_SECS));
+        }
         resp
     }
 }
