@@ -17,6 +17,7 @@ use rsip::{Method, Request, Response};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::call::{CallInfo, CallOutcome, CallRouting, CallTicket, Side};
+use crate::call_reports::CallReports;
 use crate::config::{IvrFlowConfig, OutboundTransport, QueueVoiceConfig, TrunkConfig, VoiceConfig};
 use crate::ivr::{IvrAction, IvrInput, IvrSession};
 use crate::media::dtmf::parse_info_body;
@@ -76,7 +77,8 @@ pub enum Supervision {
 /// Results of spawned routing calls.
 #[derive(Debug)]
 enum Internal {
-    Enqueued { call_id: String, result: std::result::Result<CallTicket, String> },
+    /// `reports` is the call's queue, for the abandon if the call ended meanwhile.
+    Enqueued { call_id: String, result: std::result::Result<CallTicket, String>, reports: CallReports },
 }
 
 /// Handle for core: ring agents, announce positions, hang up, stop the engine.
@@ -405,6 +407,8 @@ struct Call {
     bridges: u32,
     /// Hub-side hold active.
     held: bool,
+    /// This call's reports to core, applied in order (see [`crate::call_reports`]).
+    reports: CallReports,
 }
 
 #[derive(Debug)]
@@ -458,8 +462,8 @@ struct Engine {
     by_sip_call_id: HashMap<String, (String, Side)>,
     by_leg: HashMap<LegId, (String, Side)>,
     client_tx: HashMap<TransactionKey, ClientPurpose>,
-    /// Voicemail legs whose file is still being closed → the call to report.
-    pending_voicemails: HashMap<LegId, CallInfo>,
+    /// Voicemail legs whose file is still being closed → the call to report, and where.
+    pending_voicemails: HashMap<LegId, (CallInfo, CallReports)>,
     next_leg: LegId,
     media_tx: mpsc::UnboundedSender<MediaEvent>,
     internal_tx: mpsc::UnboundedSender<Internal>,
@@ -718,6 +722,7 @@ impl Engine {
             mixing: false,
             bridges: 0,
             held: false,
+            reports: CallReports::spawn(self.routing.clone(), call_id.clone()),
         };
         tracing::info!(call_id = %call_id, trunk = %trunk.name, dialled = %call.info.dialled, "Inbound call answered.");
         self.by_sip_call_id.insert(call_id.clone(), (call_id.clone(), Side::Caller));
@@ -771,9 +776,16 @@ impl Engine {
                     let routing = self.routing.clone();
                     let tx = self.internal_tx.clone();
                     let call_id = call_id.to_string();
+                    let reports = call.reports.clone();
                     tokio::spawn(async move {
                         let result = routing.enqueue_call(info).await.map_err(|e| e.0);
-                        let _ = tx.send(Internal::Enqueued { call_id, result });
+                        if let Err(e) = tx.send(Internal::Enqueued { call_id, result, reports }) {
+                            // The engine stopped: nobody will hang this caller up but its end.
+                            if let Internal::Enqueued { call_id, result: Ok(ticket), reports } = e.0 {
+                                tracing::warn!(%call_id, "Engine gone while enqueueing; abandoning.");
+                                reports.abandon(ticket);
+                            }
+                        }
                     });
                 }
                 IvrAction::Voicemail { prompt, max } => {
@@ -808,14 +820,8 @@ impl Engine {
                 tracing::info!(call_id = %call_id, end = ?how, "Voicemail recorded.");
                 self.end_call(&call_id, Side::Hub);
             }
-            if let Some(info) = self.pending_voicemails.remove(&leg) {
-                let routing = self.routing.clone();
-                let path = path.clone();
-                tokio::spawn(async move {
-                    if let Err(error) = routing.voicemail(info, path).await {
-                        tracing::warn!(%error, "Routing rejected a voicemail.");
-                    }
-                });
+            if let Some((info, reports)) = self.pending_voicemails.remove(&leg) {
+                reports.voicemail(info, path.clone());
             }
             return;
         }
@@ -864,14 +870,12 @@ impl Engine {
 
     fn on_internal(&mut self, ev: Internal) {
         match ev {
-            Internal::Enqueued { call_id, result } => {
+            Internal::Enqueued { call_id, result, reports } => {
                 let Some(call) = self.calls.get_mut(&call_id) else {
                     // The caller hung up while core was enqueueing: abandon at once.
                     if let Ok(ticket) = result {
-                        let routing = self.routing.clone();
-                        tokio::spawn(async move {
-                            let _ = routing.abandon(&ticket).await;
-                        });
+                        tracing::info!(call_id = %call_id, "Call ended while being enqueued; abandoning it.");
+                        reports.abandon(ticket);
                     }
                     return;
                 };
@@ -985,18 +989,12 @@ impl Vias {
     }
 }
 
-/// Tells core about a call event from a spawned task (signalling never waits on core).
-fn report(routing: &Arc<dyn CallRouting>, call: &Call, event: CallOutcome) {
-    {
-        let Some(ticket) = call.ticket.clone() else {
-            return;
-        };
-        let routing = routing.clone();
-        tokio::spawn(async move {
-            if let Err(error) = routing.call_event(&ticket, event).await {
-                tracing::warn!(%error, "Routing rejected a call event.");
-            }
-        });
+/// Tells core about a call event through the call's ordered report queue (signalling
+/// never waits on core, and a later event never overtakes an earlier one).
+fn report(call: &Call, event: CallOutcome) {
+    match call.ticket.clone() {
+        Some(ticket) => call.reports.event(ticket, event),
+        None => tracing::debug!(call_id = %call.id, ?event, "Call event before core knew the call; not reported."),
     }
 }
 
@@ -1017,7 +1015,7 @@ impl Engine {
         let (cancel, peer) = leg.cancel();
         tracing::info!(call_id = %call_id, user = %leg.user, "Ring-no-answer; cancelling.");
         let event = leg.failure(LegFailure::NoAnswer);
-        report(&self.routing, call, event);
+        report(call, event);
         self.send_request(cancel, peer, ClientPurpose::Other);
     }
 
@@ -1121,15 +1119,15 @@ impl Engine {
         }
         if call.phase != Phase::Queued || call.bridged().is_some() {
             let withdrawn = CallOutcome::Withdrawn { offer_id: offer_id.to_string(), reason: "call is not waiting for an agent".into() };
-            report(&self.routing, call, withdrawn);
+            report(call, withdrawn);
             return;
         }
         let Some(binding) = self.registrar.lookup(user, Self::now()).cloned() else {
-            report(&self.routing, call, unreachable("agent phone not registered"));
+            report(call, unreachable("agent phone not registered"));
             return;
         };
         let Ok(uri) = rsip::Uri::try_from(binding.contact.as_str()) else {
-            report(&self.routing, call, unreachable("unusable contact"));
+            report(call, unreachable("unusable contact"));
             return;
         };
         let to = format!("<sip:{}@{}>", sip_user_safe(user), host_port(self.local_ip, 0));
@@ -1138,7 +1136,7 @@ impl Engine {
         let target = DialTarget { uri, peer: binding.peer, user: user.to_string(), to };
         if let Err(reason) = self.dial(call_id, target, role, ring).await {
             if let Some(call) = self.calls.get(call_id) {
-                report(&self.routing, call, unreachable(reason));
+                report(call, unreachable(reason));
             }
         }
     }
@@ -1281,7 +1279,7 @@ impl Engine {
         let target = DialTarget { uri, peer, user: number.clone(), to };
         if let Err(reason) = self.dial(call_id, target, OutRole::External { number: number.clone() }, ring).await {
             if let Some(call) = self.calls.get(call_id) {
-                report(&self.routing, call, CallOutcome::ExternalFailed { number, reason: reason.into() });
+                report(call, CallOutcome::ExternalFailed { number, reason: reason.into() });
             }
             self.retry_overflow(call_id);
         }
@@ -1323,7 +1321,7 @@ impl Engine {
                 leg.reported_ringing = true;
                 if let Some(offer_id) = leg.offer_id() {
                     let ev = CallOutcome::Ringing { offer_id: offer_id.to_string() };
-                    report(&self.routing, call, ev);
+                    report(call, ev);
                 }
             }
             100..=199 => {}
@@ -1342,7 +1340,7 @@ impl Engine {
                 let report_it = leg.state == LegState::Ringing;
                 let sip_call_id = leg.sip_call_id.clone();
                 if report_it {
-                    report(&self.routing, call, ev);
+                    report(call, ev);
                 }
                 self.drop_leg(&call_id, &sip_call_id, false);
             }
@@ -1392,7 +1390,7 @@ impl Engine {
                 if !cancelled {
                     let reason = if other.is_err() { "phone answered with unusable SDP" } else { "call no longer waiting for this leg" };
                     let ev = leg.failure(LegFailure::Unreachable(reason.into()));
-                    report(&self.routing, call, ev);
+                    report(call, ev);
                 }
                 self.drop_leg(call_id, sip_call_id, true);
                 return;
@@ -1407,7 +1405,7 @@ impl Engine {
                 leg.media.command(MediaCommand::Mix(true));
                 let ev = CallOutcome::SupervisorJoined { user: leg.user.clone(), barge: *barge };
                 tracing::info!(call_id = %call_id, supervisor = %leg.user, barge, "Supervisor joined.");
-                report(&self.routing, call, ev);
+                report(call, ev);
                 self.rewire(call_id, &[]);
                 return;
             }
@@ -1431,7 +1429,7 @@ impl Engine {
         }
         call.phase = Phase::Bridged;
         tracing::info!(call_id = %call_id, user = %call.legs[i].user, "Call answered; legs bridged.");
-        report(&self.routing, call, ev);
+        report(call, ev);
         // Ring-all and overflow forks that lost the race stop ringing.
         self.cancel_forks(call_id, Some(sip_call_id));
     }
@@ -1569,7 +1567,7 @@ impl Engine {
         }
         if let Some(call) = self.calls.get(call_id) {
             for ev in left {
-                report(&self.routing, call, ev);
+                report(call, ev);
             }
         }
         self.rewire(call_id, &gone);
@@ -1609,7 +1607,7 @@ impl Engine {
         if leg.state == LegState::Ringing {
             let reason = if leg.offer_id().is_some() { "agent phone did not respond" } else { "no response" };
             let ev = leg.failure(LegFailure::Unreachable(reason.into()));
-            report(&self.routing, call, ev);
+            report(call, ev);
         }
         let sip_call_id = leg.sip_call_id.clone();
         self.drop_leg(&call_id, &sip_call_id, false);
@@ -1765,7 +1763,7 @@ impl Engine {
                 // hung up (the caller stays queued).
                 if !leg.is_party() && leg.state == LegState::Answered {
                     tracing::info!(call_id = %call_id, supervisor = %leg.user, "Supervisor left.");
-                    report(&self.routing, call, CallOutcome::SupervisorLeft { user: leg.user.clone() });
+                    report(call, CallOutcome::SupervisorLeft { user: leg.user.clone() });
                 }
                 self.drop_leg(&call_id, &info.call_id, false);
                 return;
@@ -1844,41 +1842,20 @@ impl Engine {
         for (req, peer) in requests {
             self.send_request(req, peer, ClientPurpose::Other);
         }
-        tracing::info!(call_id = %call_id, by = ?by, "Call ended.");
-        let routing = self.routing.clone();
+        tracing::info!(call_id = %call_id, by = ?by, phase = ?call.phase, "Call ended.");
         let ticket = call.ticket.clone();
         if call.voicemail.is_some_and(|v| v.started) {
             // Reported when the media task has closed the file (RecordingDone).
-            self.pending_voicemails.insert(call.caller.media.id, call.info.clone());
+            self.pending_voicemails.insert(call.caller.media.id, (call.info.clone(), call.reports.clone()));
             return;
         }
+        // Queued behind every earlier report of this call (an answer a moment ago).
         match (call.phase, ticket) {
-            (Phase::Bridged, Some(ticket)) if agent_answered => {
-                let recorder = call.recorder.take();
-                tokio::spawn(async move {
-                    let recording = match recorder {
-                        Some(r) => {
-                            let _ = r.stop.send(());
-                            let _ = r.done.await;
-                            Some(r.path)
-                        }
-                        None => None,
-                    };
-                    let _ = routing.call_event(&ticket, CallOutcome::Ended { by, recording }).await;
-                });
-            }
-            (Phase::Queued | Phase::Enqueuing | Phase::Bridged, Some(ticket)) if by == Side::Caller => {
-                tokio::spawn(async move {
-                    let _ = routing.abandon(&ticket).await;
-                });
-            }
-            (_, Some(ticket)) => {
-                tokio::spawn(async move {
-                    let ev = CallOutcome::Ended { by, recording: None };
-                    let _ = routing.call_event(&ticket, ev).await;
-                });
-            }
-            _ => {}
+            (Phase::Bridged, Some(ticket)) if agent_answered => call.reports.ended_recorded(ticket, by, call.recorder.take()),
+            (Phase::Queued | Phase::Enqueuing | Phase::Bridged, Some(ticket)) if by == Side::Caller => call.reports.abandon(ticket),
+            (_, Some(ticket)) => call.reports.event(ticket, CallOutcome::Ended { by, recording: None }),
+            // Still in the IVR, or enqueueing (abandoned when core's answer arrives).
+            (_, None) => {}
         }
     }
 }

@@ -16,6 +16,7 @@
 pub mod adapter;
 pub mod b2bua;
 pub mod call;
+pub mod call_reports;
 pub mod config;
 pub mod http;
 pub mod ivr;

@@ -29,6 +29,12 @@ struct Hub {
 }
 
 async fn start_hub(ring_timeout_secs: u64) -> Hub {
+    start_hub_with(ring_timeout_secs, Duration::ZERO).await
+}
+
+/// A hub whose routing double takes `answer_delay` to apply an answer (core accepting
+/// the offer in the database).
+async fn start_hub_with(ring_timeout_secs: u64, answer_delay: Duration) -> Hub {
     let prompts = temp_dir("prompts");
     // A 60 ms prompt keeps the IVR fast; other prompts fall back to generated cues.
     std::fs::write(prompts.join("menu.wav"), wav::encode_mono(&vec![1000i16; 480])).unwrap();
@@ -77,7 +83,7 @@ type = "enqueue"
         temp_dir("voicemail").display()
     );
     let config: VoiceConfig = toml::from_str(&toml).expect("test config");
-    let (routing, rx) = routing();
+    let (routing, rx) = routing_with_answer_delay(answer_delay);
     let mut creds = InlineCredentials::default();
     creds.insert("alice", "wonderland");
     let handle = VoiceEngine::start(config, routing, Arc::new(creds)).await.expect("engine starts");
@@ -387,5 +393,42 @@ async fn voicemail_is_recorded_and_reported() {
     assert_eq!(call_id, "call-vm");
     let samples = wav::read_wav(&path).expect("mono 8 kHz WAV");
     assert!(samples.iter().any(|s| *s != 0), "caller audio recorded");
+    hub.handle.shutdown();
+}
+
+/// Point 1 of the hardening issue: the caller hangs up a few milliseconds after the agent
+/// answered while core is still applying the answer. Core must get the answer first and
+/// the end second (run side by side, the end overtook the answer and the interaction
+/// stayed `active` with the agent's voice slot used).
+#[tokio::test]
+async fn hang_up_right_after_the_answer_reaches_core_after_the_answer() {
+    let mut hub = start_hub_with(20, Duration::from_millis(300)).await;
+    let agent = Phone::new(hub.sip).await;
+    register_agent(&agent).await;
+    let caller = Phone::new(hub.sip).await;
+    let rtp = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    caller.send(&invite_text(&caller, rtp.local_addr().unwrap(), "call-race", "")).await;
+    let (ok, _) = caller.expect("200 OK", |m| status(m) == Some(200)).await;
+    let tag = to_tag(&ok);
+    caller.send(&in_dialog("ACK", &caller, "call-race", &tag, 1, "")).await;
+    send_dtmf(&rtp, media_addr(&ok), '1').await;
+    let Seen::Enqueued(info) = next_seen(&mut hub.routing).await else { panic!("enqueue expected") };
+    hub.handle.ring_agent(&info.call_id, "alice", "offer-race").unwrap();
+    let (invite, _) = agent.expect("INVITE", |m| method(m).as_deref() == Some("INVITE")).await;
+    let agent_rtp = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let agent_sdp = sdp::render(agent_rtp.local_addr().unwrap(), 2, 1, &[Codec::Pcmu], Some(101), sdp::Direction::SendRecv);
+    agent.send(&reply_to(&invite, 200, "agent", agent.addr(), &agent_sdp)).await;
+    agent.expect("ACK from hub", |m| method(m).as_deref() == Some("ACK")).await;
+    // The caller hangs up at once.
+    caller.send(&in_dialog("BYE", &caller, "call-race", &tag, 2, "")).await;
+    caller.expect("200 to BYE", |m| status(m) == Some(200) && header(m, "CSeq") == "2 BYE").await;
+    let (bye, _) = agent.expect("BYE to agent", |m| method(m).as_deref() == Some("BYE")).await;
+    agent.send(&reply_to(&bye, 200, "agent", agent.addr(), "")).await;
+    let first = next_seen(&mut hub.routing).await;
+    let second = next_seen(&mut hub.routing).await;
+    assert_eq!(first, Seen::Event("call-race".into(), CallOutcome::Answered { offer_id: "offer-race".into(), agent: "alice".into() }));
+    let Seen::Event(_, CallOutcome::Ended { by: Side::Caller, recording: Some(_) }) = second else {
+        panic!("the end must follow the answer: {second:?}")
+    };
     hub.handle.shutdown();
 }

@@ -26,11 +26,18 @@ pub enum Seen {
 /// Records every call into a channel the test awaits.
 pub struct RecordingRouting {
     pub tx: mpsc::UnboundedSender<Seen>,
+    /// How long core takes to apply an `Answered` (accepting the offer in the database);
+    /// the event is recorded when it has been applied.
+    pub answer_delay: Duration,
 }
 
 pub fn routing() -> (Arc<RecordingRouting>, mpsc::UnboundedReceiver<Seen>) {
+    routing_with_answer_delay(Duration::ZERO)
+}
+
+pub fn routing_with_answer_delay(answer_delay: Duration) -> (Arc<RecordingRouting>, mpsc::UnboundedReceiver<Seen>) {
     let (tx, rx) = mpsc::unbounded_channel();
-    (Arc::new(RecordingRouting { tx }), rx)
+    (Arc::new(RecordingRouting { tx, answer_delay }), rx)
 }
 
 #[async_trait]
@@ -45,6 +52,9 @@ impl CallRouting for RecordingRouting {
         Ok(())
     }
     async fn call_event(&self, ticket: &CallTicket, event: CallOutcome) -> Result<(), RoutingError> {
+        if matches!(event, CallOutcome::Answered { .. }) && !self.answer_delay.is_zero() {
+            tokio::time::sleep(self.answer_delay).await;
+        }
         let _ = self.tx.send(Seen::Event(ticket.call_id.clone(), event));
         Ok(())
     }
