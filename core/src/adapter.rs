@@ -112,6 +112,10 @@ pub trait ChannelAdapter: Send + Sync + 'static {
     fn http_router(&self) -> Option<axum::Router<Hub>> {
         None
     }
+    /// The adapter's part of erasing a customer's personal data, if it stores any.
+    fn personal_data_eraser(&self) -> Option<Arc<dyn crate::privacy::PersonalDataEraser>> {
+        None
+    }
 }
 
 /// Builds an adapter from its TOML table (the `[[channels]]` entry, `type` included).

@@ -20,6 +20,7 @@ pub mod hub;
 pub mod interactions;
 pub mod metrics;
 pub mod outbox;
+pub mod privacy;
 pub mod queues;
 pub mod router;
 pub mod skills;

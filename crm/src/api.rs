@@ -734,7 +734,7 @@ async fn privacy_export(State(hub): State<Hub>, caller: Caller, ApiPath(id): Api
 
 async fn erase(State(hub): State<Hub>, caller: Caller, ApiPath(id): ApiPath<Uuid>) -> CoreResult<Json<Value>> {
     caller.require(SUPERVISORS)?;
-    store::erase(hub.db(), Some(caller.user_id), id).await?;
+    store::erase(&hub, Some(caller.user_id), id).await?;
     Ok(Json(json!({ "id": id, "erased": true })))
 }
 

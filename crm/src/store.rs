@@ -8,7 +8,7 @@ use chrono::{DateTime, NaiveDate, Utc};
 use serde::Serialize;
 use serde_json::{json, Value};
 use sqlx::{PgConnection, PgPool};
-use switchboard_core::{CoreError, CoreResult, CustomerHints, ResolvedCustomer};
+use switchboard_core::{CoreError, CoreResult, CustomerHints, Hub, ResolvedCustomer};
 use uuid::Uuid;
 
 /// A customer record.
@@ -216,8 +216,9 @@ pub struct TimelineEntry {
     pub agent_id: Option<Uuid>,
     /// That agent's name.
     pub agent_name: Option<String>,
-    /// Recording link (interactions.metadata.recording), if any.
-    pub recording: Option<Value>,
+    /// Where to play the call's recording (`/api/v1/recordings/{id}`, served with
+    /// authorization by the voice channel), if it has one. Never the server's file path.
+    pub recording_url: Option<String>,
     /// Messages in it.
     pub message_count: i64,
     /// Start of the first message.
@@ -228,18 +229,22 @@ pub struct TimelineEntry {
     pub closed_at: Option<DateTime<Utc>>,
 }
 
+/// SQL for an interaction's (`i`) recording URL: the voice channel's authorized endpoint.
+const RECORDING_URL: &str =
+    "case when i.channel = 'voice' and coalesce(i.metadata->>'recording', '') <> '' then '/api/v1/recordings/' || i.id end";
+
 /// Every interaction of a customer, newest first.
 pub async fn timeline(db: &PgPool, customer_id: Uuid, limit: i64, offset: i64) -> CoreResult<Vec<TimelineEntry>> {
-    Ok(sqlx::query_as(
+    Ok(sqlx::query_as(&format!(
         "select i.id, i.channel, i.direction, i.status, i.disposition, i.summary, i.subject, i.customer_address,
-                i.agent_id, a.name as agent_name, i.metadata -> 'recording' as recording,
+                i.agent_id, a.name as agent_name, {RECORDING_URL} as recording_url,
                 (select count(*) from messages m where m.interaction_id = i.id) as message_count,
                 (select left(m.body, 200) from messages m where m.interaction_id = i.id and m.direction <> 'internal'
                   order by m.created_at limit 1) as preview,
                 i.created_at, i.closed_at
          from interactions i left join agents a on a.id = i.agent_id
          where i.customer_id = $1 order by i.created_at desc, i.id limit $2 offset $3",
-    )
+    ))
     .bind(customer_id)
     .bind(limit)
     .bind(offset)
@@ -406,15 +411,15 @@ pub async fn privacy_export(db: &PgPool, id: Uuid) -> CoreResult<Option<Value>> 
     .bind(id)
     .fetch_all(db)
     .await?;
-    let interactions: Vec<Value> = sqlx::query_scalar(
+    let interactions: Vec<Value> = sqlx::query_scalar(&format!(
         "select json_build_object('id', i.id, 'channel', i.channel, 'direction', i.direction, 'status', i.status,
                 'disposition', i.disposition, 'summary', i.summary, 'subject', i.subject, 'address', i.customer_address,
-                'created_at', i.created_at, 'closed_at', i.closed_at, 'recording', i.metadata -> 'recording',
+                'created_at', i.created_at, 'closed_at', i.closed_at, 'recording_url', {RECORDING_URL},
                 'messages', coalesce((select json_agg(json_build_object('direction', m.direction, 'body', m.body,
                     'attachments', m.attachments, 'created_at', m.created_at) order by m.created_at)
                   from messages m where m.interaction_id = i.id and m.direction <> 'internal'), '[]'::json))::jsonb
          from interactions i where i.customer_id = $1 order by i.created_at",
-    )
+    ))
     .bind(id)
     .fetch_all(db)
     .await?;
@@ -430,14 +435,20 @@ pub async fn privacy_export(db: &PgPool, id: Uuid) -> CoreResult<Option<Value>> 
     })))
 }
 
-/// Erases a customer's personal data. Kept: the customer row as an anonymous shell (so
-/// statistics still join), interactions with channel, status, timestamps and
-/// disposition; the consent history (proof of what was consented to, without names).
-/// Scrubbed: name, external id, birthday, attributes, tags, company, identities, notes,
-/// appointment details, task titles, message bodies and attachments, interaction
-/// addresses, subjects, summaries and metadata (recording links), outbox copies.
-pub async fn erase(db: &PgPool, actor: Option<Uuid>, id: Uuid) -> CoreResult<()> {
-    let mut tx = db.begin().await?;
+/// Erases a customer's personal data, everywhere the hub keeps it. Kept: the customer row
+/// as an anonymous shell (so statistics still join), interactions with channel, status,
+/// timestamps and disposition, their events (payloads without personal data) and the
+/// consent history (proof of what was consented to, without names); an audit entry says
+/// who erased when. Scrubbed: name, external id, birthday, attributes, tags, company,
+/// identities, notes, appointment details, task titles, message bodies and attachments,
+/// interaction addresses, subjects, summaries and metadata, outbox copies, personal keys of
+/// event payloads, and through each channel's [`PersonalDataEraser`] what the channels
+/// keep (chat visitor names and emails, chat attachments, call recordings). Files are
+/// deleted once the transaction has committed.
+///
+/// [`PersonalDataEraser`]: switchboard_core::privacy::PersonalDataEraser
+pub async fn erase(hub: &Hub, actor: Option<Uuid>, id: Uuid) -> CoreResult<()> {
+    let mut tx = hub.db().begin().await?;
     let c: Option<Customer> = sqlx::query_as(&format!("select {CUSTOMER_COLUMNS} from customers where id = $1 for update"))
         .bind(id)
         .fetch_optional(&mut *tx)
@@ -446,50 +457,78 @@ pub async fn erase(db: &PgPool, actor: Option<Uuid>, id: Uuid) -> CoreResult<()>
     if c.erased_at.is_some() {
         return Err(CoreError::Conflict("customer already erased".into()));
     }
-    let n_ids = sqlx::query("delete from customer_identities where customer_id = $1").bind(id).execute(&mut *tx).await?.rows_affected();
-    let n_notes = sqlx::query("delete from customer_notes where customer_id = $1").bind(id).execute(&mut *tx).await?.rows_affected();
-    sqlx::query("update appointments set location = '', notes = '', updated_at = now() where customer_id = $1")
-        .bind(id)
+    // Customers merged into this one held the same person's data (and may still own
+    // interactions recorded before the merge).
+    let mut people: Vec<Uuid> = sqlx::query_scalar("select id from customers where merged_into = $1").bind(id).fetch_all(&mut *tx).await?;
+    people.push(id);
+    // The channels first: they find their rows through the interactions' metadata and
+    // conversation keys, which are scrubbed below.
+    let mut files = Vec::new();
+    let mut channel_rows = serde_json::Map::new();
+    for eraser in hub.personal_data_erasers() {
+        let mut rows = 0;
+        let mut n_files = 0;
+        for &p in &people {
+            let e = eraser.erase_customer(hub, &mut tx, p).await?;
+            rows += e.rows;
+            n_files += e.files.len();
+            files.extend(e.files);
+        }
+        let prev = channel_rows.get(eraser.scope()).and_then(|v| v["rows"].as_u64()).unwrap_or(0);
+        let prev_files = channel_rows.get(eraser.scope()).and_then(|v| v["files"].as_u64()).unwrap_or(0);
+        channel_rows.insert(eraser.scope().to_string(), json!({ "rows": prev + rows, "files": prev_files + n_files as u64 }));
+    }
+    let n_ids =
+        sqlx::query("delete from customer_identities where customer_id = any($1)").bind(&people).execute(&mut *tx).await?.rows_affected();
+    let n_notes =
+        sqlx::query("delete from customer_notes where customer_id = any($1)").bind(&people).execute(&mut *tx).await?.rows_affected();
+    sqlx::query("update appointments set location = '', notes = '', updated_at = now() where customer_id = any($1)")
+        .bind(&people)
         .execute(&mut *tx)
         .await?;
-    sqlx::query("update crm_tasks set title = '[erased]' where customer_id = $1").bind(id).execute(&mut *tx).await?;
+    sqlx::query("update crm_tasks set title = '[erased]' where customer_id = any($1)").bind(&people).execute(&mut *tx).await?;
     let n_msgs = sqlx::query(
         "update messages set body = '[erased]', attachments = '[]'
-         where interaction_id in (select id from interactions where customer_id = $1)",
+         where interaction_id in (select id from interactions where customer_id = any($1))",
     )
-    .bind(id)
+    .bind(&people)
     .execute(&mut *tx)
     .await?
     .rows_affected();
     sqlx::query(
         "update outbox set recipient = '[erased]', subject = null, body = '[erased]', metadata = '{}'
-         where interaction_id in (select id from interactions where customer_id = $1)",
+         where interaction_id in (select id from interactions where customer_id = any($1))",
     )
-    .bind(id)
+    .bind(&people)
     .execute(&mut *tx)
     .await?;
+    // Event payloads: ids, kinds and times stay for reports; keys that can carry what the
+    // person said or who they are (or name a deleted file) go. Events are append-only
+    // except inside an erase (migration 20261202400000).
+    sqlx::query("select set_config('switchboard.erasing', 'on', true)").execute(&mut *tx).await?;
+    sqlx::query(
+        "update interaction_events set data = data - $2::text[]
+          where interaction_id in (select id from interactions where customer_id = any($1)) and data ?| $2::text[]",
+    )
+    .bind(&people)
+    .bind(EVENT_PERSONAL_KEYS)
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query("select set_config('switchboard.erasing', 'off', true)").execute(&mut *tx).await?;
     let n_int = sqlx::query(
         "update interactions set customer_address = null, subject = null, summary = null,
-            metadata = '{\"erased\": true}', updated_at = now() where customer_id = $1",
+            metadata = '{\"erased\": true}', updated_at = now() where customer_id = any($1)",
     )
-    .bind(id)
+    .bind(&people)
     .execute(&mut *tx)
     .await?
     .rows_affected();
     sqlx::query(
         "update customers set name = '', external_id = null, language = null, time_zone = null, birthday = null,
             tags = '{}', attributes = '{}', company = null, consent_sms = false, consent_email = false,
-            own_manager_id = null, erased_at = now(), updated_at = now() where id = $1",
+            own_manager_id = null, erased_at = now(), updated_at = now() where id = any($1)",
     )
-    .bind(id)
-    .execute(&mut *tx)
-    .await?;
-    // Customers merged into this one held the same person's data.
-    sqlx::query(
-        "update customers set name = '', external_id = null, birthday = null, attributes = '{}', company = null, tags = '{}',
-            erased_at = now() where merged_into = $1",
-    )
-    .bind(id)
+    .bind(&people)
     .execute(&mut *tx)
     .await?;
     switchboard_core::auth::audit(
@@ -498,9 +537,31 @@ pub async fn erase(db: &PgPool, actor: Option<Uuid>, id: Uuid) -> CoreResult<()>
         "customer.erase",
         "customer",
         &id.to_string(),
-        json!({ "identities": n_ids, "notes": n_notes, "messages": n_msgs, "interactions": n_int }),
+        json!({ "identities": n_ids, "notes": n_notes, "messages": n_msgs, "interactions": n_int, "channels": channel_rows }),
     )
     .await?;
     tx.commit().await?;
+    let failed = switchboard_core::privacy::remove_files(&files).await;
+    if failed > 0 {
+        return Err(CoreError::Internal(format!("personal data erased, but {failed} file(s) could not be deleted; see the log")));
+    }
     Ok(())
 }
+
+/// Keys of event payloads that can hold personal data: addresses, names, what was said,
+/// recording paths.
+const EVENT_PERSONAL_KEYS: &[&str] = &[
+    "recording",
+    "from",
+    "address",
+    "customer_address",
+    "name",
+    "display_name",
+    "email",
+    "reply_email",
+    "body",
+    "subject",
+    "text",
+    "caller",
+    "phone_number",
+];

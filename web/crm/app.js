@@ -202,15 +202,15 @@ async function loadTimeline(id) {
         i.subject ? h('div', {}, `Subject: ${i.subject}`) : null,
         i.preview ? h('div', { class: 'muted' }, i.preview) : null,
         i.summary ? h('div', {}, `Summary: ${i.summary}`) : null,
-        recordingLink(i.recording)))) : h('p', { class: 'muted' }, 'No interactions yet.'));
+        recordingLink(i.recording_url)))) : h('p', { class: 'muted' }, 'No interactions yet.'));
   } catch (e) { sec.replaceChildren(h('p', {}, e.message)); }
 }
 
-function recordingLink(rec) {
-  if (!rec) return null;
-  const url = typeof rec === 'string' ? rec : rec.url || rec.path;
-  if (!url || !/^(\/|https?:)/.test(url)) return null;
-  return h('div', {}, h('a', { href: url }, 'Recording'));
+// The API gives the recording's HTTP endpoint (authorized per caller), never a file path.
+function recordingLink(url) {
+  if (typeof url !== 'string' || !url.startsWith('/api/v1/recordings/')) return null;
+  return h('div', {}, h('audio', { controls: true, preload: 'none', src: url, 'aria-label': 'Call recording' }), ' ',
+    h('a', { href: url, download: '' }, 'Download recording'));
 }
 
 async function loadNotes(id) {

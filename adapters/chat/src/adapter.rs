@@ -528,6 +528,10 @@ impl ChannelAdapter for ChatAdapter {
     fn http_router(&self) -> Option<axum::Router<Hub>> {
         Some(crate::http::router(self.state.clone()))
     }
+
+    fn personal_data_eraser(&self) -> Option<Arc<dyn switchboard_core::privacy::PersonalDataEraser>> {
+        Some(Arc::new(store::ChatEraser(self.state.clone())))
+    }
 }
 
 /// Sends a typing indicator to every node (an ephemeral event: not persisted).

@@ -400,3 +400,63 @@ pub async fn outbox_message(db: &PgPool, outbox_id: Uuid) -> CoreResult<Option<U
         sqlx::query_scalar("select message_id from outbox where id = $1").bind(outbox_id).fetch_optional(db).await?;
     Ok(m.flatten())
 }
+
+/// Erases what this chat channel keeps about a customer: the visitor details of every
+/// conversation the customer's chat interactions belong to (name, email, language), and
+/// those conversations' attachments (rows now, files after commit; a content-addressed
+/// file another conversation still uses stays). Message bodies and their attachment lists
+/// are core's rows, scrubbed by the CRM's erase.
+pub struct ChatEraser(pub std::sync::Arc<crate::adapter::ChatState>);
+
+#[async_trait::async_trait]
+impl switchboard_core::privacy::PersonalDataEraser for ChatEraser {
+    fn scope(&self) -> &str {
+        "chat"
+    }
+
+    async fn erase_customer(
+        &self,
+        hub: &switchboard_core::Hub,
+        tx: &mut sqlx::PgConnection,
+        customer: Uuid,
+    ) -> CoreResult<switchboard_core::privacy::Erased> {
+        let convs: Vec<Uuid> = sqlx::query_scalar(
+            "select c.id from chat_conversations c
+              where c.adapter = $2 and c.id::text in (
+                    select conversation_key from interactions
+                     where customer_id = $1 and channel = 'chat' and conversation_key is not null)",
+        )
+        .bind(customer)
+        .bind(&self.0.name)
+        .fetch_all(&mut *tx)
+        .await?;
+        if convs.is_empty() {
+            return Ok(Default::default());
+        }
+        let visitors = sqlx::query(
+            "update chat_visitors set display_name = null, email = null, language = null
+              where id in (select visitor_id from chat_conversations where id = any($1))",
+        )
+        .bind(&convs)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        let removed: Vec<String> = sqlx::query_scalar("delete from chat_attachments where conversation_id = any($1) returning sha256")
+            .bind(&convs)
+            .fetch_all(&mut *tx)
+            .await?;
+        let n_attachments = removed.len() as u64;
+        let mut shas = removed;
+        shas.sort();
+        shas.dedup();
+        // Content-addressed: a file another conversation uploaded too is still theirs.
+        let unused: Vec<String> =
+            sqlx::query_scalar("select s from unnest($1::text[]) s where not exists (select 1 from chat_attachments a where a.sha256 = s)")
+                .bind(&shas)
+                .fetch_all(&mut *tx)
+                .await?;
+        let dir = self.0.attachments_dir(hub);
+        let files = unused.iter().filter(|s| s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit())).map(|s| dir.join(s)).collect();
+        Ok(switchboard_core::privacy::Erased { rows: visitors + n_attachments, files })
+    }
+}

@@ -296,6 +296,11 @@ impl VoiceAdapter {
         self.state.clone()
     }
 
+    /// This channel's recordings (served over HTTP, erased with a customer's data).
+    pub fn recordings(&self) -> crate::recordings::RecordingStore {
+        crate::recordings::RecordingStore::new(&self.config.recordings_dir, &self.config.voicemail_dir)
+    }
+
     async fn on_event(&self, hub: &Hub, ev: &HubEvent) {
         let Some(interaction_id) = ev.interaction_id else {
             return;
@@ -427,12 +432,17 @@ impl ChannelAdapter for VoiceAdapter {
         Channel::Voice
     }
 
+    fn personal_data_eraser(&self) -> Option<Arc<dyn switchboard_core::privacy::PersonalDataEraser>> {
+        Some(Arc::new(self.recordings()))
+    }
+
     fn name(&self) -> &str {
         &self.state.name
     }
 
     async fn run(&self, hub: Hub, mut shutdown: Shutdown) -> Result<(), AdapterError> {
         hub.add_route_docs(crate::http::ROUTES);
+        hub.add_route_docs(crate::recordings::ROUTES);
         let _ = self.state.hub.set(hub.clone());
         let inline = InlineCredentials::from_config(&self.config.registrar.credentials);
         let from_db = matches!(self.config.registrar.credentials, CredentialSource::External);
@@ -513,7 +523,7 @@ impl ChannelAdapter for VoiceAdapter {
             realm: self.config.registrar.realm.clone(),
             from_database: matches!(self.config.registrar.credentials, CredentialSource::External),
         };
-        Some(crate::http::router(self.state.clone(), registrar))
+        Some(crate::http::router(self.state.clone(), registrar).merge(crate::recordings::router(Arc::new(self.recordings()))))
     }
 }
 

@@ -1,0 +1,274 @@
+//! Erasure of a customer's personal data across the hub (CRM, chat, voice recordings) and
+//! the recording endpoint the CRM page links to, through a real hub with a web chat and
+//! a voice channel.
+
+mod support;
+
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
+use support::*;
+use switchboard_core::Role;
+use uuid::Uuid;
+
+/// A hub with a `webchat` channel and a `sip` channel (recordings under `dir`).
+async fn hub_with_channels(dir: &Path) -> TestHub {
+    let chat: toml::Value = toml::Value::Table(
+        format!("type = \"webchat\"\nname = \"web\"\nattachments_dir = \"{}\"\n", dir.join("attachments").display())
+            .parse()
+            .expect("chat toml"),
+    );
+    let voice: toml::Value = toml::Value::Table(
+        format!(
+            r#"
+type = "sip"
+name = "phones"
+udp_listen = "127.0.0.1:0"
+tcp_listen = "127.0.0.1:0"
+public_ip = "127.0.0.1"
+rtp_port_min = 0
+recordings_dir = "{}"
+voicemail_dir = "{}"
+[registrar]
+realm = "switchboard"
+"#,
+            dir.join("recordings").display(),
+            dir.join("voicemail").display()
+        )
+        .parse()
+        .expect("voice toml"),
+    );
+    spawn_hub_with(|s| {
+        s.channels.push(chat);
+        s.channels.push(voice);
+    })
+    .await
+}
+
+fn temp_dir() -> PathBuf {
+    let d = std::env::temp_dir().join(format!("sb-erase-{}", Uuid::new_v4().simple()));
+    std::fs::create_dir_all(d.join("recordings")).expect("dir");
+    d
+}
+
+async fn count(th: &TestHub, sql: &str) -> i64 {
+    sqlx::query_scalar(sql).fetch_one(th.hub().db()).await.expect(sql)
+}
+
+/// A closed voice interaction of `customer` answered by `agent` with a recording file
+/// (as the voice adapter leaves it: path in the metadata and in the `call_ended` event).
+async fn recorded_call(th: &TestHub, customer: Uuid, agent: Option<Uuid>, from: &str, path: &Path) -> Uuid {
+    std::fs::write(path, b"RIFF\0\0\0\0WAVEfmt the caller's voice").expect("recording file");
+    let id: Uuid = sqlx::query_scalar(
+        "insert into interactions (channel, customer_id, customer_address, agent_id, status, metadata, answered_at, closed_at)
+         values ('voice', $1, $4, $2, 'closed', jsonb_build_object('recording', $3::text, 'ended_by', 'caller'), now(), now())
+         returning id",
+    )
+    .bind(customer)
+    .bind(agent)
+    .bind(path.display().to_string())
+    .bind(from)
+    .fetch_one(th.hub().db())
+    .await
+    .expect("voice interaction");
+    sqlx::query("insert into interaction_events (interaction_id, kind, data) values ($1, 'call_ended', jsonb_build_object('call_id', 'c1', 'by', 'caller', 'recording', $2::text))")
+        .bind(id)
+        .bind(path.display().to_string())
+        .execute(th.hub().db())
+        .await
+        .expect("event");
+    id
+}
+
+/// The route table is registered when the adapters run; wait until the hub knows it.
+async fn wait_for_routes(sup: &Client) {
+    eventually(10, || {
+        let sup = sup.clone();
+        async move {
+            let (st, _) = sup.call("GET", &format!("/api/v1/recordings/{}", Uuid::new_v4()), None).await;
+            (st == StatusCode::NOT_FOUND).then_some(())
+        }
+    })
+    .await;
+    // A 404 for an unknown route looks the same; check the document lists it.
+    let (_, doc) = sup.call("GET", "/api/openapi.json", None).await;
+    assert!(doc["paths"].get("/api/v1/recordings/{interaction_id}").is_some(), "recording route documented");
+}
+
+#[tokio::test]
+async fn erase_removes_chat_visitor_attachments_and_recordings() {
+    let dir = temp_dir();
+    let th = hub_with_channels(&dir).await;
+    let admin = user(&th, "root", &[Role::Admin], None).await;
+    queue(&admin, json!({ "name": "default", "wrap_up_secs": 0 })).await;
+    let sup = user(&th, "sue", &[Role::Supervisor], None).await;
+    wait_for_routes(&sup).await;
+
+    // A chat with the pre-chat form filled in and an uploaded file.
+    let http = reqwest::Client::new();
+    let s: Value = http
+        .post(format!("{}/chat/v1/sessions", th.url))
+        .json(&json!({ "name": "Zoe Zed", "email": "zoe@example.com", "language": "es" }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let token = s["token"].as_str().expect("token").to_string();
+    let conv: Uuid = s["conversation_id"].as_str().unwrap().parse().unwrap();
+    let text = "Zoe Zed, passport X1234567";
+    let r = http
+        .post(format!("{}/chat/v1/attachments?filename=passport.txt", th.url))
+        .header("x-chat-token", &token)
+        .header("content-type", "text/plain")
+        .body(text)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let att: Value = r.json().await.unwrap();
+    let att_file = dir.join("attachments").join(att["sha256"].as_str().unwrap());
+    assert!(att_file.exists());
+    let r = http
+        .post(format!("{}/chat/v1/messages", th.url))
+        .header("x-chat-token", &token)
+        .json(&json!({ "client_msg_id": "m1", "body": "Here is my passport", "attachments": [att["id"]] }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let customer: Uuid = sqlx::query_scalar("select customer_id from interactions where channel = 'chat' and conversation_key = $1")
+        .bind(conv.to_string())
+        .fetch_one(th.hub().db())
+        .await
+        .expect("chat interaction with a customer");
+
+    // A recorded call of the same customer, and one of somebody else (kept).
+    let rec = dir.join("recordings").join("call-1.wav");
+    let call = recorded_call(&th, customer, None, "+34911222333", &rec).await;
+    let (_, other) = sup.call("POST", "/api/v1/customers", Some(json!({ "name": "Other Person" }))).await;
+    let other_id: Uuid = other["id"].as_str().expect("other customer").parse().unwrap();
+    let other_rec = dir.join("recordings").join("call-2.wav");
+    recorded_call(&th, other_id, None, "+34600000000", &other_rec).await;
+    let (st, r) = sup.call("GET", &format!("/api/v1/recordings/{call}"), None).await;
+    assert_eq!(st, StatusCode::OK, "{r}");
+
+    let (st, r) = sup.call("POST", &format!("/api/v1/customers/{customer}/erase"), None).await;
+    assert_eq!(st, StatusCode::OK, "{r}");
+
+    // Files are gone from disk; the other customer's recording stays.
+    assert!(!att_file.exists(), "attachment file deleted");
+    assert!(!rec.exists(), "recording file deleted");
+    assert!(other_rec.exists(), "another customer's recording stays");
+    // Rows hold no name, email, body or file path.
+    assert_eq!(
+        count(&th, "select count(*) from chat_visitors where display_name is not null or email is not null or language is not null").await,
+        0
+    );
+    assert_eq!(count(&th, &format!("select count(*) from chat_attachments where conversation_id = '{conv}'")).await, 0);
+    for needle in ["Zoe", "zoe@example.com", "passport", "call-1.wav", "911222333"] {
+        let hits = count(
+            &th,
+            &format!(
+                "select (select count(*) from chat_visitors v where v::text ilike '%{needle}%')
+                      + (select count(*) from chat_attachments a where a::text ilike '%{needle}%')
+                      + (select count(*) from messages m where m::text ilike '%{needle}%')
+                      + (select count(*) from interactions i where i::text ilike '%{needle}%')
+                      + (select count(*) from interaction_events e where e::text ilike '%{needle}%')
+                      + (select count(*) from customers c where c::text ilike '%{needle}%')
+                      + (select count(*) from customer_identities c where c::text ilike '%{needle}%')
+                      + (select count(*) from audit_log l where l::text ilike '%{needle}%')"
+            ),
+        )
+        .await;
+        assert_eq!(hits, 0, "{needle} left in the database");
+    }
+    // The rows that reports read survive, anonymous; the erase is audited.
+    assert_eq!(count(&th, &format!("select count(*) from interactions where customer_id = '{customer}'")).await, 2);
+    assert_eq!(
+        count(&th, &format!("select count(*) from interaction_events where interaction_id = '{call}' and kind = 'call_ended'")).await,
+        1
+    );
+    assert_eq!(
+        count(
+            &th,
+            &format!(
+                "select count(*) from audit_log where action = 'customer.erase' and target_id = '{customer}' and actor_user_id is not null"
+            )
+        )
+        .await,
+        1
+    );
+    // Events stay append-only outside an erase.
+    sqlx::query("update interaction_events set kind = 'tampered' where interaction_id = $1")
+        .bind(call)
+        .execute(th.hub().db())
+        .await
+        .unwrap();
+    assert_eq!(count(&th, "select count(*) from interaction_events where kind = 'tampered'").await, 0);
+
+    // API reads return nothing personal.
+    let (_, export) = sup.call("GET", &format!("/api/v1/customers/{customer}/privacy-export"), None).await;
+    let export = export.to_string();
+    for needle in ["Zoe", "zoe@example.com", "passport", "recordings", "911222333"] {
+        assert!(!export.contains(needle), "{needle} in {export}");
+    }
+    let (st, _) = sup.call("GET", &format!("/api/v1/recordings/{call}"), None).await;
+    assert_eq!(st, StatusCode::NOT_FOUND);
+    let (st, _, _) = sup.raw("GET", att["url"].as_str().unwrap(), None, vec![]).await;
+    assert_eq!(st, StatusCode::NOT_FOUND);
+    let (_, found) = sup.call("GET", "/api/v1/customers?q=zoe", None).await;
+    assert!(!found.to_string().contains(&customer.to_string()), "{found}");
+    th.stop().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn recordings_are_served_over_http_to_who_may_hear_them() {
+    let dir = temp_dir();
+    let th = hub_with_channels(&dir).await;
+    let sup = user(&th, "sue", &[Role::Supervisor], None).await;
+    let alice = user(&th, "alice", &[Role::Agent], Some(json!({}))).await;
+    let bob = user(&th, "bob", &[Role::Agent], Some(json!({}))).await;
+    let marketer = user(&th, "mia", &[Role::Marketer], None).await;
+    wait_for_routes(&sup).await;
+    let (_, c) = sup.call("POST", "/api/v1/customers", Some(json!({ "name": "Caller" }))).await;
+    let customer: Uuid = c["id"].as_str().expect("customer").parse().unwrap();
+    let rec = dir.join("recordings").join("call-9.wav");
+    let call = recorded_call(&th, customer, alice.agent_id, "+34911222333", &rec).await;
+
+    // The CRM timeline links the endpoint, never the file path.
+    let (st, t) = sup.call("GET", &format!("/api/v1/customers/{customer}/timeline"), None).await;
+    assert_eq!(st, StatusCode::OK, "{t}");
+    assert_eq!(t["items"][0]["recording_url"], format!("/api/v1/recordings/{call}"));
+    assert!(!t.to_string().contains("call-9.wav"), "{t}");
+    let url = t["items"][0]["recording_url"].as_str().unwrap().to_string();
+
+    for (who, client, want) in [
+        ("supervisor", &sup, StatusCode::OK),
+        ("handling agent", &alice, StatusCode::OK),
+        ("other agent", &bob, StatusCode::FORBIDDEN),
+        ("marketer", &marketer, StatusCode::FORBIDDEN),
+    ] {
+        let (st, body, ct) = client.raw("GET", &url, None, vec![]).await;
+        assert_eq!(st, want, "{who}: {body}");
+        if want == StatusCode::OK {
+            assert_eq!(ct.as_deref(), Some("audio/wav"), "{who}");
+        }
+    }
+    let (st, _, _) = Client::anonymous(&th.url).raw("GET", &url, None, vec![]).await;
+    assert_eq!(st, StatusCode::UNAUTHORIZED);
+    // A path outside the recording directories is never served.
+    sqlx::query("update interactions set metadata = jsonb_build_object('recording', '/etc/passwd') where id = $1")
+        .bind(call)
+        .execute(th.hub().db())
+        .await
+        .unwrap();
+    let (st, _, _) = sup.raw("GET", &url, None, vec![]).await;
+    assert_eq!(st, StatusCode::NOT_FOUND);
+    let (st, _) = sup.call("GET", "/api/v1/recordings/not-a-uuid", None).await;
+    assert_eq!(st, StatusCode::BAD_REQUEST);
+    th.stop().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
