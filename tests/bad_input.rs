@@ -172,3 +172,76 @@ async fn malformed_requests_get_clear_problems() {
     assert_eq!(n, 0);
     th.stop().await;
 }
+
+/// A NUL character anywhere (body, nested JSON, object key, query, path) and dates outside
+/// PostgreSQL's range (4713 BC to 294276 AD) are a 422 `invalid_field` naming the field —
+/// never a 500 from the database — on every route, signed in or not.
+#[tokio::test]
+async fn unstorable_values_are_refused_naming_the_field() {
+    let th = spawn_hub().await;
+    let admin = user(&th, "root", &[Role::Admin], None).await;
+    let anon = Client::anonymous(&th.url);
+    let (st, customer) = admin.call("POST", "/api/v1/customers", Some(json!({ "name": "Ana" }))).await;
+    assert_eq!(st, StatusCode::CREATED, "{customer}");
+    let cid = customer["id"].as_str().unwrap().to_string();
+    let customers_before: i64 = sqlx::query_scalar("select count(*) from customers").fetch_one(&th.db.pool).await.unwrap();
+    // (client, method, path, body, field named in the problem)
+    let cases: Vec<(&Client, &str, String, Option<serde_json::Value>, &str)> = vec![
+        (&anon, "POST", "/api/v1/auth/login".into(), Some(json!({ "username": "ro\u{0}ot", "password": "whatever-1" })), "username"),
+        (&anon, "POST", "/api/v1/auth/login".into(), Some(json!({ "username": "root", "password": "pw\u{0}" })), "password"),
+        (&anon, "GET", "/api/v1/kb/public/search?q=refund%00".into(), None, "q"),
+        (&anon, "GET", "/api/v1/kb/public/articles/a%00b".into(), None, "id"),
+        (&admin, "POST", "/api/v1/queues".into(), Some(json!({ "name": "q\u{0}" })), "name"),
+        (&admin, "POST", "/api/v1/agents".into(), Some(json!({ "name": "a", "groups": ["ok", "b\u{0}"] })), "groups[1]"),
+        (
+            &admin,
+            "POST",
+            "/api/v1/users".into(),
+            Some(json!({ "username": "u1", "password": "long-enough-1", "roles": ["agent"], "display_name": "x\u{0}" })),
+            "display_name",
+        ),
+        (&admin, "POST", "/api/v1/tokens".into(), Some(json!({ "name": "t\u{0}" })), "name"),
+        (&admin, "POST", "/api/v1/customers".into(), Some(json!({ "name": "Ana\u{0}" })), "name"),
+        (
+            &admin,
+            "POST",
+            "/api/v1/customers".into(),
+            Some(json!({ "name": "Ana", "attributes": { "k": ["x", "y\u{0}"] } })),
+            "attributes.k[1]",
+        ),
+        (&admin, "POST", "/api/v1/customers".into(), Some(json!({ "name": "Ana", "attributes": { "a\u{0}b": 1 } })), "attributes.a\\0b"),
+        (&admin, "GET", "/api/v1/customers?q=%00".into(), None, "q"),
+        (&admin, "PATCH", format!("/api/v1/customers/{cid}"), Some(json!({ "company": "\u{0}" })), "company"),
+        (&admin, "POST", format!("/api/v1/customers/{cid}/notes"), Some(json!({ "body": "note\u{0}" })), "body"),
+        (&admin, "POST", "/api/v1/kb/articles".into(), Some(json!({ "title": "t\u{0}", "body": "b" })), "title"),
+        (&admin, "GET", "/api/v1/kb/search?q=x%00y".into(), None, "q"),
+        // Dates PostgreSQL cannot store, before and after its range.
+        (&admin, "GET", "/api/v1/interactions?since=-5000-01-01T00:00:00Z".into(), None, "since"),
+        (&admin, "GET", "/api/v1/interactions?until=%2B300000-01-01T00:00:00Z".into(), None, "until"),
+        (&admin, "POST", "/api/v1/tokens".into(), Some(json!({ "name": "t", "expires_at": "+300000-01-01T00:00:00Z" })), "expires_at"),
+        (&admin, "POST", "/api/v1/tasks".into(), Some(json!({ "title": "call back", "due_at": "-5000-01-01T00:00:00Z" })), "due_at"),
+        (
+            &admin,
+            "POST",
+            "/api/v1/appointments".into(),
+            Some(json!({ "customer_id": cid, "starts_at": "-5000-06-01T10:00:00Z" })),
+            "starts_at",
+        ),
+        (&admin, "GET", "/api/v1/appointments?from=-5000-01-01T00:00:00Z".into(), None, "from"),
+        (&admin, "PATCH", format!("/api/v1/customers/{cid}"), Some(json!({ "birthday": "-5000-01-01" })), "birthday"),
+    ];
+    for (client, method, path, body, field) in cases {
+        let (st, b) = client.call(method, &path, body).await;
+        assert_eq!(st, StatusCode::UNPROCESSABLE_ENTITY, "{method} {path}: {b}");
+        assert_eq!(b["code"], "invalid_field", "{method} {path}: {b}");
+        assert_eq!(b["field"], field, "{method} {path}: {b}");
+    }
+    let customers_after: i64 = sqlx::query_scalar("select count(*) from customers").fetch_one(&th.db.pool).await.unwrap();
+    assert_eq!(customers_before, customers_after, "a refused request wrote a row");
+    // The same values without the NUL or with a storable date are fine.
+    let (st, b) = admin.call("GET", "/api/v1/interactions?since=2026-01-01T00:00:00Z", None).await;
+    assert_eq!(st, StatusCode::OK, "{b}");
+    let (st, b) = anon.call("GET", "/api/v1/kb/public/search?q=refund", None).await;
+    assert_eq!(st, StatusCode::OK, "{b}");
+    th.stop().await;
+}

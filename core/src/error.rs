@@ -81,6 +81,7 @@ impl CoreError {
             CoreError::Channel(_) => ("channel_error", StatusCode::BAD_GATEWAY),
             CoreError::Database(e) if is_unique_violation(e) => ("conflict", StatusCode::CONFLICT),
             CoreError::Database(e) if is_fk_violation(e) => ("invalid_reference", StatusCode::UNPROCESSABLE_ENTITY),
+            CoreError::Database(e) if is_unstorable_value(e) => ("invalid_value", StatusCode::UNPROCESSABLE_ENTITY),
             CoreError::Database(e) if is_unavailable(e) => ("database_unavailable", StatusCode::SERVICE_UNAVAILABLE),
             CoreError::Database(_) | CoreError::Internal(_) => ("internal", StatusCode::INTERNAL_SERVER_ERROR),
         }
@@ -113,6 +114,13 @@ pub fn is_unavailable(e: &sqlx::Error) -> bool {
     }
 }
 
+/// True when PostgreSQL refused a value it cannot store: a date/time out of its range
+/// (22008), a NUL in text (22021) or jsonb (22P05). The extractors refuse these first,
+/// naming the field; this is the safety net for values built elsewhere.
+pub fn is_unstorable_value(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(d) if matches!(d.code().as_deref(), Some("22008" | "22021" | "22P05")))
+}
+
 /// True when the capacity trigger refused an offer.
 pub fn is_capacity_violation(e: &sqlx::Error) -> bool {
     matches!(e, sqlx::Error::Database(d) if d.code().as_deref() == Some("P0001") && d.message().contains("capacity"))
@@ -143,6 +151,10 @@ impl IntoResponse for CoreError {
         let detail = match &self {
             CoreError::Database(e) if is_unique_violation(e) => "a record with the same unique value already exists".to_string(),
             CoreError::Database(e) if is_fk_violation(e) => "a referenced record does not exist".to_string(),
+            CoreError::Database(e) if is_unstorable_value(e) => {
+                tracing::warn!(error = %e, "Database refused a value in request.");
+                "a value cannot be stored: a date out of range (4713 BC to 294276 AD) or a NUL character".to_string()
+            }
             CoreError::Database(e) if is_unavailable(e) => {
                 tracing::warn!(error = %e, "Database unavailable in request.");
                 "the database is unavailable; retry later".to_string()
