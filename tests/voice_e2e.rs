@@ -995,3 +995,25 @@ async fn admin_sets_an_agents_sip_password_and_the_phone_registers_with_it() {
     assert!(body["detail"].as_str().unwrap_or_default().contains("inline"), "{body}");
     vh.stop().await;
 }
+
+/// A late-offer INVITE (no SDP, as PBXs and gateways send) is answered 200 OK with our
+/// offer; the caller's answer in the ACK sets the media: the IVR hears the caller's
+/// DTMF, the agent's phone rings, and both directions are recorded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn late_offer_invite_is_answered_with_our_offer_and_the_ack_answers() {
+    let Some(vh) = voice_hub("lateoffer", INLINE_CREDENTIALS).await else { return };
+    vh.queue(json!({})).await;
+    let (alice, phone) = vh.agent("alice", "alice-pw", "agent_answer.xml", &["-d", "3000"]).await;
+    let caller = vh.sipp("caller_late_offer.xml", free_udp_port(), &["-s", "100"]);
+    let i = vh.voice_interaction().await;
+    let id = i["id"].as_str().expect("id").to_string();
+    // The menu choice "1" (an RFC 4733 event, sent to the address of our offer with the
+    // payload type of the ACK's answer) set the requirement.
+    assert_eq!(i["requirement"], "language:en >= 1", "{i}");
+    finished_ok(phone, "alice's phone").await;
+    finished_ok(caller, "late-offer caller").await;
+    let done = vh.wait_status(&id, &["wrap_up", "closed"], 20).await;
+    assert_eq!(done["agent_id"], json!(alice.agent_id));
+    assert_both_sides_heard(&done, "agent");
+    vh.stop().await;
+}

@@ -303,6 +303,17 @@ struct CallerLeg {
     session_id: u64,
     codec: Codec,
     telephone_event: Option<u8>,
+    /// We offered SDP in our 2xx to an offerless INVITE; the answer comes in the ACK.
+    pending_offer: Option<PendingOffer>,
+}
+
+/// Our SDP offer sent in a 2xx to an INVITE without SDP (RFC 3261 §13.2.1, RFC 3264 §4:
+/// the answer must come in the ACK).
+#[derive(Debug)]
+struct PendingOffer {
+    /// The IVR flow to start once the answer is in (a late-offer initial INVITE): until
+    /// then we do not know where to send the prompt's audio.
+    flow: Option<Arc<IvrFlowConfig>>,
 }
 
 /// An outgoing leg: an agent's phone, an external number or a supervisor's phone.
@@ -322,6 +333,9 @@ struct OutLeg {
     reported_ringing: bool,
     answer: Option<(AnswerRetransmitter, Peer)>,
     sdp_version: u64,
+    /// We offered SDP in our 2xx to the phone's offerless re-INVITE; the answer comes
+    /// in the ACK.
+    offer_pending: bool,
 }
 
 impl OutLeg {
@@ -662,12 +676,20 @@ impl Engine {
         };
         let local_rtp = SocketAddr::new(self.local_ip, socket.local_addr().map(|a| a.port()).unwrap_or(0));
         let session_id = rand::random::<u32>() as u64;
-        let (neg, answer) = match sdp::answer_offer(req.body(), local_rtp, session_id, 1) {
-            Ok(ok) => ok,
-            Err(error) => {
-                tracing::info!(%error, "Inbound INVITE with unusable SDP.");
-                self.reply(&key, &req, 488, vec![make_header("Warning", "304 switchboard \"PCMU or PCMA required\"")]);
-                return;
+        // RFC 3261 §13.2.1 / RFC 3264 §4: an INVITE without SDP (late offer, e.g. from a
+        // PBX or gateway) gets our offer in the 2xx; the caller answers in the ACK.
+        let late_offer = req.body().iter().all(u8::is_ascii_whitespace);
+        let (neg, answer) = if late_offer {
+            let offer = sdp::render(local_rtp, session_id, 1, &[Codec::Pcmu, Codec::Pcma], Some(TELEPHONE_EVENT_PT), Direction::SendRecv);
+            (None, offer)
+        } else {
+            match sdp::answer_offer(req.body(), local_rtp, session_id, 1) {
+                Ok((neg, answer)) => (Some(neg), answer),
+                Err(error) => {
+                    tracing::info!(%error, "Inbound INVITE with unusable SDP.");
+                    self.reply(&key, &req, 488, vec![make_header("Warning", "304 switchboard \"PCMU or PCMA required\"")]);
+                    return;
+                }
             }
         };
         let tag = random_token();
@@ -677,7 +699,9 @@ impl Engine {
         };
         let leg_id = self.next_leg();
         let media = spawn_leg(leg_id, socket, local_rtp, self.moh.clone(), self.media_tx.clone());
-        media.command(MediaCommand::SetRemote(neg));
+        if let Some(neg) = neg {
+            media.command(MediaCommand::SetRemote(neg));
+        }
         let call_id = info.call_id.clone();
         let resp = self.answer_response(&req, &tag, source.transport, answer);
         let peer = self.layer.peer_of(&key).unwrap_or(source);
@@ -707,8 +731,9 @@ impl Engine {
                 answer: Some((retransmit, peer)),
                 sdp_version: 1,
                 session_id,
-                codec: neg.codec,
-                telephone_event: neg.telephone_event,
+                codec: neg.map_or(Codec::Pcmu, |n| n.codec),
+                telephone_event: neg.and_then(|n| n.telephone_event),
+                pending_offer: late_offer.then(|| PendingOffer { flow: Some(flow.clone()) }),
             },
             legs: Vec::new(),
             ticket: None,
@@ -728,11 +753,17 @@ impl Engine {
         self.by_sip_call_id.insert(call_id.clone(), (call_id.clone(), Side::Caller));
         self.by_leg.insert(leg_id, (call_id.clone(), Side::Caller));
         self.calls.insert(call_id.clone(), call);
+        if !late_offer {
+            self.start_ivr(&call_id, flow);
+        }
+    }
+
+    fn start_ivr(&mut self, call_id: &str, flow: Arc<IvrFlowConfig>) {
         let (session, actions) = IvrSession::start(flow, chrono::Utc::now());
-        if let Some(c) = self.calls.get_mut(&call_id) {
+        if let Some(c) = self.calls.get_mut(call_id) {
             c.ivr = Some(session);
         }
-        self.run_ivr_actions(&call_id, actions);
+        self.run_ivr_actions(call_id, actions);
     }
 
     fn answer_response(&self, req: &Request, tag: &str, transport: Transport, sdp_body: String) -> Response {
@@ -1200,6 +1231,7 @@ impl Engine {
                 reported_ringing: false,
                 answer: None,
                 sdp_version: 1,
+                offer_pending: false,
             });
         }
         Ok(())
@@ -1613,18 +1645,50 @@ impl Engine {
         self.drop_leg(&call_id, &sip_call_id, false);
     }
 
-    fn on_ack(&mut self, _req: &Request, info: &Essentials) {
+    fn on_ack(&mut self, req: &Request, info: &Essentials) {
         let Some((call_id, side)) = self.by_sip_call_id.get(&info.call_id).cloned() else {
             return;
         };
         let Some(call) = self.calls.get_mut(&call_id) else {
             return;
         };
+        // RFC 3264 §4: when our 2xx carried the offer, the ACK carries the answer.
+        let answer = || sdp::SessionDescription::parse(req.body()).and_then(|s| sdp::negotiate(&s));
         match side {
-            Side::Caller => call.caller.answer = None,
+            Side::Caller => {
+                call.caller.answer = None;
+                let Some(pending) = call.caller.pending_offer.take() else {
+                    return;
+                };
+                match answer() {
+                    Ok(neg) => {
+                        call.caller.media.command(MediaCommand::SetRemote(neg));
+                        call.caller.codec = neg.codec;
+                        call.caller.telephone_event = neg.telephone_event;
+                        if let Some(flow) = pending.flow {
+                            tracing::info!(call_id = %call_id, "Late-offer call: answer received in the ACK.");
+                            self.start_ivr(&call_id, flow);
+                        }
+                    }
+                    // RFC 3261 §13.2.1: an ACK without an acceptable answer leaves the
+                    // session without media; a new call is ended with BYE.
+                    Err(error) if pending.flow.is_some() => {
+                        tracing::info!(call_id = %call_id, %error, "Late-offer call: no usable SDP answer in the ACK; hanging up.");
+                        self.end_call(&call_id, Side::Hub);
+                    }
+                    Err(error) => tracing::info!(call_id = %call_id, %error, "No usable SDP answer in the ACK; media unchanged."),
+                }
+            }
             _ => {
-                if let Some(leg) = call.leg_mut(&info.call_id) {
-                    leg.answer = None;
+                let Some(leg) = call.leg_mut(&info.call_id) else {
+                    return;
+                };
+                leg.answer = None;
+                if std::mem::take(&mut leg.offer_pending) {
+                    match answer() {
+                        Ok(neg) => leg.media.command(MediaCommand::SetRemote(neg)),
+                        Err(error) => tracing::info!(call_id = %call_id, %error, "No usable SDP answer in the ACK; media unchanged."),
+                    }
                 }
             }
         }
@@ -1689,7 +1753,8 @@ impl Engine {
                 (agent.media.clone(), other, tag, 1, agent.sdp_version, None, Some(TELEPHONE_EVENT_PT))
             }
         };
-        let body = if req.body().is_empty() {
+        let offerless = req.body().iter().all(u8::is_ascii_whitespace);
+        let body = if offerless {
             // Offerless re-INVITE: we offer in the 2xx, the answer comes in the ACK.
             sdp::render(media.local, session_id, version, &[codec.unwrap_or(Codec::Pcmu)], te, Direction::SendRecv)
         } else {
@@ -1737,6 +1802,19 @@ impl Engine {
                     _ => {
                         if let Some(a) = call.leg_mut(&info.call_id) {
                             a.answer = Some((r, peer));
+                        }
+                    }
+                }
+            }
+        }
+        // Offerless re-INVITE: our 2xx carried the offer, so the ACK carries the answer.
+        if offerless {
+            if let Some(call) = self.calls.get_mut(&call_id) {
+                match side {
+                    Side::Caller => call.caller.pending_offer = Some(PendingOffer { flow: None }),
+                    _ => {
+                        if let Some(a) = call.leg_mut(&info.call_id) {
+                            a.offer_pending = true;
                         }
                     }
                 }
