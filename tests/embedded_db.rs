@@ -6,12 +6,15 @@
 mod support;
 
 use reqwest::StatusCode;
+use sqlx::postgres::PgConnectOptions;
+use sqlx::{Connection, PgConnection};
 use std::io::{BufRead, BufReader};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 use support::*;
+use switchboard_core::db::Database;
 
 const BIN: &str = env!("CARGO_BIN_EXE_switchboard");
 
@@ -188,8 +191,179 @@ async fn database_down_answers_503_with_retry_after_at_once_and_recovers() {
     terminate(hub);
 }
 
-#[allow(dead_code)]
 fn mode_of(p: &Path) -> u32 {
     use std::os::unix::fs::PermissionsExt;
     std::fs::metadata(p).unwrap().permissions().mode() & 0o7777
+}
+
+fn owner_of(p: &Path) -> u32 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(p).unwrap().uid()
+}
+
+/// The uid the embedded cluster runs as: postgres when the test runs as root, else ours.
+fn expected_owner() -> u32 {
+    match switchboard_core::embedded::cluster_owner().unwrap() {
+        Some((uid, _)) => uid,
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        None => unsafe { libc::geteuid() },
+    }
+}
+
+fn database_settings(data: &Path) -> switchboard_core::config::DatabaseSettings {
+    switchboard_core::config::DatabaseSettings { data_dir: data.to_path_buf(), ..Default::default() }
+}
+
+/// Asserts what only the hub may do: the socket directory is private, a password is
+/// needed, the hub's role is an ordinary one that owns its database and nothing more.
+async fn assert_locked_down(db: &Database) {
+    let pg = db.embedded.as_ref().expect("embedded cluster");
+    let socket_dir = pg.socket_dir();
+    assert_eq!(mode_of(socket_dir), 0o700, "socket directory {} is not private", socket_dir.display());
+    assert_eq!(owner_of(socket_dir), expected_owner(), "socket directory owner");
+    let creds = pg.home().join(switchboard_core::embedded::CREDENTIALS_FILE);
+    assert_eq!(mode_of(&creds), 0o600, "{} is not private", creds.display());
+    assert_eq!(owner_of(&creds), expected_owner());
+
+    // The hub's role: not a superuser, may not create roles or databases, owns its database.
+    let (user, rolsuper, createrole, createdb): (String, bool, bool, bool) =
+        sqlx::query_as("select current_user::text, rolsuper, rolcreaterole, rolcreatedb from pg_roles where rolname = current_user")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(user, "switchboard");
+    assert!(!rolsuper && !createrole && !createdb, "hub role has powers: super {rolsuper}, createrole {createrole}, createdb {createdb}");
+    let owner: String = sqlx::query_scalar("select pg_get_userbyid(datdba)::text from pg_database where datname = current_database()")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(owner, "switchboard");
+    // Every table of the hub's schema is the hub's (migrations can alter them).
+    let foreign: Vec<String> = sqlx::query_scalar(
+        "select c.relname::text from pg_class c join pg_namespace n on n.oid = c.relnamespace
+         where n.nspname = 'public' and c.relkind in ('r', 'p', 'S', 'v') and c.relowner <> (select oid from pg_roles where rolname = 'switchboard')",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    assert!(foreign.is_empty(), "not owned by the hub: {foreign:?}");
+    let hub_cannot: Result<_, _> = sqlx::query("select pg_read_file('PG_VERSION')").execute(&db.pool).await;
+    assert!(hub_cannot.is_err(), "the hub's role can read server files");
+
+    // Without the password nobody gets in: not as the superuser, not as the hub's role.
+    let base = PgConnectOptions::new().socket(socket_dir).port(db.options.get_port());
+    for (user, database) in [("postgres", "postgres"), ("switchboard", "switchboard"), ("switchboard_bootstrap", "switchboard")] {
+        let r = PgConnection::connect_with(&base.clone().username(user).database(database)).await;
+        assert!(r.is_err(), "{user} got into {database} without a password");
+        let r = PgConnection::connect_with(&base.clone().username(user).password("guess").database(database)).await;
+        assert!(r.is_err(), "{user} got into {database} with a wrong password");
+    }
+    // The hub's role with its password reaches only its own database.
+    let r = PgConnection::connect_with(&pg.connect_options().database("postgres")).await;
+    assert!(r.is_err(), "the hub's role got into the maintenance database");
+    // No TCP at all.
+    let listen: String = sqlx::query_scalar("select current_setting('listen_addresses')").fetch_one(&db.pool).await.unwrap();
+    assert_eq!(listen, "");
+}
+
+#[tokio::test]
+async fn embedded_cluster_admits_only_the_hub_as_a_non_superuser_owner() {
+    let dir = temp_dir();
+    let data = dir.join("data");
+    let db = Database::open(&database_settings(&data)).await.expect("open embedded database");
+    // The migrations (extensions included) run as the non-superuser owner.
+    db.migrate().await.expect("migrations as the hub's role");
+    assert_locked_down(&db).await;
+    // The API works on it.
+    sqlx::query("insert into queues (name) values ('embedded')").execute(&db.pool).await.unwrap();
+    // A second start (the credentials and pg_hba.conf exist) logs in again.
+    db.pool.close().await;
+    drop(db);
+    let db = Database::open(&database_settings(&data)).await.expect("reopen embedded database");
+    db.migrate().await.unwrap();
+    let n: i64 = sqlx::query_scalar("select count(*) from queues where name = 'embedded'").fetch_one(&db.pool).await.unwrap();
+    assert_eq!(n, 1);
+    assert_locked_down(&db).await;
+    db.pool.close().await;
+    drop(db);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn an_older_versions_trust_cluster_is_locked_down_in_place_keeping_its_data() {
+    // Make the cluster exactly as the older version did: trust authentication, the hub as
+    // bootstrap superuser `switchboard`, the socket directory world-reachable, the
+    // migrations applied by that superuser, some data.
+    let dir = temp_dir();
+    let data = dir.join("data");
+    let cluster = data.join("postgres");
+    let socket = data.join("pg-socket");
+    std::fs::create_dir_all(&cluster).unwrap();
+    std::fs::create_dir_all(&socket).unwrap();
+    let bin = switchboard_core::embedded::find_bin_dir().unwrap();
+    let run_as = switchboard_core::embedded::cluster_owner().unwrap();
+    let pg = |tool: &str| {
+        let mut c = Command::new(bin.join(tool));
+        if let Some((uid, gid)) = run_as {
+            c.uid(uid).gid(gid).env("HOME", "/tmp");
+        }
+        c.current_dir("/").stdout(Stdio::null());
+        c
+    };
+    if let Some((uid, gid)) = run_as {
+        for d in [&cluster, &socket] {
+            std::os::unix::fs::chown(d, Some(uid), Some(gid)).unwrap();
+        }
+    }
+    std::fs::set_permissions(&socket, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let out = pg("initdb")
+        .arg("-D")
+        .arg(&cluster)
+        .args(["-U", "switchboard", "--auth=trust", "-E", "UTF8", "--no-locale", "--no-sync"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "initdb: {}", String::from_utf8_lossy(&out.stderr));
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let opts = format!("-k {} -p {port} -c listen_addresses=''", socket.display());
+    let out = pg("pg_ctl")
+        .args(["start", "-w", "-D"])
+        .arg(&cluster)
+        .arg("-l")
+        .arg(cluster.join("server.log"))
+        .args(["-o", &opts])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "pg_ctl start: {}", String::from_utf8_lossy(&out.stderr));
+    let old = PgConnectOptions::new().socket(&socket).port(port).username("switchboard");
+    let mut c = PgConnection::connect_with(&old.clone().database("postgres")).await.unwrap();
+    sqlx::query("create database switchboard").execute(&mut c).await.unwrap();
+    c.close().await.unwrap();
+    let old_pool = sqlx::PgPool::connect_with(old.clone().database("switchboard")).await.unwrap();
+    switchboard_core::db::MIGRATOR.run(&old_pool).await.unwrap();
+    sqlx::query("insert into queues (name) values ('kept')").execute(&old_pool).await.unwrap();
+    old_pool.close().await;
+    let out = pg("pg_ctl").args(["stop", "-w", "-m", "fast", "-D"]).arg(&cluster).output().unwrap();
+    assert!(out.status.success());
+
+    // The new version starts on it.
+    let db = Database::open(&database_settings(&data)).await.expect("open the older cluster");
+    db.migrate().await.expect("migrations after the upgrade");
+    assert_locked_down(&db).await;
+    let n: i64 = sqlx::query_scalar("select count(*) from queues where name = 'kept'").fetch_one(&db.pool).await.unwrap();
+    assert_eq!(n, 1, "data kept");
+    // The hub owns what the old superuser made: it can change a table and a function.
+    sqlx::query("alter table queues add column upgrade_probe int").execute(&db.pool).await.expect("hub owns its tables");
+    sqlx::query("alter table queues drop column upgrade_probe").execute(&db.pool).await.unwrap();
+    let functions: Vec<String> = sqlx::query_scalar(
+        "select p.proname::text from pg_proc p join pg_namespace n on n.oid = p.pronamespace
+         where n.nspname = 'public' and p.proowner = 10
+           and not exists (select 1 from pg_depend d where d.classid = 'pg_proc'::regclass and d.objid = p.oid and d.deptype = 'e')",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    assert!(functions.is_empty(), "functions still the old superuser's: {functions:?}");
+    db.pool.close().await;
+    drop(db);
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -33,17 +33,12 @@ pub fn pool_options(max_connections: u32) -> PgPoolOptions {
 }
 
 impl Database {
-    /// Opens the configured database or starts the embedded one, and creates the
-    /// `switchboard` database inside the embedded cluster when missing.
+    /// Opens the configured database or starts the embedded one (where the hub logs in as
+    /// the non-superuser owner of the `switchboard` database).
     pub async fn open(s: &DatabaseSettings) -> CoreResult<Database> {
         let (options, embedded) = if s.url.trim().is_empty() {
+            // Starts the cluster and makes sure the hub's role and database exist.
             let pg = EmbeddedPostgres::start(&s.data_dir).await?;
-            let mut admin = sqlx::PgConnection::connect_with(&pg.admin_options()).await?;
-            let exists: Option<i32> =
-                sqlx::query_scalar("select 1 from pg_database where datname = 'switchboard'").fetch_optional(&mut admin).await?;
-            if exists.is_none() {
-                sqlx::query("create database switchboard").execute(&mut admin).await?;
-            }
             (pg.connect_options(), Some(pg))
         } else {
             let o = PgConnectOptions::from_str(&s.url).map_err(|e| CoreError::Internal(format!("database.url: {e}")))?;
