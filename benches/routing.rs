@@ -35,6 +35,7 @@ fn agent(rng: &mut impl Rng, now: i64) -> AgentRouting {
         groups: if rng.gen_bool(0.1) { vec!["spare".into()] } else { vec![] },
         capacity: Capacity { voice: 1, sms: 4, email: 8, chat: 3 },
         available: true,
+        voice_reachable: true,
         load: [0; 4],
         idle_since_ms: now - rng.gen_range(0..600_000),
     }

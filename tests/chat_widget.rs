@@ -667,3 +667,92 @@ async fn two_nodes_share_fallback_messages_and_typing() {
     node_b.stop().await;
     th.stop().await;
 }
+
+/// Point 16: a waiting chat whose visitor left is flagged for supervisors, clears when
+/// the visitor comes back, closes itself as abandoned after the configured time, and a
+/// supervisor (not an agent) can close one as abandoned.
+#[tokio::test]
+async fn a_waiting_chat_whose_visitor_left_is_flagged_and_abandons_itself() {
+    let dir = std::env::temp_dir().join(format!("sb-chat-test-{}", Uuid::new_v4().simple()));
+    let table = chat_table(&dir, "");
+    let th = spawn_hub_with(|s| {
+        s.router.abandon_left_chat_secs = 4;
+        s.channels.push(table);
+    })
+    .await;
+    let admin = default_queue(&th, json!({})).await;
+    let sup = user(&th, "sup", &[Role::Supervisor], None).await;
+    // Staffed (chat is online) but nobody takes the chat: it stays queued.
+    let agent = setup_agent(&th, "alice", "away").await;
+    let left = |c: Client| async move {
+        let (st, l) = c.call("GET", "/api/v1/interactions?channel=chat&visitor_left=true", None).await;
+        assert_eq!(st, StatusCode::OK, "{l}");
+        l["items"].as_array().cloned().unwrap_or_default()
+    };
+
+    // A visitor writes, then closes the page.
+    let (v, _) = Visitor::start(&th.url, json!({ "name": "Gone Soon" })).await;
+    let (mut ws, _) = v.connect(0).await;
+    send(&mut ws, json!({ "type": "message", "client_msg_id": "m1", "body": "anyone there?" })).await;
+    frames_until(&mut ws, "ack").await;
+    let (_, all) = sup.call("GET", "/api/v1/interactions?channel=chat", None).await;
+    let iid = all["items"][0]["id"].as_str().expect("interaction").to_string();
+    assert!(left(sup.clone()).await.is_empty());
+    drop(ws);
+    let flagged = eventually(15, || {
+        let s = sup.clone();
+        async move { left(s).await.into_iter().next() }
+    })
+    .await;
+    assert_eq!(flagged["id"], iid.as_str());
+    assert!(flagged["visitor_left_at"].is_string(), "{flagged}");
+    assert_eq!(flagged["status"], "queued");
+    // After `abandon_left_chat_secs` it closes itself as abandoned, with an event.
+    let i = eventually(20, || {
+        let s = sup.clone();
+        let id = iid.clone();
+        async move {
+            let (_, i) = s.call("GET", &format!("/api/v1/interactions/{id}"), None).await;
+            (i["status"] == "abandoned").then_some(i)
+        }
+    })
+    .await;
+    assert!(i["closed_at"].is_string());
+    let (_, evs) = sup.call("GET", &format!("/api/v1/interactions/{iid}/events"), None).await;
+    let kinds: Vec<(String, Value)> =
+        evs.as_array().unwrap().iter().map(|e| (e["kind"].as_str().unwrap().to_string(), e["data"].clone())).collect();
+    assert!(kinds.iter().any(|(k, _)| k == "visitor_left"), "{kinds:?}");
+    assert!(kinds.iter().any(|(k, d)| k == "abandoned" && d["reason"] == "visitor_left_timeout"), "{kinds:?}");
+
+    // Another visitor leaves and comes back: the flag clears.
+    let (v2, _) = Visitor::start(&th.url, json!({ "name": "Back Again" })).await;
+    let (mut ws2, _) = v2.connect(0).await;
+    send(&mut ws2, json!({ "type": "message", "client_msg_id": "m1", "body": "hello?" })).await;
+    frames_until(&mut ws2, "ack").await;
+    drop(ws2);
+    let flagged = eventually(15, || {
+        let s = sup.clone();
+        async move { left(s).await.into_iter().next() }
+    })
+    .await;
+    let iid2 = flagged["id"].as_str().unwrap().to_string();
+    let (_ws2, _) = v2.connect(1).await;
+    eventually(10, || {
+        let s = sup.clone();
+        async move { left(s).await.is_empty().then_some(()) }
+    })
+    .await;
+    // Closing a waiting chat by hand: supervisors may, agents may not.
+    let (st, b) = agent.call("POST", &format!("/api/v1/interactions/{iid2}/abandon"), None).await;
+    assert_eq!(st, StatusCode::FORBIDDEN, "{b}");
+    let (st, b) = sup.call("POST", &format!("/api/v1/interactions/{iid2}/abandon"), None).await;
+    assert_eq!(st, StatusCode::OK, "{b}");
+    assert_eq!(b["status"], "abandoned");
+    let (st, _) = admin.call("POST", &format!("/api/v1/interactions/{iid2}/abandon"), None).await;
+    assert_eq!(st, StatusCode::CONFLICT, "only waiting interactions can be abandoned");
+    let (st, _) = sup.call("POST", &format!("/api/v1/interactions/{}/abandon", Uuid::new_v4()), None).await;
+    assert_eq!(st, StatusCode::NOT_FOUND);
+    let (st, _) = sup.call("POST", "/api/v1/interactions/not-a-uuid/abandon", None).await;
+    assert_eq!(st, StatusCode::BAD_REQUEST);
+    th.stop().await;
+}

@@ -19,6 +19,19 @@ async fn set_available(c: &Client) {
     assert_eq!(st, StatusCode::OK, "{b}");
 }
 
+/// Gives an agent a SIP user whose phone is registered on this node: voice goes only to
+/// agents whose phone can ring.
+async fn register_phone(th: &TestHub, c: &Client) {
+    let id = c.agent_id.unwrap();
+    let sip_user = format!("phone-{}", id.simple());
+    sqlx::query("update agents set sip_user = $2 where id = $1").bind(id).bind(&sip_user).execute(&th.db.pool).await.unwrap();
+    th.hub().set_voice_registration(&sip_user, Some(chrono::Utc::now() + chrono::Duration::hours(1))).await.unwrap();
+}
+
+async fn presence_of(th: &TestHub, c: &Client) -> String {
+    sqlx::query_scalar("select presence from agents where id = $1").bind(c.agent_id.unwrap()).fetch_one(&th.db.pool).await.unwrap()
+}
+
 async fn offers_of(c: &Client) -> Vec<serde_json::Value> {
     let (_, o) = c.call("GET", &format!("/api/v1/agents/{}/offers", c.agent_id.unwrap()), None).await;
     o.as_array().cloned().unwrap_or_default()
@@ -147,7 +160,9 @@ async fn fifo_within_priority_and_requeue_keeps_original_time_after_ring_no_answ
     queue(&admin, json!({ "name": "default", "accept_timeout_secs": 3 })).await;
     let first = user(&th, "first", &[Role::Agent], Some(json!({ "x": 1 }))).await;
     let second = user(&th, "second", &[Role::Agent], Some(json!({ "x": 1 }))).await;
-    // Only `first` is available, with voice capacity 1.
+    // Only `first` is available, with voice capacity 1; both have a registered phone.
+    register_phone(&th, &first).await;
+    register_phone(&th, &second).await;
     set_available(&first).await;
     let a = th.hub().ingest(inbound(Channel::Voice, "call-a", "+4930111", "call")).await.unwrap();
     let b = th.hub().ingest(inbound(Channel::Voice, "call-b", "+4930222", "call")).await.unwrap();
@@ -210,6 +225,7 @@ async fn a_withdrawn_offer_costs_the_agent_nothing() {
     let admin = user(&th, "root", &[Role::Admin], None).await;
     queue(&admin, json!({ "name": "default", "accept_timeout_secs": 30 })).await;
     let agent = user(&th, "agent", &[Role::Agent], Some(json!({ "x": 1 }))).await;
+    register_phone(&th, &agent).await;
     set_available(&agent).await;
     let call = th.hub().ingest(inbound(Channel::Voice, "call-w", "+4930333", "call")).await.unwrap();
     let o = eventually(10, || {
@@ -373,6 +389,8 @@ async fn transfers_to_agent_and_queue_and_ring_all() {
 
     // Ring-all: a voice call to +49800… rings every eligible agent; the first accept wins.
     let a3 = user(&th, "a3", &[Role::Agent], Some(json!({ "x": 1 }))).await;
+    register_phone(&th, &a2).await;
+    register_phone(&th, &a3).await;
     set_available(&a3).await;
     let mut item = inbound(Channel::Voice, "call-ring", "+4930999", "call");
     item.to = Some("+49800123".into());
@@ -459,5 +477,163 @@ async fn outbox_retries_with_backoff_then_fails_for_good() {
     let failed: i64 =
         sqlx::query_scalar("select count(*) from interaction_events where kind = 'delivery_failed'").fetch_one(&th.db.pool).await.unwrap();
     assert_eq!(failed, 1);
+    th.stop().await;
+}
+
+/// Point 4: a chat agent without a registered phone is not offered calls (and is not put
+/// away for a call they could never answer); a phone that cannot ring ends the offer
+/// without the ring-no-answer penalty and the call is not offered straight back.
+#[tokio::test]
+async fn an_agent_without_a_registered_phone_is_not_offered_calls_and_stays_available() {
+    let th = spawn_hub().await;
+    let admin = user(&th, "root", &[Role::Admin], None).await;
+    queue(&admin, json!({ "name": "default", "accept_timeout_secs": 30 })).await;
+    let chatty = user(&th, "chatty", &[Role::Agent], Some(json!({ "x": 1 }))).await;
+    set_available(&chatty).await;
+    let call = th.hub().ingest(inbound(Channel::Voice, "call-nophone", "+4930444", "call")).await.unwrap();
+    // A chat arriving after the call is routed first: the router has seen both, and the
+    // only agent is not eligible for the call.
+    let chat = th.hub().ingest(inbound(Channel::Chat, "chat-after-call", "v-1", "hi")).await.unwrap();
+    let o = eventually(10, || {
+        let c = chatty.clone();
+        async move { offers_of(&c).await.into_iter().find(|o| o["channel"] == "chat") }
+    })
+    .await;
+    assert_eq!(o["interaction_id"].as_str().unwrap(), chat.interaction_id.to_string());
+    let voice_offers: i64 = sqlx::query_scalar("select count(*) from offers where channel = 'voice'").fetch_one(&th.db.pool).await.unwrap();
+    assert_eq!(voice_offers, 0, "an agent without a registered phone was offered a call");
+    assert_eq!(presence_of(&th, &chatty).await, "available");
+    let st: String =
+        sqlx::query_scalar("select status from interactions where id = $1").bind(call.interaction_id).fetch_one(&th.db.pool).await.unwrap();
+    assert_eq!(st, "queued");
+
+    // The phone registers: the waiting call rings it.
+    register_phone(&th, &chatty).await;
+    let o = eventually(10, || {
+        let c = chatty.clone();
+        async move { offers_of(&c).await.into_iter().find(|o| o["channel"] == "voice") }
+    })
+    .await;
+    assert_eq!(o["interaction_id"].as_str().unwrap(), call.interaction_id.to_string());
+    // The phone cannot ring after all (480 from the phone): no penalty, re-queued, and the
+    // call is not offered straight back to the same phone.
+    let offer_id: Uuid = o["id"].as_str().unwrap().parse().unwrap();
+    th.hub().end_offer(offer_id, None, switchboard_core::interactions::OfferEnd::Unreachable).await.unwrap();
+    let (state, reason): (String, Option<String>) =
+        sqlx::query_as("select state, end_reason from offers where id = $1").bind(offer_id).fetch_one(&th.db.pool).await.unwrap();
+    assert_eq!((state.as_str(), reason.as_deref()), ("cancelled", Some("unreachable")));
+    assert_eq!(presence_of(&th, &chatty).await, "available");
+    let kinds: Vec<String> = sqlx::query_scalar("select kind from interaction_events where interaction_id = $1 order by id")
+        .bind(call.interaction_id)
+        .fetch_all(&th.db.pool)
+        .await
+        .unwrap();
+    assert!(kinds.contains(&"offer_unreachable".to_string()) && !kinds.contains(&"offer_timeout".to_string()), "{kinds:?}");
+    // Another chat is routed to the same agent meanwhile; the call stays queued.
+    let chat2 = th.hub().ingest(inbound(Channel::Chat, "chat-2", "v-2", "hi")).await.unwrap();
+    eventually(10, || {
+        let c = chatty.clone();
+        let id = chat2.interaction_id.to_string();
+        async move { offers_of(&c).await.into_iter().find(|o| o["interaction_id"] == id.as_str()) }
+    })
+    .await;
+    let voice_offers: i64 = sqlx::query_scalar("select count(*) from offers where channel = 'voice'").fetch_one(&th.db.pool).await.unwrap();
+    assert_eq!(voice_offers, 1, "the unreachable phone was rung again at once");
+    check_invariants(&th.db.pool).await;
+    th.stop().await;
+}
+
+/// Point 15: declining sends the interaction to another agent, not straight back; with
+/// nobody else it waits `router.decline_skip_secs` before returning to the decliner.
+#[tokio::test]
+async fn a_declined_offer_goes_to_someone_else_not_straight_back() {
+    let th = spawn_hub_with(|s| s.router.decline_skip_secs = 3).await;
+    let admin = user(&th, "root", &[Role::Admin], None).await;
+    queue(&admin, json!({ "name": "default", "accept_timeout_secs": 60 })).await;
+    let first = user(&th, "first", &[Role::Agent], Some(json!({ "x": 1 }))).await;
+    let second = user(&th, "second", &[Role::Agent], Some(json!({ "x": 1 }))).await;
+    // `first` idles longest: longest-idle offers to them first.
+    set_available(&first).await;
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    set_available(&second).await;
+    let chat = th.hub().ingest(inbound(Channel::Chat, "chat-decline", "v-1", "hi")).await.unwrap();
+    let o = eventually(10, || {
+        let a = first.clone();
+        async move { offers_of(&a).await.first().cloned() }
+    })
+    .await;
+    assert_eq!(o["interaction_id"].as_str().unwrap(), chat.interaction_id.to_string());
+    let (st, b) = first.call("POST", &format!("/api/v1/offers/{}/decline", o["id"].as_str().unwrap()), None).await;
+    assert!(st.is_success(), "{st} {b}");
+    let o2 = eventually(10, || {
+        let a = second.clone();
+        async move { offers_of(&a).await.first().cloned() }
+    })
+    .await;
+    assert_eq!(o2["interaction_id"].as_str().unwrap(), chat.interaction_id.to_string());
+    assert!(offers_of(&first).await.is_empty(), "offered straight back to the agent who declined");
+    // The second declines too: nobody else is eligible; it waits out the skip time, then
+    // returns to the first agent (who is still available: declining costs nothing).
+    let t0 = std::time::Instant::now();
+    let (st, _) = second.call("POST", &format!("/api/v1/offers/{}/decline", o2["id"].as_str().unwrap()), None).await;
+    assert!(st.is_success());
+    let o3 = eventually(15, || {
+        let (a, b) = (first.clone(), second.clone());
+        async move { offers_of(&a).await.first().cloned().or(offers_of(&b).await.first().cloned()) }
+    })
+    .await;
+    assert_eq!(o3["agent_id"].as_str().unwrap(), first.agent_id.unwrap().to_string());
+    assert!(t0.elapsed() >= std::time::Duration::from_millis(1500), "re-offered to a decliner within the skip time");
+    assert_eq!(presence_of(&th, &first).await, "available");
+    check_invariants(&th.db.pool).await;
+    th.stop().await;
+}
+
+/// Point 15: a chat offer that rings out while the agent is on a call does not put them
+/// away (ring-no-answer applies only to an idle agent able to answer).
+#[tokio::test]
+async fn a_chat_offer_expiring_during_a_call_costs_the_agent_nothing() {
+    let th = spawn_hub().await;
+    let admin = user(&th, "root", &[Role::Admin], None).await;
+    queue(&admin, json!({ "name": "default", "accept_timeout_secs": 3 })).await;
+    let agent = user(&th, "agent", &[Role::Agent], Some(json!({ "x": 1 }))).await;
+    register_phone(&th, &agent).await;
+    set_available(&agent).await;
+    th.hub().ingest(inbound(Channel::Voice, "call-busy", "+4930555", "call")).await.unwrap();
+    let o = eventually(10, || {
+        let a = agent.clone();
+        async move { offers_of(&a).await.first().cloned() }
+    })
+    .await;
+    let (st, b) = agent.call("POST", &format!("/api/v1/offers/{}/accept", o["id"].as_str().unwrap()), None).await;
+    assert_eq!(st, StatusCode::OK, "{b}");
+    // On the call, a chat is offered (chat capacity left) and rings out.
+    let chat = th.hub().ingest(inbound(Channel::Chat, "chat-during-call", "v-1", "hi")).await.unwrap();
+    let timeout_event: serde_json::Value = eventually(15, || {
+        let pool = th.db.pool.clone();
+        let id = chat.interaction_id;
+        async move {
+            sqlx::query_scalar("select data from interaction_events where interaction_id = $1 and kind = 'offer_timeout' limit 1")
+                .bind(id)
+                .fetch_optional(&pool)
+                .await
+                .unwrap()
+        }
+    })
+    .await;
+    assert_eq!(timeout_event["penalized"], false);
+    assert_eq!(presence_of(&th, &agent).await, "available", "put away for a chat offer that expired during a call");
+    // An idle agent letting an offer ring out is still put away.
+    let idle = user(&th, "idle", &[Role::Agent], Some(json!({ "x": 1 }))).await;
+    set_available(&idle).await;
+    eventually(15, || {
+        let th_pool = th.db.pool.clone();
+        let id = idle.agent_id.unwrap();
+        async move {
+            let p: String = sqlx::query_scalar("select presence from agents where id = $1").bind(id).fetch_one(&th_pool).await.unwrap();
+            (p == "away").then_some(())
+        }
+    })
+    .await;
     th.stop().await;
 }

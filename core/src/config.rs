@@ -100,6 +100,18 @@ pub struct RouterSettings {
     /// How often a standby tries to take leadership, in milliseconds.
     #[serde(default = "default_standby_ms")]
     pub standby_poll_ms: u64,
+    /// Seconds during which an interaction an agent declined (or let ring out) is not
+    /// offered to that agent again.
+    #[serde(default = "default_decline_skip")]
+    pub decline_skip_secs: u64,
+    /// Seconds an available or wrap-up agent may have no inbox connection (event stream)
+    /// before being set offline (reason `no_connection`); 0 turns this off.
+    #[serde(default = "default_presence_grace")]
+    pub presence_grace_secs: u64,
+    /// Seconds after which a waiting chat whose visitor left is closed as abandoned;
+    /// 0 turns this off.
+    #[serde(default = "default_abandon_left_chat")]
+    pub abandon_left_chat_secs: u64,
 }
 
 fn default_true() -> bool {
@@ -117,6 +129,15 @@ fn default_resync() -> u64 {
 fn default_standby_ms() -> u64 {
     500
 }
+fn default_decline_skip() -> u64 {
+    60
+}
+fn default_presence_grace() -> u64 {
+    60
+}
+fn default_abandon_left_chat() -> u64 {
+    600
+}
 
 impl Default for RouterSettings {
     fn default() -> Self {
@@ -126,6 +147,9 @@ impl Default for RouterSettings {
             tick_ms: default_tick_ms(),
             resync_secs: default_resync(),
             standby_poll_ms: default_standby_ms(),
+            decline_skip_secs: default_decline_skip(),
+            presence_grace_secs: default_presence_grace(),
+            abandon_left_chat_secs: default_abandon_left_chat(),
         }
     }
 }

@@ -701,7 +701,12 @@ async fn catch_up(hub: &Hub, socket: &mut WebSocket, conv: Uuid, cursor: &mut Ou
     }
 }
 
+/// How long a waiting conversation may have no widget socket on this node before its
+/// visitor counts as gone (a page navigation reconnects well within this).
+const VISITOR_LEFT_AFTER: Duration = Duration::from_secs(3);
+
 struct SocketGuard {
+    hub: Hub,
     state: Arc<ChatState>,
     conv: Uuid,
     id: u64,
@@ -709,7 +714,25 @@ struct SocketGuard {
 
 impl Drop for SocketGuard {
     fn drop(&mut self) {
+        let current = self.state.registry.interaction_of(self.conv);
         self.state.registry.unregister(self.conv, self.id);
+        // The last widget of a waiting chat closed: unless it comes back shortly, mark the
+        // interaction's visitor as gone (supervisors see it; it abandons itself later).
+        let Some(i) = current.filter(|i| i.waiting) else { return };
+        if self.state.registry.has_conversation(self.conv) {
+            return;
+        }
+        let (hub, state, conv) = (self.hub.clone(), self.state.clone(), self.conv);
+        tokio::spawn(async move {
+            tokio::time::sleep(VISITOR_LEFT_AFTER).await;
+            if state.registry.has_conversation(conv) {
+                return;
+            }
+            match hub.set_visitor_left(i.id, true).await {
+                Ok(_) | Err(CoreError::Conflict(_)) | Err(CoreError::NotFound(_)) => {}
+                Err(error) => tracing::warn!(%error, interaction_id = %i.id, "Could not mark a chat's visitor as gone."),
+            }
+        });
     }
 }
 
@@ -746,13 +769,19 @@ async fn serve_socket(hub: Hub, state: Arc<ChatState>, mut socket: WebSocket) {
     let conv = claims.conversation_id;
     let hints = state.hints(&hub, claims.visitor_id).await.unwrap_or_default();
     let (socket_id, mut pushes) = state.registry.register(conv);
-    let _guard = SocketGuard { state: state.clone(), conv, id: socket_id };
+    let _guard = SocketGuard { hub: hub.clone(), state: state.clone(), conv, id: socket_id };
 
     let latest = store::latest_interaction(hub.db(), conv).await.ok().flatten();
     let open = latest.as_ref().filter(|l| matches!(l.status.as_str(), "queued" | "offered" | "active" | "wrap_up"));
     if let Some(l) = open {
         let waiting = matches!(l.status.as_str(), "queued" | "offered");
         state.registry.set_interaction(conv, CurrentInteraction { id: l.id, queue_id: l.queue_id, waiting });
+        if waiting {
+            // The visitor is back (if they had been marked gone).
+            if let Err(error) = hub.set_visitor_left(l.id, false).await {
+                tracing::debug!(%error, interaction_id = %l.id, "Could not clear a chat's visitor-left mark.");
+            }
+        }
     }
     let availability = store::availability(hub.db(), state.cfg.queue.as_deref(), &state.name)
         .await

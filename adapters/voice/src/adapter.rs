@@ -315,7 +315,7 @@ impl VoiceAdapter {
         match ev.kind.as_str() {
             // An offer that ended (expired by the router, declined in the UI, withdrawn)
             // stops ringing.
-            "offer_timeout" | "offer_declined" | "offer_withdrawn" => {
+            "offer_timeout" | "offer_declined" | "offer_withdrawn" | "offer_unreachable" => {
                 let _ = engine.stop_ringing(&call_id, offer_id);
             }
             "max_wait_exceeded" => {
@@ -446,7 +446,9 @@ impl ChannelAdapter for VoiceAdapter {
         let _ = self.state.hub.set(hub.clone());
         let inline = InlineCredentials::from_config(&self.config.registrar.credentials);
         let from_db = matches!(self.config.registrar.credentials, CredentialSource::External);
-        let creds = Arc::new(HubCredentials { inline, db: RwLock::new(HashMap::new()) });
+        // Registrations are published to core in order by this task (see `registration_changed`).
+        let (registrations, mut registered) = tokio::sync::mpsc::unbounded_channel();
+        let creds = Arc::new(HubCredentials { inline, db: RwLock::new(HashMap::new()), registrations });
         if from_db {
             creds.refresh(&hub).await;
         }
@@ -474,6 +476,11 @@ impl ChannelAdapter for VoiceAdapter {
                     Err(RecvError::Lagged(n)) => tracing::warn!(skipped = n, "Voice adapter lagged behind hub events."),
                     Err(RecvError::Closed) => break,
                 },
+                Some((user, expires_at)) = registered.recv() => {
+                    if let Err(error) = hub.set_voice_registration(&user, expires_at).await {
+                        tracing::warn!(%error, sip_user = %user, "Could not publish a phone registration.");
+                    }
+                }
                 _ = announce.tick() => self.announce_positions(&hub).await,
                 _ = refresh.tick(), if from_db => creds.refresh(&hub).await,
             }
@@ -501,9 +508,12 @@ impl ChannelAdapter for VoiceAdapter {
             return Ok(());
         };
         let Some(sip_user) = a.agent_sip_user.as_deref().filter(|u| !u.is_empty()) else {
-            tracing::warn!(agent_id = %a.agent_id, "Voice offer to an agent without a SIP user; ending it as a timeout.");
+            tracing::warn!(agent_id = %a.agent_id, reason = "agent has no sip_user", "Voice offer to an agent without a phone; re-queued without penalty.");
             record(hub, "call_unreachable", a.interaction_id, json!({ "offer_id": a.offer_id, "reason": "agent has no sip_user" })).await;
-            hub.end_offer(a.offer_id, None, OfferEnd::Timeout).await?;
+            match hub.end_offer(a.offer_id, None, OfferEnd::Unreachable).await {
+                Ok(()) | Err(CoreError::Conflict(_)) | Err(CoreError::NotFound(_)) => {}
+                Err(e) => return Err(e.into()),
+            }
             return Ok(());
         };
         // Ring-all: every offer rings its phone at once (parallel forks). The first phone
@@ -533,6 +543,8 @@ impl ChannelAdapter for VoiceAdapter {
 struct HubCredentials {
     inline: InlineCredentials,
     db: RwLock<HashMap<(String, String), String>>,
+    /// Registration changes on their way to core (user, expiry of the latest binding).
+    registrations: tokio::sync::mpsc::UnboundedSender<(String, Option<chrono::DateTime<chrono::Utc>>)>,
 }
 
 impl HubCredentials {
@@ -557,6 +569,11 @@ impl HubCredentials {
 impl CredentialStore for HubCredentials {
     fn ha1(&self, user: &str, realm: &str) -> Option<String> {
         self.inline.ha1(user, realm).or_else(|| self.db.read().ok().and_then(|db| db.get(&(user.to_string(), realm.to_string())).cloned()))
+    }
+
+    fn registration_changed(&self, user: &str, expires_in: Option<Duration>) {
+        let expires_at = expires_in.and_then(|d| chrono::Duration::from_std(d).ok()).map(|d| chrono::Utc::now() + d);
+        let _ = self.registrations.send((user.to_string(), expires_at));
     }
 }
 
@@ -764,8 +781,17 @@ impl CallRouting for HubRouting {
                 self.end_offer(parse_offer(&offer_id)?, OfferEnd::Timeout).await;
             }
             CallOutcome::Unreachable { offer_id, reason } => {
+                // Not registered, 404/480/503 from the phone, a transport error: the phone
+                // cannot ring, which is not the agent's fault (no ring-no-answer penalty).
+                let offer = parse_offer(&offer_id)?;
+                let agent_id: Option<Uuid> = sqlx::query_scalar("select agent_id from offers where id = $1")
+                    .bind(offer)
+                    .fetch_optional(self.hub.db())
+                    .await
+                    .unwrap_or(None);
+                tracing::warn!(agent_id = ?agent_id, %reason, %offer, "Agent's phone could not ring; offer ended without penalty.");
                 record(&self.hub, "call_unreachable", id, json!({ "call_id": call_id, "offer_id": offer_id, "reason": reason })).await;
-                self.end_offer(parse_offer(&offer_id)?, OfferEnd::Timeout).await;
+                self.end_offer(offer, OfferEnd::Unreachable).await;
             }
             CallOutcome::Withdrawn { offer_id, reason } => {
                 // Not the agent's doing: the offer is cancelled without a ring-no-answer.

@@ -699,6 +699,7 @@ impl Engine {
         };
         let leg_id = self.next_leg();
         let media = spawn_leg(leg_id, socket, local_rtp, self.moh.clone(), self.media_tx.clone());
+        media.command(MediaCommand::SignallingFrom(source.addr.ip()));
         if let Some(neg) = neg {
             media.command(MediaCommand::SetRemote(neg));
         }
@@ -1212,6 +1213,7 @@ impl Engine {
         let invite = Request { method: Method::Invite, uri, version: rsip::Version::V2, headers, body: offer.into_bytes() };
         let leg_id = self.next_leg();
         let media = spawn_leg(leg_id, socket, local_rtp, self.moh.clone(), self.media_tx.clone());
+        media.command(MediaCommand::SignallingFrom(peer.addr.ip()));
         let key = self.send_request(invite.clone(), peer, ClientPurpose::LegInvite(call_id.to_string()));
         tracing::info!(call_id = %call_id, user = %user, role = ?role, "Calling an outgoing leg.");
         self.by_leg.insert(leg_id, (call_id.to_string(), Side::Agent));

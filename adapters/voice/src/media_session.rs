@@ -74,6 +74,10 @@ pub enum RecordingEnd {
 pub enum MediaCommand {
     /// The peer's negotiated media (after offer/answer or a re-INVITE).
     SetRemote(Negotiated),
+    /// The IP the peer's SIP comes from: RTP from another source than the SDP address
+    /// is only accepted from there, and only when the SDP names a private address
+    /// (see [`RtpLatch`]).
+    SignallingFrom(IpAddr),
     /// Play these prompts after what is queued; `PromptFinished` when all are done.
     Play(Vec<Arc<[i16]>>),
     /// Stop prompts.
@@ -175,6 +179,7 @@ pub fn spawn_leg(
         socket,
         remote: None,
         latch: RtpLatch::new(None),
+        sequence: Default::default(),
         sender: RtpSender::new(),
         player: PromptPlayer::new(),
         moh: MusicOnHold::new(Some(moh)),
@@ -198,6 +203,8 @@ struct Leg {
     socket: UdpSocket,
     remote: Option<Negotiated>,
     latch: RtpLatch,
+    /// Loss in the peer's RTP sequence numbers (metrics).
+    sequence: crate::metrics::SequenceTracker,
     sender: RtpSender,
     player: PromptPlayer,
     moh: MusicOnHold,
@@ -258,6 +265,7 @@ impl Leg {
                 self.latch.set_signalled(Some(n.remote));
                 self.remote = Some(n);
             }
+            MediaCommand::SignallingFrom(ip) => self.latch.set_signalling_ip(ip),
             MediaCommand::Play(prompts) => {
                 for p in prompts {
                     self.player.enqueue(p);
@@ -293,10 +301,11 @@ impl Leg {
         let Ok(pkt) = RtpPacket::parse(data) else {
             return;
         };
-        // Symmetric RTP: latch on to where the media really comes from (NAT).
-        if !self.latch.on_packet(src, Instant::now()) {
+        // Only the peer's RTP: the SDP address, or its NAT (stale or stray RTP is dropped).
+        if !self.latch.on_packet(src, pkt.ssrc, pkt.sequence, Instant::now()) {
             return;
         }
+        self.sequence.record(pkt.sequence);
         if Some(pkt.payload_type) == remote.telephone_event {
             if let Some(d) = self.dtmf.on_packet(pkt.timestamp, pkt.payload) {
                 // `#` ends a voicemail (the usual "press pound when done").

@@ -19,6 +19,11 @@ use crate::sip::validate::Essentials;
 pub trait CredentialStore: Send + Sync {
     /// HA1 = MD5(user:realm:password) for `user`, or `None` if unknown.
     fn ha1(&self, user: &str, realm: &str) -> Option<String>;
+
+    /// Told after every accepted REGISTER of `user`: how long its latest live binding
+    /// lasts, or `None` when it has none left. Core publishes this so the router offers
+    /// calls only to agents whose phone can ring. The default ignores it.
+    fn registration_changed(&self, _user: &str, _expires_in: Option<Duration>) {}
 }
 
 /// Credentials from the config file.
@@ -188,9 +193,11 @@ impl Registrar {
                 make_header("Contact", format!("<{}>;expires={left}", b.contact))
             })
             .collect();
+        let latest = list.iter().map(|b| b.expires_at.saturating_duration_since(now)).max();
         if list.is_empty() {
             self.bindings.remove(&user);
         }
+        creds.registration_changed(&user, latest);
         response_to(req, 200, Some(&tag), extra, Vec::new())
     }
 

@@ -432,3 +432,43 @@ async fn hang_up_right_after_the_answer_reaches_core_after_the_answer() {
     };
     hub.handle.shutdown();
 }
+
+/// Point 2 of the hardening issue: RTP from a finished call still arriving at the port a
+/// new call now uses (here it even carries a digit, and comes first) must not take the
+/// new call over: the stale digit is not the caller's choice, and the caller's music on
+/// hold goes to the caller's SDP address, none of it to the stale source.
+#[tokio::test]
+async fn stale_rtp_on_a_reused_port_does_not_take_the_call_over() {
+    let mut hub = start_hub(20).await;
+    let caller = Phone::new(hub.sip).await;
+    let rtp = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let stale = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    caller.send(&invite_text(&caller, rtp.local_addr().unwrap(), "call-stale", "")).await;
+    let (ok, _) = caller.expect("200 OK", |m| status(m) == Some(200)).await;
+    let tag = to_tag(&ok);
+    let hub_rtp = media_addr(&ok);
+    // The old call's phone is still sending: audio, then its '1'.
+    let mut old = RtpSender::new();
+    for _ in 0..5 {
+        stale.send_to(&old.next(0, false, &[0xff; 160], 160), hub_rtp).await.unwrap();
+    }
+    send_dtmf(&stale, hub_rtp, '1').await;
+    caller.send(&in_dialog("ACK", &caller, "call-stale", &tag, 1, "")).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The caller presses 2 (Spanish): that, not the stale 1, is the choice.
+    send_dtmf(&rtp, hub_rtp, '2').await;
+    let Seen::Enqueued(info) = next_seen(&mut hub.routing).await else { panic!("enqueue expected") };
+    assert_eq!(info.requirements, vec!["language:es >= 1".parse().unwrap()], "the stale digit was taken as the caller's");
+    // Queued: music on hold flows to the caller, and none of it to the stale source.
+    recv_rtp(&rtp).await;
+    let mut buf = [0u8; 2048];
+    let mut stray = 0;
+    while let Ok(Ok(_)) = tokio::time::timeout(Duration::from_millis(300), stale.recv_from(&mut buf)).await {
+        stray += 1;
+        if stray > 100 {
+            break;
+        }
+    }
+    assert_eq!(stray, 0, "the caller's media went to the stale source");
+    hub.handle.shutdown();
+}

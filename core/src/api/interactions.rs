@@ -25,6 +25,7 @@ pub(super) fn router() -> Router<Hub> {
         .route("/api/v1/interactions/{id}/transfer", post(transfer))
         .route("/api/v1/interactions/{id}/wrap-up", post(wrap_up))
         .route("/api/v1/interactions/{id}/close", post(close))
+        .route("/api/v1/interactions/{id}/abandon", post(abandon))
         .route("/api/v1/offers/{id}/accept", post(accept))
         .route("/api/v1/offers/{id}/decline", post(decline))
         .route("/api/v1/canned-responses", get(canned).post(add_canned))
@@ -42,6 +43,8 @@ struct ListQuery {
     customer_id: Option<Uuid>,
     since: Option<DateTime<Utc>>,
     until: Option<DateTime<Utc>>,
+    /// `true`: only waiting interactions whose customer left; `false`: the others.
+    visitor_left: Option<bool>,
     limit: Option<i64>,
     offset: Option<i64>,
 }
@@ -68,6 +71,7 @@ async fn list(State(hub): State<Hub>, caller: Caller, ApiQuery(q): ApiQuery<List
            and ($3::uuid is null or queue_id = $3) and ($4::uuid is null or agent_id = $4)
            and ($5::uuid is null or customer_id = $5) and ($6::timestamptz is null or created_at >= $6)
            and ($7::timestamptz is null or created_at < $7)
+           and ($10::bool is null or (visitor_left_at is not null and status in ('queued','offered')) = $10)
          order by created_at desc, id limit $8 offset $9"
     ))
     .bind(&statuses)
@@ -79,6 +83,7 @@ async fn list(State(hub): State<Hub>, caller: Caller, ApiQuery(q): ApiQuery<List
     .bind(q.until)
     .bind(limit + 1)
     .bind(offset)
+    .bind(q.visitor_left)
     .fetch_all(hub.db())
     .await?;
     Ok(Json(paged(rows, limit, offset)))
@@ -200,6 +205,17 @@ async fn close(
         return Err(CoreError::field("summary", "longer than 10000 bytes"));
     }
     Ok(Json(hub.close(id, caller.acting_agent()?, b.disposition, b.summary).await?))
+}
+
+/// A supervisor closes a waiting interaction nobody will answer (its customer left) as
+/// `abandoned`, which is what it is for reports.
+async fn abandon(State(hub): State<Hub>, caller: Caller, ApiPath(id): ApiPath<Uuid>) -> CoreResult<Json<Interaction>> {
+    caller.require(&[Role::Admin, Role::Supervisor])?;
+    hub.abandon_with(id, Some("closed_by_supervisor")).await?;
+    let mut conn = hub.db().acquire().await?;
+    crate::auth::audit(&mut conn, Some(caller.user_id), "interaction.abandon", "interaction", &id.to_string(), serde_json::json!({}))
+        .await?;
+    Ok(Json(hub.interaction(id).await?))
 }
 
 async fn accept(State(hub): State<Hub>, caller: Caller, ApiPath(id): ApiPath<Uuid>) -> CoreResult<Json<Interaction>> {

@@ -118,6 +118,13 @@ pub const ROUTES: &[RouteDoc] = &[
     route!("POST", "/api/v1/interactions/{id}/transfer", Access::Roles(STAFF), "interactions", "Transfer to an agent or a queue."),
     route!("POST", "/api/v1/interactions/{id}/wrap-up", Access::Roles(STAFF), "interactions", "End the conversation and start wrap-up."),
     route!("POST", "/api/v1/interactions/{id}/close", Access::Roles(STAFF), "interactions", "Close with a disposition."),
+    route!(
+        "POST",
+        "/api/v1/interactions/{id}/abandon",
+        Access::Roles(SUPERVISORS),
+        "interactions",
+        "Close a waiting interaction whose customer left as abandoned."
+    ),
     route!("POST", "/api/v1/offers/{id}/accept", Access::Roles(STAFF), "interactions", "Accept an offer."),
     route!(
         "POST",

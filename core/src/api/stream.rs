@@ -1,6 +1,10 @@
 //! `GET /api/v1/stream`: a WebSocket of committed events. Supervisors and admins get all;
 //! an agent gets events about themselves and the interactions offered to or held by them,
 //! with the customer card (screen-pop) attached to offers; other roles get their own.
+//!
+//! An agent's open streams are their inbox connections: each is a row in
+//! `agent_connections` with a heartbeat from this node, and presence follows them (the
+//! router leader sets an agent with none for `router.presence_grace_secs` offline).
 
 use crate::auth::{AuthVia, Caller};
 use crate::bus::HubEvent;
@@ -55,8 +59,33 @@ fn names_agent(ev: &HubEvent, me: Uuid) -> bool {
             .any(|k| ev.data.get(*k).and_then(|v| v.as_array()).is_some_and(|l| l.iter().any(|x| x.as_str() == Some(&me.to_string()))))
 }
 
-async fn serve(hub: Hub, caller: Caller, mut mine: HashSet<Uuid>, mut socket: WebSocket) {
+/// How often an open inbox connection is vouched for: a third of the presence grace
+/// period, between 1 and 20 seconds.
+fn heartbeat_every(hub: &Hub) -> std::time::Duration {
+    std::time::Duration::from_secs((hub.settings().router.presence_grace_secs / 3).clamp(1, 20))
+}
+
+async fn serve(hub: Hub, caller: Caller, mine: HashSet<Uuid>, socket: WebSocket) {
+    let connection = Uuid::new_v4();
+    if let Some(agent) = caller.agent_id {
+        if let Err(error) = hub.connection_opened(connection, agent).await {
+            tracing::warn!(%error, agent_id = %agent, "Could not record an inbox connection.");
+        }
+    }
+    serve_events(&hub, &caller, connection, mine, socket).await;
+    if caller.agent_id.is_some() {
+        if let Err(error) = hub.connection_closed(connection).await {
+            tracing::warn!(%error, "Could not record the end of an inbox connection.");
+        }
+    }
+}
+
+async fn serve_events(hub: &Hub, caller: &Caller, connection: Uuid, mut mine: HashSet<Uuid>, mut socket: WebSocket) {
+    let hub = hub.clone();
     hub.metrics().websockets.fetch_add(1, Ordering::Relaxed);
+    let mut heartbeat = tokio::time::interval(heartbeat_every(&hub));
+    heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    heartbeat.tick().await;
     let mut rx = hub.events();
     let all = caller.is_supervisor();
     let hello = serde_json::json!({ "kind": "hello", "user_id": caller.user_id, "agent_id": caller.agent_id, "roles": caller.roles });
@@ -106,6 +135,11 @@ async fn serve(hub: Hub, caller: Caller, mut mine: HashSet<Uuid>, mut socket: We
                 Some(Ok(Message::Ping(p))) => { if socket.send(Message::Pong(p)).await.is_err() { break; } }
                 Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
                 Some(Ok(_)) => {}
+            },
+            _ = heartbeat.tick(), if caller.agent_id.is_some() => {
+                if let Err(error) = hub.connection_alive(connection).await {
+                    tracing::debug!(%error, "Inbox connection heartbeat failed.");
+                }
             }
         }
     }

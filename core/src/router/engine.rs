@@ -65,6 +65,9 @@ pub struct AgentRouting {
     pub capacity: Capacity,
     /// Whether presence is `available`.
     pub available: bool,
+    /// Whether the agent's phone is registered now: voice goes only to agents whose phone
+    /// can ring (a chat-only agent without a phone is not eligible for calls).
+    pub voice_reachable: bool,
     /// Live offers and held interactions per channel.
     pub load: [u32; 4],
     /// When the agent last became idle (ms since epoch); longest-idle picks the smallest.
@@ -180,7 +183,9 @@ struct Agent {
 impl Agent {
     #[inline]
     fn has_room(&self, ch: Channel) -> bool {
-        self.info.available && self.info.load[ch.index()] < self.info.capacity.get(ch)
+        self.info.available
+            && (ch != Channel::Voice || self.info.voice_reachable)
+            && self.info.load[ch.index()] < self.info.capacity.get(ch)
     }
     fn occupancy(&self, ch: Channel) -> f64 {
         let cap = self.info.capacity.get(ch).max(1) as f64;
@@ -224,12 +229,30 @@ pub struct Engine {
     /// Per channel, how many agents have room now (kept incrementally so a decision never
     /// scans every agent just to learn that nobody is free).
     room: [usize; 4],
+    /// Agents who declined an interaction (or let its offer ring out), per interaction,
+    /// with the time (ms) until which it is not offered to them again.
+    refusals: HashMap<Uuid, Vec<(Uuid, i64)>>,
+    /// When expired refusals are next pruned (ms).
+    next_refusal_prune_ms: i64,
+    /// How long a refusal keeps an interaction from the refusing agent (ms); `None` is
+    /// the default of 60 s.
+    refusal_skip_ms: Option<i64>,
 }
 
 impl Engine {
     /// An empty engine.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// How long a refusal keeps an interaction from the agent who refused it (ms).
+    pub fn refusal_skip_ms(&self) -> i64 {
+        self.refusal_skip_ms.unwrap_or(60_000)
+    }
+
+    /// Sets how long a refusal keeps an interaction from the agent who refused it (ms).
+    pub fn set_refusal_skip_ms(&mut self, ms: i64) {
+        self.refusal_skip_ms = Some(ms.max(0));
     }
 
     /// Number of waiting interactions.
@@ -374,6 +397,37 @@ impl Engine {
         self.by_id.insert(w.id, Waiting { info: w, key, stage: 0, compiled, class });
     }
 
+    /// Remembers that `agent` declined `interaction` (or let its offer ring out): it is not
+    /// offered to them again before `until_ms`, so a decline never sends the same
+    /// interaction straight back to the agent who just refused it.
+    pub fn note_refusal(&mut self, interaction: Uuid, agent: Uuid, until_ms: i64) {
+        let list = self.refusals.entry(interaction).or_default();
+        match list.iter_mut().find(|(a, _)| *a == agent) {
+            Some(r) => r.1 = r.1.max(until_ms),
+            None => list.push((agent, until_ms)),
+        }
+    }
+
+    /// Whether `agent` refused `interaction` recently (see [`Engine::note_refusal`]).
+    pub fn refused(&self, interaction: Uuid, agent: Uuid, now_ms: i64) -> bool {
+        self.refusals.get(&interaction).is_some_and(|l| l.iter().any(|(a, until)| *a == agent && *until > now_ms))
+    }
+
+    fn has_refusals(&self, interaction: Uuid, now_ms: i64) -> bool {
+        self.refusals.get(&interaction).is_some_and(|l| l.iter().any(|(_, until)| *until > now_ms))
+    }
+
+    fn prune_refusals(&mut self, now_ms: i64) {
+        if self.refusals.is_empty() || now_ms < self.next_refusal_prune_ms {
+            return;
+        }
+        self.next_refusal_prune_ms = now_ms + 1_000;
+        self.refusals.retain(|_, l| {
+            l.retain(|(_, until)| *until > now_ms);
+            !l.is_empty()
+        });
+    }
+
     /// Removes a waiting interaction (abandoned, closed, or taken by a commit).
     pub fn remove_waiting(&mut self, id: Uuid) -> Option<WaitingInteraction> {
         let w = self.by_id.remove(&id)?;
@@ -465,6 +519,7 @@ impl Engine {
     /// for any the database refused.
     pub fn decide(&mut self, now_ms: i64, max: usize) -> Vec<Decision> {
         self.escalate(now_ms);
+        self.prune_refusals(now_ms);
         let mut out = Vec::new();
         let mut hopeless: HashSet<u64> = HashSet::new();
         let mut free_channels = [self.room[0] > 0, self.room[1] > 0, self.room[2] > 0, self.room[3] > 0];
@@ -482,12 +537,14 @@ impl Engine {
             cursor = Some(key);
             let Some(w) = self.by_id.get(&id) else { continue };
             let ch = w.info.channel;
-            let class = w.class;
+            // Nobody eligible for one interaction says nothing about another of the same
+            // class when agents refused this one.
+            let class = (!self.has_refusals(id, now_ms)).then_some(w.class);
             if !free_channels[ch.index()] {
                 continue;
             }
             let sticky = self.sticky_agent(w, now_ms);
-            if sticky.is_none() && hopeless.contains(&class) {
+            if sticky.is_none() && class.is_some_and(|c| hopeless.contains(&c)) {
                 continue;
             }
             let decision = match sticky {
@@ -504,7 +561,9 @@ impl Engine {
                     free_channels[ch.index()] = self.room[ch.index()] > 0;
                 }
                 None if sticky.is_none() => {
-                    hopeless.insert(class);
+                    if let Some(c) = class {
+                        hopeless.insert(c);
+                    }
                 }
                 None => {}
             }
@@ -522,8 +581,8 @@ impl Engine {
         }
         let &ix = self.agent_index.get(&pref)?;
         let a = &self.agents[ix];
-        if !a.info.available {
-            return None; // away or offline: fall back at once
+        if !a.info.available || self.refused(w.info.id, pref, now_ms) {
+            return None; // away, offline or refused it: fall back at once
         }
         if a.has_room(w.info.channel) {
             Some(Some(ix))
@@ -532,10 +591,12 @@ impl Engine {
         }
     }
 
-    fn pick(&self, w: &Waiting, _now_ms: i64) -> Option<Decision> {
+    fn pick(&self, w: &Waiting, now_ms: i64) -> Option<Decision> {
         let ch = w.info.channel;
         let strategy = self.queues.get(&w.info.queue_id).map(|q| q.strategy).unwrap_or(Strategy::LongestIdle);
-        let eligible = |a: &Agent| a.has_room(ch) && w.compiled.eval(&a.levels, &a.groups);
+        let refusals = self.refusals.get(&w.info.id).filter(|_| self.has_refusals(w.info.id, now_ms));
+        let refused = |a: &Agent| refusals.is_some_and(|l| l.iter().any(|(id, until)| *id == a.info.id && *until > now_ms));
+        let eligible = |a: &Agent| a.has_room(ch) && w.compiled.eval(&a.levels, &a.groups) && !refused(a);
         if strategy == Strategy::RingAll {
             let agents: Vec<Uuid> = self.agents.iter().filter(|a| eligible(a)).map(|a| a.info.id).collect();
             if agents.is_empty() {
@@ -628,6 +689,7 @@ mod tests {
             groups: vec![],
             capacity: Capacity { voice: 1, sms: 2, email: 2, chat: 2 },
             available: true,
+            voice_reachable: true,
             load: [0; 4],
             idle_since_ms: idle,
         }
@@ -877,5 +939,94 @@ mod tests {
         e.rollback(&d[0], first_copy.clone());
         assert_eq!(e.agent_load(aid, Channel::Voice), Some(0));
         assert_eq!(e.waiting_order()[0], first_copy.id);
+    }
+
+    #[test]
+    fn voice_goes_only_to_agents_whose_phone_is_registered() {
+        let mut e = Engine::new();
+        let q = queue(Strategy::LongestIdle, "");
+        let qid = q.id;
+        e.upsert_queue(q);
+        // A chat agent without a registered phone, available, idle for longest.
+        let mut chat_only = agent(&[], 0);
+        chat_only.voice_reachable = false;
+        let chat_id = chat_only.id;
+        e.upsert_agent(chat_only.clone());
+        let call = waiting(qid, Channel::Voice, 0, 0, "");
+        let call_id = call.id;
+        e.enqueue(call);
+        assert!(e.decide(1_000, 10).is_empty(), "a phone that cannot ring is not offered the call");
+        // Chat still reaches them.
+        let chat = waiting(qid, Channel::Chat, 0, 1, "");
+        e.enqueue(chat.clone());
+        assert_eq!(e.decide(1_000, 10), vec![Decision::Offer { interaction: chat.id, agent: chat_id, channel: Channel::Chat }]);
+        // Ring-all skips them too.
+        let mut e2 = Engine::new();
+        let q = queue(Strategy::RingAll, "");
+        let qid2 = q.id;
+        e2.upsert_queue(q);
+        e2.upsert_agent(chat_only.clone());
+        let phone = agent(&[], 5);
+        let phone_id = phone.id;
+        e2.upsert_agent(phone);
+        e2.enqueue(waiting(qid2, Channel::Voice, 0, 0, ""));
+        assert!(matches!(e2.decide(1_000, 10).as_slice(), [Decision::RingAll { agents, .. }] if agents == &vec![phone_id]));
+        // Once the phone registers, the waiting call goes to them.
+        chat_only.voice_reachable = true;
+        chat_only.load = [0, 0, 0, 1];
+        e.upsert_agent(chat_only);
+        assert_eq!(e.decide(2_000, 10), vec![Decision::Offer { interaction: call_id, agent: chat_id, channel: Channel::Voice }]);
+    }
+
+    #[test]
+    fn a_refused_interaction_is_not_offered_straight_back() {
+        let mut e = Engine::new();
+        let q = queue(Strategy::LongestIdle, "");
+        let qid = q.id;
+        e.upsert_queue(q);
+        let first = agent(&[], 0);
+        let second = agent(&[], 100);
+        let (fid, sid) = (first.id, second.id);
+        e.upsert_agent(first);
+        e.upsert_agent(second);
+        let w = waiting(qid, Channel::Chat, 0, 0, "");
+        let wid = w.id;
+        e.enqueue(w.clone());
+        assert_eq!(e.decide(1_000, 1), vec![Decision::Offer { interaction: wid, agent: fid, channel: Channel::Chat }]);
+        // The first agent declines: the interaction comes back and goes to the other agent,
+        // although the first idled longer and still has room.
+        e.release(fid, Channel::Chat, 0);
+        e.note_refusal(wid, fid, 61_000);
+        e.enqueue(w.clone());
+        assert_eq!(e.decide(1_500, 1), vec![Decision::Offer { interaction: wid, agent: sid, channel: Channel::Chat }]);
+        // The second declines too: nobody else is eligible, so it waits for the skip time.
+        e.release(sid, Channel::Chat, 0);
+        e.note_refusal(wid, sid, 62_000);
+        e.enqueue(w.clone());
+        assert!(e.decide(2_000, 10).is_empty());
+        // Another interaction of the same class is not held back by those refusals.
+        let other = waiting(qid, Channel::Chat, 0, 5, "");
+        e.enqueue(other.clone());
+        assert_eq!(e.decide(2_000, 10), vec![Decision::Offer { interaction: other.id, agent: fid, channel: Channel::Chat }]);
+        // After the skip time the first agent may get it again.
+        assert_eq!(e.decide(61_001, 10), vec![Decision::Offer { interaction: wid, agent: fid, channel: Channel::Chat }]);
+    }
+
+    #[test]
+    fn a_refusing_own_manager_is_not_waited_for() {
+        let mut e = Engine::new();
+        let q = queue(Strategy::LongestIdle, "");
+        let qid = q.id;
+        e.upsert_queue(q);
+        let manager = agent(&[], 500);
+        let other = agent(&[], 0);
+        let (mid, oid) = (manager.id, other.id);
+        e.upsert_agent(manager);
+        e.upsert_agent(other);
+        let mut w = waiting(qid, Channel::Chat, 0, 0, "");
+        w.preferred_agent = Some(mid);
+        e.note_refusal(w.id, mid, 60_000);
+        e.enqueue(w);
+        assert!(matches!(e.decide(1_000, 10).as_slice(), [Decision::Offer { agent, .. }] if *agent == oid));
     }
 }

@@ -88,13 +88,25 @@ async fn try_lead(hub: &Hub, options: &PgConnectOptions, shutdown: &mut tokio::s
 struct Leader {
     hub: Hub,
     engine: Engine,
+    /// When the once-a-second housekeeping (presence, stale chats, lapsed phone
+    /// registrations) last ran, and the registration expiry horizon it checked up to.
+    last_housekeeping: Option<Instant>,
+    registrations_checked_until: chrono::DateTime<chrono::Utc>,
+}
+
+/// A fresh engine configured from settings.
+fn new_engine(hub: &Hub) -> Engine {
+    let mut e = Engine::new();
+    e.set_refusal_skip_ms(hub.settings().router.decline_skip_secs.saturating_mul(1000).min(i64::MAX as u64) as i64);
+    e
 }
 
 async fn lead(hub: &Hub, lock_conn: &mut PgConnection, shutdown: &mut tokio::sync::watch::Receiver<bool>) -> CoreResult<()> {
     let s = hub.settings().router.clone();
     // Subscribe before loading so nothing committed in between is missed.
     let mut events = hub.events();
-    let mut leader = Leader { hub: hub.clone(), engine: Engine::new() };
+    let mut leader =
+        Leader { hub: hub.clone(), engine: new_engine(hub), last_housekeeping: None, registrations_checked_until: chrono::Utc::now() };
     store::load_all(hub.db(), &mut leader.engine).await?;
     let mut tick = tokio::time::interval(Duration::from_millis(s.tick_ms));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -118,7 +130,7 @@ async fn lead(hub: &Hub, lock_conn: &mut PgConnection, shutdown: &mut tokio::syn
                     }
                     Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
                         tracing::warn!(missed = n, "Router lagged behind events; resyncing.");
-                        leader.engine = Engine::new();
+                        leader.engine = new_engine(hub);
                         store::load_all(hub.db(), &mut leader.engine).await?;
                     }
                     Err(tokio::sync::broadcast::error::RecvError::Closed) => return Ok(()),
@@ -132,7 +144,7 @@ async fn lead(hub: &Hub, lock_conn: &mut PgConnection, shutdown: &mut tokio::syn
                     last_health = Instant::now();
                 }
                 if last_resync.elapsed() >= Duration::from_secs(s.resync_secs) {
-                    leader.engine = Engine::new();
+                    leader.engine = new_engine(hub);
                     store::load_all(hub.db(), &mut leader.engine).await?;
                     last_resync = Instant::now();
                 }
@@ -214,6 +226,10 @@ impl Leader {
 
     async fn timers(&mut self) -> CoreResult<()> {
         self.hub.expire_offers().await?;
+        if self.last_housekeeping.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
+            self.last_housekeeping = Some(Instant::now());
+            self.housekeeping().await?;
+        }
         // Wrap-up time over: close with the disposition given so far (or `other`).
         let due: Vec<(Uuid, Option<String>)> = sqlx::query_as(
             "select i.id, i.disposition from interactions i join queues q on q.id = i.queue_id
@@ -246,6 +262,34 @@ impl Leader {
                 )
                 .await?;
         }
+        Ok(())
+    }
+
+    /// Once a second: agents without any inbox connection for the grace period go
+    /// offline; waiting chats whose visitor left long enough ago are abandoned; agents
+    /// whose phone registration lapsed are reloaded (no longer eligible for voice).
+    async fn housekeeping(&mut self) -> CoreResult<()> {
+        let s = self.hub.settings().router.clone();
+        if s.presence_grace_secs > 0 {
+            self.hub.sweep_disconnected_agents(s.presence_grace_secs).await?;
+        }
+        if s.abandon_left_chat_secs > 0 {
+            self.hub.abandon_left_chats(s.abandon_left_chat_secs).await?;
+        }
+        let now = chrono::Utc::now();
+        let lapsed: Vec<Uuid> = sqlx::query_scalar(
+            "select distinct a.id from agents a join voice_registrations r on r.sip_user = a.sip_user
+              where r.expires_at > $1 and r.expires_at <= $2",
+        )
+        .bind(self.registrations_checked_until)
+        .bind(now)
+        .fetch_all(self.hub.db())
+        .await?;
+        self.registrations_checked_until = now;
+        if !lapsed.is_empty() {
+            store::load_agents(self.hub.db(), &mut self.engine, &lapsed).await?;
+        }
+        sqlx::query("delete from voice_registrations where expires_at < now() - interval '1 hour'").execute(self.hub.db()).await?;
         Ok(())
     }
 }
