@@ -151,8 +151,35 @@ pub async fn audit(
     Ok(())
 }
 
+/// Why a sign-in failed (recorded in the audit log; the client only hears 401).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LoginFailure {
+    /// No such user.
+    UnknownUser,
+    /// The password does not match.
+    BadPassword,
+    /// The account is disabled.
+    Disabled,
+}
+
+impl LoginFailure {
+    /// Stable name for the audit log.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LoginFailure::UnknownUser => "unknown_user",
+            LoginFailure::BadPassword => "bad_password",
+            LoginFailure::Disabled => "disabled",
+        }
+    }
+}
+
 /// Checks a username/password; returns the user when valid.
 pub async fn authenticate(db: &PgPool, username: &str, password: &str) -> CoreResult<Option<User>> {
+    Ok(check_credentials(db, username, password).await?.ok())
+}
+
+/// Checks a username/password; returns the user, or why not.
+pub async fn check_credentials(db: &PgPool, username: &str, password: &str) -> CoreResult<Result<User, LoginFailure>> {
     #[derive(sqlx::FromRow)]
     struct Row {
         id: Uuid,
@@ -164,12 +191,169 @@ pub async fn authenticate(db: &PgPool, username: &str, password: &str) -> CoreRe
     let Some(row) = row else {
         // Spend the same time as a real check so usernames can't be probed by timing.
         let _ = hash_password(password.to_string()).await;
-        return Ok(None);
+        return Ok(Err(LoginFailure::UnknownUser));
     };
-    if row.disabled || !verify_password(password.to_string(), row.password_hash).await? {
-        return Ok(None);
+    if !verify_password(password.to_string(), row.password_hash).await? {
+        return Ok(Err(LoginFailure::BadPassword));
     }
-    Ok(sqlx::query_as(&format!("select {USER_COLUMNS} from users where id = $1")).bind(row.id).fetch_optional(db).await?)
+    if row.disabled {
+        return Ok(Err(LoginFailure::Disabled));
+    }
+    let user: Option<User> =
+        sqlx::query_as(&format!("select {USER_COLUMNS} from users where id = $1")).bind(row.id).fetch_optional(db).await?;
+    Ok(user.ok_or(LoginFailure::UnknownUser))
+}
+
+/// The peer address of a request (the server runs with connect info). Proxies'
+/// `X-Forwarded-For` is not trusted: it is the client's to forge.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientAddr(pub Option<std::net::IpAddr>);
+
+impl<S: Send + Sync> FromRequestParts<S> for ClientAddr {
+    type Rejection = std::convert::Infallible;
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(ClientAddr(parts.extensions.get::<axum::extract::ConnectInfo<std::net::SocketAddr>>().map(|c| c.0.ip())))
+    }
+}
+
+/// Signs a user in with throttling: after `login_max_failures` failures for a username (or
+/// `login_max_failures_per_ip` for a client address) within `login_window_secs`, every
+/// attempt for it — even with the right password — is refused with
+/// [`CoreError::LoginLocked`] until the lockout ends; each further lockout of the same key
+/// lasts twice as long, up to `login_lockout_max_secs`. The counters live in PostgreSQL,
+/// so all hub nodes share them. Successes, failures (username, address, reason — never the
+/// password) and lockouts go to the audit log.
+///
+/// Each attempt is counted *before* its password is checked, under the counter rows' lock,
+/// so concurrent guesses cannot slip past the limit while earlier ones are still being
+/// verified; a success gives its count back.
+#[tracing::instrument(skip(db, policy, password), fields(ip = ?ip))]
+pub async fn sign_in(
+    db: &PgPool,
+    policy: &crate::config::AuthSettings,
+    username: &str,
+    password: &str,
+    ip: Option<std::net::IpAddr>,
+) -> CoreResult<User> {
+    let ip_text = ip.map(|i| i.to_string());
+    let user_key = format!("user:{}", username.to_lowercase());
+    let mut keys = vec![(user_key.clone(), policy.login_max_failures)];
+    if let Some(i) = &ip_text {
+        keys.push((format!("ip:{i}"), policy.login_max_failures_per_ip));
+    }
+    // Lock the rows in one order on every node.
+    keys.sort();
+    let mut tx = db.begin().await?;
+    let mut locked_for: Option<f64> = None;
+    let mut started: Vec<(String, u64)> = vec![];
+    for (key, max) in &keys {
+        match count_attempt(&mut tx, policy, key, *max).await? {
+            Attempt::Locked(secs) => locked_for = Some(locked_for.unwrap_or(0.0).max(secs)),
+            Attempt::Counted { lockout_secs: Some(secs) } => started.push((key.clone(), secs)),
+            Attempt::Counted { lockout_secs: None } => {}
+        }
+    }
+    if let Some(w) = locked_for {
+        // A locked key is refused before any password check, so guessing gains nothing;
+        // such refusals are logged, not audited (a flood must not flood the audit log).
+        tx.rollback().await?;
+        tracing::info!(username, "Sign-in refused: locked after too many failures.");
+        return Err(CoreError::LoginLocked { retry_after_secs: w.ceil().max(1.0) as u64 });
+    }
+    tx.commit().await?;
+    let outcome = if username.len() > 100 || password.len() > 1024 {
+        Err(LoginFailure::UnknownUser)
+    } else {
+        check_credentials(db, username, password).await?
+    };
+    let mut tx = db.begin().await?;
+    let result = match outcome {
+        Ok(user) => {
+            // The username starts over (a lock this attempt started included); the address
+            // only gets this attempt back: one good account must not clear the count of
+            // guesses at others from the same place.
+            sqlx::query("delete from login_throttle where key = $1").bind(&user_key).execute(&mut *tx).await?;
+            sqlx::query("update login_throttle set failures = greatest(failures - 1, 0) where key like 'ip:%' and key = any($1)")
+                .bind(keys.iter().map(|(k, _)| k.clone()).collect::<Vec<_>>())
+                .execute(&mut *tx)
+                .await?;
+            started.retain(|(k, _)| *k != user_key);
+            let details = serde_json::json!({ "username": user.username, "ip": ip_text });
+            audit(&mut tx, Some(user.id), "auth.login", "user", &user.id.to_string(), details).await?;
+            Ok(user)
+        }
+        Err(reason) => {
+            let details = serde_json::json!({ "username": username, "ip": ip_text, "reason": reason.as_str() });
+            audit(&mut tx, None, "auth.login_failed", "username", username, details).await?;
+            Err(CoreError::Unauthenticated)
+        }
+    };
+    for (key, secs) in started {
+        tracing::warn!(key, lockout_secs = secs, "Sign-in locked after too many failures.");
+        let details = serde_json::json!({ "key": key, "username": username, "ip": ip_text, "lockout_secs": secs });
+        audit(&mut tx, None, "auth.lockout", "username", username, details).await?;
+    }
+    tx.commit().await?;
+    result
+}
+
+/// What counting one sign-in attempt against a key found.
+enum Attempt {
+    /// The key is locked for this many more seconds; the attempt was not counted.
+    Locked(f64),
+    /// Counted; this attempt reached the limit and locked the key for so many seconds.
+    Counted { lockout_secs: Option<u64> },
+}
+
+/// Counts one attempt against `key` under its row lock (`max` 0: never locks).
+async fn count_attempt(conn: &mut sqlx::PgConnection, policy: &crate::config::AuthSettings, key: &str, max: u32) -> CoreResult<Attempt> {
+    sqlx::query("insert into login_throttle (key) values ($1) on conflict (key) do nothing").bind(key).execute(&mut *conn).await?;
+    let window = policy.login_window_secs as f64;
+    let max_lockout = policy.login_lockout_max_secs.max(1) as f64;
+    // (seconds still locked, window over, lockouts forgiven, failures, lockouts)
+    let (locked, window_over, forgiven, failures, lockouts): (Option<f64>, bool, bool, i32, i32) = sqlx::query_as(
+        "select case when locked_until > now() then extract(epoch from locked_until - now())::float8 end,
+                window_start <= now() - make_interval(secs => $2),
+                last_failure_at <= now() - make_interval(secs => $2 + $3),
+                failures, lockouts
+         from login_throttle where key = $1 for update",
+    )
+    .bind(key)
+    .bind(window)
+    .bind(max_lockout)
+    .fetch_one(&mut *conn)
+    .await?;
+    if let Some(secs) = locked {
+        return Ok(Attempt::Locked(secs));
+    }
+    // A new window starts when the old one is over; lockouts are forgiven after a quiet
+    // spell as long as the longest lockout plus a window.
+    let failures = if window_over { 1 } else { failures + 1 };
+    let lockouts = if forgiven { 0 } else { lockouts };
+    if max > 0 && failures as u32 >= max {
+        let secs = (policy.login_lockout_secs.max(1) as f64 * 2f64.powi(lockouts.min(30))).min(max_lockout);
+        sqlx::query(
+            "update login_throttle set failures = 0, window_start = now(), last_failure_at = now(), lockouts = $2 + 1,
+                locked_until = now() + make_interval(secs => $3) where key = $1",
+        )
+        .bind(key)
+        .bind(lockouts)
+        .bind(secs)
+        .execute(&mut *conn)
+        .await?;
+        return Ok(Attempt::Counted { lockout_secs: Some(secs as u64) });
+    }
+    sqlx::query(
+        "update login_throttle set failures = $2, lockouts = $3, last_failure_at = now(),
+            window_start = case when $4 then now() else window_start end where key = $1",
+    )
+    .bind(key)
+    .bind(failures)
+    .bind(lockouts)
+    .bind(window_over)
+    .execute(&mut *conn)
+    .await?;
+    Ok(Attempt::Counted { lockout_secs: None })
 }
 
 /// A new browser session: the cookie secret and its CSRF token.

@@ -164,15 +164,54 @@ pub struct AuthSettings {
     /// Mark the session cookie `Secure` (set when served over HTTPS).
     #[serde(default)]
     pub cookie_secure: bool,
+    /// Failed sign-ins for one username within `login_window_secs` before it is locked.
+    #[serde(default = "default_login_max_failures")]
+    pub login_max_failures: u32,
+    /// Failed sign-ins from one client address within `login_window_secs` before it is
+    /// locked (higher: several people may share an address).
+    #[serde(default = "default_login_max_failures_per_ip")]
+    pub login_max_failures_per_ip: u32,
+    /// Seconds over which failed sign-ins are counted.
+    #[serde(default = "default_login_window_secs")]
+    pub login_window_secs: u64,
+    /// First lockout in seconds; each further lockout of the same key doubles it.
+    #[serde(default = "default_login_lockout_secs")]
+    pub login_lockout_secs: u64,
+    /// Longest lockout in seconds.
+    #[serde(default = "default_login_lockout_max_secs")]
+    pub login_lockout_max_secs: u64,
 }
 
 fn default_session_hours() -> u32 {
     12
 }
+fn default_login_max_failures() -> u32 {
+    5
+}
+fn default_login_max_failures_per_ip() -> u32 {
+    20
+}
+fn default_login_window_secs() -> u64 {
+    900
+}
+fn default_login_lockout_secs() -> u64 {
+    60
+}
+fn default_login_lockout_max_secs() -> u64 {
+    3600
+}
 
 impl Default for AuthSettings {
     fn default() -> Self {
-        AuthSettings { session_ttl_hours: default_session_hours(), cookie_secure: false }
+        AuthSettings {
+            session_ttl_hours: default_session_hours(),
+            cookie_secure: false,
+            login_max_failures: default_login_max_failures(),
+            login_max_failures_per_ip: default_login_max_failures_per_ip(),
+            login_window_secs: default_login_window_secs(),
+            login_lockout_secs: default_login_lockout_secs(),
+            login_lockout_max_secs: default_login_lockout_max_secs(),
+        }
     }
 }
 

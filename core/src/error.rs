@@ -41,6 +41,12 @@ pub enum CoreError {
     /// Too many requests.
     #[error("rate limit exceeded; retry later")]
     RateLimited,
+    /// Too many failed sign-ins for a username or client address: locked for a while.
+    #[error("too many failed sign-ins; try again in {retry_after_secs} s")]
+    LoginLocked {
+        /// Seconds until the lockout ends (sent as `Retry-After`).
+        retry_after_secs: u64,
+    },
     /// Request body too large.
     #[error("request body larger than {0} bytes")]
     PayloadTooLarge(usize),
@@ -76,6 +82,7 @@ impl CoreError {
             CoreError::Forbidden => ("forbidden", StatusCode::FORBIDDEN),
             CoreError::Csrf => ("csrf", StatusCode::FORBIDDEN),
             CoreError::RateLimited => ("rate_limited", StatusCode::TOO_MANY_REQUESTS),
+            CoreError::LoginLocked { .. } => ("login_locked", StatusCode::TOO_MANY_REQUESTS),
             CoreError::PayloadTooLarge(_) => ("payload_too_large", StatusCode::PAYLOAD_TOO_LARGE),
             CoreError::UnsupportedMediaType => ("unsupported_media_type", StatusCode::UNSUPPORTED_MEDIA_TYPE),
             CoreError::Channel(_) => ("channel_error", StatusCode::BAD_GATEWAY),
@@ -184,6 +191,9 @@ impl IntoResponse for CoreError {
         let json = serde_json::to_vec(&body).unwrap_or_default();
         let mut resp = (status, json).into_response();
         resp.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static("application/problem+json"));
+        if let CoreError::LoginLocked { retry_after_secs } = &self {
+            resp.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from((*retry_after_secs).max(1)));
+        }
         if code == "database_unavailable" {
             resp.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from(DATABASE_RETRY_AFTER_SECS));
         }

@@ -1,7 +1,7 @@
 //! Sign-in, users, API tokens and the audit log.
 
 use super::{page_bounds, paged, ApiJson, ApiPath, ApiQuery, Page, Paged};
-use crate::auth::{self, Caller, User, USER_COLUMNS};
+use crate::auth::{self, Caller, ClientAddr, User, USER_COLUMNS};
 use crate::domain::Role;
 use crate::error::{CoreError, CoreResult};
 use crate::hub::Hub;
@@ -34,11 +34,8 @@ struct Login {
 }
 
 #[tracing::instrument(skip(hub, body), fields(username = %body.username))]
-async fn login(State(hub): State<Hub>, ApiJson(body): ApiJson<Login>) -> CoreResult<Response> {
-    if body.username.len() > 100 || body.password.len() > 1024 {
-        return Err(CoreError::Unauthenticated);
-    }
-    let user = auth::authenticate(hub.db(), &body.username, &body.password).await?.ok_or(CoreError::Unauthenticated)?;
+async fn login(State(hub): State<Hub>, ClientAddr(ip): ClientAddr, ApiJson(body): ApiJson<Login>) -> CoreResult<Response> {
+    let user = auth::sign_in(hub.db(), &hub.settings().auth, &body.username, &body.password, ip).await?;
     let s = auth::create_session(hub.db(), user.id, hub.settings().auth.session_ttl_hours).await?;
     let secure = if hub.settings().auth.cookie_secure { "; Secure" } else { "" };
     let cookie = format!(
@@ -55,10 +52,21 @@ async fn login(State(hub): State<Hub>, ApiJson(body): ApiJson<Login>) -> CoreRes
     Ok(resp)
 }
 
-async fn logout(State(hub): State<Hub>, caller: Caller) -> CoreResult<Response> {
+async fn logout(State(hub): State<Hub>, caller: Caller, ClientAddr(ip): ClientAddr) -> CoreResult<Response> {
+    let mut tx = hub.db().begin().await?;
     if let Some(sid) = &caller.session_id {
-        sqlx::query("delete from sessions where id = $1").bind(sid).execute(hub.db()).await?;
+        sqlx::query("delete from sessions where id = $1").bind(sid).execute(&mut *tx).await?;
     }
+    auth::audit(
+        &mut tx,
+        Some(caller.user_id),
+        "auth.logout",
+        "user",
+        &caller.user_id.to_string(),
+        serde_json::json!({ "username": caller.username, "ip": ip.map(|i| i.to_string()), "via": caller.via }),
+    )
+    .await?;
+    tx.commit().await?;
     let mut resp = Json(serde_json::json!({ "signed_out": true })).into_response();
     resp.headers_mut().insert(header::SET_COOKIE, HeaderValue::from_static("sb_session=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0"));
     Ok(resp)
