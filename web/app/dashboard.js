@@ -45,7 +45,8 @@ function run({ main }) {
       const [stats, agents, waiting, qs] = await Promise.all([
         get('/api/v1/queues/stats'),
         get('/api/v1/agents'),
-        get('/api/v1/interactions?status=queued&limit=200'),
+        // Offered but not yet accepted: the customer is still waiting.
+        get('/api/v1/interactions?status=queued,offered&limit=200'),
         get('/api/v1/queues'),
       ]);
       queues = qs;
@@ -82,7 +83,7 @@ function run({ main }) {
       const cls = sl === null || sl === undefined ? 'muted' : sl >= s.sla_target_pct ? 'sla-ok' : 'sla-bad';
       return h('tr', { dataset: { queue: s.name } },
         h('th', { scope: 'row' }, s.name),
-        h('td', { class: 'num q-waiting' }, String(s.waiting)),
+        h('td', { class: 'num q-waiting' }, String(s.waiting), s.offered ? h('span', { class: 'muted small q-offered' }, ` (${s.offered} offered)`) : null),
         h('td', { class: 'num' }, s.waiting ? duration(s.oldest_wait_secs) : '—'),
         h('td', { class: 'num' }, String(s.in_service)),
         h('td', { class: 'num' }, String(s.answered_today)),
@@ -133,7 +134,8 @@ function run({ main }) {
         h('td', null, (i.customer_address && !/^[0-9a-f-]{36}$/i.test(i.customer_address) ? i.customer_address : null)
           || i.subject || (i.channel === 'chat' ? 'Web visitor' : 'Unknown')),
         h('td', null, q ? q.name : '—'),
-        h('td', { class: 'num' }, duration((Date.now() - new Date(i.enqueued_at)) / 1000)));
+        h('td', { class: 'num' }, duration((Date.now() - new Date(i.enqueued_at)) / 1000),
+          i.status === 'offered' ? h('span', { class: 'muted small' }, ' · offered') : null));
     }));
   }
 

@@ -92,7 +92,7 @@ pub const ROUTES: &[RouteDoc] = &[
         "/api/v1/queues/stats",
         Access::Roles(STAFF),
         "queues",
-        "Live queue figures: waiting, oldest wait, agents available, SLA today."
+        "Live queue figures: waiting (queued or offered, not yet answered), offered, oldest wait, in service (active or wrap-up), agents available, SLA today."
     ),
     route!("GET", "/api/v1/queues/{id}", Access::Roles(STAFF), "queues", "Get a queue."),
     route!("PATCH", "/api/v1/queues/{id}", Access::Roles(SUPERVISORS), "queues", "Update a queue."),

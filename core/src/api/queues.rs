@@ -230,16 +230,18 @@ async fn remove(State(hub): State<Hub>, caller: Caller, ApiPath(id): ApiPath<Uui
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// id, name, waiting, oldest wait, in service, answered today, within SLA, abandoned today, SLA %, SLA secs.
-type StatsRow = (Uuid, String, i64, Option<f64>, i64, i64, i64, i64, i32, i32);
+/// id, name, waiting, offered, oldest wait, in service, answered today, within SLA, abandoned today, SLA %, SLA secs.
+type StatsRow = (Uuid, String, i64, i64, Option<f64>, i64, i64, i64, i64, i32, i32);
 
 async fn stats(State(hub): State<Hub>, caller: Caller) -> CoreResult<Json<Vec<serde_json::Value>>> {
     caller.require(&[Role::Admin, Role::Supervisor, Role::Agent])?;
     let rows: Vec<StatsRow> = sqlx::query_as(
         "select q.id, q.name,
-            (select count(*) from interactions i where i.queue_id = q.id and i.status = 'queued'),
-            (select extract(epoch from now() - min(i.enqueued_at))::float8 from interactions i where i.queue_id = q.id and i.status = 'queued'),
-            (select count(*) from interactions i where i.queue_id = q.id and i.status in ('offered','active','wrap_up')),
+            (select count(*) from interactions i where i.queue_id = q.id and i.status in ('queued','offered')),
+            (select count(*) from interactions i where i.queue_id = q.id and i.status = 'offered'),
+            (select extract(epoch from now() - min(i.enqueued_at))::float8 from interactions i
+              where i.queue_id = q.id and i.status in ('queued','offered')),
+            (select count(*) from interactions i where i.queue_id = q.id and i.status in ('active','wrap_up')),
             (select count(*) from interactions i where i.queue_id = q.id and i.answered_at >= date_trunc('day', now())),
             (select count(*) from interactions i where i.queue_id = q.id and i.answered_at >= date_trunc('day', now())
                  and i.answered_at - i.enqueued_at <= make_interval(secs => q.sla_target_secs)),
@@ -253,10 +255,12 @@ async fn stats(State(hub): State<Hub>, caller: Caller) -> CoreResult<Json<Vec<se
         sqlx::query_scalar("select count(*) from agents where presence = 'available' and archived_at is null").fetch_one(hub.db()).await?;
     Ok(Json(
         rows.into_iter()
-            .map(|(id, name, waiting, oldest, in_service, answered, within, abandoned, pct, secs)| {
+            .map(|(id, name, waiting, offered, oldest, in_service, answered, within, abandoned, pct, secs)| {
                 let sl = if answered + abandoned > 0 { Some(within as f64 * 100.0 / (answered + abandoned) as f64) } else { None };
                 serde_json::json!({
-                    "queue_id": id, "name": name, "waiting": waiting, "oldest_wait_secs": oldest.unwrap_or(0.0),
+                    // An offer still ringing is not an answer: the customer waits until
+                    // an agent accepts (`waiting` includes `offered`).
+                    "queue_id": id, "name": name, "waiting": waiting, "offered": offered, "oldest_wait_secs": oldest.unwrap_or(0.0),
                     "in_service": in_service, "answered_today": answered, "abandoned_today": abandoned,
                     "service_level_pct": sl, "sla_target_pct": pct, "sla_target_secs": secs, "agents_available": available
                 })
