@@ -1017,3 +1017,64 @@ async fn late_offer_invite_is_answered_with_our_offer_and_the_ack_answers() {
     assert_both_sides_heard(&done, "agent");
     vh.stop().await;
 }
+
+/// The value of one sample line (`name{labels}`) of a Prometheus text page.
+fn metric(page: &str, sample: &str) -> f64 {
+    page.lines()
+        .find_map(|l| l.strip_prefix(sample).and_then(|rest| rest.strip_prefix(' ')))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {sample} on /metrics:\n{page}"))
+}
+
+async fn metrics_page(vh: &VoiceHub) -> String {
+    let resp = reqwest::get(format!("{}/metrics", vh.th.url)).await.expect("GET /metrics");
+    assert_eq!(resp.status(), StatusCode::OK);
+    resp.text().await.expect("metrics text")
+}
+
+/// `/metrics` shows the voice channel: calls offered, answered and abandoned, active
+/// calls, registrations, SIP messages in and out, SIP parse errors, RTP packets and loss.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn metrics_show_calls_registrations_sip_and_rtp() {
+    let Some(vh) = voice_hub("metrics", INLINE_CREDENTIALS).await else { return };
+    vh.queue(json!({})).await;
+    let before = metrics_page(&vh).await;
+    assert_eq!(metric(&before, "switchboard_voice_calls_total{outcome=\"offered\"}"), 0.0);
+    assert_eq!(metric(&before, "switchboard_voice_registrations"), 0.0);
+    // A caller who gives up in the queue.
+    let caller = vh.sipp("caller_abandon.xml", free_udp_port(), &["-s", "100", "-d", "2500"]);
+    let i = vh.voice_interaction().await;
+    let during = metrics_page(&vh).await;
+    assert_eq!(metric(&during, "switchboard_voice_active_calls"), 1.0, "the waiting call is active");
+    finished_ok(caller, "abandoning caller").await;
+    vh.wait_status(i["id"].as_str().expect("id"), &["abandoned"], 10).await;
+    // A call answered by an agent.
+    let (_alice, phone) = vh.agent("alice", "alice-pw", "agent_answer.xml", &["-d", "3000"]).await;
+    let caller = vh.sipp("caller.xml", free_udp_port(), &["-s", "100"]);
+    finished_ok(phone, "alice's phone").await;
+    finished_ok(caller, "caller").await;
+    // A datagram that is no SIP message.
+    let junk = UdpSocket::bind("127.0.0.1:0").expect("socket");
+    junk.send_to(b"HELLO sip:nobody SIP/2.0\r\nVia: nonsense\r\n\r\n", vh.sip).expect("send junk");
+    let page = eventually(10, || {
+        let url = format!("{}/metrics", vh.th.url);
+        async move {
+            let page = reqwest::get(url).await.ok()?.text().await.ok()?;
+            (metric(&page, "switchboard_voice_active_calls") == 0.0 && metric(&page, "switchboard_voice_sip_parse_errors_total") >= 1.0)
+                .then_some(page)
+        }
+    })
+    .await;
+    assert_eq!(metric(&page, "switchboard_voice_calls_total{outcome=\"offered\"}"), 2.0, "{page}");
+    assert_eq!(metric(&page, "switchboard_voice_calls_total{outcome=\"answered\"}"), 1.0);
+    assert_eq!(metric(&page, "switchboard_voice_calls_total{outcome=\"abandoned\"}"), 1.0);
+    assert_eq!(metric(&page, "switchboard_voice_registrations"), 1.0, "alice's phone");
+    assert!(metric(&page, "switchboard_voice_sip_messages_total{direction=\"in\"}") >= 10.0);
+    assert!(metric(&page, "switchboard_voice_sip_messages_total{direction=\"out\"}") >= 10.0);
+    assert_eq!(metric(&page, "switchboard_voice_sip_parse_errors_total"), 1.0);
+    assert!(metric(&page, "switchboard_voice_rtp_packets_total{direction=\"in\"}") > 100.0, "the caller's audio");
+    assert!(metric(&page, "switchboard_voice_rtp_packets_total{direction=\"out\"}") > 100.0, "prompts and the agent's audio");
+    assert!(metric(&page, "switchboard_voice_rtp_lost_packets_total") >= 0.0);
+    assert!(page.contains("# TYPE switchboard_voice_calls_total counter"), "{page}");
+    vh.stop().await;
+}

@@ -3,6 +3,15 @@
 use crate::domain::Channel;
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+
+/// Metrics a module or channel adapter keeps itself (core knows none of them), rendered
+/// after core's own on `/metrics`: Prometheus text format with `# HELP`/`# TYPE` lines,
+/// label values from a fixed set only.
+pub trait MetricsSource: Send + Sync {
+    /// Appends the source's metric families to `out`.
+    fn render(&self, out: &mut String);
+}
 
 /// Counters and gauges of one node.
 #[derive(Default)]
@@ -26,9 +35,19 @@ pub struct Metrics {
     pub ingest_appended: AtomicU64,
     /// Batched ingest statements that failed (their items then took a slower path).
     pub ingest_fallbacks: AtomicU64,
+    /// Modules' own metrics by name (see [`Metrics::add_source`]).
+    sources: RwLock<Vec<(String, Arc<dyn MetricsSource>)>>,
 }
 
 impl Metrics {
+    /// Adds a module's metrics to the rendering; a source added again under the same
+    /// name replaces the earlier one (several adapters of one kind render once).
+    pub fn add_source(&self, name: &str, source: Arc<dyn MetricsSource>) {
+        let mut sources = self.sources.write().unwrap_or_else(|poisoned| poisoned.into_inner());
+        sources.retain(|(n, _)| n != name);
+        sources.push((name.to_string(), source));
+    }
+
     /// Counts an ingested item.
     pub fn inc_ingested(&self, ch: Channel, duplicate: bool) {
         if duplicate {
@@ -92,6 +111,11 @@ impl Metrics {
             "# HELP switchboard_websockets Open WebSocket connections.\n# TYPE switchboard_websockets gauge\nswitchboard_websockets {}",
             self.websockets.load(Ordering::Relaxed)
         );
+        let sources: Vec<Arc<dyn MetricsSource>> =
+            self.sources.read().unwrap_or_else(|poisoned| poisoned.into_inner()).iter().map(|(_, src)| src.clone()).collect();
+        for src in sources {
+            src.render(&mut s);
+        }
         let mut last = String::new();
         for (name, labels, v) in extra {
             if *name != last {

@@ -442,6 +442,7 @@ impl ChannelAdapter for VoiceAdapter {
 
     async fn run(&self, hub: Hub, mut shutdown: Shutdown) -> Result<(), AdapterError> {
         hub.add_route_docs(crate::http::ROUTES);
+        hub.metrics().add_source("voice", Arc::new(crate::metrics::VoiceMetrics));
         hub.add_route_docs(crate::recordings::ROUTES);
         let _ = self.state.hub.set(hub.clone());
         let inline = InlineCredentials::from_config(&self.config.registrar.credentials);

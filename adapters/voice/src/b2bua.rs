@@ -23,6 +23,7 @@ use crate::ivr::{IvrAction, IvrInput, IvrSession};
 use crate::media::dtmf::parse_info_body;
 use crate::media::player::{tone, PromptStore};
 use crate::media_session::{bind_rtp, spawn_leg, spawn_recorder, LegId, MediaCommand, MediaEvent, MediaHandle, Recorder};
+use crate::metrics::{voice_stats, VoiceStats};
 use crate::registrar::{CredentialStore, InlineCredentials, Registrar};
 use crate::sdp::{self, Codec, Direction, Negotiated};
 use crate::sip::dialog::Dialog;
@@ -512,6 +513,8 @@ impl Engine {
         for id in ids {
             self.end_call(&id, Side::Hub);
         }
+        // This engine's registrations leave the process-wide gauge with it.
+        VoiceStats::add(&voice_stats().registrations, -(self.registrar.registered_users() as i64));
         tracing::info!("Voice engine stopped.");
     }
 
@@ -541,7 +544,12 @@ impl Engine {
         for e in events {
             match e {
                 LayerEvent::Send { peer, bytes } => self.transport.send(peer, bytes),
-                LayerEvent::Dropped { reason } => tracing::debug!(%reason, "SIP message dropped."),
+                LayerEvent::Dropped { reason, malformed } => {
+                    if malformed {
+                        VoiceStats::inc(&voice_stats().sip_parse_errors);
+                    }
+                    tracing::debug!(%reason, "SIP message dropped.");
+                }
                 other => rest.push(other),
             }
         }
@@ -590,6 +598,7 @@ impl Engine {
     }
 
     async fn on_inbound(&mut self, msg: Inbound) {
+        VoiceStats::inc(&voice_stats().sip_in);
         let events = self.layer.on_message(&msg.data, msg.peer, Self::now());
         for e in self.emit(events) {
             match e {
@@ -614,7 +623,9 @@ impl Engine {
         }
         match req.method {
             Method::Register => {
+                let before = self.registrar.registered_users() as i64;
                 let resp = self.registrar.handle_register(&req, &info, source, Self::now(), self.credentials.as_ref());
+                VoiceStats::add(&voice_stats().registrations, self.registrar.registered_users() as i64 - before);
                 self.respond(&key, resp);
             }
             Method::Options => {
@@ -754,6 +765,8 @@ impl Engine {
         self.by_sip_call_id.insert(call_id.clone(), (call_id.clone(), Side::Caller));
         self.by_leg.insert(leg_id, (call_id.clone(), Side::Caller));
         self.calls.insert(call_id.clone(), call);
+        VoiceStats::inc(&voice_stats().calls_offered);
+        VoiceStats::add(&voice_stats().active_calls, 1);
         if !late_offer {
             self.start_ivr(&call_id, flow);
         }
@@ -945,7 +958,9 @@ impl Engine {
                 self.on_tx_timeout(key);
             }
         }
+        let before = self.registrar.registered_users() as i64;
         self.registrar.expire(now);
+        VoiceStats::add(&voice_stats().registrations, self.registrar.registered_users() as i64 - before);
         let ids: Vec<String> = self.calls.keys().cloned().collect();
         for id in ids {
             let Some(call) = self.calls.get_mut(&id) else {
@@ -1443,7 +1458,10 @@ impl Engine {
                 self.rewire(call_id, &[]);
                 return;
             }
-            OutRole::Agent { offer_id } => CallOutcome::Answered { offer_id: offer_id.clone(), agent: leg.user.clone() },
+            OutRole::Agent { offer_id } => {
+                VoiceStats::inc(&voice_stats().calls_answered);
+                CallOutcome::Answered { offer_id: offer_id.clone(), agent: leg.user.clone() }
+            }
             OutRole::External { number } => CallOutcome::ExternalAnswered { number: number.clone() },
         };
         let caller_media = call.caller.media.clone();
@@ -1923,6 +1941,12 @@ impl Engine {
             self.send_request(req, peer, ClientPurpose::Other);
         }
         tracing::info!(call_id = %call_id, by = ?by, phase = ?call.phase, "Call ended.");
+        VoiceStats::add(&voice_stats().active_calls, -1);
+        // Abandoned: the caller hung up before any agent (or external party) answered,
+        // in the IVR or the queue; a voicemail is a message left, not an abandon.
+        if by == Side::Caller && !agent_answered && call.phase != Phase::Voicemail && call.voicemail.is_none() {
+            VoiceStats::inc(&voice_stats().calls_abandoned);
+        }
         let ticket = call.ticket.clone();
         if call.voicemail.is_some_and(|v| v.started) {
             // Reported when the media task has closed the file (RecordingDone).

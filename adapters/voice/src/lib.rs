@@ -22,6 +22,7 @@ pub mod http;
 pub mod ivr;
 pub mod media;
 pub mod media_session;
+pub mod metrics;
 pub mod recordings;
 pub mod registrar;
 pub mod sdp;

@@ -145,6 +145,7 @@ impl SipTransport {
     /// datagram; the transaction layer retransmits); TCP reuses the connection the
     /// peer opened, or opens one.
     pub fn send(&self, peer: Peer, bytes: Bytes) {
+        crate::metrics::VoiceStats::inc(&crate::metrics::voice_stats().sip_out);
         match peer.transport {
             Transport::Udp => {
                 if let Some(sock) = &self.udp {

@@ -651,6 +651,8 @@ pub enum LayerEvent {
     Dropped {
         /// Why.
         reason: String,
+        /// The message could not be parsed or was invalid (not merely unmatched).
+        malformed: bool,
     },
 }
 
@@ -732,12 +734,12 @@ impl TransactionLayer {
     /// Feeds one received datagram or TCP frame. Never panics.
     pub fn on_message(&mut self, data: &[u8], source: Peer, now: Instant) -> Vec<LayerEvent> {
         match inspect(data, self.max_size) {
-            Inspected::Drop(error) => vec![LayerEvent::Dropped { reason: error.to_string() }],
+            Inspected::Drop(error) => vec![LayerEvent::Dropped { reason: error.to_string(), malformed: true }],
             Inspected::Reject { reply, via, error } => {
                 let dest = response_destination(&via, source.addr, source.transport);
                 vec![
                     LayerEvent::Send { peer: Peer { addr: dest, transport: source.transport }, bytes: to_bytes(&reply.into()) },
-                    LayerEvent::Dropped { reason: error.to_string() },
+                    LayerEvent::Dropped { reason: error.to_string(), malformed: true },
                 ]
             }
             Inspected::Request(request, info) => self.on_request(request, info, source, now),
@@ -804,7 +806,7 @@ impl TransactionLayer {
             if response.status_code.code() / 100 == 2 && info.cseq_method == Method::Invite {
                 return vec![LayerEvent::StrayResponse { response, info: Box::new(info), source }];
             }
-            return vec![LayerEvent::Dropped { reason: "response matches no transaction".into() }];
+            return vec![LayerEvent::Dropped { reason: "response matches no transaction".into(), malformed: false }];
         };
         let peer = *peer;
         let actions = match tx {
@@ -861,7 +863,7 @@ impl TransactionLayer {
     /// The TU answers a server transaction.
     pub fn respond(&mut self, key: &TransactionKey, response: Response, now: Instant) -> Vec<LayerEvent> {
         let Some((tx, peer)) = self.txs.get_mut(key) else {
-            return vec![LayerEvent::Dropped { reason: "response for unknown server transaction".into() }];
+            return vec![LayerEvent::Dropped { reason: "response for unknown server transaction".into(), malformed: false }];
         };
         let peer = *peer;
         let actions = match tx {
