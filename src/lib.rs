@@ -21,6 +21,7 @@ use tokio::task::JoinHandle;
 pub fn registry() -> AdapterRegistry {
     let mut r = AdapterRegistry::new();
     switchboard_chat::register(&mut r);
+    switchboard_email::register(&mut r);
     switchboard_voice::register(&mut r);
     r
 }

@@ -1,0 +1,625 @@
+//! The email adapter: the mailbox worker (lease → connect → import → IDLE or poll) and
+//! the processing of one stored raw message (parse → classify → thread → attachments →
+//! `hub.ingest`), and delivery of replies over SMTP through the outbox.
+
+use crate::compose::{self, OutgoingMail};
+use crate::config::{AfterImport, EmailConfig};
+use crate::imap::{self, ImapSession};
+use crate::loops::{self, MailKind};
+use crate::parse::{self, ParsedMail};
+use crate::smtp::{self, SendOutcome, SmtpTransport};
+use crate::store;
+use crate::threading::{self, ThreadCandidates, ThreadedBy};
+use async_trait::async_trait;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+use switchboard_core::adapter::{AdapterError, ChannelAdapter, DeliveryReceipt, Outbound, Shutdown};
+use switchboard_core::{Channel, CoreError, CustomerHints, Hub, InboundItem};
+use uuid::Uuid;
+
+/// One configured mailbox.
+pub struct EmailAdapter {
+    name: String,
+    cfg: EmailConfig,
+    node: Uuid,
+    hub: OnceLock<Hub>,
+    smtp: OnceLock<Result<SmtpTransport, String>>,
+}
+
+/// What the import did with one message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Imported {
+    /// Routed to the hub.
+    Ingested,
+    /// Already imported (a second delivery, or a fetch repeated after a restart).
+    Duplicate,
+    /// A bounce: our outbound message was marked failed.
+    Bounce,
+    /// Stored only: the sender exceeded the rate limit.
+    RateLimited,
+    /// Could not be parsed: stored raw, routed as an interaction saying so.
+    Unparseable,
+}
+
+fn core_err(e: CoreError) -> AdapterError {
+    AdapterError::Temporary(e.to_string())
+}
+
+impl EmailAdapter {
+    /// A new adapter.
+    pub fn new(name: String, cfg: EmailConfig) -> Self {
+        EmailAdapter { name, cfg, node: Uuid::new_v4(), hub: OnceLock::new(), smtp: OnceLock::new() }
+    }
+
+    /// The instance (mailbox) name.
+    pub fn mailbox(&self) -> &str {
+        &self.name
+    }
+
+    /// This node's id for leases.
+    pub fn node_id(&self) -> Uuid {
+        self.node
+    }
+
+    /// Settings.
+    pub fn config(&self) -> &EmailConfig {
+        &self.cfg
+    }
+
+    fn attachments_dir(&self, hub: &Hub) -> PathBuf {
+        self.cfg.attachments_dir.clone().unwrap_or_else(|| hub.settings().database.data_dir.join("attachments"))
+    }
+
+    fn transport(&self) -> Result<&SmtpTransport, AdapterError> {
+        self.smtp.get_or_init(|| smtp::transport(&self.cfg.smtp)).as_ref().map_err(|e| AdapterError::Config(format!("smtp: {e}")))
+    }
+
+    // ---------------------------------------------------------------- inbound
+
+    /// Stores one fetched message raw (first of all), then processes it unless it was
+    /// processed already.
+    pub async fn import(&self, hub: &Hub, uid_validity: u32, uid: u32, raw: &[u8]) -> Result<Imported, CoreError> {
+        let mid = parse::quick_message_id(raw);
+        let dedupe = parse::dedupe_id(mid.as_deref(), raw);
+        let sender = quick_sender(raw);
+        let (id, fresh, status) = store::store_raw(hub.db(), &self.name, &dedupe, uid_validity, uid, sender.as_deref(), raw).await?;
+        if !fresh && status != "stored" {
+            return Ok(Imported::Duplicate);
+        }
+        self.process(hub, id, &dedupe, raw).await
+    }
+
+    /// Processes raw messages stored but never finished (the node stopped between the
+    /// store and the hub commit).
+    pub async fn recover(&self, hub: &Hub) -> Result<usize, CoreError> {
+        let rows = store::unprocessed(hub.db(), &self.name, 1000).await?;
+        let n = rows.len();
+        for r in rows {
+            let mid = parse::quick_message_id(&r.raw);
+            let dedupe = parse::dedupe_id(mid.as_deref(), &r.raw);
+            self.process(hub, r.id, &dedupe, &r.raw).await?;
+        }
+        Ok(n)
+    }
+
+    /// Parse → classify → thread → attachments → ingest → record. Safe to run again for
+    /// the same message: every step is keyed by the message.
+    async fn process(&self, hub: &Hub, raw_id: Uuid, dedupe: &str, raw: &[u8]) -> Result<Imported, CoreError> {
+        let db = hub.db();
+        let dedupe_key = format!("{}:{dedupe}", self.name);
+        let parsed = if raw.len() > self.cfg.max_message_bytes { None } else { parse::parse(raw, self.cfg.attachment_max_bytes) };
+        let Some(p) = parsed else {
+            // Never lost: the raw bytes are stored; the agent sees that something came.
+            let from = quick_sender(raw).unwrap_or_else(|| "unknown@invalid".into());
+            let why = if raw.len() > self.cfg.max_message_bytes {
+                format!(
+                    "This email ({} bytes) is larger than the {} byte limit; it is stored unchanged.",
+                    raw.len(),
+                    self.cfg.max_message_bytes
+                )
+            } else {
+                "This email could not be read (malformed MIME); it is stored unchanged.".to_string()
+            };
+            let token = threading::token_from_seed(format!("{}:{dedupe}", self.name).as_bytes());
+            store::create_thread(db, &token, &self.name, Some(&from), "").await?;
+            let item = InboundItem {
+                channel: Some(Channel::Email),
+                dedupe_key,
+                conversation_key: Some(format!("email:{token}")),
+                from: from.clone(),
+                to: Some(self.cfg.address.clone()),
+                subject: Some("(unreadable email)".into()),
+                body: why.clone(),
+                queue: self.cfg.queue.clone(),
+                metadata: Some(
+                    serde_json::json!({ "email": { "mailbox": self.name, "token": token, "raw_id": raw_id, "unparseable": true } }),
+                ),
+                ..Default::default()
+            };
+            let o = hub.ingest(item).await?;
+            store::finish_raw(db, raw_id, "unparseable", None, None, Some(o.interaction_id), o.message_id, Some(&why)).await?;
+            return Ok(Imported::Unparseable);
+        };
+        let kind = loops::classify(&p, &self.cfg.address);
+        if kind == MailKind::Bounce {
+            let report = p.report.clone().unwrap_or_default();
+            let diag = report.diagnostic.clone().or(report.status.clone()).unwrap_or_else(|| "delivery failed".into());
+            let mut marked = None;
+            if report.is_failure() {
+                if let Some(orig) = &report.original_message_id {
+                    marked = store::mark_bounced(db, orig, &diag).await?;
+                }
+            }
+            tracing::info!(mailbox = %self.name, original = ?report.original_message_id, ours = marked.is_some(), "Bounce received.");
+            store::finish_raw(db, raw_id, "bounce", Some(kind.as_str()), None, marked.and_then(|m| m.1), None, Some(&diag)).await?;
+            return Ok(Imported::Bounce);
+        }
+        let sender = p.from.as_ref().map(|f| f.address.clone()).unwrap_or_else(|| "unknown@invalid".into());
+        let recent = store::recent_from_sender(db, &self.name, &sender).await?;
+        if !loops::within_rate(recent, self.cfg.sender_rate_per_hour) {
+            tracing::warn!(mailbox = %self.name, %sender, recent, "Sender over the hourly limit; mail stored, not routed.");
+            store::finish_raw(db, raw_id, "rate_limited", Some(kind.as_str()), None, None, None, Some("sender rate limit")).await?;
+            return Ok(Imported::RateLimited);
+        }
+
+        let (token, threaded_by) = self.thread_of(hub, &p, &sender, dedupe).await?;
+        let attachments = self.keep_attachments(hub, raw_id, &p).await?;
+        let body = if p.visible_text.trim().is_empty() {
+            if p.calendar {
+                "(calendar invitation)".to_string()
+            } else if !p.attachments.is_empty() {
+                "(no text; see attachments)".to_string()
+            } else {
+                "(empty email)".to_string()
+            }
+        } else {
+            p.visible_text.clone()
+        };
+        let item = InboundItem {
+            channel: Some(Channel::Email),
+            dedupe_key,
+            conversation_key: Some(format!("email:{token}")),
+            from: sender.clone(),
+            to: Some(self.cfg.address.clone()),
+            hints: CustomerHints {
+                display_name: p.from.as_ref().and_then(|f| f.name.clone()),
+                email: Some(sender.clone()),
+                language: None,
+            },
+            subject: Some(if p.subject.is_empty() { "(no subject)".into() } else { p.subject.clone() }),
+            body,
+            content_type: Some("text/plain".into()),
+            attachments: Some(serde_json::Value::Array(attachments)),
+            queue: self.cfg.queue.clone(),
+            metadata: Some(serde_json::json!({ "email": {
+                "mailbox": self.name, "token": token, "raw_id": raw_id,
+                "from": p.from, "to": p.to, "cc": p.cc, "subject": p.subject, "message_id": p.message_id, "kind": kind.as_str(),
+            }})),
+            ..Default::default()
+        };
+        let o = hub.ingest(item).await?;
+        let cc = self.customer_cc(&p, &sender);
+        store::note_inbound(db, &self.name, &token, p.message_id.as_deref(), &cc).await?;
+        store::finish_raw(
+            db,
+            raw_id,
+            "ingested",
+            Some(kind.as_str()),
+            Some(threaded_by.as_str()),
+            Some(o.interaction_id),
+            o.message_id,
+            None,
+        )
+        .await?;
+        if o.created && !o.duplicate && kind.may_auto_reply() {
+            if let Some(text) = &self.cfg.auto_acknowledge {
+                self.acknowledge(hub, raw_id, o.interaction_id, &token, &sender, &p.subject, text).await?;
+            }
+        }
+        Ok(if o.duplicate { Imported::Duplicate } else { Imported::Ingested })
+    }
+
+    /// The conversation a mail joins, or a new one.
+    async fn thread_of(&self, hub: &Hub, p: &ParsedMail, sender: &str, dedupe: &str) -> Result<(String, ThreadedBy), CoreError> {
+        let db = hub.db();
+        let candidates = ThreadCandidates::of(p, &self.cfg.address);
+        if let Some(found) = store::find_thread(db, &self.name, &candidates).await? {
+            return Ok(found);
+        }
+        let base = parse::base_subject(&p.subject);
+        if let Some(t) = store::open_thread_of_sender(db, &self.name, sender, &base).await? {
+            return Ok((t, ThreadedBy::SenderSubject));
+        }
+        let token = threading::token_from_seed(format!("{}:{dedupe}", self.name).as_bytes());
+        store::create_thread(db, &token, &self.name, Some(sender), &base).await?;
+        Ok((token, ThreadedBy::New))
+    }
+
+    /// Cc'd addresses that are customers (not this mailbox, not the sender).
+    fn customer_cc(&self, p: &ParsedMail, sender: &str) -> Vec<String> {
+        p.cc.iter()
+            .chain(p.to.iter())
+            .map(|m| m.address.to_ascii_lowercase())
+            .filter(|a| {
+                a != sender && !a.eq_ignore_ascii_case(&self.cfg.address) && threading::token_in_address(a, &self.cfg.address).is_none()
+            })
+            .collect()
+    }
+
+    /// Writes attachment files (`<dir>/<sha256>`) and their rows; returns the descriptors
+    /// kept on the message.
+    async fn keep_attachments(&self, hub: &Hub, raw_id: Uuid, p: &ParsedMail) -> Result<Vec<serde_json::Value>, CoreError> {
+        store::clear_attachments(hub.db(), raw_id).await?;
+        if p.attachments.is_empty() {
+            return Ok(Vec::new());
+        }
+        let dir = self.attachments_dir(hub);
+        let mut out = Vec::with_capacity(p.attachments.len());
+        for a in &p.attachments {
+            let mut stored = false;
+            if let Some(data) = &a.data {
+                let path = dir.join(&a.sha256);
+                if tokio::fs::metadata(&path).await.is_err() {
+                    tokio::fs::create_dir_all(&dir).await.map_err(|e| CoreError::Internal(format!("attachments dir: {e}")))?;
+                    let tmp = dir.join(format!("{}.{}.tmp", a.sha256, Uuid::new_v4().simple()));
+                    tokio::fs::write(&tmp, data).await.map_err(|e| CoreError::Internal(format!("attachment write: {e}")))?;
+                    tokio::fs::rename(&tmp, &path).await.map_err(|e| CoreError::Internal(format!("attachment write: {e}")))?;
+                }
+                stored = true;
+            }
+            let id = store::add_attachment(
+                hub.db(),
+                raw_id,
+                &a.sha256,
+                a.size,
+                &a.content_type,
+                &a.filename,
+                a.content_id.as_deref(),
+                a.inline,
+                stored,
+            )
+            .await?;
+            out.push(serde_json::json!({
+                "id": id, "filename": a.filename, "content_type": a.content_type, "size": a.size, "sha256": a.sha256,
+                "inline": a.inline, "content_id": a.content_id, "stored": stored,
+                "url": format!("/api/v1/email/attachments/{id}"),
+            }));
+        }
+        Ok(out)
+    }
+
+    /// Queues the automatic acknowledgement of a new conversation (never to automatic or
+    /// bulk mail, at most one per sender per hour).
+    #[allow(clippy::too_many_arguments)]
+    async fn acknowledge(
+        &self,
+        hub: &Hub,
+        raw_id: Uuid,
+        interaction: Uuid,
+        token: &str,
+        to: &str,
+        subject: &str,
+        text: &str,
+    ) -> Result<(), CoreError> {
+        let recent: i64 = sqlx::query_scalar(
+            "select count(*) from outbox where channel = 'email' and recipient = $1 and metadata->>'automatic' = 'true'
+               and metadata->>'adapter' = $2 and created_at > now() - interval '1 hour'",
+        )
+        .bind(to)
+        .bind(&self.name)
+        .fetch_one(hub.db())
+        .await?;
+        if recent > 0 {
+            tracing::info!(mailbox = %self.name, %to, "Acknowledgement skipped: the sender had one this hour.");
+            return Ok(());
+        }
+        let mut conn = hub.db().acquire().await?;
+        switchboard_core::outbox::enqueue_tx(
+            &mut conn,
+            switchboard_core::outbox::NewOutbound {
+                idempotency_key: format!("email-ack:{raw_id}"),
+                channel: Channel::Email,
+                interaction_id: Some(interaction),
+                message_id: None,
+                recipient: to.to_string(),
+                subject: Some(if subject.to_lowercase().starts_with("re:") { subject.to_string() } else { format!("Re: {subject}") }),
+                body: text.to_string(),
+                metadata: serde_json::json!({ "adapter": self.name, "automatic": true, "conversation_key": format!("email:{token}") }),
+            },
+        )
+        .await?;
+        Ok(())
+    }
+
+    // ---------------------------------------------------------------- the mailbox worker
+
+    /// Holds the mailbox lease and imports until shutdown or until the lease is lost.
+    async fn hold_mailbox(&self, hub: &Hub, fence: i64, shutdown: &mut Shutdown) -> Result<(), String> {
+        let lost = Arc::new(AtomicBool::new(false));
+        let renew = {
+            let (db, name, node, secs, lost) = (hub.db().clone(), self.name.clone(), self.node, self.cfg.lease_secs, lost.clone());
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(Duration::from_millis(secs * 1000 / 3)).await;
+                    match store::renew_lease(&db, &name, node, fence, secs).await {
+                        Ok(true) => {}
+                        Ok(false) => {
+                            lost.store(true, Ordering::SeqCst);
+                            return;
+                        }
+                        Err(e) => tracing::warn!(mailbox = %name, error = %e, "Lease renewal failed."),
+                    }
+                }
+            })
+        };
+        let r = self.import_loop(hub, fence, &lost, shutdown).await;
+        renew.abort();
+        r
+    }
+
+    async fn import_loop(&self, hub: &Hub, fence: i64, lost: &AtomicBool, shutdown: &mut Shutdown) -> Result<(), String> {
+        let icfg = &self.cfg.imap;
+        let mut s: ImapSession = imap::connect(icfg).await.map_err(|e| e.to_string())?;
+        let idle = icfg.idle && imap::has_idle(&mut s).await.map_err(|e| e.to_string())?;
+        let recovered = self.recover(hub).await.map_err(|e| e.to_string())?;
+        if recovered > 0 {
+            tracing::info!(mailbox = %self.name, recovered, "Finished messages stored before a restart.");
+        }
+        loop {
+            if shutdown.is_requested() || lost.load(Ordering::SeqCst) {
+                let _ = s.logout().await;
+                return Ok(());
+            }
+            let sel = imap::select(&mut s, &icfg.folder).await.map_err(|e| e.to_string())?;
+            let last = match store::checkpoint(hub.db(), &self.name).await.map_err(|e| e.to_string())? {
+                Some((v, last)) if v == sel.uid_validity as i64 => last as u32,
+                Some((v, _)) => {
+                    // RFC 3501 §2.3.1.1: the UIDs changed meaning. Rescan; the Message-ID
+                    // dedupe keeps every message imported once.
+                    tracing::warn!(mailbox = %self.name, old = v, new = sel.uid_validity, "UIDVALIDITY changed; rescanning the folder.");
+                    0
+                }
+                None => 0,
+            };
+            let uids = imap::uids_after(&mut s, last).await.map_err(|e| e.to_string())?;
+            for chunk in uids.chunks(icfg.batch as usize) {
+                let fetched = imap::fetch_raw(&mut s, chunk).await.map_err(|e| e.to_string())?;
+                let mut done = Vec::with_capacity(fetched.len());
+                for (uid, raw) in &fetched {
+                    match self.import(hub, sel.uid_validity, *uid, raw).await {
+                        Ok(_) => done.push(*uid),
+                        Err(e) => {
+                            // Stored raw already (or not at all): either way the checkpoint
+                            // stays before it and the next pass tries again.
+                            tracing::warn!(mailbox = %self.name, uid, error = %e, "Import failed; will retry.");
+                            break;
+                        }
+                    }
+                }
+                // Acknowledge upstream only after the commits.
+                let r = match icfg.after_import {
+                    AfterImport::Seen => imap::mark_seen(&mut s, &done).await,
+                    AfterImport::Move => imap::move_to(&mut s, &done, icfg.move_to.as_deref().unwrap_or("Archive")).await,
+                    AfterImport::Keep => Ok(()),
+                };
+                if let Err(e) = r {
+                    tracing::warn!(mailbox = %self.name, error = %e, "Could not flag or move imported messages.");
+                }
+                // The checkpoint moves to the last UID of the unbroken run that was imported.
+                let upto = chunk.iter().zip(&done).take_while(|(a, b)| a == b).map(|(a, _)| *a).last();
+                if let Some(u) = upto {
+                    if !store::advance_checkpoint(hub.db(), &self.name, &icfg.folder, sel.uid_validity, u, self.node, fence)
+                        .await
+                        .map_err(|e| e.to_string())?
+                    {
+                        tracing::warn!(mailbox = %self.name, "Mailbox lease lost; stopping the import.");
+                        return Ok(());
+                    }
+                }
+                if done.len() < fetched.len() || fetched.len() < chunk.len() {
+                    break;
+                }
+            }
+            // Wait for new mail: IDLE (re-issued before the server's 30-minute timeout),
+            // or a poll; the poll interval bounds the wait either way.
+            let wait = Duration::from_secs(icfg.poll_secs.min(icfg.idle_renew_secs));
+            if idle {
+                let mut h = s.idle();
+                h.init().await.map_err(|e| e.to_string())?;
+                {
+                    let (fut, _stop) = h.wait_with_timeout(wait);
+                    let mut sd = shutdown.clone();
+                    tokio::select! {
+                        r = fut => { r.map_err(|e| e.to_string())?; }
+                        _ = sd.wait() => {}
+                        _ = wait_lost(lost) => {}
+                    }
+                }
+                s = h.done().await.map_err(|e| e.to_string())?;
+            } else {
+                let mut sd = shutdown.clone();
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = sd.wait() => {}
+                    _ = wait_lost(lost) => {}
+                }
+            }
+        }
+    }
+
+    /// Appends a copy of a sent message to the Sent folder (best effort).
+    async fn append_sent(&self, raw: Vec<u8>) {
+        let Some(folder) = self.cfg.imap.sent_folder.clone() else { return };
+        let r = async {
+            let mut s = imap::connect(&self.cfg.imap).await?;
+            imap::append(&mut s, &folder, Some("(\\Seen)"), &raw).await?;
+            let _ = s.logout().await;
+            Ok::<_, imap::ImapError>(())
+        }
+        .await;
+        if let Err(e) = r {
+            tracing::warn!(mailbox = %self.name, %folder, error = %e, "Could not append the copy to the Sent folder.");
+        }
+    }
+}
+
+async fn wait_lost(lost: &AtomicBool) {
+    while !lost.load(Ordering::SeqCst) {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// The From address read from the headers alone (for the raw row and unparseable mail).
+fn quick_sender(raw: &[u8]) -> Option<String> {
+    let m = mail_parser::MessageParser::new().parse_headers(raw)?;
+    let a = m.from()?.first()?.address.as_deref()?.trim().to_ascii_lowercase();
+    (a.contains('@') && a.len() <= 320).then_some(a)
+}
+
+#[async_trait]
+impl ChannelAdapter for EmailAdapter {
+    fn channel(&self) -> Channel {
+        Channel::Email
+    }
+
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Competes for the mailbox lease; while holding it, imports; when the connection
+    /// fails, reconnects with backoff; on shutdown, gives the lease up.
+    async fn run(&self, hub: Hub, mut shutdown: Shutdown) -> Result<(), AdapterError> {
+        let _ = self.hub.set(hub.clone());
+        let mut backoff = Duration::from_secs(1);
+        let retry = Duration::from_millis(self.cfg.lease_secs * 1000 / 3);
+        while !shutdown.is_requested() {
+            let fence = match store::acquire_lease(hub.db(), &self.name, self.node, self.cfg.lease_secs).await {
+                Ok(f) => f,
+                Err(e) => {
+                    tracing::warn!(mailbox = %self.name, error = %e, "Lease check failed.");
+                    None
+                }
+            };
+            let pause = match fence {
+                None => retry,
+                Some(fence) => {
+                    tracing::info!(mailbox = %self.name, node = %self.node, fence, "Holding the mailbox.");
+                    match self.hold_mailbox(&hub, fence, &mut shutdown).await {
+                        Ok(()) => {
+                            backoff = Duration::from_secs(1);
+                            Duration::from_millis(50)
+                        }
+                        Err(e) => {
+                            tracing::warn!(mailbox = %self.name, error = %e, retry_ms = backoff.as_millis() as u64, "Mailbox connection failed.");
+                            let b = backoff;
+                            backoff = (backoff * 2).min(Duration::from_secs(60));
+                            b
+                        }
+                    }
+                }
+            };
+            let mut sd = shutdown.clone();
+            tokio::select! {
+                _ = tokio::time::sleep(pause) => {}
+                _ = sd.wait() => {}
+            }
+        }
+        let _ = store::release_lease(hub.db(), &self.name, self.node).await;
+        Ok(())
+    }
+
+    /// Sends one reply, acknowledgement or chat offline-form answer. Exactly once towards
+    /// the SMTP server: the hand-off is recorded before the transaction; an outcome that
+    /// is unknown (the connection broke after the hand-off) is reported, never re-sent.
+    async fn deliver(&self, msg: &Outbound) -> Result<DeliveryReceipt, AdapterError> {
+        let hub = self.hub.get().cloned().ok_or_else(|| AdapterError::Temporary("email adapter not started yet".into()))?;
+        let db = hub.db();
+        let meta = &msg.metadata;
+        let token = match meta.get("conversation_key").and_then(|k| k.as_str()).and_then(|k| k.strip_prefix("email:")) {
+            Some(t) => t.to_string(),
+            None => {
+                // No email conversation yet (the chat widget's offline form): this message
+                // starts one, so the visitor's answer threads back to it.
+                let t = threading::token_from_seed(format!("outbox:{}", msg.id).as_bytes());
+                let subject = msg.subject.clone().unwrap_or_default();
+                store::create_thread(db, &t, &self.name, Some(&msg.recipient), &parse::base_subject(&subject)).await.map_err(core_err)?;
+                t
+            }
+        };
+        let thread = store::thread(db, &token).await.map_err(core_err)?;
+        let recipient = msg.recipient.trim().to_string();
+        let cc: Vec<String> =
+            thread.as_ref().map(|t| t.cc.iter().filter(|c| !c.eq_ignore_ascii_case(&recipient)).cloned().collect()).unwrap_or_default();
+        let automatic = meta.get("automatic").and_then(|a| a.as_bool()).unwrap_or(false);
+        let mail = OutgoingMail {
+            mailbox_address: self.cfg.address.clone(),
+            display_name: self.cfg.display_name.clone(),
+            token: Some(token.clone()),
+            to: vec![recipient.clone()],
+            cc: if automatic { Vec::new() } else { cc },
+            subject: msg.subject.clone().unwrap_or_else(|| "Your message".into()),
+            text: msg.body.clone(),
+            html: meta.get("html").and_then(|h| h.as_str()).map(parse::sanitize_html),
+            signature: if automatic { None } else { self.cfg.signature.clone() },
+            in_reply_to: thread.as_ref().and_then(|t| t.last_message_id.clone()),
+            references: thread.as_ref().map(|t| t.refs.clone()).unwrap_or_default(),
+            message_id: format!("{}.sb@{}", msg.id.simple(), self.cfg.address_parts().1),
+            automatic,
+            attachments: Vec::new(),
+        };
+        let built = match compose::build(&mail) {
+            Ok(m) => m,
+            Err(e) => return Err(AdapterError::Permanent(e.to_string())),
+        };
+        let transport = self.transport()?;
+        // A server that does not answer is a plain retry: nothing was handed over.
+        smtp::reachable(transport).await.map_err(|e| AdapterError::Temporary(format!("smtp: {e}")))?;
+        let recipients: Vec<String> = mail.to.iter().chain(&mail.cc).cloned().collect();
+        if let Some((state, _)) =
+            store::claim_outbound(db, msg.id, &self.name, &mail.message_id, Some(&token), &recipients).await.map_err(core_err)?
+        {
+            return match state.as_str() {
+                "sent" => Ok(DeliveryReceipt { provider_id: Some(mail.message_id.clone()) }),
+                "handing" | "unknown" => {
+                    store::finish_outbound(db, msg.id, "unknown", Some("an earlier hand-off to SMTP has no known outcome"))
+                        .await
+                        .map_err(core_err)?;
+                    Err(AdapterError::Permanent(
+                        "an earlier hand-off of this message to the SMTP server has no known outcome; not sending it twice".into(),
+                    ))
+                }
+                other => Err(AdapterError::Permanent(format!("message already {other}"))),
+            };
+        }
+        let raw = built.formatted();
+        match smtp::send(transport, built).await {
+            SendOutcome::Accepted(resp) => {
+                store::finish_outbound(db, msg.id, "sent", Some(&resp)).await.map_err(core_err)?;
+                tracing::info!(mailbox = %self.name, outbox_id = %msg.id, message_id = %mail.message_id, "Email sent.");
+                if self.cfg.imap.sent_folder.is_some() {
+                    self.append_sent(raw).await;
+                }
+                Ok(DeliveryReceipt { provider_id: Some(mail.message_id) })
+            }
+            SendOutcome::Rejected(e) => {
+                store::finish_outbound(db, msg.id, "failed", Some(&e)).await.map_err(core_err)?;
+                Err(AdapterError::Permanent(format!("smtp rejected: {e}")))
+            }
+            SendOutcome::Deferred(e) => {
+                // 4xx: the server did not take it; the claim goes so the retry can send.
+                sqlx::query("delete from email_outbound where outbox_id = $1 and state = 'handing'")
+                    .bind(msg.id)
+                    .execute(db)
+                    .await
+                    .map_err(|e| core_err(e.into()))?;
+                Err(AdapterError::Temporary(format!("smtp deferred: {e}")))
+            }
+            SendOutcome::Unknown(e) => {
+                store::finish_outbound(db, msg.id, "unknown", Some(&e)).await.map_err(core_err)?;
+                Err(AdapterError::Permanent(format!("smtp outcome unknown ({e}); not sending twice")))
+            }
+        }
+    }
+}
