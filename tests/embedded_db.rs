@@ -367,3 +367,44 @@ async fn an_older_versions_trust_cluster_is_locked_down_in_place_keeping_its_dat
     drop(db);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_as_root_works_with_the_data_dir_under_a_0700_parent() {
+    if !switchboard_core::embedded::cluster_owner().is_ok_and(|o| o.is_some()) {
+        eprintln!("skipped: this test needs root (and a `postgres` system user) to run the hub as root");
+        return;
+    }
+    // Like /root/switchboard in a fresh container: the postgres user cannot traverse it.
+    let parent = temp_dir();
+    std::fs::set_permissions(&parent, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+    let data = parent.join("data");
+    let data_arg = data.to_str().unwrap().to_string();
+    let (hub, url) = spawn(&["demo", "--bind", "127.0.0.1:0", "--data-dir", &data_arg]);
+    let c = Client::anonymous(&url);
+    eventually(30, || {
+        let c = c.clone();
+        async move { c.call("GET", "/readyz", None).await.0.is_success().then_some(()) }
+    })
+    .await;
+    let alice = Client::login(&url, "alice", "agent-pass-1").await;
+    let (st, _) = alice.call("GET", "/api/v1/queues", None).await;
+    assert_eq!(st, StatusCode::OK);
+    // The cluster lives where the postgres user can reach it, and the data dir says where.
+    let home = switchboard_core::embedded::cluster_home(&data).unwrap();
+    assert_ne!(home, data.canonicalize().unwrap());
+    let pointer = std::fs::read_to_string(data.join(switchboard_core::embedded::LOCATION_FILE)).unwrap();
+    assert_eq!(pointer.trim(), home.to_str().unwrap());
+    assert!(home.join("postgres").join("PG_VERSION").exists());
+    assert_eq!(mode_of(&home), 0o700);
+    assert_eq!(owner_of(&home), expected_owner());
+    terminate(hub);
+    assert!(!home.join("postgres").join("postmaster.pid").exists(), "embedded PostgreSQL still running");
+    // The next start finds the same cluster: the demo data is still there.
+    let (hub, url) = spawn(&["serve", "--bind", "127.0.0.1:0", "--data-dir", &data_arg]);
+    let alice = Client::login(&url, "alice", "agent-pass-1").await;
+    let (st, _) = alice.call("GET", "/api/v1/queues", None).await;
+    assert_eq!(st, StatusCode::OK);
+    terminate(hub);
+    let _ = std::fs::remove_dir_all(&home);
+    let _ = std::fs::remove_dir_all(&parent);
+}
