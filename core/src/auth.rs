@@ -283,6 +283,15 @@ pub async fn sign_in(
             Ok(user)
         }
         Err(reason) => {
+            // Keys quiet for as long as they would be forgiven carry no information: drop
+            // them, so guessing many usernames does not grow the table without bound.
+            sqlx::query(
+                "delete from login_throttle where last_failure_at <= now() - make_interval(secs => $1)
+                   and (locked_until is null or locked_until <= now())",
+            )
+            .bind((policy.login_window_secs + policy.login_lockout_max_secs.max(1)) as f64)
+            .execute(&mut *tx)
+            .await?;
             let details = serde_json::json!({ "username": username, "ip": ip_text, "reason": reason.as_str() });
             audit(&mut tx, None, "auth.login_failed", "username", username, details).await?;
             Err(CoreError::Unauthenticated)

@@ -180,6 +180,7 @@ pub fn spawn_leg(
         remote: None,
         latch: RtpLatch::new(None),
         sequence: Default::default(),
+        sequence: Default::default(),
         sender: RtpSender::new(),
         player: PromptPlayer::new(),
         moh: MusicOnHold::new(Some(moh)),
@@ -203,6 +204,8 @@ struct Leg {
     socket: UdpSocket,
     remote: Option<Negotiated>,
     latch: RtpLatch,
+    /// Loss in the peer's RTP sequence numbers (metrics).
+    sequence: crate::metrics::SequenceTracker,
     /// Loss in the peer's RTP sequence numbers (metrics).
     sequence: crate::metrics::SequenceTracker,
     sender: RtpSender,
@@ -305,6 +308,7 @@ impl Leg {
         if !self.latch.on_packet(src, pkt.ssrc, pkt.sequence, Instant::now()) {
             return;
         }
+        self.sequence.record(pkt.sequence);
         self.sequence.record(pkt.sequence);
         if Some(pkt.payload_type) == remote.telephone_event {
             if let Some(d) = self.dtmf.on_packet(pkt.timestamp, pkt.payload) {

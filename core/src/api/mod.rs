@@ -67,15 +67,27 @@ pub const ROUTES: &[RouteDoc] = &[
         "/api/v1/auth/login",
         Access::Public,
         "auth",
-        "Sign in with username and password; sets the session cookie and returns the CSRF token."
+        "Sign in with username and password; sets the session cookie and returns the CSRF token. After repeated failures the username or client address is locked for a growing time (429 with Retry-After)."
     ),
     route!("POST", "/api/v1/auth/logout", Access::AnyUser, "auth", "Sign out (ends the session)."),
     route!("GET", "/api/v1/auth/me", Access::AnyUser, "auth", "The caller: user, roles, agent record, CSRF token."),
-    route!("GET", "/api/v1/agents", Access::Roles(STAFF), "agents", "List agents with presence and load."),
+    route!(
+        "GET",
+        "/api/v1/agents",
+        Access::Roles(STAFF),
+        "agents",
+        "List agents with presence and load (archived ones too with ?include_archived=true)."
+    ),
     route!("POST", "/api/v1/agents", Access::Roles(ADMINS), "agents", "Create an agent."),
     route!("GET", "/api/v1/agents/{id}", Access::Roles(STAFF), "agents", "Get an agent."),
     route!("PATCH", "/api/v1/agents/{id}", Access::Roles(SUPERVISORS), "agents", "Update skills, capacity, groups, SIP user or name."),
-    route!("DELETE", "/api/v1/agents/{id}", Access::Roles(ADMINS), "agents", "Delete an agent."),
+    route!(
+        "DELETE",
+        "/api/v1/agents/{id}",
+        Access::Roles(ADMINS),
+        "agents",
+        "Archive an agent: it leaves lists and routing, its history (offers, interactions) stays."
+    ),
     route!(
         "PUT",
         "/api/v1/agents/{id}/presence",
@@ -85,7 +97,13 @@ pub const ROUTES: &[RouteDoc] = &[
     ),
     route!("GET", "/api/v1/agents/{id}/offers", Access::Roles(STAFF), "agents", "Pending offers of an agent."),
     route!("GET", "/api/v1/skills", Access::Roles(STAFF), "agents", "Skills in use, with how many agents hold each."),
-    route!("GET", "/api/v1/queues", Access::Roles(STAFF), "queues", "List queues."),
+    route!(
+        "GET",
+        "/api/v1/queues",
+        Access::Roles(STAFF),
+        "queues",
+        "List queues (archived ones too with ?include_archived=true)."
+    ),
     route!("POST", "/api/v1/queues", Access::Roles(ADMINS), "queues", "Create a queue."),
     route!(
         "GET",
@@ -96,7 +114,13 @@ pub const ROUTES: &[RouteDoc] = &[
     ),
     route!("GET", "/api/v1/queues/{id}", Access::Roles(STAFF), "queues", "Get a queue."),
     route!("PATCH", "/api/v1/queues/{id}", Access::Roles(SUPERVISORS), "queues", "Update a queue."),
-    route!("DELETE", "/api/v1/queues/{id}", Access::Roles(ADMINS), "queues", "Delete a queue (only without open interactions)."),
+    route!(
+        "DELETE",
+        "/api/v1/queues/{id}",
+        Access::Roles(ADMINS),
+        "queues",
+        "Archive a queue (only without open interactions); past interactions keep it."
+    ),
     route!(
         "GET",
         "/api/v1/interactions",
