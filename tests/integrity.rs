@@ -96,6 +96,16 @@ async fn deleting_agents_and_queues_archives_them_and_keeps_history() {
     let hard = sqlx::query("delete from agents where id = $1").bind(ana_id).execute(&th.db.pool).await;
     assert!(hard.is_err(), "a hard delete of an agent with offers went through");
 
+    // A queue another queue escalates to cannot be archived until that changes.
+    let front =
+        queue(&admin, json!({ "name": "front", "escalation": [{ "after_secs": 5, "action": "add_queue", "queue": "billing" }] })).await;
+    let (st, b) = admin.call("DELETE", &format!("/api/v1/queues/{qid}"), None).await;
+    assert_eq!(st, StatusCode::CONFLICT, "{b}");
+    assert!(b["detail"].as_str().unwrap().contains("front"), "{b}");
+    let (st, b) =
+        admin.call("PATCH", &format!("/api/v1/queues/{}", front["id"].as_str().unwrap()), Some(json!({ "escalation": [] }))).await;
+    assert_eq!(st, StatusCode::OK, "{b}");
+
     // Deleting the queue archives it; past interactions keep their queue.
     let (st, b) = admin.call("DELETE", &format!("/api/v1/queues/{qid}"), None).await;
     assert_eq!(st, StatusCode::NO_CONTENT, "{b}");

@@ -224,6 +224,14 @@ async fn remove(State(hub): State<Hub>, caller: Caller, ApiPath(id): ApiPath<Uui
     let Some(name) = name else {
         return Err(CoreError::NotFound("queue"));
     };
+    // Another queue's escalation must not point at a queue that takes no more work.
+    if let Some(other) = q::list(&mut *tx)
+        .await?
+        .into_iter()
+        .find(|o| o.escalation.0.iter().any(|s| matches!(&s.action, EscalationAction::AddQueue { queue } if *queue == name)))
+    {
+        return Err(CoreError::Conflict(format!("queue `{}` escalates to this queue; change its escalation first", other.name)));
+    }
     auth::audit(&mut tx, Some(caller.user_id), "queue.archive", "queue", &id.to_string(), serde_json::json!({ "name": name })).await?;
     bus::record(&mut tx, NewEvent { queue_id: Some(id), kind: "queue_deleted", data: serde_json::json!({}), ..Default::default() }).await?;
     tx.commit().await?;
