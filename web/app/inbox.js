@@ -24,7 +24,8 @@ const state = {
   customers: new Map(), // customer id -> profile (or null when absent)
   unread: new Set(),
   selected: null,
-  messages: [], // messages of the selected interaction
+  messages: [], // messages of the selected interaction, in transcript order
+  messagesOf: null, // the interaction state.messages were loaded for
   rendered: [], // ids rendered in #messages, in order
   agents: [],
   queues: [],
@@ -106,6 +107,10 @@ async function enter(me) {
     const need = a.dataset.role;
     a.hidden = !(roles.includes(need) || (need === 'supervisor' && roles.includes('admin')));
   }
+  if (!roles.some((r) => STAFF_ROLES.includes(r))) {
+    noInbox();
+    return;
+  }
   if (!me.agent_id) {
     $('#presence').disabled = true;
     toast('Your account has no agent record: you can read conversations but not receive offers.', 'info');
@@ -117,6 +122,26 @@ async function enter(me) {
   await refreshAll();
   $('#conversation').focus();
   countdownTimer = setInterval(tickCountdowns, 250);
+}
+
+/** Roles the inbox is for (the interaction API's staff). */
+const STAFF_ROLES = ['admin', 'supervisor', 'agent'];
+
+// Marketers and KB editors have no inbox: say so and point to their pages, without calling
+// the staff-only APIs or opening the event stream.
+function noInbox() {
+  $('.inbox-grid').hidden = true;
+  for (const sel of ['#conn-state', '#presence', '.presence-label']) $(sel).hidden = true;
+  $('.skip-link').setAttribute('href', '#no-inbox');
+  const main = h('main', { id: 'no-inbox', class: 'no-inbox', tabindex: '-1', 'aria-labelledby': 'no-inbox-title' },
+    h('h1', { id: 'no-inbox-title' }, 'No inbox for your role'),
+    h('p', null, 'The inbox is where agents and supervisors answer customers. Your work is here:'),
+    h('ul', null,
+      h('li', null, h('a', { href: '/crm.html' }, 'Customers')),
+      h('li', null, h('a', { href: '/kb.html' }, 'Knowledge base'))));
+  $('#app').appendChild(main);
+  main.focus();
+  document.body.dataset.stream = 'none';
 }
 
 function setConnState(s) {
@@ -209,9 +234,13 @@ function onEvent(ev) {
     }
     return;
   }
-  if (ev.kind === 'message' && iid) {
+  if ((ev.kind === 'message' || ev.kind === 'note') && iid) {
     if (iid === state.selected) {
-      loadMessages(iid);
+      // Only what is new: nothing when the message is already shown (our own reply).
+      const mid = ev.data && ev.data.message_id;
+      if (!mid || !state.messages.some((m) => m.id === mid)) loadMessages(iid, false, mid);
+    } else if (ev.kind === 'note') {
+      return;
     } else if (ev.data && ev.data.direction === 'inbound') {
       state.unread.add(iid);
       renderList();
@@ -224,10 +253,8 @@ function onEvent(ev) {
   if (ev.kind === 'offered' && (!state.me || ev.agent_id === state.me.agent_id)) {
     announce(`New ${channelName(ev.data && ev.data.channel).toLowerCase()} offer`);
   }
-  if (['delivered', 'delivery_failed'].includes(ev.kind)) {
-    if (iid === state.selected) loadMessages(iid);
-    return;
-  }
+  // Delivery receipts change nothing the transcript shows.
+  if (['delivered', 'delivery_failed'].includes(ev.kind)) return;
   scheduleRefresh();
 }
 
@@ -487,6 +514,7 @@ function renderList() {
 // ---------------------------------------------------------------- conversation view
 
 function deselect() {
+  document.body.classList.remove('conv-open');
   state.selected = null;
   state.messages = [];
   state.rendered = [];
@@ -504,6 +532,7 @@ async function select(id, focusComposer) {
   state.unread.delete(id);
   if (changed) {
     state.messages = [];
+    state.messagesOf = null;
     state.rendered = [];
     replace($('#messages'));
     hideTyping();
@@ -511,6 +540,7 @@ async function select(id, focusComposer) {
   }
   $('#conv-placeholder').hidden = true;
   $('#conv-view').hidden = false;
+  document.body.classList.add('conv-open');
   renderList();
   restoreDraft();
   await loadSelected(changed);
@@ -534,7 +564,7 @@ async function loadSelected(full) {
   if (state.selected !== id) return;
   state.interactions.set(id, i);
   renderHeader(i);
-  await loadMessages(id);
+  await loadMessages(id, full);
   if (full) {
     loadCustomer(i);
     loadKb(i);
@@ -579,18 +609,49 @@ function renderHeader(i) {
       : mine ? '' : 'Read-only: this conversation is not assigned to you.';
 }
 
-async function loadMessages(id) {
+// The transcript is loaded once per selection; after that only the messages after the
+// last one shown are fetched (`?after=`), and a sent reply is added from the POST answer.
+// `want`: the message an event announced; should it not be among the newer ones (it was
+// stamped before the last one shown but committed after it), the transcript is reloaded.
+async function loadMessages(id, full, want) {
+  const last = !full && state.messagesOf === id && state.messages.length ? state.messages[state.messages.length - 1].id : null;
   let msgs;
   try {
-    msgs = await get(`/api/v1/interactions/${id}/messages`);
+    msgs = await get(`/api/v1/interactions/${id}/messages${last ? `?after=${encodeURIComponent(last)}` : ''}`);
   } catch (e) {
     if (e instanceof ApiError && e.status === 0) return;
+    // The anchor message is gone (erased): start over.
+    if (last && e instanceof ApiError && e.status >= 400 && e.status < 500 && e.status !== 401 && e.status !== 404) return loadMessages(id, true);
     throw e;
   }
   if (state.selected !== id) return;
-  state.messages = msgs;
+  if (last) {
+    addMessages(msgs);
+    if (want && !state.messages.some((m) => m.id === want)) return loadMessages(id, true);
+  } else {
+    state.messages = msgs;
+    state.messagesOf = id;
+  }
   renderMessages();
   markRead();
+}
+
+/** Sort key of an RFC 3339 UTC time with any number of fraction digits. */
+function timeKey(t) {
+  const m = /^(.*?:\d\d)(?:\.(\d+))?Z$/.exec(t || '');
+  return m ? `${m[1]}.${(m[2] || '').padEnd(9, '0')}` : String(t);
+}
+
+/** Adds messages not shown yet, keeping the server's order (time, then id). */
+function addMessages(msgs) {
+  const known = new Set(state.messages.map((m) => m.id));
+  const fresh = msgs.filter((m) => m && !known.has(m.id));
+  if (!fresh.length) return;
+  state.messages = [...state.messages, ...fresh].sort((a, b) => {
+    const ka = timeKey(a.created_at);
+    const kb = timeKey(b.created_at);
+    return ka < kb ? -1 : ka > kb ? 1 : a.id < b.id ? -1 : a.id > b.id ? 1 : 0;
+  });
 }
 
 function renderMessages() {
@@ -744,21 +805,30 @@ $('#composer').addEventListener('submit', async (e) => {
   const d = draftFor(id);
   d.attempted = true;
   try {
-    if (mode() === 'note') {
-      await post(`/api/v1/interactions/${id}/notes`, { body });
-    } else {
-      await post(`/api/v1/interactions/${id}/messages`, { body, idempotency_key: d.key });
-    }
+    const m = mode() === 'note'
+      ? await post(`/api/v1/interactions/${id}/notes`, { body })
+      : await post(`/api/v1/interactions/${id}/messages`, { body, idempotency_key: d.key });
     state.drafts.set(id, { text: '', key: newKey() });
     if (state.selected === id) ta.value = '';
     if (mode() === 'reply') sendSignal('typing', { active: false });
-    await loadMessages(id);
+    if (state.selected === id && state.messagesOf === id && m && m.id) {
+      addMessages([m]);
+      renderMessages();
+    }
   } catch (ex) {
     showError(ex, mode() === 'note' ? 'Note not saved' : 'Reply not sent');
   } finally {
     btn.disabled = false;
     ta.focus();
   }
+});
+
+// Phone width: back from the conversation to the lists (the conversation stays selected).
+$('#btn-back').addEventListener('click', () => {
+  document.body.classList.remove('conv-open');
+  const item = state.selected && document.querySelector(`.conv-item[data-interaction-id="${state.selected}"]`);
+  if (item) item.focus();
+  else $('#conv-heading').scrollIntoView();
 });
 
 // Chat typing indicators and read receipts (POST /chat/v1/agent-signal), when the chat

@@ -70,8 +70,10 @@ async function boot() {
     $('#who').textContent = me.name;
     $('#login').hidden = true;
     for (const b of document.querySelectorAll('[data-role="supervisor"]')) b.hidden = !isSupervisor();
+    for (const b of document.querySelectorAll('[data-role="staff"]')) b.hidden = !isStaff();
     $('#new-customer').hidden = !isStaff();
     show('search');
+    openFromHash();
   } catch (e) {
     if (e.status === 401) { $('#login').hidden = false; for (const p of document.querySelectorAll('[data-panel]')) p.hidden = true; }
     else say(e.message, true);
@@ -127,6 +129,17 @@ $('#new-customer').addEventListener('click', () => {
   });
   p.replaceChildren(h('h2', {}, 'New customer'), form);
 });
+
+// Deep links (the inbox's "Open in CRM"): /crm.html#customer=<id>.
+const UUID_RE = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
+function openFromHash() {
+  const id = new URLSearchParams(location.hash.slice(1)).get('customer');
+  if (!id || !me) return;
+  if (!UUID_RE.test(id)) { say('The link names no valid customer.', true); return; }
+  show('search');
+  openCustomer(id);
+}
+window.addEventListener('hashchange', openFromHash);
 
 async function openCustomer(id) {
   try {

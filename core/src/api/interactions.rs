@@ -116,9 +116,39 @@ async fn get_one(State(hub): State<Hub>, caller: Caller, ApiPath(id): ApiPath<Uu
     Ok(Json(visible(&hub, &caller, id).await?))
 }
 
-async fn messages(State(hub): State<Hub>, caller: Caller, ApiPath(id): ApiPath<Uuid>) -> CoreResult<Json<Vec<Message>>> {
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MessagesQuery {
+    /// Only the messages after this one in transcript order (an inbox catching up
+    /// without reloading the transcript).
+    after: Option<Uuid>,
+}
+
+async fn messages(
+    State(hub): State<Hub>,
+    caller: Caller,
+    ApiPath(id): ApiPath<Uuid>,
+    ApiQuery(q): ApiQuery<MessagesQuery>,
+) -> CoreResult<Json<Vec<Message>>> {
     visible(&hub, &caller, id).await?;
-    Ok(Json(hub.messages(id).await?))
+    let Some(after) = q.after else { return Ok(Json(hub.messages(id).await?)) };
+    let anchor: Option<(DateTime<Utc>, Uuid)> = sqlx::query_as("select created_at, id from messages where id = $1 and interaction_id = $2")
+        .bind(after)
+        .bind(id)
+        .fetch_optional(hub.db())
+        .await?;
+    let (at, mid) = anchor.ok_or_else(|| CoreError::field("after", "no such message in this interaction"))?;
+    Ok(Json(
+        sqlx::query_as(&format!(
+            "select {} from messages where interaction_id = $1 and (created_at, id) > ($2, $3) order by created_at, id",
+            crate::interactions::MESSAGE_COLUMNS
+        ))
+        .bind(id)
+        .bind(at)
+        .bind(mid)
+        .fetch_all(hub.db())
+        .await?,
+    ))
 }
 
 #[derive(Deserialize)]

@@ -129,7 +129,13 @@ pub const ROUTES: &[RouteDoc] = &[
         "List interactions (agents: their own) with filters and pagination."
     ),
     route!("GET", "/api/v1/interactions/{id}", Access::Roles(STAFF), "interactions", "Get an interaction."),
-    route!("GET", "/api/v1/interactions/{id}/messages", Access::Roles(STAFF), "interactions", "Messages and notes of an interaction."),
+    route!(
+        "GET",
+        "/api/v1/interactions/{id}/messages",
+        Access::Roles(STAFF),
+        "interactions",
+        "Messages and notes of an interaction, in order; `?after={message_id}`: only the ones after that message."
+    ),
     route!(
         "POST",
         "/api/v1/interactions/{id}/messages",
