@@ -270,6 +270,12 @@ impl EmbeddedPostgres {
         std::fs::create_dir_all(data_dir).map_err(|e| CoreError::Internal(format!("create {}: {e}", data_dir.display())))?;
         let data_dir = data_dir.canonicalize().map_err(|e| CoreError::Internal(e.to_string()))?;
         let home = locate_home(&data_dir, run_as, true)?;
+        if home != data_dir {
+            // A cluster home elsewhere is the cluster owner's alone (and is made again if
+            // someone removed it).
+            std::fs::create_dir_all(&home).map_err(|e| internal(format!("create {}: {e}", home.display())))?;
+            private_dir(&home, run_as, true)?;
+        }
         let cluster_dir = home.join("postgres");
         // Unix socket paths are limited to ~107 bytes; fall back to a short private dir.
         let mut socket_dir = home.join("pg-socket");
