@@ -164,11 +164,13 @@ pub struct AuthSettings {
     /// Mark the session cookie `Secure` (set when served over HTTPS).
     #[serde(default)]
     pub cookie_secure: bool,
-    /// Failed sign-ins for one username within `login_window_secs` before it is locked.
+    /// Failed sign-ins for one username within `login_window_secs` before it is locked
+    /// (0: never).
     #[serde(default = "default_login_max_failures")]
     pub login_max_failures: u32,
     /// Failed sign-ins from one client address within `login_window_secs` before it is
-    /// locked (higher: several people may share an address).
+    /// locked (0: never). Higher than per username: several people may share an address;
+    /// the address is the TCP peer, so behind a reverse proxy (all one address) set 0.
     #[serde(default = "default_login_max_failures_per_ip")]
     pub login_max_failures_per_ip: u32,
     /// Seconds over which failed sign-ins are counted.
