@@ -350,4 +350,33 @@ Call-ID: reg-1\r\nCSeq: {cseq} REGISTER\r\nContact: <sip:alice@10.0.0.9:5062>\r\
         assert_eq!(reg.handle_register(&req, &info, peer, now, &creds).status_code.code(), 200);
         assert!(reg.lookup("alice", now).is_none());
     }
+
+    /// Records what the registrar publishes (core's view of which phones can ring).
+    struct Published(InlineCredentials, std::sync::Mutex<Vec<(String, Option<Duration>)>>);
+
+    impl CredentialStore for Published {
+        fn ha1(&self, user: &str, realm: &str) -> Option<String> {
+            self.0.ha1(user, realm)
+        }
+        fn registration_changed(&self, user: &str, expires_in: Option<Duration>) {
+            self.1.lock().unwrap().push((user.to_string(), expires_in));
+        }
+    }
+
+    #[test]
+    fn registrations_and_unregistrations_are_published() {
+        let (mut reg, inline, peer) = setup();
+        let creds = Published(inline, Default::default());
+        let now = Instant::now();
+        let (req, info) = register("", 1);
+        let challenge = reg.handle_register(&req, &info, peer, now, &creds);
+        assert!(creds.1.lock().unwrap().is_empty(), "a challenged REGISTER publishes nothing");
+        let auth = authorize(&challenge, "alice", "wonder");
+        let (req, info) = register(&auth, 2);
+        reg.handle_register(&req, &info, peer, now, &creds);
+        let (req, info) = register(&format!("{auth}Expires: 0\r\n"), 3);
+        reg.handle_register(&req, &info, peer, now, &creds);
+        let published = creds.1.lock().unwrap().clone();
+        assert_eq!(published, vec![("alice".to_string(), Some(Duration::from_secs(3600))), ("alice".to_string(), None)]);
+    }
 }
