@@ -13,7 +13,7 @@ use crate::threading::{self, ThreadCandidates, ThreadedBy};
 use async_trait::async_trait;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::OnceLock;
 use std::time::Duration;
 use switchboard_core::adapter::{AdapterError, ChannelAdapter, DeliveryReceipt, Outbound, Shutdown};
 use switchboard_core::{Channel, CoreError, CustomerHints, Hub, InboundItem};
@@ -337,26 +337,27 @@ impl EmailAdapter {
 
     /// Holds the mailbox lease and imports until shutdown or until the lease is lost.
     async fn hold_mailbox(&self, hub: &Hub, fence: i64, shutdown: &mut Shutdown) -> Result<(), String> {
-        let lost = Arc::new(AtomicBool::new(false));
-        let renew = {
-            let (db, name, node, secs, lost) = (hub.db().clone(), self.name.clone(), self.node, self.cfg.lease_secs, lost.clone());
-            tokio::spawn(async move {
-                loop {
-                    tokio::time::sleep(Duration::from_millis(secs * 1000 / 3)).await;
-                    match store::renew_lease(&db, &name, node, fence, secs).await {
-                        Ok(true) => {}
-                        Ok(false) => {
-                            lost.store(true, Ordering::SeqCst);
-                            return;
-                        }
-                        Err(e) => tracing::warn!(mailbox = %name, error = %e, "Lease renewal failed."),
+        let lost = AtomicBool::new(false);
+        // Renewal runs inside this future (not a detached task): when the node stops or
+        // dies, renewing stops with it and the lease expires for another node to take.
+        let renew = async {
+            let secs = self.cfg.lease_secs;
+            loop {
+                tokio::time::sleep(Duration::from_millis(secs * 1000 / 3)).await;
+                match store::renew_lease(hub.db(), &self.name, self.node, fence, secs).await {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        lost.store(true, Ordering::SeqCst);
+                        return std::future::pending::<()>().await;
                     }
+                    Err(e) => tracing::warn!(mailbox = %self.name, error = %e, "Lease renewal failed."),
                 }
-            })
+            }
         };
-        let r = self.import_loop(hub, fence, &lost, shutdown).await;
-        renew.abort();
-        r
+        tokio::select! {
+            r = self.import_loop(hub, fence, &lost, shutdown) => r,
+            _ = renew => Ok(()),
+        }
     }
 
     async fn import_loop(&self, hub: &Hub, fence: i64, lost: &AtomicBool, shutdown: &mut Shutdown) -> Result<(), String> {

@@ -1,0 +1,182 @@
+//! Real mail peers for tests: a throwaway Dovecot (IMAP, plain on a free loopback port,
+//! passwd-file users `support`, `customer` and `other` with password `secret`, Maildir in
+//! a temp dir) and an aiosmtpd sink writing every received message into a Maildir the test
+//! reads back. Both run as child processes killed on drop. `MailPeers::start` returns
+//! `None` (and says why) when `dovecot` or Python's `aiosmtpd` is not installed;
+//! `scripts/test.sh` installs both.
+#![allow(dead_code)]
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Running Dovecot + SMTP sink.
+pub struct MailPeers {
+    /// Temp dir of both.
+    pub dir: PathBuf,
+    /// IMAP port.
+    pub imap_port: u16,
+    /// SMTP port.
+    pub smtp_port: u16,
+    dovecot: Child,
+    smtp: Child,
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
+}
+
+fn wait_port(port: u16, secs: u64) -> bool {
+    let end = Instant::now() + Duration::from_secs(secs);
+    while Instant::now() < end {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
+}
+
+fn id_of(flag: &str, user: &str) -> Option<String> {
+    let out = Command::new("id").arg(flag).arg(user).output().ok()?;
+    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+impl MailPeers {
+    /// Starts both peers, or explains why they cannot run here.
+    pub fn start() -> Option<MailPeers> {
+        let dovecot = ["/usr/sbin/dovecot", "/usr/local/sbin/dovecot"].into_iter().find(|p| Path::new(p).exists());
+        let Some(dovecot) = dovecot else {
+            eprintln!("SKIP: dovecot is not installed (apt-get install dovecot-imapd; scripts/test.sh does it)");
+            return None;
+        };
+        let has_aiosmtpd =
+            Command::new("python3").args(["-c", "import aiosmtpd"]).stderr(Stdio::null()).status().is_ok_and(|s| s.success());
+        if !has_aiosmtpd {
+            eprintln!("SKIP: Python's aiosmtpd is not installed (pip install aiosmtpd; scripts/test.sh does it)");
+            return None;
+        }
+        let (uid, gid) = (id_of("-u", "dovecot")?, id_of("-g", "dovecot")?);
+        let dir = std::env::temp_dir().join(format!("sb-mail-{}", uuid::Uuid::new_v4().simple()));
+        for sub in ["run", "state", "mail", "smtp"] {
+            std::fs::create_dir_all(dir.join(sub)).ok()?;
+        }
+        let d = dir.display();
+        let users: String =
+            ["support", "customer", "other"].iter().map(|u| format!("{u}:{{PLAIN}}secret:{uid}:{gid}::{d}/mail/{u}\n")).collect();
+        std::fs::write(dir.join("users"), users).ok()?;
+        let imap_port = free_port();
+        let conf = format!(
+            "protocols = imap\nlisten = 127.0.0.1\nbase_dir = {d}/run\nstate_dir = {d}/state\ninstance_name = sb-{imap_port}\nlog_path = {d}/dovecot.log\n\
+             ssl = no\ndisable_plaintext_auth = no\nauth_mechanisms = plain login\nmail_location = maildir:~/Maildir\n\
+             default_internal_user = dovecot\ndefault_internal_group = dovecot\ndefault_login_user = dovenull\nfirst_valid_uid = 0\n\
+             passdb {{\n  driver = passwd-file\n  args = scheme=PLAIN username_format=%n {d}/users\n}}\n\
+             userdb {{\n  driver = passwd-file\n  args = username_format=%n {d}/users\n}}\n\
+             service imap-login {{\n  inet_listener imap {{\n    address = 127.0.0.1\n    port = {imap_port}\n  }}\n  inet_listener imaps {{\n    port = 0\n  }}\n}}\n\
+             protocol imap {{\n  mail_max_userip_connections = 200\n}}\n"
+        );
+        std::fs::write(dir.join("dovecot.conf"), conf).ok()?;
+        let _ = Command::new("chown").arg("-R").arg(format!("{uid}:{gid}")).arg(dir.join("mail")).status();
+        let dovecot = Command::new(dovecot)
+            .arg("-F")
+            .arg("-c")
+            .arg(dir.join("dovecot.conf"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .ok()?;
+        let smtp_port = free_port();
+        let smtp = Command::new("python3")
+            .args(["-m", "aiosmtpd", "-n", "-l", &format!("127.0.0.1:{smtp_port}"), "-c", "aiosmtpd.handlers.Mailbox"])
+            .arg(dir.join("smtp/Maildir"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .ok()?;
+        let peers = MailPeers { dir, imap_port, smtp_port, dovecot, smtp };
+        if !wait_port(imap_port, 20) || !wait_port(smtp_port, 20) {
+            eprintln!("SKIP: the mail peers did not start (see {}/dovecot.log)", peers.dir.display());
+            return None;
+        }
+        Some(peers)
+    }
+
+    /// A `[[channels]]` table for the `support` mailbox on these peers.
+    pub fn channel(&self, name: &str, extra: &str) -> toml::Value {
+        let s = format!(
+            "type = \"email\"\nname = \"{name}\"\naddress = \"support@shop.test\"\ndisplay_name = \"Shop Support\"\nlease_secs = 3\n{extra}\n\
+             [imap]\nhost = \"127.0.0.1\"\nport = {}\nsecurity = \"plain\"\nusername = \"support\"\npassword = \"secret\"\npoll_secs = 5\n\
+             [smtp]\nhost = \"127.0.0.1\"\nport = {}\nsecurity = \"plain\"\n",
+            self.imap_port, self.smtp_port
+        );
+        toml::Value::Table(s.parse().expect("channel toml"))
+    }
+
+    /// IMAP settings for a user.
+    pub fn imap(&self, user: &str) -> switchboard_email::config::ImapConfig {
+        let s = format!(
+            "host = \"127.0.0.1\"\nport = {}\nsecurity = \"plain\"\nusername = \"{user}\"\npassword = \"secret\"\n",
+            self.imap_port
+        );
+        toml::from_str(&s).expect("imap toml")
+    }
+
+    /// Delivers messages into a user's INBOX (IMAP APPEND), in order.
+    pub async fn append(&self, user: &str, messages: &[&[u8]]) {
+        let mut s = switchboard_email::imap::connect(&self.imap(user)).await.expect("imap login");
+        for m in messages {
+            switchboard_email::imap::append(&mut s, "INBOX", None, m).await.expect("append");
+        }
+        let _ = s.logout().await;
+    }
+
+    /// UIDs of the user's INBOX messages that carry `\Seen`, and the count of all.
+    pub async fn seen(&self, user: &str) -> (usize, usize) {
+        let mut s = switchboard_email::imap::connect(&self.imap(user)).await.expect("imap login");
+        s.select("INBOX").await.expect("select");
+        let all = s.uid_search("ALL").await.expect("search").len();
+        let seen = s.uid_search("SEEN").await.expect("search").len();
+        let _ = s.logout().await;
+        (seen, all)
+    }
+
+    /// Every message the SMTP sink received, oldest first.
+    pub fn sent(&self) -> Vec<Vec<u8>> {
+        let mut files: Vec<(std::time::SystemTime, PathBuf)> = Vec::new();
+        for sub in ["new", "cur"] {
+            if let Ok(rd) = std::fs::read_dir(self.dir.join("smtp/Maildir").join(sub)) {
+                for e in rd.flatten() {
+                    let t = e.metadata().and_then(|m| m.modified()).unwrap_or(std::time::UNIX_EPOCH);
+                    files.push((t, e.path()));
+                }
+            }
+        }
+        files.sort();
+        files.into_iter().filter_map(|(_, p)| std::fs::read(p).ok()).collect()
+    }
+
+    /// Waits until the sink holds at least `n` messages.
+    pub async fn wait_sent(&self, n: usize, secs: u64) -> Vec<Vec<u8>> {
+        let end = Instant::now() + Duration::from_secs(secs);
+        loop {
+            let s = self.sent();
+            if s.len() >= n || Instant::now() > end {
+                return s;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+impl Drop for MailPeers {
+    fn drop(&mut self) {
+        // SIGTERM, so Dovecot's master stops its login and mail processes too.
+        for c in [&self.dovecot, &self.smtp] {
+            let _ = Command::new("kill").arg(c.id().to_string()).status();
+        }
+        let _ = self.dovecot.wait();
+        let _ = self.smtp.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
