@@ -225,8 +225,23 @@ async fn run(cli: Cli) -> Result<(), String> {
                 t.insert("name".into(), toml::Value::String("webchat".into()));
                 s.channels.push(toml::Value::Table(t));
             }
+            // ... and voice: a trunk number with the IVR, and the demo agents' phones.
+            let voice = switchboard::demo::ensure_sip_channel(&mut s)?;
             let running = switchboard::start(s).await.map_err(|e| e.to_string())?;
             switchboard::demo::seed(&running.hub).await.map_err(|e| e.to_string())?;
+            let phones = if voice.database_credentials {
+                switchboard::demo::seed_phones(&running.hub, &voice.realm).await.map_err(|e| e.to_string())?
+            } else {
+                Vec::new()
+            };
+            let (mut udp, mut tcp) = (None, None);
+            for _ in 0..100 {
+                (udp, tcp) = (switchboard_voice::bound_addr(&voice.channel), switchboard_voice::bound_tcp_addr(&voice.channel));
+                if udp.is_some() || tcp.is_some() {
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
             let url = running.url();
             println!();
             println!("Switchboard demo is running.");
@@ -240,6 +255,33 @@ async fn run(cli: Cli) -> Result<(), String> {
                 let roles: Vec<&str> = u.roles.iter().map(|r| r.as_str()).collect();
                 let skills = u.skills.map(|s| s.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",")).unwrap_or_default();
                 println!("  {:<7} {:<16} {:<20} {}", u.username, u.password, roles.join(","), skills);
+            }
+            println!();
+            match udp.or(tcp) {
+                Some(addr) => {
+                    let host = if addr.ip().is_unspecified() { "127.0.0.1".to_string() } else { addr.ip().to_string() };
+                    let server = if addr.is_ipv6() { format!("[{host}]:{}", addr.port()) } else { format!("{host}:{}", addr.port()) };
+                    let number = switchboard::demo::DEMO_NUMBER;
+                    println!("Voice (SIP):");
+                    let transports = match (udp, tcp) {
+                        (Some(u), Some(t)) if u.port() == t.port() => "UDP and TCP".to_string(),
+                        (Some(_), Some(t)) => format!("UDP; TCP on port {}", t.port()),
+                        (Some(_), None) => "UDP".to_string(),
+                        _ => "TCP".to_string(),
+                    };
+                    println!("  SIP server:   {server} ({transports}), realm \"{}\"", voice.realm);
+                    if voice.added {
+                        println!("  Trunk number: {number}, answered by the IVR (1 English, 2 Spanish), then the demo queues");
+                        println!("  Call the IVR with a softphone (e.g. baresip or linphone) on this machine: sip:{number}@{server}");
+                    }
+                    if !phones.is_empty() {
+                        println!("  Agent phones (SIP user / password; register as sip:<user>@{server}, then set the agent available in the inbox):");
+                        for p in &phones {
+                            println!("    {:<7} {}", p.sip_user, p.password);
+                        }
+                    }
+                }
+                None => println!("Voice (SIP): the channel `{}` did not start; see the log.", voice.channel),
             }
             println!();
             println!("Press Ctrl-C to stop.");

@@ -290,3 +290,128 @@ async fn agent_sip_password_sets_the_digest_credentials() {
     assert!(!ok && err.contains("SWITCHBOARD_PASSWORD"), "{err}");
     assert_eq!(stored().await, Some((expected, "pbx.example".to_string())));
 }
+
+fn sipp_bin() -> Option<std::path::PathBuf> {
+    std::env::var_os("PATH").and_then(|paths| std::env::split_paths(&paths).map(|p| p.join("sipp")).find(|p| p.is_file()))
+}
+
+fn free_udp_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0").and_then(|s| s.local_addr()).map(|a| a.port()).expect("free port")
+}
+
+/// Runs a SIPp scenario of tests/voice against `server`; true when it succeeded.
+fn sipp(sipp: &std::path::Path, dir: &std::path::Path, scenario: &str, server: &str, extra: &[&str]) -> (bool, String) {
+    let file = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/voice").join(scenario);
+    let media = loop {
+        let p = free_udp_port() & !1;
+        if p > 1024 && std::net::UdpSocket::bind(("127.0.0.1", p + 1)).is_ok() {
+            break p;
+        }
+    };
+    let out = Command::new(sipp)
+        .arg("-sf")
+        .arg(file)
+        .args(["-i", "127.0.0.1", "-mi", "127.0.0.1", "-m", "1", "-timeout", "30s", "-nostdin", "-trace_err"])
+        .args(["-p", &free_udp_port().to_string(), "-mp", &media.to_string()])
+        .args(extra)
+        .arg(server)
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .output()
+        .expect("sipp runs");
+    (out.status.success(), String::from_utf8_lossy(&out.stderr).to_string())
+}
+
+/// `switchboard demo` includes voice: it prints the SIP server, the trunk number with the
+/// IVR, how to call it with a softphone and the demo agents' phone credentials; a phone
+/// registers with those credentials and a call to the number reaches the IVR (the menu
+/// choice lands in the interaction).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_prints_sip_credentials_that_register_and_its_number_reaches_the_ivr() {
+    let db = TestDb::new().await;
+    let dir = tempfile_dir();
+    let mut child = Command::new(BIN)
+        .args(["demo", "--bind", "127.0.0.1:0", "--database-url", &db.url(), "--data-dir", dir.join("data").to_str().unwrap()])
+        .env("SWITCHBOARD_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn demo");
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let mut out = Vec::new();
+    for line in lines.by_ref() {
+        let Ok(line) = line else { break };
+        let done = line.contains("Press Ctrl-C");
+        out.push(line);
+        if done {
+            break;
+        }
+    }
+    std::thread::spawn(move || for _ in lines {});
+    let text = out.join("\n");
+    let url =
+        out.iter().find_map(|l| l.split_whitespace().find(|w| w.starts_with("http://"))).expect("URL").trim_end_matches('/').to_string();
+    let server = out
+        .iter()
+        .find_map(|l| l.trim().strip_prefix("SIP server:"))
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no SIP server printed:\n{text}"))
+        .to_string();
+    assert!(text.contains(&format!("sip:100@{server}")), "no softphone how-to:\n{text}");
+    assert!(text.contains("baresip") && text.contains("linphone"), "{text}");
+    let phones: Vec<(String, String)> = out
+        .iter()
+        .skip_while(|l| !l.contains("Agent phones"))
+        .skip(1)
+        .map_while(|l| {
+            let mut w = l.split_whitespace();
+            match (w.next(), w.next(), w.next()) {
+                (Some(u), Some(p), None) if l.starts_with("    ") => Some((u.to_string(), p.to_string())),
+                _ => None,
+            }
+        })
+        .collect();
+    let users: Vec<&str> = phones.iter().map(|(u, _)| u.as_str()).collect();
+    assert_eq!(users, ["alice", "bruno", "carla"], "demo agents' phones:\n{text}");
+    assert!(phones.iter().all(|(_, p)| p.len() >= 8), "{phones:?}");
+    // Only digests are stored.
+    let stored: Vec<String> = sqlx::query_scalar("select ha1 from sip_credentials").fetch_all(&db.pool).await.unwrap();
+    assert_eq!(stored.len(), 3);
+    assert!(phones.iter().all(|(_, p)| !stored.contains(p)));
+
+    match sipp_bin() {
+        None => eprintln!("SKIPPED the SIP half of the demo test: `sipp` not on PATH (apt-get install sip-tester)"),
+        Some(bin) => {
+            let (alice, password) = &phones[0];
+            let phone_port = free_udp_port().to_string();
+            let (ok, err) =
+                sipp(&bin, &dir, "register.xml", &server, &["-s", alice, "-au", alice, "-ap", password, "-key", "agent_port", &phone_port]);
+            assert!(ok, "alice's phone does not register with the printed credentials: {err}");
+            let (ok, _) = sipp(
+                &bin,
+                &dir,
+                "register.xml",
+                &server,
+                &["-s", alice, "-au", alice, "-ap", "not-the-password", "-key", "agent_port", &phone_port],
+            );
+            assert!(!ok, "a wrong password registers");
+            // A caller dials the number, presses 1 in the IVR, waits and hangs up.
+            let (ok, err) = sipp(&bin, &dir, "caller_abandon.xml", &server, &["-s", "100", "-d", "6000"]);
+            assert!(ok, "caller: {err}");
+            let admin = Client::login(&url, "admin", "admin-demo-pass").await;
+            let i = eventually(10, || {
+                let admin = admin.clone();
+                async move {
+                    let (_, list) = admin.call("GET", "/api/v1/interactions?channel=voice", None).await;
+                    list["items"].as_array().and_then(|a| a.first().cloned())
+                }
+            })
+            .await;
+            assert_eq!(i["requirement"], "language:en >= 1", "the IVR's menu choice: {i}");
+            assert_eq!(i["metadata"]["dialled"], "100", "{i}");
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+}
