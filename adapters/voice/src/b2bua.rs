@@ -40,6 +40,10 @@ pub const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, REGISTER";
 /// Payload type we offer for telephone-event.
 const TELEPHONE_EVENT_PT: u8 = 101;
 
+/// How long a key going down holds a menu's digit timer (its digit comes within
+/// `LOST_END_AFTER` of the last packet; this is a ceiling for a key held down).
+const KEY_PRESS_HOLD: Duration = Duration::from_secs(2);
+
 /// Commands from core (through [`VoiceEngineHandle`]).
 #[derive(Debug)]
 enum Command {
@@ -502,7 +506,14 @@ impl Engine {
                 Some(cmd) = commands.recv() => self.on_command(cmd).await,
                 Some(ev) = media.recv() => self.on_media(ev),
                 Some(ev) = internal.recv() => self.on_internal(ev),
-                _ = tokio::time::sleep_until(deadline.into()) => self.on_timer(),
+                _ = tokio::time::sleep_until(deadline.into()) => {
+                    // Digits (and prompt ends) already received come before any timer: a
+                    // menu's digit timeout must not beat a digit that arrived in time.
+                    while let Ok(ev) = media.try_recv() {
+                        self.on_media(ev);
+                    }
+                    self.on_timer();
+                }
                 _ = shutdown.changed() => break,
             }
             for cmd in std::mem::take(&mut self.deferred) {
@@ -846,6 +857,7 @@ impl Engine {
                     call.ivr = None;
                 }
                 IvrAction::Hangup => {
+                    tracing::info!(call_id = %call_id, "IVR flow hung up (hangup node, or no valid choice).");
                     self.end_call(call_id, Side::Hub);
                     return;
                 }
@@ -857,7 +869,7 @@ impl Engine {
 impl Engine {
     fn on_media(&mut self, ev: MediaEvent) {
         let leg = match &ev {
-            MediaEvent::PromptFinished(l) | MediaEvent::Digit(l, _) | MediaEvent::RecordingDone(l, _, _) => *l,
+            MediaEvent::PromptFinished(l, _) | MediaEvent::KeyDown(l) | MediaEvent::Digit(l, _) | MediaEvent::RecordingDone(l, _, _) => *l,
         };
         if let MediaEvent::RecordingDone(_, path, how) = &ev {
             if let Some((call_id, _)) = self.by_leg.get(&leg).cloned() {
@@ -875,9 +887,15 @@ impl Engine {
         };
         match ev {
             MediaEvent::Digit(_, d) if side == Side::Caller => self.on_digit(&call_id, d),
-            MediaEvent::Digit(..) => {}
-            MediaEvent::PromptFinished(_) if side == Side::Caller => self.on_prompt_finished(&call_id),
-            MediaEvent::PromptFinished(_) => {}
+            MediaEvent::KeyDown(_) if side == Side::Caller => self.on_key_down(&call_id),
+            MediaEvent::Digit(..) | MediaEvent::KeyDown(_) => {}
+            MediaEvent::PromptFinished(_, plays) if side == Side::Caller => {
+                // A prompt that ended as a barge-in replaced it is not the new prompt's end.
+                if self.calls.get(&call_id).is_some_and(|c| c.caller.media.plays_sent() == plays) {
+                    self.on_prompt_finished(&call_id);
+                }
+            }
+            MediaEvent::PromptFinished(..) => {}
             MediaEvent::RecordingDone(..) => {}
         }
     }
@@ -886,10 +904,21 @@ impl Engine {
         let Some(call) = self.calls.get_mut(call_id) else {
             return;
         };
-        let Some(ivr) = call.ivr.as_mut() else { return };
+        let Some(ivr) = call.ivr.as_mut().filter(|i| !i.is_done()) else {
+            tracing::debug!(call_id = %call_id, %digit, phase = ?call.phase, "Digit after the IVR ignored.");
+            return;
+        };
         call.digit_deadline = None;
         let actions = ivr.on_input(IvrInput::Digit(digit), chrono::Utc::now());
         self.run_ivr_actions(call_id, actions);
+    }
+
+    /// A key is going down: the menu's digit timer waits for its digit (which the
+    /// receiver reports at the latest `LOST_END_AFTER` after the key's last packet).
+    fn on_key_down(&mut self, call_id: &str) {
+        if let Some(deadline) = self.calls.get_mut(call_id).and_then(|c| c.digit_deadline.as_mut()) {
+            *deadline = (*deadline).max(Self::now() + KEY_PRESS_HOLD);
+        }
     }
 
     fn on_prompt_finished(&mut self, call_id: &str) {

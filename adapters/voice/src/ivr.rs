@@ -1,5 +1,11 @@
 //! Pure IVR flow interpreter: the current node plus an input (call answered, prompt
 //! finished, digit, timeout) gives the actions the call engine carries out.
+//!
+//! Digits barge in on every prompt of the flow: a menu's prompt stops and the digit is
+//! the choice; any other prompt (a `play` node's welcome) stops too and the digit is
+//! kept, type-ahead, for the next menu, which then takes it without playing its prompt.
+//! A caller who knows the menu is not made to listen to it, and a digit is never lost
+//! because it came early.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -66,6 +72,9 @@ enum Waiting {
 /// Non-waiting nodes followed in one step before assuming a loop.
 const MAX_STEPS: usize = 64;
 
+/// Digits kept for the next menu at most (more are dropped, oldest kept).
+const TYPE_AHEAD: usize = 16;
+
 /// One caller's progress through a flow.
 #[derive(Debug, Clone)]
 pub struct IvrSession {
@@ -75,6 +84,8 @@ pub struct IvrSession {
     queue: Option<String>,
     requirements: Vec<SkillRequirement>,
     waiting: Waiting,
+    /// Digits pressed before a menu asked for them (type-ahead), oldest first.
+    typed_ahead: std::collections::VecDeque<char>,
 }
 
 impl IvrSession {
@@ -87,6 +98,7 @@ impl IvrSession {
             attempts: 0,
             requirements: Vec::new(),
             waiting: Waiting::Done,
+            typed_ahead: std::collections::VecDeque::new(),
         };
         let start = s.node.clone();
         let actions = s.enter(&start, now);
@@ -107,6 +119,15 @@ impl IvrSession {
     pub fn on_input(&mut self, input: IvrInput, now: DateTime<Utc>) -> Vec<IvrAction> {
         match (self.waiting.clone(), input) {
             (Waiting::Prompt(next), IvrInput::PromptFinished) => self.enter(&next, now),
+            (Waiting::Prompt(next), IvrInput::Digit(d)) => {
+                // Barge-in on a `play` prompt: stop it, keep the digit for the next menu.
+                if self.typed_ahead.len() < TYPE_AHEAD {
+                    self.typed_ahead.push_back(d);
+                }
+                let mut out = vec![IvrAction::StopPlayback];
+                out.extend(self.enter(&next, now));
+                out
+            }
             (Waiting::HangupPrompt, IvrInput::PromptFinished) => {
                 self.waiting = Waiting::Done;
                 vec![IvrAction::Hangup]
@@ -154,6 +175,7 @@ impl IvrSession {
         };
         self.attempts += 1;
         if self.attempts >= max_attempts {
+            tracing::info!(node = %self.node, attempts = self.attempts, invalid, next = %on_failure, "IVR menu got no valid choice.");
             return self.enter(&on_failure, now);
         }
         let mut prompts: Vec<String> = if invalid { invalid_prompt } else { timeout_prompt }.into_iter().collect();
@@ -186,6 +208,12 @@ impl IvrSession {
                     return actions;
                 }
                 IvrNode::Menu { prompt, .. } => {
+                    if let Some(d) = self.typed_ahead.pop_front() {
+                        // Typed ahead: the choice is made, the prompt is not needed.
+                        self.waiting = Waiting::MenuInput;
+                        actions.extend(self.menu_digit(d, now));
+                        return actions;
+                    }
                     self.waiting = Waiting::MenuPrompt;
                     actions.push(IvrAction::Play(vec![prompt]));
                     return actions;
@@ -314,12 +342,40 @@ prompt = "goodbye"
         let now = wednesday_noon();
         let (mut s, a) = IvrSession::start(flow(), now);
         assert_eq!(a, vec![IvrAction::Play(vec!["welcome".into()])]);
-        assert_eq!(s.on_input(IvrInput::Digit('2'), now), vec![], "digits ignored during play");
         assert_eq!(s.on_input(IvrInput::PromptFinished, now), vec![IvrAction::Play(vec!["menu-language".into()])]);
         let a = s.on_input(IvrInput::Digit('2'), now);
         assert_eq!(a[0], IvrAction::StopPlayback, "barge-in");
         assert_eq!(a[1], IvrAction::Enqueue { queue: "ventas".into(), requirements: vec!["language:es >= 1".parse().unwrap()] });
         assert!(s.is_done());
+    }
+
+    /// Point 3 of the hardening issue: a digit pressed while the welcome prompt plays
+    /// is not lost: it stops the prompt and makes the menu's choice.
+    #[test]
+    fn a_digit_during_a_play_prompt_barges_in_and_chooses_in_the_next_menu() {
+        let now = wednesday_noon();
+        let (mut s, _) = IvrSession::start(flow(), now);
+        let a = s.on_input(IvrInput::Digit('2'), now);
+        assert_eq!(
+            a,
+            vec![
+                IvrAction::StopPlayback,
+                IvrAction::Enqueue { queue: "ventas".into(), requirements: vec!["language:es >= 1".parse().unwrap()] }
+            ]
+        );
+        assert!(s.is_done());
+        // An invalid digit typed ahead counts as an invalid choice in the menu.
+        let (mut s, _) = IvrSession::start(flow(), now);
+        let a = s.on_input(IvrInput::Digit('9'), now);
+        assert_eq!(a, vec![IvrAction::StopPlayback, IvrAction::Play(vec!["invalid".into(), "menu-language".into()])]);
+        // Digits while the goodbye plays change nothing.
+        let (mut s, _) = IvrSession::start(flow(), now);
+        s.on_input(IvrInput::PromptFinished, now);
+        s.on_input(IvrInput::Digit('7'), now);
+        s.on_input(IvrInput::PromptFinished, now);
+        s.on_input(IvrInput::Timeout, now);
+        assert_eq!(s.on_input(IvrInput::Digit('1'), now), vec![]);
+        assert_eq!(s.on_input(IvrInput::PromptFinished, now), vec![IvrAction::Hangup]);
     }
 
     #[test]

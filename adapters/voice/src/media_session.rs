@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 
-use crate::media::dtmf::DtmfReceiver;
+use crate::media::clock::MediaClock;
+use crate::media::dtmf::{DtmfEvent, DtmfReceiver};
 use crate::media::g711;
 use crate::media::latch::RtpLatch;
 use crate::media::mix::{rms, FrameMixer, SILENCE_RMS};
@@ -112,8 +113,12 @@ pub enum MediaCommand {
 /// Events from media legs to the engine.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum MediaEvent {
-    /// All queued prompts were played.
-    PromptFinished(LegId),
+    /// All queued prompts were played; the number is how many `Play` commands the leg
+    /// had received then ([`MediaHandle::plays_sent`] tells a stale report: a prompt
+    /// that ended just as a barge-in replaced it).
+    PromptFinished(LegId, u64),
+    /// A key went down (RFC 4733 event start); its digit follows.
+    KeyDown(LegId),
     /// A digit arrived via RFC 4733.
     Digit(LegId, char),
     /// A mono recording ended.
@@ -129,12 +134,21 @@ pub struct MediaHandle {
     pub local: SocketAddr,
     commands: mpsc::UnboundedSender<MediaCommand>,
     relay_input: RelaySender,
+    plays: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl MediaHandle {
     /// Sends a command; a finished leg ignores it.
     pub fn command(&self, cmd: MediaCommand) {
+        if matches!(cmd, MediaCommand::Play(_)) {
+            self.plays.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
         let _ = self.commands.send(cmd);
+    }
+
+    /// `Play` commands sent to this leg so far.
+    pub fn plays_sent(&self) -> u64 {
+        self.plays.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The channel another leg relays into.
@@ -180,7 +194,6 @@ pub fn spawn_leg(
         remote: None,
         latch: RtpLatch::new(None),
         sequence: Default::default(),
-        sequence: Default::default(),
         sender: RtpSender::new(),
         player: PromptPlayer::new(),
         moh: MusicOnHold::new(Some(moh)),
@@ -194,9 +207,10 @@ pub fn spawn_leg(
         mono: None,
         events,
         first_frame: true,
+        plays: 0,
     };
     tokio::spawn(leg.run(rx, relay_rx));
-    MediaHandle { id, local: advertised, commands, relay_input }
+    MediaHandle { id, local: advertised, commands, relay_input, plays: Arc::default() }
 }
 
 struct Leg {
@@ -204,8 +218,6 @@ struct Leg {
     socket: UdpSocket,
     remote: Option<Negotiated>,
     latch: RtpLatch,
-    /// Loss in the peer's RTP sequence numbers (metrics).
-    sequence: crate::metrics::SequenceTracker,
     /// Loss in the peer's RTP sequence numbers (metrics).
     sequence: crate::metrics::SequenceTracker,
     sender: RtpSender,
@@ -221,14 +233,17 @@ struct Leg {
     mono: Option<MonoRecording>,
     events: mpsc::UnboundedSender<MediaEvent>,
     first_frame: bool,
+    /// `Play` commands received.
+    plays: u64,
 }
 
 impl Leg {
     async fn run(mut self, mut commands: mpsc::UnboundedReceiver<MediaCommand>, mut relay_rx: mpsc::UnboundedReceiver<RelayFrame>) {
-        let mut tick = tokio::time::interval(Duration::from_millis(20));
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        // Frames are paced by an absolute clock: a late wake-up sends every frame due.
+        let mut clock = MediaClock::new(Instant::now());
         let mut buf = vec![0u8; 2048];
         loop {
+            let next_frame = tokio::time::Instant::from_std(clock.next_due());
             tokio::select! {
                 cmd = commands.recv() => match cmd {
                     None | Some(MediaCommand::Stop) => break,
@@ -248,7 +263,15 @@ impl Leg {
                         }
                     }
                 }
-                _ = tick.tick() => self.on_tick(),
+                _ = tokio::time::sleep_until(next_frame) => {
+                    let due = clock.take_due(Instant::now());
+                    for _ in 0..due.skip {
+                        self.on_frame(false);
+                    }
+                    for _ in 0..due.send {
+                        self.on_frame(true);
+                    }
+                }
             }
         }
         // A voicemail cut short by a hangup is still a voicemail: close and report it.
@@ -270,6 +293,7 @@ impl Leg {
             }
             MediaCommand::SignallingFrom(ip) => self.latch.set_signalling_ip(ip),
             MediaCommand::Play(prompts) => {
+                self.plays += 1;
                 for p in prompts {
                     self.player.enqueue(p);
                 }
@@ -309,14 +333,12 @@ impl Leg {
             return;
         }
         self.sequence.record(pkt.sequence);
-        self.sequence.record(pkt.sequence);
         if Some(pkt.payload_type) == remote.telephone_event {
-            if let Some(d) = self.dtmf.on_packet(pkt.timestamp, pkt.payload) {
-                // `#` ends a voicemail (the usual "press pound when done").
-                if d == '#' && self.mono.is_some() {
-                    self.finish_mono(RecordingEnd::Pound);
+            for ev in self.dtmf.on_packet(pkt.timestamp, pkt.payload, Instant::now()) {
+                match ev {
+                    DtmfEvent::KeyDown => self.emit(MediaEvent::KeyDown(self.id)),
+                    DtmfEvent::Digit(d) => self.on_digit(d),
                 }
-                let _ = self.events.send(MediaEvent::Digit(self.id, d));
             }
             return;
         }
@@ -350,7 +372,27 @@ impl Leg {
         }
     }
 
-    fn on_tick(&mut self) {
+    fn on_digit(&mut self, d: char) {
+        // `#` ends a voicemail (the usual "press pound when done").
+        if d == '#' && self.mono.is_some() {
+            self.finish_mono(RecordingEnd::Pound);
+        }
+        self.emit(MediaEvent::Digit(self.id, d));
+    }
+
+    fn emit(&self, ev: MediaEvent) {
+        if let Err(e) = self.events.send(ev) {
+            tracing::debug!(leg = self.id, event = ?e.0, "Media event after the engine stopped.");
+        }
+    }
+
+    /// One 20 ms frame of the media clock; `send` is false for frames of a stall too
+    /// long to make up (prompts and music still advance, so they keep real time).
+    fn on_frame(&mut self, send: bool) {
+        // A key press whose end packets were all lost still counts.
+        if let Some(d) = self.dtmf.on_idle(Instant::now()) {
+            self.on_digit(d);
+        }
         if let Some(rec) = &self.mono {
             let now = Instant::now();
             if now >= rec.until {
@@ -361,20 +403,22 @@ impl Leg {
         }
         if self.mixing {
             let mixed = self.mixer.pop_frame();
-            if let Some(frame) = mixed.filter(|_| !self.moh_on && !self.player.is_playing()) {
+            if let Some(frame) = mixed.filter(|_| send && !self.moh_on && !self.player.is_playing()) {
                 self.send_audio(&frame);
             }
         }
         if self.player.is_playing() {
-            if let Some(frame) = self.player.next_frame() {
+            if let Some(frame) = self.player.next_frame().filter(|_| send) {
                 self.send_audio(&frame);
             }
             if !self.player.is_playing() {
-                let _ = self.events.send(MediaEvent::PromptFinished(self.id));
+                self.emit(MediaEvent::PromptFinished(self.id, self.plays));
             }
         } else if self.moh_on {
             let frame = self.moh.next_frame();
-            self.send_audio(&frame);
+            if send {
+                self.send_audio(&frame);
+            }
         }
     }
 
@@ -548,6 +592,35 @@ mod tests {
             silence: Some(Duration::from_millis(200)),
         });
         assert_eq!(next_event(&mut events).await, MediaEvent::RecordingDone(3, path, RecordingEnd::Silence));
+        leg.command(MediaCommand::Stop);
+    }
+
+    /// Point 3 of the hardening issue: a prompt keeps real time when the runtime is late
+    /// (a busy CPU). Here a neighbour hogs the only runtime thread 45 ms at a time; a
+    /// one-second prompt must still be sent in full within about a second.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_prompt_keeps_real_time_on_a_busy_runtime() {
+        let phone = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let (leg, mut events) = leg_towards(4, phone.local_addr().unwrap()).await;
+        let hog = tokio::spawn(async {
+            loop {
+                std::thread::sleep(Duration::from_millis(45));
+                tokio::task::yield_now().await;
+            }
+        });
+        let started = Instant::now();
+        leg.command(MediaCommand::Play(vec![Arc::from(vec![3000i16; 8000])]));
+        let finished = next_event(&mut events).await;
+        let took = started.elapsed();
+        hog.abort();
+        assert_eq!(finished, MediaEvent::PromptFinished(4, 1));
+        let mut buf = [0u8; 512];
+        let mut frames = 0;
+        while let Ok((n, _)) = phone.try_recv_from(&mut buf) {
+            frames += usize::from(RtpPacket::parse(&buf[..n]).is_ok_and(|p| p.payload_type == 0));
+        }
+        assert_eq!(frames, 50, "every frame of the prompt was sent");
+        assert!(took < Duration::from_millis(1300), "a 1 s prompt took {took:?}");
         leg.command(MediaCommand::Stop);
     }
 

@@ -38,6 +38,8 @@ async fn start_hub_with(ring_timeout_secs: u64, answer_delay: Duration) -> Hub {
     let prompts = temp_dir("prompts");
     // A 60 ms prompt keeps the IVR fast; other prompts fall back to generated cues.
     std::fs::write(prompts.join("menu.wav"), wav::encode_mono(&vec![1000i16; 480])).unwrap();
+    // A 3 s welcome for flows that greet before the menu.
+    std::fs::write(prompts.join("welcome.wav"), wav::encode_mono(&vec![1000i16; 24_000])).unwrap();
     let recordings = temp_dir("recordings");
     let toml = format!(
         r#"
@@ -56,7 +58,7 @@ realm = "switchboard"
 [[trunks]]
 name = "carrier"
 allowed_sources = ["127.0.0.1"]
-dids = {{ "100" = "main", "200" = "closed" }}
+dids = {{ "100" = "main", "200" = "closed", "300" = "greeting" }}
 [ivr_flows.closed]
 start = "vm"
 [ivr_flows.closed.nodes.vm]
@@ -70,12 +72,32 @@ type = "menu"
 prompt = "menu"
 choices = {{ "1" = "queue", "2" = "spanish" }}
 timeout_ms = 3000
+max_attempts = 1
 on_failure = "queue"
 [ivr_flows.main.nodes.spanish]
 type = "set_requirement"
 requirement = "language:es >= 1"
 next = "queue"
 [ivr_flows.main.nodes.queue]
+type = "enqueue"
+[ivr_flows.greeting]
+start = "welcome"
+default_queue = "support"
+[ivr_flows.greeting.nodes.welcome]
+type = "play"
+prompt = "welcome"
+next = "menu"
+[ivr_flows.greeting.nodes.menu]
+type = "menu"
+prompt = "menu"
+choices = {{ "1" = "queue", "2" = "spanish" }}
+timeout_ms = 3000
+on_failure = "queue"
+[ivr_flows.greeting.nodes.spanish]
+type = "set_requirement"
+requirement = "language:es >= 1"
+next = "queue"
+[ivr_flows.greeting.nodes.queue]
 type = "enqueue"
 "#,
         prompts.display(),
@@ -470,5 +492,58 @@ async fn stale_rtp_on_a_reused_port_does_not_take_the_call_over() {
         }
     }
     assert_eq!(stray, 0, "the caller's media went to the stale source");
+    hub.handle.shutdown();
+}
+
+/// Point 3 of the hardening issue: a digit pressed while the welcome prompt plays barges
+/// in: the prompt stops and the digit is the menu's choice (it used to be dropped, and
+/// the caller ended in the menu's failure branch).
+#[tokio::test]
+async fn a_digit_during_the_welcome_prompt_is_the_menu_choice() {
+    let mut hub = start_hub(20).await;
+    let caller = Phone::new(hub.sip).await;
+    let rtp = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let invite = invite_text(&caller, rtp.local_addr().unwrap(), "call-welcome", "").replace("sip:100@", "sip:300@");
+    caller.send(&invite).await;
+    let (ok, _) = caller.expect("200 OK", |m| status(m) == Some(200)).await;
+    let tag = to_tag(&ok);
+    caller.send(&in_dialog("ACK", &caller, "call-welcome", &tag, 1, "")).await;
+    recv_rtp(&rtp).await; // the 3 s welcome is playing
+    let pressed = std::time::Instant::now();
+    send_dtmf(&rtp, media_addr(&ok), '2').await;
+    let Seen::Enqueued(info) = next_seen(&mut hub.routing).await else { panic!("enqueue expected") };
+    assert_eq!(info.requirements, vec!["language:es >= 1".parse().unwrap()], "the digit was lost");
+    assert!(pressed.elapsed() < Duration::from_secs(2), "the welcome was not interrupted");
+    hub.handle.shutdown();
+}
+
+/// Point 3 of the hardening issue (a digit taken, no interaction, nothing logged): a key
+/// that goes down before the menu's digit timeout and comes up after it is the choice;
+/// the timeout used to win and the caller took the failure branch.
+#[tokio::test]
+async fn a_key_held_across_the_digit_timeout_is_the_choice() {
+    let mut hub = start_hub(20).await;
+    let caller = Phone::new(hub.sip).await;
+    let rtp = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    caller.send(&invite_text(&caller, rtp.local_addr().unwrap(), "call-held", "")).await;
+    let (ok, _) = caller.expect("200 OK", |m| status(m) == Some(200)).await;
+    let answered = tokio::time::Instant::now();
+    let tag = to_tag(&ok);
+    let hub_rtp = media_addr(&ok);
+    caller.send(&in_dialog("ACK", &caller, "call-held", &tag, 1, "")).await;
+    // The 60 ms menu prompt, then a 3 s digit timeout: press 2 at 2.5 s for one second
+    // (RFC 4733 updates every 50 ms, then the end packets).
+    tokio::time::sleep_until(answered + Duration::from_millis(2500)).await;
+    let mut sender = RtpSender::new();
+    let packets = event_packets('2', 20);
+    for (i, ev) in packets.iter().enumerate() {
+        let pkt = sender.next(101, i == 0, &ev.build(), 0);
+        rtp.send_to(&pkt, hub_rtp).await.unwrap();
+        if !ev.end {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let Seen::Enqueued(info) = next_seen(&mut hub.routing).await else { panic!("enqueue expected") };
+    assert_eq!(info.requirements, vec!["language:es >= 1".parse().unwrap()], "the timeout beat the key press");
     hub.handle.shutdown();
 }

@@ -1,6 +1,8 @@
 //! Media plane building blocks, all pure: RTP packets, G.711, RFC 4733 DTMF, WAV
-//! files, prompt playback, tones, symmetric-RTP latching and conference mixing.
+//! files, prompt playback, tones, the media clock, RTP source checks and conference
+//! mixing.
 
+pub mod clock;
 pub mod dtmf;
 pub mod g711;
 pub mod latch;
