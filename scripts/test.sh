@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 ROOT=$(pwd)
 
 # Debian packages the tests' real peers come from.
-APT_PACKAGES=(postgresql sip-tester baresip chromium chromium-driver)
+APT_PACKAGES=(postgresql sip-tester baresip chromium chromium-driver dovecot-imapd)
 
 need_apt=()
 for p in "${APT_PACKAGES[@]}"; do
@@ -29,6 +29,12 @@ fi
 if [ -f tests/browser/package.json ] && command -v npm >/dev/null; then
   echo "==> installing browser test packages"
   (cd tests/browser && npm install --no-audit --no-fund --silent >/dev/null)
+fi
+
+# The SMTP server the email tests read back (aiosmtpd writing a Maildir); Dovecot above.
+if command -v python3 >/dev/null && ! python3 -c 'import aiosmtpd' 2>/dev/null; then
+  echo "==> installing aiosmtpd (the email tests' SMTP server)"
+  python3 -m pip install --quiet aiosmtpd >/dev/null 2>&1 || echo "==> could not install aiosmtpd; the email tests will skip" >&2
 fi
 
 # A PostgreSQL server for throwaway test databases.

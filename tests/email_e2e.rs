@@ -1,0 +1,261 @@
+//! Email end to end: the hub binary's wiring against a real Dovecot (customer mail lands
+//! there) and a real SMTP server (aiosmtpd writing a Maildir the test reads back).
+//! Customer mails support → interaction routed to the skilled agent → the agent replies in
+//! the inbox API → the customer's reply threads back into the same interaction; a duplicate
+//! delivery imports nothing; a bounce marks the reply failed; an auto-reply loop is
+//! stopped; the chat widget's offline-form answer reaches the visitor by email.
+//! Skips (with a message) when Dovecot or aiosmtpd is not installed; scripts/test.sh
+//! installs both.
+
+#[path = "../adapters/email/tests/peers/mod.rs"]
+mod peers;
+mod support;
+
+use peers::MailPeers;
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use support::*;
+use switchboard_core::Role;
+use switchboard_email::parse::{parse, ParsedMail};
+use uuid::Uuid;
+
+async fn agent(th: &TestHub, name: &str, skills: Value) -> Client {
+    let a = user(th, name, &[Role::Agent], Some(skills)).await;
+    let (st, b) =
+        a.call("PUT", &format!("/api/v1/agents/{}/presence", a.agent_id.unwrap()), Some(json!({ "presence": "available" }))).await;
+    assert_eq!(st, StatusCode::OK, "{b}");
+    a
+}
+
+async fn accept_next(agent: &Client) -> Value {
+    let offer = eventually(30, || {
+        let a = agent.clone();
+        async move {
+            let (_, offers) = a.call("GET", &format!("/api/v1/agents/{}/offers", a.agent_id.unwrap()), None).await;
+            offers.as_array().and_then(|l| l.first().cloned())
+        }
+    })
+    .await;
+    let (st, i) = agent.call("POST", &format!("/api/v1/offers/{}/accept", offer["id"].as_str().unwrap()), None).await;
+    assert_eq!(st, StatusCode::OK, "{i}");
+    i
+}
+
+async fn messages(agent: &Client, iid: &str) -> Vec<Value> {
+    let (st, m) = agent.call("GET", &format!("/api/v1/interactions/{iid}/messages"), None).await;
+    assert_eq!(st, StatusCode::OK, "{m}");
+    m.as_array().cloned().or_else(|| m["items"].as_array().cloned()).unwrap_or_default()
+}
+
+async fn email_interactions(th: &TestHub) -> i64 {
+    sqlx::query_scalar("select count(*) from interactions where channel = 'email'").fetch_one(th.hub().db()).await.unwrap()
+}
+
+fn sent_parsed(peers: &MailPeers) -> Vec<ParsedMail> {
+    peers.sent().iter().map(|m| parse(m, 1 << 20).expect("sent mail parses")).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn customer_mail_is_routed_answered_and_threaded_back() {
+    let Some(peers) = MailPeers::start() else { return };
+    let th = spawn_hub_with(|s| s.channels.push(peers.channel("support-mail", "queue = \"Email\"\nsignature = \"Shop Team\""))).await;
+    let admin = user(&th, "root", &[Role::Admin], None).await;
+    queue(&admin, json!({ "name": "Email", "requirement": "billing", "wrap_up_secs": 0 })).await;
+    let bob = agent(&th, "bob", json!({ "support": 5 })).await;
+    let alice = agent(&th, "alice", json!({ "billing": 3 })).await;
+
+    // 1. The customer writes to support@.
+    let first = b"From: Ana Lima <ana@customer.test>\r\nTo: support@shop.test\r\nCc: Ben <ben@customer.test>\r\nSubject: Order 42 missing\r\nMessage-ID: <c1@customer.test>\r\nDate: Wed, 2 Dec 2026 10:00:00 +0000\r\n\r\nMy order 42 never arrived.\r\n";
+    peers.append("support", &[first]).await;
+    // 2. Routed to the agent with the skill (not to bob).
+    let i = accept_next(&alice).await;
+    let iid = i["id"].as_str().unwrap().to_string();
+    assert_eq!(i["channel"], "email");
+    assert_eq!(i["subject"], "Order 42 missing");
+    let (_, bob_offers) = bob.call("GET", &format!("/api/v1/agents/{}/offers", bob.agent_id.unwrap()), None).await;
+    assert_eq!(bob_offers.as_array().map(|a| a.len()), Some(0), "{bob_offers}");
+
+    // 3. The agent replies in the inbox; the customer's mailbox (the SMTP server) gets it
+    //    with the threading headers.
+    let (st, b) = alice
+        .call("POST", &format!("/api/v1/interactions/{iid}/messages"), Some(json!({ "body": "Sorry! A new parcel leaves today." })))
+        .await;
+    assert_eq!(st, StatusCode::CREATED, "{b}");
+    let sent = peers.wait_sent(1, 30).await;
+    assert_eq!(sent.len(), 1);
+    let reply = parse(&sent[0], 1 << 20).unwrap();
+    assert_eq!(reply.in_reply_to, vec!["c1@customer.test".to_string()]);
+    assert_eq!(reply.references, vec!["c1@customer.test".to_string()]);
+    assert_eq!(reply.to[0].address, "ana@customer.test");
+    assert_eq!(reply.cc.iter().map(|c| c.address.as_str()).collect::<Vec<_>>(), vec!["ben@customer.test"], "Cc'd customer kept");
+    let from = reply.from.clone().unwrap().address;
+    let token = from.strip_prefix("support+").and_then(|r| r.strip_suffix("@shop.test")).expect("reply token in From").to_string();
+    assert!(reply.subject.starts_with("Re: Order 42 missing") && reply.subject.contains(&format!("[#{token}]")), "{}", reply.subject);
+    assert!(reply.text.contains("A new parcel leaves today.") && reply.text.contains("-- \nShop Team"), "{}", reply.text);
+    let our_id = reply.message_id.clone().unwrap();
+    let outbox: (String, Option<String>) = eventually(15, || {
+        let db = th.hub().db().clone();
+        async move {
+            sqlx::query_as("select status, provider_id from outbox where channel = 'email'")
+                .fetch_optional(&db)
+                .await
+                .ok()
+                .flatten()
+                .filter(|r: &(String, Option<String>)| r.0 == "sent")
+        }
+    })
+    .await;
+    assert_eq!(outbox.1.as_deref(), Some(our_id.as_str()));
+
+    // 4. The customer answers (a reply to our message, to the token address): same interaction.
+    let answer = format!(
+        "From: Ana Lima <ana@customer.test>\r\nTo: Shop Support <{from}>\r\nSubject: Re: {}\r\nMessage-ID: <c2@customer.test>\r\nIn-Reply-To: <{our_id}>\r\nReferences: <c1@customer.test> <{our_id}>\r\n\r\nThanks, got the tracking number.\r\n\r\nOn Wed, Shop Support wrote:\r\n> Sorry! A new parcel leaves today.\r\n",
+        reply.subject
+    );
+    peers.append("support", &[answer.as_bytes()]).await;
+    let m = eventually(30, || {
+        let a = alice.clone();
+        let iid = iid.clone();
+        async move { Some(messages(&a, &iid).await).filter(|m| m.len() == 3) }
+    })
+    .await;
+    assert_eq!(m[2]["direction"], "inbound");
+    assert_eq!(m[2]["body"], "Thanks, got the tracking number.", "quoted history collapsed");
+    // 5. A second mail that is not a reply (same subject, open conversation): same interaction.
+    let again = b"From: ana@customer.test\r\nTo: support@shop.test\r\nSubject: Order 42 missing\r\nMessage-ID: <c3@customer.test>\r\n\r\nAlso: the invoice is wrong.\r\n";
+    // 6. ...and a duplicate delivery of the first mail: imported nothing.
+    peers.append("support", &[again, first]).await;
+    eventually(30, || {
+        let a = alice.clone();
+        let iid = iid.clone();
+        async move { (messages(&a, &iid).await.len() == 4).then_some(()) }
+    })
+    .await;
+    let raw_rows: i64 = sqlx::query_scalar("select count(*) from email_raw_messages").fetch_one(th.hub().db()).await.unwrap();
+    assert_eq!(raw_rows, 3, "the duplicate delivery stored nothing new");
+    assert_eq!(email_interactions(&th).await, 1);
+    assert_eq!(messages(&alice, &iid).await.len(), 4);
+
+    // 7. The reply bounces (an RFC 3464 report about our Message-ID): the outbox row is
+    //    marked failed and the interaction hears it; no interaction for the bounce.
+    let dsn = format!(
+        "From: Mail Delivery System <MAILER-DAEMON@mx.customer.test>\r\nTo: {from}\r\nSubject: Undelivered Mail Returned to Sender\r\nMessage-ID: <dsn-1@mx.customer.test>\r\nMIME-Version: 1.0\r\nContent-Type: multipart/report; report-type=delivery-status; boundary=\"R\"\r\n\r\n--R\r\nContent-Type: text/plain\r\n\r\nYour message could not be delivered.\r\n--R\r\nContent-Type: message/delivery-status\r\n\r\nReporting-MTA: dns; mx.customer.test\r\n\r\nFinal-Recipient: rfc822; ana@customer.test\r\nAction: failed\r\nStatus: 5.2.2\r\nDiagnostic-Code: smtp; 552 5.2.2 mailbox full\r\n\r\n--R\r\nContent-Type: text/rfc822-headers\r\n\r\nFrom: {from}\r\nTo: ana@customer.test\r\nMessage-ID: <{our_id}>\r\nSubject: {}\r\n\r\n--R--\r\n",
+        reply.subject
+    );
+    peers.append("support", &[dsn.as_bytes()]).await;
+    let failed: String = eventually(30, || {
+        let db = th.hub().db().clone();
+        async move {
+            sqlx::query_scalar("select last_error from outbox where channel = 'email' and status = 'failed'")
+                .fetch_optional(&db)
+                .await
+                .ok()
+                .flatten()
+        }
+    })
+    .await;
+    assert!(failed.contains("5.2.2") || failed.contains("mailbox full"), "{failed}");
+    let ev: i64 = sqlx::query_scalar("select count(*) from interaction_events where interaction_id = $1 and kind = 'delivery_failed'")
+        .bind(iid.parse::<Uuid>().unwrap())
+        .fetch_one(th.hub().db())
+        .await
+        .unwrap();
+    assert_eq!(ev, 1);
+    assert_eq!(email_interactions(&th).await, 1, "a bounce is not an interaction");
+    th.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_auto_reply_loop_is_stopped() {
+    let Some(peers) = MailPeers::start() else { return };
+    let th = spawn_hub_with(|s| {
+        s.channels.push(peers.channel("support-mail", "auto_acknowledge = \"We got your mail.\"\nsender_rate_per_hour = 5"))
+    })
+    .await;
+    let admin = user(&th, "root", &[Role::Admin], None).await;
+    queue(&admin, json!({ "name": "default", "wrap_up_secs": 0 })).await;
+
+    // A person writes: one acknowledgement, marked as automatic.
+    peers
+        .append(
+            "support",
+            &[b"From: bot@robot.test\r\nTo: support@shop.test\r\nSubject: Hello\r\nMessage-ID: <r0@robot.test>\r\n\r\nhi\r\n"],
+        )
+        .await;
+    let sent = peers.wait_sent(1, 30).await;
+    let ack = parse(&sent[0], 1024).unwrap();
+    assert_eq!(ack.signals.auto_submitted.as_deref(), Some("auto-replied"));
+    let ack_id = ack.message_id.unwrap();
+    // The other side's responder answers our acknowledgement (labelled): joins the
+    // conversation, no acknowledgement back.
+    let auto = format!("From: bot@robot.test\r\nTo: support@shop.test\r\nSubject: Auto: Re: Hello\r\nAuto-Submitted: auto-replied\r\nMessage-ID: <r1@robot.test>\r\nIn-Reply-To: <{ack_id}>\r\n\r\nI am away.\r\n");
+    peers.append("support", &[auto.as_bytes()]).await;
+    // An unlabelled responder answering everything with a new subject: at most one
+    // acknowledgement per hour, and past the sender limit its mail is only stored.
+    let loop_mails: Vec<String> =
+        (2..14).map(|k| format!("From: bot@robot.test\r\nTo: support@shop.test\r\nSubject: Ticket {k}\r\nMessage-ID: <r{k}@robot.test>\r\n\r\nnew ticket {k}\r\n")).collect();
+    let refs: Vec<&[u8]> = loop_mails.iter().map(|m| m.as_bytes()).collect();
+    peers.append("support", &refs).await;
+    let db = th.hub().db().clone();
+    eventually(60, || {
+        let db = db.clone();
+        async move {
+            let n: i64 =
+                sqlx::query_scalar("select count(*) from email_raw_messages where status <> 'stored'").fetch_one(&db).await.ok()?;
+            (n == 14).then_some(())
+        }
+    })
+    .await;
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await; // let the outbox run
+    assert_eq!(peers.sent().len(), 1, "one acknowledgement, never more");
+    let (routed, limited): (i64, i64) = sqlx::query_as(
+        "select count(*) filter (where status = 'ingested'), count(*) filter (where status = 'rate_limited') from email_raw_messages",
+    )
+    .fetch_one(&db)
+    .await
+    .unwrap();
+    assert_eq!((routed, limited), (5, 9));
+    let joined: i64 =
+        sqlx::query_scalar("select count(*) from email_raw_messages where dedupe_id = 'mid:r1@robot.test' and threaded_by = 'reference'")
+            .fetch_one(&db)
+            .await
+            .unwrap();
+    assert_eq!(joined, 1, "the labelled auto-reply joined the conversation by its In-Reply-To");
+    th.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_chat_offline_form_answer_arrives_by_email() {
+    let Some(peers) = MailPeers::start() else { return };
+    let chat: toml::Value =
+        toml::Value::Table("type = \"webchat\"\nname = \"widget\"\ntoken_secret = \"0123456789abcdef0123\"".parse().unwrap());
+    let th = spawn_hub_with(|s| {
+        s.channels.push(chat);
+        s.channels.push(peers.channel("support-mail", ""));
+    })
+    .await;
+    let admin = user(&th, "root", &[Role::Admin], None).await;
+    queue(&admin, json!({ "name": "default", "wrap_up_secs": 0 })).await;
+    let http = reqwest::Client::new();
+    let r = http
+        .post(format!("{}/chat/v1/offline", th.url))
+        .json(&json!({ "client_msg_id": "off1", "name": "Olga", "email": "olga@visitor.test", "message": "Please write back" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED, "{}", r.text().await.unwrap_or_default());
+    let alice = agent(&th, "alice", json!({ "support": 3 })).await;
+    let i = accept_next(&alice).await;
+    let iid = i["id"].as_str().unwrap();
+    let (st, b) = alice.call("POST", &format!("/api/v1/interactions/{iid}/messages"), Some(json!({ "body": "Here is our answer." }))).await;
+    assert_eq!(st, StatusCode::CREATED, "{b}");
+    let sent = peers.wait_sent(1, 30).await;
+    assert_eq!(sent.len(), 1, "the offline-form answer was emailed");
+    let mail = sent_parsed(&peers).remove(0);
+    assert_eq!(mail.to[0].address, "olga@visitor.test");
+    assert!(mail.text.contains("Here is our answer."));
+    assert!(mail.from.unwrap().address.starts_with("support+"), "replies thread back by token");
+    let status: String = sqlx::query_scalar("select status from outbox where channel = 'email'").fetch_one(th.hub().db()).await.unwrap();
+    assert_eq!(status, "sent");
+    th.stop().await;
+}
