@@ -153,6 +153,12 @@ async fn erase_removes_chat_visitor_attachments_and_recordings() {
     recorded_call(&th, other_id, None, "+34600000000", &other_rec).await;
     let (st, r) = sup.call("GET", &format!("/api/v1/recordings/{call}"), None).await;
     assert_eq!(st, StatusCode::OK, "{r}");
+    // A duplicate record of the same person, merged in (the merge is audited with its name).
+    let (st, dup) = sup.call("POST", "/api/v1/customers", Some(json!({ "name": "Zoe Z. Duplicate" }))).await;
+    assert_eq!(st, StatusCode::CREATED, "{dup}");
+    let (st, r) = sup.call("POST", &format!("/api/v1/customers/{customer}/merge"), Some(json!({ "other_id": dup["id"] }))).await;
+    assert_eq!(st, StatusCode::OK, "{r}");
+    assert_eq!(count(&th, "select count(*) from audit_log where action = 'customer.merge' and details::text like '%Zoe%'").await, 1);
 
     let (st, r) = sup.call("POST", &format!("/api/v1/customers/{customer}/erase"), None).await;
     assert_eq!(st, StatusCode::OK, "{r}");

@@ -531,6 +531,15 @@ pub async fn erase(hub: &Hub, actor: Option<Uuid>, id: Uuid) -> CoreResult<()> {
     .bind(&people)
     .execute(&mut *tx)
     .await?;
+    // Merge audit entries name the merged customer; the merge itself stays on record.
+    let people_text: Vec<String> = people.iter().map(Uuid::to_string).collect();
+    sqlx::query(
+        "update audit_log set details = details - 'merged_name'
+          where action = 'customer.merge' and (target_id = any($1) or details->>'merged' = any($1)) and details ? 'merged_name'",
+    )
+    .bind(&people_text)
+    .execute(&mut *tx)
+    .await?;
     switchboard_core::auth::audit(
         &mut tx,
         actor,
