@@ -259,3 +259,55 @@ async fn the_chat_offline_form_answer_arrives_by_email() {
     assert_eq!(status, "sent");
     th.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_html_mail_with_attachments_is_shown_as_mail_and_nothing_in_it_runs() {
+    let Some(peers) = MailPeers::start() else { return };
+    let dir = std::env::temp_dir().join(format!("sb-mail-att-{}", Uuid::new_v4().simple()));
+    let extra = format!("attachments_dir = \"{}\"", dir.display());
+    let th = spawn_hub_with(|s| s.channels.push(peers.channel("support-mail", &extra))).await;
+    let admin = user(&th, "root", &[Role::Admin], None).await;
+    queue(&admin, json!({ "name": "default", "wrap_up_secs": 0 })).await;
+    let alice = agent(&th, "alice", json!({ "support": 3 })).await;
+    let pdf = b"%PDF-1.4 not really a pdf but bytes\n".repeat(40);
+    let png_b64 = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8DwHwAFBQIAX8jx0gAAAABJRU5ErkJggg==";
+    let mail = format!(
+        "From: Ana <ana@customer.test>\r\nTo: support@shop.test\r\nSubject: Broken invoice\r\nMessage-ID: <html-1@customer.test>\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=\"M\"\r\n\r\n--M\r\nContent-Type: multipart/related; boundary=\"R\"\r\n\r\n--R\r\nContent-Type: text/html; charset=utf-8\r\n\r\n<p onclick=\"steal()\">See <b>this</b>: <img src=\"cid:shot1\"></p><script>alert(1)</script>\r\n--R\r\nContent-Type: image/png\r\nContent-ID: <shot1>\r\nContent-Disposition: inline; filename=shot.png\r\nContent-Transfer-Encoding: base64\r\n\r\n{}\r\n--R--\r\n--M\r\nContent-Type: application/pdf; name=invoice.pdf\r\nContent-Disposition: attachment; filename=invoice.pdf\r\nContent-Transfer-Encoding: 7bit\r\n\r\n{}--M--\r\n",
+        png_b64,
+        String::from_utf8_lossy(&pdf).replace('\n', "\r\n")
+    );
+    peers.append("support", &[mail.as_bytes()]).await;
+    let i = accept_next(&alice).await;
+    let iid = i["id"].as_str().unwrap();
+    assert_eq!(i["metadata"]["email"]["mailbox"], "support-mail", "{i}");
+    let m = messages(&alice, iid).await;
+    assert_eq!(m.len(), 1);
+    assert_eq!(m[0]["body"], "See this:");
+    let mid = m[0]["id"].as_str().unwrap();
+    let (st, view) = alice.call("GET", &format!("/api/v1/email/support-mail/messages/{mid}"), None).await;
+    assert_eq!(st, StatusCode::OK, "{view}");
+    assert_eq!(view["from"]["address"], "ana@customer.test");
+    let html = view["html"].as_str().unwrap();
+    assert!(!html.contains("script") && !html.contains("onclick"), "{html}");
+    let atts = view["attachments"].as_array().unwrap();
+    assert_eq!(atts.len(), 2, "{view}");
+    let shot = atts.iter().find(|a| a["content_id"] == "shot1").unwrap();
+    assert!(html.contains(&format!("src=\"{}\"", shot["url"].as_str().unwrap())), "cid image points at its download: {html}");
+    let inv = atts.iter().find(|a| a["filename"] == "invoice.pdf").unwrap();
+    let r = alice.http.get(format!("{}{}", th.url, inv["url"].as_str().unwrap())).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.headers()["content-type"], "application/octet-stream");
+    assert!(r.headers()["content-disposition"].to_str().unwrap().starts_with("attachment"));
+    assert!(r.headers()["content-security-policy"].to_str().unwrap().contains("sandbox"));
+    assert_eq!(
+        String::from_utf8_lossy(r.bytes().await.unwrap().as_ref()).replace("\r\n", "\n").trim_end(),
+        String::from_utf8_lossy(&pdf).trim_end()
+    );
+    let r = alice.http.get(format!("{}{}", th.url, view["raw_url"].as_str().unwrap())).send().await.unwrap();
+    assert_eq!(r.bytes().await.unwrap().as_ref(), mail.as_bytes(), "the original, byte for byte");
+    // Not for anonymous callers.
+    let r = reqwest::get(format!("{}{}", th.url, inv["url"].as_str().unwrap())).await.unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    th.stop().await;
+    let _ = std::fs::remove_dir_all(dir);
+}

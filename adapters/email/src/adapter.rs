@@ -284,7 +284,7 @@ impl EmailAdapter {
             out.push(serde_json::json!({
                 "id": id, "filename": a.filename, "content_type": a.content_type, "size": a.size, "sha256": a.sha256,
                 "inline": a.inline, "content_id": a.content_id, "stored": stored,
-                "url": format!("/api/v1/email/attachments/{id}"),
+                "url": format!("{}/attachments/{id}", crate::http::base(&self.name)),
             }));
         }
         Ok(out)
@@ -493,6 +493,7 @@ impl ChannelAdapter for EmailAdapter {
     /// fails, reconnects with backoff; on shutdown, gives the lease up.
     async fn run(&self, hub: Hub, mut shutdown: Shutdown) -> Result<(), AdapterError> {
         let _ = self.hub.set(hub.clone());
+        hub.add_route_docs(crate::http::ROUTES);
         let mut backoff = Duration::from_secs(1);
         let retry = Duration::from_millis(self.cfg.lease_secs * 1000 / 3);
         while !shutdown.is_requested() {
@@ -529,6 +530,10 @@ impl ChannelAdapter for EmailAdapter {
         }
         let _ = store::release_lease(hub.db(), &self.name, self.node).await;
         Ok(())
+    }
+
+    fn http_router(&self) -> Option<axum::Router<Hub>> {
+        Some(crate::http::router(crate::http::EmailHttp { mailbox: self.name.clone().into(), dir: self.cfg.attachments_dir.clone() }))
     }
 
     /// Sends one reply, acknowledgement or chat offline-form answer. Exactly once towards

@@ -248,6 +248,12 @@ impl EmailConfig {
         if self.kind != "email" {
             errs.push(format!("type must be `email`, not `{}`", self.kind));
         }
+        if let Some(n) = &self.name {
+            // The name is a URL path segment of the mailbox's routes.
+            if n.is_empty() || n.len() > 64 || !n.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+                errs.push(format!("name `{n}` must be 1..=64 letters, digits, `-` or `_`"));
+            }
+        }
         match self.address.split_once('@') {
             Some((local, domain)) if !local.is_empty() && domain.contains('.') || domain == "localhost" => {
                 if local.contains('+') {

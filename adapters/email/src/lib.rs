@@ -8,6 +8,7 @@
 //! - [`compose`]: outgoing mail with our Message-ID and the threading headers (pure).
 //! - [`imap`], [`smtp`]: the socket shells (async-imap over tokio + rustls; lettre).
 //! - [`store`]: the email tables. [`adapter`]: the mailbox worker and delivery.
+//! - [`http`]: the agent's view of a mail (`/api/v1/email/<mailbox>/...`).
 //!
 //! Persist before acknowledge: a fetched message is stored raw (bytea) before anything
 //! parses it; only after the hub committed it is it flagged `\Seen` or moved on the server,
@@ -18,6 +19,7 @@
 pub mod adapter;
 pub mod compose;
 pub mod config;
+pub mod http;
 pub mod imap;
 pub mod loops;
 pub mod parse;
