@@ -717,11 +717,44 @@ function messageEl(m, i) {
   return h('li', { class: `msg msg-${kind}`, dataset: { messageId: m.id, direction: m.direction } },
     h('div', { class: 'msg-meta' }, h('span', { class: 'msg-author' }, author), h('time', { datetime: m.created_at }, clock(m.created_at))),
     h('div', { class: 'msg-body' }, m.body),
+    kind === 'in' ? emailDetails(m, i) : null,
     atts.length ? h('ul', { class: 'msg-atts' }, atts.map((a) => {
       const name = (a && (a.filename || a.name)) || 'attachment';
       const url = a && typeof a.url === 'string' && /^(https?:)?\//.test(a.url) ? a.url : null;
       return h('li', null, url ? h('a', { href: url, target: '_blank', rel: 'noopener' }, name) : name);
     })) : null);
+}
+
+/**
+ * An inbound email shown as mail on demand: From/To/Cc and subject, the HTML in a
+ * sandboxed iframe (sandbox="" — no scripts, no forms, no same-origin), the full text
+ * with the quoted history, and the original message one click away.
+ */
+function emailDetails(m, i) {
+  const mailbox = i && i.channel === 'email' && i.metadata && i.metadata.email && i.metadata.email.mailbox;
+  if (!mailbox) return null;
+  const base = `/api/v1/email/${encodeURIComponent(mailbox)}/messages/${m.id}`;
+  const box = h('div', { class: 'email-view' });
+  const det = h('details', { class: 'email-details', ontoggle: async () => {
+    if (!det.open || box.dataset.loaded) return;
+    box.dataset.loaded = '1';
+    try {
+      const v = await get(base);
+      const addrs = (l) => (Array.isArray(l) ? l : l ? [l] : []).map((a) => (a.name ? `${a.name} <${a.address}>` : a.address)).join(', ');
+      replace(box,
+        h('dl', { class: 'email-head' },
+          h('dt', null, 'From'), h('dd', null, addrs(v.from)),
+          h('dt', null, 'To'), h('dd', null, addrs(v.to)),
+          v.cc && v.cc.length ? [h('dt', null, 'Cc'), h('dd', null, addrs(v.cc))] : null,
+          h('dt', null, 'Subject'), h('dd', null, v.subject || '')),
+        v.html ? h('iframe', { class: 'email-html', sandbox: '', referrerpolicy: 'no-referrer', title: 'Email content', srcdoc: v.html, style: 'width:100%;min-height:240px;border:1px solid #ccc;background:#fff' }) : null,
+        !v.html || v.collapsed ? h('pre', { class: 'email-text', style: 'white-space:pre-wrap' }, v.text || '') : null,
+        h('a', { href: v.raw_url, download: 'original.eml' }, 'Original message (.eml)'));
+    } catch (e) {
+      replace(box, h('p', { class: 'muted' }, 'Could not load the email.'));
+    }
+  } }, h('summary', null, 'Show as email'), box);
+  return det;
 }
 
 // ---------------------------------------------------------------- composer
