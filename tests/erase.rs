@@ -60,8 +60,8 @@ async fn count(th: &TestHub, sql: &str) -> i64 {
 async fn recorded_call(th: &TestHub, customer: Uuid, agent: Option<Uuid>, from: &str, path: &Path) -> Uuid {
     std::fs::write(path, b"RIFF\0\0\0\0WAVEfmt the caller's voice").expect("recording file");
     let id: Uuid = sqlx::query_scalar(
-        "insert into interactions (channel, customer_id, customer_address, agent_id, status, metadata, answered_at, closed_at)
-         values ('voice', $1, $4, $2, 'closed', jsonb_build_object('recording', $3::text, 'ended_by', 'caller'), now(), now())
+        "insert into interactions (channel, conversation_key, customer_id, customer_address, agent_id, status, metadata, answered_at, closed_at)
+         values ('voice', $4 || '-1@pbx', $1, $4, $2, 'closed', jsonb_build_object('recording', $3::text, 'ended_by', 'caller'), now(), now())
          returning id",
     )
     .bind(customer)

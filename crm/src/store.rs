@@ -517,7 +517,11 @@ pub async fn erase(hub: &Hub, actor: Option<Uuid>, id: Uuid) -> CoreResult<()> {
     sqlx::query("select set_config('switchboard.erasing', 'off', true)").execute(&mut *tx).await?;
     let n_int = sqlx::query(
         "update interactions set customer_address = null, subject = null, summary = null,
-            metadata = '{\"erased\": true}', updated_at = now() where customer_id = any($1)",
+            metadata = '{\"erased\": true}', updated_at = now(),
+            -- Conversation keys can hold the address (`sms:<channel>:<number>`); an open
+            -- interaction keeps its key until it closes so replies still find the thread.
+            conversation_key = case when status in ('queued','offered','active','wrap_up') then conversation_key end
+          where customer_id = any($1)",
     )
     .bind(&people)
     .execute(&mut *tx)
