@@ -31,6 +31,12 @@ if [ -f tests/browser/package.json ] && command -v npm >/dev/null; then
   (cd tests/browser && npm install --no-audit --no-fund --silent >/dev/null)
 fi
 
+# The SMPP peer of the SMS tests (the npm `smpp` package scripted as an SMSC).
+if [ -f tests/sms/package.json ] && command -v npm >/dev/null; then
+  echo "==> installing the SMS test peer"
+  (cd tests/sms && npm install --no-audit --no-fund --silent >/dev/null)
+fi
+
 # The SMTP server the email tests read back (aiosmtpd writing a Maildir); Dovecot above.
 if command -v python3 >/dev/null && ! python3 -c 'import aiosmtpd' 2>/dev/null; then
   echo "==> installing aiosmtpd (the email tests' SMTP server)"

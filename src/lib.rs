@@ -22,6 +22,7 @@ pub fn registry() -> AdapterRegistry {
     let mut r = AdapterRegistry::new();
     switchboard_chat::register(&mut r);
     switchboard_email::register(&mut r);
+    switchboard_sms::register(&mut r);
     switchboard_voice::register(&mut r);
     r
 }

@@ -252,7 +252,7 @@ pub fn parse_udh(sm: &[u8]) -> Option<(Option<Concat>, &[u8])> {
     let mut i = 0;
     while i + 2 <= udh.len() {
         let (iei, len) = (udh[i], udh[i + 1] as usize);
-        let Some(data) = udh.get(i + 2..i + 2 + len) else { return None };
+        let data = udh.get(i + 2..i + 2 + len)?;
         match (iei, len) {
             (0x00, 3) => concat = Some(Concat { reference: data[0] as u16, total: data[1], seq: data[2] }),
             (0x08, 4) => concat = Some(Concat { reference: u16::from_be_bytes([data[0], data[1]]), total: data[2], seq: data[3] }),

@@ -7,19 +7,62 @@
 //!   id matching.
 //! - [`keywords`]: STOP / START / HELP per language.
 //! - [`config`]: the channel's settings.
+//! - [`session`]: the tokio shell: bind, window, throttle, keep-alive, reconnect, unbind.
+//! - [`store`]: the SMS tables (parts, sent messages, ids, opt-outs, leases).
+//! - [`adapter`]: the [`switchboard_core::ChannelAdapter`].
+//!
+//! Guarantees: a deliver_sm is answered only after it is committed (a part is stored, a
+//! message ingested with its dedupe key, a receipt applied); a submit_sm is recorded as
+//! `submitting` before it is written and, when no response comes, `unknown` — never resent
+//! automatically, since SMPP has no idempotency key; receipt statuses only move forward;
+//! one node holds a bind at a time (a lease row with expiry), another takes over when the
+//! holder stops renewing it.
 
+pub mod adapter;
 pub mod config;
 pub mod encoding;
 pub mod keywords;
 pub mod pdu;
 pub mod receipt;
+pub mod session;
+pub mod store;
 
+pub use adapter::SmppAdapter;
 pub use config::SmppConfig;
 
-/// Errors of the SMS crate.
+use std::sync::Arc;
+use switchboard_core::{AdapterError, AdapterRegistry};
+
+/// Errors of the SMS crate outside the wire codec (which answers bad PDUs itself).
 #[derive(Debug, thiserror::Error)]
 pub enum SmsError {
     /// Invalid `[[channels]]` settings.
     #[error("sms configuration: {0}")]
     Config(String),
+}
+
+impl From<SmsError> for AdapterError {
+    fn from(e: SmsError) -> Self {
+        match e {
+            SmsError::Config(m) => AdapterError::Config(m),
+        }
+    }
+}
+
+/// Builds an SMPP adapter from a `[[channels]]` table.
+pub fn build_smpp(name: &str, table: toml::Value) -> Result<SmppAdapter, SmsError> {
+    let cfg = SmppConfig::from_toml(table).map_err(SmsError::Config)?;
+    let name = cfg.name.clone().unwrap_or_else(|| name.to_string());
+    Ok(SmppAdapter::new(name, cfg))
+}
+
+/// Registers the `smpp` adapter kind.
+pub fn register(registry: &mut AdapterRegistry) {
+    registry.register(
+        adapter::KIND,
+        Box::new(|name, table| {
+            let a = build_smpp(name, table)?;
+            Ok(Arc::new(a) as Arc<dyn switchboard_core::ChannelAdapter>)
+        }),
+    );
 }

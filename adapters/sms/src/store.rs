@@ -1,0 +1,350 @@
+//! The SMS tables (migration `20261203200000_sms.sql`): inbound parts, sent messages and
+//! their SMSC ids, keyword messages and opt-outs, bind leases.
+
+use crate::encoding::Concat;
+use crate::receipt::{self, Receipt, SmsStatus};
+use sqlx::PgPool;
+use switchboard_core::bus::{self, NewEvent};
+use switchboard_core::outbox::{self, NewOutbound};
+use switchboard_core::{Channel, CoreResult};
+use uuid::Uuid;
+
+/// Stores one part of a concatenated message (a resent part replaces the stored one, so a
+/// stale part of an earlier message with the same reference cannot block a new one) and
+/// returns the whole text once every part is stored.
+#[tracing::instrument(skip(db, body))]
+pub async fn save_part(db: &PgPool, channel: &str, source: &str, dest: &str, c: Concat, body: &str) -> CoreResult<Option<String>> {
+    // Parts of one message arriving at once on several connections must not each miss the
+    // other: the key is locked for the transaction, and each statement sees the commits
+    // before it (READ COMMITTED).
+    let mut tx = db.begin().await?;
+    sqlx::query("select pg_advisory_xact_lock(hashtext($1))")
+        .bind(format!("sms-part:{channel}:{source}:{dest}:{}:{}", c.reference, c.total))
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query(
+        "insert into sms_inbound_parts (channel_name, source, destination, reference, total, seq, body)
+         values ($1, $2, $3, $4, $5, $6, $7)
+         on conflict (channel_name, source, destination, reference, total, seq)
+         do update set body = excluded.body, received_at = now()",
+    )
+    .bind(channel)
+    .bind(source)
+    .bind(dest)
+    .bind(c.reference as i32)
+    .bind(c.total as i16)
+    .bind(c.seq as i16)
+    .bind(body)
+    .execute(&mut *tx)
+    .await?;
+    let parts: Vec<(i16, String)> = sqlx::query_as(
+        "select seq, body from sms_inbound_parts
+          where channel_name = $1 and source = $2 and destination = $3 and reference = $4 and total = $5 order by seq",
+    )
+    .bind(channel)
+    .bind(source)
+    .bind(dest)
+    .bind(c.reference as i32)
+    .bind(c.total as i16)
+    .fetch_all(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    if parts.len() == c.total as usize {
+        Ok(Some(parts.into_iter().map(|(_, b)| b).collect()))
+    } else {
+        Ok(None)
+    }
+}
+
+/// Forgets the parts of a message once it is ingested.
+pub async fn drop_parts(db: &PgPool, channel: &str, source: &str, dest: &str, c: Concat) -> CoreResult<()> {
+    sqlx::query(
+        "delete from sms_inbound_parts where channel_name = $1 and source = $2 and destination = $3 and reference = $4 and total = $5",
+    )
+    .bind(channel)
+    .bind(source)
+    .bind(dest)
+    .bind(c.reference as i32)
+    .bind(c.total as i16)
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+/// Deletes parts whose message never completed (older than `hours`).
+pub async fn expire_parts(db: &PgPool, hours: i64) -> CoreResult<u64> {
+    Ok(sqlx::query("delete from sms_inbound_parts where received_at < now() - make_interval(hours => $1::int)")
+        .bind(hours as i32)
+        .execute(db)
+        .await?
+        .rows_affected())
+}
+
+/// What is known about an outbound message before it is submitted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Prior {
+    /// Never submitted: go ahead (the row now says `submitting`).
+    Fresh,
+    /// Already handled: its status and SMSC ids.
+    Seen(String, Vec<String>),
+}
+
+/// Records that the message is about to be written to the SMSC. A second call for the
+/// same outbox row (a retry after a crash or timeout) learns what happened before instead.
+pub async fn begin_submit(
+    db: &PgPool,
+    outbox_id: Uuid,
+    channel: &str,
+    interaction: Option<Uuid>,
+    recipient: &str,
+    parts: usize,
+) -> CoreResult<Prior> {
+    let inserted: Option<Uuid> = sqlx::query_scalar(
+        "insert into sms_sent (outbox_id, channel_name, interaction_id, recipient, parts, status)
+         values ($1, $2, $3, $4, $5, 'submitting') on conflict (outbox_id) do nothing returning outbox_id",
+    )
+    .bind(outbox_id)
+    .bind(channel)
+    .bind(interaction)
+    .bind(recipient)
+    .bind(parts as i16)
+    .fetch_optional(db)
+    .await?;
+    if inserted.is_some() {
+        return Ok(Prior::Fresh);
+    }
+    let (status, ids): (String, Vec<String>) =
+        sqlx::query_as("select status, smsc_ids from sms_sent where outbox_id = $1").bind(outbox_id).fetch_one(db).await?;
+    Ok(Prior::Seen(status, ids))
+}
+
+/// Withdraws a `submitting` row when nothing was written after all.
+pub async fn cancel_submit(db: &PgPool, outbox_id: Uuid) -> CoreResult<()> {
+    sqlx::query("delete from sms_sent where outbox_id = $1 and status = 'submitting' and parts_submitted = 0")
+        .bind(outbox_id)
+        .execute(db)
+        .await?;
+    Ok(())
+}
+
+/// One part was accepted by the SMSC under `smsc_id`.
+pub async fn part_submitted(db: &PgPool, channel: &str, outbox_id: Uuid, smsc_id: &str) -> CoreResult<()> {
+    let keys = receipt::sent_id_keys(smsc_id);
+    let (k, p): (Vec<String>, Vec<i16>) = keys.into_iter().unzip();
+    sqlx::query(
+        "with s as (
+             update sms_sent set smsc_ids = smsc_ids || $3::text, parts_submitted = parts_submitted + 1,
+                    status = case when parts_submitted + 1 >= parts and status_rank < 1 then 'submitted' else status end,
+                    status_rank = case when parts_submitted + 1 >= parts then greatest(status_rank, 1) else status_rank end,
+                    updated_at = now()
+              where outbox_id = $2 returning outbox_id)
+         insert into sms_message_ids (channel_name, id_key, preference, outbox_id)
+         select $1, k, p, $2 from unnest($4::text[], $5::int2[]) as t(k, p) where exists (select 1 from s)
+         on conflict do nothing",
+    )
+    .bind(channel)
+    .bind(outbox_id)
+    .bind(smsc_id)
+    .bind(&k)
+    .bind(&p)
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+/// Marks the message's fate when no receipt can follow: `unknown` or `failed`. Records an
+/// interaction event so the agent sees it.
+pub async fn mark(db: &PgPool, outbox_id: Uuid, status: SmsStatus, error: &str) -> CoreResult<()> {
+    let mut tx = db.begin().await?;
+    let iid: Option<Option<Uuid>> = sqlx::query_scalar(
+        "update sms_sent set status = $2, error = $3, updated_at = now() where outbox_id = $1 and status_rank < 3 returning interaction_id",
+    )
+    .bind(outbox_id)
+    .bind(status.as_str())
+    .bind(error)
+    .fetch_optional(&mut *tx)
+    .await?;
+    if let Some(Some(iid)) = iid {
+        let data = serde_json::json!({ "outbox_id": outbox_id, "status": status.as_str(), "error": error });
+        bus::record(&mut tx, NewEvent::interaction("sms_status", iid).with_data(data)).await?;
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+/// What a receipt changed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReceiptOutcome {
+    /// No sent message has this id.
+    Unmatched,
+    /// Matched, but the message was already at this status or further.
+    Stale(Uuid),
+    /// Moved the message forward.
+    Applied(Uuid),
+}
+
+/// Applies a receipt to the sent message it is about; statuses only move forward. The
+/// status change and its interaction event commit together.
+pub async fn apply_receipt(db: &PgPool, channel: &str, r: &Receipt) -> CoreResult<ReceiptOutcome> {
+    let keys = receipt::receipt_id_keys(&r.message_id);
+    let mut tx = db.begin().await?;
+    let found: Option<Uuid> = sqlx::query_scalar(
+        "select outbox_id from sms_message_ids where channel_name = $1 and id_key = any($2)
+         order by (id_key like 's:%') desc, preference, created_at desc limit 1",
+    )
+    .bind(channel)
+    .bind(&keys)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some(outbox_id) = found else { return Ok(ReceiptOutcome::Unmatched) };
+    let moved: Option<Option<Uuid>> = sqlx::query_scalar(
+        "update sms_sent set status = $2, status_rank = $3, error = coalesce($4, error), updated_at = now()
+          where outbox_id = $1 and status_rank < $3 returning interaction_id",
+    )
+    .bind(outbox_id)
+    .bind(r.status.as_str())
+    .bind(r.status.rank())
+    .bind(&r.error)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some(iid) = moved else { return Ok(ReceiptOutcome::Stale(outbox_id)) };
+    if let Some(iid) = iid {
+        let data = serde_json::json!({ "outbox_id": outbox_id, "status": r.status.as_str(), "error": r.error });
+        bus::record(&mut tx, NewEvent::interaction("sms_status", iid).with_data(data)).await?;
+    }
+    tx.commit().await?;
+    Ok(ReceiptOutcome::Applied(outbox_id))
+}
+
+/// The stored status of a sent message.
+pub async fn sent_status(db: &PgPool, outbox_id: Uuid) -> CoreResult<Option<String>> {
+    Ok(sqlx::query_scalar("select status from sms_sent where outbox_id = $1").bind(outbox_id).fetch_optional(db).await?)
+}
+
+/// Whether a number opted out.
+pub async fn opted_out(db: &PgPool, phone: &str) -> CoreResult<bool> {
+    Ok(sqlx::query_scalar::<_, bool>("select opted_out from sms_opt_outs where phone = $1")
+        .bind(phone)
+        .fetch_optional(db)
+        .await?
+        .unwrap_or(false))
+}
+
+/// A keyword message to record.
+#[derive(Debug, Clone)]
+pub struct KeywordMessage<'a> {
+    /// Dedupe key of the inbound message.
+    pub dedupe_key: &'a str,
+    /// Channel instance.
+    pub channel: &'a str,
+    /// Sender (E.164).
+    pub phone: &'a str,
+    /// Keyword.
+    pub keyword: crate::keywords::Keyword,
+    /// Language of the matching set.
+    pub language: &'a str,
+    /// Customer, when the directory knows the number.
+    pub customer_id: Option<Uuid>,
+    /// The reply to send, if any.
+    pub reply: Option<&'a str>,
+}
+
+/// Records a keyword message once: the opt-out state, the CRM consent history (time and
+/// source), and the reply in the outbox, all in one transaction. The reply goes out only
+/// when the state changed (a second STOP is not answered again). Returns whether this
+/// message was new.
+pub async fn record_keyword(db: &PgPool, m: KeywordMessage<'_>) -> CoreResult<bool> {
+    use crate::keywords::Keyword;
+    let mut tx = db.begin().await?;
+    let fresh: Option<String> = sqlx::query_scalar(
+        "insert into sms_keyword_messages (dedupe_key, channel_name, phone, keyword, language, customer_id)
+         values ($1, $2, $3, $4, $5, $6) on conflict (dedupe_key) do nothing returning dedupe_key",
+    )
+    .bind(m.dedupe_key)
+    .bind(m.channel)
+    .bind(m.phone)
+    .bind(m.keyword.as_str())
+    .bind(m.language)
+    .bind(m.customer_id)
+    .fetch_optional(&mut *tx)
+    .await?;
+    if fresh.is_none() {
+        return Ok(false);
+    }
+    let source = format!("sms keyword {} via {}", m.keyword.as_str().to_uppercase(), m.channel);
+    let changed = match m.keyword {
+        Keyword::Help => true,
+        Keyword::Stop | Keyword::Start => {
+            let out = m.keyword == Keyword::Stop;
+            let prev: Option<bool> = sqlx::query_scalar("select opted_out from sms_opt_outs where phone = $1 for update")
+                .bind(m.phone)
+                .fetch_optional(&mut *tx)
+                .await?;
+            sqlx::query(
+                "insert into sms_opt_outs (phone, opted_out, source) values ($1, $2, $3)
+                 on conflict (phone) do update set opted_out = excluded.opted_out, source = excluded.source, changed_at = now()",
+            )
+            .bind(m.phone)
+            .bind(out)
+            .bind(&source)
+            .execute(&mut *tx)
+            .await?;
+            let changed = prev.unwrap_or(false) != out;
+            if let (true, Some(customer)) = (changed, m.customer_id) {
+                // The CRM's consent history (customers / customer_consent_events).
+                sqlx::query("update customers set consent_sms = $2, updated_at = now() where id = $1")
+                    .bind(customer)
+                    .bind(!out)
+                    .execute(&mut *tx)
+                    .await?;
+                sqlx::query("insert into customer_consent_events (customer_id, kind, granted, source) values ($1, 'sms', $2, $3)")
+                    .bind(customer)
+                    .bind(!out)
+                    .bind(&source)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            changed
+        }
+    };
+    if let (true, Some(reply)) = (changed, m.reply) {
+        outbox::enqueue_tx(
+            &mut tx,
+            NewOutbound {
+                idempotency_key: format!("sms-keyword:{}", m.dedupe_key),
+                channel: Channel::Sms,
+                interaction_id: None,
+                message_id: None,
+                recipient: m.phone.to_string(),
+                subject: None,
+                body: reply.to_string(),
+                metadata: serde_json::json!({ "adapter": m.channel, "kind": "keyword_reply", "keyword": m.keyword.as_str() }),
+            },
+        )
+        .await?;
+    }
+    tx.commit().await?;
+    Ok(true)
+}
+
+/// Takes or renews the bind lease: true when this node holds it until `now + secs`.
+pub async fn acquire_lease(db: &PgPool, channel: &str, node: Uuid, secs: u64) -> CoreResult<bool> {
+    let holder: Option<Uuid> = sqlx::query_scalar(
+        "insert into sms_bind_leases (channel_name, node_id, expires_at) values ($1, $2, now() + make_interval(secs => $3))
+         on conflict (channel_name) do update set node_id = excluded.node_id, expires_at = excluded.expires_at
+          where sms_bind_leases.node_id = excluded.node_id or sms_bind_leases.expires_at < now()
+         returning node_id",
+    )
+    .bind(channel)
+    .bind(node)
+    .bind(secs as f64)
+    .fetch_optional(db)
+    .await?;
+    Ok(holder == Some(node))
+}
+
+/// Gives the lease up (clean shutdown): another node may bind at once.
+pub async fn release_lease(db: &PgPool, channel: &str, node: Uuid) -> CoreResult<()> {
+    sqlx::query("delete from sms_bind_leases where channel_name = $1 and node_id = $2").bind(channel).bind(node).execute(db).await?;
+    Ok(())
+}

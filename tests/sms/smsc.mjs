@@ -1,0 +1,153 @@
+// A scripted SMSC for the SMS end-to-end tests: the npm `smpp` package's server (not our
+// code) accepts binds, answers submit_sm with message ids, sends delivery receipts and
+// mobile-originated deliver_sm, and can be told to throttle, stay silent or drop the
+// connection.
+//
+// Start: node smsc.mjs            (env SMSC_SYSTEM_ID / SMSC_PASSWORD: the only account
+//                                  accepted; SMSC_RECEIPTS=0 turns automatic receipts off)
+// Stdout: one JSON object per line, {"event": ...}; the first is {"event":"listening","port":N}.
+// Stdin: one JSON command per line:
+//   {"cmd":"deliver","source":"4915…","dest":"4930…","text":"…","coding":"ucs2"|"gsm",
+//    "concat":[ref,total,seq],"tag":"x"}  → deliver_sm; answered by {"event":"deliver_sm_resp","tag","status"}
+//   {"cmd":"receipt","id":"…","stat":"ENROUTE"}       → a text receipt for that id
+//   {"cmd":"throttle","count":N}                       → next N submit_sm get ESME_RTHROTTLED
+//   {"cmd":"silent","count":N}                         → next N submit_sm get no response
+//   {"cmd":"drop"}                                     → close every connection abruptly
+//   {"cmd":"raw","hex":"…"}                            → write these bytes to the bound connection
+import smpp from 'smpp';
+import readline from 'node:readline';
+
+const systemId = process.env.SMSC_SYSTEM_ID || 'switchboard';
+const password = process.env.SMSC_PASSWORD || 'secret';
+const autoReceipts = process.env.SMSC_RECEIPTS !== '0';
+
+const out = (o) => process.stdout.write(JSON.stringify(o) + '\n');
+const sessions = new Set();
+let nextId = 0x3e7; // message ids are given in hex, receipts written in decimal
+let throttle = 0;
+let silent = 0;
+
+// GSM 03.38 default alphabet (unpacked) for deliver_sm with data_coding 0.
+const GSM = '@£$¥èéùìòÇ\nØø\rÅåΔ_ΦΓΛΩΠΨΣΘΞ\x1bÆæßÉ !"#¤%&\'()*+,-./0123456789:;<=>?¡ABCDEFGHIJKLMNOPQRSTUVWXYZÄÖÑÜ§¿abcdefghijklmnopqrstuvwxyzäöñüà';
+function gsm(text) {
+  return Buffer.from([...text].map((c) => {
+    const i = GSM.indexOf(c);
+    if (i < 0) throw new Error(`not GSM: ${c}`);
+    return i;
+  }));
+}
+function ucs2(text) {
+  const b = Buffer.alloc(text.length * 2);
+  for (let i = 0; i < text.length; i++) b.writeUInt16BE(text.charCodeAt(i), i * 2);
+  return b;
+}
+
+function bound() {
+  for (const s of sessions) if (s.bound) return s;
+  return null;
+}
+
+function sendReceipt(session, id, stat) {
+  const dec = BigInt('0x' + id).toString(10);
+  const text = `id:${dec} sub:001 dlvrd:001 submit date:2612031200 done date:2612031201 stat:${stat} err:000 text:`;
+  session.deliver_sm({
+    source_addr: '', destination_addr: '', esm_class: 0x04, data_coding: 1,
+    short_message: Buffer.from(text, 'latin1'),
+  }, (pdu) => out({ event: 'receipt_resp', id, stat, status: pdu.command_status }));
+}
+
+const server = smpp.createServer({ debug: false }, (session) => {
+  sessions.add(session);
+  session.on('error', (e) => out({ event: 'session_error', error: String(e && e.message) }));
+  session.on('close', () => { sessions.delete(session); out({ event: 'closed' }); });
+  session.on('bind_transceiver', (pdu) => {
+    if (pdu.system_id !== systemId || pdu.password !== password) {
+      session.send(pdu.response({ command_status: smpp.ESME_RBINDFAIL }));
+      out({ event: 'bind_refused', system_id: pdu.system_id });
+      session.close();
+      return;
+    }
+    session.bound = true;
+    session.send(pdu.response({ system_id: 'scripted-smsc' }));
+    out({ event: 'bound', system_id: pdu.system_id, interface_version: pdu.interface_version });
+  });
+  session.on('enquire_link', (pdu) => { session.send(pdu.response()); out({ event: 'enquire_link' }); });
+  session.on('unbind', (pdu) => {
+    session.send(pdu.response());
+    out({ event: 'unbind' });
+    session.close();
+  });
+  session.on('generic_nack', (pdu) => out({ event: 'generic_nack', status: pdu.command_status, seq: pdu.sequence_number }));
+  session.on('submit_sm', (pdu) => {
+    const sm = pdu.short_message || {};
+    const udh = (sm.udh || []).map((b) => Buffer.from(b).toString('hex'));
+    const ev = {
+      event: 'submit_sm', source: pdu.source_addr, dest: pdu.destination_addr, data_coding: pdu.data_coding,
+      esm_class: pdu.esm_class, registered_delivery: pdu.registered_delivery, udh,
+      message: typeof sm.message === 'string' ? sm.message : Buffer.from(sm.message || []).toString('hex'),
+    };
+    if (pdu.message_payload) {
+      const mp = pdu.message_payload;
+      ev.payload = typeof mp.message === 'string' ? mp.message : mp;
+    }
+    if (pdu.sar_msg_ref_num !== undefined) ev.sar = [pdu.sar_msg_ref_num, pdu.sar_total_segments, pdu.sar_segment_seqnum];
+    if (silent > 0) {
+      silent--;
+      ev.answered = 'silent';
+      out(ev);
+      return;
+    }
+    if (throttle > 0) {
+      throttle--;
+      ev.answered = 'throttled';
+      out(ev);
+      session.send(pdu.response({ command_status: smpp.ESME_RTHROTTLED }));
+      return;
+    }
+    const id = (nextId++).toString(16).toUpperCase();
+    ev.answered = id;
+    out(ev);
+    session.send(pdu.response({ message_id: id }));
+    if (autoReceipts && (pdu.registered_delivery & 1)) setTimeout(() => sendReceipt(session, id, 'DELIVRD'), 20);
+  });
+});
+
+server.listen(Number(process.env.SMSC_PORT || 0), '127.0.0.1', () => out({ event: 'listening', port: server.address().port }));
+
+readline.createInterface({ input: process.stdin }).on('line', (line) => {
+  let c;
+  try { c = JSON.parse(line); } catch { out({ event: 'bad_command', line }); return; }
+  const s = bound();
+  switch (c.cmd) {
+    case 'deliver': {
+      if (!s) { out({ event: 'no_session', tag: c.tag }); return; }
+      let body = c.coding === 'gsm' ? gsm(c.text) : ucs2(c.text);
+      let esm = 0;
+      if (c.concat) {
+        body = Buffer.concat([Buffer.from([5, 0, 3, ...c.concat]), body]);
+        esm = 0x40;
+      }
+      s.deliver_sm({
+        source_addr_ton: 1, source_addr_npi: 1, source_addr: c.source,
+        dest_addr_ton: 1, dest_addr_npi: 1, destination_addr: c.dest,
+        esm_class: esm, data_coding: c.coding === 'gsm' ? 0 : 8, short_message: body,
+      }, (pdu) => out({ event: 'deliver_sm_resp', tag: c.tag, status: pdu.command_status }));
+      return;
+    }
+    case 'receipt':
+      if (s) sendReceipt(s, c.id, c.stat);
+      return;
+    case 'throttle': throttle = c.count; out({ event: 'ok', cmd: c.cmd }); return;
+    case 'silent': silent = c.count; out({ event: 'ok', cmd: c.cmd }); return;
+    case 'drop':
+      for (const x of sessions) x.socket.destroy();
+      out({ event: 'ok', cmd: c.cmd });
+      return;
+    case 'raw':
+      if (s) s.socket.write(Buffer.from(c.hex, 'hex'));
+      return;
+    default:
+      out({ event: 'bad_command', line });
+  }
+});
+process.stdin.on('end', () => process.exit(0));

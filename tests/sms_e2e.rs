@@ -1,0 +1,485 @@
+//! End-to-end tests of the SMS channel against a real SMPP peer: the npm `smpp` package's
+//! server scripted as an SMSC (`tests/sms/smsc.mjs`; `npm install` in `tests/sms` first,
+//! `scripts/test.sh` does it). The hub is the real one, on its own database.
+
+mod support;
+
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use std::process::Stdio;
+use std::time::Duration;
+use support::*;
+use switchboard_core::testing::TestDb;
+use switchboard_core::Role;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::process::{Child, ChildStdin};
+use tokio::sync::mpsc;
+use uuid::Uuid;
+
+/// The scripted SMSC: commands on stdin, events on stdout.
+struct Smsc {
+    _child: Child,
+    stdin: ChildStdin,
+    events: mpsc::UnboundedReceiver<Value>,
+    /// Every event read so far.
+    log: Vec<Value>,
+    port: u16,
+}
+
+impl Smsc {
+    async fn start() -> Smsc {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/sms");
+        assert!(dir.join("node_modules/smpp").exists(), "run `npm install` in tests/sms (scripts/test.sh does) for the SMPP peer");
+        let mut child = tokio::process::Command::new("node")
+            .arg("smsc.mjs")
+            .current_dir(&dir)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("node");
+        let stdout = child.stdout.take().unwrap();
+        let stdin = child.stdin.take().unwrap();
+        let (tx, events) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            let mut lines = BufReader::new(stdout).lines();
+            while let Ok(Some(l)) = lines.next_line().await {
+                if let Ok(v) = serde_json::from_str::<Value>(&l) {
+                    if tx.send(v).is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+        let mut s = Smsc { _child: child, stdin, events, log: vec![], port: 0 };
+        let l = s.wait(10, |e| e["event"] == "listening").await;
+        s.port = l["port"].as_u64().unwrap() as u16;
+        s
+    }
+
+    async fn cmd(&mut self, c: Value) {
+        self.stdin.write_all(format!("{c}\n").as_bytes()).await.unwrap();
+        self.stdin.flush().await.unwrap();
+    }
+
+    /// Waits for the next event (after those already read) matching `f`.
+    async fn wait(&mut self, secs: u64, f: impl Fn(&Value) -> bool) -> Value {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+        loop {
+            match tokio::time::timeout_at(deadline, self.events.recv()).await {
+                Ok(Some(e)) => {
+                    self.log.push(e.clone());
+                    if f(&e) {
+                        return e;
+                    }
+                }
+                Ok(None) => panic!("the SMSC exited; events: {:?}", self.log),
+                Err(_) => panic!("no matching SMSC event within {secs} s; events: {:?}", self.log),
+            }
+        }
+    }
+
+    /// Reads whatever events arrive within `ms`.
+    async fn drain(&mut self, ms: u64) {
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(ms);
+        while let Ok(Some(e)) = tokio::time::timeout_at(deadline, self.events.recv()).await {
+            self.log.push(e);
+        }
+    }
+
+    fn submits(&self) -> Vec<&Value> {
+        self.log.iter().filter(|e| e["event"] == "submit_sm").collect()
+    }
+
+    async fn deliver(&mut self, tag: &str, source: &str, text: &str, concat: Option<[u8; 3]>) -> Value {
+        let coding = if text.chars().all(|c| c.is_ascii_alphanumeric() || " .,!?".contains(c)) { "gsm" } else { "ucs2" };
+        self.cmd(json!({ "cmd": "deliver", "tag": tag, "source": source, "dest": "4930123456", "text": text, "coding": coding, "concat": concat }))
+            .await;
+        self.wait(15, |e| e["event"] == "deliver_sm_resp" && e["tag"] == tag).await
+    }
+}
+
+fn channel(port: u16, extra: &str) -> toml::Value {
+    toml::from_str(&format!(
+        "type = \"smpp\"\nname = \"sms-main\"\nhost = \"127.0.0.1\"\nport = {port}\nsystem_id = \"switchboard\"\npassword = \"secret\"\n\
+         source_address = \"4930123456\"\nresponse_timeout_secs = 2\nreconnect_min_ms = 100\nreconnect_max_ms = 1000\n\
+         throttle_backoff_ms = 100\nlease_secs = 3\n{extra}"
+    ))
+    .unwrap()
+}
+
+async fn sms_hub(port: u16, extra: &str) -> TestHub {
+    let table = channel(port, extra);
+    spawn_hub_with(move |s| s.channels.push(table)).await
+}
+
+async fn interaction_of(db: &sqlx::PgPool, phone: &str) -> Option<(Uuid, Vec<String>)> {
+    let iid: Option<Uuid> =
+        sqlx::query_scalar("select id from interactions where channel = 'sms' and customer_address = $1 order by created_at limit 1")
+            .bind(phone)
+            .fetch_optional(db)
+            .await
+            .unwrap();
+    let iid = iid?;
+    let bodies: Vec<String> =
+        sqlx::query_scalar("select body from messages where interaction_id = $1 and direction = 'inbound' order by created_at")
+            .bind(iid)
+            .fetch_all(db)
+            .await
+            .unwrap();
+    Some((iid, bodies))
+}
+
+async fn sent_status(db: &sqlx::PgPool, interaction: Uuid) -> Vec<String> {
+    sqlx::query_scalar("select status from sms_sent where interaction_id = $1 order by created_at")
+        .bind(interaction)
+        .fetch_all(db)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn inbound_sms_is_routed_answered_and_the_reply_delivered_with_receipts() {
+    let mut smsc = Smsc::start().await;
+    let th = sms_hub(smsc.port, "").await;
+    smsc.wait(10, |e| e["event"] == "bound").await;
+    let db = th.hub().db().clone();
+    let admin = user(&th, "root", &[Role::Admin], None).await;
+    let agent = user(&th, "sam", &[Role::Agent], Some(json!({ "sms": 5 }))).await;
+    let other = user(&th, "vic", &[Role::Agent], Some(json!({ "voice": 5 }))).await;
+    queue(&admin, json!({ "name": "texts", "requirement": "sms >= 3", "entry_rules": [{ "channels": ["sms"] }], "wrap_up_secs": 0 })).await;
+    for c in [&agent, &other] {
+        let (st, b) =
+            c.call("PUT", &format!("/api/v1/agents/{}/presence", c.agent_id.unwrap()), Some(json!({ "presence": "available" }))).await;
+        assert_eq!(st, StatusCode::OK, "{b}");
+    }
+
+    let resp = smsc.deliver("m1", "4915112345678", "Hello, my parcel is late", None).await;
+    assert_eq!(resp["status"], 0);
+    // Committed before deliver_sm_resp: the message is there now.
+    let (iid, bodies) = interaction_of(&db, "+4915112345678").await.expect("interaction committed before deliver_sm_resp");
+    assert_eq!(bodies, vec!["Hello, my parcel is late"]);
+
+    let offer = eventually(10, || {
+        let a = agent.clone();
+        async move {
+            let (_, offers) = a.call("GET", &format!("/api/v1/agents/{}/offers", a.agent_id.unwrap()), None).await;
+            offers.as_array().and_then(|o| o.first().cloned())
+        }
+    })
+    .await;
+    assert_eq!(offer["interaction_id"], iid.to_string());
+    let (_, none) = other.call("GET", &format!("/api/v1/agents/{}/offers", other.agent_id.unwrap()), None).await;
+    assert_eq!(none.as_array().unwrap().len(), 0, "the agent without the sms skill gets no offer");
+    let (st, b) = agent.call("POST", &format!("/api/v1/offers/{}/accept", offer["id"].as_str().unwrap()), None).await;
+    assert_eq!(st, StatusCode::OK, "{b}");
+
+    // A short GSM reply: one submit_sm, data_coding 0, then the receipt (decimal id for
+    // the hex id the SMSC gave) marks it delivered.
+    let (st, b) = agent
+        .call("POST", &format!("/api/v1/interactions/{iid}/messages"), Some(json!({ "body": "Sorry! It ships today {ref 42}" })))
+        .await;
+    assert_eq!(st, StatusCode::CREATED, "{b}");
+    let sub = smsc.wait(10, |e| e["event"] == "submit_sm").await;
+    assert_eq!((sub["dest"].as_str(), sub["data_coding"].as_u64()), (Some("4915112345678"), Some(0)));
+    assert_eq!(sub["message"], "Sorry! It ships today {ref 42}");
+    assert_eq!(sub["registered_delivery"], 1);
+    let first_id = sub["answered"].as_str().unwrap().to_string();
+    eventually(10, || {
+        let db = db.clone();
+        async move { (sent_status(&db, iid).await == vec!["delivered"]).then_some(()) }
+    })
+    .await;
+    // A late "enroute" never overwrites "delivered".
+    smsc.cmd(json!({ "cmd": "receipt", "id": first_id, "stat": "ENROUTE" })).await;
+    smsc.wait(10, |e| e["event"] == "receipt_resp" && e["stat"] == "ENROUTE").await;
+    assert_eq!(sent_status(&db, iid).await, vec!["delivered"]);
+
+    // A 300-character Unicode reply: UCS-2 parts with one concatenation reference.
+    let long: String = "Здравствуйте! Ваш заказ 😀 в пути. ".chars().cycle().take(300).collect();
+    let (st, b) = agent.call("POST", &format!("/api/v1/interactions/{iid}/messages"), Some(json!({ "body": long }))).await;
+    assert_eq!(st, StatusCode::CREATED, "{b}");
+    let expected = switchboard_sms::encoding::split(&long).parts.len();
+    let mut parts = Vec::new();
+    for _ in 0..expected {
+        parts.push(smsc.wait(10, |e| e["event"] == "submit_sm").await);
+    }
+    let mut texts = vec![String::new(); expected];
+    let mut reference = None;
+    for p in &parts {
+        assert_eq!(p["data_coding"], 8);
+        assert_eq!(p["esm_class"].as_u64().unwrap() & 0x40, 0x40);
+        let h = p["udh"][0].as_str().unwrap();
+        let udh: Vec<u8> = (0..h.len()).step_by(2).map(|i| u8::from_str_radix(&h[i..i + 2], 16).unwrap()).collect();
+        assert_eq!((udh[0], udh[1], udh[3] as usize), (0, 3, expected), "8-bit concatenation IE");
+        assert!(reference.is_none() || reference == Some(udh[2]));
+        reference = Some(udh[2]);
+        texts[udh[4] as usize - 1] = p["message"].as_str().unwrap().to_string();
+        assert!(p["message"].as_str().unwrap().encode_utf16().count() <= 67);
+    }
+    assert_eq!(texts.concat(), long, "the parts join to the text");
+    eventually(10, || {
+        let db = db.clone();
+        async move { (sent_status(&db, iid).await == vec!["delivered", "delivered"]).then_some(()) }
+    })
+    .await;
+    // The agent sees the status as interaction events.
+    let (_, events) = admin.call("GET", &format!("/api/v1/interactions/{iid}/events"), None).await;
+    assert!(events.as_array().unwrap().iter().any(|e| e["kind"] == "sms_status" && e["data"]["status"] == "delivered"));
+    // The customer's next message continues the open conversation.
+    smsc.deliver("m2", "4915112345678", "Thanks!", None).await;
+    let (iid2, bodies) = interaction_of(&db, "+4915112345678").await.unwrap();
+    assert_eq!((iid2, bodies.len()), (iid, 2));
+    th.stop().await;
+    smsc.wait(10, |e| e["event"] == "unbind").await;
+}
+
+#[tokio::test]
+async fn a_three_part_message_is_one_message_across_a_hub_restart() {
+    let mut smsc = Smsc::start().await;
+    let db = TestDb::new().await;
+    let table = channel(smsc.port, "");
+    let t1 = table.clone();
+    let node = spawn_node_with(&db, move |s| s.channels.push(t1)).await;
+    smsc.wait(10, |e| e["event"] == "bound").await;
+    let text = "Part one of a long message, ".repeat(3) + &"part two goes on, ".repeat(4) + "and the end.";
+    let chunks: Vec<String> = {
+        let c: Vec<char> = text.chars().collect();
+        c.chunks(c.len().div_ceil(3)).map(|x| x.iter().collect()).collect()
+    };
+    assert_eq!(chunks.len(), 3);
+    assert_eq!(smsc.deliver("p1", "4915199999999", &chunks[0], Some([9, 3, 1])).await["status"], 0);
+    // Parts arrive out of order; a resent part is stored once.
+    assert_eq!(smsc.deliver("p3", "4915199999999", &chunks[2], Some([9, 3, 3])).await["status"], 0);
+    assert_eq!(smsc.deliver("p3b", "4915199999999", &chunks[2], Some([9, 3, 3])).await["status"], 0);
+    assert!(interaction_of(&db.pool, "+4915199999999").await.is_none(), "nothing ingested before the last part");
+    node.stop().await;
+    smsc.wait(10, |e| e["event"] == "unbind").await;
+
+    let node = spawn_node_with(&db, move |s| s.channels.push(table)).await;
+    smsc.wait(10, |e| e["event"] == "bound").await;
+    assert_eq!(smsc.deliver("p2", "4915199999999", &chunks[1], Some([9, 3, 2])).await["status"], 0);
+    let (_, bodies) = interaction_of(&db.pool, "+4915199999999").await.expect("ingested with the last part");
+    assert_eq!(bodies, vec![text.clone()]);
+    // The SMSC resends the last part (its resp was lost): still one message.
+    assert_eq!(smsc.deliver("p2b", "4915199999999", &chunks[1], Some([9, 3, 2])).await["status"], 0);
+    let left: i64 = sqlx::query_scalar("select count(*) from sms_inbound_parts").fetch_one(&db.pool).await.unwrap();
+    let (_, bodies) = interaction_of(&db.pool, "+4915199999999").await.unwrap();
+    assert_eq!(bodies, vec![text], "one message, no duplicate (parts left: {left})");
+    node.stop().await;
+}
+
+/// Sends `n` SMS through the outbox (as the CRM's campaigns do) and returns their ids.
+async fn enqueue(db: &sqlx::PgPool, tag: &str, n: usize) -> Vec<Uuid> {
+    let mut ids = Vec::new();
+    for i in 0..n {
+        let mut conn = db.acquire().await.unwrap();
+        let id = switchboard_core::outbox::enqueue_tx(
+            &mut conn,
+            switchboard_core::outbox::NewOutbound {
+                idempotency_key: format!("{tag}-{i}"),
+                channel: switchboard_core::Channel::Sms,
+                interaction_id: None,
+                message_id: None,
+                recipient: "+4915100000001".into(),
+                subject: None,
+                body: format!("{tag} message {i}"),
+                metadata: json!({}),
+            },
+        )
+        .await
+        .unwrap();
+        ids.push(id);
+    }
+    ids
+}
+
+async fn statuses(db: &sqlx::PgPool, ids: &[Uuid]) -> Vec<String> {
+    let mut out = Vec::new();
+    for id in ids {
+        let s: Option<String> =
+            sqlx::query_scalar("select status from sms_sent where outbox_id = $1").bind(id).fetch_optional(db).await.unwrap();
+        out.push(s.unwrap_or_default());
+    }
+    out
+}
+
+#[tokio::test]
+async fn throttling_drops_and_silence_lose_nothing_and_duplicate_nothing() {
+    let mut smsc = Smsc::start().await;
+    let th = sms_hub(smsc.port, "window = 4").await;
+    smsc.wait(10, |e| e["event"] == "bound").await;
+    let db = th.hub().db().clone();
+
+    // Throttled: the first three submits are refused with ESME_RTHROTTLED and retried.
+    smsc.cmd(json!({ "cmd": "throttle", "count": 3 })).await;
+    smsc.wait(5, |e| e["event"] == "ok").await;
+    let ids = enqueue(&db, "throttled", 5).await;
+    eventually(20, || {
+        let (db, ids) = (db.clone(), ids.clone());
+        async move { statuses(&db, &ids).await.iter().all(|s| s == "delivered").then_some(()) }
+    })
+    .await;
+
+    // The connection drops: the channel rebinds and the next messages go out.
+    smsc.cmd(json!({ "cmd": "drop" })).await;
+    smsc.wait(10, |e| e["event"] == "bound").await;
+    let ids2 = enqueue(&db, "after-drop", 3).await;
+    eventually(20, || {
+        let (db, ids) = (db.clone(), ids2.clone());
+        async move { statuses(&db, &ids).await.iter().all(|s| s == "delivered").then_some(()) }
+    })
+    .await;
+
+    // No response: `unknown`, the outbox row failed, and it is never resent.
+    smsc.cmd(json!({ "cmd": "silent", "count": 1 })).await;
+    smsc.wait(5, |e| e["event"] == "ok").await;
+    let ids3 = enqueue(&db, "silent", 1).await;
+    eventually(20, || {
+        let (db, ids) = (db.clone(), ids3.clone());
+        async move { (statuses(&db, &ids).await == vec!["unknown"]).then_some(()) }
+    })
+    .await;
+    let outbox: String = sqlx::query_scalar("select status from outbox where id = $1").bind(ids3[0]).fetch_one(&db).await.unwrap();
+    assert_eq!(outbox, "failed");
+    smsc.drain(1500).await;
+
+    let submits = smsc.submits();
+    for (tag, n) in [("throttled", 5), ("after-drop", 3), ("silent", 1)] {
+        for i in 0..n {
+            let body = format!("{tag} message {i}");
+            let accepted =
+                submits.iter().filter(|e| e["message"] == body && e["answered"] != "throttled" && e["answered"] != "silent").count();
+            let silent = submits.iter().filter(|e| e["message"] == body && e["answered"] == "silent").count();
+            assert_eq!(accepted + silent, 1, "{body} reached the SMSC exactly once");
+        }
+    }
+    assert_eq!(submits.iter().filter(|e| e["answered"] == "throttled").count(), 3);
+    th.stop().await;
+}
+
+#[tokio::test]
+async fn stop_records_the_opt_out_and_is_answered_once() {
+    let mut smsc = Smsc::start().await;
+    let th = sms_hub(smsc.port, "").await;
+    smsc.wait(10, |e| e["event"] == "bound").await;
+    let db = th.hub().db().clone();
+    assert_eq!(smsc.deliver("s1", "4915177777777", "STOP", None).await["status"], 0);
+    let reply = smsc.wait(10, |e| e["event"] == "submit_sm").await;
+    assert_eq!(reply["dest"], "4915177777777");
+    assert!(reply["message"].as_str().unwrap().contains("unsubscribed"), "{reply}");
+    // A second STOP (and the Chinese opt-out word) change nothing and get no second reply.
+    assert_eq!(smsc.deliver("s2", "4915177777777", "stop", None).await["status"], 0);
+    assert_eq!(smsc.deliver("s3", "4915177777777", "退订", None).await["status"], 0);
+    smsc.drain(1500).await;
+    assert_eq!(smsc.submits().len(), 1, "one confirmation");
+    let (opted, source): (bool, String) =
+        sqlx::query_as("select opted_out, source from sms_opt_outs where phone = '+4915177777777'").fetch_one(&db).await.unwrap();
+    assert!(opted && source.contains("STOP"));
+    // The CRM's consent history, for the customer the number resolved to.
+    let customers: Vec<Option<Uuid>> =
+        sqlx::query_scalar("select distinct customer_id from sms_keyword_messages where phone = '+4915177777777'")
+            .fetch_all(&db)
+            .await
+            .unwrap();
+    assert!(customers.len() == 1 && customers[0].is_some(), "{customers:?}");
+    let consent: Vec<(bool, String)> =
+        sqlx::query_as("select granted, source from customer_consent_events where customer_id = $1 and kind = 'sms' order by at")
+            .bind(customers[0])
+            .fetch_all(&db)
+            .await
+            .unwrap();
+    assert_eq!(consent.len(), 1, "{consent:?}");
+    assert!(consent[0].1.contains("STOP"));
+    assert!(!consent[0].0);
+    // No interaction for keyword messages.
+    assert!(interaction_of(&db, "+4915177777777").await.is_none());
+    // Marketing (no conversation) to the opted-out number is refused, not sent.
+    let mut conn = db.acquire().await.unwrap();
+    let id = switchboard_core::outbox::enqueue_tx(
+        &mut conn,
+        switchboard_core::outbox::NewOutbound {
+            idempotency_key: "promo-1".into(),
+            channel: switchboard_core::Channel::Sms,
+            interaction_id: None,
+            message_id: None,
+            recipient: "+4915177777777".into(),
+            subject: None,
+            body: "50% off today".into(),
+            metadata: json!({ "kind": "marketing" }),
+        },
+    )
+    .await
+    .unwrap();
+    drop(conn);
+    let err = eventually(10, || {
+        let db = db.clone();
+        async move {
+            let (st, err): (String, Option<String>) =
+                sqlx::query_as("select status, last_error from outbox where id = $1").bind(id).fetch_one(&db).await.unwrap();
+            (st == "failed").then_some(err)
+        }
+    })
+    .await;
+    assert!(err.unwrap_or_default().contains("opted out"));
+    // START opts back in, answered once.
+    smsc.deliver("s4", "4915177777777", "START", None).await;
+    let again = smsc.wait(10, |e| e["event"] == "submit_sm").await;
+    assert!(again["message"].as_str().unwrap().contains("resubscribed"));
+    th.stop().await;
+}
+
+#[tokio::test]
+async fn malformed_pdus_get_generic_nack_or_a_clean_reconnect() {
+    let mut smsc = Smsc::start().await;
+    let th = sms_hub(smsc.port, "").await;
+    smsc.wait(10, |e| e["event"] == "bound").await;
+    // An unknown command id: generic_nack with ESME_RINVCMDID, the bind stays.
+    smsc.cmd(json!({ "cmd": "raw", "hex": "00000010000000770000000000000063" })).await;
+    let nack = smsc.wait(10, |e| e["event"] == "generic_nack").await;
+    assert_eq!(nack["status"], 3);
+    assert_eq!(smsc.deliver("ok1", "4915155555555", "still there", None).await["status"], 0);
+    // A length no PDU can have: the connection is dropped and the bind comes back.
+    smsc.cmd(json!({ "cmd": "raw", "hex": "0000000500" })).await;
+    smsc.wait(10, |e| e["event"] == "bound").await;
+    assert_eq!(smsc.deliver("ok2", "4915155555555", "and again", None).await["status"], 0);
+    let (_, bodies) = interaction_of(th.hub().db(), "+4915155555555").await.unwrap();
+    assert_eq!(bodies, vec!["still there", "and again"]);
+    th.stop().await;
+}
+
+#[tokio::test]
+async fn the_bind_lease_moves_to_another_node() {
+    let mut smsc = Smsc::start().await;
+    let db = TestDb::new().await;
+    // A node that died holding the lease: nobody binds until it expires.
+    let dead = Uuid::new_v4();
+    sqlx::query("insert into sms_bind_leases (channel_name, node_id, expires_at) values ('sms-main', $1, now() + interval '2 seconds')")
+        .bind(dead)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let t1 = channel(smsc.port, "");
+    let t2 = t1.clone();
+    let started = std::time::Instant::now();
+    let a = spawn_node_with(&db, move |s| s.channels.push(t1)).await;
+    let b = spawn_node_with(&db, move |s| s.channels.push(t2)).await;
+    smsc.wait(10, |e| e["event"] == "bound").await;
+    assert!(started.elapsed() >= Duration::from_millis(1500), "bound before the dead node's lease expired");
+    let holder: Uuid =
+        sqlx::query_scalar("select node_id from sms_bind_leases where channel_name = 'sms-main'").fetch_one(&db.pool).await.unwrap();
+    assert!(holder == a.hub.node_id() || holder == b.hub.node_id());
+    smsc.drain(1000).await;
+    assert_eq!(smsc.log.iter().filter(|e| e["event"] == "bound").count(), 1, "one node holds the bind");
+    let (holder_node, other) = if holder == a.hub.node_id() { (a, b) } else { (b, a) };
+    // The holder goes away: the other node binds within seconds.
+    let t = std::time::Instant::now();
+    holder_node.stop().await;
+    smsc.wait(10, |e| e["event"] == "bound").await;
+    assert!(t.elapsed() < Duration::from_secs(6), "takeover took {:?}", t.elapsed());
+    let now_holder: Uuid =
+        sqlx::query_scalar("select node_id from sms_bind_leases where channel_name = 'sms-main'").fetch_one(&db.pool).await.unwrap();
+    assert_eq!(now_holder, other.hub.node_id());
+    assert_eq!(smsc.deliver("l1", "4915144444444", "hello other node", None).await["status"], 0);
+    other.stop().await;
+}
