@@ -63,6 +63,8 @@ async fn an_agent_who_closes_the_inbox_goes_offline_after_the_grace_period() {
     let ws = stream(&th, &alice).await;
     set_presence(&alice, "available").await;
     assert!(widget_online(&th).await, "chat online with an available agent");
+    let (_, view) = admin.call("GET", &format!("/api/v1/agents/{}", alice.agent_id.unwrap()), None).await;
+    assert_eq!((view["connections"].as_i64(), view["voice_reachable"].as_bool()), (Some(1), Some(false)), "{view}");
     // The socket stays open for longer than the grace period: presence holds.
     tokio::time::sleep(Duration::from_secs(GRACE_SECS + 2)).await;
     assert_eq!(presence_of(&th, &alice).await, "available");
@@ -81,6 +83,8 @@ async fn an_agent_who_closes_the_inbox_goes_offline_after_the_grace_period() {
     .await;
     assert!(t0.elapsed() >= Duration::from_millis(GRACE_SECS * 1000 - 500), "offline before the grace period ended");
     assert!(!widget_online(&th).await, "the widget still says chat is online");
+    let (_, view) = admin.call("GET", &format!("/api/v1/agents/{}", alice.agent_id.unwrap()), None).await;
+    assert_eq!(view["connections"], 0, "{view}");
     let (reason,): (String,) =
         sqlx::query_as("select data->>'reason' from interaction_events where kind = 'presence' and agent_id = $1 order by id desc limit 1")
             .bind(alice.agent_id.unwrap())

@@ -666,19 +666,40 @@ impl Hub {
     /// whether anything changed. Leaving records a `visitor_left` event.
     pub async fn set_visitor_left(&self, id: Uuid, left: bool) -> CoreResult<bool> {
         let mut tx = self.begin().await?;
+        if !left {
+            // Called on every widget connect and ping of a waiting chat: one update that
+            // usually matches nothing, no lock taken unless a mark is to be cleared.
+            let back: Option<(Option<Uuid>, Option<Uuid>, String)> = sqlx::query_as(
+                "update interactions set visitor_left_at = null, updated_at = now()
+                  where id = $1 and visitor_left_at is not null and status in ('queued','offered')
+                 returning agent_id, queue_id, channel",
+            )
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await?;
+            let Some((agent, queue, channel)) = back else { return Ok(false) };
+            bus::record(
+                &mut tx,
+                NewEvent::interaction("visitor_returned", id)
+                    .with_agent(agent)
+                    .with_queue(queue)
+                    .with_data(serde_json::json!({ "channel": channel, "waiting": true })),
+            )
+            .await?;
+            tx.commit().await?;
+            return Ok(true);
+        }
         let i = lock_interaction(&mut tx, id).await?;
-        if !matches!(i.status.as_str(), "queued" | "offered") || i.visitor_left_at.is_some() == left {
+        if !matches!(i.status.as_str(), "queued" | "offered") || i.visitor_left_at.is_some() {
             return Ok(false);
         }
-        sqlx::query("update interactions set visitor_left_at = case when $2 then now() end, updated_at = now() where id = $1")
-            .bind(id)
-            .bind(left)
-            .execute(&mut *tx)
-            .await?;
-        let kind = if left { "visitor_left" } else { "visitor_returned" };
+        sqlx::query("update interactions set visitor_left_at = now(), updated_at = now() where id = $1").bind(id).execute(&mut *tx).await?;
         bus::record(
             &mut tx,
-            NewEvent::interaction(kind, id).with_agent(i.agent_id).with_queue(i.queue_id).with_data(serde_json::json!({ "channel": i.channel, "waiting": true })),
+            NewEvent::interaction("visitor_left", id)
+                .with_agent(i.agent_id)
+                .with_queue(i.queue_id)
+                .with_data(serde_json::json!({ "channel": i.channel, "waiting": true })),
         )
         .await?;
         tx.commit().await?;
@@ -735,7 +756,8 @@ impl Hub {
         }
         let after: bool = sqlx::query_scalar(live).bind(sip_user).fetch_one(&mut *tx).await?;
         if before != after {
-            let agent: Option<Uuid> = sqlx::query_scalar("select id from agents where sip_user = $1").bind(sip_user).fetch_optional(&mut *tx).await?;
+            let agent: Option<Uuid> =
+                sqlx::query_scalar("select id from agents where sip_user = $1").bind(sip_user).fetch_optional(&mut *tx).await?;
             if let Some(a) = agent {
                 bus::record(&mut tx, NewEvent::agent("voice_registration", a).with_data(serde_json::json!({ "registered": after })))
                     .await?;
@@ -747,19 +769,27 @@ impl Hub {
 
     /// An inbox connection (event stream) of an agent opened on this node.
     pub async fn connection_opened(&self, connection: Uuid, agent_id: Uuid) -> CoreResult<()> {
-        sqlx::query("insert into agent_connections (id, agent_id, node_id) values ($1, $2, $3) on conflict (id) do update set seen_at = now()")
-            .bind(connection)
-            .bind(agent_id)
-            .bind(self.node_id())
-            .execute(self.db())
-            .await?;
+        sqlx::query(
+            "insert into agent_connections (id, agent_id, node_id) values ($1, $2, $3) on conflict (id) do update set seen_at = now()",
+        )
+        .bind(connection)
+        .bind(agent_id)
+        .bind(self.node_id())
+        .execute(self.db())
+        .await?;
         Ok(())
     }
 
-    /// The node still serves an inbox connection (heartbeat).
-    pub async fn connection_alive(&self, connection: Uuid) -> CoreResult<()> {
-        sqlx::query("update agent_connections set seen_at = now() where id = $1").bind(connection).execute(self.db()).await?;
-        Ok(())
+    /// Seconds between heartbeats of an open inbox connection for a presence grace period:
+    /// a third of it, between 1 and 20 seconds.
+    pub fn inbox_heartbeat_secs(grace_secs: u64) -> u64 {
+        (grace_secs / 3).clamp(1, 20)
+    }
+
+    /// The node still serves an inbox connection (heartbeat). Re-creates the row if a
+    /// sweep removed it meanwhile (say, after heartbeats failed while the database was away).
+    pub async fn connection_alive(&self, connection: Uuid, agent_id: Uuid) -> CoreResult<()> {
+        self.connection_opened(connection, agent_id).await
     }
 
     /// An inbox connection closed: the presence grace period starts now unless another
@@ -780,6 +810,9 @@ impl Hub {
     /// `grace_secs`: not since their presence was set, their last connection closed, or
     /// a node last vouched for one (a dead node's rows go stale). Called by the leader.
     pub async fn sweep_disconnected_agents(&self, grace_secs: u64) -> CoreResult<Vec<Uuid>> {
+        // A connection counts as live while its heartbeat is fresh: within the grace period,
+        // and never less than three heartbeats (very short grace periods).
+        let live_secs = grace_secs.max(3 * Self::inbox_heartbeat_secs(grace_secs));
         let mut tx = self.begin().await?;
         let gone: Vec<Uuid> = sqlx::query_scalar(
             "select a.id from agents a
@@ -787,10 +820,13 @@ impl Hub {
                 and greatest(a.presence_since, a.last_connection_at,
                              (select max(c.seen_at) from agent_connections c where c.agent_id = a.id))
                     <= now() - make_interval(secs => $1)
+                and not exists (select 1 from agent_connections c
+                                 where c.agent_id = a.id and c.seen_at > now() - make_interval(secs => $2))
               order by a.id limit 500
               for update of a skip locked",
         )
         .bind(grace_secs as f64)
+        .bind(live_secs as f64)
         .fetch_all(&mut *tx)
         .await?;
         for a in &gone {
@@ -805,8 +841,9 @@ impl Hub {
             )
             .await?;
         }
+        // Rows nobody vouched for lately belong to connections (or nodes) that are gone.
         sqlx::query("delete from agent_connections where seen_at < now() - make_interval(secs => $1)")
-            .bind((grace_secs.max(60) * 10) as f64)
+            .bind((2 * live_secs) as f64)
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;

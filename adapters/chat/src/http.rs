@@ -867,6 +867,13 @@ async fn serve_socket(hub: Hub, state: Arc<ChatState>, mut socket: WebSocket) {
                 if socket.send(Message::Ping(Default::default())).await.is_err() {
                     break;
                 }
+                // Still here: undo a "visitor left" another node recorded when this
+                // visitor's socket there closed just as this one opened.
+                if let Some(i) = state.registry.interaction_of(conv).filter(|i| i.waiting) {
+                    if let Err(error) = hub.set_visitor_left(i.id, false).await {
+                        tracing::debug!(%error, interaction_id = %i.id, "Could not clear a chat's visitor-left mark.");
+                    }
+                }
             }
         }
     }

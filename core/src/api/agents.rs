@@ -40,9 +40,15 @@ pub struct AgentView {
     /// Set when the agent was deleted: archived agents keep their history but are never
     /// routed to again.
     archived_at: Option<DateTime<Utc>>,
+    /// Whether the agent's phone is registered now (voice is offered only then).
+    voice_reachable: bool,
+    /// Open inbox connections (event streams) on any node; presence follows them.
+    connections: i64,
 }
 
 const AGENT_SELECT: &str = "select a.id, a.user_id, a.name, a.skills, a.capacity, a.groups, a.sip_user, a.presence, a.presence_since, a.archived_at,
+    exists(select 1 from voice_registrations r where r.sip_user = a.sip_user and r.expires_at > now()) as voice_reachable,
+    (select count(*) from agent_connections c where c.agent_id = a.id) as connections,
     coalesce((select jsonb_object_agg(channel, n) from (select channel, count(*) n from offers o where o.agent_id = a.id and o.state in ('pending','accepted') group by channel) x), '{}') as load
     from agents a";
 

@@ -59,10 +59,9 @@ fn names_agent(ev: &HubEvent, me: Uuid) -> bool {
             .any(|k| ev.data.get(*k).and_then(|v| v.as_array()).is_some_and(|l| l.iter().any(|x| x.as_str() == Some(&me.to_string()))))
 }
 
-/// How often an open inbox connection is vouched for: a third of the presence grace
-/// period, between 1 and 20 seconds.
+/// How often an open inbox connection is vouched for (see [`Hub::inbox_heartbeat_secs`]).
 fn heartbeat_every(hub: &Hub) -> std::time::Duration {
-    std::time::Duration::from_secs((hub.settings().router.presence_grace_secs / 3).clamp(1, 20))
+    std::time::Duration::from_secs(Hub::inbox_heartbeat_secs(hub.settings().router.presence_grace_secs))
 }
 
 async fn serve(hub: Hub, caller: Caller, mine: HashSet<Uuid>, socket: WebSocket) {
@@ -137,7 +136,8 @@ async fn serve_events(hub: &Hub, caller: &Caller, connection: Uuid, mut mine: Ha
                 Some(Ok(_)) => {}
             },
             _ = heartbeat.tick(), if caller.agent_id.is_some() => {
-                if let Err(error) = hub.connection_alive(connection).await {
+                let Some(agent) = caller.agent_id else { continue };
+                if let Err(error) = hub.connection_alive(connection, agent).await {
                     tracing::debug!(%error, "Inbox connection heartbeat failed.");
                 }
             }
