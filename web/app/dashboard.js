@@ -2,7 +2,7 @@
 // interactions. Refreshes on stream events (debounced) and every few seconds for the
 // wait clocks.
 
-import { get, put } from './api.js';
+import { get, post, put } from './api.js';
 import { h, replace, channelIcon, channelName, duration, showError, toast } from './dom.js';
 import { EventStream } from './stream.js';
 import { startPage, setConnState } from './shell.js';
@@ -135,8 +135,21 @@ function run({ main }) {
           || i.subject || (i.channel === 'chat' ? 'Web visitor' : 'Unknown')),
         h('td', null, q ? q.name : '—'),
         h('td', { class: 'num' }, duration((Date.now() - new Date(i.enqueued_at)) / 1000),
-          i.status === 'offered' ? h('span', { class: 'muted small' }, ' · offered') : null));
+          i.status === 'offered' ? h('span', { class: 'muted small' }, ' · offered') : null,
+          // The customer left (widget closed): nobody will answer; close it as abandoned.
+          i.visitor_left_at ? h('span', { class: 'muted small visitor-left' }, ' · visitor left ') : null,
+          i.visitor_left_at ? h('button', { type: 'button', class: 'btn btn-small', onclick: () => abandon(i), 'aria-label': 'Close as abandoned: the visitor left' }, 'Close') : null));
     }));
+  }
+
+  async function abandon(i) {
+    try {
+      await post(`/api/v1/interactions/${i.id}/abandon`);
+      toast('Closed as abandoned.');
+      schedule();
+    } catch (e) {
+      showError(e);
+    }
   }
 
   function schedule() {
