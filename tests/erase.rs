@@ -278,3 +278,144 @@ async fn recordings_are_served_over_http_to_who_may_hear_them() {
     th.stop().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test]
+async fn erase_reaches_the_email_and_sms_channels() {
+    let dir = temp_dir();
+    let att_dir = dir.join("mail-attachments");
+    std::fs::create_dir_all(&att_dir).expect("dir");
+    // Peers that are not there: the channels retry in the background; erasure needs none.
+    let email: toml::Value = toml::from_str(&format!(
+        "type = \"email\"\nname = \"support-mail\"\naddress = \"support@shop.example\"\nattachments_dir = \"{}\"\n\
+         [imap]\nhost = \"127.0.0.1\"\nport = 1\nsecurity = \"plain\"\nusername = \"u\"\n\
+         [smtp]\nhost = \"127.0.0.1\"\nport = 1\nsecurity = \"plain\"\n",
+        att_dir.display()
+    ))
+    .expect("email toml");
+    let sms: toml::Value = toml::from_str(
+        "type = \"smpp\"\nname = \"sms-main\"\nhost = \"127.0.0.1\"\nport = 1\nsystem_id = \"switchboard\"\npassword = \"secret\"\n\
+         source_address = \"4930123456\"\nreconnect_min_ms = 1000\nreconnect_max_ms = 5000\n",
+    )
+    .expect("sms toml");
+    let th = spawn_hub_with(|s| {
+        s.channels.push(email);
+        s.channels.push(sms);
+    })
+    .await;
+    let sup = user(&th, "sue", &[Role::Supervisor], None).await;
+    let db = th.hub().db().clone();
+    let (st, c) = sup
+        .call(
+            "POST",
+            "/api/v1/customers",
+            Some(json!({ "name": "Zoe Zed", "identities": [{ "kind": "email", "address": "zoe@example.com" }, { "kind": "phone", "address": "+34911222333" }] })),
+        )
+        .await;
+    assert_eq!(st, StatusCode::CREATED, "{c}");
+    let customer: Uuid = c["id"].as_str().unwrap().parse().unwrap();
+
+    // What the channels keep, as they write it: a mail with an attachment in its thread and
+    // our reply, a bounce from her address, an SMS reply, a part of a long SMS, a STOP.
+    let mail: Uuid = sqlx::query_scalar(
+        "insert into interactions (channel, conversation_key, customer_id, customer_address, status, closed_at)
+         values ('email', 'email:tok1', $1, 'zoe@example.com', 'closed', now()) returning id",
+    )
+    .bind(customer)
+    .fetch_one(&db)
+    .await
+    .unwrap();
+    let text = "Zoe's passport scan";
+    let sha = switchboard_core::auth::digest(text);
+    std::fs::write(att_dir.join(&sha), text).unwrap();
+    sqlx::query(
+        "with r as (insert into email_raw_messages (mailbox, dedupe_id, sender, size_bytes, sha256, raw, status, interaction_id)
+                    values ('support-mail', 'd1', 'zoe@example.com', 30, $2, convert_to('From: Zoe Zed <zoe@example.com>', 'UTF8'), 'ingested', $1)
+                    returning id)
+         insert into email_attachments (raw_id, sha256, size_bytes, content_type, filename) select id, $2, 19, 'text/plain', 'passport.txt' from r",
+    )
+    .bind(mail)
+    .bind(&sha)
+    .execute(&db)
+    .await
+    .unwrap();
+    sqlx::query(
+        "insert into email_raw_messages (mailbox, dedupe_id, sender, size_bytes, sha256, raw, status)
+         values ('support-mail', 'd2', 'Zoe@Example.com', 10, $1, convert_to('bounce for zoe@example.com', 'UTF8'), 'bounce')",
+    )
+    .bind(&sha)
+    .execute(&db)
+    .await
+    .unwrap();
+    sqlx::query("insert into email_threads (token, mailbox, customer_address, base_subject, cc) values ('tok1', 'support-mail', 'zoe@example.com', 'Zoe''s refund', '{zoe.work@example.com}')")
+        .execute(&db)
+        .await
+        .unwrap();
+    let outbox: Uuid = sqlx::query_scalar(
+        "insert into outbox (idempotency_key, channel, interaction_id, recipient, body) values ('r1', 'email', $1, 'zoe@example.com', 'Hi Zoe') returning id",
+    )
+    .bind(mail)
+    .fetch_one(&db)
+    .await
+    .unwrap();
+    sqlx::query("insert into email_outbound (outbox_id, mailbox, message_id, token, recipients, state) values ($1, 'support-mail', '<r1@shop>', 'tok1', '{zoe@example.com}', 'sent')")
+        .bind(outbox)
+        .execute(&db)
+        .await
+        .unwrap();
+    let text_msg: Uuid = sqlx::query_scalar(
+        "insert into interactions (channel, conversation_key, customer_id, customer_address, status, closed_at)
+         values ('sms', 'sms:sms-main:34911222333', $1, '34911222333', 'closed', now()) returning id",
+    )
+    .bind(customer)
+    .fetch_one(&db)
+    .await
+    .unwrap();
+    sqlx::query("insert into sms_sent (outbox_id, channel_name, interaction_id, recipient, parts, status) values (gen_random_uuid(), 'sms-main', $1, '34911222333', 1, 'delivered')")
+        .bind(text_msg)
+        .execute(&db)
+        .await
+        .unwrap();
+    sqlx::query("insert into sms_inbound_parts (channel_name, source, destination, reference, total, seq, body) values ('sms-main', '34911222333', '4930123456', 7, 2, 1, 'Zoe here, my')")
+        .execute(&db)
+        .await
+        .unwrap();
+    sqlx::query("insert into sms_keyword_messages (dedupe_key, channel_name, phone, keyword, language, customer_id) values ('k1', 'sms-main', '34911222333', 'STOP', 'en', $1)")
+        .bind(customer)
+        .execute(&db)
+        .await
+        .unwrap();
+
+    let (st, r) = sup.call("POST", &format!("/api/v1/customers/{customer}/erase"), None).await;
+    assert_eq!(st, StatusCode::OK, "{r}");
+
+    assert!(!att_dir.join(&sha).exists(), "mail attachment file deleted");
+    assert_eq!(count(&th, "select count(*) from email_attachments").await, 0);
+    assert_eq!(count(&th, "select count(*) from email_raw_messages where length(raw) > 0 or sender is not null").await, 0);
+    assert_eq!(count(&th, "select count(*) from email_raw_messages").await, 2, "the rows stay: the same mail is never imported again");
+    for needle in ["zoe", "911222333", "Zoe here"] {
+        let hits = count(
+            &th,
+            &format!(
+                "select (select count(*) from email_raw_messages r where r::text ilike '%{needle}%')
+                      + (select count(*) from email_threads t where t::text ilike '%{needle}%')
+                      + (select count(*) from email_outbound o where o::text ilike '%{needle}%')
+                      + (select count(*) from outbox o where o::text ilike '%{needle}%')
+                      + (select count(*) from sms_sent s where s::text ilike '%{needle}%')
+                      + (select count(*) from sms_inbound_parts p where p::text ilike '%{needle}%')
+                      + (select count(*) from sms_keyword_messages k where k::text ilike '%{needle}%')
+                      + (select count(*) from interactions i where i::text ilike '%{needle}%')"
+            ),
+        )
+        .await;
+        assert_eq!(hits, 0, "{needle} left in the channels' tables");
+    }
+    // The STOP stays as consent evidence (keyword and customer, without the number).
+    assert_eq!(
+        count(&th, &format!("select count(*) from sms_keyword_messages where keyword = 'STOP' and customer_id = '{customer}'")).await,
+        1
+    );
+    let audit: Value = sqlx::query_scalar("select details from audit_log where action = 'customer.erase'").fetch_one(&db).await.unwrap();
+    assert!(audit["channels"]["email"]["files"] == 1 && audit["channels"]["sms"]["rows"].as_u64() >= Some(3), "{audit}");
+    th.stop().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -3,6 +3,8 @@
 
 import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import { createHash } from 'node:crypto';
 import {
   skipReason, sharedEnv, loginInbox, setPresenceUi, apiClient, eventually, watchErrors, screenshotPath, DEMO,
 } from './helpers.mjs';
@@ -178,5 +180,44 @@ test('an agent cannot open the admin page', { skip }, async () => {
   await page.waitForSelector('main .form-error');
   assert.match(await page.textContent('main .form-error'), /needs one of these roles: admin/);
   assert.equal(await page.$('#user-table'), null);
+  await ctx.close();
+});
+
+test('admin sets an agent\'s SIP phone password from the agent form; a bad one shows the reason', { skip }, async () => {
+  const { hub, chrome } = await env.get();
+  const ctx = await chrome.newContext();
+  const page = await ctx.newPage();
+  const errors = watchErrors(page);
+  await page.goto(`${hub.url}/admin.html#agents`);
+  await page.fill('#login-username', DEMO.admin[0]);
+  await page.fill('#login-password', DEMO.admin[1]);
+  await page.click('#login-submit');
+  await page.waitForSelector('#agent-table tbody tr[data-agent="Bruno"]');
+  // Only an existing agent has a phone password to set.
+  assert.equal(await page.isHidden('#agent-sip-password-box'), true, 'no SIP password control on the new-agent form');
+  await page.click('#agent-table tbody tr[data-agent="Bruno"] button');
+  await page.waitForSelector('#agent-sip-password-box:not([hidden])');
+  // Too short: the server's reason is shown and the field gets focus.
+  await page.fill('#agent-sip-password', 'short');
+  await page.click('#agent-sip-password-set');
+  await page.waitForSelector('#agent-form .form-error:not([hidden])');
+  assert.match(await page.textContent('#agent-form .form-error'), /8 to 128 characters/);
+  assert.equal(await page.evaluate(() => document.activeElement.id), 'agent-sip-password');
+  // A good one is stored as the digest HA1 = MD5(user:realm:password) and the field cleared.
+  await page.fill('#agent-sip-password', 'bruno-desk-phone-1');
+  await page.click('#agent-sip-password-set');
+  await page.waitForFunction(() => [...document.querySelectorAll('#toasts .toast')].some((t) => /SIP password set for Bruno/.test(t.textContent)));
+  assert.equal(await page.inputValue('#agent-sip-password'), '');
+  const pg = new URL(process.env.SWITCHBOARD_TEST_DATABASE_URL || 'postgres://postgres@127.0.0.1:5432/postgres');
+  pg.pathname = `/${hub.db}`;
+  const row = spawnSync('psql', [pg.toString(), '-Atqc',
+    "select c.ha1 from sip_credentials c join agents a on a.id = c.agent_id where a.sip_user = 'bruno'"], { encoding: 'utf8' });
+  assert.equal(row.status, 0, row.stderr);
+  assert.equal(row.stdout.trim(), createHash('md5').update('bruno:switchboard:bruno-desk-phone-1').digest('hex'));
+  // Nothing the page reads returns it.
+  const api = await apiClient(hub.url, DEMO.admin);
+  const text = JSON.stringify(await api.get('/api/v1/agents'));
+  assert.ok(!text.includes('bruno-desk-phone-1') && !text.includes(row.stdout.trim()));
+  assert.deepEqual(errors.filter((e) => !/422|Unprocessable/.test(e)), []);
   await ctx.close();
 });

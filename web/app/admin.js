@@ -21,7 +21,9 @@ function formError() {
 function fail(errEl, e) {
   errEl.textContent = e.message;
   errEl.hidden = false;
-  const f = e.field && document.querySelector(`[data-field="${CSS.escape(e.field)}"]`);
+  // The field named by the problem, in the form that failed (several forms have a password).
+  const scope = errEl.closest('form') || document;
+  const f = e.field && scope.querySelector(`[data-field="${CSS.escape(e.field)}"]`);
   if (f) f.focus();
 }
 

@@ -489,6 +489,10 @@ impl ChannelAdapter for EmailAdapter {
         &self.name
     }
 
+    fn personal_data_eraser(&self) -> Option<std::sync::Arc<dyn switchboard_core::privacy::PersonalDataEraser>> {
+        Some(std::sync::Arc::new(crate::erase::EmailEraser { mailbox: self.name.clone(), dir: self.cfg.attachments_dir.clone() }))
+    }
+
     /// Competes for the mailbox lease; while holding it, imports; when the connection
     /// fails, reconnects with backoff; on shutdown, gives the lease up.
     async fn run(&self, hub: Hub, mut shutdown: Shutdown) -> Result<(), AdapterError> {

@@ -19,6 +19,7 @@
 pub mod adapter;
 pub mod compose;
 pub mod config;
+pub mod erase;
 pub mod http;
 pub mod imap;
 pub mod loops;

@@ -395,6 +395,10 @@ impl ChannelAdapter for SmppAdapter {
         &self.state.name
     }
 
+    fn personal_data_eraser(&self) -> Option<Arc<dyn switchboard_core::privacy::PersonalDataEraser>> {
+        Some(Arc::new(crate::erase::SmsEraser { channel: self.state.name.clone() }))
+    }
+
     async fn run(&self, hub: Hub, shutdown: Shutdown) -> Result<(), AdapterError> {
         let st = self.state.clone();
         let _ = st.hub.set(hub.clone());

@@ -21,6 +21,7 @@
 pub mod adapter;
 pub mod config;
 pub mod encoding;
+pub mod erase;
 pub mod keywords;
 pub mod pdu;
 pub mod receipt;
