@@ -1018,6 +1018,19 @@ async fn late_offer_invite_is_answered_with_our_offer_and_the_ack_answers() {
     vh.stop().await;
 }
 
+/// A late-offer caller whose ACK brings no SDP answer has a session without media: the
+/// hub ends it with BYE at once and nothing is queued.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn late_offer_without_an_answer_in_the_ack_is_hung_up() {
+    let Some(vh) = voice_hub("lateoffer-noanswer", INLINE_CREDENTIALS).await else { return };
+    vh.queue(json!({})).await;
+    let caller = vh.sipp("caller_late_offer_no_answer.xml", free_udp_port(), &["-s", "100"]);
+    finished_ok(caller, "late-offer caller without an answer (expects the hub's BYE)").await;
+    let (_, list) = vh.admin.call("GET", "/api/v1/interactions?channel=voice", None).await;
+    assert_eq!(list["items"], json!([]), "nothing was queued");
+    vh.stop().await;
+}
+
 /// The value of one sample line (`name{labels}`) of a Prometheus text page.
 fn metric(page: &str, sample: &str) -> f64 {
     page.lines()
