@@ -483,3 +483,123 @@ async fn the_bind_lease_moves_to_another_node() {
     assert_eq!(smsc.deliver("l1", "4915144444444", "hello other node", None).await["status"], 0);
     other.stop().await;
 }
+
+/// Twilio's webhook signature, computed independently of the hub's code path.
+fn twilio_sign(token: &str, url: &str, params: &[(&str, &str)]) -> String {
+    let owned: Vec<(String, String)> = params.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    switchboard_sms::http::twilio_signature(token.as_bytes(), url, &owned)
+}
+
+fn form(params: &[(&str, &str)]) -> Vec<u8> {
+    params.iter().map(|(k, v)| format!("{}={}", k, v.replace('+', "%2B").replace(' ', "+"))).collect::<Vec<_>>().join("&").into_bytes()
+}
+
+#[tokio::test]
+async fn http_provider_sends_and_takes_signed_webhooks() {
+    // The provider's send endpoint: records each request, answers with a message id.
+    let received: std::sync::Arc<std::sync::Mutex<Vec<String>>> = Default::default();
+    let rec = received.clone();
+    let provider = axum::Router::new().route(
+        "/2010-04-01/Messages.json",
+        axum::routing::post(move |body: String| {
+            let rec = rec.clone();
+            async move {
+                rec.lock().unwrap().push(body);
+                axum::Json(json!({ "sid": "SM0000000000000000000000000000abcd", "status": "queued" }))
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let provider_addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, provider).await.unwrap() });
+    let table: toml::Value = toml::from_str(&format!(
+        "type = \"http\"\nname = \"twilio\"\nfrom = \"+4930123456\"\nsend_url = \"http://{provider_addr}/2010-04-01/Messages.json\"\n\
+         fields = {{ To = \"{{to}}\", From = \"{{from}}\", Body = \"{{text}}\" }}\nusername = \"AC1\"\npassword = \"tok\"\n\
+         response_id_pointer = \"/sid\"\nsignature = \"twilio\"\nsignature_secret = \"tok\"\nsignature_header = \"X-Twilio-Signature\"\n\
+         public_url = \"https://hub.example.com\""
+    ))
+    .unwrap();
+    let th = spawn_hub_with(move |s| s.channels.push(table)).await;
+    let db = th.hub().db().clone();
+    let client = reqwest::Client::new();
+    let inbound_url = "https://hub.example.com/sms/v1/twilio/inbound";
+    let params = [("From", "+4915122223333"), ("To", "+4930123456"), ("Body", "Hello from HTTP"), ("MessageSid", "SMin1")];
+    let post = |path: &'static str, body: Vec<u8>, sig: String| {
+        let (client, url) = (client.clone(), format!("{}{path}", th.url));
+        async move {
+            client
+                .post(url)
+                .header("content-type", "application/x-www-form-urlencoded")
+                .header("X-Twilio-Signature", sig)
+                .body(body)
+                .send()
+                .await
+                .unwrap()
+                .status()
+        }
+    };
+    // A bad signature: refused, nothing stored.
+    let st = post("/sms/v1/twilio/inbound", form(&params), twilio_sign("wrong", inbound_url, &params)).await;
+    assert_eq!(st, StatusCode::FORBIDDEN);
+    let st = post("/sms/v1/twilio/inbound", form(&params), String::new()).await;
+    assert_eq!(st, StatusCode::FORBIDDEN);
+    assert!(interaction_of(&db, "+4915122223333").await.is_none());
+    // Signed: stored once, even when the provider retries.
+    for _ in 0..2 {
+        let st = post("/sms/v1/twilio/inbound", form(&params), twilio_sign("tok", inbound_url, &params)).await;
+        assert_eq!(st, StatusCode::OK);
+    }
+    let (iid, bodies) = interaction_of(&db, "+4915122223333").await.expect("stored");
+    assert_eq!(bodies, vec!["Hello from HTTP"]);
+    // A missing field is named.
+    let partial = [("To", "+4930123456"), ("Body", "x")];
+    let st = post("/sms/v1/twilio/inbound", form(&partial), twilio_sign("tok", inbound_url, &partial)).await;
+    assert_eq!(st, StatusCode::BAD_REQUEST);
+
+    // Outbound: the configured request reaches the provider; the signed status callback
+    // marks it delivered, and a late "sent" does not move it back.
+    let mut conn = db.acquire().await.unwrap();
+    let id = switchboard_core::outbox::enqueue_tx(
+        &mut conn,
+        switchboard_core::outbox::NewOutbound {
+            idempotency_key: "http-1".into(),
+            channel: switchboard_core::Channel::Sms,
+            interaction_id: Some(iid),
+            message_id: None,
+            recipient: "+4915122223333".into(),
+            subject: None,
+            body: "Your answer, über HTTP".into(),
+            metadata: json!({}),
+        },
+    )
+    .await
+    .unwrap();
+    drop(conn);
+    let body = eventually(10, || {
+        let r = received.clone();
+        async move { r.lock().unwrap().first().cloned() }
+    })
+    .await;
+    assert!(body.contains("To=%2B4915122223333") && body.contains("From=%2B4930123456") && body.contains("Body=Your+answer"), "{body}");
+    eventually(10, || {
+        let db = db.clone();
+        async move {
+            let s: Option<String> =
+                sqlx::query_scalar("select status from sms_sent where outbox_id = $1").bind(id).fetch_optional(&db).await.unwrap();
+            (s.as_deref() == Some("submitted")).then_some(())
+        }
+    })
+    .await;
+    let status_url = "https://hub.example.com/sms/v1/twilio/status";
+    for (word, want) in [("delivered", "delivered"), ("sent", "delivered")] {
+        let p = [("MessageSid", "SM0000000000000000000000000000abcd"), ("MessageStatus", word)];
+        let st = post("/sms/v1/twilio/status", form(&p), twilio_sign("tok", status_url, &p)).await;
+        assert_eq!(st, StatusCode::NO_CONTENT);
+        let s: String = sqlx::query_scalar("select status from sms_sent where outbox_id = $1").bind(id).fetch_one(&db).await.unwrap();
+        assert_eq!(s, want);
+    }
+    // A forged status callback is refused.
+    let p = [("MessageSid", "SM0000000000000000000000000000abcd"), ("MessageStatus", "failed")];
+    assert_eq!(post("/sms/v1/twilio/status", form(&p), "AAAA".into()).await, StatusCode::FORBIDDEN);
+    th.stop().await;
+}

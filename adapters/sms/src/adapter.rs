@@ -4,7 +4,7 @@
 
 use crate::config::{Concatenation, SmppConfig};
 use crate::encoding::{self, Concat};
-use crate::keywords;
+use crate::inbound::{accept_text, InboundText};
 use crate::pdu::{esm, status, tag, Address, ShortMessage, Tlv};
 use crate::receipt::{self, SmsStatus};
 use crate::session::{InboundHandler, Session, SubmitOutcome};
@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 use switchboard_core::adapter::{AdapterError, ChannelAdapter, DeliveryReceipt, Outbound, Shutdown};
-use switchboard_core::{Channel, CoreError, CoreResult, CustomerHints, Hub, InboundItem};
+use switchboard_core::{Channel, CoreError, CoreResult, Hub};
 use tokio::sync::watch;
 
 /// The adapter kind in `[[channels]]`.
@@ -60,7 +60,7 @@ fn sender_address(a: &Address) -> String {
     a.addr.clone()
 }
 
-fn short_hash(parts: &[&str]) -> String {
+pub(crate) fn short_hash(parts: &[&str]) -> String {
     let mut h = Sha256::new();
     for p in parts {
         h.update(p.as_bytes());
@@ -156,45 +156,8 @@ impl SmppState {
                 format!("smpp:{}:h:{}", self.name, short_hash(&[&from, &to, &when, &body]))
             }
         };
-        if let Some((kw, lang)) = keywords::detect(&self.cfg.keywords, &body, None) {
-            let customer = match e164(&from) {
-                Some(_) => hub.directory().resolve(Channel::Sms, &from, &CustomerHints::default()).await?.map(|c| c.id),
-                None => None,
-            };
-            let set = &self.cfg.keywords[lang];
-            let reply = match kw {
-                keywords::Keyword::Stop => &set.stop_reply,
-                keywords::Keyword::Start => &set.start_reply,
-                keywords::Keyword::Help => &set.help_reply,
-            };
-            let fresh = store::record_keyword(
-                hub.db(),
-                store::KeywordMessage {
-                    dedupe_key: &dedupe_key,
-                    channel: &self.name,
-                    phone: &from,
-                    keyword: kw,
-                    language: lang,
-                    customer_id: customer,
-                    reply: Some(reply.as_str()).filter(|r| !r.is_empty()),
-                },
-            )
-            .await?;
-            tracing::info!(channel = %self.name, keyword = kw.as_str(), fresh, "Consent keyword received.");
-        } else {
-            let item = InboundItem {
-                channel: Some(Channel::Sms),
-                dedupe_key,
-                conversation_key: Some(format!("sms:{}:{from}", self.name)),
-                from: from.clone(),
-                to: Some(to.clone()),
-                body,
-                queue: self.cfg.queue.clone(),
-                metadata: Some(serde_json::json!({ "sms_channel": self.name, "to": to })),
-                ..Default::default()
-            };
-            hub.ingest(item).await?;
-        }
+        let text = InboundText { channel: &self.name, from: &from, to: &to, body, dedupe_key };
+        accept_text(hub, &self.cfg.keywords, self.cfg.queue.clone(), text).await?;
         if let Some(c) = concat {
             store::drop_parts(hub.db(), &self.name, &from, &to, c).await?;
         }

@@ -219,6 +219,7 @@ mod tests {
     fn the_documented_example_parses() {
         let doc: toml::Value = toml::from_str(include_str!("../../../config/examples/sms.toml")).unwrap();
         let entry = doc["channels"][0].clone();
+        crate::http::HttpConfig::from_toml(doc["channels"][1].clone()).unwrap();
         let c = SmppConfig::from_toml(entry).unwrap();
         assert_eq!(c.keywords["zh"].stop, vec!["退订", "TD", "T"]);
         assert_eq!(c.keywords, crate::keywords::default_sets(), "the example shows the defaults");

@@ -1,5 +1,5 @@
-//! SMS channel: an SMPP 3.4 client (ESME) per provider account, one `[[channels]]` entry
-//! with `type = "smpp"` each.
+//! SMS channel: one `[[channels]]` entry per provider account, `type = "smpp"` (an SMPP
+//! 3.4 client, ESME) or `type = "http"` (a provider's HTTP API plus signed webhooks).
 //!
 //! - [`pdu`]: the SMPP 3.4 PDU codec (pure, fuzzed).
 //! - [`encoding`]: GSM 03.38 / UCS-2, splitting into concatenated parts, inbound UDH.
@@ -9,7 +9,9 @@
 //! - [`config`]: the channel's settings.
 //! - [`session`]: the tokio shell: bind, window, throttle, keep-alive, reconnect, unbind.
 //! - [`store`]: the SMS tables (parts, sent messages, ids, opt-outs, leases).
-//! - [`adapter`]: the [`switchboard_core::ChannelAdapter`].
+//! - [`inbound`]: what an inbound text becomes (keyword or interaction), for both kinds.
+//! - [`adapter`]: the SMPP [`switchboard_core::ChannelAdapter`].
+//! - [`http`]: the HTTP provider adapter and its webhooks (HMAC / Twilio signatures).
 //!
 //! Guarantees: a deliver_sm is answered only after it is committed (a part is stored, a
 //! message ingested with its dedupe key, a receipt applied); a submit_sm is recorded as
@@ -22,6 +24,8 @@ pub mod adapter;
 pub mod config;
 pub mod encoding;
 pub mod erase;
+pub mod http;
+pub mod inbound;
 pub mod keywords;
 pub mod pdu;
 pub mod receipt;
@@ -57,12 +61,19 @@ pub fn build_smpp(name: &str, table: toml::Value) -> Result<SmppAdapter, SmsErro
     Ok(SmppAdapter::new(name, cfg))
 }
 
-/// Registers the `smpp` adapter kind.
+/// Registers the `smpp` and `http` adapter kinds.
 pub fn register(registry: &mut AdapterRegistry) {
     registry.register(
         adapter::KIND,
         Box::new(|name, table| {
             let a = build_smpp(name, table)?;
+            Ok(Arc::new(a) as Arc<dyn switchboard_core::ChannelAdapter>)
+        }),
+    );
+    registry.register(
+        http::KIND,
+        Box::new(|name, table| {
+            let a = http::build(name, table)?;
             Ok(Arc::new(a) as Arc<dyn switchboard_core::ChannelAdapter>)
         }),
     );
