@@ -23,7 +23,8 @@
 //!
 //! Bounded: every SIPp run has a call limit and a timeout; the whole bench ends in about
 //! two minutes. Environment overrides: `CPS`, `CPS_CALLS`, `CONCURRENT`, `HOLD_MS`,
-//! `HARD_CPS`, `HARD_CALLS`, and `PHASES` (comma list of `cps`, `media`, `hardening`).
+//! `HARD_CPS`, `HARD_CALLS`, `HARD_STALE` (0: no stale RTP source) and `PHASES` (comma
+//! list of `cps`, `media`, `hardening`).
 
 use std::net::UdpSocket;
 use std::path::{Path, PathBuf};
@@ -600,7 +601,7 @@ type = "hangup"
     };
     // A phone of a finished call that keeps sending: RTP with the digit 9 (RFC 4733 end
     // packets) at every even port of the range, each port every 100 ms.
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(env_u64("HARD_STALE", 1) == 0));
     let sprayer = {
         let stop = stop.clone();
         tokio::spawn(async move {
