@@ -91,6 +91,50 @@ impl EmailAdapter {
         self.process(hub, id, &dedupe, raw).await
     }
 
+    /// Imports a fetched batch: independent messages concurrently (up to
+    /// [`IMPORT_CONCURRENCY`]); a message that may continue a conversation (threading
+    /// headers, a token, a subject tag) or comes from a sender already in flight waits
+    /// until everything before it is committed, so it finds what it replies to. Returns the
+    /// UIDs imported, ascending; on a failure, the ones before it.
+    pub async fn import_batch(&self, hub: &Hub, uid_validity: u32, fetched: &[(u32, Vec<u8>)]) -> Vec<u32> {
+        use futures::stream::{FuturesUnordered, StreamExt};
+        let mut ok: std::collections::HashMap<u32, bool> = Default::default();
+        let mut inflight = FuturesUnordered::new();
+        let mut senders: std::collections::HashSet<String> = Default::default();
+        for (uid, raw) in fetched {
+            let sender = quick_sender(raw).unwrap_or_default();
+            if needs_order(raw, &self.cfg.address) || senders.contains(&sender) || inflight.len() >= IMPORT_CONCURRENCY {
+                let barrier = needs_order(raw, &self.cfg.address) || senders.contains(&sender);
+                while let Some((u, r)) = inflight.next().await {
+                    ok.insert(u, r);
+                    if !barrier && inflight.len() < IMPORT_CONCURRENCY {
+                        break;
+                    }
+                }
+                if barrier {
+                    senders.clear();
+                }
+            }
+            senders.insert(sender);
+            let uid = *uid;
+            inflight.push(async move {
+                match self.import(hub, uid_validity, uid, raw).await {
+                    Ok(_) => (uid, true),
+                    Err(e) => {
+                        // Stored raw already (or not at all): either way the checkpoint stays
+                        // before it and the next pass tries again.
+                        tracing::warn!(mailbox = %self.name, uid, error = %e, "Import failed; will retry.");
+                        (uid, false)
+                    }
+                }
+            });
+        }
+        while let Some((u, r)) = inflight.next().await {
+            ok.insert(u, r);
+        }
+        fetched.iter().map(|(u, _)| *u).take_while(|u| ok.get(u).copied().unwrap_or(false)).collect()
+    }
+
     /// Processes raw messages stored but never finished (the node stopped between the
     /// store and the hub commit).
     pub async fn recover(&self, hub: &Hub) -> Result<usize, CoreError> {
@@ -365,6 +409,8 @@ impl EmailAdapter {
         let mut s: ImapSession = imap::connect(icfg).await.map_err(|e| e.to_string())?;
         let idle = icfg.idle && imap::has_idle(&mut s).await.map_err(|e| e.to_string())?;
         let recovered = self.recover(hub).await.map_err(|e| e.to_string())?;
+        let mut sel: Option<imap::Selected> = None;
+        let mut reselect = true;
         if recovered > 0 {
             tracing::info!(mailbox = %self.name, recovered, "Finished messages stored before a restart.");
         }
@@ -373,7 +419,13 @@ impl EmailAdapter {
                 let _ = s.logout().await;
                 return Ok(());
             }
-            let sel = imap::select(&mut s, &icfg.folder).await.map_err(|e| e.to_string())?;
+            // SELECT when the session starts and after each quiet wait (the safety net also
+            // re-reads UIDVALIDITY); after an IDLE notification the selected state is current
+            // and a re-SELECT would only cost a folder resync.
+            if reselect || sel.is_none() {
+                sel = Some(imap::select(&mut s, &icfg.folder).await.map_err(|e| e.to_string())?);
+            }
+            let Some(sel) = sel else { continue };
             let last = match store::checkpoint(hub.db(), &self.name).await.map_err(|e| e.to_string())? {
                 Some((v, last)) if v == sel.uid_validity as i64 => last as u32,
                 Some((v, _)) => {
@@ -387,18 +439,7 @@ impl EmailAdapter {
             let uids = imap::uids_after(&mut s, last).await.map_err(|e| e.to_string())?;
             for chunk in uids.chunks(icfg.batch as usize) {
                 let fetched = imap::fetch_raw(&mut s, chunk).await.map_err(|e| e.to_string())?;
-                let mut done = Vec::with_capacity(fetched.len());
-                for (uid, raw) in &fetched {
-                    match self.import(hub, sel.uid_validity, *uid, raw).await {
-                        Ok(_) => done.push(*uid),
-                        Err(e) => {
-                            // Stored raw already (or not at all): either way the checkpoint
-                            // stays before it and the next pass tries again.
-                            tracing::warn!(mailbox = %self.name, uid, error = %e, "Import failed; will retry.");
-                            break;
-                        }
-                    }
-                }
+                let done = self.import_batch(hub, sel.uid_validity, &fetched).await;
                 // Acknowledge upstream only after the commits.
                 let r = match icfg.after_import {
                     AfterImport::Seen => imap::mark_seen(&mut s, &done).await,
@@ -409,7 +450,7 @@ impl EmailAdapter {
                     tracing::warn!(mailbox = %self.name, error = %e, "Could not flag or move imported messages.");
                 }
                 // The checkpoint moves to the last UID of the unbroken run that was imported.
-                let upto = chunk.iter().zip(&done).take_while(|(a, b)| a == b).map(|(a, _)| *a).last();
+                let upto = done.last().copied();
                 if let Some(u) = upto {
                     if !store::advance_checkpoint(hub.db(), &self.name, &icfg.folder, sel.uid_validity, u, self.node, fence)
                         .await
@@ -419,7 +460,7 @@ impl EmailAdapter {
                         return Ok(());
                     }
                 }
-                if done.len() < fetched.len() || fetched.len() < chunk.len() {
+                if done.len() < fetched.len() {
                     break;
                 }
             }
@@ -432,11 +473,11 @@ impl EmailAdapter {
                 {
                     let (fut, _stop) = h.wait_with_timeout(wait);
                     let mut sd = shutdown.clone();
-                    tokio::select! {
-                        r = fut => { r.map_err(|e| e.to_string())?; }
-                        _ = sd.wait() => {}
-                        _ = wait_lost(lost) => {}
-                    }
+                    reselect = tokio::select! {
+                        r = fut => !matches!(r.map_err(|e| e.to_string())?, async_imap::extensions::idle::IdleResponse::NewData(_)),
+                        _ = sd.wait() => true,
+                        _ = wait_lost(lost) => true,
+                    };
                 }
                 s = h.done().await.map_err(|e| e.to_string())?;
             } else {
@@ -470,6 +511,27 @@ async fn wait_lost(lost: &AtomicBool) {
     while !lost.load(Ordering::SeqCst) {
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
+}
+
+/// Messages imported at once from one fetched batch.
+pub const IMPORT_CONCURRENCY: usize = 32;
+
+/// Whether a message may continue a conversation (and so must be imported after the
+/// messages before it).
+fn needs_order(raw: &[u8], mailbox_address: &str) -> bool {
+    let Some(m) = mail_parser::MessageParser::new().parse_headers(raw) else { return false };
+    if !m.in_reply_to().is_empty() || !m.references().is_empty() {
+        return true;
+    }
+    if m.subject().is_some_and(|s| threading::subject_tag(s).is_some()) {
+        return true;
+    }
+    let local = mailbox_address.split('@').next().unwrap_or("");
+    let plus = format!("{local}+");
+    let has_token = |a: Option<&mail_parser::Address<'_>>| {
+        a.is_some_and(|a| a.iter().any(|x| x.address.as_deref().is_some_and(|s| s.to_ascii_lowercase().starts_with(&plus))))
+    };
+    has_token(m.to()) || has_token(m.cc())
 }
 
 /// The From address read from the headers alone (for the raw row and unparseable mail).
