@@ -28,11 +28,16 @@ struct Smsc {
 
 impl Smsc {
     async fn start() -> Smsc {
+        Smsc::start_with(&[]).await
+    }
+
+    async fn start_with(env: &[(&str, &str)]) -> Smsc {
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/sms");
         assert!(dir.join("node_modules/smpp").exists(), "run `npm install` in tests/sms (scripts/test.sh does) for the SMPP peer");
         let mut child = tokio::process::Command::new("node")
             .arg("smsc.mjs")
             .current_dir(&dir)
+            .envs(env.iter().copied())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .kill_on_drop(true)
@@ -601,5 +606,78 @@ async fn http_provider_sends_and_takes_signed_webhooks() {
     // A forged status callback is refused.
     let p = [("MessageSid", "SM0000000000000000000000000000abcd"), ("MessageStatus", "failed")];
     assert_eq!(post("/sms/v1/twilio/status", form(&p), "AAAA".into()).await, StatusCode::FORBIDDEN);
+    th.stop().await;
+}
+
+/// The benchmark (`cargo nextest run --test sms_e2e --run-ignored only bench_`; numbers in
+/// docs/benchmarks.md): submit_sm throughput of the SMPP session with window 1, 10 and 50
+/// against the scripted SMSC, and inbound deliver_sm committed per second through the hub.
+#[tokio::test]
+#[ignore = "benchmark; run explicitly"]
+async fn bench_submit_throughput_and_inbound_ingest() {
+    use switchboard_sms::pdu::{Address, ShortMessage};
+    use switchboard_sms::session::{InboundHandler, Session, SubmitOutcome};
+    struct Nothing;
+    #[async_trait::async_trait]
+    impl InboundHandler for Nothing {
+        async fn deliver_sm(&self, _sm: ShortMessage) -> u32 {
+            0
+        }
+    }
+    let mut smsc = Smsc::start_with(&[("SMSC_RECEIPTS", "0"), ("SMSC_QUIET", "1")]).await;
+    let n: usize = std::env::var("SMS_BENCH_SUBMITS").ok().and_then(|v| v.parse().ok()).unwrap_or(5000);
+    for window in [1u32, 10, 50] {
+        let cfg =
+            switchboard_sms::SmppConfig::from_toml(channel(smsc.port, &format!("window = {window}\nmax_per_second = 100000"))).unwrap();
+        let session = Session::new(format!("bench-{window}"), cfg);
+        let (_held_tx, held) = tokio::sync::watch::channel(true);
+        let (stop_tx, stop) = tokio::sync::watch::channel(false);
+        let runner = {
+            let s = session.clone();
+            tokio::spawn(async move { s.run(std::sync::Arc::new(Nothing), held, stop).await })
+        };
+        smsc.wait(10, |e| e["event"] == "bound").await;
+        let sm = ShortMessage {
+            source: Address { ton: 1, npi: 1, addr: "4930123456".into() },
+            dest: Address { ton: 1, npi: 1, addr: "4915100000001".into() },
+            short_message: b"benchmark message".to_vec(),
+            ..Default::default()
+        };
+        let started = std::time::Instant::now();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+        let mut tasks = tokio::task::JoinSet::new();
+        for _ in 0..n {
+            let (s, sm) = (session.clone(), sm.clone());
+            tasks.spawn(async move { s.submit(&sm, deadline).await });
+        }
+        let mut accepted = 0;
+        while let Some(r) = tasks.join_next().await {
+            if matches!(r.unwrap(), SubmitOutcome::Accepted(_)) {
+                accepted += 1;
+            }
+        }
+        let secs = started.elapsed().as_secs_f64();
+        println!("BENCH submit_sm window {window:>2}: {n} in {secs:.2} s = {:.0}/s", n as f64 / secs);
+        assert_eq!(accepted, n, "every submit accepted");
+        let _ = stop_tx.send(true);
+        runner.await.unwrap();
+        smsc.wait(10, |e| e["event"] == "unbind").await;
+    }
+
+    // Inbound: deliver_sm from 200 numbers, each answered after its commit.
+    let th = sms_hub(smsc.port, "").await;
+    smsc.wait(10, |e| e["event"] == "bound").await;
+    let count: usize = std::env::var("SMS_BENCH_INBOUND").ok().and_then(|v| v.parse().ok()).unwrap_or(5000);
+    smsc.cmd(json!({ "cmd": "flood", "count": count, "senders": 200 })).await;
+    let done = smsc.wait(300, |e| e["event"] == "flood_done").await;
+    let ms = done["ms"].as_f64().unwrap();
+    println!("BENCH inbound deliver_sm committed: {count} in {:.2} s = {:.0}/s", ms / 1000.0, count as f64 * 1000.0 / ms);
+    assert_eq!(done["ok"].as_u64().unwrap() as usize, count);
+    let stored: i64 =
+        sqlx::query_scalar("select count(*) from messages m join interactions i on i.id = m.interaction_id where i.channel = 'sms'")
+            .fetch_one(th.hub().db())
+            .await
+            .unwrap();
+    assert_eq!(stored as usize, count, "each committed once");
     th.stop().await;
 }

@@ -14,6 +14,8 @@
 //   {"cmd":"silent","count":N}                         → next N submit_sm get no response
 //   {"cmd":"drop"}                                     → close every connection abruptly
 //   {"cmd":"raw","hex":"…"}                            → write these bytes to the bound connection
+//   {"cmd":"flood","count":N,"senders":S}              → N deliver_sm from S numbers as fast as the
+//                                                        window allows; {"event":"flood_done","ok","ms"}
 import smpp from 'smpp';
 import readline from 'node:readline';
 
@@ -21,6 +23,7 @@ const systemId = process.env.SMSC_SYSTEM_ID || 'switchboard';
 const password = process.env.SMSC_PASSWORD || 'secret';
 const autoReceipts = process.env.SMSC_RECEIPTS !== '0';
 
+const quiet = process.env.SMSC_QUIET === '1'; // no per-submit events (benchmarks)
 const out = (o) => process.stdout.write(JSON.stringify(o) + '\n');
 const sessions = new Set();
 let nextId = 0x3e7; // message ids are given in hex, receipts written in decimal
@@ -106,7 +109,7 @@ const server = smpp.createServer({ debug: false }, (session) => {
     }
     const id = (nextId++).toString(16).toUpperCase();
     ev.answered = id;
-    out(ev);
+    if (!quiet) out(ev);
     session.send(pdu.response({ message_id: id }));
     if (autoReceipts && (pdu.registered_delivery & 1)) setTimeout(() => sendReceipt(session, id, 'DELIVRD'), 20);
   });
@@ -132,6 +135,25 @@ readline.createInterface({ input: process.stdin }).on('line', (line) => {
         dest_addr_ton: 1, dest_addr_npi: 1, destination_addr: c.dest,
         esm_class: esm, data_coding: c.coding === 'gsm' ? 0 : 8, short_message: body,
       }, (pdu) => out({ event: 'deliver_sm_resp', tag: c.tag, status: pdu.command_status }));
+      return;
+    }
+    case 'flood': {
+      if (!s) { out({ event: 'no_session' }); return; }
+      const start = process.hrtime.bigint();
+      let answered = 0, ok = 0;
+      for (let i = 0; i < c.count; i++) {
+        const src = String(4915100000000 + (i % (c.senders || 100)));
+        s.deliver_sm({
+          source_addr_ton: 1, source_addr_npi: 1, source_addr: src, dest_addr_ton: 1, dest_addr_npi: 1,
+          destination_addr: '4930123456', esm_class: 0, data_coding: 0, short_message: gsm(`flood message ${i}`),
+        }, (pdu) => {
+          answered++;
+          if (pdu.command_status === 0) ok++;
+          if (answered === c.count) {
+            out({ event: 'flood_done', ok, ms: Number(process.hrtime.bigint() - start) / 1e6 });
+          }
+        });
+      }
       return;
     }
     case 'receipt':
