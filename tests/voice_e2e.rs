@@ -343,6 +343,27 @@ async fn caller_hanging_up_in_queue_abandons() {
     vh.stop().await;
 }
 
+/// Point 1 of the hardening issue, against core: the agent's phone answers and hangs up
+/// the moment it has the ACK, so the end of the call follows the answer by milliseconds.
+/// The interaction goes to wrap-up (it was left `active`, with the agent's voice slot
+/// used, when the end overtook the answer on its way to core).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_call_ended_right_after_the_answer_is_not_left_active() {
+    let Some(vh) = voice_hub("answer-race", INLINE_CREDENTIALS).await else { return };
+    vh.queue(json!({})).await;
+    let (alice, phone) = vh.agent("alice", "alice-pw", "agent_answer.xml", &["-d", "0"]).await;
+    let caller = vh.sipp("caller_until_bye.xml", free_udp_port(), &["-s", "100"]);
+    let i = vh.voice_interaction().await;
+    let id = i["id"].as_str().expect("id").to_string();
+    finished_ok(phone, "alice's phone").await;
+    finished_ok(caller, "caller").await;
+    let done = vh.wait_status(&id, &["wrap_up", "closed"], 20).await;
+    assert_eq!(done["agent_id"], json!(alice.agent_id));
+    let kinds = vh.wait_event(&id, "call_ended", 10).await;
+    assert!(position(&kinds, "call_answered") < position(&kinds, "call_ended"));
+    vh.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn after_hours_call_leaves_a_voicemail() {
     let Some(vh) = voice_hub("voicemail", INLINE_CREDENTIALS).await else { return };
