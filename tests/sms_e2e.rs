@@ -489,6 +489,55 @@ async fn the_bind_lease_moves_to_another_node() {
     other.stop().await;
 }
 
+#[tokio::test]
+async fn the_send_api_checks_the_destination_and_counts_parts() {
+    let mut smsc = Smsc::start().await;
+    let th = sms_hub(smsc.port, "").await;
+    smsc.wait(10, |e| e["event"] == "bound").await;
+    let marketer = user(&th, "mia", &[Role::Marketer], None).await;
+    for bad in ["12345", "+49 15x 1234567", "0151 1234567"] {
+        let (st, b) = marketer.call("POST", "/sms/v1/sms-main/messages", Some(json!({ "to": bad, "body": "hi" }))).await;
+        assert_eq!(st, StatusCode::UNPROCESSABLE_ENTITY, "{bad}: {b}");
+        assert_eq!(b["field"], "to", "{b}");
+    }
+    let (st, b) = marketer.call("POST", "/sms/v1/sms-main/messages", Some(json!({ "to": "+4915166666666", "body": "" }))).await;
+    assert_eq!((st, b["field"].as_str()), (StatusCode::UNPROCESSABLE_ENTITY, Some("body")));
+    smsc.drain(300).await;
+    assert!(smsc.submits().is_empty(), "nothing sent for refused requests");
+    let (st, b) = marketer
+        .call(
+            "POST",
+            "/sms/v1/sms-main/messages",
+            Some(json!({ "to": "+49 151 66666666", "body": "Your table is booked €", "idempotency_key": "k1" })),
+        )
+        .await;
+    assert_eq!(st, StatusCode::ACCEPTED, "{b}");
+    assert_eq!(
+        (b["to"].as_str(), b["segments"]["encoding"].as_str(), b["segments"]["units"].as_u64()),
+        (Some("+4915166666666"), Some("gsm7"), Some(23))
+    );
+    let sub = smsc.wait(10, |e| e["event"] == "submit_sm").await;
+    assert_eq!(sub["dest"], "4915166666666");
+    // The same idempotency key again: no second message.
+    let (st, _) = marketer
+        .call(
+            "POST",
+            "/sms/v1/sms-main/messages",
+            Some(json!({ "to": "+4915166666666", "body": "Your table is booked €", "idempotency_key": "k1" })),
+        )
+        .await;
+    assert_eq!(st, StatusCode::ACCEPTED);
+    smsc.drain(1000).await;
+    assert_eq!(smsc.submits().len(), 1);
+    // The reply-box counter.
+    let (st, seg) = marketer.call("GET", "/sms/v1/sms-main/segments?text=%D0%BF%D1%80%D0%B8%D0%B2%D0%B5%D1%82", None).await;
+    assert_eq!(st, StatusCode::OK);
+    assert_eq!(seg, json!({ "encoding": "ucs2", "parts": 1, "units": 6, "remaining": 64 }));
+    let (st, _) = Client::anonymous(&th.url).call("GET", "/sms/v1/sms-main/segments?text=x", None).await;
+    assert_eq!(st, StatusCode::UNAUTHORIZED);
+    th.stop().await;
+}
+
 /// Twilio's webhook signature, computed independently of the hub's code path.
 fn twilio_sign(token: &str, url: &str, params: &[(&str, &str)]) -> String {
     let owned: Vec<(String, String)> = params.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();

@@ -365,6 +365,7 @@ impl ChannelAdapter for SmppAdapter {
     async fn run(&self, hub: Hub, shutdown: Shutdown) -> Result<(), AdapterError> {
         let st = self.state.clone();
         let _ = st.hub.set(hub.clone());
+        hub.add_route_docs(crate::api::route_docs(&st.name));
         let (stop_tx, stop_rx) = watch::channel(false);
         let session = st.session.clone();
         let handler: Arc<dyn InboundHandler> = st.clone();
@@ -382,6 +383,10 @@ impl ChannelAdapter for SmppAdapter {
 
     async fn deliver(&self, msg: &Outbound) -> Result<DeliveryReceipt, AdapterError> {
         self.state.send(msg).await
+    }
+
+    fn http_router(&self) -> Option<axum::Router<Hub>> {
+        Some(crate::api::router(&self.state.name))
     }
 }
 

@@ -457,6 +457,7 @@ impl ChannelAdapter for HttpAdapter {
     }
 
     async fn run(&self, hub: Hub, mut shutdown: Shutdown) -> Result<(), AdapterError> {
+        hub.add_route_docs(crate::api::route_docs(&self.state.name));
         let _ = self.state.hub.set(hub);
         tracing::info!(channel = %self.state.name, "HTTP SMS channel running.");
         shutdown.wait().await;
@@ -488,7 +489,8 @@ impl ChannelAdapter for HttpAdapter {
                         s2.status(&hub, &p2, &headers, &body).await
                     }),
                 )
-                .layer(limit),
+                .layer(limit)
+                .merge(crate::api::router(&self.state.name)),
         )
     }
 }
@@ -497,9 +499,7 @@ impl ChannelAdapter for HttpAdapter {
 pub fn build(name: &str, table: toml::Value) -> Result<HttpAdapter, crate::SmsError> {
     let cfg = HttpConfig::from_toml(table).map_err(crate::SmsError::Config)?;
     let name = cfg.name.clone().unwrap_or_else(|| name.to_string());
-    if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
-        return Err(crate::SmsError::Config("name must be letters, digits, - and _ (it is a URL path segment)".into()));
-    }
+    crate::check_name(&name)?;
     Ok(HttpAdapter::new(name, cfg))
 }
 

@@ -9,6 +9,7 @@
 //! - [`config`]: the channel's settings.
 //! - [`session`]: the tokio shell: bind, window, throttle, keep-alive, reconnect, unbind.
 //! - [`store`]: the SMS tables (parts, sent messages, ids, opt-outs, leases).
+//! - [`api`]: per-channel send and draft-counter endpoints.
 //! - [`inbound`]: what an inbound text becomes (keyword or interaction), for both kinds.
 //! - [`adapter`]: the SMPP [`switchboard_core::ChannelAdapter`].
 //! - [`http`]: the HTTP provider adapter and its webhooks (HMAC / Twilio signatures).
@@ -21,6 +22,7 @@
 //! holder stops renewing it.
 
 pub mod adapter;
+pub mod api;
 pub mod config;
 pub mod encoding;
 pub mod erase;
@@ -58,7 +60,16 @@ impl From<SmsError> for AdapterError {
 pub fn build_smpp(name: &str, table: toml::Value) -> Result<SmppAdapter, SmsError> {
     let cfg = SmppConfig::from_toml(table).map_err(SmsError::Config)?;
     let name = cfg.name.clone().unwrap_or_else(|| name.to_string());
+    check_name(&name)?;
     Ok(SmppAdapter::new(name, cfg))
+}
+
+/// A channel name is a URL path segment (`/sms/v1/<name>/...`).
+pub(crate) fn check_name(name: &str) -> Result<(), SmsError> {
+    if name.is_empty() || name.len() > 64 || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+        return Err(SmsError::Config("name must be 1..=64 letters, digits, - and _ (it is a URL path segment)".into()));
+    }
+    Ok(())
 }
 
 /// Registers the `smpp` and `http` adapter kinds.
