@@ -437,8 +437,10 @@ async fn stop_records_the_opt_out_and_is_answered_once() {
 #[tokio::test]
 async fn malformed_pdus_get_generic_nack_or_a_clean_reconnect() {
     let mut smsc = Smsc::start().await;
-    let th = sms_hub(smsc.port, "").await;
+    let th = sms_hub(smsc.port, "enquire_link_secs = 1").await;
     smsc.wait(10, |e| e["event"] == "bound").await;
+    // An idle bind is kept alive with enquire_link.
+    smsc.wait(10, |e| e["event"] == "enquire_link").await;
     // An unknown command id: generic_nack with ESME_RINVCMDID, the bind stays.
     smsc.cmd(json!({ "cmd": "raw", "hex": "00000010000000770000000000000063" })).await;
     let nack = smsc.wait(10, |e| e["event"] == "generic_nack").await;
@@ -448,6 +450,9 @@ async fn malformed_pdus_get_generic_nack_or_a_clean_reconnect() {
     smsc.cmd(json!({ "cmd": "raw", "hex": "0000000500" })).await;
     smsc.wait(10, |e| e["event"] == "bound").await;
     assert_eq!(smsc.deliver("ok2", "4915155555555", "and again", None).await["status"], 0);
+    // An oversized body (command_length 16 MiB): the same.
+    smsc.cmd(json!({ "cmd": "raw", "hex": "00ffffff000000050000000000000064" })).await;
+    smsc.wait(10, |e| e["event"] == "bound").await;
     let (_, bodies) = interaction_of(th.hub().db(), "+4915155555555").await.unwrap();
     assert_eq!(bodies, vec!["still there", "and again"]);
     th.stop().await;
