@@ -72,6 +72,16 @@ async fn customer_mail_is_routed_answered_and_threaded_back() {
     let iid = i["id"].as_str().unwrap().to_string();
     assert_eq!(i["channel"], "email");
     assert_eq!(i["subject"], "Order 42 missing");
+    // The sender resolved through the CRM's email identities.
+    let customer: Option<Uuid> = sqlx::query_scalar(
+        "select c.customer_id from interactions i join customer_identities c on c.customer_id = i.customer_id
+          where i.id = $1 and c.kind = 'email' and c.address = 'ana@customer.test'",
+    )
+    .bind(i["id"].as_str().unwrap().parse::<Uuid>().unwrap())
+    .fetch_optional(th.hub().db())
+    .await
+    .unwrap();
+    assert!(customer.is_some(), "customer resolved by email identity");
     let (_, bob_offers) = bob.call("GET", &format!("/api/v1/agents/{}/offers", bob.agent_id.unwrap()), None).await;
     assert_eq!(bob_offers.as_array().map(|a| a.len()), Some(0), "{bob_offers}");
 

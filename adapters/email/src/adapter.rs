@@ -88,7 +88,7 @@ impl EmailAdapter {
         if !fresh && status != "stored" {
             return Ok(Imported::Duplicate);
         }
-        self.process(hub, id, &dedupe, raw).await
+        self.process(hub, id, &dedupe, raw, fresh).await
     }
 
     /// Imports a fetched batch: independent messages concurrently (up to
@@ -143,14 +143,14 @@ impl EmailAdapter {
         for r in rows {
             let mid = parse::quick_message_id(&r.raw);
             let dedupe = parse::dedupe_id(mid.as_deref(), &r.raw);
-            self.process(hub, r.id, &dedupe, &r.raw).await?;
+            self.process(hub, r.id, &dedupe, &r.raw, false).await?;
         }
         Ok(n)
     }
 
     /// Parse → classify → thread → attachments → ingest → record. Safe to run again for
     /// the same message: every step is keyed by the message.
-    async fn process(&self, hub: &Hub, raw_id: Uuid, dedupe: &str, raw: &[u8]) -> Result<Imported, CoreError> {
+    async fn process(&self, hub: &Hub, raw_id: Uuid, dedupe: &str, raw: &[u8], fresh: bool) -> Result<Imported, CoreError> {
         let db = hub.db();
         let dedupe_key = format!("{}:{dedupe}", self.name);
         let parsed = if raw.len() > self.cfg.max_message_bytes { None } else { parse::parse(raw, self.cfg.attachment_max_bytes) };
@@ -209,7 +209,7 @@ impl EmailAdapter {
         }
 
         let (token, threaded_by) = self.thread_of(hub, &p, &sender, dedupe).await?;
-        let attachments = self.keep_attachments(hub, raw_id, &p).await?;
+        let attachments = self.keep_attachments(hub, raw_id, &p, fresh).await?;
         let body = if p.visible_text.trim().is_empty() {
             if p.calendar {
                 "(calendar invitation)".to_string()
@@ -294,8 +294,11 @@ impl EmailAdapter {
 
     /// Writes attachment files (`<dir>/<sha256>`) and their rows; returns the descriptors
     /// kept on the message.
-    async fn keep_attachments(&self, hub: &Hub, raw_id: Uuid, p: &ParsedMail) -> Result<Vec<serde_json::Value>, CoreError> {
-        store::clear_attachments(hub.db(), raw_id).await?;
+    async fn keep_attachments(&self, hub: &Hub, raw_id: Uuid, p: &ParsedMail, fresh: bool) -> Result<Vec<serde_json::Value>, CoreError> {
+        if !fresh {
+            // Processed before (a restart): its earlier rows go, the new ones replace them.
+            store::clear_attachments(hub.db(), raw_id).await?;
+        }
         if p.attachments.is_empty() {
             return Ok(Vec::new());
         }

@@ -273,30 +273,25 @@ pub async fn create_thread(db: &PgPool, token: &str, mailbox: &str, customer: Op
 /// Records a received message in its conversation: its Message-ID (for later
 /// references), the thread's References chain, the Cc'd customers.
 pub async fn note_inbound(db: &PgPool, mailbox: &str, token: &str, message_id: Option<&str>, cc: &[String]) -> CoreResult<()> {
-    let mut tx = db.begin().await?;
-    if let Some(mid) = message_id {
-        sqlx::query(
-            "insert into email_message_ids (mailbox, message_id, token, direction) values ($1, $2, $3, 'inbound') on conflict do nothing",
-        )
-        .bind(mailbox)
-        .bind(mid)
-        .bind(token)
-        .execute(&mut *tx)
-        .await?;
-    }
+    // One statement (one round trip, one commit): the id row and the thread update.
     sqlx::query(
-        "update email_threads set
-             last_message_id = coalesce($2, last_message_id),
-             refs = case when $2::text is null or $2 = any(refs) then refs else (refs || $2::text)[greatest(1, cardinality(refs) - 18):] end,
-             cc = array(select distinct x from unnest(cc || $3::text[]) x)
-         where token = $1",
+        "with ids as (
+             insert into email_message_ids (mailbox, message_id, token, direction)
+             select $1, $3, $2, 'inbound' where $3::text is not null
+             on conflict do nothing
+         )
+         update email_threads set
+             last_message_id = coalesce($3, last_message_id),
+             refs = case when $3::text is null or $3 = any(refs) then refs else (refs || $3::text)[greatest(1, cardinality(refs) - 18):] end,
+             cc = array(select distinct x from unnest(cc || $4::text[]) x)
+         where token = $2",
     )
+    .bind(mailbox)
     .bind(token)
     .bind(message_id)
     .bind(cc)
-    .execute(&mut *tx)
+    .execute(db)
     .await?;
-    tx.commit().await?;
     Ok(())
 }
 
