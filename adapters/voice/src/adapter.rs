@@ -704,6 +704,15 @@ impl CallRouting for HubRouting {
                 return Err(routing_err(e));
             }
         };
+        if !outcome.created {
+            // The Call-ID is the dedupe key, so an interaction for it exists already (a
+            // trunk reusing Call-IDs). Queueing this caller on it would leave them waiting
+            // on an interaction that is finished or belongs to another call: refuse it,
+            // loudly (the engine plays `technical-difficulties` and hangs up).
+            self.state.set_enqueuing(&call.call_id, false);
+            tracing::warn!(call_id = %call.call_id, interaction_id = %outcome.interaction_id, duplicate = outcome.duplicate, "Call-ID already has an interaction; refusing the call.");
+            return Err(RoutingError(format!("Call-ID {} already belongs to interaction {}", call.call_id, outcome.interaction_id)));
+        }
         let ticket = CallTicket { call_id: call.call_id.clone(), interaction_id: outcome.interaction_id.to_string() };
         self.state.insert(CallEntry {
             ticket: ticket.clone(),
@@ -922,6 +931,40 @@ mod tests {
         state.insert(CallEntry { ticket, interaction_id: interaction, bridged: false, agent_id: None, last_position: None });
         assert!(state.with_calls(|t| !t.enqueuing.contains("call-race@pbx")), "registering the call ends its mark");
         assert_eq!(state.local_call(&hub, interaction).await.as_deref(), Some("call-race@pbx"));
+    }
+
+    /// A caller whose Call-ID already has an interaction (a trunk reusing Call-IDs) is
+    /// refused with an error the engine logs, not queued on the old interaction with
+    /// no interaction of its own and nothing logged.
+    #[tokio::test]
+    async fn a_reused_call_id_is_refused_not_queued_on_the_old_interaction() {
+        let db = switchboard_core::testing::TestDb::new().await;
+        let hub = Hub::new(db.pool.clone(), Default::default());
+        let settings: AdapterSettings = toml::from_str("").expect("defaults");
+        let state = Arc::new(VoiceState {
+            name: "pbx".into(),
+            settings,
+            engine: OnceLock::new(),
+            hub: OnceLock::new(),
+            calls: Mutex::new(CallTable::default()),
+        });
+        let routing = HubRouting { hub: hub.clone(), state: state.clone() };
+        let call = CallInfo {
+            call_id: "reused@pbx".into(),
+            trunk: "carrier".into(),
+            caller: "+4930111".into(),
+            caller_name: None,
+            dialled: "100".into(),
+            queue: String::new(),
+            requirements: Vec::new(),
+            answered_at: chrono::Utc::now(),
+        };
+        let first = routing.enqueue_call(call.clone()).await.expect("first call enqueued");
+        let id: Uuid = first.interaction_id.parse().expect("uuid");
+        hub.abandon(id).await.expect("first call abandoned");
+        let again = routing.enqueue_call(CallInfo { caller: "+4930222".into(), ..call }).await;
+        assert!(again.is_err(), "a second call with the same Call-ID got {again:?}");
+        assert!(state.with_calls(|t| t.enqueuing.is_empty()), "no call left marked as enqueuing");
     }
 
     #[test]
