@@ -322,6 +322,11 @@ impl InboundHandler for SmppState {
     async fn deliver_sm(&self, sm: ShortMessage) -> u32 {
         match self.on_deliver(sm).await {
             Ok(()) => status::ROK,
+            // Content the hub can never take: a permanent error, so the SMSC stops redelivering.
+            Err(CoreError::InvalidField { field, reason }) => {
+                tracing::warn!(channel = %self.name, %field, %reason, "Inbound SMS refused for good.");
+                status::RX_P_APPN
+            }
             Err(e) => {
                 // Not stored: the SMSC keeps the message and redelivers it later.
                 tracing::warn!(channel = %self.name, error = %e, "Inbound SMS not stored; asking the SMSC to redeliver.");

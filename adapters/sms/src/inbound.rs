@@ -5,7 +5,7 @@
 use crate::keywords::{self, Keyword, KeywordSet};
 use crate::store;
 use std::collections::BTreeMap;
-use switchboard_core::{Channel, CoreResult, CustomerHints, Hub, InboundItem};
+use switchboard_core::{Channel, CoreError, CoreResult, CustomerHints, Hub, InboundItem};
 
 /// One complete inbound text (parts already joined).
 #[derive(Debug, Clone)]
@@ -24,10 +24,15 @@ pub struct InboundText<'a> {
 
 /// Commits one inbound text; returns once it is stored (the caller acknowledges then).
 pub async fn accept_text(hub: &Hub, sets: &BTreeMap<String, KeywordSet>, queue: Option<String>, t: InboundText<'_>) -> CoreResult<()> {
-    if let Some((kw, lang)) = keywords::detect(sets, &t.body, None) {
-        let customer = match crate::adapter::e164(t.from) {
-            Some(_) => hub.directory().resolve(Channel::Sms, t.from, &CustomerHints::default()).await?.map(|c| c.id),
-            None => None,
+    if let Some((kw, lang)) = keywords::detect(sets, t.from, &t.body, None) {
+        // The opt-out holds for the number even when the directory cannot place it.
+        let customer = match hub.directory().resolve(Channel::Sms, t.from, &CustomerHints::default()).await {
+            Ok(c) => c.map(|c| c.id),
+            Err(CoreError::InvalidField { reason, .. }) => {
+                tracing::info!(channel = %t.channel, %reason, "Keyword sender not placed in the customer directory.");
+                None
+            }
+            Err(e) => return Err(e),
         };
         let set = &sets[lang];
         let reply = match kw {

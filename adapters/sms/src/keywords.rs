@@ -46,14 +46,17 @@ pub struct KeywordSet {
     pub start_reply: String,
     /// The answer to a help request.
     pub help_reply: String,
+    /// Sender number prefixes (E.164, e.g. `+86`) this set applies to; empty = every number.
+    #[serde(default)]
+    pub prefixes: Vec<String>,
 }
 
 fn words(w: &[&str]) -> Vec<String> {
     w.iter().map(|s| s.to_string()).collect()
 }
 
-/// The default sets: English and Chinese (`退订` / `TD` are the opt-out words Chinese
-/// carriers require).
+/// The default sets: English for every number, Chinese for Chinese numbers (`退订` / `TD`
+/// are the opt-out words Chinese carriers require; a bare "T" from elsewhere is not one).
 pub fn default_sets() -> BTreeMap<String, KeywordSet> {
     let mut m = BTreeMap::new();
     m.insert(
@@ -65,6 +68,7 @@ pub fn default_sets() -> BTreeMap<String, KeywordSet> {
             stop_reply: "You have been unsubscribed and will receive no further marketing messages. Reply START to resubscribe.".into(),
             start_reply: "You have been resubscribed. Reply STOP to unsubscribe.".into(),
             help_reply: "Reply STOP to unsubscribe, START to resubscribe. Write to us any time to reach an agent.".into(),
+            prefixes: vec![],
         },
     );
     m.insert(
@@ -76,6 +80,7 @@ pub fn default_sets() -> BTreeMap<String, KeywordSet> {
             stop_reply: "您已成功退订，将不再收到营销短信。".into(),
             start_reply: "您已重新订阅。回复TD退订。".into(),
             help_reply: "回复TD退订，回复订阅重新订阅。".into(),
+            prefixes: vec!["+86".into()],
         },
     );
     m
@@ -87,9 +92,9 @@ fn normalize(text: &str) -> String {
     text.trim().trim_end_matches(|c: char| c.is_ascii_punctuation() || matches!(c, '。' | '！' | '，')).trim().to_uppercase()
 }
 
-/// The keyword a message is, and the language whose set matched. Sets are tried in key
-/// order; `preferred` (the customer's language) first.
-pub fn detect<'a>(sets: &'a BTreeMap<String, KeywordSet>, text: &str, preferred: Option<&str>) -> Option<(Keyword, &'a str)> {
+/// The keyword a message from `sender` is, and the language whose set matched. Sets that
+/// apply to the sender are tried in key order; `preferred` (the customer's language) first.
+pub fn detect<'a>(sets: &'a BTreeMap<String, KeywordSet>, sender: &str, text: &str, preferred: Option<&str>) -> Option<(Keyword, &'a str)> {
     let t = normalize(text);
     if t.is_empty() || t.chars().count() > 20 {
         return None;
@@ -97,6 +102,9 @@ pub fn detect<'a>(sets: &'a BTreeMap<String, KeywordSet>, text: &str, preferred:
     let ordered =
         preferred.and_then(|p| sets.get_key_value(p)).into_iter().chain(sets.iter().filter(|(k, _)| Some(k.as_str()) != preferred));
     for (lang, set) in ordered {
+        if !set.prefixes.is_empty() && !set.prefixes.iter().any(|p| sender.starts_with(p.as_str())) {
+            continue;
+        }
         for (kw, list) in [(Keyword::Stop, &set.stop), (Keyword::Start, &set.start), (Keyword::Help, &set.help)] {
             if list.iter().any(|w| normalize(w) == t) {
                 return Some((kw, lang.as_str()));
@@ -113,6 +121,9 @@ mod tests {
     #[test]
     fn whole_message_keywords_per_language() {
         let sets = default_sets();
+        fn detect<'a>(s: &'a BTreeMap<String, KeywordSet>, t: &str, p: Option<&str>) -> Option<(Keyword, &'a str)> {
+            super::detect(s, "+8613800138000", t, p)
+        }
         assert_eq!(detect(&sets, " stop! ", None), Some((Keyword::Stop, "en")));
         assert_eq!(detect(&sets, "Unsubscribe", None), Some((Keyword::Stop, "en")));
         assert_eq!(detect(&sets, "quit.", None), Some((Keyword::Stop, "en")));
@@ -126,10 +137,19 @@ mod tests {
     }
 
     #[test]
+    fn sets_with_prefixes_apply_to_those_numbers_only() {
+        let sets = default_sets();
+        assert_eq!(detect(&sets, "+8613800138000", "T", None), Some((Keyword::Stop, "zh")));
+        assert_eq!(detect(&sets, "+4915112345678", "T", None), None);
+        assert_eq!(detect(&sets, "+4915112345678", "TD", None), None);
+        assert_eq!(detect(&sets, "+4915112345678", "STOP", None), Some((Keyword::Stop, "en")));
+    }
+
+    #[test]
     fn preferred_language_is_tried_first() {
         let mut sets = default_sets();
         sets.get_mut("zh").unwrap().help.push("HELP".into());
-        assert_eq!(detect(&sets, "help", Some("zh")), Some((Keyword::Help, "zh")));
-        assert_eq!(detect(&sets, "help", None), Some((Keyword::Help, "en")));
+        assert_eq!(detect(&sets, "+8613800138000", "help", Some("zh")), Some((Keyword::Help, "zh")));
+        assert_eq!(detect(&sets, "+8613800138000", "help", None), Some((Keyword::Help, "en")));
     }
 }

@@ -77,6 +77,8 @@ pub mod status {
     pub const RINVOPTPARAMVAL: u32 = 0xC4;
     /// ESME receiver temporary application error (the SMSC should redeliver).
     pub const RX_T_APPN: u32 = 0x64;
+    /// ESME receiver permanent application error (the SMSC should not redeliver).
+    pub const RX_P_APPN: u32 = 0x65;
     /// Unknown error.
     pub const RUNKNOWNERR: u32 = 0xFF;
 }
