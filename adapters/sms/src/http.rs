@@ -316,9 +316,13 @@ impl HttpState {
         {
             return Err(AdapterError::Permanent(format!("{to} opted out of SMS (STOP)")));
         }
+        // A retry of a request whose outcome is unclear is sent again with the same
+        // Idempotency-Key (HTTP providers can honour one, unlike SMPP).
         if let Prior::Seen(st, ids) = store::begin_submit(hub.db(), msg.id, &self.name, msg.interaction_id, &to, 1).await? {
-            if st != "submitting" {
-                return Ok(DeliveryReceipt { provider_id: Some(ids.join(",")) });
+            match st.as_str() {
+                "submitting" => {}
+                "failed" => return Err(AdapterError::Permanent("the provider refused this message earlier".into())),
+                _ => return Ok(DeliveryReceipt { provider_id: Some(ids.join(",")) }),
             }
         }
         let vars = [
