@@ -245,16 +245,21 @@ impl EmailAdapter {
         };
         let o = hub.ingest(item).await?;
         let cc = self.customer_cc(&p, &sender);
-        store::note_inbound(db, &self.name, &token, p.message_id.as_deref(), &cc).await?;
-        store::finish_raw(
+        let new_thread = (threaded_by == ThreadedBy::New).then(|| (sender.as_str(), parse::base_subject(&p.subject)));
+        store::record_ingested(
             db,
-            raw_id,
-            "ingested",
-            Some(kind.as_str()),
-            Some(threaded_by.as_str()),
-            Some(o.interaction_id),
-            o.message_id,
-            None,
+            &store::IngestedMail {
+                mailbox: &self.name,
+                raw_id,
+                token: &token,
+                new_thread: new_thread.as_ref().map(|(s, b)| (*s, b.as_str())),
+                message_id: p.message_id.as_deref(),
+                cc: &cc,
+                kind: kind.as_str(),
+                threaded_by: threaded_by.as_str(),
+                interaction: o.interaction_id,
+                message: o.message_id,
+            },
         )
         .await?;
         if o.created && !o.duplicate && kind.may_auto_reply() {
@@ -276,9 +281,9 @@ impl EmailAdapter {
         if let Some(t) = store::open_thread_of_sender(db, &self.name, sender, &base).await? {
             return Ok((t, ThreadedBy::SenderSubject));
         }
-        let token = threading::token_from_seed(format!("{}:{dedupe}", self.name).as_bytes());
-        store::create_thread(db, &token, &self.name, Some(sender), &base).await?;
-        Ok((token, ThreadedBy::New))
+        // Created with the message's bookkeeping after the ingest (one commit); the token
+        // comes from the message, so processing it again finds the same conversation.
+        Ok((threading::token_from_seed(format!("{}:{dedupe}", self.name).as_bytes()), ThreadedBy::New))
     }
 
     /// Cc'd addresses that are customers (not this mailbox, not the sender).

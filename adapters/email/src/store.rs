@@ -270,10 +270,43 @@ pub async fn create_thread(db: &PgPool, token: &str, mailbox: &str, customer: Op
     Ok(())
 }
 
-/// Records a received message in its conversation: its Message-ID (for later
-/// references), the thread's References chain, the Cc'd customers.
-pub async fn note_inbound(db: &PgPool, mailbox: &str, token: &str, message_id: Option<&str>, cc: &[String]) -> CoreResult<()> {
-    // One statement (one round trip, one commit): the id row and the thread update.
+/// What an ingested mail changes beside the hub's rows.
+pub struct IngestedMail<'a> {
+    /// Mailbox.
+    pub mailbox: &'a str,
+    /// Raw row.
+    pub raw_id: Uuid,
+    /// Conversation token.
+    pub token: &'a str,
+    /// (customer address, base subject) when the mail opened the conversation.
+    pub new_thread: Option<(&'a str, &'a str)>,
+    /// Its Message-ID.
+    pub message_id: Option<&'a str>,
+    /// Customers Cc'd.
+    pub cc: &'a [String],
+    /// Classification.
+    pub kind: &'a str,
+    /// How it was threaded.
+    pub threaded_by: &'a str,
+    /// Interaction.
+    pub interaction: Uuid,
+    /// Message row.
+    pub message: Option<Uuid>,
+}
+
+/// The bookkeeping of an ingested mail in one transaction (one commit): the conversation
+/// (when new), its Message-ID and References, the Cc'd customers, the raw row's outcome.
+pub async fn record_ingested(db: &PgPool, m: &IngestedMail<'_>) -> CoreResult<()> {
+    let mut tx = db.begin().await?;
+    if let Some((customer, base)) = m.new_thread {
+        sqlx::query("insert into email_threads (token, mailbox, customer_address, base_subject) values ($1, $2, lower($3), $4) on conflict do nothing")
+            .bind(m.token)
+            .bind(m.mailbox)
+            .bind(customer)
+            .bind(base)
+            .execute(&mut *tx)
+            .await?;
+    }
     sqlx::query(
         "with ids as (
              insert into email_message_ids (mailbox, message_id, token, direction)
@@ -286,12 +319,24 @@ pub async fn note_inbound(db: &PgPool, mailbox: &str, token: &str, message_id: O
              cc = array(select distinct x from unnest(cc || $4::text[]) x)
          where token = $2",
     )
-    .bind(mailbox)
-    .bind(token)
-    .bind(message_id)
-    .bind(cc)
-    .execute(db)
+    .bind(m.mailbox)
+    .bind(m.token)
+    .bind(m.message_id)
+    .bind(m.cc)
+    .execute(&mut *tx)
     .await?;
+    sqlx::query(
+        "update email_raw_messages set status = 'ingested', kind = $2, threaded_by = $3, interaction_id = $4, message_id = $5,
+                error = null, processed_at = now() where id = $1",
+    )
+    .bind(m.raw_id)
+    .bind(m.kind)
+    .bind(m.threaded_by)
+    .bind(m.interaction)
+    .bind(m.message)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
     Ok(())
 }
 
