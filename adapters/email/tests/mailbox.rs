@@ -164,3 +164,34 @@ async fn the_lease_moves_to_another_node_when_its_holder_dies() {
     let _ = b.stop.send(true);
     let _ = b.task.await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_uidvalidity_change_rescans_and_imports_nothing_twice() {
+    let Some(peers) = MailPeers::start() else { return };
+    let db = TestDb::new().await;
+    let hub = Hub::new(db.pool.clone(), Default::default());
+    let msgs: Vec<String> =
+        (0..3).map(|k| format!("From: u{k}@mail.example\r\nSubject: v{k}\r\nMessage-ID: <uv-{k}@x>\r\n\r\nbody {k}\r\n")).collect();
+    let refs: Vec<&[u8]> = msgs.iter().map(|m| m.as_bytes()).collect();
+    peers.append("support", &refs).await;
+    let r = run(&hub, &peers, "uv");
+    wait_for(30, async || counts(&db.pool, "uv").await.2 == 3).await;
+    let real: i64 =
+        sqlx::query_scalar("select uid_validity from email_checkpoints where mailbox = 'uv'").fetch_one(&db.pool).await.unwrap();
+    let _ = r.stop.send(true);
+    let _ = r.task.await;
+    // The server renumbered the folder (a restore, a migration): our checkpoint no longer
+    // matches its UIDVALIDITY, and its last UID means nothing.
+    sqlx::query("update email_checkpoints set uid_validity = 1, last_uid = 999999 where mailbox = 'uv'").execute(&db.pool).await.unwrap();
+    let r = run(&hub, &peers, "uv");
+    wait_for(30, async || {
+        let c: (i64, i64) =
+            sqlx::query_as("select uid_validity, last_uid from email_checkpoints where mailbox = 'uv'").fetch_one(&db.pool).await.unwrap();
+        c == (real, 3)
+    })
+    .await;
+    let (raw, pending, items) = counts(&db.pool, "uv").await;
+    assert_eq!((raw, pending, items), (3, 0, 3), "rescanned, nothing imported twice");
+    let _ = r.stop.send(true);
+    let _ = r.task.await;
+}
