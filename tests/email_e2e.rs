@@ -58,7 +58,15 @@ fn sent_parsed(peers: &MailPeers) -> Vec<ParsedMail> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn customer_mail_is_routed_answered_and_threaded_back() {
     let Some(peers) = MailPeers::start() else { return };
-    let th = spawn_hub_with(|s| s.channels.push(peers.channel("support-mail", "queue = \"Email\"\nsignature = \"Shop Team\""))).await;
+    // Replies are also appended to the mailbox's Sent folder.
+    let mut channel = peers.channel("support-mail", "queue = \"Email\"\nsignature = \"Shop Team\"");
+    channel["imap"].as_table_mut().unwrap().insert("sent_folder".into(), "Sent".into());
+    {
+        let mut s = switchboard_email::imap::connect(&peers.imap("support")).await.unwrap();
+        s.create("Sent").await.unwrap();
+        let _ = s.logout().await;
+    }
+    let th = spawn_hub_with(|s| s.channels.push(channel)).await;
     let admin = user(&th, "root", &[Role::Admin], None).await;
     queue(&admin, json!({ "name": "Email", "requirement": "billing", "wrap_up_secs": 0 })).await;
     let bob = agent(&th, "bob", json!({ "support": 5 })).await;
@@ -116,6 +124,15 @@ async fn customer_mail_is_routed_answered_and_threaded_back() {
     })
     .await;
     assert_eq!(outbox.1.as_deref(), Some(our_id.as_str()));
+    let copies = eventually(15, || async {
+        let mut s = switchboard_email::imap::connect(&peers.imap("support")).await.ok()?;
+        s.select("Sent").await.ok()?;
+        let n = s.uid_search("ALL").await.ok()?.len();
+        let _ = s.logout().await;
+        (n == 1).then_some(n)
+    })
+    .await;
+    assert_eq!(copies, 1, "a copy of the reply is in Sent");
 
     // 4. The customer answers (a reply to our message, to the token address): same interaction.
     let answer = format!(
