@@ -195,3 +195,47 @@ async fn a_uidvalidity_change_rescans_and_imports_nothing_twice() {
     let _ = r.stop.send(true);
     let _ = r.task.await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_handed_to_smtp_is_never_sent_twice() {
+    use switchboard_core::adapter::{AdapterError, Outbound};
+    let Some(peers) = MailPeers::start() else { return };
+    let db = TestDb::new().await;
+    let hub = Hub::new(db.pool.clone(), Default::default());
+    let r = run(&hub, &peers, "out");
+    wait_for(20, async || switchboard_email::store::lease_owner(&db.pool, "out").await.unwrap().is_some()).await;
+    let msg = |id: uuid::Uuid| Outbound {
+        id,
+        idempotency_key: id.to_string(),
+        channel: switchboard_core::Channel::Email,
+        interaction_id: None,
+        recipient: "ana@customer.test".into(),
+        subject: Some("Re: order".into()),
+        body: "Your parcel left today.".into(),
+        metadata: serde_json::json!({}),
+        attempt: 1,
+    };
+    // Sent once; the outbox retrying the same row (its status update was lost) sends nothing.
+    let first = uuid::Uuid::new_v4();
+    let receipt = r.adapter.deliver(&msg(first)).await.unwrap();
+    assert_eq!(peers.wait_sent(1, 10).await.len(), 1);
+    let again = r.adapter.deliver(&msg(first)).await.unwrap();
+    assert_eq!(again.provider_id, receipt.provider_id);
+    // A hand-off whose outcome is unknown (the node died during the SMTP transaction):
+    // reported, never sent again.
+    let lost = uuid::Uuid::new_v4();
+    sqlx::query("insert into email_outbound (outbox_id, mailbox, message_id, state) values ($1, 'out', 'x@shop.test', 'handing')")
+        .bind(lost)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let e = r.adapter.deliver(&msg(lost)).await.unwrap_err();
+    assert!(matches!(e, AdapterError::Permanent(ref m) if m.contains("not sending it twice")), "{e}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(peers.sent().len(), 1, "nothing sent twice");
+    let state: String =
+        sqlx::query_scalar("select state from email_outbound where outbox_id = $1").bind(lost).fetch_one(&db.pool).await.unwrap();
+    assert_eq!(state, "unknown");
+    let _ = r.stop.send(true);
+    let _ = r.task.await;
+}
