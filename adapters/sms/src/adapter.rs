@@ -117,7 +117,7 @@ impl SmppState {
         let hub = self.hub()?;
         if receipt::is_receipt(&sm) {
             match receipt::parse(&sm) {
-                Some(r) => match store::apply_receipt(hub.db(), &self.name, &r).await? {
+                Some(r) => match store::apply_receipt_waiting(hub.db(), &self.name, &r, Duration::from_secs(3)).await? {
                     store::ReceiptOutcome::Unmatched => {
                         tracing::info!(channel = %self.name, smsc_id = %r.message_id, "Receipt for a message we do not know.")
                     }

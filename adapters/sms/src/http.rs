@@ -440,7 +440,7 @@ impl HttpState {
             return StatusCode::NO_CONTENT.into_response();
         };
         let r = Receipt { message_id: id.to_string(), status, error: get("ErrorCode").map(str::to_string) };
-        match store::apply_receipt(hub.db(), &self.name, &r).await {
+        match store::apply_receipt_waiting(hub.db(), &self.name, &r, std::time::Duration::from_secs(3)).await {
             Ok(_) => StatusCode::NO_CONTENT.into_response(),
             Err(e) => {
                 tracing::error!(channel = %self.name, error = %e, "SMS status webhook not stored.");

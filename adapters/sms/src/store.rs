@@ -183,37 +183,82 @@ pub enum ReceiptOutcome {
     Applied(Uuid),
 }
 
-/// Applies a receipt to the sent message it is about; statuses only move forward. The
+/// Applies a receipt to the sent message it is about; statuses only move forward. A
+/// message of several parts is `delivered` once every part's receipt said so (until then a
+/// part's delivery reads `enroute`); a part that failed makes the message fail. A part's ids
+/// are forgotten once its final receipt is applied, so a late repeat changes nothing. The
 /// status change and its interaction event commit together.
 pub async fn apply_receipt(db: &PgPool, channel: &str, r: &Receipt) -> CoreResult<ReceiptOutcome> {
     let keys = receipt::receipt_id_keys(&r.message_id);
     let mut tx = db.begin().await?;
-    let found: Option<Uuid> = sqlx::query_scalar(
-        "select outbox_id from sms_message_ids where channel_name = $1 and id_key = any($2)
+    let found: Option<(Uuid, String)> = sqlx::query_as(
+        "select outbox_id, id_key from sms_message_ids where channel_name = $1 and id_key = any($2)
          order by (id_key like 's:%') desc, preference, created_at desc limit 1",
     )
     .bind(channel)
     .bind(&keys)
     .fetch_optional(&mut *tx)
     .await?;
-    let Some(outbox_id) = found else { return Ok(ReceiptOutcome::Unmatched) };
+    let Some((outbox_id, matched_key)) = found else { return Ok(ReceiptOutcome::Unmatched) };
+    let mut status = r.status;
+    if status.rank() >= 3 {
+        let (ids, parts, submitted): (Vec<String>, i16, i16) =
+            sqlx::query_as("select smsc_ids, parts, parts_submitted from sms_sent where outbox_id = $1 for update")
+                .bind(outbox_id)
+                .fetch_one(&mut *tx)
+                .await?;
+        let part_keys: Vec<String> = ids
+            .iter()
+            .map(|id| receipt::sent_id_keys(id))
+            .find(|k| k.iter().any(|(key, _)| *key == matched_key))
+            .map(|k| k.into_iter().map(|(key, _)| key).collect())
+            .unwrap_or_else(|| vec![matched_key.clone()]);
+        sqlx::query("delete from sms_message_ids where channel_name = $1 and outbox_id = $2 and id_key = any($3)")
+            .bind(channel)
+            .bind(outbox_id)
+            .bind(&part_keys)
+            .execute(&mut *tx)
+            .await?;
+        let pending: i64 =
+            sqlx::query_scalar("select count(*) from sms_message_ids where outbox_id = $1").bind(outbox_id).fetch_one(&mut *tx).await?;
+        if status == SmsStatus::Delivered && (pending > 0 || submitted < parts) {
+            status = SmsStatus::Enroute;
+        }
+    }
     let moved: Option<Option<Uuid>> = sqlx::query_scalar(
         "update sms_sent set status = $2, status_rank = $3, error = coalesce($4, error), updated_at = now()
           where outbox_id = $1 and status_rank < $3 returning interaction_id",
     )
     .bind(outbox_id)
-    .bind(r.status.as_str())
-    .bind(r.status.rank())
+    .bind(status.as_str())
+    .bind(status.rank())
     .bind(&r.error)
     .fetch_optional(&mut *tx)
     .await?;
-    let Some(iid) = moved else { return Ok(ReceiptOutcome::Stale(outbox_id)) };
+    let Some(iid) = moved else {
+        tx.commit().await?;
+        return Ok(ReceiptOutcome::Stale(outbox_id));
+    };
     if let Some(iid) = iid {
-        let data = serde_json::json!({ "outbox_id": outbox_id, "status": r.status.as_str(), "error": r.error });
+        let data = serde_json::json!({ "outbox_id": outbox_id, "status": status.as_str(), "error": r.error });
         bus::record(&mut tx, NewEvent::interaction("sms_status", iid).with_data(data)).await?;
     }
     tx.commit().await?;
     Ok(ReceiptOutcome::Applied(outbox_id))
+}
+
+/// [`apply_receipt`], retried for up to `wait` while no sent message matches: a receipt can
+/// overtake the recording of the id it is about (the SMSC sends it right after its
+/// submit_sm_resp, on the same connection, while our write of that id is in flight).
+pub async fn apply_receipt_waiting(db: &PgPool, channel: &str, r: &Receipt, wait: std::time::Duration) -> CoreResult<ReceiptOutcome> {
+    let until = tokio::time::Instant::now() + wait;
+    loop {
+        let out = apply_receipt(db, channel, r).await?;
+        if out != ReceiptOutcome::Unmatched || tokio::time::Instant::now() >= until {
+            return Ok(out);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
 }
 
 /// The stored status of a sent message.
