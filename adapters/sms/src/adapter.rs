@@ -442,4 +442,38 @@ mod tests {
         assert_eq!((short.len(), short[0].esm_class, short[0].data_coding), (1, 0, 0));
         assert_eq!(mo_content(&short[0]).1, "hi €");
     }
+
+    /// Whatever an SMSC puts in a deliver_sm (UDH flags on garbage, lying sar TLVs, odd
+    /// data codings, half receipts), reading it never panics.
+    #[test]
+    fn reading_random_deliver_sm_never_panics() {
+        let mut rng = crate::pdu::XorShift(0xDEC0DE);
+        for _ in 0..200_000 {
+            let n = rng.below(40);
+            let bytes: Vec<u8> = (0..n).map(|_| rng.next() as u8).collect();
+            let mut tlvs = Vec::new();
+            for _ in 0..rng.below(4) {
+                let tag = [
+                    tag::SAR_MSG_REF_NUM,
+                    tag::SAR_TOTAL_SEGMENTS,
+                    tag::SAR_SEGMENT_SEQNUM,
+                    tag::MESSAGE_PAYLOAD,
+                    tag::RECEIPTED_MESSAGE_ID,
+                    tag::MESSAGE_STATE,
+                    tag::NETWORK_ERROR_CODE,
+                ][rng.below(7)];
+                tlvs.push(Tlv { tag, value: (0..rng.below(5)).map(|_| rng.next() as u8).collect() });
+            }
+            let sm = ShortMessage {
+                esm_class: rng.next() as u8,
+                data_coding: [0u8, 1, 3, 4, 8, 0xF0][rng.below(6)],
+                short_message: if rng.below(5) == 0 { b"id:12 stat:DELIVRD err:0".to_vec() } else { bytes },
+                tlvs,
+                ..Default::default()
+            };
+            let _ = mo_content(&sm);
+            let _ = receipt::parse(&sm);
+            let _ = receipt::is_receipt(&sm);
+        }
+    }
 }
