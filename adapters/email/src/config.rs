@@ -139,6 +139,9 @@ pub struct ImapConfig {
     /// Folder a copy of each sent reply is appended to (e.g. `Sent`); none = no copy.
     #[serde(default)]
     pub sent_folder: Option<String>,
+    /// A PEM file of CA certificates trusted besides the public roots (a private CA).
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
 }
 
 /// The SMTP submission account replies leave through.

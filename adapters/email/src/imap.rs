@@ -87,27 +87,30 @@ impl async_imap::Authenticator for XOAuth2 {
     }
 }
 
-fn tls_connector() -> tokio_rustls::TlsConnector {
-    let roots = rustls::RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() };
+fn tls_connector(ca_file: Option<&std::path::Path>) -> Result<tokio_rustls::TlsConnector, String> {
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() };
+    if let Some(path) = ca_file {
+        let pem = std::fs::read(path).map_err(|e| format!("imap.ca_file {}: {e}", path.display()))?;
+        for cert in rustls::pki_types::CertificateDer::pem_slice_iter(&pem) {
+            let cert = cert.map_err(|e| format!("imap.ca_file {}: {e}", path.display()))?;
+            roots.add(cert).map_err(|e| format!("imap.ca_file {}: {e}", path.display()))?;
+        }
+    }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
-        .map(|b| b.with_root_certificates(roots).with_no_client_auth())
-        .unwrap_or_else(|_| {
-            // The ring provider supports the default versions; this branch is unreachable
-            // in practice but must not panic.
-            rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-                .with_protocol_versions(&[&rustls::version::TLS13])
-                .expect("TLS 1.3 is supported by ring")
-                .with_root_certificates(rustls::RootCertStore::empty())
-                .with_no_client_auth()
-        });
-    tokio_rustls::TlsConnector::from(Arc::new(config))
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(tokio_rustls::TlsConnector::from(Arc::new(config)))
 }
 
-async fn tls_wrap(host: &str, tcp: TcpStream) -> Result<ImapStream, ImapError> {
+async fn tls_wrap(cfg: &ImapConfig, tcp: TcpStream) -> Result<ImapStream, ImapError> {
+    let host = &cfg.host;
     let name = rustls::pki_types::ServerName::try_from(host.to_string()).map_err(|e| ImapError::Connect(host.into(), e.to_string()))?;
-    let tls = tls_connector().connect(name, tcp).await.map_err(|e| ImapError::Connect(host.into(), e.to_string()))?;
+    let connector = tls_connector(cfg.ca_file.as_deref()).map_err(|e| ImapError::Connect(host.into(), e))?;
+    let tls = connector.connect(name, tcp).await.map_err(|e| ImapError::Connect(host.into(), e.to_string()))?;
     Ok(ImapStream::Tls(Box::new(tls)))
 }
 
@@ -123,7 +126,7 @@ pub async fn connect(cfg: &ImapConfig) -> Result<ImapSession, ImapError> {
         let _ = tcp.set_nodelay(true);
         let client = match cfg.security {
             Security::Tls => {
-                let mut c = async_imap::Client::new(tls_wrap(&cfg.host, tcp).await?);
+                let mut c = async_imap::Client::new(tls_wrap(cfg, tcp).await?);
                 c.read_response().await.map_err(|e| ImapError::Connect(addr.clone(), e.to_string()))?;
                 c
             }
@@ -139,7 +142,7 @@ pub async fn connect(cfg: &ImapConfig) -> Result<ImapSession, ImapError> {
                 let ImapStream::Plain(tcp) = c.into_inner() else {
                     return Err(ImapError::Connect(addr, "STARTTLS on a TLS stream".into()));
                 };
-                async_imap::Client::new(tls_wrap(&cfg.host, tcp).await?)
+                async_imap::Client::new(tls_wrap(cfg, tcp).await?)
             }
         };
         let secret = cfg.password.expose_secret().to_string();

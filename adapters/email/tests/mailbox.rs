@@ -239,3 +239,28 @@ async fn a_message_handed_to_smtp_is_never_sent_twice() {
     let _ = r.stop.send(true);
     let _ = r.task.await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_and_starttls_logins_verify_the_server_certificate() {
+    let Some(peers) = MailPeers::start_tls() else { return };
+    let ca = peers.ca.clone().unwrap();
+    let cfg = |security: &str, port: u16, ca: Option<&std::path::Path>| -> switchboard_email::config::ImapConfig {
+        let ca = ca.map(|c| format!("ca_file = \"{}\"\n", c.display())).unwrap_or_default();
+        toml::from_str(&format!(
+            "host = \"localhost\"\nport = {port}\nsecurity = \"{security}\"\nusername = \"support\"\npassword = \"secret\"\n{ca}"
+        ))
+        .unwrap()
+    };
+    for (security, port) in [("tls", peers.imaps_port), ("starttls", peers.imap_port)] {
+        let mut s = switchboard_email::imap::connect(&cfg(security, port, Some(&ca))).await.unwrap_or_else(|e| panic!("{security}: {e}"));
+        assert!(matches!(s.get_ref(), switchboard_email::imap::ImapStream::Tls(_)), "{security} runs over TLS");
+        switchboard_email::imap::select(&mut s, "INBOX").await.unwrap();
+        let _ = s.logout().await;
+        // A certificate nobody vouches for is refused.
+        let e = switchboard_email::imap::connect(&cfg(security, port, None))
+            .await
+            .err()
+            .unwrap_or_else(|| panic!("{security} accepted an unknown CA"));
+        assert!(e.to_string().to_lowercase().contains("certificate"), "{security}: {e}");
+    }
+}

@@ -19,6 +19,10 @@ pub struct MailPeers {
     pub imap_port: u16,
     /// SMTP port.
     pub smtp_port: u16,
+    /// IMAPS port (TLS from the first byte) when started with TLS, else 0.
+    pub imaps_port: u16,
+    /// The test CA (PEM) the server's certificate chains to, when started with TLS.
+    pub ca: Option<PathBuf>,
     dovecot: Child,
     smtp: Child,
 }
@@ -46,6 +50,16 @@ fn id_of(flag: &str, user: &str) -> Option<String> {
 impl MailPeers {
     /// Starts both peers, or explains why they cannot run here.
     pub fn start() -> Option<MailPeers> {
+        Self::start_with(false)
+    }
+
+    /// Starts both peers with Dovecot also offering TLS (IMAPS, and STARTTLS on the plain
+    /// port) under a certificate for `localhost`/127.0.0.1 from a throwaway CA.
+    pub fn start_tls() -> Option<MailPeers> {
+        Self::start_with(true)
+    }
+
+    fn start_with(tls: bool) -> Option<MailPeers> {
         let dovecot = ["/usr/sbin/dovecot", "/usr/local/sbin/dovecot"].into_iter().find(|p| Path::new(p).exists());
         let Some(dovecot) = dovecot else {
             eprintln!("SKIP: dovecot is not installed (apt-get install dovecot-imapd; scripts/test.sh does it)");
@@ -67,13 +81,29 @@ impl MailPeers {
             ["support", "customer", "other"].iter().map(|u| format!("{u}:{{PLAIN}}secret:{uid}:{gid}::{d}/mail/{u}\n")).collect();
         std::fs::write(dir.join("users"), users).ok()?;
         let imap_port = free_port();
+        let (imaps_port, ssl, ca) = if tls {
+            let sh = format!(
+                "set -e; cd {d}; openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout ca.key -out ca.pem -days 2 -subj /CN=SwitchboardTestCA 2>/dev/null; \
+                 openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout srv.key -out srv.csr -subj /CN=localhost 2>/dev/null; \
+                 printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\\nbasicConstraints=CA:FALSE\\n' > ext.cnf; \
+                 openssl x509 -req -in srv.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out srv.pem -days 2 -extfile ext.cnf 2>/dev/null; chmod 644 srv.key"
+            );
+            if !Command::new("sh").arg("-c").arg(&sh).status().is_ok_and(|s| s.success()) {
+                eprintln!("SKIP: openssl could not make a test certificate");
+                return None;
+            }
+            let p = free_port();
+            (p, format!("ssl = yes\nssl_cert = <{d}/srv.pem\nssl_key = <{d}/srv.key\n"), Some(dir.join("ca.pem")))
+        } else {
+            (0, "ssl = no\n".to_string(), None)
+        };
         let conf = format!(
             "protocols = imap\nlisten = 127.0.0.1\nbase_dir = {d}/run\nstate_dir = {d}/state\ninstance_name = sb-{imap_port}\nlog_path = {d}/dovecot.log\n\
-             ssl = no\ndisable_plaintext_auth = no\nauth_mechanisms = plain login\nmail_location = maildir:~/Maildir\n\
+             {ssl}disable_plaintext_auth = no\nauth_mechanisms = plain login\nmail_location = maildir:~/Maildir\n\
              default_internal_user = dovecot\ndefault_internal_group = dovecot\ndefault_login_user = dovenull\nfirst_valid_uid = 0\n\
              passdb {{\n  driver = passwd-file\n  args = scheme=PLAIN username_format=%n {d}/users\n}}\n\
              userdb {{\n  driver = passwd-file\n  args = username_format=%n {d}/users\n}}\n\
-             service imap-login {{\n  inet_listener imap {{\n    address = 127.0.0.1\n    port = {imap_port}\n  }}\n  inet_listener imaps {{\n    port = 0\n  }}\n}}\n\
+             service imap-login {{\n  inet_listener imap {{\n    address = 127.0.0.1\n    port = {imap_port}\n  }}\n  inet_listener imaps {{\n    address = 127.0.0.1\n    port = {imaps_port}\n  }}\n}}\n\
              protocol imap {{\n  mail_max_userip_connections = 200\n}}\n"
         );
         std::fs::write(dir.join("dovecot.conf"), conf).ok()?;
@@ -94,8 +124,8 @@ impl MailPeers {
             .stderr(Stdio::null())
             .spawn()
             .ok()?;
-        let peers = MailPeers { dir, imap_port, smtp_port, dovecot, smtp };
-        if !wait_port(imap_port, 20) || !wait_port(smtp_port, 20) {
+        let peers = MailPeers { dir, imap_port, smtp_port, imaps_port, ca, dovecot, smtp };
+        if !wait_port(imap_port, 20) || !wait_port(smtp_port, 20) || (tls && !wait_port(imaps_port, 20)) {
             eprintln!("SKIP: the mail peers did not start (see {}/dovecot.log)", peers.dir.display());
             return None;
         }
