@@ -170,6 +170,12 @@ pub async fn start_with(settings: Settings, database: Database) -> CoreResult<Ru
         tasks.push(tokio::spawn(switchboard_core::router::run(hub.clone(), database.options.clone(), shutdown_rx.clone())));
     }
     tasks.push(tokio::spawn(switchboard_core::outbox::run_worker(hub.clone(), shutdown_rx.clone())));
+    let internal_url = if settings.cluster.internal_url.trim().is_empty() {
+        format!("http://{addr}")
+    } else {
+        settings.cluster.internal_url.trim().to_string()
+    };
+    tasks.push(tokio::spawn(switchboard_core::cluster::run(hub.clone(), internal_url, settings.cluster.clone(), shutdown_rx.clone())));
     tasks.push(tokio::spawn(hub.clone().run_assignment_dispatch(shutdown_rx.clone())));
     for a in adapters {
         let hub = hub.clone();

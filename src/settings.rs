@@ -29,6 +29,9 @@ pub struct Settings {
     /// Outbox.
     #[serde(default)]
     pub outbox: OutboxSettings,
+    /// Cluster membership and call ownership.
+    #[serde(default)]
+    pub cluster: switchboard_core::cluster::ClusterSettings,
     /// Channel adapters, each chosen by `type`.
     #[serde(default)]
     pub channels: Vec<toml::Value>,
@@ -49,6 +52,7 @@ impl Settings {
             router: self.router.clone(),
             auth: self.auth.clone(),
             outbox: self.outbox.clone(),
+            cluster: self.cluster.clone(),
         }
     }
 

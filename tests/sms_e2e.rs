@@ -469,7 +469,7 @@ async fn the_bind_lease_moves_to_another_node() {
     let db = TestDb::new().await;
     // A node that died holding the lease: nobody binds until it expires.
     let dead = Uuid::new_v4();
-    sqlx::query("insert into sms_bind_leases (channel_name, node_id, expires_at) values ('sms-main', $1, now() + interval '2 seconds')")
+    sqlx::query("insert into leases (name, holder, token, expires_at) values ('smpp:sms-main', $1, 1, now() + interval '2 seconds')")
         .bind(dead)
         .execute(&db.pool)
         .await
@@ -481,8 +481,7 @@ async fn the_bind_lease_moves_to_another_node() {
     let b = spawn_node_with(&db, move |s| s.channels.push(t2)).await;
     smsc.wait(10, |e| e["event"] == "bound").await;
     assert!(started.elapsed() >= Duration::from_millis(1500), "bound before the dead node's lease expired");
-    let holder: Uuid =
-        sqlx::query_scalar("select node_id from sms_bind_leases where channel_name = 'sms-main'").fetch_one(&db.pool).await.unwrap();
+    let holder: Uuid = sqlx::query_scalar("select holder from leases where name = 'smpp:sms-main'").fetch_one(&db.pool).await.unwrap();
     assert!(holder == a.hub.node_id() || holder == b.hub.node_id());
     smsc.drain(1000).await;
     assert_eq!(smsc.log.iter().filter(|e| e["event"] == "bound").count(), 1, "one node holds the bind");
@@ -492,8 +491,7 @@ async fn the_bind_lease_moves_to_another_node() {
     holder_node.stop().await;
     smsc.wait(10, |e| e["event"] == "bound").await;
     assert!(t.elapsed() < Duration::from_secs(6), "takeover took {:?}", t.elapsed());
-    let now_holder: Uuid =
-        sqlx::query_scalar("select node_id from sms_bind_leases where channel_name = 'sms-main'").fetch_one(&db.pool).await.unwrap();
+    let now_holder: Uuid = sqlx::query_scalar("select holder from leases where name = 'smpp:sms-main'").fetch_one(&db.pool).await.unwrap();
     assert_eq!(now_holder, other.hub.node_id());
     assert_eq!(smsc.deliver("l1", "4915144444444", "hello other node", None).await["status"], 0);
     other.stop().await;

@@ -261,6 +261,8 @@ pub struct CoreSettings {
     pub auth: AuthSettings,
     /// Outbox.
     pub outbox: OutboxSettings,
+    /// Cluster membership and call ownership.
+    pub cluster: crate::cluster::ClusterSettings,
 }
 
 /// A configuration problem: the key path and the reason.

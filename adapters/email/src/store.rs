@@ -123,7 +123,8 @@ pub async fn advance_checkpoint(
 ) -> CoreResult<bool> {
     let n = sqlx::query(
         "insert into email_checkpoints (mailbox, folder, uid_validity, last_uid)
-         select $1, $2, $3, $4 where exists (select 1 from email_leases where mailbox = $1 and owner = $5 and fence = $6)
+         select $1, $2, $3, $4 where exists (select 1 from leases where name = 'email:' || $1 and holder = $5 and token = $6
+                                                  and expires_at > clock_timestamp() for share)
          on conflict (mailbox) do update set folder = excluded.folder, uid_validity = excluded.uid_validity,
              last_uid = case when email_checkpoints.uid_validity = excluded.uid_validity
                              then greatest(email_checkpoints.last_uid, excluded.last_uid) else excluded.last_uid end,
@@ -141,58 +142,33 @@ pub async fn advance_checkpoint(
     Ok(n == 1)
 }
 
-/// Takes the lease of a mailbox if it is free, expired or ours; renews it when ours.
-/// Returns the fence of the holding, or `None` when another node holds it.
+/// The name of a mailbox's lease in core's `leases` table.
+pub fn lease_name(mailbox: &str) -> String {
+    format!("email:{mailbox}")
+}
+
+/// Takes the lease of a mailbox if it is free, expired or ours; renews it when ours
+/// (core's [`switchboard_core::lease`]). Returns the fencing token of the holding, or
+/// `None` when another node holds it.
 pub async fn acquire_lease(db: &PgPool, mailbox: &str, owner: Uuid, secs: u64) -> CoreResult<Option<i64>> {
-    Ok(sqlx::query_scalar(
-        "insert into email_leases (mailbox, owner, expires_at) values ($1, $2, now() + make_interval(secs => $3))
-         on conflict (mailbox) do update set
-             owner = excluded.owner,
-             fence = case when email_leases.owner = excluded.owner then email_leases.fence else email_leases.fence + 1 end,
-             acquired_at = case when email_leases.owner = excluded.owner then email_leases.acquired_at else now() end,
-             expires_at = excluded.expires_at
-         where email_leases.owner = excluded.owner or email_leases.expires_at < now()
-         returning fence",
-    )
-    .bind(mailbox)
-    .bind(owner)
-    .bind(secs as f64)
-    .fetch_optional(db)
-    .await?)
+    Ok(switchboard_core::lease::acquire(db, &lease_name(mailbox), owner, std::time::Duration::from_secs(secs)).await?.map(|l| l.token))
 }
 
 /// Renews a held lease; false when it was lost.
 pub async fn renew_lease(db: &PgPool, mailbox: &str, owner: Uuid, fence: i64, secs: u64) -> CoreResult<bool> {
-    let n = sqlx::query(
-        "update email_leases set expires_at = now() + make_interval(secs => $4)
-          where mailbox = $1 and owner = $2 and fence = $3 and expires_at > now()",
-    )
-    .bind(mailbox)
-    .bind(owner)
-    .bind(fence)
-    .bind(secs as f64)
-    .execute(db)
-    .await?
-    .rows_affected();
-    Ok(n == 1)
+    let mut l =
+        switchboard_core::lease::Lease { name: lease_name(mailbox), holder: owner, token: fence, valid_until: tokio::time::Instant::now() };
+    switchboard_core::lease::renew(db, &mut l, std::time::Duration::from_secs(secs)).await
 }
 
 /// Gives a lease up at shutdown so another node takes over at once.
 pub async fn release_lease(db: &PgPool, mailbox: &str, owner: Uuid) -> CoreResult<()> {
-    sqlx::query("update email_leases set expires_at = now() - interval '1 second' where mailbox = $1 and owner = $2")
-        .bind(mailbox)
-        .bind(owner)
-        .execute(db)
-        .await?;
-    Ok(())
+    switchboard_core::lease::release_by_holder(db, &lease_name(mailbox), owner).await
 }
 
 /// The node holding a mailbox's live lease.
 pub async fn lease_owner(db: &PgPool, mailbox: &str) -> CoreResult<Option<Uuid>> {
-    Ok(sqlx::query_scalar("select owner from email_leases where mailbox = $1 and expires_at > now()")
-        .bind(mailbox)
-        .fetch_optional(db)
-        .await?)
+    Ok(switchboard_core::lease::holder(db, &lease_name(mailbox)).await?.map(|h| h.holder))
 }
 
 /// The first candidate that names a known conversation of the mailbox, strongest first:

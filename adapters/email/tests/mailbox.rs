@@ -149,7 +149,7 @@ async fn the_lease_moves_to_another_node_when_its_holder_dies() {
     peers.append("support", &[b"From: x@mail.example\r\nSubject: one\r\nMessage-ID: <lease-1@x>\r\n\r\none\r\n"]).await;
     wait_for(30, async || counts(&db.pool, "leased").await.0 == 1).await;
     let by: Option<uuid::Uuid> =
-        sqlx::query_scalar("select owner from email_leases where mailbox = 'leased'").fetch_one(&db.pool).await.unwrap();
+        sqlx::query_scalar("select holder from leases where name = 'email:leased'").fetch_one(&db.pool).await.unwrap();
     assert_eq!(by, Some(a.adapter.node_id()), "only the holder polls");
 
     // Node A dies without a goodbye (its task is killed; the lease is not released).
@@ -159,7 +159,7 @@ async fn the_lease_moves_to_another_node_when_its_holder_dies() {
     assert!(died.elapsed() < Duration::from_secs(10), "takeover took {:?}", died.elapsed());
     peers.append("support", &[b"From: x@mail.example\r\nSubject: two\r\nMessage-ID: <lease-2@x>\r\n\r\ntwo\r\n"]).await;
     wait_for(30, async || counts(&db.pool, "leased").await.0 == 2).await;
-    let fence: i64 = sqlx::query_scalar("select fence from email_leases where mailbox = 'leased'").fetch_one(&db.pool).await.unwrap();
+    let fence: i64 = sqlx::query_scalar("select token from leases where name = 'email:leased'").fetch_one(&db.pool).await.unwrap();
     assert_eq!(fence, 2);
     let _ = b.stop.send(true);
     let _ = b.task.await;

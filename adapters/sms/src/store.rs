@@ -372,24 +372,18 @@ pub async fn record_keyword(db: &PgPool, m: KeywordMessage<'_>) -> CoreResult<bo
     Ok(true)
 }
 
-/// Takes or renews the bind lease: true when this node holds it until `now + secs`.
+/// The name of an SMPP bind's lease in core's `leases` table.
+pub fn lease_name(channel: &str) -> String {
+    format!("smpp:{channel}")
+}
+
+/// Takes or renews the bind lease (core's [`switchboard_core::lease`]): true when this
+/// node holds it until `now + secs`.
 pub async fn acquire_lease(db: &PgPool, channel: &str, node: Uuid, secs: u64) -> CoreResult<bool> {
-    let holder: Option<Uuid> = sqlx::query_scalar(
-        "insert into sms_bind_leases (channel_name, node_id, expires_at) values ($1, $2, now() + make_interval(secs => $3))
-         on conflict (channel_name) do update set node_id = excluded.node_id, expires_at = excluded.expires_at
-          where sms_bind_leases.node_id = excluded.node_id or sms_bind_leases.expires_at < now()
-         returning node_id",
-    )
-    .bind(channel)
-    .bind(node)
-    .bind(secs as f64)
-    .fetch_optional(db)
-    .await?;
-    Ok(holder == Some(node))
+    Ok(switchboard_core::lease::acquire(db, &lease_name(channel), node, std::time::Duration::from_secs(secs)).await?.is_some())
 }
 
 /// Gives the lease up (clean shutdown): another node may bind at once.
 pub async fn release_lease(db: &PgPool, channel: &str, node: Uuid) -> CoreResult<()> {
-    sqlx::query("delete from sms_bind_leases where channel_name = $1 and node_id = $2").bind(channel).bind(node).execute(db).await?;
-    Ok(())
+    switchboard_core::lease::release_by_holder(db, &lease_name(channel), node).await
 }

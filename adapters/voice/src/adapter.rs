@@ -156,6 +156,15 @@ pub struct VoiceState {
     engine: OnceLock<VoiceEngineHandle>,
     hub: OnceLock<Hub>,
     calls: Mutex<CallTable>,
+    /// Ordered writer of `call_owners` rows (cluster call ownership), set by `run`.
+    owners: OnceLock<tokio::sync::mpsc::UnboundedSender<OwnerChange>>,
+}
+
+/// A change of the calls this node owns, written to `call_owners` in order.
+#[derive(Debug)]
+enum OwnerChange {
+    Owns { interaction_id: Uuid, call_id: String },
+    Ended { call_id: String },
 }
 
 impl std::fmt::Debug for VoiceState {
@@ -178,6 +187,11 @@ impl VoiceState {
         f(&mut guard)
     }
 
+    /// The hub, once `run` started.
+    pub(crate) fn hub(&self) -> Option<&Hub> {
+        self.hub.get()
+    }
+
     /// The engine call id of an interaction handled on this node.
     pub fn call_for(&self, interaction_id: Uuid) -> Option<String> {
         self.with_calls(|t| t.by_interaction.get(&interaction_id).cloned())
@@ -189,11 +203,18 @@ impl VoiceState {
 
     /// Registers a call once core knows it (ends its `enqueuing` mark).
     fn insert(&self, entry: CallEntry) {
+        self.publish_owner(OwnerChange::Owns { interaction_id: entry.interaction_id, call_id: entry.ticket.call_id.clone() });
         self.with_calls(|t| {
             t.enqueuing.remove(&entry.ticket.call_id);
             t.by_interaction.insert(entry.interaction_id, entry.ticket.call_id.clone());
             t.by_call.insert(entry.ticket.call_id.clone(), entry);
         });
+    }
+
+    fn publish_owner(&self, change: OwnerChange) {
+        if let Some(tx) = self.owners.get() {
+            let _ = tx.send(change);
+        }
     }
 
     fn set_enqueuing(&self, call_id: &str, on: bool) {
@@ -223,11 +244,32 @@ impl VoiceState {
     }
 
     fn remove(&self, call_id: &str) -> Option<CallEntry> {
-        self.with_calls(|t| {
+        let e = self.with_calls(|t| {
             let e = t.by_call.remove(call_id)?;
             t.by_interaction.remove(&e.interaction_id);
             Some(e)
-        })
+        });
+        if e.is_some() {
+            self.publish_owner(OwnerChange::Ended { call_id: call_id.to_string() });
+        }
+        e
+    }
+
+    /// Writes this node's call ownership changes to `call_owners`, in order, until the
+    /// sender is dropped.
+    async fn write_owners(hub: Hub, channel: String, mut rx: tokio::sync::mpsc::UnboundedReceiver<OwnerChange>) {
+        let node = hub.node_id();
+        while let Some(change) = rx.recv().await {
+            let r = match &change {
+                OwnerChange::Owns { interaction_id, call_id } => {
+                    switchboard_core::cluster::record_call_owner(hub.db(), *interaction_id, call_id, node, &channel).await
+                }
+                OwnerChange::Ended { call_id } => switchboard_core::cluster::forget_call_owner(hub.db(), call_id, node).await,
+            };
+            if let Err(e) = r {
+                tracing::warn!(error = %e, ?change, "Could not record call ownership.");
+            }
+        }
     }
 
     fn update(&self, call_id: &str, f: impl FnOnce(&mut CallEntry)) {
@@ -287,6 +329,7 @@ impl VoiceAdapter {
             engine: OnceLock::new(),
             hub: OnceLock::new(),
             calls: Mutex::new(CallTable::default()),
+            owners: OnceLock::new(),
         });
         Self { config, state }
     }
@@ -445,6 +488,10 @@ impl ChannelAdapter for VoiceAdapter {
         hub.metrics().add_source("voice", Arc::new(crate::metrics::VoiceMetrics));
         hub.add_route_docs(crate::recordings::ROUTES);
         let _ = self.state.hub.set(hub.clone());
+        let (owners_tx, owners_rx) = tokio::sync::mpsc::unbounded_channel();
+        if self.state.owners.set(owners_tx).is_ok() {
+            tokio::spawn(VoiceState::write_owners(hub.clone(), self.state.name.clone(), owners_rx));
+        }
         let inline = InlineCredentials::from_config(&self.config.registrar.credentials);
         let from_db = matches!(self.config.registrar.credentials, CredentialSource::External);
         // Registrations are published to core in order by this task (see `registration_changed`).
@@ -921,6 +968,7 @@ mod tests {
             engine: OnceLock::new(),
             hub: OnceLock::new(),
             calls: Mutex::new(CallTable::default()),
+            owners: OnceLock::new(),
         };
         assert_eq!(state.local_call(&hub, interaction).await, None, "not this node's call");
         state.set_enqueuing("call-other@pbx", true);
@@ -947,6 +995,7 @@ mod tests {
             engine: OnceLock::new(),
             hub: OnceLock::new(),
             calls: Mutex::new(CallTable::default()),
+            owners: OnceLock::new(),
         });
         let routing = HubRouting { hub: hub.clone(), state: state.clone() };
         let call = CallInfo {

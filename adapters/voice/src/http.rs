@@ -1,12 +1,16 @@
 //! Agent and supervisor call controls over HTTP: hold, resume, hang up and blind
 //! transfer of a live voice call, and supervisor listen-in and barge (the hub calls
 //! the supervisor's phone as a third leg). Routes act on the node that holds the call
-//! (the adapter's call table); another node answers 409. Admins also set agents' SIP
+//! (the adapter's call table); on another node of a cluster the request is forwarded to
+//! the owner recorded in `call_owners` (see `switchboard_core::cluster`), and without a
+//! live owner the answer is 409. Admins also set agents' SIP
 //! passwords here (stored as the digest HA1 for this registrar's realm, never returned).
 
 use std::sync::Arc;
 
-use axum::extract::State;
+use axum::extract::{Request, State};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{post, put};
 use axum::{Extension, Json, Router};
 use serde::Deserialize;
@@ -14,6 +18,7 @@ use serde_json::{json, Value};
 use switchboard_core::api::{Access, ApiJson, ApiPath, RouteDoc};
 use switchboard_core::auth::Caller;
 use switchboard_core::bus::NewEvent;
+use switchboard_core::cluster::{self, CallOwner};
 use switchboard_core::{CoreError, CoreResult, Hub, Role};
 use uuid::Uuid;
 
@@ -98,7 +103,37 @@ pub fn router(state: Arc<VoiceState>, registrar: RegistrarInfo) -> Router<Hub> {
         .route("/api/v1/voice/calls/{interaction_id}/transfer", post(transfer))
         .route("/api/v1/voice/calls/{interaction_id}/listen", post(supervise::<false>))
         .route("/api/v1/voice/calls/{interaction_id}/barge", post(supervise::<true>))
+        .route_layer(axum::middleware::from_fn({
+            let state = state.clone();
+            move |req: Request, next: Next| forward_to_owner(state.clone(), req, next)
+        }))
         .layer(Extension(state))
+}
+
+/// Cluster call ownership: a call control for a call another live node holds is
+/// forwarded there and its answer returned as is (the owner authorizes the caller
+/// again). A request that was forwarded already is never forwarded twice.
+async fn forward_to_owner(state: Arc<VoiceState>, req: Request, next: Next) -> Response {
+    let id =
+        req.uri().path().strip_prefix("/api/v1/voice/calls/").and_then(|rest| rest.split('/').next()).and_then(|s| Uuid::parse_str(s).ok());
+    let (Some(id), Some(hub)) = (id, state.hub()) else { return next.run(req).await };
+    if state.call_for(id).is_some() || req.headers().contains_key(cluster::FORWARDED_FROM) {
+        return next.run(req).await;
+    }
+    let timeout = std::time::Duration::from_millis(hub.settings().cluster.node_timeout_ms);
+    match cluster::call_owner(hub.db(), id, timeout).await {
+        Ok(Some(CallOwner { node_id, internal_url: Some(url), alive: true, .. })) if node_id != hub.node_id() => {
+            tracing::debug!(interaction_id = %id, owner = %node_id, "Forwarding a call control to the owning node.");
+            cluster::forward(forwarding_client(), &url, hub.node_id(), req, hub.settings().http.max_body_bytes).await
+        }
+        Ok(_) => next.run(req).await,
+        Err(e) => e.into_response(),
+    }
+}
+
+fn forwarding_client() -> &'static reqwest::Client {
+    static CLIENT: std::sync::OnceLock<reqwest::Client> = std::sync::OnceLock::new();
+    CLIENT.get_or_init(reqwest::Client::new)
 }
 
 /// Checks the caller may control the call and returns the engine call id.
