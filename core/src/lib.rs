@@ -26,6 +26,7 @@ pub mod privacy;
 pub mod queues;
 pub mod router;
 pub mod skills;
+pub mod sms_text;
 #[cfg(any(test, feature = "test-support"))]
 pub mod testing;
 

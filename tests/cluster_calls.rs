@@ -1,0 +1,242 @@
+//! Cluster call ownership, end to end: two hub nodes on one database, each with its own
+//! SIP channel. A trunk call lands on node A and is bridged to alice's phone there; the
+//! call controls alice sends to node B (hold, resume, hang up) are forwarded to A over
+//! HTTP and answered as if local. Skipped with a printed reason when `sipp` (Debian
+//! package `sip-tester`) is not installed.
+
+mod support;
+
+use std::net::{SocketAddr, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use support::*;
+use switchboard_core::Role;
+use tokio::process::{Child, Command};
+use uuid::Uuid;
+
+fn sipp_bin() -> Option<PathBuf> {
+    std::env::var_os("PATH").and_then(|paths| std::env::split_paths(&paths).map(|p| p.join("sipp")).find(|p| p.is_file()))
+}
+
+fn free_udp_port() -> u16 {
+    UdpSocket::bind("127.0.0.1:0").and_then(|s| s.local_addr()).map(|a| a.port()).expect("free port")
+}
+
+fn free_media_port() -> u16 {
+    // SIPp uses the given port and the next one (RTCP); keep it even.
+    for _ in 0..1000 {
+        let p = free_udp_port() & !1;
+        if p > 1024 && UdpSocket::bind(("127.0.0.1", p + 1)).is_ok() {
+            return p;
+        }
+    }
+    panic!("no free even media port");
+}
+
+fn scenario(name: &str) -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/voice").join(name).display().to_string()
+}
+
+const CREDENTIALS: &str = r#"{ type = "inline", agents = [ { user = "alice", password = "alice-pw" } ] }"#;
+
+fn channel_table(name: &str, dir: &Path) -> toml::Value {
+    let prompts = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/prompts");
+    let text = format!(
+        r#"
+type = "sip"
+name = "{name}"
+udp_listen = "127.0.0.1:0"
+public_ip = "127.0.0.1"
+rtp_port_min = 0
+ring_timeout_secs = 5
+announce_every_secs = 1
+prompts_dir = "{prompts}"
+recordings_dir = "{rec}"
+voicemail_dir = "{vm}"
+
+[registrar]
+realm = "switchboard"
+credentials = {CREDENTIALS}
+
+[[trunks]]
+name = "carrier"
+allowed_sources = ["127.0.0.1"]
+dids = {{ "100" = "main" }}
+
+[ivr_flows.main]
+start = "menu"
+default_queue = "support"
+[ivr_flows.main.nodes.menu]
+type = "menu"
+prompt = "menu"
+choices = {{ "1" = "english" }}
+timeout_ms = 8000
+max_attempts = 1
+on_failure = "bye"
+[ivr_flows.main.nodes.english]
+type = "set_requirement"
+requirement = "language:en >= 1"
+next = "queue"
+[ivr_flows.main.nodes.queue]
+type = "enqueue"
+[ivr_flows.main.nodes.bye]
+type = "hangup"
+"#,
+        prompts = prompts.display(),
+        rec = dir.join("rec").display(),
+        vm = dir.join("vm").display(),
+    );
+    toml::from_str(&text).expect("voice channel table")
+}
+
+fn sipp(bin: &Path, dir: &Path, target: SocketAddr, file: &str, port: u16, extra: &[&str]) -> Child {
+    let mut cmd = Command::new(bin);
+    cmd.arg("-sf")
+        .arg(scenario(file))
+        .args(["-i", "127.0.0.1", "-mi", "127.0.0.1", "-m", "1", "-timeout", "60s", "-nostdin", "-trace_err"])
+        .args(["-p", &port.to_string(), "-mp", &free_media_port().to_string()])
+        .args(extra)
+        .arg(target.to_string())
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    cmd.spawn().expect("sipp starts")
+}
+
+async fn finished_ok(child: Child, what: &str) {
+    let out = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
+        .await
+        .unwrap_or_else(|_| panic!("{what}: sipp did not finish"))
+        .expect("sipp ran");
+    assert!(out.status.success(), "{what}: sipp failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr));
+}
+
+async fn status_of(c: &Client, id: &str) -> String {
+    let (_, i) = c.call("GET", &format!("/api/v1/interactions/{id}"), None).await;
+    i["status"].as_str().unwrap_or_default().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn call_controls_sent_to_another_node_reach_the_owner() {
+    let Some(bin) = sipp_bin() else {
+        eprintln!("SKIPPED call_controls_sent_to_another_node_reach_the_owner: `sipp` not on PATH (apt-get install sip-tester)");
+        return;
+    };
+    let dir = std::env::temp_dir().join(format!("sb-cluster-{}", Uuid::new_v4()));
+    for d in ["a/rec", "a/vm", "b/rec", "b/vm"] {
+        std::fs::create_dir_all(dir.join(d)).expect("dir");
+    }
+    let (name_a, name_b) = (format!("pbx-a-{}", Uuid::new_v4()), format!("pbx-b-{}", Uuid::new_v4()));
+    let table_a = channel_table(&name_a, &dir.join("a"));
+    let table_b = channel_table(&name_b, &dir.join("b"));
+    let a = spawn_hub_with(|s| s.channels.push(table_a)).await;
+    let b = spawn_node_with(&a.db, |s| s.channels.push(table_b)).await;
+    let sip_a = eventually(10, || async { switchboard_voice::bound_addr(&name_a) }).await;
+    let admin = user(&a, "admin", &[Role::Admin, Role::Supervisor], None).await;
+    queue(&admin, json!({ "name": "support", "accept_timeout_secs": 30 })).await;
+
+    // Both nodes are members.
+    let nodes: i64 = eventually(10, || async {
+        let n: i64 = sqlx::query_scalar("select count(*) from cluster_nodes").fetch_one(&a.db.pool).await.ok()?;
+        (n == 2).then_some(n)
+    })
+    .await;
+    assert_eq!(nodes, 2);
+
+    // alice's phone registers with node A; her browser talks to node B.
+    let alice_a = user(&a, "alice", &[Role::Agent], Some(json!({ "language:en": 5 }))).await;
+    let agent_id = alice_a.agent_id.expect("agent id");
+    sqlx::query("update agents set sip_user = 'alice' where id = $1").bind(agent_id).execute(&a.db.pool).await.expect("sip user");
+    let phone_port = free_udp_port();
+    let phone = sipp(&bin, &dir, sip_a, "agent_answer_until_bye.xml", phone_port, &["-s", "alice"]);
+    let port_s = phone_port.to_string();
+    let reg = sipp(
+        &bin,
+        &dir,
+        sip_a,
+        "register.xml",
+        free_udp_port(),
+        &["-s", "alice", "-au", "alice", "-ap", "alice-pw", "-key", "agent_port", &port_s],
+    );
+    finished_ok(reg, "register").await;
+    let alice_b = Client::login(&b.url(), "alice", "test-password-1").await;
+    let (st, body) = alice_b.call("PUT", &format!("/api/v1/agents/{agent_id}/presence"), Some(json!({ "presence": "available" }))).await;
+    assert_eq!(st, StatusCode::OK, "{body}");
+
+    // The trunk call lands on node A.
+    let caller = sipp(&bin, &dir, sip_a, "caller_until_bye.xml", free_udp_port(), &["-s", "100"]);
+    let id: String = eventually(20, || {
+        let admin = admin.clone();
+        async move {
+            let (_, list) = admin.call("GET", "/api/v1/interactions?channel=voice", None).await;
+            list["items"].as_array().and_then(|a| a.first()).and_then(|i| i["id"].as_str()).map(str::to_string)
+        }
+    })
+    .await;
+    eventually(20, || {
+        let (c, id) = (alice_b.clone(), id.clone());
+        async move { (status_of(&c, &id).await == "active").then_some(()) }
+    })
+    .await;
+    let iid: Uuid = id.parse().expect("uuid");
+    let owner: Uuid = eventually(10, || async {
+        sqlx::query_scalar("select node_id from call_owners where interaction_id = $1").bind(iid).fetch_optional(&a.db.pool).await.ok()?
+    })
+    .await;
+    assert_eq!(owner, a.hub().node_id(), "node A owns the call");
+    // Wait until the agent leg is bridged on A (hold needs a connected call).
+    eventually(20, || {
+        let (c, id) = (admin.clone(), id.clone());
+        async move {
+            let (_, evs) = c.call("GET", &format!("/api/v1/interactions/{id}/events"), None).await;
+            evs.as_array()?.iter().any(|e| e["kind"] == "call_answered").then_some(())
+        }
+    })
+    .await;
+
+    // Call controls through node B: forwarded to A, answered as if local.
+    let (st, body) = alice_b.call("POST", &format!("/api/v1/voice/calls/{id}/hold"), None).await;
+    assert_eq!(st, StatusCode::OK, "hold via node B: {body}");
+    assert_eq!(body["held"], json!(true));
+    let (st, body) = alice_b.call("POST", &format!("/api/v1/voice/calls/{id}/resume"), None).await;
+    assert_eq!(st, StatusCode::OK, "resume via node B: {body}");
+    // The owner authorizes again: an agent who does not hold the call is refused there.
+    let mallory = user(&a, "mallory", &[Role::Agent], Some(json!({ "language:en": 1 }))).await;
+    let mallory_b = Client::login(&b.url(), "mallory", "test-password-1").await;
+    drop(mallory);
+    let (st, body) = mallory_b.call("POST", &format!("/api/v1/voice/calls/{id}/hangup"), None).await;
+    assert_eq!(st, StatusCode::FORBIDDEN, "{body}");
+    let (st, body) = alice_b.call("POST", &format!("/api/v1/voice/calls/{id}/hangup"), None).await;
+    assert_eq!(st, StatusCode::OK, "hang up via node B: {body}");
+    finished_ok(caller, "caller (BYE from the hub)").await;
+    finished_ok(phone, "alice's phone (BYE from the hub)").await;
+    eventually(20, || {
+        let (c, id) = (alice_b.clone(), id.clone());
+        async move { matches!(status_of(&c, &id).await.as_str(), "wrap_up" | "closed").then_some(()) }
+    })
+    .await;
+    let (_, evs) = admin.call("GET", &format!("/api/v1/interactions/{id}/events"), None).await;
+    let kinds: Vec<&str> = evs.as_array().expect("events").iter().filter_map(|e| e["kind"].as_str()).collect();
+    for k in ["call_hold", "call_resumed", "call_hangup_requested", "call_ended"] {
+        assert!(kinds.contains(&k), "{k} in {kinds:?}");
+    }
+    // The ended call's ownership is gone.
+    eventually(10, || async {
+        let n: i64 =
+            sqlx::query_scalar("select count(*) from call_owners where interaction_id = $1").bind(iid).fetch_one(&a.db.pool).await.ok()?;
+        (n == 0).then_some(())
+    })
+    .await;
+    // A call nobody owns: node B answers itself (409), nothing loops.
+    let (st, _) = alice_b.call("POST", &format!("/api/v1/voice/calls/{id}/hold"), None).await;
+    assert_eq!(st, StatusCode::CONFLICT);
+    b.stop().await;
+    a.stop().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
