@@ -230,6 +230,14 @@ pub struct OutboxSettings {
     /// First retry delay in milliseconds; doubles per attempt, capped at 10 minutes.
     #[serde(default = "default_backoff")]
     pub backoff_ms: u64,
+    /// Delivery loops per node working the outbox at once (claims use SKIP LOCKED), so a
+    /// campaign is not limited to one message per round trip.
+    #[serde(default = "default_outbox_workers")]
+    pub workers: usize,
+    /// Seconds a row stays claimed (`sending`) before another node may take it over after
+    /// a crash; the channel then decides (SMS: a submit that may have gone is `unknown`).
+    #[serde(default = "default_sending_lease")]
+    pub sending_lease_secs: u64,
 }
 
 fn default_outbox_poll() -> u64 {
@@ -241,10 +249,22 @@ fn default_attempts() -> i32 {
 fn default_backoff() -> u64 {
     1000
 }
+fn default_outbox_workers() -> usize {
+    4
+}
+fn default_sending_lease() -> u64 {
+    300
+}
 
 impl Default for OutboxSettings {
     fn default() -> Self {
-        OutboxSettings { poll_ms: default_outbox_poll(), max_attempts: default_attempts(), backoff_ms: default_backoff() }
+        OutboxSettings {
+            poll_ms: default_outbox_poll(),
+            max_attempts: default_attempts(),
+            backoff_ms: default_backoff(),
+            workers: default_outbox_workers(),
+            sending_lease_secs: default_sending_lease(),
+        }
     }
 }
 

@@ -90,9 +90,10 @@ pub async fn deliver_due(hub: &Hub, s: &OutboxSettings) -> CoreResult<usize> {
         .await?;
         let Some(row) = row else { return Ok(done) };
         sqlx::query(
-            "update outbox set status = 'sending', attempts = attempts + 1, next_attempt_at = now() + interval '5 minutes' where id = $1",
+            "update outbox set status = 'sending', attempts = attempts + 1, next_attempt_at = now() + make_interval(secs => $2) where id = $1",
         )
         .bind(row.id)
+        .bind(s.sending_lease_secs as f64)
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
@@ -176,8 +177,16 @@ async fn finish(hub: &Hub, row: &Row, result: Result<Option<String>, AdapterErro
     Ok(())
 }
 
-/// Runs the outbox worker until shutdown.
-pub async fn run_worker(hub: Hub, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+/// Runs the outbox worker until shutdown: `outbox.workers` delivery loops at once.
+pub async fn run_worker(hub: Hub, shutdown: tokio::sync::watch::Receiver<bool>) {
+    let n = hub.settings().outbox.workers.max(1);
+    let loops: Vec<_> = (0..n).map(|_| tokio::spawn(run_loop(hub.clone(), shutdown.clone()))).collect();
+    for l in loops {
+        let _ = l.await;
+    }
+}
+
+async fn run_loop(hub: Hub, mut shutdown: tokio::sync::watch::Receiver<bool>) {
     let s = hub.settings().outbox.clone();
     let mut events = hub.events();
     loop {

@@ -23,6 +23,9 @@ pub struct CrmConfig {
     /// Custom attributes: name → type, allowed values, required flag.
     #[serde(default)]
     pub attributes: BTreeMap<String, AttributeDef>,
+    /// SMS campaigns (`[crm.campaigns]`).
+    #[serde(default)]
+    pub campaigns: crate::campaigns::CampaignConfig,
 }
 
 fn default_region() -> String {
@@ -42,6 +45,7 @@ impl Default for CrmConfig {
             import_max_bytes: default_import_max_bytes(),
             import_batch_rows: default_import_batch(),
             attributes: BTreeMap::new(),
+            campaigns: Default::default(),
         }
     }
 }
@@ -109,6 +113,7 @@ impl Settings {
                 )));
             }
         }
+        config.campaigns.check().map_err(CoreError::Internal)?;
         if config.import_batch_rows == 0 || config.import_batch_rows > 20_000 {
             return Err(CoreError::Internal("config crm.import_batch_rows: must be 1..=20000".into()));
         }

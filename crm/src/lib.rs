@@ -9,6 +9,7 @@
 //! that new address arrive at the same moment.
 
 pub mod api;
+pub mod campaigns;
 pub mod config;
 pub mod duplicates;
 pub mod import;
@@ -76,6 +77,12 @@ pub async fn start(hub: &Hub, config: Option<toml::Value>, shutdown: tokio::sync
     // Imports a crashed or stopped node left behind: claimed now, run in the background.
     let orphans = jobs::claim_orphans(hub.db()).await?;
     tokio::spawn(jobs::supervise(hub.db().clone(), settings.clone(), orphans, shutdown.clone()));
+    // Campaigns: every node may run the engine (claims are SKIP LOCKED).
+    hub.add_route_docs(campaigns::api::ROUTES);
+    let engine = campaigns::Engine::new(hub.db().clone(), Arc::new(settings.config.campaigns.clone()), hub.node_id());
+    if settings.config.campaigns.worker {
+        tokio::spawn(engine.clone().run(shutdown.clone()));
+    }
     tracing::info!(default_region = %settings.config.default_region, attributes = settings.config.attributes.len(), "CRM started.");
-    Ok(api::router(api::Crm { settings, shutdown }))
+    Ok(api::router(api::Crm { settings: settings.clone(), shutdown }).merge(campaigns::api::router(engine, settings)))
 }
