@@ -1,0 +1,296 @@
+#!/usr/bin/env bash
+# A local Switchboard cluster on loopback, for tests and for trying it out:
+#
+#   PostgreSQL primary (127.0.0.1:15432) + streaming replica (127.0.0.1:15433)
+#   3 hub nodes        HTTP 127.0.0.1:18081-18083, SIP UDP 127.0.0.1:15061-15063
+#   HAProxy            HTTP/WebSocket 127.0.0.1:18080 (health check GET /readyz), stats :18090
+#   Kamailio           SIP UDP 127.0.0.1:15060: dispatcher over the 3 nodes (OPTIONS
+#                      probing, failover to the next node), REGISTER hashed per user
+#
+# Usage: scripts/cluster.sh up|down|status
+#
+# Environment: CLUSTER_DIR (default /tmp/switchboard-cluster), SWITCHBOARD_BIN (default
+# target/debug/switchboard, built if missing), PG_BIN (default the newest
+# /usr/lib/postgresql/*/bin). Debian packages: postgresql haproxy kamailio.
+# The hubs use the multi-host database URL with target_session_attrs=read-write, so after
+# `scripts/cluster.sh promote` (kills the primary, promotes the replica) they follow.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+DIR="${CLUSTER_DIR:-/tmp/switchboard-cluster}"
+BIN="${SWITCHBOARD_BIN:-$ROOT/target/debug/switchboard}"
+PG_BIN="${PG_BIN:-$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)}"
+PG_PRIMARY=15432
+PG_REPLICA=15433
+HTTP_PORTS=(18081 18082 18083)
+SIP_PORTS=(15061 15062 15063)
+LB_PORT=18080
+STATS_PORT=18090
+KAM_PORT=15060
+DB_URL="postgres://postgres@127.0.0.1:${PG_PRIMARY},127.0.0.1:${PG_REPLICA}/switchboard?target_session_attrs=read-write"
+
+as_pg() {
+  if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
+}
+
+pid_alive() { [ -f "$1" ] && kill -0 "$(head -1 "$1")" 2>/dev/null; }
+
+wait_http() { # url, seconds
+  local i
+  for ((i = 0; i < $2 * 10; i++)); do
+    curl -fsS -o /dev/null "$1" 2>/dev/null && return 0
+    sleep 0.1
+  done
+  echo "timed out waiting for $1" >&2
+  return 1
+}
+
+pg_up() {
+  mkdir -p "$DIR"
+  [ "$(id -u)" = 0 ] && chown postgres "$DIR"
+  local opts="-c listen_addresses=127.0.0.1 -k $DIR -c wal_level=replica -c max_wal_senders=10 -c hot_standby=on"
+  if [ ! -d "$DIR/pg-primary" ]; then
+    as_pg "$PG_BIN/initdb" -D "$DIR/pg-primary" -U postgres --auth=trust -E UTF8 >/dev/null
+    as_pg "$PG_BIN/pg_ctl" -D "$DIR/pg-primary" -o "-p $PG_PRIMARY $opts" -l "$DIR/pg-primary.log" -w start >/dev/null
+    as_pg "$PG_BIN/psql" -h 127.0.0.1 -p $PG_PRIMARY -U postgres -qc "create database switchboard" >/dev/null
+    as_pg "$PG_BIN/pg_basebackup" -h 127.0.0.1 -p $PG_PRIMARY -U postgres -D "$DIR/pg-replica" -R -X stream
+  else
+    pid_alive "$DIR/pg-primary/postmaster.pid" ||
+      as_pg "$PG_BIN/pg_ctl" -D "$DIR/pg-primary" -o "-p $PG_PRIMARY $opts" -l "$DIR/pg-primary.log" -w start >/dev/null
+  fi
+  pid_alive "$DIR/pg-replica/postmaster.pid" ||
+    as_pg "$PG_BIN/pg_ctl" -D "$DIR/pg-replica" -o "-p $PG_REPLICA $opts" -l "$DIR/pg-replica.log" -w start >/dev/null
+}
+
+node_config() { # index
+  local i=$1 http=${HTTP_PORTS[$1]} sip=${SIP_PORTS[$1]}
+  mkdir -p "$DIR/node$i/rec" "$DIR/node$i/vm" "$DIR/node$i/attachments"
+  cat >"$DIR/node$i/switchboard.toml" <<EOF
+[http]
+bind = "127.0.0.1:$http"
+web_dir = "$ROOT/web"
+
+[database]
+url = "$DB_URL"
+data_dir = "$DIR/node$i"
+
+[cluster]
+internal_url = "http://127.0.0.1:$http"
+
+[[channels]]
+type = "webchat"
+name = "webchat"
+attachments_dir = "$DIR/node$i/attachments"
+# Every visitor of the drills comes through HAProxy's one address.
+sessions_per_minute_per_ip = 100000
+rate_limit_per_10s = 100
+
+[[channels]]
+type = "sip"
+name = "pbx"
+udp_listen = "127.0.0.1:$sip"
+public_ip = "127.0.0.1"
+prompts_dir = "$ROOT/config/prompts"
+recordings_dir = "$DIR/node$i/rec"
+voicemail_dir = "$DIR/node$i/vm"
+[channels.registrar]
+realm = "switchboard"
+credentials = { type = "external" }
+[[channels.trunks]]
+name = "edge"
+allowed_sources = ["127.0.0.1"]
+dids = { "100" = "main" }
+[channels.ivr_flows.main]
+start = "queue"
+default_queue = "support"
+[channels.ivr_flows.main.nodes.queue]
+type = "enqueue"
+EOF
+}
+
+nodes_up() {
+  [ -x "$BIN" ] || (cd "$ROOT" && cargo build --bin switchboard)
+  # Migrations once, before three nodes race for them.
+  "$BIN" migrate --config "$DIR/node0/switchboard.toml" >/dev/null
+  local i
+  for i in 0 1 2; do
+    pid_alive "$DIR/node$i.pid" && continue
+    RUST_LOG="${RUST_LOG:-info}" nohup "$BIN" serve --config "$DIR/node$i/switchboard.toml" >"$DIR/node$i.log" 2>&1 &
+    echo $! >"$DIR/node$i.pid"
+  done
+  for i in 0 1 2; do wait_http "http://127.0.0.1:${HTTP_PORTS[$i]}/readyz" 60; done
+}
+
+haproxy_up() {
+  command -v haproxy >/dev/null || { echo "haproxy not installed (apt-get install haproxy); skipping" >&2; return 0; }
+  cat >"$DIR/haproxy.cfg" <<EOF
+global
+    maxconn 20000
+    pidfile $DIR/haproxy.pid
+defaults
+    mode http
+    option http-server-close
+    # A request whose node died before answering the connect goes to another node.
+    option redispatch
+    retries 3
+    timeout connect 2s
+    timeout client 60s
+    timeout server 60s
+    # Agents' event streams and chat visitors' sockets stay open for hours.
+    timeout tunnel 8h
+    timeout client-fin 5s
+frontend hub
+    bind 127.0.0.1:$LB_PORT
+    default_backend hubs
+backend hubs
+    balance leastconn
+    option httpchk GET /readyz
+    http-check expect status 200
+    default-server inter 1s fall 2 rise 2 on-marked-down shutdown-sessions
+    server node0 127.0.0.1:${HTTP_PORTS[0]} check
+    server node1 127.0.0.1:${HTTP_PORTS[1]} check
+    server node2 127.0.0.1:${HTTP_PORTS[2]} check
+listen stats
+    bind 127.0.0.1:$STATS_PORT
+    stats enable
+    stats uri /
+EOF
+  pid_alive "$DIR/haproxy.pid" || haproxy -D -f "$DIR/haproxy.cfg"
+  wait_http "http://127.0.0.1:$LB_PORT/readyz" 20
+}
+
+kamailio_up() {
+  command -v kamailio >/dev/null || { echo "kamailio not installed (apt-get install kamailio); skipping" >&2; return 0; }
+  local i
+  : >"$DIR/dispatcher.list"
+  for i in 0 1 2; do echo "1 sip:127.0.0.1:${SIP_PORTS[$i]}" >>"$DIR/dispatcher.list"; done
+  cat >"$DIR/kamailio.cfg" <<EOF
+#!KAMAILIO
+# The SIP edge: spreads trunk calls and phone registrations over the hub nodes.
+listen=udp:127.0.0.1:$KAM_PORT
+children=2
+log_stderror=no
+mpath="/usr/lib/x86_64-linux-gnu/kamailio/modules/"
+loadmodule "tm.so"
+loadmodule "sl.so"
+loadmodule "rr.so"
+loadmodule "pv.so"
+loadmodule "maxfwd.so"
+loadmodule "textops.so"
+loadmodule "siputils.so"
+loadmodule "xlog.so"
+loadmodule "sanity.so"
+loadmodule "kex.so"
+loadmodule "corex.so"
+loadmodule "dispatcher.so"
+modparam("dispatcher", "list_file", "$DIR/dispatcher.list")
+# OPTIONS probing every 2 s; a node that does not answer is skipped until it does.
+modparam("dispatcher", "ds_ping_interval", 2)
+modparam("dispatcher", "ds_probing_mode", 1)
+modparam("dispatcher", "ds_ping_from", "sip:edge@127.0.0.1")
+modparam("dispatcher", "ds_probing_threshold", 1)
+modparam("dispatcher", "ds_inactive_threshold", 1)
+modparam("dispatcher", "xavp_dst", "_dsdst_")
+modparam("dispatcher", "xavp_ctx", "_dsctx_")
+
+request_route {
+    if (!mf_process_maxfwd_header("10")) { sl_send_reply("483", "Too Many Hops"); exit; }
+    if (has_totag()) {
+        if (loose_route()) { t_relay(); exit; }
+        if (is_method("ACK") && t_check_trans()) { t_relay(); exit; }
+        sl_send_reply("404", "Not here"); exit;
+    }
+    if (is_method("CANCEL")) { if (t_check_trans()) t_relay(); exit; }
+    record_route();
+    # REGISTER: hashed over the From user (algorithm 1), so a phone keeps its node while
+    # that node is up; calls: round robin (algorithm 4). Failover to the next node.
+    if (is_method("REGISTER")) {
+        if (!ds_select_dst("1", "1")) { sl_send_reply("503", "No hub node"); exit; }
+    } else if (!ds_select_dst("1", "4")) {
+        sl_send_reply("503", "No hub node"); exit;
+    }
+    t_on_failure("NEXT_NODE");
+    t_relay();
+    exit;
+}
+
+failure_route[NEXT_NODE] {
+    if (t_is_canceled()) exit;
+    if (t_check_status("408|500|503") && ds_next_dst()) {
+        t_on_failure("NEXT_NODE");
+        t_relay();
+    }
+}
+EOF
+  pid_alive "$DIR/kamailio.pid" || kamailio -f "$DIR/kamailio.cfg" -P "$DIR/kamailio.pid" -w "$DIR" -m 64 -M 8
+}
+
+up() {
+  [ -n "$PG_BIN" ] || { echo "PostgreSQL server binaries not found (apt-get install postgresql)" >&2; exit 1; }
+  pg_up
+  local i
+  for i in 0 1 2; do node_config $i; done
+  nodes_up
+  haproxy_up
+  kamailio_up
+  status
+}
+
+stop_pid() { # pidfile
+  if pid_alive "$1"; then kill "$(head -1 "$1")" 2>/dev/null || true; fi
+  rm -f "$1"
+}
+
+down() {
+  local i
+  stop_pid "$DIR/kamailio.pid"
+  stop_pid "$DIR/haproxy.pid"
+  for i in 0 1 2; do stop_pid "$DIR/node$i.pid"; done
+  for d in pg-replica pg-primary; do
+    [ -f "$DIR/$d/postmaster.pid" ] && as_pg "$PG_BIN/pg_ctl" -D "$DIR/$d" -m fast -w stop >/dev/null 2>&1 || true
+  done
+  [ "${1:-}" = "--purge" ] && rm -rf "$DIR"
+  echo "cluster stopped${1:+ and removed}"
+}
+
+promote() {
+  # The failover drill: the primary dies, the replica becomes primary.
+  [ -f "$DIR/pg-primary/postmaster.pid" ] && kill -9 "$(head -1 "$DIR/pg-primary/postmaster.pid")" || true
+  as_pg "$PG_BIN/pg_ctl" -D "$DIR/pg-replica" -w promote
+}
+
+status() {
+  local i st
+  for d in pg-primary pg-replica; do
+    if pid_alive "$DIR/$d/postmaster.pid"; then
+      st=$(as_pg "$PG_BIN/psql" -h 127.0.0.1 -p "$([ $d = pg-primary ] && echo $PG_PRIMARY || echo $PG_REPLICA)" -U postgres -Atc \
+        "select case when pg_is_in_recovery() then 'standby' else 'primary' end" 2>/dev/null || echo "?")
+      echo "$d: up ($st)"
+    else
+      echo "$d: down"
+    fi
+  done
+  for i in 0 1 2; do
+    if pid_alive "$DIR/node$i.pid"; then
+      st=$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:${HTTP_PORTS[$i]}/readyz" || true)
+      echo "node$i: up http://127.0.0.1:${HTTP_PORTS[$i]} sip 127.0.0.1:${SIP_PORTS[$i]} readyz=$st"
+    else
+      echo "node$i: down"
+    fi
+  done
+  pid_alive "$DIR/haproxy.pid" && echo "haproxy: up http://127.0.0.1:$LB_PORT (stats :$STATS_PORT)" || echo "haproxy: down"
+  pid_alive "$DIR/kamailio.pid" && echo "kamailio: up sip:127.0.0.1:$KAM_PORT" || echo "kamailio: down"
+  if pid_alive "$DIR/pg-replica/postmaster.pid" || pid_alive "$DIR/pg-primary/postmaster.pid"; then
+    echo "leases and nodes:"
+    psql "$DB_URL" -Atc "select '  lease ' || name || ' holder ' || holder || ' token ' || token from leases where expires_at > now()
+                         union all select '  node ' || node_id || ' ' || internal_url || ' heartbeat ' || round(extract(epoch from now() - heartbeat_at)::numeric, 1) || ' s ago' from cluster_nodes" 2>/dev/null || true
+  fi
+}
+
+case "${1:-}" in
+  up) up ;;
+  down) down "${2:-}" ;;
+  status) status ;;
+  promote) promote ;;
+  *) echo "usage: $0 up|down [--purge]|status|promote" >&2; exit 2 ;;
+esac

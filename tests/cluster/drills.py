@@ -1,0 +1,263 @@
+#!/usr/bin/env python3
+"""Cluster fault drills against `scripts/cluster.sh` (real processes on loopback).
+
+Run:  scripts/cluster.sh up && python3 tests/cluster/drills.py [--visitors 20] [--pause 30]
+
+Load: chat visitors through HAProxy (HTTP fallback of the chat protocol), each sending a
+message every 0.5 s with a unique client_msg_id and resending the same id until acked.
+Drills, one after another, each followed by recovery (the node restarted):
+  1. kill -9 of a node that is not the router leader
+  2. kill -9 of the router leader
+  3. SIGSTOP of the holder of the `cluster:sweeper` lease for --pause s, then SIGCONT
+     (the lease moves with a higher token; the woken node does not act on it)
+  4. PostgreSQL primary killed, replica promoted (`scripts/cluster.sh promote`)
+After each: every acked message stored (0 inbound lost), none stored twice, the time until
+the load is accepted again and until a router leader is back. Prints a table; exits 1 when
+an invariant failed. Bounded: every wait has a deadline.
+"""
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+import uuid
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+DIR = os.environ.get("CLUSTER_DIR", "/tmp/switchboard-cluster")
+LB = "http://127.0.0.1:18080"
+NODES = ["http://127.0.0.1:18081", "http://127.0.0.1:18082", "http://127.0.0.1:18083"]
+DB_URL = "postgres://postgres@127.0.0.1:15432,127.0.0.1:15433/switchboard?target_session_attrs=read-write"
+
+
+def http(method, url, body=None, headers=None, timeout=5):
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(url, data=data, method=method)
+    req.add_header("content-type", "application/json")
+    for k, v in (headers or {}).items():
+        req.add_header(k, v)
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            return r.status, json.loads(r.read() or b"null")
+    except urllib.error.HTTPError as e:
+        return e.code, None
+    except Exception:
+        return 0, None
+
+
+def psql(sql):
+    env = dict(os.environ)
+    out = subprocess.run(["psql", DB_URL, "-Atc", sql], capture_output=True, text=True, env=env, timeout=20)
+    if out.returncode != 0:
+        raise RuntimeError(out.stderr)
+    return out.stdout.strip()
+
+
+def node_pid(i):
+    with open(f"{DIR}/node{i}.pid") as f:
+        return int(f.read().split()[0])
+
+
+def ready(i):
+    st, body = http("GET", NODES[i] + "/readyz", timeout=2)
+    return st == 200, bool(body and body.get("router_leader"))
+
+
+def leader_index():
+    for i in range(3):
+        ok, lead = ready(i)
+        if ok and lead:
+            return i
+    return None
+
+
+def restart_node(i):
+    cfg = f"{DIR}/node{i}/switchboard.toml"
+    binary = os.environ.get("SWITCHBOARD_BIN", f"{ROOT}/target/debug/switchboard")
+    log = open(f"{DIR}/node{i}.log", "a")
+    p = subprocess.Popen([binary, "serve", "--config", cfg], stdout=log, stderr=log, start_new_session=True)
+    with open(f"{DIR}/node{i}.pid", "w") as f:
+        f.write(str(p.pid))
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        if ready(i)[0]:
+            return
+        time.sleep(0.2)
+    raise RuntimeError(f"node{i} did not come back")
+
+
+class Load:
+    """Chat visitors sending through the balancer; remembers every acked message."""
+
+    def __init__(self, visitors):
+        self.visitors = visitors
+        self.acked = set()
+        self.lock = threading.Lock()
+        self.stop = threading.Event()
+        self.last_ok = time.time()
+        self.last_fail = 0.0
+        self.failures = 0
+        self.threads = [threading.Thread(target=self.visitor, args=(k,), daemon=True) for k in range(visitors)]
+
+    def start(self):
+        for t in self.threads:
+            t.start()
+
+    def visitor(self, k):
+        token = None
+        n = 0
+        pending = None
+        while not self.stop.is_set():
+            if token is None:
+                st, body = http("POST", LB + "/chat/v1/sessions", {"name": f"drill visitor {k}"})
+                if st in (200, 201) and body:
+                    token = body["token"]
+                else:
+                    time.sleep(0.5)
+                    continue
+            if pending is None:
+                n += 1
+                pending = f"drill-{k}-{n}-{uuid.uuid4().hex[:8]}"
+            st, body = http("POST", LB + "/chat/v1/messages", {"client_msg_id": pending, "body": pending}, {"x-chat-token": token})
+            if st in (200, 201):
+                with self.lock:
+                    self.acked.add(pending)
+                    self.last_ok = time.time()
+                pending = None
+                time.sleep(0.5)
+            else:
+                with self.lock:
+                    self.failures += 1
+                    self.last_fail = time.time()
+                time.sleep(0.2)  # resend the same id
+
+    def wait_flowing(self, since, limit=90):
+        deadline = time.time() + limit
+        while time.time() < deadline:
+            with self.lock:
+                if self.last_ok > since + 0.01:
+                    return self.last_ok - since
+            time.sleep(0.05)
+        return None
+
+
+def check_messages(load):
+    with load.lock:
+        acked = set(load.acked)
+    stored = psql("select body from messages where body like 'drill-%'").splitlines()
+    counts = {}
+    for b in stored:
+        counts[b] = counts.get(b, 0) + 1
+    lost = [m for m in acked if m not in counts]
+    twice = [m for m, c in counts.items() if c > 1]
+    return len(acked), lost, twice
+
+
+def wait_leader(since, limit=60):
+    deadline = time.time() + limit
+    while time.time() < deadline:
+        if leader_index() is not None:
+            return time.time() - since
+        time.sleep(0.1)
+    return None
+
+
+def sweeper_holder():
+    row = psql("select l.token, n.internal_url from leases l join cluster_nodes n on n.node_id = l.holder "
+               "where l.name = 'cluster:sweeper' and l.expires_at > now()")
+    if not row:
+        return None, None
+    token, url = row.split("|")
+    return int(token), NODES.index(url)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--visitors", type=int, default=20)
+    ap.add_argument("--pause", type=int, default=30)
+    ap.add_argument("--warmup", type=float, default=5)
+    args = ap.parse_args()
+    for i in range(3):
+        if not ready(i)[0]:
+            sys.exit(f"node{i} is not ready: run scripts/cluster.sh up first")
+    load = Load(args.visitors)
+    load.start()
+    time.sleep(args.warmup)
+    results = []
+    failed = False
+
+    def record(name, t0, extra=""):
+        nonlocal failed
+        lead = wait_leader(t0)
+        # Let the load run 15 s past the fault; the recovery time is when the last
+        # request failed (0 when none did).
+        time.sleep(max(0.0, t0 + 15 - time.time()))
+        flowing = load.wait_flowing(time.time() - 1)
+        with load.lock:
+            flow = None if flowing is None else max(0.0, load.last_fail - t0)
+        acked, lost, twice = check_messages(load)
+        ok = flow is not None and lead is not None and not lost and not twice
+        failed |= not ok
+        results.append((name, acked, len(lost), len(twice), flow, lead, extra, ok))
+        print(f"{name}: acked {acked}, lost {len(lost)}, twice {len(twice)}, last failed request at "
+              f"{flow if flow is None else round(flow, 2)} s, leader after {lead if lead is None else round(lead, 2)} s {extra}",
+              flush=True)
+
+    # 1. kill -9 a node that is not the leader.
+    lead = leader_index()
+    victim = next(i for i in range(3) if i != lead)
+    t0 = time.time()
+    os.kill(node_pid(victim), signal.SIGKILL)
+    record(f"kill -9 node{victim} (not leader)", t0)
+    restart_node(victim)
+
+    # 2. kill -9 the leader.
+    lead = leader_index()
+    t0 = time.time()
+    os.kill(node_pid(lead), signal.SIGKILL)
+    record(f"kill -9 node{lead} (router leader)", t0)
+    restart_node(lead)
+
+    # 3. SIGSTOP the sweeper lease holder, then SIGCONT.
+    token, holder = sweeper_holder()
+    extra = ""
+    if holder is not None:
+        t0 = time.time()
+        os.kill(node_pid(holder), signal.SIGSTOP)
+        moved = None
+        deadline = time.time() + args.pause
+        while time.time() < deadline:
+            t, h = sweeper_holder()
+            if moved is None and t is not None and h != holder:
+                moved = (time.time() - t0, t)
+            time.sleep(0.2)
+        os.kill(node_pid(holder), signal.SIGCONT)
+        time.sleep(3)
+        t_after, h_after = sweeper_holder()
+        extra = (f"lease moved after {round(moved[0], 2)} s to token {moved[1]} (was {token}); after SIGCONT held by node{h_after} token {t_after}"
+                 if moved else "lease did not move")
+        if not moved or h_after == holder:
+            failed = True
+        record(f"SIGSTOP node{holder} {args.pause} s + SIGCONT", t0, extra)
+
+    # 4. PostgreSQL primary killed, replica promoted.
+    t0 = time.time()
+    subprocess.run([f"{ROOT}/scripts/cluster.sh", "promote"], check=True, capture_output=True, timeout=60)
+    record("PostgreSQL primary killed, replica promoted", t0)
+
+    load.stop.set()
+    print("\n| drill | acked | lost | twice | last failed request (s after fault) | router leader (s) | ok |")
+    print("|---|---|---|---|---|---|---|")
+    for name, acked, lost, twice, flow, lead, extra, ok in results:
+        f = "-" if flow is None else f"{flow:.2f}"
+        ld = "-" if lead is None else f"{lead:.2f}"
+        print(f"| {name} | {acked} | {lost} | {twice} | {f} | {ld} | {'yes' if ok else 'NO'} |")
+    sys.exit(1 if failed else 0)
+
+
+if __name__ == "__main__":
+    main()
