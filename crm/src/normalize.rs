@@ -85,8 +85,20 @@ impl Region {
 }
 
 /// Normalizes a phone number to E.164. Accepts `tel:`/`sip:` URIs (the user part),
-/// international (`+…`, `00…`) and national formats (read with `region`).
+/// international (`+…`, `00…` or the region's own international prefix such as `011`) and
+/// national formats (read with `region`).
+///
+/// ITU-T E.164 §6: a number is a country calling code of 1–3 digits (prefix-free, so at
+/// most one reading fits) followed by the national significant number (NSN). The national
+/// trunk prefix (`0` in DE/CN/UK/FR/IN, `1` in the NANP) is dialled only inside a country
+/// and is never part of the NSN, so it is stripped from national-format input only, read
+/// with the default region's metadata; an international number's digits are kept as they
+/// are (`+49 151…` keeps its `1`, `+86 138…` its `1`, `+39 06…` its `0`). The only
+/// exception is the written convention `+49 (0)151…`, where the bracketed trunk prefix is
+/// dropped. Validity is checked against libphonenumber's metadata (the `phonenumber`
+/// crate's database: lengths and number patterns per region of the calling code).
 pub fn phone(raw: &str, region: Region) -> Result<String, NormalizeError> {
+    let unparsable = || NormalizeError::PhoneUnparsable(raw.to_string());
     let mut s = raw.trim();
     for prefix in ["tel:", "sip:", "sips:"] {
         if s.get(..prefix.len()).is_some_and(|p| p.eq_ignore_ascii_case(prefix)) {
@@ -100,23 +112,163 @@ pub fn phone(raw: &str, region: Region) -> Result<String, NormalizeError> {
     if let Some((user, _)) = s.split_once(';') {
         s = user;
     }
-    let digits = s.chars().filter(|c| c.is_ascii_digit()).count();
-    // libphonenumber accepts letters (vanity numbers); an address that is mostly letters is
-    // garbage here, not a vanity number.
-    let letters = s.chars().filter(|c| c.is_alphabetic()).count();
-    if !(3..=17).contains(&digits) || letters > 3 || s.len() > 40 {
+    let s = s.trim();
+    if s.len() > 40 {
+        return Err(unparsable());
+    }
+    let plus = s.starts_with('+') || s.starts_with('\u{FF0B}');
+    let body = s.strip_prefix('+').or_else(|| s.strip_prefix('\u{FF0B}')).unwrap_or(s);
+    // Only digits and the usual visual separators; letters (vanity numbers, "anonymous")
+    // and a second `+` are not a phone number here.
+    if body.chars().any(|c| !(c.is_ascii_digit() || matches!(c, ' ' | '-' | '.' | '(' | ')' | '/' | '\u{A0}'))) {
+        return Err(unparsable());
+    }
+    let digits: String = body.chars().filter(char::is_ascii_digit).collect();
+    if !(3..=17).contains(&digits.len()) {
+        return Err(unparsable());
+    }
+    let meta = phonenumber::metadata::DATABASE.by_id(region.0.as_ref());
+    if plus {
+        return international(raw, body);
+    }
+    if let Some(rest) = digits.strip_prefix("00") {
+        return international(raw, rest);
+    }
+    // The region's own international prefix (011 in the NANP, 00 almost everywhere else).
+    if let Some(m) = meta.and_then(|m| m.international_prefix()).and_then(|re| anchored_prefix(re.as_str()).find(&digits)) {
+        if m.end() > 0 && m.end() < digits.len() {
+            return international(raw, &digits[m.end()..]);
+        }
+    }
+    let meta = meta.ok_or_else(unparsable)?;
+    national(raw, &digits, meta)
+}
+
+/// Reads `body` (the part after `+` or the international prefix) as country calling code
+/// plus NSN, without touching the NSN's digits.
+fn international(raw: &str, body: &str) -> Result<String, NormalizeError> {
+    // `+44 (0)20 …`: the bracketed trunk prefix is a national-dialling hint, not a digit of
+    // the number. Only an explicit `(0)` is dropped.
+    let cleaned = body.replacen("(0)", "", 1);
+    let digits: String = cleaned.chars().filter(char::is_ascii_digit).collect();
+    let (code, nsn) = (1..=3)
+        .filter(|&n| n < digits.len())
+        .find_map(|n| {
+            let code: u16 = digits[..n].parse().ok()?;
+            phonenumber::metadata::DATABASE.region(&code).map(|_| (code, &digits[n..]))
+        })
+        .ok_or_else(|| NormalizeError::PhoneUnparsable(raw.to_string()))?;
+    if !(2..=17).contains(&nsn.len()) {
         return Err(NormalizeError::PhoneUnparsable(raw.to_string()));
     }
-    let owned;
-    if let Some(rest) = s.strip_prefix("00") {
-        owned = format!("+{rest}");
-        s = &owned;
-    }
-    let n = phonenumber::parse(Some(region.0), s).map_err(|_| NormalizeError::PhoneUnparsable(raw.to_string()))?;
-    if !phonenumber::is_valid(&n) {
+    if !valid_nsn(code, nsn) {
         return Err(NormalizeError::PhoneInvalid(raw.to_string()));
     }
-    Ok(n.format().mode(phonenumber::Mode::E164).to_string())
+    Ok(format!("+{code}{nsn}"))
+}
+
+/// Reads national-format digits with the default region: the trunk prefix (and a carrier
+/// selection code where the region has one) is stripped the way libphonenumber does it —
+/// only when what remains is still a possible number of the region, or the digits were
+/// not one as written. Digits without `+` or an international prefix are always national
+/// (`4915…` in DE is a Leer fixed line, as libphonenumber reads it).
+fn national(raw: &str, digits: &str, meta: &phonenumber::Metadata) -> Result<String, NormalizeError> {
+    let code = meta.country_code();
+    let general = meta.descriptors().general();
+    let mut nsn = digits.to_string();
+    // Without its own parsing pattern a region's trunk prefix is read as written
+    // (libphonenumber: nationalPrefixForParsing defaults to nationalPrefix).
+    let trunk = meta.national_prefix_for_parsing().map(|re| re.as_str().to_string()).or_else(|| meta.national_prefix().map(regex::escape));
+    if let Some(re) = trunk {
+        if let Some(caps) = anchored_prefix(&re).captures(digits) {
+            let whole = caps.get(0).map(|m| m.end()).unwrap_or(0);
+            let stripped = match meta.national_prefix_transform_rule() {
+                // e.g. AR: `0?(?:(11|…)?15)?` rewritten by `9$1`: the rule builds the NSN's
+                // head from the captured groups.
+                Some(rule) if caps.len() > 1 && caps.iter().skip(1).any(|g| g.is_some()) => {
+                    let mut head = String::new();
+                    // Java's `$1` is `${1}` for the regex crate (`$1$2` would read `$1$2` as one name).
+                    let rule = compiled("\\$(\\d)".to_string()).replace_all(rule, "$${$1}");
+                    caps.expand(&rule, &mut head);
+                    format!("{head}{}", &digits[whole..])
+                }
+                _ => digits[whole..].to_string(),
+            };
+            if whole > 0 && (full_match(general, &stripped) || !full_match(general, digits)) {
+                nsn = stripped;
+            }
+        }
+    }
+    if !valid_nsn(code, &nsn) {
+        if nsn.len() < 2 {
+            return Err(NormalizeError::PhoneUnparsable(raw.to_string()));
+        }
+        return Err(NormalizeError::PhoneInvalid(raw.to_string()));
+    }
+    Ok(format!("+{code}{nsn}"))
+}
+
+/// Whether `nsn` is a valid national significant number for some region of the calling
+/// code: the general pattern and one number type (fixed line, mobile, toll free, …) match
+/// the whole NSN (libphonenumber's `isValidNumber`).
+fn valid_nsn(code: u16, nsn: &str) -> bool {
+    let Some(metas) = phonenumber::metadata::DATABASE.by_code(&code) else {
+        return false;
+    };
+    metas.into_iter().any(|m| {
+        let d = m.descriptors();
+        full_match(d.general(), nsn)
+            && [
+                d.fixed_line(),
+                d.mobile(),
+                d.toll_free(),
+                d.premium_rate(),
+                d.shared_cost(),
+                d.personal_number(),
+                d.voip(),
+                d.pager(),
+                d.uan(),
+                d.voicemail(),
+            ]
+            .into_iter()
+            .flatten()
+            .any(|t| full_match(t, nsn))
+    })
+}
+
+/// libphonenumber patterns must match the whole NSN (the crate's own `is_match` only
+/// anchors the start), and only at one of the descriptor's possible lengths.
+fn full_match(d: &phonenumber::metadata::Descriptor, nsn: &str) -> bool {
+    let lengths = d.possible_length();
+    if !lengths.is_empty() && !lengths.contains(&(nsn.len() as u16)) {
+        return false;
+    }
+    anchored(d.national_number().as_str()).is_match(nsn)
+}
+
+/// `^(?:pattern)$`, compiled once per pattern. The metadata keeps its patterns as laid out
+/// in libphonenumber's XML (indented over several lines), hence the `x` flag.
+fn anchored(pattern: &str) -> regex::Regex {
+    compiled(format!("^(?x:{pattern})$"))
+}
+
+/// `^(?:pattern)` (a prefix match, for trunk and international prefixes).
+fn anchored_prefix(pattern: &str) -> regex::Regex {
+    compiled(format!("^(?x:{pattern})"))
+}
+
+fn compiled(source: String) -> regex::Regex {
+    use std::collections::HashMap;
+    use std::sync::{Mutex, OnceLock};
+    static CACHE: OnceLock<Mutex<HashMap<String, regex::Regex>>> = OnceLock::new();
+    let mut cache = CACHE.get_or_init(Default::default).lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(re) = cache.get(&source) {
+        return re.clone();
+    }
+    // The metadata's patterns are valid regexes; one that is not matches nothing.
+    let re = regex::Regex::new(&source).unwrap_or_else(|_| regex::Regex::new("[^\\s\\S]").expect("empty class"));
+    cache.insert(source, re.clone());
+    re
 }
 
 /// Normalizes an email address: `Name <addr>` forms unwrapped, case-folded, the domain
@@ -218,9 +370,112 @@ mod tests {
         assert_eq!(phone("sip:+12025550143@pbx.example.com;user=phone", us()).as_deref(), Ok("+12025550143"));
     }
 
+    /// (input, default region, E.164): DE, CN, US, UK, FR and IN numbers written
+    /// internationally (with any default region) and nationally (with their own).
+    const CASES: &[(&str, &str, &str)] = &[
+        // Germany: mobile 0151…, Berlin 030…
+        ("+49 151 77777777", "US", "+4915177777777"),
+        ("+4915177777777", "DE", "+4915177777777"),
+        ("0049 151 77777777", "GB", "+4915177777777"),
+        ("0151 77777777", "DE", "+4915177777777"),
+        ("+49 (0)151 77777777", "US", "+4915177777777"),
+        ("030 1234567", "DE", "+49301234567"),
+        ("+49 30 1234567", "CN", "+49301234567"),
+        // China: mobile 138…, Beijing 010…
+        ("+86 138 1234 5678", "US", "+8613812345678"),
+        ("+8613812345678", "DE", "+8613812345678"),
+        ("138 1234 5678", "CN", "+8613812345678"),
+        ("010 6552 9988", "CN", "+861065529988"),
+        ("+86 10 6552 9988", "FR", "+861065529988"),
+        ("0086 10 6552 9988", "IN", "+861065529988"),
+        // United States (trunk prefix 1, international prefix 011)
+        ("+1 202-555-0143", "DE", "+12025550143"),
+        ("(202) 555-0143", "US", "+12025550143"),
+        ("1 (202) 555-0143", "US", "+12025550143"),
+        ("011 49 151 77777777", "US", "+4915177777777"),
+        // United Kingdom: mobile 07…, London 020…
+        ("+44 7911 123456", "US", "+447911123456"),
+        ("07911 123456", "GB", "+447911123456"),
+        ("020 7946 0958", "GB", "+442079460958"),
+        ("+44 (0)20 7946 0958", "DE", "+442079460958"),
+        // France: mobile 06…, Paris 01…
+        ("+33 6 12 34 56 78", "US", "+33612345678"),
+        ("06 12 34 56 78", "FR", "+33612345678"),
+        ("01 42 68 53 00", "FR", "+33142685300"),
+        // India: mobile 98…, Delhi 011…
+        ("+91 98765 43210", "US", "+919876543210"),
+        ("098765 43210", "IN", "+919876543210"),
+        ("98765 43210", "IN", "+919876543210"),
+        ("011 2345 6789", "IN", "+911123456789"),
+        ("+91 11 2345 6789", "GB", "+911123456789"),
+    ];
+
+    #[test]
+    fn de_cn_us_uk_fr_in_numbers_in_both_formats() {
+        for &(raw, region, want) in CASES {
+            let r = Region::parse(region).expect("region");
+            assert_eq!(phone(raw, r).as_deref(), Ok(want), "{raw} read with {region}");
+        }
+    }
+
+    /// The reported bug: with the default region US, `+4915177777777` lost the `1` after
+    /// the country code (the NANP trunk prefix was stripped from a German number), and
+    /// +86 mobile numbers (NSN starting with 1) were refused.
+    #[test]
+    fn an_international_number_keeps_its_digits_whatever_the_region() {
+        for region in ["US", "CA", "DE", "CN", "GB", "FR", "IN", "RU", "ES"] {
+            let r = Region::parse(region).expect("region");
+            assert_eq!(phone("+4915177777777", r).as_deref(), Ok("+4915177777777"), "{region}");
+            assert_eq!(phone("+8613812345678", r).as_deref(), Ok("+8613812345678"), "{region}");
+            // A national number that begins with the trunk-prefix digit of its own country.
+            assert_eq!(phone("+78005553535", r).as_deref(), Ok("+78005553535"), "{region}");
+            assert_eq!(phone("+393912312312", r).as_deref(), Ok("+393912312312"), "{region}");
+            // Italy keeps the leading 0 of its fixed lines.
+            assert_eq!(phone("+39 06 6982 1234", r).as_deref(), Ok("+390669821234"), "{region}");
+        }
+    }
+
+    /// Identities stored before the fix are E.164 already: normalizing them again gives the
+    /// same text, so existing customers keep matching their numbers.
+    #[test]
+    fn stored_e164_identities_still_match() {
+        let stored = [
+            "+12025550143",
+            "+34612345678",
+            "+34911234567",
+            "+442079460958",
+            "+447911123456",
+            "+33612345678",
+            "+4915177777777",
+            "+8613812345678",
+        ];
+        for region in ["US", "ES", "DE", "CN"] {
+            let r = Region::parse(region).expect("region");
+            for e in stored {
+                assert_eq!(phone(e, r).as_deref(), Ok(e), "{e} with {region}");
+            }
+        }
+        for &(_, _, want) in CASES {
+            assert_eq!(phone(want, us()).as_deref(), Ok(want));
+        }
+    }
+
     #[test]
     fn garbage_numbers_are_rejected() {
-        for g in ["", "abc", "12", "hello world 5", "+1 000", "anonymous", "+999 1234 5678", "555-01", "1234567890123456789012"] {
+        for g in [
+            "",
+            "abc",
+            "12",
+            "hello world 5",
+            "+1 000",
+            "anonymous",
+            "+999 1234 5678",
+            "555-01",
+            "1234567890123456789012",
+            "+49 0151 77777777",
+            "++4915177777777",
+            "+86 0 138 1234 5678",
+        ] {
             assert!(phone(g, us()).is_err(), "{g} accepted: {:?}", phone(g, us()));
         }
         assert!(matches!(phone("+1 202 000 0000", us()), Err(NormalizeError::PhoneInvalid(_))));
