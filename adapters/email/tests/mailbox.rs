@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use switchboard_core::adapter::{ChannelAdapter, Shutdown};
 use switchboard_core::testing::TestDb;
 use switchboard_core::Hub;
-use switchboard_email::{parse, EmailAdapter};
+use switchboard_email::{parse, store, EmailAdapter};
 
 fn corpus() -> Vec<Vec<u8>> {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/corpus");
@@ -175,21 +175,21 @@ async fn a_uidvalidity_change_rescans_and_imports_nothing_twice() {
     let refs: Vec<&[u8]> = msgs.iter().map(|m| m.as_bytes()).collect();
     peers.append("support", &refs).await;
     let r = run(&hub, &peers, "uv");
-    wait_for(30, async || counts(&db.pool, "uv").await.2 == 3).await;
-    let real: i64 =
-        sqlx::query_scalar("select uid_validity from email_checkpoints where mailbox = 'uv'").fetch_one(&db.pool).await.unwrap();
+    // Wait for the checkpoint, not for the interactions: persist before acknowledge means
+    // the hub commits a message first, then the IMAP flag, and only then does the
+    // checkpoint move. (Waiting on the interaction count and then reading the checkpoint
+    // raced that window and failed under load when the row did not exist yet.)
+    let checkpoint = async || store::checkpoint(&db.pool, "uv").await.unwrap();
+    wait_for(30, async || checkpoint().await.is_some_and(|(_, last)| last == 3)).await;
+    let (real, _) = checkpoint().await.unwrap();
+    assert_eq!(counts(&db.pool, "uv").await, (3, 0, 3));
     let _ = r.stop.send(true);
     let _ = r.task.await;
     // The server renumbered the folder (a restore, a migration): our checkpoint no longer
     // matches its UIDVALIDITY, and its last UID means nothing.
     sqlx::query("update email_checkpoints set uid_validity = 1, last_uid = 999999 where mailbox = 'uv'").execute(&db.pool).await.unwrap();
     let r = run(&hub, &peers, "uv");
-    wait_for(30, async || {
-        let c: (i64, i64) =
-            sqlx::query_as("select uid_validity, last_uid from email_checkpoints where mailbox = 'uv'").fetch_one(&db.pool).await.unwrap();
-        c == (real, 3)
-    })
-    .await;
+    wait_for(30, async || checkpoint().await == Some((real, 3))).await;
     let (raw, pending, items) = counts(&db.pool, "uv").await;
     assert_eq!((raw, pending, items), (3, 0, 3), "rescanned, nothing imported twice");
     let _ = r.stop.send(true);

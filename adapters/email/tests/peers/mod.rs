@@ -25,6 +25,68 @@ pub struct MailPeers {
     pub ca: Option<PathBuf>,
     dovecot: Child,
     smtp: Child,
+    extra: Vec<Child>,
+}
+
+/// How an extra SMTP server ([`MailPeers::start_smtp`]) is set up.
+#[derive(Default, Clone)]
+pub struct SmtpOptions {
+    /// `plain`, `starttls` or `tls` (the two last with the test CA's certificate).
+    pub security: &'static str,
+    /// Require AUTH with this user and password.
+    pub auth: Option<(&'static str, &'static str)>,
+    /// Also accept XOAUTH2 with this bearer token (for the auth user).
+    pub token: Option<String>,
+}
+
+/// Starts `smtp_sink.py` (aiosmtpd, port 0) and reads the port it listens on.
+fn spawn_smtp(maildir: &Path, args: &[String]) -> Option<(Child, u16)> {
+    use std::io::BufRead;
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/peers/smtp_sink.py");
+    let mut child = Command::new("python3")
+        .arg(script)
+        .arg("--maildir")
+        .arg(maildir)
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .ok()?;
+    let out = child.stdout.take()?;
+    // One line, or EOF when the script fails: bounded by the child's life.
+    let mut line = String::new();
+    let _ = std::io::BufReader::new(out).read_line(&mut line);
+    match line.trim().strip_prefix("PORT ").and_then(|p| p.parse().ok()) {
+        Some(port) => Some((child, port)),
+        None => {
+            let _ = child.kill();
+            let _ = child.wait();
+            None
+        }
+    }
+}
+
+/// Waits until `port` answers with this Dovecot instance's greeting.
+fn wait_greeting(port: u16, greeting: &str, secs: u64) -> bool {
+    use std::io::Read;
+    let end = Instant::now() + Duration::from_secs(secs);
+    while Instant::now() < end {
+        if let Ok(mut c) = std::net::TcpStream::connect(("127.0.0.1", port)) {
+            let _ = c.set_read_timeout(Some(Duration::from_secs(5)));
+            let mut buf = [0u8; 512];
+            let n = c.read(&mut buf).unwrap_or(0);
+            let line = String::from_utf8_lossy(&buf[..n]);
+            if line.contains(greeting) {
+                return true;
+            }
+            if n > 0 {
+                eprintln!("port {port} answers as another server: {line}");
+                return false;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
 }
 
 fn free_port() -> u16 {
@@ -80,8 +142,7 @@ impl MailPeers {
         let users: String =
             ["support", "customer", "other"].iter().map(|u| format!("{u}:{{PLAIN}}secret:{uid}:{gid}::{d}/mail/{u}\n")).collect();
         std::fs::write(dir.join("users"), users).ok()?;
-        let imap_port = free_port();
-        let (imaps_port, ssl, ca) = if tls {
+        let (ssl, ca) = if tls {
             let sh = format!(
                 "set -e; cd {d}; openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout ca.key -out ca.pem -days 2 -subj /CN=SwitchboardTestCA 2>/dev/null; \
                  openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout srv.key -out srv.csr -subj /CN=localhost 2>/dev/null; \
@@ -92,44 +153,86 @@ impl MailPeers {
                 eprintln!("SKIP: openssl could not make a test certificate");
                 return None;
             }
-            let p = free_port();
-            (p, format!("ssl = yes\nssl_cert = <{d}/srv.pem\nssl_key = <{d}/srv.key\n"), Some(dir.join("ca.pem")))
+            (format!("ssl = yes\nssl_cert = <{d}/srv.pem\nssl_key = <{d}/srv.key\n"), Some(dir.join("ca.pem")))
         } else {
-            (0, "ssl = no\n".to_string(), None)
+            ("ssl = no\n".to_string(), None)
         };
-        let conf = format!(
-            "protocols = imap\nlisten = 127.0.0.1\nbase_dir = {d}/run\nstate_dir = {d}/state\ninstance_name = sb-{imap_port}\nlog_path = {d}/dovecot.log\n\
-             {ssl}disable_plaintext_auth = no\nauth_mechanisms = plain login\nmail_location = maildir:~/Maildir\n\
-             default_internal_user = dovecot\ndefault_internal_group = dovecot\ndefault_login_user = dovenull\nfirst_valid_uid = 0\n\
-             passdb {{\n  driver = passwd-file\n  args = scheme=PLAIN username_format=%n {d}/users\n}}\n\
-             userdb {{\n  driver = passwd-file\n  args = username_format=%n {d}/users\n}}\n\
-             service imap-login {{\n  inet_listener imap {{\n    address = 127.0.0.1\n    port = {imap_port}\n  }}\n  inet_listener imaps {{\n    address = 127.0.0.1\n    port = {imaps_port}\n  }}\n}}\n\
-             protocol imap {{\n  mail_max_userip_connections = 200\n}}\n"
-        );
-        std::fs::write(dir.join("dovecot.conf"), conf).ok()?;
         let _ = Command::new("chown").arg("-R").arg(format!("{uid}:{gid}")).arg(dir.join("mail")).status();
-        let dovecot = Command::new(dovecot)
-            .arg("-F")
-            .arg("-c")
-            .arg(dir.join("dovecot.conf"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .ok()?;
-        let smtp_port = free_port();
-        let smtp = Command::new("python3")
-            .args(["-m", "aiosmtpd", "-n", "-l", &format!("127.0.0.1:{smtp_port}"), "-c", "aiosmtpd.handlers.Mailbox"])
-            .arg(dir.join("smtp/Maildir"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .ok()?;
-        let peers = MailPeers { dir, imap_port, smtp_port, imaps_port, ca, dovecot, smtp };
-        if !wait_port(imap_port, 20) || !wait_port(smtp_port, 20) || (tls && !wait_port(imaps_port, 20)) {
-            eprintln!("SKIP: the mail peers did not start (see {}/dovecot.log)", peers.dir.display());
+        let Some((smtp, smtp_port)) = spawn_smtp(&dir.join("smtp/Maildir"), &[]) else {
+            eprintln!("SKIP: the SMTP sink did not start");
             return None;
+        };
+        // Dovecot cannot listen on port 0, so its ports are picked free and then bound:
+        // another test's server can take one in between. The greeting names this instance,
+        // so a test never talks to another test's Dovecot (that showed as a mailbox holding
+        // someone else's mail); on a lost race it starts again on other ports.
+        for attempt in 0..3 {
+            let (imap_port, imaps_port) = (free_port(), if tls { free_port() } else { 0 });
+            let greeting = format!("sb-test-{} ready.", uuid::Uuid::new_v4().simple());
+            let conf = format!(
+                "protocols = imap\nlogin_greeting = {greeting}\nlisten = 127.0.0.1\nbase_dir = {d}/run\nstate_dir = {d}/state\ninstance_name = sb-{imap_port}\nlog_path = {d}/dovecot.log\n\
+                 {ssl}disable_plaintext_auth = no\nauth_mechanisms = plain login\nmail_location = maildir:~/Maildir\n\
+                 default_internal_user = dovecot\ndefault_internal_group = dovecot\ndefault_login_user = dovenull\nfirst_valid_uid = 0\n\
+                 passdb {{\n  driver = passwd-file\n  args = scheme=PLAIN username_format=%n {d}/users\n}}\n\
+                 userdb {{\n  driver = passwd-file\n  args = username_format=%n {d}/users\n}}\n\
+                 service imap-login {{\n  inet_listener imap {{\n    address = 127.0.0.1\n    port = {imap_port}\n  }}\n  inet_listener imaps {{\n    address = 127.0.0.1\n    port = {imaps_port}\n  }}\n}}\n\
+                 protocol imap {{\n  mail_max_userip_connections = 200\n}}\n"
+            );
+            std::fs::write(dir.join("dovecot.conf"), conf).ok()?;
+            let mut child = Command::new(dovecot)
+                .arg("-F")
+                .arg("-c")
+                .arg(dir.join("dovecot.conf"))
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .ok()?;
+            if wait_greeting(imap_port, &greeting, 20) && (!tls || wait_port(imaps_port, 20)) {
+                return Some(MailPeers { dir, imap_port, smtp_port, imaps_port, ca, dovecot: child, smtp, extra: Vec::new() });
+            }
+            eprintln!("Dovecot attempt {attempt} on port {imap_port} did not come up as ours; trying other ports");
+            let _ = Command::new("kill").arg(child.id().to_string()).status();
+            let _ = child.wait();
         }
-        Some(peers)
+        let mut smtp = smtp;
+        let _ = smtp.kill();
+        let _ = smtp.wait();
+        panic!("Dovecot did not start (see {}/dovecot.log)", dir.display());
+    }
+
+    /// Starts another SMTP server (TLS with the test CA's certificate when asked, AUTH
+    /// when asked) writing into `<dir>/<name>/Maildir`; returns its port. Stopped on drop.
+    pub fn start_smtp(&mut self, name: &str, o: &SmtpOptions) -> u16 {
+        let mut args: Vec<String> = vec!["--security".into(), if o.security.is_empty() { "plain" } else { o.security }.into()];
+        if !o.security.is_empty() && o.security != "plain" {
+            let d = &self.dir;
+            args.extend([
+                "--cert".into(),
+                d.join("srv.pem").display().to_string(),
+                "--key".into(),
+                d.join("srv.key").display().to_string(),
+            ]);
+        }
+        if let Some((u, p)) = o.auth {
+            args.extend(["--user".into(), u.into(), "--password".into(), p.into()]);
+        }
+        if let Some(t) = &o.token {
+            args.extend(["--token".into(), t.clone()]);
+        }
+        let (child, port) = spawn_smtp(&self.dir.join(name).join("Maildir"), &args).expect("the SMTP server starts");
+        self.extra.push(child);
+        port
+    }
+
+    /// Every message an extra SMTP server ([`Self::start_smtp`]) accepted.
+    pub fn received(&self, name: &str) -> Vec<Vec<u8>> {
+        let mut out = Vec::new();
+        for sub in ["new", "cur"] {
+            if let Ok(rd) = std::fs::read_dir(self.dir.join(name).join("Maildir").join(sub)) {
+                out.extend(rd.flatten().filter_map(|e| std::fs::read(e.path()).ok()));
+            }
+        }
+        out
     }
 
     /// A `[[channels]]` table for the `support` mailbox on these peers.
@@ -202,11 +305,14 @@ impl MailPeers {
 impl Drop for MailPeers {
     fn drop(&mut self) {
         // SIGTERM, so Dovecot's master stops its login and mail processes too.
-        for c in [&self.dovecot, &self.smtp] {
+        for c in [&self.dovecot, &self.smtp].into_iter().chain(self.extra.iter()) {
             let _ = Command::new("kill").arg(c.id().to_string()).status();
         }
         let _ = self.dovecot.wait();
         let _ = self.smtp.wait();
+        for c in &mut self.extra {
+            let _ = c.wait();
+        }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
