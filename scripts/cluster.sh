@@ -89,6 +89,7 @@ rate_limit_per_10s = 100
 type = "sip"
 name = "pbx"
 udp_listen = "127.0.0.1:$sip"
+tcp_listen = "127.0.0.1:$sip"
 public_ip = "127.0.0.1"
 prompts_dir = "$ROOT/config/prompts"
 recordings_dir = "$DIR/node$i/rec"

@@ -170,6 +170,11 @@ pub async fn start_with(settings: Settings, database: Database) -> CoreResult<Ru
         tasks.push(tokio::spawn(switchboard_core::router::run(hub.clone(), database.options.clone(), shutdown_rx.clone())));
     }
     tasks.push(tokio::spawn(switchboard_core::outbox::run_worker(hub.clone(), shutdown_rx.clone())));
+    tasks.push(tokio::spawn(switchboard_core::db::watch_primary(
+        settings.database.url.clone(),
+        database.pool.clone(),
+        shutdown_rx.clone(),
+    )));
     let internal_url = if settings.cluster.internal_url.trim().is_empty() {
         format!("http://{addr}")
     } else {

@@ -49,10 +49,14 @@ fn now_ms() -> i64 {
 /// Runs leader election and, while leader, the routing loop, until shutdown.
 pub async fn run(hub: Hub, options: PgConnectOptions, mut shutdown: tokio::sync::watch::Receiver<bool>) {
     let poll = Duration::from_millis(hub.settings().router.standby_poll_ms);
+    drop(options);
     loop {
         if *shutdown.borrow() {
             return;
         }
+        // The pool's current connect options, not the ones at start: after a database
+        // failover (`db::watch_primary`) they name the new primary.
+        let options = (*hub.db().connect_options()).clone();
         match try_lead(&hub, &options, &mut shutdown).await {
             Ok(true) => {}
             Ok(false) => {}
