@@ -10,6 +10,7 @@ const NAV = [
   { href: '/admin.html', label: 'Admin', roles: ['admin'] },
   { href: '/crm.html', label: 'Customers' },
   { href: '/kb.html', label: 'Knowledge base' },
+  { href: '/campaigns.html', label: 'Campaigns', roles: ['admin', 'supervisor', 'marketer'] },
 ];
 
 function topbar(me, live) {
