@@ -16,6 +16,9 @@
 //   {"cmd":"raw","hex":"…"}                            → write these bytes to the bound connection
 //   {"cmd":"flood","count":N,"senders":S}              → N deliver_sm from S numbers as fast as the
 //                                                        window allows; {"event":"flood_done","ok","ms"}
+//   {"cmd":"stats","dests":bool}                       → {"event":"stats","submits","distinct","duplicated"
+//                                                        [,"dests":{number: count}]} over every submit_sm
+//                                                        answered so far (counted in quiet mode too)
 import smpp from 'smpp';
 import readline from 'node:readline';
 
@@ -29,6 +32,8 @@ const sessions = new Set();
 let nextId = 0x3e7; // message ids are given in hex, receipts written in decimal
 let throttle = 0;
 let silent = 0;
+const destCounts = new Map(); // destination → submit_sm answered with an id
+let submitCount = 0;
 
 // GSM 03.38 default alphabet (unpacked) for deliver_sm with data_coding 0.
 const GSM = '@£$¥èéùìòÇ\nØø\rÅåΔ_ΦΓΛΩΠΨΣΘΞ\x1bÆæßÉ !"#¤%&\'()*+,-./0123456789:;<=>?¡ABCDEFGHIJKLMNOPQRSTUVWXYZÄÖÑÜ§¿abcdefghijklmnopqrstuvwxyzäöñüà';
@@ -109,6 +114,8 @@ const server = smpp.createServer({ debug: false }, (session) => {
     }
     const id = (nextId++).toString(16).toUpperCase();
     ev.answered = id;
+    submitCount++;
+    destCounts.set(pdu.destination_addr, (destCounts.get(pdu.destination_addr) || 0) + 1);
     if (!quiet) out(ev);
     session.send(pdu.response({ message_id: id }));
     if (autoReceipts && (pdu.registered_delivery & 1)) setTimeout(() => sendReceipt(session, id, 'DELIVRD'), 20);
@@ -159,6 +166,14 @@ readline.createInterface({ input: process.stdin }).on('line', (line) => {
     case 'receipt':
       if (s) sendReceipt(s, c.id, c.stat);
       return;
+    case 'stats': {
+      let duplicated = 0;
+      for (const n of destCounts.values()) if (n > 1) duplicated++;
+      const ev = { event: 'stats', submits: submitCount, distinct: destCounts.size, duplicated };
+      if (c.dests) ev.dests = Object.fromEntries(destCounts);
+      out(ev);
+      return;
+    }
     case 'throttle': throttle = c.count; out({ event: 'ok', cmd: c.cmd }); return;
     case 'silent': silent = c.count; out({ event: 'ok', cmd: c.cmd }); return;
     case 'drop':
