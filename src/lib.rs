@@ -136,6 +136,7 @@ pub async fn start_with(settings: Settings, database: Database) -> CoreResult<Ru
     // Modules: the CRM answers "who is this?" for ingest; the KB feeds search.
     app = app.merge(switchboard_crm::start(&hub, settings.crm.clone(), shutdown_rx.clone()).await?);
     app = app.merge(switchboard_kb::start(&hub, settings.kb.clone(), shutdown_rx.clone()).await?);
+    app = app.merge(switchboard_core::reports::start(&hub, settings.reports.clone(), shutdown_rx.clone()).await?);
     let static_dir = web_dir(&settings.http.web_dir);
     let app = app
         .fallback_service(tower_http::services::ServeDir::new(static_dir).append_index_html_on_directories(true))

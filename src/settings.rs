@@ -41,6 +41,9 @@ pub struct Settings {
     /// Knowledge-base module settings.
     #[serde(default)]
     pub kb: Option<toml::Value>,
+    /// Reports and wallboard settings (`[reports]`, see docs/metrics.md).
+    #[serde(default)]
+    pub reports: Option<toml::Value>,
 }
 
 impl Settings {

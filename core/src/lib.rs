@@ -24,6 +24,7 @@ pub mod metrics;
 pub mod outbox;
 pub mod privacy;
 pub mod queues;
+pub mod reports;
 pub mod router;
 pub mod skills;
 pub mod sms_text;

@@ -7,6 +7,7 @@ mod extract;
 mod interactions;
 mod ops;
 pub mod queues;
+pub mod reports;
 pub use queues as queues_api;
 mod stream;
 mod users;

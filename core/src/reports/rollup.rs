@@ -1,0 +1,996 @@
+//! The rollup worker: reads `interaction_events` in id order, keeps each contact's and
+//! each agent's state, and adds what every event means (docs/metrics.md) to the rollup
+//! buckets of the event's instant. Live processing and a range rebuild run the same
+//! [`Processor`], so they give the same numbers.
+//!
+//! Exactly once: a batch's rollup increments, the contact and agent state it changed, the
+//! new watermark and any skipped ids are written in one transaction, under a
+//! transaction-scoped advisory lock that every node's worker and the rebuild take, after
+//! reading the watermark inside that transaction.
+
+#![allow(clippy::type_complexity)] // sqlx row tuples
+
+use super::interval::{bucket, split, Grain};
+use super::measures::Measures;
+use crate::error::{CoreError, CoreResult};
+use chrono::{DateTime, Duration, Utc};
+use chrono_tz::Tz;
+use serde::{Deserialize, Serialize};
+use sqlx::{PgConnection, PgPool};
+use std::collections::{HashMap, HashSet};
+use uuid::Uuid;
+
+/// The advisory lock key of report processing (any value unique to this job).
+pub const REPORTS_LOCK: i64 = 0x5e70_7274_7301;
+/// Events per batch.
+pub const BATCH: i64 = 5000;
+/// Most pieces a long presence segment is split into per grain (a year of quarters).
+const MAX_PIECES: usize = 40_000;
+/// The progress row's name.
+const PROGRESS: &str = "rollup";
+
+/// One event as the worker reads it.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Event {
+    /// Id.
+    pub id: i64,
+    /// Interaction.
+    pub interaction_id: Option<Uuid>,
+    /// Agent.
+    pub agent_id: Option<Uuid>,
+    /// Queue.
+    pub queue_id: Option<Uuid>,
+    /// Kind.
+    pub kind: String,
+    /// Data.
+    pub data: serde_json::Value,
+    /// Instant.
+    pub at: DateTime<Utc>,
+}
+
+const EVENT_COLUMNS: &str = "id, interaction_id, agent_id, queue_id, kind, data, at";
+
+/// A contact's state (a row of `report_contacts`).
+#[derive(Debug, Clone, Serialize, Deserialize, sqlx::FromRow, PartialEq)]
+pub struct Contact {
+    /// Interaction.
+    pub interaction_id: Uuid,
+    /// Channel.
+    pub channel: String,
+    /// Direction.
+    pub direction: String,
+    /// Current queue.
+    pub queue_id: Option<Uuid>,
+    /// First queue.
+    pub first_queue_id: Option<Uuid>,
+    /// Customer.
+    pub customer_id: Option<Uuid>,
+    /// Campaign it answers, if any.
+    pub campaign_id: Option<String>,
+    /// Reopens a closed conversation.
+    pub reopened: bool,
+    /// First event.
+    pub created_at: DateTime<Utc>,
+    /// Entered the queue (kept across re-queues and transfers).
+    pub enqueued_at: Option<DateTime<Utc>>,
+    /// First answered.
+    pub answered_at: Option<DateTime<Utc>>,
+    /// Agent who answered first.
+    pub first_agent_id: Option<Uuid>,
+    /// Queue time until answered or abandoned.
+    pub wait_ms: Option<i64>,
+    /// Agent holding it now.
+    pub held_by: Option<Uuid>,
+    /// When the current holder accepted.
+    pub segment_started_at: Option<DateTime<Utc>>,
+    /// Hold started (open hold).
+    pub hold_started_at: Option<DateTime<Utc>>,
+    /// Wrap-up started (current holder).
+    pub wrap_started_at: Option<DateTime<Utc>>,
+    /// Hold of the current holder so far.
+    pub segment_hold_ms: i64,
+    /// Total talk.
+    pub talk_ms: i64,
+    /// Total hold.
+    pub hold_ms: i64,
+    /// Total wrap-up.
+    pub wrap_ms: i64,
+    /// First customer message.
+    pub first_inbound_at: Option<DateTime<Utc>>,
+    /// First agent reply.
+    pub first_response_at: Option<DateTime<Utc>>,
+    /// Customer messages.
+    pub inbound_messages: i32,
+    /// Agent replies.
+    pub replies: i32,
+    /// Internal notes.
+    pub notes: i32,
+    /// Transfers.
+    pub transfers: i32,
+    /// Ring-no-answers.
+    pub ring_no_answers: i32,
+    /// waiting, created, answered, abandoned, abandoned_short, voicemail, overflowed.
+    pub outcome: String,
+    /// Disposition at close.
+    pub disposition: Option<String>,
+    /// Closed, abandoned or left to voicemail.
+    pub ended_at: Option<DateTime<Utc>>,
+    /// Last event applied.
+    pub last_event_id: i64,
+}
+
+const CONTACT_COLUMNS: &str = "interaction_id, channel, direction, queue_id, first_queue_id, customer_id, campaign_id, reopened, created_at, enqueued_at, answered_at, first_agent_id, wait_ms, held_by, segment_started_at, hold_started_at, wrap_started_at, segment_hold_ms, talk_ms, hold_ms, wrap_ms, first_inbound_at, first_response_at, inbound_messages, replies, notes, transfers, ring_no_answers, outcome, disposition, ended_at, last_event_id";
+
+/// An agent's state.
+#[derive(Debug, Clone, sqlx::FromRow)]
+struct AgentState {
+    agent_id: Uuid,
+    presence: String,
+    since: DateTime<Utc>,
+    holding: i32,
+    last_event_id: i64,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct QueueCfg {
+    sl_ms: i64,
+    short_ms: i64,
+}
+
+type FactKey = (Grain, DateTime<Utc>, Uuid, Uuid, String);
+type CountKey = (Grain, DateTime<Utc>, String, String, Uuid, String);
+
+fn is_async(channel: &str) -> bool {
+    matches!(channel, "chat" | "email" | "sms")
+}
+
+fn ms(d: Duration) -> i64 {
+    d.num_milliseconds().max(0)
+}
+
+/// Applies events to contact and agent state and collects rollup increments.
+pub struct Processor {
+    zone: Tz,
+    clip: Option<(DateTime<Utc>, DateTime<Utc>)>,
+    contacts: HashMap<Uuid, Contact>,
+    dirty_contacts: HashSet<Uuid>,
+    agents: HashMap<Uuid, AgentState>,
+    dirty_agents: HashSet<Uuid>,
+    queues: HashMap<Uuid, QueueCfg>,
+    facts: HashMap<FactKey, Measures>,
+    counts: HashMap<CountKey, i64>,
+    evicted: HashSet<Uuid>,
+}
+
+impl Processor {
+    fn new(zone: Tz, clip: Option<(DateTime<Utc>, DateTime<Utc>)>) -> Self {
+        Processor {
+            zone,
+            clip,
+            contacts: HashMap::new(),
+            dirty_contacts: HashSet::new(),
+            agents: HashMap::new(),
+            dirty_agents: HashSet::new(),
+            queues: HashMap::new(),
+            facts: HashMap::new(),
+            counts: HashMap::new(),
+            evicted: HashSet::new(),
+        }
+    }
+
+    fn in_clip(&self, at: DateTime<Utc>) -> bool {
+        self.clip.is_none_or(|(a, b)| at >= a && at < b)
+    }
+
+    fn emit(&mut self, at: DateTime<Utc>, queue: Option<Uuid>, agent: Option<Uuid>, channel: &str, m: Measures) {
+        if !self.in_clip(at) || m.is_zero() {
+            return;
+        }
+        for g in Grain::ALL {
+            let key = (g, bucket(g, at, self.zone), queue.unwrap_or_default(), agent.unwrap_or_default(), channel.to_string());
+            self.facts.entry(key).or_default().add(&m);
+        }
+    }
+
+    fn count(&mut self, at: DateTime<Utc>, dim: &str, key: &str, queue: Option<Uuid>, channel: &str) {
+        if !self.in_clip(at) {
+            return;
+        }
+        for g in Grain::ALL {
+            let k = (g, bucket(g, at, self.zone), dim.to_string(), key.to_string(), queue.unwrap_or_default(), channel.to_string());
+            *self.counts.entry(k).or_default() += 1;
+        }
+    }
+
+    fn queue_cfg(&self, q: Option<Uuid>) -> QueueCfg {
+        q.and_then(|q| self.queues.get(&q).copied()).unwrap_or(QueueCfg { sl_ms: 20_000, short_ms: 5_000 })
+    }
+
+    fn agent(&mut self, id: Uuid, at: DateTime<Utc>, event_id: i64) -> &mut AgentState {
+        self.dirty_agents.insert(id);
+        let a = self.agents.entry(id).or_insert_with(|| AgentState {
+            agent_id: id,
+            presence: "offline".into(),
+            since: at,
+            holding: 0,
+            last_event_id: event_id,
+        });
+        a.last_event_id = a.last_event_id.max(event_id);
+        a
+    }
+
+    /// Closes the agent's current segment at `at` (time in presence, handling, idle).
+    fn account_agent(&mut self, id: Uuid, at: DateTime<Utc>, event_id: i64) {
+        let a = self.agent(id, at, event_id);
+        let (presence, since, holding) = (a.presence.clone(), a.since, a.holding);
+        a.since = at.max(since);
+        let (mut from, mut to) = (since, at);
+        if let Some((c0, c1)) = self.clip {
+            from = from.max(c0);
+            to = to.min(c1);
+        }
+        if to <= from || (presence == "offline" && holding == 0) {
+            return;
+        }
+        for g in Grain::ALL {
+            for (b, d) in split(g, from, to, self.zone, MAX_PIECES) {
+                let mut m = Measures::default();
+                match presence.as_str() {
+                    "available" => m.available_ms = d,
+                    "away" => m.away_ms = d,
+                    "busy" => m.busy_ms = d,
+                    "wrap_up" => m.wrap_up_state_ms = d,
+                    _ => {}
+                }
+                if holding > 0 {
+                    m.handling_ms = d;
+                } else if presence == "available" {
+                    m.idle_ms = d;
+                }
+                self.facts.entry((g, b, Uuid::nil(), id, String::new())).or_default().add(&m);
+            }
+        }
+    }
+
+    fn contact_mut(&mut self, id: Uuid) -> Option<&mut Contact> {
+        self.dirty_contacts.insert(id);
+        self.contacts.get_mut(&id)
+    }
+
+    /// Ends the current holder's handling at `at`: talk, hold and wrap-up go to them.
+    fn end_segment(&mut self, id: Uuid, at: DateTime<Utc>, event_id: i64, transferred: bool) -> Option<Uuid> {
+        let c = self.contact_mut(id)?;
+        let agent = c.held_by?;
+        if let Some(h) = c.hold_started_at.take() {
+            c.segment_hold_ms += ms(at - h);
+        }
+        let start = c.segment_started_at.unwrap_or(at);
+        let talk_end = c.wrap_started_at.unwrap_or(at);
+        let hold = c.segment_hold_ms;
+        let talk = (ms(talk_end - start) - hold).max(0);
+        let wrap = c.wrap_started_at.map(|w| ms(at - w)).unwrap_or(0);
+        c.talk_ms += talk;
+        c.hold_ms += hold;
+        c.wrap_ms += wrap;
+        c.held_by = None;
+        c.segment_started_at = None;
+        c.wrap_started_at = None;
+        c.segment_hold_ms = 0;
+        let (queue, channel) = (c.queue_id, c.channel.clone());
+        let m = Measures { handled: 1, talk_ms: talk, hold_ms: hold, wrap_ms: wrap, transferred: transferred as i64, ..Default::default() };
+        self.emit(at, queue, Some(agent), &channel, m);
+        self.account_agent(agent, at, event_id);
+        let a = self.agent(agent, at, event_id);
+        a.holding = (a.holding - 1).max(0);
+        Some(agent)
+    }
+
+    fn abandon(&mut self, id: Uuid, at: DateTime<Utc>) {
+        let Some(c) = self.contact_mut(id) else { return };
+        if c.answered_at.is_some() || c.ended_at.is_some() {
+            return;
+        }
+        let wait = ms(at - c.enqueued_at.unwrap_or(c.created_at));
+        let (queue, channel) = (c.queue_id, c.channel.clone());
+        let cfg = self.queue_cfg(queue);
+        let short = wait < cfg.short_ms;
+        let Some(c) = self.contact_mut(id) else { return };
+        c.wait_ms = Some(wait);
+        c.outcome = if short { "abandoned_short" } else { "abandoned" }.into();
+        c.ended_at = Some(at);
+        let m = Measures {
+            abandoned: (!short) as i64,
+            abandoned_short: short as i64,
+            abandoned_in_sl: (wait <= cfg.sl_ms) as i64,
+            abandon_wait_ms: if short { 0 } else { wait },
+            max_wait_ms: wait,
+            ..Default::default()
+        };
+        self.emit(at, queue, None, &channel, m);
+    }
+
+    /// Applies one event.
+    pub fn apply(&mut self, e: &Event) {
+        let at = e.at;
+        let Some(id) = e.interaction_id else {
+            if e.kind == "presence" {
+                if let Some(agent) = e.agent_id {
+                    self.account_agent(agent, at, e.id);
+                    let p = e.data.get("presence").and_then(|p| p.as_str()).unwrap_or("offline").to_string();
+                    let a = self.agent(agent, at, e.id);
+                    a.presence = p;
+                    a.since = at;
+                }
+            }
+            return;
+        };
+        let Some(c) = self.contact_mut(id) else { return };
+        if c.last_event_id >= e.id {
+            return; // applied already (the state row is newer than this event)
+        }
+        c.last_event_id = e.id;
+        let (queue, channel) = (c.queue_id, c.channel.clone());
+        let holder = c.held_by;
+        let str_of = |k: &str| e.data.get(k).and_then(|v| v.as_str()).map(str::to_string);
+        let uuid_of = |k: &str| e.data.get(k).and_then(|v| v.as_str()).and_then(|s| s.parse::<Uuid>().ok());
+        match e.kind.as_str() {
+            "enqueued" => {
+                let Some(c) = self.contact_mut(id) else { return };
+                let q = e.queue_id.or(c.queue_id);
+                c.queue_id = q;
+                c.first_queue_id = c.first_queue_id.or(q);
+                c.enqueued_at = Some(at);
+                c.outcome = "waiting".into();
+                let reopened = c.reopened;
+                let campaign = c.campaign_id.clone();
+                self.emit(at, q, None, &channel, Measures { offered: 1, reopened: reopened as i64, ..Default::default() });
+                if let Some(camp) = campaign {
+                    self.count(at, "campaign", &camp, q, &channel);
+                }
+            }
+            "created" => {
+                let Some(c) = self.contact_mut(id) else { return };
+                c.queue_id = e.queue_id.or(c.queue_id);
+                c.outcome = "created".into();
+            }
+            "voicemail" => {
+                let Some(c) = self.contact_mut(id) else { return };
+                c.queue_id = e.queue_id.or(c.queue_id);
+                c.first_queue_id = c.first_queue_id.or(c.queue_id);
+                c.outcome = "voicemail".into();
+                c.ended_at = Some(at);
+                let q = c.queue_id;
+                self.emit(at, q, None, &channel, Measures { voicemail: 1, ..Default::default() });
+            }
+            "message" => {
+                let outbound = str_of("direction").as_deref() == Some("outbound");
+                let Some(c) = self.contact_mut(id) else { return };
+                if outbound {
+                    c.replies += 1;
+                    let mut m = Measures { replies: 1, ..Default::default() };
+                    if is_async(&c.channel) && c.first_response_at.is_none() {
+                        c.first_response_at = Some(at);
+                        m.first_responses = 1;
+                        m.first_response_ms = ms(at - c.first_inbound_at.unwrap_or(c.created_at));
+                    }
+                    let agent = e.agent_id.or(holder);
+                    self.emit(at, queue, agent, &channel, m);
+                } else {
+                    c.inbound_messages += 1;
+                    c.first_inbound_at = c.first_inbound_at.or(Some(at));
+                    self.emit(at, queue, None, &channel, Measures { inbound_msgs: 1, ..Default::default() });
+                }
+            }
+            "note" => {
+                if let Some(c) = self.contact_mut(id) {
+                    c.notes += 1;
+                }
+                self.emit(at, queue, e.agent_id.or(holder), &channel, Measures { notes: 1, ..Default::default() });
+            }
+            "offered" => self.emit(at, queue, e.agent_id, &channel, Measures { offers: 1, ..Default::default() }),
+            "offer_timeout" => {
+                if let Some(c) = self.contact_mut(id) {
+                    c.ring_no_answers += 1;
+                }
+                self.emit(at, queue, e.agent_id, &channel, Measures { ring_no_answer: 1, ..Default::default() })
+            }
+            "offer_declined" => self.emit(at, queue, e.agent_id, &channel, Measures { declined: 1, ..Default::default() }),
+            "accepted" => {
+                let Some(agent) = e.agent_id else { return };
+                if holder.is_some() {
+                    self.end_segment(id, at, e.id, false);
+                }
+                let q = e.queue_id.or(queue);
+                let cfg = self.queue_cfg(q);
+                let Some(c) = self.contact_mut(id) else { return };
+                c.queue_id = q;
+                let mut m = Measures::default();
+                if c.answered_at.is_none() {
+                    let wait = ms(at - c.enqueued_at.unwrap_or(c.created_at));
+                    c.answered_at = Some(at);
+                    c.first_agent_id = Some(agent);
+                    c.wait_ms = Some(wait);
+                    c.outcome = "answered".into();
+                    m = Measures {
+                        answered: 1,
+                        answered_in_sl: (wait <= cfg.sl_ms) as i64,
+                        wait_answered_ms: wait,
+                        max_wait_ms: wait,
+                        ..Default::default()
+                    };
+                }
+                c.held_by = Some(agent);
+                c.segment_started_at = Some(at);
+                c.segment_hold_ms = 0;
+                c.hold_started_at = None;
+                c.wrap_started_at = None;
+                self.emit(at, q, Some(agent), &channel, m);
+                self.account_agent(agent, at, e.id);
+                self.agent(agent, at, e.id).holding += 1;
+            }
+            "call_hold" => {
+                let Some(c) = self.contact_mut(id) else { return };
+                if c.held_by.is_some() && c.hold_started_at.is_none() {
+                    c.hold_started_at = Some(at);
+                    self.emit(at, queue, holder, &channel, Measures { holds: 1, ..Default::default() });
+                }
+            }
+            "call_resumed" => {
+                let Some(c) = self.contact_mut(id) else { return };
+                if let Some(h) = c.hold_started_at.take() {
+                    c.segment_hold_ms += ms(at - h);
+                }
+            }
+            "wrap_up" => {
+                let Some(c) = self.contact_mut(id) else { return };
+                if c.held_by.is_some() && c.wrap_started_at.is_none() {
+                    if let Some(h) = c.hold_started_at.take() {
+                        c.segment_hold_ms += ms(at - h);
+                    }
+                    c.wrap_started_at = Some(at);
+                }
+            }
+            "closed" => self.close(id, at, e, holder, str_of("disposition")),
+            "abandoned" => self.abandon(id, at),
+            "status" => match str_of("status").as_deref() {
+                Some("voicemail") => {
+                    let Some(c) = self.contact_mut(id) else { return };
+                    if c.outcome == "voicemail" {
+                        return;
+                    }
+                    c.outcome = "voicemail".into();
+                    c.ended_at = Some(at);
+                    self.emit(at, queue, None, &channel, Measures { voicemail: 1, ..Default::default() });
+                }
+                Some("overflowed") => {
+                    let Some(c) = self.contact_mut(id) else { return };
+                    c.outcome = "overflowed".into();
+                    c.ended_at = Some(at);
+                    self.emit(at, queue, None, &channel, Measures { overflowed: 1, ..Default::default() });
+                }
+                Some("abandoned") => self.abandon(id, at),
+                Some("closed") => self.close(id, at, e, holder, None),
+                _ => {}
+            },
+            "transferred" => {
+                let from = uuid_of("from_agent");
+                if from.is_some() && from == holder {
+                    self.end_segment(id, at, e.id, true);
+                }
+                if let Some(c) = self.contact_mut(id) {
+                    c.transfers += 1;
+                }
+                if let Some(q) = uuid_of("to_queue") {
+                    if let Some(c) = self.contact_mut(id) {
+                        c.queue_id = Some(q);
+                    }
+                    self.emit(at, Some(q), None, &channel, Measures { transferred_in: 1, ..Default::default() });
+                }
+                if let Some(a) = uuid_of("to_agent") {
+                    self.emit(at, queue, Some(a), &channel, Measures { transferred_in: 1, ..Default::default() });
+                }
+            }
+            "callback_requested" => self.emit(at, queue, None, &channel, Measures { callback: 1, ..Default::default() }),
+            "ivr_choice" => {
+                let ivr = e.data.get("ivr").cloned().unwrap_or_default();
+                let choice = ivr.get("queue").and_then(|v| v.as_str()).filter(|s| !s.is_empty()).unwrap_or("default").to_string();
+                self.count(at, "ivr", &choice, queue, &channel);
+                if let Some(path) = ivr.get("path").and_then(|p| p.as_array()) {
+                    for step in path.iter().take(32).filter_map(|s| s.as_str()) {
+                        self.count(at, "ivr_node", step, queue, &channel);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn close(&mut self, id: Uuid, at: DateTime<Utc>, e: &Event, holder: Option<Uuid>, disposition: Option<String>) {
+        if holder.is_some() {
+            self.end_segment(id, at, e.id, false);
+        }
+        let Some(c) = self.contact_mut(id) else { return };
+        if c.outcome == "closed" {
+            return;
+        }
+        let (queue, channel) = (c.queue_id, c.channel.clone());
+        let mut m = Measures::default();
+        if is_async(&c.channel) {
+            m.resolved = 1;
+            m.resolution_ms = ms(at - c.created_at);
+        }
+        match disposition.as_deref() {
+            Some("complaint") => m.disp_complaint = 1,
+            Some("inquiry") => m.disp_inquiry = 1,
+            Some("suggestion") => m.disp_suggestion = 1,
+            Some("other") => m.disp_other = 1,
+            _ => {}
+        }
+        c.disposition = disposition.or(c.disposition.take());
+        if c.answered_at.is_some() {
+            c.outcome = "closed".into();
+        }
+        c.ended_at = Some(at);
+        self.emit(at, queue, holder.or(e.agent_id), &channel, m);
+    }
+}
+
+/// Loads what a batch of events needs: its contacts (stored state, or a new record from
+/// the interaction), the agents they name, and queue settings.
+async fn load(conn: &mut PgConnection, p: &mut Processor, events: &[Event], fresh: bool) -> CoreResult<()> {
+    let ids: Vec<Uuid> = events
+        .iter()
+        .filter_map(|e| e.interaction_id)
+        .filter(|i| !p.contacts.contains_key(i))
+        .collect::<HashSet<_>>()
+        .into_iter()
+        .collect();
+    if !ids.is_empty() {
+        if !fresh {
+            let stored: Vec<Contact> =
+                sqlx::query_as(&format!("select {CONTACT_COLUMNS} from report_contacts where interaction_id = any($1)"))
+                    .bind(&ids)
+                    .fetch_all(&mut *conn)
+                    .await?;
+            for c in stored {
+                p.contacts.insert(c.interaction_id, c);
+            }
+        }
+        let missing: Vec<Uuid> = ids.into_iter().filter(|i| !p.contacts.contains_key(i)).collect();
+        if !missing.is_empty() {
+            let first_at: HashMap<Uuid, (i64, DateTime<Utc>)> =
+                events.iter().filter_map(|e| e.interaction_id.map(|i| (i, (e.id, e.at)))).fold(HashMap::new(), |mut m, (i, v)| {
+                    m.entry(i).or_insert(v);
+                    m
+                });
+            // A conversation's interaction that follows a closed one of the same
+            // conversation reopens it.
+            let rows: Vec<(Uuid, String, String, Option<Uuid>, Option<String>, bool, Option<Uuid>)> = sqlx::query_as(
+                "select i.id, i.channel, i.direction, i.customer_id, i.metadata->>'campaign_id',
+                        i.conversation_key is not null and exists(select 1 from interactions p where p.channel = i.channel
+                            and p.conversation_key = i.conversation_key and p.created_at < i.created_at and p.id <> i.id),
+                        i.queue_id
+                   from interactions i where i.id = any($1)",
+            )
+            .bind(&missing)
+            .fetch_all(&mut *conn)
+            .await?;
+            for (id, channel, direction, customer_id, campaign_id, reopened, _queue) in rows {
+                let (first_id, created_at) = first_at.get(&id).copied().unwrap_or((0, Utc::now()));
+                p.contacts.insert(
+                    id,
+                    Contact {
+                        interaction_id: id,
+                        channel,
+                        direction,
+                        queue_id: None,
+                        first_queue_id: None,
+                        customer_id,
+                        campaign_id,
+                        reopened,
+                        created_at,
+                        enqueued_at: None,
+                        answered_at: None,
+                        first_agent_id: None,
+                        wait_ms: None,
+                        held_by: None,
+                        segment_started_at: None,
+                        hold_started_at: None,
+                        wrap_started_at: None,
+                        segment_hold_ms: 0,
+                        talk_ms: 0,
+                        hold_ms: 0,
+                        wrap_ms: 0,
+                        first_inbound_at: None,
+                        first_response_at: None,
+                        inbound_messages: 0,
+                        replies: 0,
+                        notes: 0,
+                        transfers: 0,
+                        ring_no_answers: 0,
+                        outcome: "waiting".into(),
+                        disposition: None,
+                        ended_at: None,
+                        last_event_id: first_id - 1,
+                    },
+                );
+            }
+        }
+    }
+    if !fresh {
+        let mut agents: HashSet<Uuid> = events.iter().filter_map(|e| e.agent_id).collect();
+        agents.extend(p.contacts.values().filter_map(|c| c.held_by));
+        agents.retain(|a| !p.agents.contains_key(a));
+        if !agents.is_empty() {
+            let ids: Vec<Uuid> = agents.into_iter().collect();
+            let rows: Vec<AgentState> =
+                sqlx::query_as("select agent_id, presence, since, holding, last_event_id from report_agent_state where agent_id = any($1)")
+                    .bind(&ids)
+                    .fetch_all(&mut *conn)
+                    .await?;
+            for a in rows {
+                p.agents.insert(a.agent_id, a);
+            }
+        }
+    }
+    if p.queues.is_empty() {
+        let rows: Vec<(Uuid, i32, Option<i32>)> = sqlx::query_as(
+            "select q.id, q.sla_target_secs, s.short_abandon_secs from queues q left join report_queue_settings s on s.queue_id = q.id",
+        )
+        .fetch_all(&mut *conn)
+        .await?;
+        for (id, sl, short) in rows {
+            p.queues.insert(id, QueueCfg { sl_ms: sl as i64 * 1000, short_ms: short.unwrap_or(5) as i64 * 1000 });
+        }
+    }
+    Ok(())
+}
+
+static FACTS_UPSERT: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    let cols = Measures::COLUMNS;
+    let params: Vec<String> = (0..cols.len()).map(|i| format!("${}::int8[]", i + 6)).collect();
+    let sets: Vec<String> = cols
+        .iter()
+        .zip(Measures::IS_MAX)
+        .map(|(c, max)| {
+            if *max {
+                format!("{c} = greatest(report_facts.{c}, excluded.{c})")
+            } else {
+                format!("{c} = report_facts.{c} + excluded.{c}")
+            }
+        })
+        .collect();
+    format!(
+        "insert into report_facts (grain, bucket, queue_id, agent_id, channel, {}) select * from unnest($1::int2[], $2::timestamptz[], $3::uuid[], $4::uuid[], $5::text[], {})
+         on conflict (grain, bucket, queue_id, agent_id, channel) do update set {}",
+        cols.join(", "),
+        params.join(", "),
+        sets.join(", ")
+    )
+});
+
+/// Writes the collected increments, contacts and agents (in the caller's transaction).
+async fn flush(conn: &mut PgConnection, p: &mut Processor, write_agents: bool) -> CoreResult<()> {
+    let facts: Vec<(FactKey, Measures)> = p.facts.drain().collect();
+    for chunk in facts.chunks(10_000) {
+        let mut q = sqlx::query(&FACTS_UPSERT)
+            .bind(chunk.iter().map(|f| f.0 .0.id()).collect::<Vec<_>>())
+            .bind(chunk.iter().map(|f| f.0 .1).collect::<Vec<_>>())
+            .bind(chunk.iter().map(|f| f.0 .2).collect::<Vec<_>>())
+            .bind(chunk.iter().map(|f| f.0 .3).collect::<Vec<_>>())
+            .bind(chunk.iter().map(|f| f.0 .4.clone()).collect::<Vec<_>>());
+        let values: Vec<Vec<i64>> = chunk.iter().map(|f| f.1.values()).collect();
+        for col in 0..Measures::COLUMNS.len() {
+            q = q.bind(values.iter().map(|v| v[col]).collect::<Vec<_>>());
+        }
+        q.execute(&mut *conn).await?;
+    }
+    let counts: Vec<(CountKey, i64)> = p.counts.drain().collect();
+    if !counts.is_empty() {
+        sqlx::query(
+            "insert into report_counts (grain, bucket, dim, key, queue_id, channel, n)
+             select * from unnest($1::int2[], $2::timestamptz[], $3::text[], $4::text[], $5::uuid[], $6::text[], $7::int8[])
+             on conflict (grain, bucket, dim, key, queue_id, channel) do update set n = report_counts.n + excluded.n",
+        )
+        .bind(counts.iter().map(|c| c.0 .0.id()).collect::<Vec<_>>())
+        .bind(counts.iter().map(|c| c.0 .1).collect::<Vec<_>>())
+        .bind(counts.iter().map(|c| c.0 .2.clone()).collect::<Vec<_>>())
+        .bind(counts.iter().map(|c| c.0 .3.clone()).collect::<Vec<_>>())
+        .bind(counts.iter().map(|c| c.0 .4).collect::<Vec<_>>())
+        .bind(counts.iter().map(|c| c.0 .5.clone()).collect::<Vec<_>>())
+        .bind(counts.iter().map(|c| c.1).collect::<Vec<_>>())
+        .execute(&mut *conn)
+        .await?;
+    }
+    let dirty: Vec<&Contact> = p.dirty_contacts.iter().filter_map(|i| p.contacts.get(i)).collect();
+    for chunk in dirty.chunks(5000) {
+        let json = serde_json::to_value(chunk).map_err(|e| CoreError::Internal(e.to_string()))?;
+        let sets: Vec<String> =
+            CONTACT_COLUMNS.split(", ").filter(|c| *c != "interaction_id").map(|c| format!("{c} = excluded.{c}")).collect();
+        sqlx::query(&format!(
+            "insert into report_contacts ({CONTACT_COLUMNS}) select {CONTACT_COLUMNS} from jsonb_populate_recordset(null::report_contacts, $1)
+             on conflict (interaction_id) do update set {}",
+            sets.join(", ")
+        ))
+        .bind(json)
+        .execute(&mut *conn)
+        .await?;
+    }
+    p.dirty_contacts.clear();
+    if write_agents && !p.dirty_agents.is_empty() {
+        let agents: Vec<&AgentState> = p.dirty_agents.iter().filter_map(|a| p.agents.get(a)).collect();
+        sqlx::query(
+            "insert into report_agent_state (agent_id, presence, since, holding, last_event_id)
+             select * from unnest($1::uuid[], $2::text[], $3::timestamptz[], $4::int4[], $5::int8[])
+             on conflict (agent_id) do update set presence = excluded.presence, since = excluded.since,
+                 holding = excluded.holding, last_event_id = excluded.last_event_id",
+        )
+        .bind(agents.iter().map(|a| a.agent_id).collect::<Vec<_>>())
+        .bind(agents.iter().map(|a| a.presence.clone()).collect::<Vec<_>>())
+        .bind(agents.iter().map(|a| a.since).collect::<Vec<_>>())
+        .bind(agents.iter().map(|a| a.holding).collect::<Vec<_>>())
+        .bind(agents.iter().map(|a| a.last_event_id).collect::<Vec<_>>())
+        .execute(&mut *conn)
+        .await?;
+    }
+    p.dirty_agents.clear();
+    Ok(())
+}
+
+/// Reads (creating it) the progress row; refuses when the stored day zone differs from
+/// the configured one (the day rollups would be of another zone: rebuild them).
+async fn progress(conn: &mut PgConnection, zone: Tz) -> CoreResult<i64> {
+    sqlx::query("insert into report_progress (name, watermark, day_zone) values ($1, 0, $2) on conflict (name) do nothing")
+        .bind(PROGRESS)
+        .bind(zone.name())
+        .execute(&mut *conn)
+        .await?;
+    let (wm, z): (i64, String) =
+        sqlx::query_as("select watermark, day_zone from report_progress where name = $1").bind(PROGRESS).fetch_one(&mut *conn).await?;
+    if z != zone.name() {
+        return Err(CoreError::Conflict(format!(
+            "the report rollups keep days of {z}, the configuration says {}; run `switchboard reports rebuild --zone-change`",
+            zone.name()
+        )));
+    }
+    Ok(wm)
+}
+
+/// What one pass did.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Pass {
+    /// Events applied.
+    pub events: usize,
+    /// Whether the worker stopped at an id not yet visible (maybe still being written).
+    pub waiting_on_gap: bool,
+    /// Another node holds the lock.
+    pub busy: bool,
+}
+
+/// The live worker's memory of ids it found missing and since when.
+#[derive(Debug, Default)]
+pub struct Gaps {
+    seen: HashMap<i64, std::time::Instant>,
+}
+
+/// Processes the next batch of events after the watermark. An id that is missing (its
+/// transaction still open, or rolled back) stops the batch until it has been missing for
+/// `gap_grace`; then it is skipped, remembered, and applied if it ever appears.
+pub async fn process_batch(pool: &PgPool, zone: Tz, gaps: &mut Gaps, gap_grace: std::time::Duration) -> CoreResult<Pass> {
+    let mut tx = pool.begin().await?;
+    let locked: bool = sqlx::query_scalar("select pg_try_advisory_xact_lock($1)").bind(REPORTS_LOCK).fetch_one(&mut *tx).await?;
+    if !locked {
+        return Ok(Pass { busy: true, ..Default::default() });
+    }
+    let wm = progress(&mut tx, zone).await?;
+    let mut events: Vec<Event> =
+        sqlx::query_as(&format!("select {EVENT_COLUMNS} from interaction_events where id > $1 order by id limit $2"))
+            .bind(wm)
+            .bind(BATCH)
+            .fetch_all(&mut *tx)
+            .await?;
+    // Late arrivals among ids skipped earlier.
+    let late: Vec<Event> = sqlx::query_as(&format!(
+        "select {EVENT_COLUMNS} from interaction_events where id in (select id from report_skipped_events) order by id"
+    ))
+    .fetch_all(&mut *tx)
+    .await?;
+    let mut skipped = Vec::new();
+    let mut take = 0;
+    let mut expect = wm + 1;
+    let now = std::time::Instant::now();
+    let mut waiting_on_gap = false;
+    'scan: for e in &events {
+        while expect < e.id {
+            let since = *gaps.seen.entry(expect).or_insert(now);
+            if now.duration_since(since) >= gap_grace {
+                skipped.push(expect);
+                expect += 1;
+            } else {
+                waiting_on_gap = true;
+                break 'scan;
+            }
+        }
+        take += 1;
+        expect = e.id + 1;
+    }
+    events.truncate(take);
+    gaps.seen.retain(|id, _| *id > expect);
+    let new_wm = events.last().map(|e| e.id).unwrap_or(wm).max(skipped.last().copied().unwrap_or(wm));
+    let mut all = late.clone();
+    all.extend(events);
+    if all.is_empty() && skipped.is_empty() {
+        return Ok(Pass { waiting_on_gap, ..Default::default() });
+    }
+    let mut p = Processor::new(zone, None);
+    load(&mut tx, &mut p, &all, false).await?;
+    for e in &all {
+        p.apply(e);
+    }
+    flush(&mut tx, &mut p, true).await?;
+    if !late.is_empty() {
+        sqlx::query("delete from report_skipped_events where id = any($1)")
+            .bind(late.iter().map(|e| e.id).collect::<Vec<_>>())
+            .execute(&mut *tx)
+            .await?;
+    }
+    if !skipped.is_empty() {
+        sqlx::query("insert into report_skipped_events (id) select unnest($1::int8[]) on conflict do nothing")
+            .bind(&skipped)
+            .execute(&mut *tx)
+            .await?;
+    }
+    // An id missing for a day is a rolled-back insert: forget it.
+    sqlx::query("delete from report_skipped_events where skipped_at < now() - interval '1 day'").execute(&mut *tx).await?;
+    sqlx::query("update report_progress set watermark = $2, updated_at = now() where name = $1")
+        .bind(PROGRESS)
+        .bind(new_wm)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(Pass { events: all.len(), waiting_on_gap, busy: false })
+}
+
+/// Processes until nothing is left (bounded by `max_batches`); returns events applied.
+pub async fn catch_up(pool: &PgPool, zone: Tz, gap_grace: std::time::Duration, max_batches: usize) -> CoreResult<usize> {
+    let mut gaps = Gaps::default();
+    let mut n = 0;
+    for _ in 0..max_batches {
+        let pass = process_batch(pool, zone, &mut gaps, gap_grace).await?;
+        n += pass.events;
+        if pass.events == 0 && !pass.busy {
+            break;
+        }
+        if pass.busy {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+    Ok(n)
+}
+
+/// What a rebuild did.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Rebuilt {
+    /// Start of the recomputed range (a local midnight of the day zone).
+    pub from: DateTime<Utc>,
+    /// End of the range.
+    pub to: DateTime<Utc>,
+    /// Events replayed.
+    pub events: usize,
+}
+
+/// Recomputes the rollups of `[from, to)` (widened to whole local days of the day zone)
+/// from the raw events: deletes the range's rollups, replays every event of the contacts
+/// that were open in the range and the agents' presence from the last change before it,
+/// and adds only what falls inside the range. Events after the watermark are left to the
+/// worker. Progress goes to `progress(events_done)`.
+pub async fn rebuild(
+    pool: &PgPool,
+    zone: Tz,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+    mut progress_cb: impl FnMut(usize),
+) -> CoreResult<Rebuilt> {
+    let from = super::interval::day(from, zone);
+    let to = {
+        let d = super::interval::day(to, zone);
+        if d == to {
+            d
+        } else {
+            super::interval::next_bucket(Grain::Day, d, zone)
+        }
+    };
+    let mut tx = pool.begin().await?;
+    sqlx::query("select pg_advisory_xact_lock($1)").bind(REPORTS_LOCK).execute(&mut *tx).await?;
+    let wm = progress(&mut tx, zone).await?;
+    sqlx::query("delete from report_facts where bucket >= $1 and bucket < $2").bind(from).bind(to).execute(&mut *tx).await?;
+    sqlx::query("delete from report_counts where bucket >= $1 and bucket < $2").bind(from).bind(to).execute(&mut *tx).await?;
+    sqlx::query("create temp table report_rebuild_contacts (id uuid primary key) on commit drop").execute(&mut *tx).await?;
+    sqlx::query(
+        "insert into report_rebuild_contacts
+         select distinct interaction_id from interaction_events where at >= $1 and at < $2 and interaction_id is not null and id <= $3
+         union select interaction_id from report_contacts where created_at < $1 and (ended_at is null or ended_at >= $2 or held_by is not null)
+         on conflict do nothing",
+    )
+    .bind(from)
+    .bind(to)
+    .bind(wm)
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query("analyze report_rebuild_contacts").execute(&mut *tx).await?;
+    // Every event of those contacts, the presence changes inside the range and each
+    // agent's last presence change before it, in id order, up to the watermark and
+    // without ids the worker skipped.
+    let sql = format!(
+        "select {EVENT_COLUMNS} from (
+            select e.* from interaction_events e join report_rebuild_contacts r on r.id = e.interaction_id where e.id <= $3
+            union all
+            select e.* from interaction_events e where e.interaction_id is null and e.kind = 'presence' and e.at >= $1 and e.at < $2 and e.id <= $3
+            union all
+            select * from (select distinct on (agent_id) e.* from interaction_events e
+                            where e.interaction_id is null and e.kind = 'presence' and e.at < $1 and e.id <= $3
+                            order by agent_id, id desc) last
+         ) ev where not exists (select 1 from report_skipped_events s where s.id = ev.id) order by id"
+    );
+    let mut p = Processor::new(zone, Some((from, to)));
+    let mut read_conn = pool.acquire().await?;
+    let mut total = 0usize;
+    let paged_sql = sql.replacen(") ev where", ") ev where ev.id > $4 and", 1) + " limit 20000";
+    let mut after = i64::MIN;
+    loop {
+        // Read in the rebuild's transaction: it sees the temp table.
+        let page: Vec<Event> = sqlx::query_as(&paged_sql).bind(from).bind(to).bind(wm).bind(after).fetch_all(&mut *tx).await?;
+        let Some(last) = page.last() else { break };
+        after = last.id;
+        let evicted: Vec<Uuid> =
+            page.iter().filter_map(|e| e.interaction_id).filter(|i| p.evicted.contains(i) && !p.contacts.contains_key(i)).collect();
+        if !evicted.is_empty() {
+            let rows: Vec<Contact> =
+                sqlx::query_as(&format!("select {CONTACT_COLUMNS} from report_contacts where interaction_id = any($1)"))
+                    .bind(&evicted)
+                    .fetch_all(&mut *tx)
+                    .await?;
+            for c in rows {
+                p.contacts.insert(c.interaction_id, c);
+            }
+        }
+        load(&mut read_conn, &mut p, &page, true).await?;
+        for e in &page {
+            p.apply(e);
+        }
+        total += page.len();
+        progress_cb(total);
+        // Contacts that ended stay only as rows: memory stays bounded over a long range.
+        flush(&mut tx, &mut p, false).await?;
+        let ended: Vec<Uuid> = p.contacts.iter().filter(|(_, c)| c.ended_at.is_some() && c.held_by.is_none()).map(|(i, _)| *i).collect();
+        for i in ended {
+            p.contacts.remove(&i);
+            p.evicted.insert(i);
+        }
+    }
+    // An agent's segment that runs past the range end was closed by the worker (and its
+    // part inside the range counted) if a later event that ends segments is processed.
+    let open: Vec<Uuid> = p.agents.iter().filter(|(_, a)| a.since < to).map(|(i, _)| *i).collect();
+    if !open.is_empty() {
+        let closed: Vec<Uuid> = sqlx::query_scalar(
+            "select distinct a from (
+                select agent_id as a from interaction_events where id <= $1 and at >= $2 and agent_id = any($3)
+                   and kind in ('presence','accepted','closed','transferred','status')
+                union all
+                select (data->>'from_agent')::uuid from interaction_events where id <= $1 and at >= $2 and kind = 'transferred'
+                   and data->>'from_agent' = any($4)) x where a is not null",
+        )
+        .bind(wm)
+        .bind(to)
+        .bind(&open)
+        .bind(open.iter().map(|u| u.to_string()).collect::<Vec<_>>())
+        .fetch_all(&mut *tx)
+        .await?;
+        for a in closed {
+            p.account_agent(a, to, i64::MAX);
+        }
+    }
+    flush(&mut tx, &mut p, false).await?;
+    tx.commit().await?;
+    Ok(Rebuilt { from, to, events: total })
+}
