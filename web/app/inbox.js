@@ -8,6 +8,7 @@
 
 import { api, get, post, put, getOptional, whoami, login, logout, ApiError } from './api.js';
 import { h, replace, $, $$, channelIcon, channelName, ago, clock, toast, showError } from './dom.js';
+import { updateSmsCounter, showSmsDeliveries } from './sms.js';
 import { EventStream } from './stream.js';
 
 const OPEN = ['offered', 'active', 'wrap_up'];
@@ -252,6 +253,11 @@ function onEvent(ev) {
   }
   if (ev.kind === 'offered' && (!state.me || ev.agent_id === state.me.agent_id)) {
     announce(`New ${channelName(ev.data && ev.data.channel).toLowerCase()} offer`);
+  }
+  // An SMS's delivery state (receipt, `unknown`, failure) is shown on its message.
+  if (ev.kind === 'sms_status' || (['delivered', 'delivery_failed'].includes(ev.kind) && iid && iid === state.selected)) {
+    if (iid && iid === state.selected) smsDeliveries();
+    return;
   }
   // Delivery receipts change nothing the transcript shows.
   if (['delivered', 'delivery_failed'].includes(ev.kind)) return;
@@ -679,6 +685,15 @@ function renderMessages() {
   }
   if (atBottom || !prefix) list.scrollTop = list.scrollHeight;
   renderSeen();
+  if (i && i.channel === 'sms') smsDeliveries();
+}
+
+function smsDeliveries() {
+  const i = state.interactions.get(state.selected);
+  if (i) showSmsDeliveries(i, () => state.selected === i.id);
+}
+function smsCounter() {
+  updateSmsCounter(state.selected && state.interactions.get(state.selected), $('#reply-input').value, mode() === 'reply');
 }
 
 // Read receipts: outbound messages up to the visitor's latest `read` event show "Seen".
@@ -769,6 +784,7 @@ for (const r of $$('input[name="mode"]')) {
     $('#reply-label').textContent = note ? 'Internal note (not sent to the customer)' : 'Reply to customer';
     $('#reply-input').placeholder = note ? 'Write an internal note — only colleagues see it' : 'Write a reply…  (Ctrl+Enter to send)';
     $('#reply-send').textContent = note ? 'Add note' : 'Send';
+    smsCounter();
   });
 }
 
@@ -789,6 +805,7 @@ function insertText(text) {
   const pos = (before + sep + text).length;
   ta.focus();
   ta.setSelectionRange(pos, pos);
+  smsCounter();
 }
 
 function draftFor(id) {
@@ -803,7 +820,9 @@ function saveDraft() {
 }
 function restoreDraft() {
   $('#reply-input').value = state.selected ? draftFor(state.selected).text : '';
+  smsCounter();
 }
+$('#reply-input').addEventListener('input', smsCounter);
 
 $('#reply-input').addEventListener('keydown', (e) => {
   if (e.key === 'Enter' && (e.ctrlKey || e.metaKey)) {
@@ -843,6 +862,7 @@ $('#composer').addEventListener('submit', async (e) => {
       : await post(`/api/v1/interactions/${id}/messages`, { body, idempotency_key: d.key });
     state.drafts.set(id, { text: '', key: newKey() });
     if (state.selected === id) ta.value = '';
+    smsCounter();
     if (mode() === 'reply') sendSignal('typing', { active: false });
     if (state.selected === id && state.messagesOf === id && m && m.id) {
       addMessages([m]);

@@ -1,6 +1,7 @@
 //! The SMS channel's own API, per channel instance: send a text to a number (through the
 //! outbox; the destination is checked here and refused with the field named) and the
-//! reply-box counter (encoding, parts, characters left) for a draft.
+//! reply-box counter (encoding, parts, characters left) for a draft, and the delivery state
+//! of a conversation's outbound texts (the inbox shows an `unknown` one to the agent).
 
 use crate::encoding;
 use axum::extract::State;
@@ -8,7 +9,7 @@ use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::Json;
 use serde::Deserialize;
-use switchboard_core::api::{Access, ApiJson, ApiQuery, RouteDoc};
+use switchboard_core::api::{Access, ApiJson, ApiPath, ApiQuery, RouteDoc};
 use switchboard_core::auth::Caller;
 use switchboard_core::outbox::{self, NewOutbound};
 use switchboard_core::{Channel, CoreError, CoreResult, Hub, Role};
@@ -41,6 +42,40 @@ pub struct SendRequest {
 pub struct SegmentsQuery {
     /// The draft text.
     pub text: String,
+}
+
+/// The delivery state of one outbound text of a conversation.
+#[derive(Debug, serde::Serialize, sqlx::FromRow)]
+pub struct Delivery {
+    /// The outbox row.
+    pub outbox_id: uuid::Uuid,
+    /// The conversation message it sends (agent replies), if any.
+    pub message_id: Option<uuid::Uuid>,
+    /// `submitting`, `unknown` (no submit_sm_resp ever came: it may or may not have reached
+    /// the customer and is never resent automatically), `submitted`, `enroute`, `delivered`,
+    /// `failed`, …
+    pub status: String,
+    /// Why it failed or is unknown.
+    pub error: Option<String>,
+    /// Parts it takes.
+    pub parts: i16,
+    /// Last change.
+    pub updated_at: chrono::DateTime<chrono::Utc>,
+}
+
+/// The delivery state of every text this channel sent in an interaction, oldest first.
+#[tracing::instrument(skip(db))]
+pub async fn deliveries(db: &sqlx::PgPool, channel: &str, interaction_id: uuid::Uuid) -> CoreResult<Vec<Delivery>> {
+    Ok(sqlx::query_as(
+        "select s.outbox_id, o.message_id, s.status, s.error, s.parts, s.updated_at
+           from sms_sent s left join outbox o on o.id = s.outbox_id
+          where s.interaction_id = $1 and s.channel_name = $2
+          order by s.created_at, s.outbox_id",
+    )
+    .bind(interaction_id)
+    .bind(channel)
+    .fetch_all(db)
+    .await?)
 }
 
 /// Checks a send request: the destination and the text, each refused with its field named.
@@ -80,6 +115,13 @@ pub fn route_docs(name: &str) -> &'static [RouteDoc] {
             summary: "Encoding, parts and characters left for a draft text.",
             tag: "sms",
         },
+        RouteDoc {
+            method: "GET",
+            path: leak(format!("/sms/v1/{name}/interactions/{{id}}/deliveries")),
+            access: Access::AnyUser,
+            summary: "Delivery state of the texts sent in a conversation (`unknown`: no SMSC answer, not resent).",
+            tag: "sms",
+        },
     ];
     Box::leak(docs.into_boxed_slice())
 }
@@ -88,7 +130,9 @@ pub fn route_docs(name: &str) -> &'static [RouteDoc] {
 pub fn router(name: &str) -> axum::Router<Hub> {
     let send_path = format!("/sms/v1/{name}/messages");
     let segments_path = format!("/sms/v1/{name}/segments");
+    let deliveries_path = format!("/sms/v1/{name}/interactions/{{id}}/deliveries");
     let channel = name.to_string();
+    let channel_of_deliveries = name.to_string();
     axum::Router::new()
         .route(
             &send_path,
@@ -125,6 +169,13 @@ pub fn router(name: &str) -> axum::Router<Hub> {
         .route(
             &segments_path,
             get(|_caller: Caller, ApiQuery(q): ApiQuery<SegmentsQuery>| async move { Json(encoding::segments(&q.text)) }),
+        )
+        .route(
+            &deliveries_path,
+            get(move |State(hub): State<Hub>, _caller: Caller, ApiPath(id): ApiPath<uuid::Uuid>| {
+                let channel = channel_of_deliveries.clone();
+                async move { Ok::<_, CoreError>(Json(deliveries(hub.db(), &channel, id).await?)) }
+            }),
         )
 }
 
