@@ -126,7 +126,8 @@ haproxy_up() {
   command -v haproxy >/dev/null || { echo "haproxy not installed (apt-get install haproxy); skipping" >&2; return 0; }
   cat >"$DIR/haproxy.cfg" <<EOF
 global
-    maxconn 20000
+    # Raise with the FD limit (ulimit -n) for more agents and visitors per balancer.
+    maxconn 8000
     pidfile $DIR/haproxy.pid
 defaults
     mode http

@@ -31,7 +31,9 @@ use uuid::Uuid;
 
 use crate::call::{CallInfo, CallOutcome, CallRouting, CallTicket, RoutingError, Side};
 use crate::config::{CredentialSource, SkillRequirement, VoiceConfig};
-use crate::registrar::{CredentialStore, InlineCredentials};
+use crate::registrar::{Binding, CredentialStore, InlineCredentials, RemoteBinding};
+use crate::sip::transaction::Peer;
+use crate::sip::Transport;
 use crate::{VoiceEngine, VoiceEngineHandle};
 
 /// Adapter kind in `[[channels]]`.
@@ -496,7 +498,8 @@ impl ChannelAdapter for VoiceAdapter {
         let from_db = matches!(self.config.registrar.credentials, CredentialSource::External);
         // Registrations are published to core in order by this task (see `registration_changed`).
         let (registrations, mut registered) = tokio::sync::mpsc::unbounded_channel();
-        let creds = Arc::new(HubCredentials { inline, db: RwLock::new(HashMap::new()), registrations });
+        let creds =
+            Arc::new(HubCredentials { inline, db: RwLock::new(HashMap::new()), registrations, remote: RwLock::new(HashMap::new()) });
         if from_db {
             creds.refresh(&hub).await;
         }
@@ -511,6 +514,9 @@ impl ChannelAdapter for VoiceAdapter {
         let every = Duration::from_secs(self.config.announce_every_secs.max(1));
         let mut announce = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
         let mut refresh = tokio::time::interval(Duration::from_secs(10));
+        // Bindings of phones registered with other nodes of a cluster.
+        let mut remote_tick = tokio::time::interval(Duration::from_secs(2));
+        remote_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 _ = shutdown.wait() => break,
@@ -524,11 +530,19 @@ impl ChannelAdapter for VoiceAdapter {
                     Err(RecvError::Lagged(n)) => tracing::warn!(skipped = n, "Voice adapter lagged behind hub events."),
                     Err(RecvError::Closed) => break,
                 },
-                Some((user, expires_at)) = registered.recv() => {
-                    if let Err(error) = hub.set_voice_registration(&user, expires_at).await {
-                        tracing::warn!(%error, sip_user = %user, "Could not publish a phone registration.");
+                Some(note) = registered.recv() => match note {
+                    RegistrationNote::Expiry(user, expires_at) => {
+                        if let Err(error) = hub.set_voice_registration(&user, expires_at).await {
+                            tracing::warn!(%error, sip_user = %user, "Could not publish a phone registration.");
+                        }
                     }
-                }
+                    RegistrationNote::Binding(user, binding) => {
+                        if let Err(error) = publish_binding(&hub, &user, &binding).await {
+                            tracing::warn!(%error, sip_user = %user, "Could not publish a phone binding.");
+                        }
+                    }
+                },
+                _ = remote_tick.tick() => creds.refresh_remote(&hub).await,
                 _ = announce.tick() => self.announce_positions(&hub).await,
                 _ = refresh.tick(), if from_db => creds.refresh(&hub).await,
             }
@@ -591,11 +605,68 @@ impl ChannelAdapter for VoiceAdapter {
 struct HubCredentials {
     inline: InlineCredentials,
     db: RwLock<HashMap<(String, String), String>>,
-    /// Registration changes on their way to core (user, expiry of the latest binding).
-    registrations: tokio::sync::mpsc::UnboundedSender<(String, Option<chrono::DateTime<chrono::Utc>>)>,
+    /// Registration changes on their way to core, in order.
+    registrations: tokio::sync::mpsc::UnboundedSender<RegistrationNote>,
+    /// Live bindings other nodes published (cluster), refreshed every 2 s.
+    remote: RwLock<HashMap<String, RemoteBinding>>,
+}
+
+/// A registration change for core: the expiry of the latest binding, then the binding.
+enum RegistrationNote {
+    Expiry(String, Option<chrono::DateTime<chrono::Utc>>),
+    Binding(String, Option<RemoteBinding>),
+}
+
+fn transport_name(t: Transport) -> &'static str {
+    match t {
+        Transport::Udp => "udp",
+        Transport::Tcp => "tcp",
+    }
+}
+
+/// Publishes the binding of this node's registration row (cluster: other nodes ring the
+/// phone with it).
+async fn publish_binding(hub: &Hub, user: &str, binding: &Option<RemoteBinding>) -> Result<(), sqlx::Error> {
+    let Some(b) = binding else { return Ok(()) };
+    sqlx::query("update voice_registrations set contact = $3, peer = $4, transport = $5 where sip_user = $1 and node_id = $2")
+        .bind(user)
+        .bind(hub.node_id())
+        .bind(&b.contact)
+        .bind(b.peer.addr.to_string())
+        .bind(transport_name(b.peer.transport))
+        .execute(hub.db())
+        .await?;
+    Ok(())
 }
 
 impl HubCredentials {
+    /// Loads the live bindings other nodes published.
+    async fn refresh_remote(&self, hub: &Hub) {
+        let rows: Result<Vec<(String, String, String, String)>, _> = sqlx::query_as(
+            "select sip_user, contact, peer, transport from voice_registrations
+              where node_id <> $1 and expires_at > now() and contact is not null and peer is not null
+              order by expires_at",
+        )
+        .bind(hub.node_id())
+        .fetch_all(hub.db())
+        .await;
+        match rows {
+            Ok(rows) => {
+                let mut map = HashMap::new();
+                for (user, contact, peer, transport) in rows {
+                    let Ok(addr) = peer.parse::<SocketAddr>() else { continue };
+                    let transport = if transport == "tcp" { Transport::Tcp } else { Transport::Udp };
+                    // Ordered by expiry: the latest binding wins.
+                    map.insert(user, RemoteBinding { contact, peer: Peer { addr, transport } });
+                }
+                if let Ok(mut r) = self.remote.write() {
+                    *r = map;
+                }
+            }
+            Err(error) => tracing::warn!(%error, "Could not load the phone bindings of other nodes."),
+        }
+    }
+
     async fn refresh(&self, hub: &Hub) {
         let rows: Result<Vec<(String, String, String)>, _> = sqlx::query_as(
             "select a.sip_user, c.realm, c.ha1 from sip_credentials c join agents a on a.id = c.agent_id where a.sip_user is not null",
@@ -621,7 +692,16 @@ impl CredentialStore for HubCredentials {
 
     fn registration_changed(&self, user: &str, expires_in: Option<Duration>) {
         let expires_at = expires_in.and_then(|d| chrono::Duration::from_std(d).ok()).map(|d| chrono::Utc::now() + d);
-        let _ = self.registrations.send((user.to_string(), expires_at));
+        let _ = self.registrations.send(RegistrationNote::Expiry(user.to_string(), expires_at));
+    }
+
+    fn binding_changed(&self, user: &str, binding: Option<&Binding>) {
+        let b = binding.map(|b| RemoteBinding { contact: b.contact.clone(), peer: b.peer });
+        let _ = self.registrations.send(RegistrationNote::Binding(user.to_string(), b));
+    }
+
+    fn remote_binding(&self, user: &str) -> Option<RemoteBinding> {
+        self.remote.read().ok()?.get(user).cloned()
     }
 }
 

@@ -24,7 +24,7 @@ use crate::media::dtmf::parse_info_body;
 use crate::media::player::{tone, PromptStore};
 use crate::media_session::{bind_rtp, spawn_leg, spawn_recorder, LegId, MediaCommand, MediaEvent, MediaHandle, Recorder};
 use crate::metrics::{voice_stats, VoiceStats};
-use crate::registrar::{CredentialStore, InlineCredentials, Registrar};
+use crate::registrar::{CredentialStore, InlineCredentials, Registrar, RemoteBinding};
 use crate::sdp::{self, Codec, Direction, Negotiated};
 use crate::sip::dialog::Dialog;
 use crate::sip::message::{make_header, new_branch, random_token, response_to, to_bytes, HeaderLookup, NameAddr, SipUri};
@@ -1145,7 +1145,8 @@ impl Engine {
             }
             Command::Hangup { call_id } => self.end_call(&call_id, Side::Hub),
             Command::IsRegistered { user, reply } => {
-                let _ = reply.send(self.registrar.lookup(&user, Self::now()).is_some());
+                let here = self.registrar.lookup(&user, Self::now()).is_some();
+                let _ = reply.send(here || self.credentials.remote_binding(&user).is_some());
             }
             Command::ReleaseAgent { call_id } => self.release_agent(&call_id),
             Command::Hold { call_id, on } => self.hold(&call_id, on),
@@ -1198,9 +1199,17 @@ impl Engine {
             report(call, withdrawn);
             return;
         }
-        let Some(binding) = self.registrar.lookup(user, Self::now()).cloned() else {
-            report(call, unreachable("agent phone not registered"));
-            return;
+        // A phone registered with this node, or (cluster) with another node: its binding
+        // is published in the database and the INVITE goes to it directly.
+        let binding = match self.registrar.lookup(user, Self::now()) {
+            Some(b) => RemoteBinding { contact: b.contact.clone(), peer: b.peer },
+            None => match self.credentials.remote_binding(user) {
+                Some(b) => b,
+                None => {
+                    report(call, unreachable("agent phone not registered"));
+                    return;
+                }
+            },
         };
         let Ok(uri) = rsip::Uri::try_from(binding.contact.as_str()) else {
             report(call, unreachable("unusable contact"));

@@ -24,6 +24,25 @@ pub trait CredentialStore: Send + Sync {
     /// lasts, or `None` when it has none left. Core publishes this so the router offers
     /// calls only to agents whose phone can ring. The default ignores it.
     fn registration_changed(&self, _user: &str, _expires_in: Option<Duration>) {}
+
+    /// Told after every accepted REGISTER of `user` with its latest live binding (or
+    /// `None`), so the other nodes of a cluster can ring the phone. The default ignores it.
+    fn binding_changed(&self, _user: &str, _binding: Option<&Binding>) {}
+
+    /// A live binding of `user` that another node of the cluster holds (published through
+    /// the database), used when this node's registrar has none. The default: none.
+    fn remote_binding(&self, _user: &str) -> Option<RemoteBinding> {
+        None
+    }
+}
+
+/// A phone binding held by another hub node: enough to send it an INVITE directly.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteBinding {
+    /// Contact URI (Request-URI of INVITEs to the phone).
+    pub contact: String,
+    /// Where its REGISTER came from (the next hop).
+    pub peer: Peer,
 }
 
 /// Credentials from the config file.
@@ -198,6 +217,7 @@ impl Registrar {
             self.bindings.remove(&user);
         }
         creds.registration_changed(&user, latest);
+        creds.binding_changed(&user, self.lookup(&user, now));
         response_to(req, 200, Some(&tag), extra, Vec::new())
     }
 
