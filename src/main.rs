@@ -65,6 +65,32 @@ enum Command {
         #[command(subcommand)]
         command: AgentCommand,
     },
+    /// Report tasks: recompute rollups from the event log (docs/metrics.md).
+    Reports {
+        #[command(subcommand)]
+        command: ReportsCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ReportsCommand {
+    /// Recompute the rollups of a date range (local days of `reports.time_zone`, `--to`
+    /// inclusive) from the raw events; the numbers equal what the live worker computed.
+    /// `--all` forgets every rollup and recomputes the whole log (after changing
+    /// `reports.time_zone`).
+    Rebuild {
+        #[command(flatten)]
+        common: Common,
+        /// First day (YYYY-MM-DD).
+        #[arg(long, required_unless_present = "all")]
+        from: Option<chrono::NaiveDate>,
+        /// Last day, inclusive (YYYY-MM-DD).
+        #[arg(long, required_unless_present = "all")]
+        to: Option<chrono::NaiveDate>,
+        /// Recompute everything.
+        #[arg(long)]
+        all: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -341,6 +367,38 @@ async fn run(cli: Cli) -> Result<(), String> {
             println!("{} rows: {} created, {} updated, {} rejected", report.total, report.created, report.updated, report.rejected);
             for e in &report.errors {
                 println!("  line {}: {}{}", e.line, e.field.as_deref().map(|f| format!("{f}: ")).unwrap_or_default(), e.reason);
+            }
+        }
+        Command::Reports { command: ReportsCommand::Rebuild { common, from, to, all } } => {
+            use switchboard_core::reports::{interval, rollup, ReportSettings};
+            let s = load(&common)?;
+            let rs = ReportSettings::from_toml(s.reports.clone()).map_err(|e| e.to_string())?;
+            let zone = rs.zone().map_err(|e| e.to_string())?;
+            let db = switchboard::open_database(&s).await.map_err(|e| e.to_string())?;
+            if all {
+                rollup::reset(&db.pool, zone).await.map_err(|e| e.to_string())?;
+                let total: i64 = sqlx::query_scalar("select coalesce(max(id), 0) from interaction_events")
+                    .fetch_one(&db.pool)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let mut done = 0u64;
+                let mut gaps = rollup::Gaps::default();
+                for _ in 0..(total / rollup::BATCH + 100) {
+                    let pass =
+                        rollup::process_batch(&db.pool, zone, &mut gaps, std::time::Duration::ZERO).await.map_err(|e| e.to_string())?;
+                    done += pass.events as u64;
+                    progress_bar("rebuilding", done, total.max(0) as u64);
+                    if pass.events == 0 && !pass.busy {
+                        break;
+                    }
+                }
+                eprintln!();
+                println!("{done} events applied.");
+            } else if let (Some(from), Some(to)) = (from, to) {
+                let (a, b) = (interval::local_day_start(from, zone), interval::local_day_start(to + chrono::Duration::days(1), zone));
+                let r = rollup::rebuild(&db.pool, zone, a, b, |n| eprint!("\rreplayed {n} events")).await.map_err(|e| e.to_string())?;
+                eprintln!();
+                println!("Rebuilt {} .. {}: {} events replayed.", r.from, r.to, r.events);
             }
         }
         Command::Kb { command: KbCommand::Reindex { common } } => {

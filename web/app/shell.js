@@ -7,6 +7,8 @@ import { h, replace, $ } from './dom.js';
 const NAV = [
   { href: '/', label: 'Inbox' },
   { href: '/dashboard.html', label: 'Dashboard', roles: ['admin', 'supervisor'] },
+  { href: '/wallboard.html', label: 'Wallboard', roles: ['admin', 'supervisor'] },
+  { href: '/reports.html', label: 'Reports', roles: ['admin', 'supervisor'] },
   { href: '/admin.html', label: 'Admin', roles: ['admin'] },
   { href: '/crm.html', label: 'Customers' },
   { href: '/kb.html', label: 'Knowledge base' },

@@ -749,7 +749,7 @@ async fn progress(conn: &mut PgConnection, zone: Tz) -> CoreResult<i64> {
         sqlx::query_as("select watermark, day_zone from report_progress where name = $1").bind(PROGRESS).fetch_one(&mut *conn).await?;
     if z != zone.name() {
         return Err(CoreError::Conflict(format!(
-            "the report rollups keep days of {z}, the configuration says {}; run `switchboard reports rebuild --zone-change`",
+            "the report rollups keep days of {z}, the configuration says {}; run `switchboard reports rebuild --all`",
             zone.name()
         )));
     }
@@ -993,4 +993,25 @@ pub async fn rebuild(
     flush(&mut tx, &mut p, false).await?;
     tx.commit().await?;
     Ok(Rebuilt { from, to, events: total })
+}
+
+/// Forgets every rollup and contact record and sets the watermark back to zero with the
+/// day zone `zone`: the worker then recomputes everything from the event log (used when
+/// `reports.time_zone` changes).
+pub async fn reset(pool: &PgPool, zone: Tz) -> CoreResult<()> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("select pg_advisory_xact_lock($1)").bind(REPORTS_LOCK).execute(&mut *tx).await?;
+    sqlx::query("truncate report_facts, report_counts, report_contacts, report_agent_state, report_skipped_events")
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query(
+        "insert into report_progress (name, watermark, day_zone) values ($1, 0, $2)
+         on conflict (name) do update set watermark = 0, day_zone = excluded.day_zone, updated_at = now()",
+    )
+    .bind(PROGRESS)
+    .bind(zone.name())
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(())
 }
