@@ -206,6 +206,13 @@ pub async fn sweep_dead_nodes(hub: &Hub, node_timeout: Duration) -> CoreResult<u
             Err(e) => return Err(e),
         }
     }
+    // Nodes gone for long (killed, never restarted with that id) leave the member list.
+    sqlx::query(
+        "delete from cluster_nodes n where n.heartbeat_at < now() - interval '10 minutes'
+            and not exists (select 1 from call_owners o where o.node_id = n.node_id)",
+    )
+    .execute(hub.db())
+    .await?;
     Ok(ended)
 }
 

@@ -8,8 +8,9 @@ message every 0.5 s with a unique client_msg_id and resending the same id until 
 Drills, one after another, each followed by recovery (the node restarted):
   1. kill -9 of a node that is not the router leader
   2. kill -9 of the router leader
-  3. SIGSTOP of the holder of the `cluster:sweeper` lease for --pause s, then SIGCONT
-     (the lease moves with a higher token; the woken node does not act on it)
+  3. SIGSTOP of the router leader for --pause s, then SIGCONT: the `router` lease moves to
+     another node with a higher token (the standby ends the paused leader's lock session
+     once its lease expired); the woken node does not lead and its commits are fenced
   4. PostgreSQL primary killed, replica promoted (`scripts/cluster.sh promote`)
 After each: every acked message stored (0 inbound lost), none stored twice, the time until
 the load is accepted again and until a router leader is back. Prints a table; exits 1 when
@@ -166,9 +167,9 @@ def wait_leader(since, limit=60):
     return None
 
 
-def sweeper_holder():
+def lease_holder(name):
     row = psql("select l.token, n.internal_url from leases l join cluster_nodes n on n.node_id = l.holder "
-               "where l.name = 'cluster:sweeper' and l.expires_at > now()")
+               f"where l.name = '{name}' and l.expires_at > now()")
     if not row:
         return None, None
     token, url = row.split("|")
@@ -222,27 +223,28 @@ def main():
     record(f"kill -9 node{lead} (router leader)", t0)
     restart_node(lead)
 
-    # 3. SIGSTOP the sweeper lease holder, then SIGCONT.
-    token, holder = sweeper_holder()
-    extra = ""
+    # 3. SIGSTOP the router leader (which may also hold the sweeper lease), then SIGCONT.
+    holder = leader_index()
+    token, _ = lease_holder("router")
     if holder is not None:
         t0 = time.time()
         os.kill(node_pid(holder), signal.SIGSTOP)
         moved = None
         deadline = time.time() + args.pause
         while time.time() < deadline:
-            t, h = sweeper_holder()
-            if moved is None and t is not None and h != holder:
+            t, h = lease_holder("router")
+            if moved is None and t is not None and h != holder and leader_index() is not None:
                 moved = (time.time() - t0, t)
             time.sleep(0.2)
         os.kill(node_pid(holder), signal.SIGCONT)
         time.sleep(3)
-        t_after, h_after = sweeper_holder()
-        extra = (f"lease moved after {round(moved[0], 2)} s to token {moved[1]} (was {token}); after SIGCONT held by node{h_after} token {t_after}"
-                 if moved else "lease did not move")
-        if not moved or h_after == holder:
+        t_after, h_after = lease_holder("router")
+        extra = (f"router lease moved after {round(moved[0], 2)} s to token {moved[1]} (was {token}); "
+                 f"after SIGCONT held by node{h_after} token {t_after}, node{holder} leading: {ready(holder)[1]}"
+                 if moved else "router lease did not move")
+        if not moved or h_after == holder or ready(holder)[1]:
             failed = True
-        record(f"SIGSTOP node{holder} {args.pause} s + SIGCONT", t0, extra)
+        record(f"SIGSTOP node{holder} (router leader) {args.pause} s + SIGCONT", t0, extra)
 
     # 4. PostgreSQL primary killed, replica promoted.
     t0 = time.time()

@@ -10,7 +10,7 @@ pub mod store;
 
 use crate::bus::HubEvent;
 use crate::domain::Disposition;
-use crate::error::CoreResult;
+use crate::error::{CoreError, CoreResult};
 use crate::hub::Hub;
 use engine::Engine;
 use sqlx::postgres::PgConnectOptions;
@@ -70,18 +70,63 @@ pub async fn run(hub: Hub, options: PgConnectOptions, mut shutdown: tokio::sync:
     }
 }
 
+/// The router lease (core::lease) the leader renews every second beside its advisory lock:
+/// its token fences the leader's commits, and its expiry lets a standby end the lock
+/// session of a leader that stopped renewing (paused, SIGSTOP'd, hung) yet whose idle
+/// connection still holds the advisory lock.
+pub const ROUTER_LEASE: &str = "router";
+
+fn router_lease_ttl(hub: &Hub) -> Duration {
+    Duration::from_millis((hub.settings().router.standby_poll_ms * 6).clamp(3000, 30_000))
+}
+
+/// Ends the advisory-lock session of a leader whose router lease expired over a second
+/// ago and whose lock connection is older than the lease (so never a leader that has just
+/// taken the lock and is about to take the lease). True when one was ended.
+async fn end_stale_leader(hub: &Hub) -> CoreResult<bool> {
+    let ttl = router_lease_ttl(hub).as_secs_f64();
+    let ended: Option<bool> = sqlx::query_scalar(
+        "select pg_terminate_backend(a.pid)
+           from pg_locks l join pg_stat_activity a on a.pid = l.pid
+          where l.locktype = 'advisory' and l.granted and l.objsubid = 1
+            and ((l.classid::bigint << 32) | l.objid::bigint) = $1
+            and a.backend_start < now() - make_interval(secs => $2)
+            and exists (select 1 from leases where name = $3 and expires_at < clock_timestamp() - interval '1 second')
+            and not exists (select 1 from leases where name = $3 and expires_at > clock_timestamp())",
+    )
+    .bind(LEADER_LOCK_KEY)
+    .bind(ttl)
+    .bind(ROUTER_LEASE)
+    .fetch_optional(hub.db())
+    .await?;
+    if ended == Some(true) {
+        tracing::warn!("Ended the lock session of a router leader whose lease expired.");
+    }
+    Ok(ended == Some(true))
+}
+
 async fn try_lead(hub: &Hub, options: &PgConnectOptions, shutdown: &mut tokio::sync::watch::Receiver<bool>) -> CoreResult<bool> {
     let mut lock_conn = options.clone().application_name("switchboard-router-lock").connect().await?;
     let got: bool = sqlx::query_scalar("select pg_try_advisory_lock($1)").bind(LEADER_LOCK_KEY).fetch_one(&mut lock_conn).await?;
     if !got {
         let _ = lock_conn.close().await;
+        end_stale_leader(hub).await?;
         return Ok(false);
     }
+    let ttl = router_lease_ttl(hub);
+    let Some(lease) = crate::lease::acquire(hub.db(), ROUTER_LEASE, hub.node_id(), ttl).await? else {
+        // A leader that lost its lock session may still hold an unexpired lease: wait it out.
+        let _ = sqlx::query("select pg_advisory_unlock($1)").bind(LEADER_LOCK_KEY).execute(&mut lock_conn).await;
+        let _ = lock_conn.close().await;
+        return Ok(false);
+    };
     hub.0.router_status.leader.store(true, Ordering::SeqCst);
     hub.0.router_status.terms.fetch_add(1, Ordering::SeqCst);
     tracing::info!("Router leadership acquired.");
-    let r = lead(hub, &mut lock_conn, shutdown).await;
+    let mut lease = lease;
+    let r = lead(hub, &mut lock_conn, &mut lease, shutdown).await;
     hub.0.router_status.leader.store(false, Ordering::SeqCst);
+    let _ = crate::lease::release(hub.db(), &lease).await;
     let _ = sqlx::query("select pg_advisory_unlock($1)").bind(LEADER_LOCK_KEY).execute(&mut lock_conn).await;
     let _ = lock_conn.close().await;
     tracing::info!("Router leadership released.");
@@ -96,6 +141,8 @@ struct Leader {
     /// registrations) last ran, and the registration expiry horizon it checked up to.
     last_housekeeping: Option<Instant>,
     registrations_checked_until: chrono::DateTime<chrono::Utc>,
+    /// The router lease's fencing token: commits happen only while it is current.
+    fence: i64,
 }
 
 /// A fresh engine configured from settings.
@@ -105,12 +152,23 @@ fn new_engine(hub: &Hub) -> Engine {
     e
 }
 
-async fn lead(hub: &Hub, lock_conn: &mut PgConnection, shutdown: &mut tokio::sync::watch::Receiver<bool>) -> CoreResult<()> {
+async fn lead(
+    hub: &Hub,
+    lock_conn: &mut PgConnection,
+    lease: &mut crate::lease::Lease,
+    shutdown: &mut tokio::sync::watch::Receiver<bool>,
+) -> CoreResult<()> {
     let s = hub.settings().router.clone();
+    let ttl = router_lease_ttl(hub);
     // Subscribe before loading so nothing committed in between is missed.
     let mut events = hub.events();
-    let mut leader =
-        Leader { hub: hub.clone(), engine: new_engine(hub), last_housekeeping: None, registrations_checked_until: chrono::Utc::now() };
+    let mut leader = Leader {
+        hub: hub.clone(),
+        engine: new_engine(hub),
+        last_housekeeping: None,
+        registrations_checked_until: chrono::Utc::now(),
+        fence: lease.token,
+    };
     store::load_all(hub.db(), &mut leader.engine).await?;
     let mut tick = tokio::time::interval(Duration::from_millis(s.tick_ms));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -145,6 +203,11 @@ async fn lead(hub: &Hub, lock_conn: &mut PgConnection, shutdown: &mut tokio::syn
                 if last_health.elapsed() >= Duration::from_secs(1) {
                     // Losing this connection means losing the lock: stop leading at once.
                     sqlx::query("select 1").execute(&mut *lock_conn).await?;
+                    // The lease too: a leader that overslept it steps down (and its
+                    // commits were fenced meanwhile).
+                    if !lease.locally_valid() || !crate::lease::renew(hub.db(), lease, ttl).await? {
+                        return Err(CoreError::Internal("router lease lost".into()));
+                    }
                     last_health = Instant::now();
                 }
                 if last_resync.elapsed() >= Duration::from_secs(s.resync_secs) {
@@ -166,7 +229,7 @@ impl Leader {
                 return Ok(());
             }
             let n = decisions.len();
-            store::commit(&self.hub, &mut self.engine, decisions).await?;
+            store::commit_fenced(&self.hub, &mut self.engine, decisions, Some(self.fence)).await?;
             if n < batch {
                 return Ok(());
             }

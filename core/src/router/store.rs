@@ -176,6 +176,9 @@ with d as (
            offered_at = now(), updated_at = now()
       from (select distinct on (iid) iid, aid, ring_all from d) d
      where i.id = d.iid and i.status = 'queued'
+       -- Fencing: only while the router lease is still held with the leader's token.
+       and ($4::bigint is null or exists (select 1 from leases l where l.name = 'router' and l.token = $4
+                                             and l.expires_at > clock_timestamp()))
  returning i.id, i.queue_id, i.channel
 ), ins as (
     insert into offers (interaction_id, agent_id, channel, ring_all, expires_at)
@@ -204,11 +207,11 @@ struct CommittedEvent {
     notified: Option<String>,
 }
 
-async fn commit_rows(db: &PgPool, rows: &[(Uuid, Uuid, bool)]) -> Result<Vec<HubEvent>, sqlx::Error> {
+async fn commit_rows(db: &PgPool, rows: &[(Uuid, Uuid, bool)], fence: Option<i64>) -> Result<Vec<HubEvent>, sqlx::Error> {
     let iids: Vec<Uuid> = rows.iter().map(|r| r.0).collect();
     let aids: Vec<Uuid> = rows.iter().map(|r| r.1).collect();
     let ring: Vec<bool> = rows.iter().map(|r| r.2).collect();
-    let out: Vec<CommittedEvent> = sqlx::query_as(COMMIT_BATCH).bind(&iids).bind(&aids).bind(&ring).fetch_all(db).await?;
+    let out: Vec<CommittedEvent> = sqlx::query_as(COMMIT_BATCH).bind(&iids).bind(&aids).bind(&ring).bind(fence).fetch_all(db).await?;
     Ok(out.into_iter().map(|c| c.ev).collect())
 }
 
@@ -223,13 +226,20 @@ fn rows_of(d: &Decision) -> Vec<(Uuid, Uuid, bool)> {
 /// agent's capacity changed under us), each decision alone, dropping the refused ones.
 /// The engine is corrected for anything not committed.
 pub async fn commit(hub: &Hub, engine: &mut Engine, decisions: Vec<Decision>) -> CoreResult<usize> {
+    commit_fenced(hub, engine, decisions, None).await
+}
+
+/// [`commit`] fenced by the router lease: with `Some(token)` nothing is committed unless
+/// the `router` lease is still held with that token (a leader that was paused past its
+/// lease and woke up commits nothing).
+pub async fn commit_fenced(hub: &Hub, engine: &mut Engine, decisions: Vec<Decision>, fence: Option<i64>) -> CoreResult<usize> {
     let rows: Vec<(Uuid, Uuid, bool)> = decisions.iter().flat_map(rows_of).collect();
-    let committed = match commit_rows(hub.db(), &rows).await {
+    let committed = match commit_rows(hub.db(), &rows, fence).await {
         Ok(evs) => evs,
         Err(e) if is_capacity_violation(&e) => {
             let mut all = Vec::new();
             for d in &decisions {
-                match commit_rows(hub.db(), &rows_of(d)).await {
+                match commit_rows(hub.db(), &rows_of(d), fence).await {
                     Ok(evs) => all.extend(evs),
                     Err(e) if is_capacity_violation(&e) => {
                         hub.metrics().router_conflicts.fetch_add(1, Ordering::Relaxed);
