@@ -338,3 +338,118 @@ async fn an_html_mail_with_attachments_is_shown_as_mail_and_nothing_in_it_runs()
     th.stop().await;
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_replies_to_all_attaches_files_and_forwards() {
+    let Some(peers) = MailPeers::start() else { return };
+    let channel = peers.channel("support-mail", "queue = \"Email\"\nreply_attachments_max_bytes = 4096");
+    let th = spawn_hub_with(|s| s.channels.push(channel)).await;
+    let admin = user(&th, "root", &[Role::Admin], None).await;
+    queue(&admin, json!({ "name": "Email", "requirement": "billing", "wrap_up_secs": 0 })).await;
+    let alice = agent(&th, "alice", json!({ "billing": 3 })).await;
+    let first = b"From: Ana Lima <ana@customer.test>\r\nTo: support@shop.test, Carl <carl@partner.test>\r\nCc: Ben <ben@customer.test>\r\nSubject: Invoice 7 wrong\r\nMessage-ID: <ra1@customer.test>\r\nDate: Wed, 2 Dec 2026 10:00:00 +0000\r\n\r\nInvoice 7 charges twice.\r\n";
+    peers.append("support", &[first]).await;
+    let i = accept_next(&alice).await;
+    let iid = i["id"].as_str().unwrap().to_string();
+    let b = "/api/v1/email/support-mail";
+
+    // A file for the reply: stored by checksum; one over the limit is refused.
+    let pdf = b"%PDF-1.4\n1 0 obj << >> endobj\ntrailer << >>\n%%EOF\n".to_vec();
+    let (st, up, _) = alice.raw("POST", &format!("{b}/uploads?filename=credit%20note.pdf"), Some("application/pdf"), pdf.clone()).await;
+    assert_eq!(st, StatusCode::CREATED, "{up}");
+    assert_eq!(up["sha256"].as_str().unwrap().len(), 64);
+    assert_eq!(up["filename"], "credit note.pdf");
+    let (st, big, _) = alice.raw("POST", &format!("{b}/uploads?filename=big.bin"), None, vec![7u8; 5000]).await;
+    assert!(st == StatusCode::PAYLOAD_TOO_LARGE || st == StatusCode::UNPROCESSABLE_ENTITY, "{st} {big}");
+    let (st, e) = alice
+        .call(
+            "POST",
+            &format!("{b}/interactions/{iid}/reply"),
+            Some(json!({ "body": "x", "attachments": [{ "sha256": "0".repeat(64), "filename": "nope.txt" }] })),
+        )
+        .await;
+    assert_eq!(st, StatusCode::UNPROCESSABLE_ENTITY, "{e}");
+
+    // Reply-all: to the sender; Cc everyone else it was addressed to, never us; the file attached.
+    let (st, m) = alice
+        .call(
+            "POST",
+            &format!("{b}/interactions/{iid}/reply"),
+            Some(json!({ "body": "We refunded the second charge.", "reply_all": true,
+                         "attachments": [{ "sha256": up["sha256"], "filename": "credit note.pdf", "content_type": "application/pdf" }] })),
+        )
+        .await;
+    assert_eq!(st, StatusCode::CREATED, "{m}");
+    assert_eq!(m["attachments"][0]["filename"], "credit note.pdf", "{m}");
+    let sent = peers.wait_sent(1, 30).await;
+    let r = parse(&sent[0], 1 << 20).unwrap();
+    assert_eq!(r.to.iter().map(|a| a.address.as_str()).collect::<Vec<_>>(), vec!["ana@customer.test"]);
+    assert_eq!(r.cc.iter().map(|a| a.address.as_str()).collect::<Vec<_>>(), vec!["carl@partner.test", "ben@customer.test"]);
+    assert_eq!(r.in_reply_to, vec!["ra1@customer.test".to_string()]);
+    assert_eq!(r.attachments.len(), 1);
+    assert_eq!(r.attachments[0].filename, "credit note.pdf");
+    assert_eq!(r.attachments[0].data.as_deref(), Some(pdf.as_slice()), "the file arrives byte for byte");
+
+    // A plain reply: to the sender only.
+    let (st, m) = alice.call("POST", &format!("{b}/interactions/{iid}/reply"), Some(json!({ "body": "Only to you." }))).await;
+    assert_eq!(st, StatusCode::CREATED, "{m}");
+    let sent = peers.wait_sent(2, 30).await;
+    let r = sent.iter().map(|m| parse(m, 1 << 20).unwrap()).find(|p| p.text.contains("Only to you.")).unwrap();
+    assert_eq!(r.to.len(), 1);
+    assert!(r.cc.is_empty(), "{:?}", r.cc);
+
+    // Forward with the original attached; the forward is a message of the interaction, and
+    // the partner's answer threads back into it by the token.
+    let (st, e) = alice.call("POST", &format!("{b}/interactions/{iid}/forward"), Some(json!({ "to": "not an address" }))).await;
+    assert_eq!(st, StatusCode::UNPROCESSABLE_ENTITY, "{e}");
+    let (st, f) = alice
+        .call(
+            "POST",
+            &format!("{b}/interactions/{iid}/forward"),
+            Some(json!({ "to": "billing@partner.test", "body": "Please check the double charge." })),
+        )
+        .await;
+    assert_eq!(st, StatusCode::CREATED, "{f}");
+    assert!(f["body"].as_str().unwrap().starts_with("Forwarded to billing@partner.test"), "{f}");
+    let sent = peers.wait_sent(3, 30).await;
+    let fwd = sent.iter().map(|m| parse(m, 1 << 20).unwrap()).find(|p| p.subject.starts_with("Fwd:")).expect("the forward");
+    assert_eq!(fwd.to[0].address, "billing@partner.test");
+    assert!(fwd.cc.is_empty() && fwd.in_reply_to.is_empty());
+    assert!(fwd.subject.starts_with("Fwd: Invoice 7 wrong"), "{}", fwd.subject);
+    assert!(fwd.text.contains("Please check the double charge."), "{}", fwd.text);
+    assert!(
+        fwd.forwarded.iter().any(|f| f.contains("Invoice 7 wrong")) || fwd.attachments.iter().any(|a| a.content_type == "message/rfc822"),
+        "the original is attached: {:?} {:?}",
+        fwd.forwarded,
+        fwd.attachments.iter().map(|a| &a.content_type).collect::<Vec<_>>()
+    );
+    let token_from = fwd.from.clone().unwrap().address;
+    // Inline forward: the original's text in the body.
+    let (st, _) =
+        alice.call("POST", &format!("{b}/interactions/{iid}/forward"), Some(json!({ "to": "ops@partner.test", "inline": true }))).await;
+    assert_eq!(st, StatusCode::CREATED);
+    let sent = peers.wait_sent(4, 30).await;
+    let inline =
+        sent.iter().map(|m| parse(m, 1 << 20).unwrap()).find(|p| p.to.first().is_some_and(|t| t.address == "ops@partner.test")).unwrap();
+    assert!(
+        inline.text.contains("---------- Forwarded message ---------") && inline.text.contains("Invoice 7 charges twice."),
+        "{}",
+        inline.text
+    );
+
+    let answer = format!(
+        "From: billing@partner.test\r\nTo: {token_from}\r\nSubject: Re: {}\r\nMessage-ID: <pa1@partner.test>\r\nIn-Reply-To: <{}>\r\n\r\nConfirmed, refunded.\r\n",
+        fwd.subject,
+        fwd.message_id.clone().unwrap()
+    );
+    peers.append("support", &[answer.as_bytes()]).await;
+    let got = eventually(30, || {
+        let a = alice.clone();
+        let iid = iid.clone();
+        async move { messages(&a, &iid).await.into_iter().find(|m| m["body"].as_str().is_some_and(|b| b.contains("Confirmed, refunded."))) }
+    })
+    .await;
+    assert_eq!(got["direction"], "inbound");
+    assert_eq!(email_interactions(&th).await, 1, "the partner's answer joined the same interaction");
+    th.stop().await;
+}

@@ -560,6 +560,20 @@ impl Hub {
     /// An agent's reply: a message row and an outbox row in one transaction; the outbox
     /// worker delivers it through the channel's adapter.
     pub async fn reply(&self, id: Uuid, agent_id: Option<Uuid>, body: &str, idempotency_key: Option<&str>) -> CoreResult<Message> {
+        self.reply_with(id, agent_id, body, idempotency_key, ReplyExtras::default()).await
+    }
+
+    /// [`Self::reply`] with channel-specific parts: another recipient or subject (an email
+    /// forward), keys the adapter reads from the outbox row's metadata (reply-all, files),
+    /// and the attachment descriptors shown on the message.
+    pub async fn reply_with(
+        &self,
+        id: Uuid,
+        agent_id: Option<Uuid>,
+        body: &str,
+        idempotency_key: Option<&str>,
+        extras: ReplyExtras,
+    ) -> CoreResult<Message> {
         if body.trim().is_empty() {
             return Err(CoreError::field("body", "must not be empty"));
         }
@@ -586,12 +600,13 @@ impl Hub {
             return Ok(existing);
         }
         let m: Message = sqlx::query_as(&format!(
-            "insert into messages (interaction_id, direction, author_agent_id, body, client_message_id) values ($1, 'outbound', $2, $3, $4) returning {MESSAGE_COLUMNS}"
+            "insert into messages (interaction_id, direction, author_agent_id, body, client_message_id, attachments) values ($1, 'outbound', $2, $3, $4, $5) returning {MESSAGE_COLUMNS}"
         ))
         .bind(id)
         .bind(i.agent_id)
         .bind(body)
         .bind(format!("reply:{key}"))
+        .bind(extras.attachments.clone().unwrap_or_else(|| serde_json::json!([])))
         .fetch_one(&mut *tx)
         .await?;
         let channel: Channel = i.channel.parse().map_err(CoreError::Internal)?;
@@ -603,10 +618,18 @@ impl Hub {
                     channel,
                     interaction_id: Some(id),
                     message_id: Some(m.id),
-                    recipient: i.customer_address.clone().unwrap_or_default(),
-                    subject: i.subject.as_ref().map(|s| if s.to_lowercase().starts_with("re:") { s.clone() } else { format!("Re: {s}") }),
+                    recipient: extras.recipient.clone().unwrap_or_else(|| i.customer_address.clone().unwrap_or_default()),
+                    subject: extras.subject.clone().or_else(|| {
+                        i.subject.as_ref().map(|s| if s.to_lowercase().starts_with("re:") { s.clone() } else { format!("Re: {s}") })
+                    }),
                     body: body.to_string(),
-                    metadata: serde_json::json!({ "conversation_key": i.conversation_key, "interaction_metadata": i.metadata }),
+                    metadata: {
+                        let mut meta = serde_json::json!({ "conversation_key": i.conversation_key, "interaction_metadata": i.metadata });
+                        if let (Some(m), Some(serde_json::Value::Object(extra))) = (meta.as_object_mut(), extras.metadata) {
+                            m.extend(extra);
+                        }
+                        meta
+                    },
                 },
             )
             .await?;
@@ -862,4 +885,17 @@ impl Hub {
         .fetch_all(self.db())
         .await?)
     }
+}
+
+/// Channel-specific parts of an agent's reply ([`Hub::reply_with`]).
+#[derive(Debug, Clone, Default)]
+pub struct ReplyExtras {
+    /// Another recipient than the customer (an email forward).
+    pub recipient: Option<String>,
+    /// Another subject than `Re: <the interaction's subject>`.
+    pub subject: Option<String>,
+    /// Keys merged into the outbox row's metadata (an object), read by the adapter.
+    pub metadata: Option<serde_json::Value>,
+    /// Attachment descriptors shown on the message (a JSON array).
+    pub attachments: Option<serde_json::Value>,
 }

@@ -57,6 +57,25 @@ export async function api(method, path, body) {
   return data;
 }
 
+
+/** Uploads a file's bytes as the request body (its type as Content-Type); resolves to the JSON answer. */
+export async function upload(path, file) {
+  const headers = { Accept: 'application/json', 'Content-Type': file.type || 'application/octet-stream' };
+  if (csrfToken) headers['X-CSRF-Token'] = csrfToken;
+  let res;
+  try {
+    res = await fetch(path, { method: 'POST', headers, credentials: 'same-origin', body: file });
+  } catch (e) {
+    throw new ApiError(0, 'The server cannot be reached. Check your connection.', 'network');
+  }
+  const data = (res.headers.get('content-type') || '').includes('json') ? await res.json().catch(() => null) : null;
+  if (!res.ok) {
+    const detail = data && typeof data.detail === 'string' ? data.detail : res.status === 413 ? 'The file is too large.' : `${res.status} ${res.statusText}`;
+    throw new ApiError(res.status, detail, data && data.code, data && data.field);
+  }
+  return data;
+}
+
 export const get = (p) => api('GET', p);
 export const post = (p, b) => api('POST', p, b === undefined ? {} : b);
 export const put = (p, b) => api('PUT', p, b);

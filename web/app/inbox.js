@@ -6,7 +6,7 @@
 // reconnect everything is refetched, and messages are keyed by id, so a dropped connection
 // neither loses nor duplicates anything.
 
-import { api, get, post, put, getOptional, whoami, login, logout, ApiError } from './api.js';
+import { api, get, post, put, getOptional, whoami, login, logout, ApiError, upload } from './api.js';
 import { h, replace, $, $$, channelIcon, channelName, ago, clock, toast, showError } from './dom.js';
 import { updateSmsCounter, showSmsDeliveries } from './sms.js';
 import { EventStream } from './stream.js';
@@ -613,6 +613,7 @@ function renderHeader(i) {
   $('#composer-hint').textContent = canWrite ? ''
     : i.status === 'closed' ? `Closed${i.disposition ? ` as ${i.disposition}` : ''}${i.summary ? ` — ${i.summary}` : ''}.`
       : mine ? '' : 'Read-only: this conversation is not assigned to you.';
+  renderEmailTools(i, canWrite);
 }
 
 // The transcript is loaded once per selection; after that only the messages after the
@@ -857,10 +858,16 @@ $('#composer').addEventListener('submit', async (e) => {
   const d = draftFor(id);
   d.attempted = true;
   try {
+    const mb = emailMailboxOf(state.interactions.get(id));
     const m = mode() === 'note'
       ? await post(`/api/v1/interactions/${id}/notes`, { body })
-      : await post(`/api/v1/interactions/${id}/messages`, { body, idempotency_key: d.key });
+      : mb
+        ? await post(`/api/v1/email/${encodeURIComponent(mb)}/interactions/${id}/reply`, {
+          body, idempotency_key: d.key, reply_all: $('#email-reply-all').checked, attachments: d.files || [],
+        })
+        : await post(`/api/v1/interactions/${id}/messages`, { body, idempotency_key: d.key });
     state.drafts.set(id, { text: '', key: newKey() });
+    if (state.selected === id && $('#email-attached')) renderAttached(draftFor(id));
     if (state.selected === id) ta.value = '';
     smsCounter();
     if (mode() === 'reply') sendSignal('typing', { active: false });
@@ -1175,3 +1182,96 @@ window.addEventListener('beforeunload', () => {
 });
 
 boot();
+
+// ---------------------------------------------------------------- email composer tools
+// Reply all, files attached to a reply (uploaded first, sent by checksum) and forward, for
+// email conversations only. Built here so the composer markup stays channel-neutral.
+
+function emailMailboxOf(i) {
+  return i && i.channel === 'email' && i.metadata && i.metadata.email && i.metadata.email.mailbox;
+}
+
+function emailTools() {
+  let box = $('#email-tools');
+  if (box) return box;
+  const files = h('input', { type: 'file', id: 'email-files', multiple: true, class: 'sr-only' });
+  box = h('div', { id: 'email-tools', class: 'email-tools', hidden: true },
+    h('label', null, h('input', { type: 'checkbox', id: 'email-reply-all' }), ' Reply all'),
+    h('label', { class: 'btn', for: 'email-files' }, 'Attach files'), files,
+    h('ul', { id: 'email-attached', class: 'msg-atts', 'aria-live': 'polite' }),
+    h('details', { id: 'email-forward', class: 'email-forward' },
+      h('summary', null, 'Forward…'),
+      h('label', { for: 'email-forward-to' }, 'To '),
+      h('input', { type: 'email', id: 'email-forward-to', placeholder: 'name@example.com' }),
+      h('label', null, h('input', { type: 'checkbox', id: 'email-forward-inline' }), ' Original inline (else attached)'),
+      h('button', { type: 'button', id: 'email-forward-send', class: 'btn' }, 'Forward')));
+  $('#composer').insertBefore(box, $('#composer .composer-bottom'));
+  files.addEventListener('change', async () => {
+    const i = state.interactions.get(state.selected);
+    const mb = emailMailboxOf(i);
+    if (!mb) return;
+    const d = draftFor(i.id);
+    d.files = d.files || [];
+    for (const f of [...files.files]) {
+      try {
+        const up = await upload(`/api/v1/email/${encodeURIComponent(mb)}/uploads?filename=${encodeURIComponent(f.name)}`, f);
+        d.files.push({ sha256: up.sha256, filename: up.filename, content_type: up.content_type });
+        d.key = newKey();
+      } catch (ex) {
+        showError(ex, `${f.name} not attached`);
+      }
+    }
+    files.value = '';
+    renderAttached(d);
+  });
+  $('#email-forward-send').addEventListener('click', async () => {
+    const id = state.selected;
+    const mb = emailMailboxOf(state.interactions.get(id));
+    const to = $('#email-forward-to').value.trim();
+    if (!mb || !to) {
+      $('#email-forward-to').focus();
+      return;
+    }
+    const d = draftFor(id);
+    try {
+      const m = await post(`/api/v1/email/${encodeURIComponent(mb)}/interactions/${id}/forward`, {
+        to, body: $('#reply-input').value.trim(), inline: $('#email-forward-inline').checked, attachments: d.files || [],
+        idempotency_key: `fwd-${d.key}`,
+      });
+      state.drafts.set(id, { text: '', key: newKey() });
+      $('#reply-input').value = '';
+      $('#email-forward-to').value = '';
+      $('#email-forward').open = false;
+      renderAttached(draftFor(id));
+      toast(`Forwarded to ${to}`);
+      if (state.selected === id && state.messagesOf === id && m && m.id) {
+        addMessages([m]);
+        renderMessages();
+      }
+    } catch (ex) {
+      showError(ex, 'Not forwarded');
+    }
+  });
+  return box;
+}
+
+function renderAttached(d) {
+  replace($('#email-attached'), (d.files || []).map((f, n) => h('li', null, f.filename, ' ',
+    h('button', { type: 'button', class: 'btn-link', 'aria-label': `Remove ${f.filename}`, onclick: () => {
+      d.files.splice(n, 1);
+      d.key = newKey();
+      renderAttached(d);
+    } }, '×'))));
+}
+
+function renderEmailTools(i, canWrite) {
+  const box = emailTools();
+  const show = !!emailMailboxOf(i) && canWrite;
+  box.hidden = !show;
+  if (!show) return;
+  if (box.dataset.for !== i.id) {
+    box.dataset.for = i.id;
+    $('#email-reply-all').checked = false;
+    renderAttached(draftFor(i.id));
+  }
+}

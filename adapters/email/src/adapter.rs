@@ -515,6 +515,22 @@ impl EmailAdapter {
     }
 }
 
+/// Reads a file an agent attached (`<dir>/<sha256>`) and checks it still has its checksum.
+async fn agent_file(dir: &std::path::Path, f: &serde_json::Value) -> Result<compose::OutgoingAttachment, AdapterError> {
+    use sha2::{Digest, Sha256};
+    let sha = f.get("sha256").and_then(|s| s.as_str()).filter(|s| crate::agent_mail::is_sha256(s));
+    let sha = sha.ok_or_else(|| AdapterError::Permanent("an attachment without a valid sha256".into()))?;
+    let data = tokio::fs::read(dir.join(sha)).await.map_err(|e| AdapterError::Permanent(format!("attachment {sha} is gone: {e}")))?;
+    if hex::encode(Sha256::digest(&data)) != sha {
+        return Err(AdapterError::Permanent(format!("attachment {sha} does not match its checksum")));
+    }
+    Ok(compose::OutgoingAttachment {
+        filename: f.get("filename").and_then(|n| n.as_str()).unwrap_or("attachment").to_string(),
+        content_type: f.get("content_type").and_then(|n| n.as_str()).unwrap_or("application/octet-stream").to_string(),
+        data,
+    })
+}
+
 async fn wait_lost(lost: &AtomicBool) {
     while !lost.load(Ordering::SeqCst) {
         tokio::time::sleep(Duration::from_millis(250)).await;
@@ -607,7 +623,12 @@ impl ChannelAdapter for EmailAdapter {
     }
 
     fn http_router(&self) -> Option<axum::Router<Hub>> {
-        Some(crate::http::router(crate::http::EmailHttp { mailbox: self.name.clone().into(), dir: self.cfg.attachments_dir.clone() }))
+        Some(crate::http::router(crate::http::EmailHttp {
+            mailbox: self.name.clone().into(),
+            dir: self.cfg.attachments_dir.clone(),
+            address: self.cfg.address.clone().into(),
+            reply_attachments_max_bytes: self.cfg.reply_attachments_max_bytes,
+        }))
     }
 
     /// Sends one reply, acknowledgement or chat offline-form answer. Exactly once towards
@@ -630,9 +651,46 @@ impl ChannelAdapter for EmailAdapter {
         };
         let thread = store::thread(db, &token).await.map_err(core_err)?;
         let recipient = msg.recipient.trim().to_string();
-        let cc: Vec<String> =
-            thread.as_ref().map(|t| t.cc.iter().filter(|c| !c.eq_ignore_ascii_case(&recipient)).cloned().collect()).unwrap_or_default();
+        let agent = meta.get("email");
+        // A reply from the email API names its copies (reply or reply-all); any other reply
+        // keeps the conversation's Cc'd customers.
+        let cc: Vec<String> = match agent.and_then(|e| e.get("cc")).and_then(|c| c.as_array()) {
+            Some(list) => {
+                list.iter().filter_map(|c| c.as_str()).filter(|c| !c.eq_ignore_ascii_case(&recipient)).map(str::to_string).collect()
+            }
+            None => {
+                thread.as_ref().map(|t| t.cc.iter().filter(|c| !c.eq_ignore_ascii_case(&recipient)).cloned().collect()).unwrap_or_default()
+            }
+        };
         let automatic = meta.get("automatic").and_then(|a| a.as_bool()).unwrap_or(false);
+        let dir = self.attachments_dir(&hub);
+        let mut attachments = Vec::new();
+        for f in agent.and_then(|e| e.get("attachments")).and_then(|a| a.as_array()).map(Vec::as_slice).unwrap_or_default() {
+            attachments.push(agent_file(&dir, f).await?);
+        }
+        let forward = agent.and_then(|e| e.get("forward"));
+        let mut text = msg.body.clone();
+        if let Some(fwd) = forward {
+            let raw_id = fwd.get("raw_id").and_then(|r| r.as_str()).and_then(|r| r.parse::<Uuid>().ok());
+            let raw: Option<Vec<u8>> = sqlx::query_scalar("select raw from email_raw_messages where id = $1 and mailbox = $2")
+                .bind(raw_id)
+                .bind(&self.name)
+                .fetch_optional(db)
+                .await
+                .map_err(|e| core_err(e.into()))?;
+            let raw = raw.ok_or_else(|| AdapterError::Permanent("the forwarded mail is no longer stored".into()))?;
+            let note = fwd.get("note").and_then(|n| n.as_str()).unwrap_or("");
+            if fwd.get("inline").and_then(|i| i.as_bool()).unwrap_or(false) {
+                let parsed = parse::parse(&raw, 0).ok_or_else(|| AdapterError::Permanent("the forwarded mail cannot be read".into()))?;
+                text = crate::agent_mail::forward_inline(note, &parsed);
+            } else {
+                text = if note.trim().is_empty() { "Forwarded message attached.".to_string() } else { note.to_string() };
+                attachments.insert(
+                    0,
+                    compose::OutgoingAttachment { filename: "forwarded.eml".into(), content_type: "message/rfc822".into(), data: raw },
+                );
+            }
+        }
         let mail = OutgoingMail {
             mailbox_address: self.cfg.address.clone(),
             display_name: self.cfg.display_name.clone(),
@@ -640,14 +698,16 @@ impl ChannelAdapter for EmailAdapter {
             to: vec![recipient.clone()],
             cc: if automatic { Vec::new() } else { cc },
             subject: msg.subject.clone().unwrap_or_else(|| "Your message".into()),
-            text: msg.body.clone(),
+            text,
             html: meta.get("html").and_then(|h| h.as_str()).map(parse::sanitize_html),
             signature: if automatic { None } else { self.cfg.signature.clone() },
-            in_reply_to: thread.as_ref().and_then(|t| t.last_message_id.clone()),
-            references: thread.as_ref().map(|t| t.refs.clone()).unwrap_or_default(),
+            // A forward starts a new thread for its recipient (their answer still comes back
+            // to this conversation by the token in our From).
+            in_reply_to: if forward.is_some() { None } else { thread.as_ref().and_then(|t| t.last_message_id.clone()) },
+            references: if forward.is_some() { Vec::new() } else { thread.as_ref().map(|t| t.refs.clone()).unwrap_or_default() },
             message_id: format!("{}.sb@{}", msg.id.simple(), self.cfg.address_parts().1),
             automatic,
-            attachments: Vec::new(),
+            attachments,
         };
         let built = match compose::build(&mail) {
             Ok(m) => m,

@@ -3,8 +3,8 @@
 //! and signature, text and HTML parts, attachments, and `Auto-Submitted` plus `X-Loop` on
 //! automatic mail (RFC 3834 §5) so other responders leave it alone.
 
-use lettre::message::header::{ContentType, HeaderName, HeaderValue};
-use lettre::message::{Attachment, Mailbox, MultiPart, SinglePart};
+use lettre::message::header::{ContentTransferEncoding, ContentType, HeaderName, HeaderValue};
+use lettre::message::{Attachment, Body, Mailbox, MultiPart, SinglePart};
 use lettre::Message;
 
 /// A file to attach.
@@ -149,7 +149,17 @@ pub fn build(m: &OutgoingMail) -> Result<Message, ComposeError> {
         for a in &m.attachments {
             let ct = ContentType::parse(&a.content_type)
                 .unwrap_or(ContentType::parse("application/octet-stream").map_err(|e| ComposeError::Build(e.to_string()))?);
-            mixed = mixed.singlepart(Attachment::new(a.filename.clone()).body(a.data.clone(), ct));
+            let part = if a.content_type.eq_ignore_ascii_case("message/rfc822") {
+                // RFC 2046 §5.2.1: a message/rfc822 part is 7bit, 8bit or binary, never
+                // base64; a forwarded original that cannot go as 8bit falls back anyway.
+                match Body::new_with_encoding(a.data.clone(), ContentTransferEncoding::EightBit) {
+                    Ok(body) => Attachment::new(a.filename.clone()).body(body, ct),
+                    Err(data) => Attachment::new(a.filename.clone()).body(data, ct),
+                }
+            } else {
+                Attachment::new(a.filename.clone()).body(a.data.clone(), ct)
+            };
+            mixed = mixed.singlepart(part);
         }
         b.multipart(mixed)
     };

@@ -42,6 +42,10 @@ pub struct EmailConfig {
     /// Largest single attachment kept, in bytes; larger ones are listed but not extracted.
     #[serde(default = "default_attachment_max")]
     pub attachment_max_bytes: usize,
+    /// Largest total of the files an agent attaches to one reply or forward, in bytes
+    /// (each upload is refused above it too).
+    #[serde(default = "default_reply_attachments_max")]
+    pub reply_attachments_max_bytes: usize,
     /// Directory for attachment files (`<dir>/<sha256>`). Defaults to
     /// `<database.data_dir>/attachments`.
     #[serde(default)]
@@ -159,9 +163,16 @@ pub struct SmtpConfig {
     /// Login name; none = no authentication.
     #[serde(default)]
     pub username: Option<String>,
-    /// Password.
+    /// Password, or the OAuth 2 access token with `auth = "xoauth2"`.
     #[serde(default = "empty_secret")]
     pub password: SecretString,
+    /// `login` (AUTH PLAIN or LOGIN with the password) or `xoauth2` (AUTH XOAUTH2 with the
+    /// access token in `password`).
+    #[serde(default = "default_auth")]
+    pub auth: ImapAuth,
+    /// A PEM file of CA certificates trusted besides the webpki roots (a private CA).
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
     /// Most pooled connections.
     #[serde(default = "default_pool")]
     pub pool_max: u32,
@@ -175,6 +186,9 @@ fn default_max_message() -> usize {
 }
 fn default_attachment_max() -> usize {
     25 * 1024 * 1024
+}
+fn default_reply_attachments_max() -> usize {
+    10 * 1024 * 1024
 }
 fn default_rate() -> u32 {
     20
@@ -286,8 +300,8 @@ impl EmailConfig {
         if self.smtp.pool_max == 0 || self.smtp.timeout_secs == 0 {
             errs.push("smtp.pool_max and smtp.timeout_secs must be positive".to_string());
         }
-        if self.max_message_bytes < 1024 || self.attachment_max_bytes == 0 {
-            errs.push("max_message_bytes must be at least 1024 and attachment_max_bytes positive".to_string());
+        if self.max_message_bytes < 1024 || self.attachment_max_bytes == 0 || self.reply_attachments_max_bytes == 0 {
+            errs.push("max_message_bytes must be at least 1024, attachment_max_bytes and reply_attachments_max_bytes positive".to_string());
         }
         if self.sender_rate_per_hour == 0 {
             errs.push("sender_rate_per_hour must be at least 1".to_string());

@@ -17,6 +17,7 @@
 //! second delivery, a crash mid-fetch or a UIDVALIDITY change imports nothing twice.
 
 pub mod adapter;
+pub mod agent_mail;
 pub mod compose;
 pub mod config;
 pub mod erase;

@@ -1,9 +1,9 @@
 //! SMTP submission (the socket shell around lettre): a pooled async transport per mailbox
 //! with TLS, STARTTLS or plain (loopback tests), and authentication when configured.
 
-use crate::config::{Security, SmtpConfig};
-use lettre::transport::smtp::authentication::Credentials;
-use lettre::transport::smtp::client::{Tls, TlsParameters};
+use crate::config::{ImapAuth, Security, SmtpConfig};
+use lettre::transport::smtp::authentication::{Credentials, Mechanism};
+use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
 use lettre::transport::smtp::PoolConfig;
 use lettre::{AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
 use secrecy::ExposeSecret;
@@ -14,7 +14,14 @@ pub type SmtpTransport = AsyncSmtpTransport<Tokio1Executor>;
 
 /// Builds the transport (no connection is made until the first send).
 pub fn transport(cfg: &SmtpConfig) -> Result<SmtpTransport, String> {
-    let tls = |host: &str| TlsParameters::new(host.to_string()).map_err(|e| e.to_string());
+    let tls = |host: &str| {
+        let mut b = TlsParameters::builder(host.to_string());
+        if let Some(path) = &cfg.ca_file {
+            let pem = std::fs::read(path).map_err(|e| format!("smtp.ca_file {}: {e}", path.display()))?;
+            b = b.add_root_certificate(Certificate::from_pem(&pem).map_err(|e| format!("smtp.ca_file {}: {e}", path.display()))?);
+        }
+        b.build().map_err(|e| e.to_string())
+    };
     let mut b = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&cfg.host).port(cfg.port()).tls(match cfg.security {
         Security::Tls => Tls::Wrapper(tls(&cfg.host)?),
         Security::Starttls => Tls::Required(tls(&cfg.host)?),
@@ -22,6 +29,9 @@ pub fn transport(cfg: &SmtpConfig) -> Result<SmtpTransport, String> {
     });
     if let Some(user) = &cfg.username {
         b = b.credentials(Credentials::new(user.clone(), cfg.password.expose_secret().to_string()));
+        if cfg.auth == ImapAuth::Xoauth2 {
+            b = b.authentication(vec![Mechanism::Xoauth2]);
+        }
     }
     Ok(b.timeout(Some(Duration::from_secs(cfg.timeout_secs))).pool_config(PoolConfig::new().max_size(cfg.pool_max)).build())
 }
