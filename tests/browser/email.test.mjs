@@ -156,5 +156,26 @@ security = "plain"
   assert.match(mail, /^In-Reply-To: <maria-1@customer\.test>/m);
   assert.match(mail, /^To: maria@customer\.test/m);
   assert.match(mail, /^From: "?Shop Support"? <support\+[a-z2-9]{10}@shop\.test>/m);
+
+  // Reply all with a file attached: uploaded when chosen, listed, sent with the reply.
+  await page.setInputFiles('#email-files', { name: 'credit-note.txt', mimeType: 'text/plain', buffer: Buffer.from('Credit note 7: 12.50 EUR\n') });
+  await page.waitForSelector('#email-attached li:has-text("credit-note.txt")');
+  await page.check('#email-reply-all');
+  await page.fill('#reply-input', 'Here is the credit note.');
+  await page.click('#reply-send');
+  const withFile = await eventually(async () => peers.sent().find((m) => m.includes('Here is the credit note.')) || null, 30000, 'the reply with the file');
+  assert.match(withFile, /filename="?credit-note\.txt"?/);
+  assert.match(withFile, /Credit note 7: 12\.50 EUR|Q3JlZGl0IG5vdGUgNzog/);
+  await page.waitForFunction(() => !document.querySelector('#email-attached li'));
+
+  // Forward the mail to a colleague's address, the original attached; it shows in the conversation.
+  await page.click('#email-forward summary');
+  await page.fill('#email-forward-to', 'accounting@shop-partner.test');
+  await page.fill('#reply-input', 'Please correct this invoice.');
+  await page.click('#email-forward-send');
+  const fwd = await eventually(async () => peers.sent().find((m) => /^To: accounting@shop-partner\.test/m.test(m)) || null, 30000, 'the forward');
+  assert.match(fwd, /^Subject: Fwd: Wrong invoice amount/m);
+  assert.match(fwd, /Content-Type: message\/rfc822/);
+  await page.waitForSelector('#messages .msg-out .msg-body:has-text("Forwarded to accounting@shop-partner.test")');
   assert.deepEqual(errors, []);
 });
