@@ -738,3 +738,70 @@ async fn bench_submit_throughput_and_inbound_ingest() {
     assert_eq!(stored as usize, count, "each committed once");
     th.stop().await;
 }
+
+/// `bind = "tx_rx"`: a bind_transmitter sends, a bind_receiver takes the MOs and receipts;
+/// each connection reconnects on its own (dropping the receiver leaves the transmitter
+/// bound), and both unbind on shutdown.
+#[tokio::test]
+async fn separate_transmitter_and_receiver_binds() {
+    let mut smsc = Smsc::start().await;
+    let th = sms_hub(smsc.port, "bind = \"tx_rx\"\n").await;
+    let mut kinds = vec![
+        smsc.wait(10, |e| e["event"] == "bound").await["kind"].as_str().unwrap().to_string(),
+        smsc.wait(10, |e| e["event"] == "bound").await["kind"].as_str().unwrap().to_string(),
+    ];
+    kinds.sort();
+    assert_eq!(kinds, ["receiver", "transmitter"]);
+    let db = th.hub().db().clone();
+
+    // A mobile-originated message arrives on the receiver, committed before the answer.
+    let resp = smsc.deliver("mo1", "4915177777777", "Hello over RX", None).await;
+    assert_eq!((resp["status"].as_u64(), resp["bind"].as_str()), (Some(0), Some("receiver")));
+    let (iid, bodies) = interaction_of(&db, "+4915177777777").await.expect("interaction committed before deliver_sm_resp");
+    assert_eq!(bodies, vec!["Hello over RX"]);
+
+    // A text goes out on the transmitter; its receipt comes back on the receiver.
+    let sender = user(&th, "mia", &[Role::Marketer], None).await;
+    let (st, b) = sender
+        .call("POST", "/sms/v1/sms-main/messages", Some(json!({ "to": "+4915177777777", "body": "Sent over TX", "kind": "service" })))
+        .await;
+    assert_eq!(st, StatusCode::ACCEPTED, "{b}");
+    let outbox_id: Uuid = b["id"].as_str().unwrap().parse().unwrap();
+    let sub = smsc.wait(10, |e| e["event"] == "submit_sm").await;
+    assert_eq!((sub["bind"].as_str(), sub["message"].as_str()), (Some("transmitter"), Some("Sent over TX")));
+    let receipt = smsc.wait(10, |e| e["event"] == "receipt_resp").await;
+    assert_eq!((receipt["status"].as_u64(), receipt["bind"].as_str()), (Some(0), Some("receiver")));
+    let status_of = |db: sqlx::PgPool| async move {
+        sqlx::query_scalar::<_, String>("select status from sms_sent where outbox_id = $1")
+            .bind(outbox_id)
+            .fetch_optional(&db)
+            .await
+            .unwrap()
+    };
+    eventually(10, || {
+        let db = db.clone();
+        async move { (status_of(db).await.as_deref() == Some("delivered")).then_some(()) }
+    })
+    .await;
+
+    // The receiver drops: only it reconnects; the transmitter stays bound and sends.
+    smsc.cmd(json!({ "cmd": "drop", "kind": "receiver" })).await;
+    let again = smsc.wait(15, |e| e["event"] == "bound").await;
+    assert_eq!(again["kind"], "receiver");
+    let (st, b) = sender
+        .call("POST", "/sms/v1/sms-main/messages", Some(json!({ "to": "+4915177777777", "body": "Still on TX", "kind": "service" })))
+        .await;
+    assert_eq!(st, StatusCode::ACCEPTED, "{b}");
+    let sub = smsc.wait(10, |e| e["event"] == "submit_sm").await;
+    assert_eq!((sub["bind"].as_str(), sub["message"].as_str()), (Some("transmitter"), Some("Still on TX")));
+    let resp = smsc.deliver("mo2", "4915177777777", "Back on RX", None).await;
+    assert_eq!((resp["status"].as_u64(), resp["bind"].as_str()), (Some(0), Some("receiver")));
+    let (iid2, bodies) = interaction_of(&db, "+4915177777777").await.unwrap();
+    assert_eq!((iid2, bodies.len()), (iid, 2), "the conversation continues");
+    let binds = smsc.log.iter().filter(|e| e["event"] == "bound").count();
+    assert_eq!(binds, 3, "the transmitter never rebound: {:?}", smsc.log);
+
+    th.stop().await;
+    smsc.wait(10, |e| e["event"] == "unbind").await;
+    smsc.wait(10, |e| e["event"] == "unbind").await;
+}

@@ -3,6 +3,8 @@
 // mobile-originated deliver_sm, and can be told to throttle, stay silent or drop the
 // connection.
 //
+// Binds: transceiver, or a transmitter plus a receiver (each "bound" event names its kind;
+// MOs and receipts go to a receiving session only).
 // Start: node smsc.mjs            (env SMSC_SYSTEM_ID / SMSC_PASSWORD: the only account
 //                                  accepted; SMSC_RECEIPTS=0 turns automatic receipts off)
 // Stdout: one JSON object per line, {"event": ...}; the first is {"event":"listening","port":N}.
@@ -13,6 +15,7 @@
 //   {"cmd":"throttle","count":N}                       → next N submit_sm get ESME_RTHROTTLED
 //   {"cmd":"silent","count":N}                         → next N submit_sm get no response
 //   {"cmd":"drop"}                                     → close every connection abruptly
+//                                                        ("kind":"receiver"|"transmitter": only those)
 //   {"cmd":"raw","hex":"…"}                            → write these bytes to the bound connection
 //   {"cmd":"flood","count":N,"senders":S}              → N deliver_sm from S numbers as fast as the
 //                                                        window allows; {"event":"flood_done","ok","ms"}
@@ -50,8 +53,9 @@ function ucs2(text) {
   return b;
 }
 
+// A session that may receive deliver_sm: a transceiver or a receiver (never a transmitter).
 function bound() {
-  for (const s of sessions) if (s.bound) return s;
+  for (const s of sessions) if (s.bound && s.bindKind !== 'transmitter') return s;
   return null;
 }
 
@@ -61,24 +65,29 @@ function sendReceipt(session, id, stat) {
   session.deliver_sm({
     source_addr: '', destination_addr: '', esm_class: 0x04, data_coding: 1,
     short_message: Buffer.from(text, 'latin1'),
-  }, (pdu) => out({ event: 'receipt_resp', id, stat, status: pdu.command_status }));
+  }, (pdu) => out({ event: 'receipt_resp', id, stat, status: pdu.command_status, bind: session.bindKind }));
 }
 
 const server = smpp.createServer({ debug: false }, (session) => {
   sessions.add(session);
   session.on('error', (e) => out({ event: 'session_error', error: String(e && e.message) }));
   session.on('close', () => { sessions.delete(session); out({ event: 'closed' }); });
-  session.on('bind_transceiver', (pdu) => {
-    if (pdu.system_id !== systemId || pdu.password !== password) {
-      session.send(pdu.response({ command_status: smpp.ESME_RBINDFAIL }));
-      out({ event: 'bind_refused', system_id: pdu.system_id });
-      session.close();
-      return;
-    }
-    session.bound = true;
-    session.send(pdu.response({ system_id: 'scripted-smsc' }));
-    out({ event: 'bound', system_id: pdu.system_id, interface_version: pdu.interface_version });
-  });
+  // bind_transceiver, or separate bind_transmitter / bind_receiver connections (SMPP 3.4
+  // §2.2): a transmitter may only submit, a receiver gets the deliver_sm (MOs and receipts).
+  for (const kind of ['transceiver', 'transmitter', 'receiver']) {
+    session.on(`bind_${kind}`, (pdu) => {
+      if (pdu.system_id !== systemId || pdu.password !== password) {
+        session.send(pdu.response({ command_status: smpp.ESME_RBINDFAIL }));
+        out({ event: 'bind_refused', system_id: pdu.system_id, kind });
+        session.close();
+        return;
+      }
+      session.bound = true;
+      session.bindKind = kind;
+      session.send(pdu.response({ system_id: 'scripted-smsc' }));
+      out({ event: 'bound', system_id: pdu.system_id, interface_version: pdu.interface_version, kind });
+    });
+  }
   session.on('enquire_link', (pdu) => { session.send(pdu.response()); out({ event: 'enquire_link' }); });
   session.on('unbind', (pdu) => {
     session.send(pdu.response());
@@ -87,11 +96,17 @@ const server = smpp.createServer({ debug: false }, (session) => {
   });
   session.on('generic_nack', (pdu) => out({ event: 'generic_nack', status: pdu.command_status, seq: pdu.sequence_number }));
   session.on('submit_sm', (pdu) => {
+    if (session.bindKind === 'receiver') {
+      // §4.1.2: a receiver may not submit.
+      out({ event: 'submit_on_receiver' });
+      session.send(pdu.response({ command_status: smpp.ESME_RINVBNDSTS }));
+      return;
+    }
     const sm = pdu.short_message || {};
     const udh = (sm.udh || []).map((b) => Buffer.from(b).toString('hex'));
     const ev = {
       event: 'submit_sm', source: pdu.source_addr, dest: pdu.destination_addr, data_coding: pdu.data_coding,
-      esm_class: pdu.esm_class, registered_delivery: pdu.registered_delivery, udh,
+      esm_class: pdu.esm_class, registered_delivery: pdu.registered_delivery, udh, bind: session.bindKind,
       message: typeof sm.message === 'string' ? sm.message : Buffer.from(sm.message || []).toString('hex'),
     };
     if (pdu.message_payload) {
@@ -118,7 +133,14 @@ const server = smpp.createServer({ debug: false }, (session) => {
     destCounts.set(pdu.destination_addr, (destCounts.get(pdu.destination_addr) || 0) + 1);
     if (!quiet) out(ev);
     session.send(pdu.response({ message_id: id }));
-    if (autoReceipts && (pdu.registered_delivery & 1)) setTimeout(() => sendReceipt(session, id, 'DELIVRD'), 20);
+    if (autoReceipts && (pdu.registered_delivery & 1)) {
+      // A transmitter gets no deliver_sm: its receipt goes to the account's receiver.
+      setTimeout(() => {
+        const to = session.bindKind === 'transmitter' ? bound() : session;
+        if (to) sendReceipt(to, id, 'DELIVRD');
+        else out({ event: 'no_session', receipt: id });
+      }, 20);
+    }
   });
 });
 
@@ -141,7 +163,7 @@ readline.createInterface({ input: process.stdin }).on('line', (line) => {
         source_addr_ton: 1, source_addr_npi: 1, source_addr: c.source,
         dest_addr_ton: 1, dest_addr_npi: 1, destination_addr: c.dest,
         esm_class: esm, data_coding: c.coding === 'gsm' ? 0 : 8, short_message: body,
-      }, (pdu) => out({ event: 'deliver_sm_resp', tag: c.tag, status: pdu.command_status }));
+      }, (pdu) => out({ event: 'deliver_sm_resp', tag: c.tag, status: pdu.command_status, bind: s.bindKind }));
       return;
     }
     case 'flood': {
@@ -177,7 +199,8 @@ readline.createInterface({ input: process.stdin }).on('line', (line) => {
     case 'throttle': throttle = c.count; out({ event: 'ok', cmd: c.cmd }); return;
     case 'silent': silent = c.count; out({ event: 'ok', cmd: c.cmd }); return;
     case 'drop':
-      for (const x of sessions) x.socket.destroy();
+      // {"cmd":"drop","kind":"receiver"} drops only the connections bound that way.
+      for (const x of sessions) if (!c.kind || x.bindKind === c.kind) x.socket.destroy();
       out({ event: 'ok', cmd: c.cmd });
       return;
     case 'raw':

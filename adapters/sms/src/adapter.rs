@@ -2,10 +2,10 @@
 //! deliver_sm into interactions (reassembling concatenated parts, deduping, handling
 //! consent keywords) or receipt updates, and sends agent replies as submit_sm.
 
-use crate::config::{Concatenation, SmppConfig};
+use crate::config::{BindMode, Concatenation, SmppConfig};
 use crate::encoding::{self, Concat};
 use crate::inbound::{accept_text, InboundText};
-use crate::pdu::{esm, status, tag, Address, ShortMessage, Tlv};
+use crate::pdu::{esm, status, tag, Address, BindKind, ShortMessage, Tlv};
 use crate::receipt::{self, SmsStatus};
 use crate::session::{InboundHandler, Session, SubmitOutcome};
 use crate::store::{self, Prior};
@@ -30,8 +30,11 @@ pub struct SmppState {
     pub name: String,
     /// Settings.
     pub cfg: SmppConfig,
-    /// The SMPP session.
+    /// The SMPP session that sends (the transceiver, or the transmitter of a `tx_rx` pair).
     pub session: Arc<Session>,
+    /// The receiver of a `tx_rx` pair (receipts and mobile-originated messages arrive on
+    /// it); none for a transceiver.
+    pub rx_session: Option<Arc<Session>>,
     hub: OnceLock<Hub>,
     reference: AtomicU16,
     held: watch::Sender<bool>,
@@ -97,8 +100,16 @@ pub fn mo_content(sm: &ShortMessage) -> (Option<Concat>, String) {
 impl SmppState {
     /// New state for a configured channel.
     pub fn new(name: String, cfg: SmppConfig) -> Arc<SmppState> {
+        let (session, rx_session) = match cfg.bind {
+            BindMode::Transceiver => (Session::new(name.clone(), cfg.clone()), None),
+            BindMode::TxRx => (
+                Session::with_kind(name.clone(), cfg.clone(), BindKind::Transmitter),
+                Some(Session::with_kind(name.clone(), cfg.clone(), BindKind::Receiver)),
+            ),
+        };
         Arc::new(SmppState {
-            session: Session::new(name.clone(), cfg.clone()),
+            session,
+            rx_session,
             name,
             cfg,
             hub: OnceLock::new(),
@@ -375,11 +386,22 @@ impl ChannelAdapter for SmppAdapter {
         let session = st.session.clone();
         let handler: Arc<dyn InboundHandler> = st.clone();
         let held = st.held.subscribe();
+        // A `tx_rx` channel's receiver keeps its own connection (and reconnects on its own).
+        let rx_bind = st.rx_session.clone().map(|rx| {
+            let (handler, held, stop_rx) = (handler.clone(), held.clone(), stop_rx.clone());
+            tokio::spawn(async move { rx.run(handler, held, stop_rx).await })
+        });
         let bind = tokio::spawn(async move { session.run(handler, held, stop_rx).await });
         tracing::info!(channel = %st.name, host = %st.cfg.host, port = st.cfg.port, "SMPP channel running.");
         st.keep_lease(&hub, shutdown).await;
         let _ = stop_tx.send(true);
-        let _ = tokio::time::timeout(Duration::from_secs(6), bind).await;
+        let _ = tokio::time::timeout(Duration::from_secs(6), async move {
+            let _ = bind.await;
+            if let Some(rx) = rx_bind {
+                let _ = rx.await;
+            }
+        })
+        .await;
         if let Err(e) = store::release_lease(hub.db(), &st.name, hub.node_id()).await {
             tracing::warn!(error = %e, "Could not release the SMPP bind lease.");
         }

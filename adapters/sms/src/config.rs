@@ -19,6 +19,19 @@ pub enum Concatenation {
     Payload,
 }
 
+/// How the channel binds to the SMSC.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum BindMode {
+    /// One bind_transceiver connection sends and receives.
+    #[default]
+    Transceiver,
+    /// Two connections (SMPP 3.4 §2.2): a bind_transmitter for submit_sm and a
+    /// bind_receiver on which receipts and mobile-originated messages arrive, each with its
+    /// own reconnect.
+    TxRx,
+}
+
 /// Settings of one SMPP channel.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -38,6 +51,10 @@ pub struct SmppConfig {
     pub system_id: String,
     /// Password of the account (at most 8 characters in SMPP 3.4).
     pub password: SecretString,
+    /// `transceiver` (one connection) or `tx_rx` (a transmitter and a receiver bind, for
+    /// SMSCs that offer no transceiver or deliver on a separate connection).
+    #[serde(default)]
+    pub bind: BindMode,
     /// `system_type` sent in the bind (often empty).
     #[serde(default)]
     pub system_type: String,

@@ -1,4 +1,5 @@
-//! The SMPP session (tokio): one bind_transceiver connection at a time, its send window
+//! The SMPP session (tokio): one bind connection at a time (transceiver, or one of a
+//! transmitter/receiver pair, each pair member its own `Session`), its send window
 //! keyed by sequence_number, the messages-per-second throttle with back-off on
 //! ESME_RTHROTTLED / ESME_RMSGQFUL, enquire_link keep-alive, reconnect with back-off after a
 //! drop, and unbind on shutdown. Wire format lives in [`crate::pdu`]; what an inbound
@@ -55,6 +56,7 @@ pub struct Session {
     window: Arc<Semaphore>,
     throttle: Mutex<ThrottleState>,
     bound: AtomicBool,
+    kind: BindKind,
 }
 
 struct ThrottleState {
@@ -73,8 +75,13 @@ pub enum Ended {
 }
 
 impl Session {
-    /// A session for a configured channel (not connected).
+    /// A transceiver session for a configured channel (not connected).
     pub fn new(name: String, cfg: SmppConfig) -> Arc<Session> {
+        Session::with_kind(name, cfg, BindKind::Transceiver)
+    }
+
+    /// A session binding as `kind` (a transmitter sends, a receiver only receives).
+    pub fn with_kind(name: String, cfg: SmppConfig, kind: BindKind) -> Arc<Session> {
         let now = Instant::now();
         Arc::new(Session {
             window: Arc::new(Semaphore::new(cfg.window as usize)),
@@ -89,6 +96,7 @@ impl Session {
             link_changed: watch::channel(0).0,
             seq: AtomicU32::new(1),
             bound: AtomicBool::new(false),
+            kind,
         })
     }
 
@@ -215,7 +223,7 @@ impl Session {
         };
         let _ = stream.set_nodelay(true);
         let (mut rd, mut wr) = stream.into_split();
-        // Bind (SMPP 3.4 §4.1.5): nothing else may be sent until bind_transceiver_resp.
+        // Bind (SMPP 3.4 §4.1): nothing else may be sent until the bind's response.
         let bind = Bind {
             system_id: self.cfg.system_id.clone(),
             password: self.cfg.password.expose_secret().to_string(),
@@ -224,14 +232,14 @@ impl Session {
             ..Default::default()
         };
         let bind_seq = self.next_seq();
-        if let Err(e) = wr.write_all(&Frame::new(bind_seq, Pdu::Bind(BindKind::Transceiver, bind)).encode()).await {
+        if let Err(e) = wr.write_all(&Frame::new(bind_seq, Pdu::Bind(self.kind, bind)).encode()).await {
             return Ended::Dropped(format!("bind write: {e}"));
         }
         let mut buf: Vec<u8> = Vec::with_capacity(64 * 1024);
         let deadline = Instant::now() + timeout;
         loop {
             match tokio::time::timeout_at(deadline, read_frame(&mut rd, &mut buf)).await {
-                Err(_) => return Ended::Dropped("no bind_transceiver_resp".into()),
+                Err(_) => return Ended::Dropped(format!("no {} response", bind_name(self.kind))),
                 Ok(Err(e)) => return Ended::Dropped(format!("while binding: {e}")),
                 Ok(Ok(Decoded::Frame(Frame { status: st, seq, pdu: Pdu::BindResp(..) }))) if seq == bind_seq => {
                     if st != status::ROK {
@@ -246,7 +254,7 @@ impl Session {
                 Ok(Ok(_)) => {}
             }
         }
-        tracing::info!(channel = %self.name, %addr, "SMPP bound (transceiver).");
+        tracing::info!(channel = %self.name, %addr, bind = bind_name(self.kind), "SMPP bound.");
         let (tx, mut out_rx) = mpsc::unbounded_channel::<Vec<u8>>();
         let pending: Arc<Mutex<HashMap<u32, oneshot::Sender<Frame>>>> = Arc::default();
         let link = Arc::new(Link { tx: tx.clone(), pending: pending.clone() });
@@ -417,6 +425,14 @@ impl Session {
                 }
             }
         }
+    }
+}
+
+fn bind_name(kind: BindKind) -> &'static str {
+    match kind {
+        BindKind::Transceiver => "bind_transceiver",
+        BindKind::Transmitter => "bind_transmitter",
+        BindKind::Receiver => "bind_receiver",
     }
 }
 
