@@ -453,3 +453,87 @@ async fn the_agent_replies_to_all_attaches_files_and_forwards() {
     assert_eq!(email_interactions(&th).await, 1, "the partner's answer joined the same interaction");
     th.stop().await;
 }
+
+/// Starts `switchboard serve` as a process; returns it once it printed its URL.
+fn serve_process(config: &std::path::Path, db_url: &str) -> std::process::Child {
+    use std::io::BufRead;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_switchboard"))
+        .args(["serve", "--bind", "127.0.0.1:0", "--config", config.to_str().unwrap()])
+        .env("SWITCHBOARD__DATABASE__URL", db_url)
+        .env("SWITCHBOARD_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn switchboard");
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    // Bounded by the child: EOF when it exits.
+    let started = lines.by_ref().take(200).any(|l| l.is_ok_and(|l| l.contains("http://")));
+    std::thread::spawn(move || for _ in lines {});
+    if !started {
+        let _ = child.kill();
+        panic!("switchboard serve printed no URL");
+    }
+    child
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_the_process_holding_the_mailbox_hands_it_over_with_nothing_lost_or_doubled() {
+    use std::time::{Duration, Instant};
+    let Some(peers) = MailPeers::start() else { return };
+    let db = switchboard_core::testing::TestDb::new().await;
+    let mut root = toml::map::Map::new();
+    root.insert("channels".into(), toml::Value::Array(vec![peers.channel("shared", "")]));
+    let config = peers.dir.join("switchboard.toml");
+    std::fs::write(&config, toml::to_string(&toml::Value::Table(root)).unwrap()).unwrap();
+    let owner = || async { switchboard_email::store::lease_owner(&db.pool, "shared").await.unwrap() };
+    let mail = |k: usize| {
+        format!("From: c{k}@customer.test\r\nTo: support@shop.test\r\nSubject: parcel {k}\r\nMessage-ID: <kill-{k}@customer.test>\r\n\r\nWhere is parcel {k}?\r\n")
+    };
+    let counts = || async {
+        let raw: i64 = sqlx::query_scalar("select count(*) from email_raw_messages where mailbox = 'shared' and status = 'ingested'")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+        let items: (i64, i64) = sqlx::query_as("select count(*), count(distinct dedupe_key) from inbound_items where channel = 'email'")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+        let interactions: i64 =
+            sqlx::query_scalar("select count(*) from interactions where channel = 'email'").fetch_one(&db.pool).await.unwrap();
+        (raw, items.0, items.1, interactions)
+    };
+
+    // The first process takes the mailbox; the second waits as standby.
+    let mut first = serve_process(&config, &db.url());
+    let holder = eventually(60, || async { owner().await }).await;
+    let mut second = serve_process(&config, &db.url());
+    let batch1: Vec<String> = (0..20).map(mail).collect();
+    peers.append("support", &batch1.iter().map(|m| m.as_bytes()).collect::<Vec<_>>()).await;
+    eventually(60, || async { (counts().await.0 >= 1).then_some(()) }).await;
+    assert_eq!(owner().await, Some(holder), "the standby never polled while the holder lived");
+
+    // SIGKILL the holder mid-import: no goodbye, its lease is left to expire.
+    first.kill().unwrap();
+    let _ = first.wait();
+    let died = Instant::now();
+    let next = eventually(30, || async { owner().await.filter(|o| *o != holder) }).await;
+    let took = died.elapsed();
+    println!("mailbox lease takeover after SIGKILL: {} ms (lease_secs = 3)", took.as_millis());
+    assert_ne!(next, holder);
+    let batch2: Vec<String> = (20..40).map(mail).collect();
+    peers.append("support", &batch2.iter().map(|m| m.as_bytes()).collect::<Vec<_>>()).await;
+    let done = eventually(60, || async {
+        let c = counts().await;
+        (c.0 == 40).then_some(c)
+    })
+    .await;
+    // Let the survivor run a few more import passes over the same folder: still nothing twice.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after = counts().await;
+    assert_eq!(after, done);
+    assert_eq!(after, (40, 40, 40, 40), "every mail once: raw rows, inbound items (distinct), interactions");
+    let (seen, all) = peers.seen("support").await;
+    assert_eq!((seen, all), (40, 40), "every mail flagged after its commit");
+    let _ = second.kill();
+    let _ = second.wait();
+}
