@@ -191,9 +191,10 @@ def main():
     results = []
     failed = False
 
-    def record(name, t0, extra=""):
+    def record(name, t0, extra="", lead=None):
         nonlocal failed
-        lead = wait_leader(t0)
+        if lead is None:
+            lead = wait_leader(t0)
         # Let the load run 15 s past the fault; the recovery time is when the last
         # request failed (0 when none did).
         time.sleep(max(0.0, t0 + 15 - time.time()))
@@ -244,7 +245,7 @@ def main():
                  if moved else "router lease did not move")
         if not moved or h_after == holder or ready(holder)[1]:
             failed = True
-        record(f"SIGSTOP node{holder} (router leader) {args.pause} s + SIGCONT", t0, extra)
+        record(f"SIGSTOP node{holder} (router leader) {args.pause} s + SIGCONT", t0, extra, lead=moved[0] if moved else None)
 
     # 4. PostgreSQL primary killed, replica promoted.
     t0 = time.time()
