@@ -118,6 +118,11 @@ pub struct ImapConfig {
     /// `login` or `xoauth2`.
     #[serde(default = "default_auth")]
     pub auth: ImapAuth,
+    /// With `auth = "xoauth2"`: a command (program and arguments, no shell) that prints a
+    /// current access token; run at every login, so a reconnect after the token expired
+    /// gets a fresh one (e.g. `["oauth2l", "fetch", "--refresh"]`). Overrides `password`.
+    #[serde(default)]
+    pub token_command: Option<Vec<String>>,
     /// Folder read.
     #[serde(default = "default_folder")]
     pub folder: String,
@@ -294,8 +299,11 @@ impl EmailConfig {
         if !(1..=1000).contains(&self.imap.batch) {
             errs.push("imap.batch must be between 1 and 1000".to_string());
         }
-        if self.imap.auth == ImapAuth::Xoauth2 && self.imap.password.expose_secret().is_empty() {
-            errs.push("imap.auth = \"xoauth2\" needs the access token in imap.password".to_string());
+        if self.imap.auth == ImapAuth::Xoauth2 && self.imap.password.expose_secret().is_empty() && self.imap.token_command.is_none() {
+            errs.push("imap.auth = \"xoauth2\" needs the access token in imap.password or an imap.token_command".to_string());
+        }
+        if self.imap.token_command.as_ref().is_some_and(|c| c.is_empty()) {
+            errs.push("imap.token_command must name a program".to_string());
         }
         if self.smtp.pool_max == 0 || self.smtp.timeout_secs == 0 {
             errs.push("smtp.pool_max and smtp.timeout_secs must be positive".to_string());

@@ -118,6 +118,27 @@ async fn with_timeout<T>(secs: u64, f: impl std::future::Future<Output = Result<
     tokio::time::timeout(Duration::from_secs(secs), f).await.map_err(|_| ImapError::Timeout)?
 }
 
+/// Runs the token command and returns what it printed (trimmed): a current access token.
+async fn fresh_token(cmd: &[String]) -> Result<String, String> {
+    let (program, args) = cmd.split_first().ok_or("imap.token_command is empty")?;
+    let out = tokio::process::Command::new(program)
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .output()
+        .await
+        .map_err(|e| format!("imap.token_command {program}: {e}"))?;
+    if !out.status.success() {
+        return Err(format!("imap.token_command {program} exited with {}", out.status));
+    }
+    let token = String::from_utf8(out.stdout).map_err(|_| format!("imap.token_command {program} printed no UTF-8"))?;
+    let token = token.trim();
+    if token.is_empty() || token.contains(char::is_whitespace) {
+        return Err(format!("imap.token_command {program} printed no single token"));
+    }
+    Ok(token.to_string())
+}
+
 /// Connects and logs in.
 pub async fn connect(cfg: &ImapConfig) -> Result<ImapSession, ImapError> {
     with_timeout(30, async {
@@ -145,7 +166,10 @@ pub async fn connect(cfg: &ImapConfig) -> Result<ImapSession, ImapError> {
                 async_imap::Client::new(tls_wrap(cfg, tcp).await?)
             }
         };
-        let secret = cfg.password.expose_secret().to_string();
+        let secret = match (&cfg.auth, &cfg.token_command) {
+            (ImapAuth::Xoauth2, Some(cmd)) => fresh_token(cmd).await.map_err(ImapError::Login)?,
+            _ => cfg.password.expose_secret().to_string(),
+        };
         let session = match cfg.auth {
             ImapAuth::Login => client.login(&cfg.username, &secret).await.map_err(|(e, _)| ImapError::Login(e.to_string()))?,
             ImapAuth::Xoauth2 => client

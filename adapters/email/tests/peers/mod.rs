@@ -69,6 +69,39 @@ fn spawn_smtp(maildir: &Path, args: &[String]) -> Option<(Child, u16)> {
     }
 }
 
+/// A token-introspection endpoint (RFC 7662) for Dovecot's oauth2 passdb: POSTed
+/// `token=…`, answers `{"active": true, "username": "support"}` for `token` only.
+fn spawn_introspection(dir: &Path, token: &str) -> Option<(Child, u16)> {
+    use std::io::BufRead;
+    let script = dir.join("introspect.py");
+    let py = format!(
+        "import http.server, json, urllib.parse\n\
+         class H(http.server.BaseHTTPRequestHandler):\n\
+         \x20   def log_message(self, *a): pass\n\
+         \x20   def do_POST(self):\n\
+         \x20       n = int(self.headers.get('content-length') or 0)\n\
+         \x20       tok = urllib.parse.parse_qs(self.rfile.read(n).decode()).get('token', [''])[0]\n\
+         \x20       out = json.dumps({{'active': True, 'username': 'support'}} if tok == {token:?} else {{'active': False}}).encode()\n\
+         \x20       self.send_response(200); self.send_header('content-type', 'application/json')\n\
+         \x20       self.send_header('content-length', str(len(out))); self.end_headers(); self.wfile.write(out)\n\
+         s = http.server.HTTPServer(('127.0.0.1', 0), H)\n\
+         print('PORT', s.server_address[1], flush=True)\n\
+         s.serve_forever()\n"
+    );
+    std::fs::write(&script, py).ok()?;
+    let mut child = Command::new("python3").arg(&script).stdout(Stdio::piped()).stderr(Stdio::null()).spawn().ok()?;
+    let mut line = String::new();
+    let _ = std::io::BufReader::new(child.stdout.take()?).read_line(&mut line);
+    match line.trim().strip_prefix("PORT ").and_then(|p| p.parse().ok()) {
+        Some(port) => Some((child, port)),
+        None => {
+            let _ = child.kill();
+            let _ = child.wait();
+            None
+        }
+    }
+}
+
 /// Waits until `port` answers with this Dovecot instance's greeting.
 fn wait_greeting(port: u16, greeting: &str, secs: u64) -> bool {
     use std::io::Read;
@@ -115,16 +148,23 @@ fn id_of(flag: &str, user: &str) -> Option<String> {
 impl MailPeers {
     /// Starts both peers, or explains why they cannot run here.
     pub fn start() -> Option<MailPeers> {
-        Self::start_with(false)
+        Self::start_with(false, None)
+    }
+
+    /// Starts both peers with Dovecot also accepting `AUTHENTICATE XOAUTH2` for `support`:
+    /// an oauth2 passdb that asks a local token-introspection endpoint (RFC 7662, a small
+    /// Python HTTP server run here) which answers active only for `token`.
+    pub fn start_oauth2(token: &str) -> Option<MailPeers> {
+        Self::start_with(false, Some(token))
     }
 
     /// Starts both peers with Dovecot also offering TLS (IMAPS, and STARTTLS on the plain
     /// port) under a certificate for `localhost`/127.0.0.1 from a throwaway CA.
     pub fn start_tls() -> Option<MailPeers> {
-        Self::start_with(true)
+        Self::start_with(true, None)
     }
 
-    fn start_with(tls: bool) -> Option<MailPeers> {
+    fn start_with(tls: bool, oauth_token: Option<&str>) -> Option<MailPeers> {
         let dovecot = ["/usr/sbin/dovecot", "/usr/local/sbin/dovecot"].into_iter().find(|p| Path::new(p).exists());
         let Some(dovecot) = dovecot else {
             eprintln!("SKIP: dovecot is not installed (apt-get install dovecot-imapd; scripts/test.sh does it)");
@@ -161,6 +201,22 @@ impl MailPeers {
             ("ssl = no\n".to_string(), None)
         };
         let _ = Command::new("chown").arg("-R").arg(format!("{uid}:{gid}")).arg(dir.join("mail")).status();
+        let mut extra = Vec::new();
+        let (oauth_passdb, mechanisms) = match oauth_token {
+            None => (String::new(), "plain login"),
+            Some(token) => {
+                let (child, port) = spawn_introspection(&dir, token).expect("the token introspection endpoint starts");
+                extra.push(child);
+                let conf = format!(
+                    "introspection_mode = post\nintrospection_url = http://127.0.0.1:{port}/introspect\nusername_attribute = username\nactive_attribute = active\nactive_value = true\n"
+                );
+                std::fs::write(dir.join("oauth2.conf.ext"), conf).ok()?;
+                (
+                    format!("passdb {{\n  driver = oauth2\n  mechanisms = xoauth2 oauthbearer\n  args = {d}/oauth2.conf.ext\n}}\n"),
+                    "plain login xoauth2 oauthbearer",
+                )
+            }
+        };
         // aiosmtpd is installed (checked above), so a sink that does not start is a failure.
         let (smtp, smtp_port) = spawn_smtp(&dir.join("smtp/Maildir"), &[]).expect("the SMTP sink (smtp_sink.py) starts");
         // Dovecot cannot listen on port 0, so its ports are picked free and then bound:
@@ -172,9 +228,9 @@ impl MailPeers {
             let greeting = format!("sb-test-{} ready.", uuid::Uuid::new_v4().simple());
             let conf = format!(
                 "protocols = imap\nlogin_greeting = {greeting}\nlisten = 127.0.0.1\nbase_dir = {d}/run\nstate_dir = {d}/state\ninstance_name = sb-{imap_port}\nlog_path = {d}/dovecot.log\n\
-                 {ssl}disable_plaintext_auth = no\nauth_mechanisms = plain login\nmail_location = maildir:~/Maildir\n\
+                 {ssl}disable_plaintext_auth = no\nauth_mechanisms = {mechanisms}\nmail_location = maildir:~/Maildir\n\
                  default_internal_user = dovecot\ndefault_internal_group = dovecot\ndefault_login_user = dovenull\nfirst_valid_uid = 0\n\
-                 passdb {{\n  driver = passwd-file\n  args = scheme=PLAIN username_format=%n {d}/users\n}}\n\
+                 {oauth_passdb}passdb {{\n  driver = passwd-file\n  args = scheme=PLAIN username_format=%n {d}/users\n}}\n\
                  userdb {{\n  driver = passwd-file\n  args = username_format=%n {d}/users\n}}\n\
                  service imap-login {{\n  inet_listener imap {{\n    address = 127.0.0.1\n    port = {imap_port}\n  }}\n  inet_listener imaps {{\n    address = 127.0.0.1\n    port = {imaps_port}\n  }}\n}}\n\
                  protocol imap {{\n  mail_max_userip_connections = 200\n}}\n"
@@ -189,15 +245,16 @@ impl MailPeers {
                 .spawn()
                 .ok()?;
             if wait_greeting(imap_port, &greeting, 20) && (!tls || wait_port(imaps_port, 20)) {
-                return Some(MailPeers { dir, imap_port, smtp_port, imaps_port, ca, dovecot: child, smtp, extra: Vec::new() });
+                return Some(MailPeers { dir, imap_port, smtp_port, imaps_port, ca, dovecot: child, smtp, extra });
             }
             eprintln!("Dovecot attempt {attempt} on port {imap_port} did not come up as ours; trying other ports");
             let _ = Command::new("kill").arg(child.id().to_string()).status();
             let _ = child.wait();
         }
-        let mut smtp = smtp;
-        let _ = smtp.kill();
-        let _ = smtp.wait();
+        for mut c in extra.into_iter().chain([smtp]) {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
         panic!("Dovecot did not start (see {}/dovecot.log)", dir.display());
     }
 
