@@ -805,3 +805,168 @@ async fn separate_transmitter_and_receiver_binds() {
     smsc.wait(10, |e| e["event"] == "unbind").await;
     smsc.wait(10, |e| e["event"] == "unbind").await;
 }
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Kannel (Debian `kannel`: bearerbox + smsbox) as the HTTP provider: its smsbox's
+/// `sendsms` takes our texts (the `http` adapter with `method = "GET"`, `body = "query"`),
+/// bearerbox's SMPP link to the scripted SMSC carries them out and brings back the
+/// incoming text and the delivery receipt, and smsbox calls our webhooks by GET: `get-url`
+/// for the incoming text, `dlr-url` for the delivery report (`signature = "url_token"`).
+#[tokio::test]
+async fn kannel_sends_receives_and_reports_delivery() {
+    let (bearerbox, smsbox) = ("/usr/sbin/bearerbox", "/usr/sbin/smsbox");
+    if !std::path::Path::new(bearerbox).exists() || !std::path::Path::new(smsbox).exists() {
+        eprintln!(
+            "SKIP kannel_sends_receives_and_reports_delivery: Kannel is not installed (apt-get install kannel; scripts/test.sh does)"
+        );
+        return;
+    }
+    let mut smsc = Smsc::start().await;
+    let (hub_port, admin_port, box_port, sendsms_port) = (free_port(), free_port(), free_port(), free_port());
+    let token = "kannel-hook-token";
+    let hub_base = format!("http://127.0.0.1:{hub_port}");
+    let table: toml::Value = toml::from_str(&format!(
+        r#"type = "http"
+name = "kannel"
+from = "4930123456"
+send_url = "http://127.0.0.1:{sendsms_port}/cgi-bin/sendsms"
+method = "GET"
+body = "query"
+signature = "url_token"
+signature_secret = "{token}"
+id_field = "MessageSid"
+[fields]
+username = "hub"
+password = "hubpass"
+to = "{{to_digits}}"
+from = "{{from}}"
+text = "{{text}}"
+dlr-mask = "3"
+dlr-url = "{hub_base}/sms/v1/kannel/status?token={token}&MessageSid={{id}}&MessageStatus=%d"
+"#
+    ))
+    .unwrap();
+    let th = spawn_hub_with(move |s| {
+        s.http.bind = format!("127.0.0.1:{hub_port}");
+        s.channels.push(table);
+    })
+    .await;
+    let db = th.hub().db().clone();
+
+    let dir = tempfile_dir("sb-kannel");
+    let conf = format!(
+        r#"group = core
+admin-port = {admin_port}
+admin-password = adminpass
+smsbox-port = {box_port}
+box-allow-ip = 127.0.0.1
+log-file = "{dir}/bearerbox.log"
+log-level = 1
+access-log = "{dir}/access.log"
+dlr-storage = internal
+
+group = smsc
+smsc = smpp
+smsc-id = scripted
+host = 127.0.0.1
+port = {smpp_port}
+transceiver-mode = true
+smsc-username = switchboard
+smsc-password = secret
+system-type = ""
+source-addr-ton = 1
+source-addr-npi = 1
+dest-addr-ton = 1
+dest-addr-npi = 1
+msg-id-type = 0x01
+reconnect-delay = 1
+log-file = "{dir}/smsc.log"
+
+group = smsbox
+bearerbox-host = 127.0.0.1
+bearerbox-port = {box_port}
+sendsms-port = {sendsms_port}
+sendsms-interface = 127.0.0.1
+log-file = "{dir}/smsbox.log"
+log-level = 1
+
+group = sendsms-user
+username = hub
+password = hubpass
+user-allow-ip = 127.0.0.1
+
+group = sms-service
+keyword = default
+catch-all = true
+max-messages = 0
+get-url = "{hub_base}/sms/v1/kannel/inbound?token={token}&From=%p&To=%P&Body=%a&MessageSid=%I"
+"#,
+        dir = dir.display(),
+        smpp_port = smsc.port,
+    );
+    std::fs::write(dir.join("kannel.conf"), conf).unwrap();
+    let spawn_box = |bin: &str| {
+        tokio::process::Command::new(bin)
+            .arg(dir.join("kannel.conf"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("kannel box")
+    };
+    let mut bb = spawn_box(bearerbox);
+    let bound = smsc.wait(20, |e| e["event"] == "bound").await;
+    assert_eq!(bound["kind"], "transceiver");
+    let mut sb = spawn_box(smsbox);
+
+    // Incoming: the SMSC's deliver_sm reaches the hub through Kannel's get-url.
+    let resp = smsc.deliver("k1", "4915177777777", "Hello via Kannel", None).await;
+    assert_eq!(resp["status"], 0);
+    let (iid, bodies) = eventually(20, || {
+        let db = db.clone();
+        async move { interaction_of(&db, "+4915177777777").await.filter(|(_, b)| !b.is_empty()) }
+    })
+    .await;
+    assert_eq!(bodies, vec!["Hello via Kannel"]);
+
+    // Outgoing: the send API → sendsms → submit_sm at the SMSC; its receipt comes back to
+    // Kannel, whose dlr-url marks the text delivered.
+    let sender = user(&th, "mia", &[Role::Marketer], None).await;
+    let (st, b) = sender
+        .call("POST", "/sms/v1/kannel/messages", Some(json!({ "to": "+4915177777777", "body": "Reply via Kannel", "kind": "service" })))
+        .await;
+    assert_eq!(st, StatusCode::ACCEPTED, "{b}");
+    let outbox_id: Uuid = b["id"].as_str().unwrap().parse().unwrap();
+    let sub = smsc.wait(30, |e| e["event"] == "submit_sm").await;
+    assert_eq!((sub["dest"].as_str(), sub["message"].as_str()), (Some("4915177777777"), Some("Reply via Kannel")));
+    let final_status = eventually(30, || {
+        let db = db.clone();
+        async move {
+            let s: Option<String> =
+                sqlx::query_scalar("select status from sms_sent where outbox_id = $1").bind(outbox_id).fetch_optional(&db).await.unwrap();
+            s.filter(|s| s == "delivered")
+        }
+    })
+    .await;
+    assert_eq!(final_status, "delivered");
+    let _ = iid;
+
+    // A get-url call without the token is refused and stores nothing.
+    let r = reqwest::get(format!("{hub_base}/sms/v1/kannel/inbound?From=%2B4915100000001&Body=forged")).await.unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    assert!(interaction_of(&db, "+4915100000001").await.is_none());
+
+    let _ = sb.kill().await;
+    let _ = bb.kill().await;
+    th.stop().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn tempfile_dir(prefix: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("{prefix}-{}", Uuid::new_v4()));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}

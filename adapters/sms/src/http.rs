@@ -3,8 +3,10 @@
 //! bearer auth); inbound messages and status callbacks arrive as webhooks on the hub
 //! (`/sms/v1/<name>/inbound`, `/sms/v1/<name>/status`), verified by signature before
 //! anything is read: HMAC-SHA256 over the raw body, or Twilio's scheme (HMAC-SHA1 over the
-//! public URL followed by the sorted form parameters, base64). Kannel's `sendsms`
-//! interface is one configuration of it (`method = "GET"`, `body = "query"`).
+//! public URL followed by the sorted form parameters, base64), or a URL token. Kannel's
+//! `sendsms` interface is one configuration of it (`method = "GET"`, `body = "query"`),
+//! with its `get-url` (incoming texts) and `dlr-url` (delivery reports) calling the
+//! webhooks by GET with the parameters in the query and `signature = "url_token"`.
 
 use crate::inbound::{accept_text, InboundText};
 use crate::keywords::{self, KeywordSet};
@@ -13,7 +15,7 @@ use crate::store::{self, Prior};
 use async_trait::async_trait;
 use axum::body::Bytes;
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use base64::Engine;
@@ -48,6 +50,9 @@ pub enum SignatureScheme {
     HmacSha256,
     /// Twilio: base64 HMAC-SHA1 of the public URL + each sorted form key and value.
     Twilio,
+    /// The secret as the `token` query parameter of the webhook URL, for gateways that
+    /// cannot sign (Kannel's `get-url` and `dlr-url`); use it over HTTPS or loopback.
+    UrlToken,
     /// No verification (only behind a trusted network).
     None,
 }
@@ -73,7 +78,9 @@ pub struct HttpConfig {
     #[serde(default = "default_body")]
     pub body: BodyKind,
     /// Request fields: name → template with `{to}` (E.164), `{to_digits}`, `{from}`,
-    /// `{text}`, `{key}` (the outbox idempotency key).
+    /// `{text}`, `{key}` (the outbox idempotency key), `{id}` (the outbox id: the message
+    /// id receipts refer to when the provider answers with none, e.g. in Kannel's
+    /// `dlr-url`).
     pub fields: BTreeMap<String, String>,
     /// Basic-auth user name.
     #[serde(default)]
@@ -87,7 +94,7 @@ pub struct HttpConfig {
     /// JSON pointer of the provider's message id in the send response (e.g. `/sid`).
     #[serde(default)]
     pub response_id_pointer: Option<String>,
-    /// Webhook signature scheme: `hmac_sha256`, `twilio` or `none`.
+    /// Webhook signature scheme: `hmac_sha256`, `twilio`, `url_token` or `none`.
     #[serde(default = "default_scheme")]
     pub signature: SignatureScheme,
     /// Secret the provider signs webhooks with (the Twilio auth token).
@@ -221,6 +228,9 @@ pub fn verify(cfg: &HttpConfig, path: &str, headers: &HeaderMap, body: &[u8], pa
         (_, Some(s)) => s.expose_secret().as_bytes().to_vec(),
         (_, None) => return false,
     };
+    if cfg.signature == SignatureScheme::UrlToken {
+        return params.iter().any(|(k, v)| k == "token" && same(v.as_bytes(), &secret));
+    }
     let Some(given) = headers.get(cfg.signature_header.as_str()).and_then(|v| v.to_str().ok()) else { return false };
     match cfg.signature {
         SignatureScheme::HmacSha256 => {
@@ -231,12 +241,16 @@ pub fn verify(cfg: &HttpConfig, path: &str, headers: &HeaderMap, body: &[u8], pa
             let url = format!("{}{path}", cfg.public_url.as_deref().unwrap_or("").trim_end_matches('/'));
             same(given.trim().as_bytes(), twilio_signature(&secret, &url, params).as_bytes())
         }
-        SignatureScheme::None => true,
+        SignatureScheme::UrlToken | SignatureScheme::None => true,
     }
 }
 
-/// Webhook parameters: a form body, or a flat JSON object of strings and numbers.
-fn params_of(headers: &HeaderMap, body: &[u8]) -> Option<Vec<(String, String)>> {
+/// Webhook parameters: a form body, or a flat JSON object of strings and numbers; for a
+/// GET (Kannel), the query string.
+fn params_of(query: Option<&str>, headers: &HeaderMap, body: &[u8]) -> Option<Vec<(String, String)>> {
+    if let Some(q) = query {
+        return Some(form_urlencoded::parse(q.as_bytes()).into_owned().collect());
+    }
     let ct = headers.get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("");
     if ct.starts_with("application/json") {
         let v: serde_json::Value = serde_json::from_slice(body).ok()?;
@@ -264,6 +278,13 @@ pub fn status_word(s: &str) -> Option<SmsStatus> {
         "undelivered" | "undeliv" | "undeliverable" => SmsStatus::Undeliverable,
         "failed" | "rejected" | "rejectd" => SmsStatus::Rejected,
         "expired" => SmsStatus::Expired,
+        // Kannel's DLR types (%d in dlr-url): 1 delivered, 2 failed at the phone, 4
+        // buffered, 8 accepted by the SMSC, 16 refused by the SMSC.
+        "1" => SmsStatus::Delivered,
+        "2" => SmsStatus::Undeliverable,
+        "4" => SmsStatus::Enroute,
+        "8" => SmsStatus::Accepted,
+        "16" => SmsStatus::Rejected,
         _ => return None,
     })
 }
@@ -331,6 +352,7 @@ impl HttpState {
             ("from", self.cfg.from.as_str()),
             ("text", msg.body.as_str()),
             ("key", msg.idempotency_key.as_str()),
+            ("id", &msg.id.to_string()),
         ];
         let fields: Vec<(String, String)> = self.cfg.fields.iter().map(|(k, v)| (k.clone(), fill(v, &vars))).collect();
         let mut req = match (self.cfg.method.as_str(), self.cfg.body) {
@@ -383,8 +405,8 @@ impl HttpState {
     }
 
     /// `POST /sms/v1/<name>/inbound`: verified, committed, then 200.
-    async fn inbound(&self, hub: &Hub, path: &str, headers: &HeaderMap, body: &[u8]) -> Response {
-        let Some(params) = params_of(headers, body) else {
+    async fn inbound(&self, hub: &Hub, path: &str, query: Option<&str>, headers: &HeaderMap, body: &[u8]) -> Response {
+        let Some(params) = params_of(query, headers, body) else {
             return problem(StatusCode::BAD_REQUEST, "body is neither a form nor a JSON object");
         };
         if !verify(&self.cfg, path, headers, body, &params) {
@@ -423,8 +445,8 @@ impl HttpState {
     }
 
     /// `POST /sms/v1/<name>/status`: a delivery status callback.
-    async fn status(&self, hub: &Hub, path: &str, headers: &HeaderMap, body: &[u8]) -> Response {
-        let Some(params) = params_of(headers, body) else {
+    async fn status(&self, hub: &Hub, path: &str, query: Option<&str>, headers: &HeaderMap, body: &[u8]) -> Response {
+        let Some(params) = params_of(query, headers, body) else {
             return problem(StatusCode::BAD_REQUEST, "body is neither a form nor a JSON object");
         };
         if !verify(&self.cfg, path, headers, body, &params) {
@@ -475,8 +497,8 @@ impl ChannelAdapter for HttpAdapter {
     fn http_router(&self) -> Option<axum::Router<Hub>> {
         let inbound_path = format!("/sms/v1/{}/inbound", self.state.name);
         let status_path = format!("/sms/v1/{}/status", self.state.name);
-        let (s1, s2) = (self.state.clone(), self.state.clone());
-        let (p1, p2) = (inbound_path.clone(), status_path.clone());
+        let (s1, s2, s3, s4) = (self.state.clone(), self.state.clone(), self.state.clone(), self.state.clone());
+        let (p1, p2, p3, p4) = (inbound_path.clone(), status_path.clone(), inbound_path.clone(), status_path.clone());
         // Webhook bodies are small: 256 KiB at most.
         let limit = axum::extract::DefaultBodyLimit::max(256 * 1024);
         Some(
@@ -484,13 +506,19 @@ impl ChannelAdapter for HttpAdapter {
                 .route(
                     &inbound_path,
                     post(move |State(hub): State<Hub>, headers: HeaderMap, body: Bytes| async move {
-                        s1.inbound(&hub, &p1, &headers, &body).await
+                        s1.inbound(&hub, &p1, None, &headers, &body).await
+                    })
+                    .get(move |State(hub): State<Hub>, uri: Uri, headers: HeaderMap| async move {
+                        s3.inbound(&hub, &p3, Some(uri.query().unwrap_or("")), &headers, &[]).await
                     }),
                 )
                 .route(
                     &status_path,
                     post(move |State(hub): State<Hub>, headers: HeaderMap, body: Bytes| async move {
-                        s2.status(&hub, &p2, &headers, &body).await
+                        s2.status(&hub, &p2, None, &headers, &body).await
+                    })
+                    .get(move |State(hub): State<Hub>, uri: Uri, headers: HeaderMap| async move {
+                        s4.status(&hub, &p4, Some(uri.query().unwrap_or("")), &headers, &[]).await
                     }),
                 )
                 .layer(limit)
