@@ -345,8 +345,16 @@ async fn throttling_drops_and_silence_lose_nothing_and_duplicate_nothing() {
         async move { (statuses(&db, &ids).await == vec!["unknown"]).then_some(()) }
     })
     .await;
-    let outbox: String = sqlx::query_scalar("select status from outbox where id = $1").bind(ids3[0]).fetch_one(&db).await.unwrap();
-    assert_eq!(outbox, "failed");
+    // The adapter records `unknown` before it answers the outbox worker, which then marks
+    // the row failed: wait for that second step rather than race it.
+    eventually(10, || {
+        let (db, id) = (db.clone(), ids3[0]);
+        async move {
+            let outbox: String = sqlx::query_scalar("select status from outbox where id = $1").bind(id).fetch_one(&db).await.unwrap();
+            (outbox == "failed").then_some(())
+        }
+    })
+    .await;
     smsc.drain(1500).await;
 
     let submits = smsc.submits();
