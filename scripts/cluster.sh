@@ -200,15 +200,19 @@ request_route {
     if (has_totag()) {
         if (loose_route()) { t_relay(); exit; }
         if (is_method("ACK") && t_check_trans()) { t_relay(); exit; }
+        # In-dialog requests without a Route set (the hub does not echo Record-Route yet,
+        # and many UAs send them to the edge): the Call-ID hash picks the dialog's node.
+        if (ds_select_dst("1", "0")) { t_relay(); exit; }
         sl_send_reply("404", "Not here"); exit;
     }
     if (is_method("CANCEL")) { if (t_check_trans()) t_relay(); exit; }
     record_route();
     # REGISTER: hashed over the From user (algorithm 1), so a phone keeps its node while
-    # that node is up; calls: round robin (algorithm 4). Failover to the next node.
+    # that node is up; calls: hashed over the Call-ID (algorithm 0), the same hash that
+    # routes their in-dialog requests. Failover to the next node.
     if (is_method("REGISTER")) {
         if (!ds_select_dst("1", "1")) { sl_send_reply("503", "No hub node"); exit; }
-    } else if (!ds_select_dst("1", "4")) {
+    } else if (!ds_select_dst("1", "0")) {
         sl_send_reply("503", "No hub node"); exit;
     }
     t_on_failure("NEXT_NODE");
@@ -224,7 +228,8 @@ failure_route[NEXT_NODE] {
     }
 }
 EOF
-  pid_alive "$DIR/kamailio.pid" || kamailio -f "$DIR/kamailio.cfg" -P "$DIR/kamailio.pid" -w "$DIR" -m 64 -M 8
+  if pid_alive "$DIR/kamailio.pid"; then kill "$(head -1 "$DIR/kamailio.pid")"; sleep 1; fi
+  kamailio -f "$DIR/kamailio.cfg" -P "$DIR/kamailio.pid" -w "$DIR" -m 64 -M 8
 }
 
 up() {
