@@ -6,9 +6,6 @@ import { get } from './app/api.js';
 import { h, replace, showError } from './app/dom.js';
 import { startPage } from './app/shell.js';
 
-const page = await startPage({ title: 'Reports', roles: ['admin', 'supervisor'] });
-if (page) run(page);
-
 const KINDS = ['queues', 'agents', 'channels', 'dispositions', 'ivr', 'campaigns', 'recordings'];
 const CHART_METRIC = {
   queues: 'offered', agents: 'handled', channels: 'offered', dispositions: 'total', ivr: 'visits', campaigns: 'replies',
@@ -101,7 +98,8 @@ function run({ main }) {
   function renderTable(rep, prev) {
     const rows = rep.rows || [];
     const cols = [];
-    for (const r of rows) for (const k of Object.keys(r)) if (!cols.includes(k) && !k.endsWith('_id') && k !== 'start' && k !== 'end') cols.push(k);
+    for (const k of ['start', 'queue', 'agent', 'channel', 'dimension', 'choice', 'campaign']) if (rows.some((r) => k in r)) cols.push(k);
+    for (const r of rows) for (const k of Object.keys(r)) if (!cols.includes(k) && !k.endsWith('_id') && k !== 'end') cols.push(k);
     const prevBy = new Map(((prev && prev.rows) || []).map((r) => [keyOf(r), r]));
     const cell = (r, c) => {
       const v = r[c];
@@ -160,3 +158,7 @@ function run({ main }) {
   run.addEventListener('click', show);
   show();
 }
+
+// Last: the page starts once every constant above is initialised.
+const page = await startPage({ title: 'Reports', roles: ['admin', 'supervisor'] });
+if (page) run(page);

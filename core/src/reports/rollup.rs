@@ -777,6 +777,11 @@ pub struct Gaps {
 /// transaction still open, or rolled back) stops the batch until it has been missing for
 /// `gap_grace`; then it is skipped, remembered, and applied if it ever appears.
 pub async fn process_batch(pool: &PgPool, zone: Tz, gaps: &mut Gaps, gap_grace: std::time::Duration) -> CoreResult<Pass> {
+    process_batch_of(pool, zone, gaps, gap_grace, BATCH).await
+}
+
+/// [`process_batch`] with a batch size of `batch` events.
+pub async fn process_batch_of(pool: &PgPool, zone: Tz, gaps: &mut Gaps, gap_grace: std::time::Duration, batch: i64) -> CoreResult<Pass> {
     let mut tx = pool.begin().await?;
     let locked: bool = sqlx::query_scalar("select pg_try_advisory_xact_lock($1)").bind(REPORTS_LOCK).fetch_one(&mut *tx).await?;
     if !locked {
@@ -786,7 +791,7 @@ pub async fn process_batch(pool: &PgPool, zone: Tz, gaps: &mut Gaps, gap_grace: 
     let mut events: Vec<Event> =
         sqlx::query_as(&format!("select {EVENT_COLUMNS} from interaction_events where id > $1 order by id limit $2"))
             .bind(wm)
-            .bind(BATCH)
+            .bind(batch)
             .fetch_all(&mut *tx)
             .await?;
     // Late arrivals among ids skipped earlier.

@@ -1,0 +1,154 @@
+//! Reports benchmark (docs/benchmarks.md): a generated year of events for 200 agents and
+//! 20 queues (≥ 10,000,000 events, written with generate_series in a few statements),
+//! then the rollup throughput of the worker over the whole log, then p50/p99 of every
+//! report over a month at 15-minute intervals and over a year by day. Prints figures;
+//! asserts nothing about time. Bounded: a fixed number of contacts, batches and queries.
+//!
+//! `cargo bench --bench reports` (REPORTS_BENCH_CONTACTS=1650000 by default).
+
+use chrono::{DateTime, Utc};
+use std::time::{Duration, Instant};
+use switchboard_core::reports::interval::Interval;
+use switchboard_core::reports::query::{self, Kind, Request};
+use switchboard_core::reports::{rollup, Tz};
+use switchboard_core::testing::TestDb;
+
+fn t(s: &str) -> DateTime<Utc> {
+    DateTime::parse_from_rfc3339(s).expect("time").with_timezone(&Utc)
+}
+
+fn pct(sorted: &[f64], p: f64) -> f64 {
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let contacts: i64 = std::env::var("REPORTS_BENCH_CONTACTS").ok().and_then(|v| v.parse().ok()).unwrap_or(1_650_000);
+    let db = TestDb::new().await;
+    let pool = &db.pool;
+    let zone: Tz = "Europe/Berlin".parse().expect("zone");
+    let t0 = Instant::now();
+    sqlx::query("insert into queues (name, sla_target_secs) select 'q' || lpad(g::text, 2, '0'), 20 from generate_series(1, 20) g")
+        .execute(pool)
+        .await
+        .expect("queues");
+    sqlx::query("insert into agents (name) select 'agent' || lpad(g::text, 3, '0') from generate_series(1, 200) g")
+        .execute(pool)
+        .await
+        .expect("agents");
+    // Contacts spread evenly over 2025; channel, queue, agent and outcome from the row number.
+    sqlx::query(
+        "create unlogged table bench_contacts as
+         select g, gen_random_uuid() as id, (array['voice','voice','chat','email'])[1 + g % 4] as channel,
+                (select array_agg(id order by name) from queues)[1 + g % 20] as queue_id,
+                (select array_agg(id order by name) from agents)[1 + (g * 7) % 200] as agent_id,
+                timestamptz '2025-01-01 00:00:00+00' + (g * (365.0 * 86400 / $1)) * interval '1 second' as ts
+           from generate_series(0, $1 - 1) g",
+    )
+    .bind(contacts)
+    .execute(pool)
+    .await
+    .expect("contacts");
+    sqlx::query(
+        "insert into interactions (id, channel, queue_id, agent_id, status, created_at, enqueued_at, conversation_key)
+         select id, channel, queue_id, agent_id, case when g % 10 = 0 then 'abandoned' else 'closed' end, ts, ts, 'c' || g from bench_contacts",
+    )
+    .execute(pool)
+    .await
+    .expect("interactions");
+    let mut tx = pool.begin().await.expect("tx");
+    sqlx::query("set local work_mem = '512MB'").execute(&mut *tx).await.expect("work_mem");
+    // Per contact: abandoned (1 in 10): enqueued, message, abandoned; otherwise enqueued,
+    // message, offered, accepted, (outbound reply for async), (hold/resume for 1 voice
+    // call in 3), wrap_up, closed. Agents: two presence changes a day (an 8-hour shift).
+    sqlx::query(
+        "insert into interaction_events (interaction_id, agent_id, queue_id, kind, data, at)
+         select interaction_id, agent_id, queue_id, kind, data, at from (
+           select c.id as interaction_id, case when v.with_agent then c.agent_id end as agent_id, c.queue_id, v.kind, v.data,
+                  c.ts + v.off * interval '1 second' as at
+             from bench_contacts c cross join lateral (values
+               ('enqueued', '{}'::jsonb, 0, false, true),
+               ('message', '{\"direction\":\"inbound\"}'::jsonb, 0, false, true),
+               ('abandoned', '{}'::jsonb, 2 + c.g % 60, false, c.g % 10 = 0),
+               ('offered', '{}'::jsonb, 1 + c.g % 5, true, c.g % 10 <> 0),
+               ('accepted', '{}'::jsonb, 6 + c.g % 40, true, c.g % 10 <> 0),
+               ('message', '{\"direction\":\"outbound\"}'::jsonb, 60 + c.g % 200, true, c.g % 10 <> 0 and c.channel <> 'voice'),
+               ('call_hold', '{}'::jsonb, 70, true, c.g % 10 <> 0 and c.channel = 'voice' and c.g % 3 = 0),
+               ('call_resumed', '{}'::jsonb, 100, true, c.g % 10 <> 0 and c.channel = 'voice' and c.g % 3 = 0),
+               ('wrap_up', '{}'::jsonb, 300 + c.g % 300, true, c.g % 10 <> 0),
+               ('closed', jsonb_build_object('disposition', (array['complaint','inquiry','suggestion','other'])[1 + c.g % 4]),
+                   330 + c.g % 300, true, c.g % 10 <> 0)
+             ) v(kind, data, off, with_agent, present)
+            where v.present
+           union all
+           select null, a.id, null, 'presence', jsonb_build_object('presence', p.presence), d + (a.n % 3) * interval '4 hours' + p.off
+             from (select id, row_number() over (order by name) as n from agents) a
+            cross join generate_series(timestamptz '2025-01-01 00:00:00+00', timestamptz '2025-12-31 00:00:00+00', interval '1 day') d
+            cross join (values ('available', interval '6 hours'), ('offline', interval '14 hours')) p(presence, off)
+         ) e order by at",
+    )
+    .execute(&mut *tx)
+    .await
+    .expect("events");
+    tx.commit().await.expect("commit");
+    let events: i64 = sqlx::query_scalar("select count(*) from interaction_events").fetch_one(pool).await.expect("count");
+    sqlx::query("analyze").execute(pool).await.expect("analyze");
+    println!("generated {events} events ({contacts} contacts, 200 agents, 20 queues, 2025) in {:.1} s", t0.elapsed().as_secs_f64());
+
+    // Rollup throughput: the worker's own batches over the whole log.
+    let t1 = Instant::now();
+    let mut gaps = rollup::Gaps::default();
+    let mut done = 0usize;
+    for _ in 0..(events / 20_000 + 100) {
+        let pass = rollup::process_batch_of(pool, zone, &mut gaps, Duration::ZERO, 20_000).await.expect("batch");
+        done += pass.events;
+        if pass.events == 0 {
+            break;
+        }
+        if done % 1_000_000 < 20_000 {
+            eprintln!("  rolled up {done} events, {:.0}/s", done as f64 / t1.elapsed().as_secs_f64());
+        }
+    }
+    let secs = t1.elapsed().as_secs_f64();
+    let facts: i64 = sqlx::query_scalar("select count(*) from report_facts").fetch_one(pool).await.expect("facts");
+    println!("rollup: {done} events in {secs:.1} s = {:.0} events/s ({facts} rollup rows)", done as f64 / secs);
+
+    // Report latency.
+    let month = (t("2025-03-01T00:00:00+01:00"), t("2025-04-01T00:00:00+02:00"), Interval::Quarter);
+    let year = (t("2025-01-01T00:00:00+01:00"), t("2026-01-01T00:00:00+01:00"), Interval::Day);
+    println!("| report | range | rows | p50 ms | p99 ms |");
+    println!("|---|---|---|---|---|");
+    for (label, (from, to, interval)) in [("month by 15 min", month), ("year by day", year)] {
+        for kind in [Kind::Queues, Kind::Agents, Kind::Channels, Kind::Dispositions, Kind::Ivr, Kind::Campaigns] {
+            for by_dimension in [false, true] {
+                let r = Request {
+                    kind,
+                    from,
+                    to,
+                    tz: zone,
+                    interval,
+                    queues: vec![],
+                    agents: vec![],
+                    channels: vec![],
+                    sl_formula: None,
+                    by_dimension,
+                };
+                let mut samples = Vec::new();
+                let mut rows = 0;
+                for _ in 0..25 {
+                    let s = Instant::now();
+                    let v = query::run(pool, zone, &r).await.expect("report");
+                    samples.push(s.elapsed().as_secs_f64() * 1000.0);
+                    rows = v["rows"].as_array().map(Vec::len).unwrap_or(0);
+                }
+                samples.sort_by(|a, b| a.total_cmp(b));
+                println!(
+                    "| {kind:?}{} | {label} | {rows} | {:.1} | {:.1} |",
+                    if by_dimension { " per dimension" } else { "" },
+                    pct(&samples, 0.5),
+                    pct(&samples, 0.99)
+                );
+            }
+        }
+    }
+}
