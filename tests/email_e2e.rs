@@ -507,10 +507,11 @@ async fn killing_the_process_holding_the_mailbox_hands_it_over_with_nothing_lost
     let mut first = serve_process(&config, &db.url());
     let holder = eventually(60, || async { owner().await }).await;
     let mut second = serve_process(&config, &db.url());
-    let batch1: Vec<String> = (0..20).map(mail).collect();
+    let batch1: Vec<String> = (0..200).map(mail).collect();
     peers.append("support", &batch1.iter().map(|m| m.as_bytes()).collect::<Vec<_>>()).await;
     eventually(60, || async { (counts().await.0 >= 1).then_some(()) }).await;
     assert_eq!(owner().await, Some(holder), "the standby never polled while the holder lived");
+    println!("imported when the holder was killed: {} of 200", counts().await.0);
 
     // SIGKILL the holder mid-import: no goodbye, its lease is left to expire.
     first.kill().unwrap();
@@ -520,20 +521,20 @@ async fn killing_the_process_holding_the_mailbox_hands_it_over_with_nothing_lost
     let took = died.elapsed();
     println!("mailbox lease takeover after SIGKILL: {} ms (lease_secs = 3)", took.as_millis());
     assert_ne!(next, holder);
-    let batch2: Vec<String> = (20..40).map(mail).collect();
+    let batch2: Vec<String> = (200..220).map(mail).collect();
     peers.append("support", &batch2.iter().map(|m| m.as_bytes()).collect::<Vec<_>>()).await;
     let done = eventually(60, || async {
         let c = counts().await;
-        (c.0 == 40).then_some(c)
+        (c.0 == 220).then_some(c)
     })
     .await;
     // Let the survivor run a few more import passes over the same folder: still nothing twice.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let after = counts().await;
     assert_eq!(after, done);
-    assert_eq!(after, (40, 40, 40, 40), "every mail once: raw rows, inbound items (distinct), interactions");
+    assert_eq!(after, (220, 220, 220, 220), "every mail once: raw rows, inbound items (distinct), interactions");
     let (seen, all) = peers.seen("support").await;
-    assert_eq!((seen, all), (40, 40), "every mail flagged after its commit");
+    assert_eq!((seen, all), (220, 220), "every mail flagged after its commit");
     let _ = second.kill();
     let _ = second.wait();
 }
