@@ -713,7 +713,16 @@ impl ChannelAdapter for EmailAdapter {
             Ok(m) => m,
             Err(e) => return Err(AdapterError::Permanent(e.to_string())),
         };
-        let transport = self.transport()?;
+        // A token command gives each message a fresh access token (and its own connection).
+        let fresh;
+        let transport = match &self.cfg.smtp.token_command {
+            Some(cmd) => {
+                let token = imap::fresh_token(cmd).await.map_err(|e| AdapterError::Temporary(format!("smtp: {e}")))?;
+                fresh = smtp::transport_with_secret(&self.cfg.smtp, &token).map_err(|e| AdapterError::Config(format!("smtp: {e}")))?;
+                &fresh
+            }
+            None => self.transport()?,
+        };
         // A server that does not answer is a plain retry: nothing was handed over.
         smtp::reachable(transport).await.map_err(|e| AdapterError::Temporary(format!("smtp: {e}")))?;
         let recipients: Vec<String> = mail.to.iter().chain(&mail.cc).cloned().collect();

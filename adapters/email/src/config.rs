@@ -178,6 +178,10 @@ pub struct SmtpConfig {
     /// A PEM file of CA certificates trusted besides the webpki roots (a private CA).
     #[serde(default)]
     pub ca_file: Option<PathBuf>,
+    /// With `auth = "xoauth2"`: a program (and arguments, no shell) printing a current
+    /// access token, run for every message sent (each then opens its own connection).
+    #[serde(default)]
+    pub token_command: Option<Vec<String>>,
     /// Most pooled connections.
     #[serde(default = "default_pool")]
     pub pool_max: u32,
@@ -302,8 +306,9 @@ impl EmailConfig {
         if self.imap.auth == ImapAuth::Xoauth2 && self.imap.password.expose_secret().is_empty() && self.imap.token_command.is_none() {
             errs.push("imap.auth = \"xoauth2\" needs the access token in imap.password or an imap.token_command".to_string());
         }
-        if self.imap.token_command.as_ref().is_some_and(|c| c.is_empty()) {
-            errs.push("imap.token_command must name a program".to_string());
+        if self.imap.token_command.as_ref().is_some_and(|c| c.is_empty()) || self.smtp.token_command.as_ref().is_some_and(|c| c.is_empty())
+        {
+            errs.push("imap.token_command and smtp.token_command must name a program".to_string());
         }
         if self.smtp.pool_max == 0 || self.smtp.timeout_secs == 0 {
             errs.push("smtp.pool_max and smtp.timeout_secs must be positive".to_string());

@@ -118,23 +118,24 @@ async fn with_timeout<T>(secs: u64, f: impl std::future::Future<Output = Result<
     tokio::time::timeout(Duration::from_secs(secs), f).await.map_err(|_| ImapError::Timeout)?
 }
 
-/// Runs the token command and returns what it printed (trimmed): a current access token.
-async fn fresh_token(cmd: &[String]) -> Result<String, String> {
-    let (program, args) = cmd.split_first().ok_or("imap.token_command is empty")?;
+/// Runs a token command (`imap.token_command`, `smtp.token_command`) and returns what it
+/// printed (trimmed): a current access token.
+pub async fn fresh_token(cmd: &[String]) -> Result<String, String> {
+    let (program, args) = cmd.split_first().ok_or("token_command is empty")?;
     let out = tokio::process::Command::new(program)
         .args(args)
         .stdin(std::process::Stdio::null())
         .kill_on_drop(true)
         .output()
         .await
-        .map_err(|e| format!("imap.token_command {program}: {e}"))?;
+        .map_err(|e| format!("token_command {program}: {e}"))?;
     if !out.status.success() {
-        return Err(format!("imap.token_command {program} exited with {}", out.status));
+        return Err(format!("token_command {program} exited with {}", out.status));
     }
-    let token = String::from_utf8(out.stdout).map_err(|_| format!("imap.token_command {program} printed no UTF-8"))?;
+    let token = String::from_utf8(out.stdout).map_err(|_| format!("token_command {program} printed no UTF-8"))?;
     let token = token.trim();
     if token.is_empty() || token.contains(char::is_whitespace) {
-        return Err(format!("imap.token_command {program} printed no single token"));
+        return Err(format!("token_command {program} printed no single token"));
     }
     Ok(token.to_string())
 }

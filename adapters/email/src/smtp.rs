@@ -14,6 +14,11 @@ pub type SmtpTransport = AsyncSmtpTransport<Tokio1Executor>;
 
 /// Builds the transport (no connection is made until the first send).
 pub fn transport(cfg: &SmtpConfig) -> Result<SmtpTransport, String> {
+    transport_with_secret(cfg, cfg.password.expose_secret())
+}
+
+/// [`transport`] with another password or access token (from `smtp.token_command`).
+pub fn transport_with_secret(cfg: &SmtpConfig, secret: &str) -> Result<SmtpTransport, String> {
     let tls = |host: &str| {
         let mut b = TlsParameters::builder(host.to_string());
         if let Some(path) = &cfg.ca_file {
@@ -28,7 +33,7 @@ pub fn transport(cfg: &SmtpConfig) -> Result<SmtpTransport, String> {
         Security::Plain => Tls::None,
     });
     if let Some(user) = &cfg.username {
-        b = b.credentials(Credentials::new(user.clone(), cfg.password.expose_secret().to_string()));
+        b = b.credentials(Credentials::new(user.clone(), secret.to_string()));
         if cfg.auth == ImapAuth::Xoauth2 {
             b = b.authentication(vec![Mechanism::Xoauth2]);
         }

@@ -120,4 +120,14 @@ async fn smtp_xoauth2_sends_with_the_bearer_token() {
     ok.deliver(&msg(2)).await.unwrap();
     assert_eq!(peers.received("sink-oauth").len(), 1);
     let _ = stop.send(true);
+    // The token from a command, fresh for each message.
+    let table = format!(
+        "{}token_command = [\"echo\", \"ya29.test-token\"]\n",
+        smtp_table(port, "starttls", Some(&ca), "support@shop.test", "", "xoauth2")
+    );
+    let (cmd, stop) = adapter(&hub, &peers, "oauth-cmd", &table).await;
+    cmd.deliver(&msg(3)).await.unwrap();
+    cmd.deliver(&msg(4)).await.unwrap();
+    assert_eq!(peers.received("sink-oauth").len(), 3);
+    let _ = stop.send(true);
 }
