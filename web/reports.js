@@ -148,8 +148,20 @@ function run({ main }) {
           h('td', null, h('button', { type: 'button', class: 'play', onclick: () => play(r) }, 'Play')))))));
   }
 
-  function play(r) {
-    const audio = h('audio', { controls: '', preload: 'auto', id: 'recording-audio', src: r.recording_url });
+  let objectUrl = null;
+  async function play(r) {
+    // The recording is fetched whole and played from memory: the seek bar then works
+    // whether or not the server answers HTTP range requests.
+    try {
+      const res = await fetch(r.recording_url, { credentials: 'same-origin' });
+      if (!res.ok) throw new Error(`recording: ${res.status}`);
+      if (objectUrl) URL.revokeObjectURL(objectUrl);
+      objectUrl = URL.createObjectURL(await res.blob());
+    } catch (e) {
+      showError(e, 'Cannot play the recording');
+      return;
+    }
+    const audio = h('audio', { controls: '', preload: 'auto', id: 'recording-audio', src: objectUrl });
     replace(player, h('section', { class: 'card', 'aria-label': 'Recording' },
       h('h2', null, `Recording ${r.date} — ${r.agent || ''}`), audio));
     audio.play().catch(() => {});

@@ -222,7 +222,12 @@ fn csv_response(name: &str, body: Body) -> Response {
 
 /// Turns report rows into CSV text (every column that occurs, in first-seen order).
 pub fn rows_to_csv(rows: &[Value]) -> String {
-    let mut cols: Vec<String> = Vec::new();
+    // Labels first, then the figures (alphabetical, as the JSON objects keep them).
+    let mut cols: Vec<String> = ["start", "end", "queue", "agent", "channel", "dimension", "choice", "campaign"]
+        .iter()
+        .filter(|c| rows.iter().any(|r| r.get(**c).is_some()))
+        .map(|c| c.to_string())
+        .collect();
     for r in rows {
         if let Some(o) = r.as_object() {
             for k in o.keys() {
