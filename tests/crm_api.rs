@@ -547,3 +547,33 @@ async fn csv_export_holds_every_phone_and_email_and_imports_back() {
     assert_eq!(count(&th, &format!("select count(*) from customer_identities where customer_id = '{id}'")).await, 5);
     th.stop().await;
 }
+
+/// With `crm.default_region = "DE"`: a German mobile written nationally and a Chinese one
+/// written internationally are stored in E.164 with every digit (`+4915177777777` once lost
+/// its `1`, `+86` mobiles were refused); the same numbers written any other way — and an
+/// SMS from them — find the same customers.
+#[tokio::test]
+async fn international_numbers_keep_their_digits_and_match_existing_customers() {
+    let th = spawn_hub_with(|s| s.crm = Some(toml::from_str("default_region = \"DE\"").expect("toml"))).await;
+    let agent = user(&th, "alice", &[Role::Agent], Some(json!({}))).await;
+    let mut ids = Vec::new();
+    for (name, raw, want) in [("Jonas", "0151 77777777", "+4915177777777"), ("Li Wei", "+86 138 1234 5678", "+8613812345678")] {
+        let (st, c) = agent
+            .call("POST", "/api/v1/customers", Some(json!({ "name": name, "identities": [{ "kind": "phone", "address": raw }] })))
+            .await;
+        assert_eq!(st, StatusCode::CREATED, "{c}");
+        assert_eq!(c["identities"][0]["address"], want, "{raw}");
+        ids.push(c["id"].clone());
+    }
+    // The same numbers in other spellings are the same identities.
+    for (raw, k) in [("+49 151 77777777", 0), ("0049 (0)151-7777-7777", 0), ("+4915177777777", 0), ("0086 13812345678", 1)] {
+        let (st, p) = agent
+            .call("POST", "/api/v1/customers", Some(json!({ "name": "Dup", "identities": [{ "kind": "phone", "address": raw }] })))
+            .await;
+        assert_eq!(st, StatusCode::CONFLICT, "{raw}: {p}");
+        let (st, r) = agent.call("GET", &format!("/api/v1/customers?q={}", raw.replace('+', "%2B").replace(' ', "%20")), None).await;
+        assert_eq!(st, StatusCode::OK, "{r}");
+        assert_eq!(r["items"][0]["id"], ids[k], "{raw}: {r}");
+    }
+    th.stop().await;
+}

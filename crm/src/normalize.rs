@@ -131,7 +131,9 @@ pub fn phone(raw: &str, region: Region) -> Result<String, NormalizeError> {
     if plus {
         return international(raw, body);
     }
-    if let Some(rest) = digits.strip_prefix("00") {
+    if let Some(rest) = body.trim_start().strip_prefix("00") {
+        // The text, not just its digits: `0049 (0)151…` keeps its bracketed hint for
+        // `international` to drop.
         return international(raw, rest);
     }
     // The region's own international prefix (011 in the NANP, 00 almost everywhere else).
@@ -379,6 +381,7 @@ mod tests {
         ("0049 151 77777777", "GB", "+4915177777777"),
         ("0151 77777777", "DE", "+4915177777777"),
         ("+49 (0)151 77777777", "US", "+4915177777777"),
+        ("0049 (0)151-7777-7777", "DE", "+4915177777777"),
         ("030 1234567", "DE", "+49301234567"),
         ("+49 30 1234567", "CN", "+49301234567"),
         // China: mobile 138…, Beijing 010…
