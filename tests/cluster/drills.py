@@ -19,6 +19,7 @@ an invariant failed. Bounded: every wait has a deadline.
 import argparse
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -146,6 +147,56 @@ class Load:
         return None
 
 
+def node_id_of(i):
+    return psql(f"select node_id from cluster_nodes where internal_url = '{NODES[i]}' order by heartbeat_at desc limit 1")
+
+
+def calls_on(i):
+    node = node_id_of(i)
+    rows = psql(f"select interaction_id from call_owners where node_id = '{node}'")
+    return [r for r in rows.splitlines() if r]
+
+
+def calls_ended_with_reason(ids, limit=30):
+    """How many of `ids` got a call_ended event with reason node_lost and left the queue."""
+    if not ids:
+        return 0
+    lst = ",".join(f"'{i}'" for i in ids)
+    deadline = time.time() + limit
+    n = 0
+    while time.time() < deadline:
+        n = int(psql(f"select count(distinct i.id) from interactions i join interaction_events e on e.interaction_id = i.id "
+                     f"where i.id in ({lst}) and e.kind = 'call_ended' and e.data->>'reason' = 'node_lost' "
+                     f"and i.status in ('abandoned', 'wrap_up', 'closed')"))
+        if n == len(ids):
+            break
+        time.sleep(0.5)
+    return n
+
+
+class SipLoad:
+    """SIPp callers through Kamailio: 1 new call/s, each 20 s long (they wait in the queue)."""
+
+    def __init__(self):
+        self.proc = None
+
+    def start(self):
+        if not shutil.which("sipp"):
+            print("no sipp: SIP load skipped", flush=True)
+            return
+        self.proc = subprocess.Popen(["sipp", "-sn", "uac", "-s", "100", "-i", "127.0.0.1", "-p", "25100", "-r", "1", "-l", "40",
+                                      "-d", "20000", "-m", "100000", "-nostdin", "127.0.0.1:15060"],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd="/tmp")
+
+    def stop(self):
+        if self.proc is not None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+
 def check_messages(load):
     with load.lock:
         acked = set(load.acked)
@@ -187,6 +238,8 @@ def main():
             sys.exit(f"node{i} is not ready: run scripts/cluster.sh up first")
     load = Load(args.visitors)
     load.start()
+    sip = SipLoad()
+    sip.start()
     time.sleep(args.warmup)
     results = []
     failed = False
@@ -212,16 +265,24 @@ def main():
     # 1. kill -9 a node that is not the leader.
     lead = leader_index()
     victim = next(i for i in range(3) if i != lead)
+    live = calls_on(victim)
     t0 = time.time()
     os.kill(node_pid(victim), signal.SIGKILL)
-    record(f"kill -9 node{victim} (not leader)", t0)
+    lead_back = wait_leader(t0)
+    ended = calls_ended_with_reason(live)
+    failed |= ended != len(live)
+    record(f"kill -9 node{victim} (not leader)", t0, f"calls on it: {len(live)}, ended node_lost: {ended}", lead=lead_back)
     restart_node(victim)
 
     # 2. kill -9 the leader.
     lead = leader_index()
+    live = calls_on(lead)
     t0 = time.time()
     os.kill(node_pid(lead), signal.SIGKILL)
-    record(f"kill -9 node{lead} (router leader)", t0)
+    lead_back = wait_leader(t0)
+    ended = calls_ended_with_reason(live)
+    failed |= ended != len(live)
+    record(f"kill -9 node{lead} (router leader)", t0, f"calls on it: {len(live)}, ended node_lost: {ended}", lead=lead_back)
     restart_node(lead)
 
     # 3. SIGSTOP the router leader (which may also hold the sweeper lease), then SIGCONT.
@@ -253,12 +314,13 @@ def main():
     record("PostgreSQL primary killed, replica promoted", t0)
 
     load.stop.set()
-    print("\n| drill | acked | lost | twice | last failed request (s after fault) | router leader (s) | ok |")
-    print("|---|---|---|---|---|---|---|")
+    sip.stop()
+    print("\n| drill | acked | lost | twice | last failed request (s after fault) | router leader (s) | ok | notes |")
+    print("|---|---|---|---|---|---|---|---|")
     for name, acked, lost, twice, flow, lead, extra, ok in results:
         f = "-" if flow is None else f"{flow:.2f}"
         ld = "-" if lead is None else f"{lead:.2f}"
-        print(f"| {name} | {acked} | {lost} | {twice} | {f} | {ld} | {'yes' if ok else 'NO'} |")
+        print(f"| {name} | {acked} | {lost} | {twice} | {f} | {ld} | {'yes' if ok else 'NO'} | {extra} |")
     sys.exit(1 if failed else 0)
 
 
