@@ -708,21 +708,42 @@ async fn bench_submit_throughput_and_inbound_ingest() {
             short_message: b"benchmark message".to_vec(),
             ..Default::default()
         };
+        // `window` senders, each submitting one after another: the window is kept full and
+        // each submit's time is its own submit_sm → submit_sm_resp (no queueing for a slot).
         let started = std::time::Instant::now();
         let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
         let mut tasks = tokio::task::JoinSet::new();
-        for _ in 0..n {
+        let senders = window as usize;
+        for k in 0..senders {
             let (s, sm) = (session.clone(), sm.clone());
-            tasks.spawn(async move { s.submit(&sm, deadline).await });
+            let mine = n / senders + usize::from(k < n % senders);
+            tasks.spawn(async move {
+                let mut out = Vec::with_capacity(mine);
+                for _ in 0..mine {
+                    let t = std::time::Instant::now();
+                    let accepted = matches!(s.submit(&sm, deadline).await, SubmitOutcome::Accepted(_));
+                    out.push((accepted, t.elapsed()));
+                }
+                out
+            });
         }
+        let mut latencies = Vec::with_capacity(n);
         let mut accepted = 0;
         while let Some(r) = tasks.join_next().await {
-            if matches!(r.unwrap(), SubmitOutcome::Accepted(_)) {
-                accepted += 1;
+            for (ok, took) in r.unwrap() {
+                accepted += usize::from(ok);
+                latencies.push(took);
             }
         }
         let secs = started.elapsed().as_secs_f64();
-        println!("BENCH submit_sm window {window:>2}: {n} in {secs:.2} s = {:.0}/s", n as f64 / secs);
+        latencies.sort();
+        let pct = |p: f64| latencies[((latencies.len() as f64 * p).ceil() as usize).clamp(1, latencies.len()) - 1];
+        println!(
+            "BENCH submit_sm window {window:>2}: {n} in {secs:.2} s = {:.0}/s; submit->resp p50 {:.2} ms, p99 {:.2} ms",
+            n as f64 / secs,
+            pct(0.50).as_secs_f64() * 1000.0,
+            pct(0.99).as_secs_f64() * 1000.0
+        );
         assert_eq!(accepted, n, "every submit accepted");
         let _ = stop_tx.send(true);
         runner.await.unwrap();
