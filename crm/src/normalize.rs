@@ -153,13 +153,7 @@ fn international(raw: &str, body: &str) -> Result<String, NormalizeError> {
     // the number. Only an explicit `(0)` is dropped.
     let cleaned = body.replacen("(0)", "", 1);
     let digits: String = cleaned.chars().filter(char::is_ascii_digit).collect();
-    let (code, nsn) = (1..=3)
-        .filter(|&n| n < digits.len())
-        .find_map(|n| {
-            let code: u16 = digits[..n].parse().ok()?;
-            phonenumber::metadata::DATABASE.region(&code).map(|_| (code, &digits[n..]))
-        })
-        .ok_or_else(|| NormalizeError::PhoneUnparsable(raw.to_string()))?;
+    let (code, nsn) = split_calling_code(&digits).ok_or_else(|| NormalizeError::PhoneUnparsable(raw.to_string()))?;
     if !(2..=17).contains(&nsn.len()) {
         return Err(NormalizeError::PhoneUnparsable(raw.to_string()));
     }
@@ -167,6 +161,37 @@ fn international(raw: &str, body: &str) -> Result<String, NormalizeError> {
         return Err(NormalizeError::PhoneInvalid(raw.to_string()));
     }
     Ok(format!("+{code}{nsn}"))
+}
+
+/// Splits international digits (no `+`) into the country calling code (1–3 digits, the
+/// first prefix libphonenumber's metadata knows) and the national significant number.
+fn split_calling_code(digits: &str) -> Option<(u16, &str)> {
+    (1..=3).filter(|&n| n < digits.len()).find_map(|n| {
+        let code: u16 = digits[..n].parse().ok()?;
+        phonenumber::metadata::DATABASE.region(&code).map(|_| (code, &digits[n..]))
+    })
+}
+
+/// Whether a normalized E.164 number (`+<digits>`, as [`phone`] returns it) is a mobile
+/// number: its NSN is valid for a region of its calling code and matches that region's
+/// mobile pattern (in the NANP, where fixed and mobile numbers share patterns, both count).
+/// Read with the same calling-code split as [`phone`], so no trunk prefix is ever stripped.
+pub fn is_mobile(e164: &str) -> bool {
+    let Some(digits) = e164.strip_prefix('+') else {
+        return false;
+    };
+    if !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return false;
+    }
+    let Some((code, nsn)) = split_calling_code(digits) else {
+        return false;
+    };
+    phonenumber::metadata::DATABASE.by_code(&code).is_some_and(|metas| {
+        metas.into_iter().any(|m| {
+            let d = m.descriptors();
+            full_match(d.general(), nsn) && d.mobile().is_some_and(|t| full_match(t, nsn))
+        })
+    })
 }
 
 /// Reads national-format digits with the default region: the trunk prefix (and a carrier

@@ -51,11 +51,7 @@ struct AppointmentNow {
 /// Whether a number can take an SMS: a valid number of a mobile (or, where the plan cannot
 /// tell, fixed-or-mobile) range.
 pub fn is_mobile(e164: &str) -> bool {
-    use phonenumber::Type;
-    match phonenumber::parse(None, e164) {
-        Ok(n) => n.is_valid() && matches!(n.number_type(&phonenumber::metadata::DATABASE), Type::Mobile | Type::FixedLineOrMobile),
-        Err(_) => false,
-    }
+    crate::normalize::is_mobile(e164)
 }
 
 enum Decision {
@@ -375,5 +371,11 @@ mod tests {
         assert!(!super::is_mobile("+493012345678"), "a Berlin landline");
         assert!(super::is_mobile("+12015550123"), "US: fixed-or-mobile");
         assert!(!super::is_mobile("+99"));
+        assert!(super::is_mobile("+8613812345678"), "a Chinese mobile");
+        assert!(super::is_mobile("+79161234567"), "a Moscow mobile");
+        // Read with the calling-code split of normalize::phone: the leading 8 of a Russian
+        // toll-free number is part of the NSN, not a trunk prefix to strip.
+        assert!(!super::is_mobile("+78001234567"), "a Russian toll-free number");
+        assert!(!super::is_mobile("4915112345678"), "not E.164");
     }
 }
