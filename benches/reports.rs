@@ -119,7 +119,10 @@ async fn main() {
     let secs = t1.elapsed().as_secs_f64();
     let facts: i64 = sqlx::query_scalar("select count(*) from report_facts").fetch_one(pool).await.expect("facts");
     let covered: Option<DateTime<Utc>> =
-        sqlx::query_scalar("select max(at) from interaction_events where id <= (select watermark from report_progress)").fetch_one(pool).await.expect("covered");
+        sqlx::query_scalar("select max(at) from interaction_events where id <= (select watermark from report_progress)")
+            .fetch_one(pool)
+            .await
+            .expect("covered");
     println!("rolled up through {covered:?}");
     println!("rollup: {done} events in {secs:.1} s = {:.0} events/s ({facts} rollup rows)", done as f64 / secs);
 
