@@ -34,8 +34,8 @@ fn concrete(path: &str, own_agent: Option<uuid::Uuid>) -> String {
 }
 
 async fn check_route(r: &RouteDoc, who: &str, c: &Client, roles: Option<&[Role]>) {
-    if r.path == "/api/v1/stream" || r.path == "/api/v1/auth/logout" {
-        return; // covered below (WebSocket) and would end the session
+    if r.path == "/api/v1/auth/logout" {
+        return; // would end the session; covered elsewhere
     }
     let body = matches!(r.method, "POST" | "PUT" | "PATCH").then(|| json!({}));
     let (st, b) = c.call(r.method, &concrete(r.path, c.agent_id), body).await;

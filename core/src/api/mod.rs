@@ -196,6 +196,12 @@ pub struct Paged<T> {
 }
 
 /// Deserializes a field that may be absent (None), null (Some(None)) or set.
+/// A WebSocket endpoint asked without the upgrade handshake: a problem answer naming what
+/// is missing (axum's own rejection is plain text).
+pub(crate) fn not_a_websocket(e: axum::extract::ws::rejection::WebSocketUpgradeRejection) -> crate::error::CoreError {
+    crate::error::CoreError::Invalid(format!("this is a WebSocket endpoint; open it with a WebSocket handshake ({e})"))
+}
+
 pub fn double_option<'de, T: Deserialize<'de>, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<T>>, D::Error> {
     Option::<T>::deserialize(d).map(Some)
 }

@@ -15,6 +15,7 @@ use crate::reports::query::{self, Kind, SlFormula};
 use crate::reports::wallboard::Wallboard;
 use crate::reports::ReportSettings;
 use axum::body::Body;
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::State;
 use axum::http::header;
@@ -474,9 +475,14 @@ async fn wallboard(Extension(ctx): Extension<Arc<ReportsCtx>>, caller: Caller) -
     Ok(Json(ctx.board.snapshot()))
 }
 
-async fn wallboard_stream(Extension(ctx): Extension<Arc<ReportsCtx>>, caller: Caller, ws: WebSocketUpgrade) -> CoreResult<Response> {
+async fn wallboard_stream(
+    Extension(ctx): Extension<Arc<ReportsCtx>>,
+    caller: Caller,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> CoreResult<Response> {
     caller.require(SUPERVISORS)?;
     let _ = &ctx.settings;
+    let ws = ws.map_err(super::not_a_websocket)?;
     Ok(ws.max_message_size(16 * 1024).on_upgrade(move |socket| serve_wallboard(ctx.board.clone(), socket)))
 }
 

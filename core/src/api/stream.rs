@@ -25,7 +25,13 @@ pub(super) fn router() -> Router<Hub> {
     Router::new().route("/api/v1/stream", get(upgrade))
 }
 
-async fn upgrade(State(hub): State<Hub>, caller: Caller, headers: HeaderMap, ws: WebSocketUpgrade) -> CoreResult<Response> {
+async fn upgrade(
+    State(hub): State<Hub>,
+    caller: Caller,
+    headers: HeaderMap,
+    ws: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
+) -> CoreResult<Response> {
+    let ws = ws.map_err(super::not_a_websocket)?;
     // Browsers send cookies on cross-site WebSocket handshakes: refuse foreign origins.
     if caller.via == AuthVia::Session {
         if let (Some(origin), Some(host)) =
