@@ -5,7 +5,8 @@
 //! asserts nothing about time. Bounded: a fixed number of contacts, batches and queries.
 //!
 //! `cargo bench --bench reports` (REPORTS_BENCH_CONTACTS=1650000 by default;
-//! REPORTS_BENCH_ROLLUP_SECS caps the rollup phase).
+//! REPORTS_BENCH_ROLLUP_SECS caps the rollup phase; REPORTS_BENCH_NO_CONVERSATION_INDEX=1
+//! measures the rollup without the index of migration 20261204200001).
 
 use chrono::{DateTime, Utc};
 use std::time::{Duration, Instant};
@@ -95,6 +96,13 @@ async fn main() {
     let events: i64 = sqlx::query_scalar("select count(*) from interaction_events").fetch_one(pool).await.expect("count");
     sqlx::query("analyze").execute(pool).await.expect("analyze");
     println!("generated {events} events ({contacts} contacts, 200 agents, 20 queues, 2025) in {:.1} s", t0.elapsed().as_secs_f64());
+
+    // REPORTS_BENCH_NO_CONVERSATION_INDEX=1 drops the index of migration
+    // 20261204200001 first: the rollup as it ran before that index (the "before" figure).
+    if std::env::var("REPORTS_BENCH_NO_CONVERSATION_INDEX").is_ok_and(|v| v == "1") {
+        sqlx::query("drop index interactions_conversation").execute(pool).await.expect("drop index");
+        println!("without interactions_conversation (before migration 20261204200001)");
+    }
 
     // Rollup throughput: the worker's own batches over the whole log.
     let t1 = Instant::now();
