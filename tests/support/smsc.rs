@@ -1,6 +1,6 @@
 //! The scripted SMSC of `tests/sms/smsc.mjs` (npm `smpp`'s server) driven from a test:
 //! commands on stdin, one JSON event per line on stdout. Used by the campaign tests
-//! (`#[path]`-included so the shared support module stays as it is).
+//! and the SMS e2e tests (`#[path]`-included so the shared support module stays as it is).
 #![allow(dead_code)]
 
 use serde_json::{json, Value};
