@@ -97,6 +97,13 @@ async function tabTo(page, selector, { back = false, max = 80 } = {}) {
 test('an agent works a chat with the keyboard alone: sign in, presence, accept, reply, close', { skip }, async () => {
   const { hub, chrome } = await env.get();
   const sup = await apiClient(hub.url, DEMO.sam);
+  // Start from a clean slate: the audit above left alice a conversation and offered her the
+  // widget's chat; with her chat slots taken the offer below would wait (this was a flake).
+  const alice = await apiClient(hub.url, DEMO.alice);
+  for (const i of (await sup.get('/api/v1/interactions?status=queued,offered,active,wrap_up&limit=200')).items) {
+    if (i.status === 'queued' || i.status === 'offered') await sup.post(`/api/v1/interactions/${i.id}/abandon`);
+    else if (i.agent_id === alice.agentId) await alice.post(`/api/v1/interactions/${i.id}/close`, { disposition: 'other' });
+  }
   const ctx = await chrome.newContext({ reducedMotion: 'reduce' });
   const page = await ctx.newPage();
   const errors = watchErrors(page);
