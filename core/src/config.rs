@@ -238,6 +238,10 @@ pub struct OutboxSettings {
     /// a crash; the channel then decides (SMS: a submit that may have gone is `unknown`).
     #[serde(default = "default_sending_lease")]
     pub sending_lease_secs: u64,
+    /// Rows one delivery loop claims at once (delivered concurrently, outcomes recorded in
+    /// one transaction).
+    #[serde(default = "default_claim_batch")]
+    pub claim_batch: usize,
 }
 
 fn default_outbox_poll() -> u64 {
@@ -255,6 +259,9 @@ fn default_outbox_workers() -> usize {
 fn default_sending_lease() -> u64 {
     300
 }
+fn default_claim_batch() -> usize {
+    64
+}
 
 impl Default for OutboxSettings {
     fn default() -> Self {
@@ -264,6 +271,7 @@ impl Default for OutboxSettings {
             backoff_ms: default_backoff(),
             workers: default_outbox_workers(),
             sending_lease_secs: default_sending_lease(),
+            claim_batch: default_claim_batch(),
         }
     }
 }
@@ -283,6 +291,8 @@ pub struct CoreSettings {
     pub outbox: OutboxSettings,
     /// Cluster membership and call ownership.
     pub cluster: crate::cluster::ClusterSettings,
+    /// Where recordings and attachments are stored.
+    pub files: crate::files::FilesSettings,
 }
 
 /// A configuration problem: the key path and the reason.

@@ -8,6 +8,7 @@ use crate::domain::Channel;
 use crate::error::CoreResult;
 use crate::hub::Hub;
 use sqlx::PgConnection;
+use std::collections::HashMap;
 use std::time::Duration;
 use uuid::Uuid;
 
@@ -64,6 +65,7 @@ struct Row {
     subject: Option<String>,
     body: String,
     metadata: serde_json::Value,
+    /// Attempts including this one (the claim counted it).
     attempts: i32,
     max_attempts: i32,
 }
@@ -75,103 +77,186 @@ pub fn backoff(base_ms: u64, attempts: i32) -> Duration {
 }
 
 /// Claims and delivers due rows until none are due. Returns how many were attempted.
+///
+/// Rows go in batches: one statement claims up to `claim_batch` rows and marks them
+/// `sending` (one commit), the batch is delivered concurrently — rows of one conversation
+/// (or one recipient) in their order, one after the other — and every outcome of the batch
+/// is recorded in one transaction. A commit is the scarce resource (this is what one disk
+/// flush buys), so a batch costs two of them instead of two per message.
 pub async fn deliver_due(hub: &Hub, s: &OutboxSettings) -> CoreResult<usize> {
     let mut done = 0;
     loop {
-        // Claim one row; SKIP LOCKED lets several nodes work the outbox at once. A row
-        // stuck in `sending` (node died mid-send) becomes due again after its lease.
-        let mut tx = hub.db().begin().await?;
-        let row: Option<Row> = sqlx::query_as(
-            "select id, idempotency_key, channel, interaction_id, recipient, subject, body, metadata, attempts, max_attempts
-             from outbox where status in ('pending','sending') and next_attempt_at <= now()
-             order by next_attempt_at limit 1 for update skip locked",
-        )
-        .fetch_optional(&mut *tx)
-        .await?;
-        let Some(row) = row else { return Ok(done) };
-        sqlx::query(
-            "update outbox set status = 'sending', attempts = attempts + 1, next_attempt_at = now() + make_interval(secs => $2) where id = $1",
-        )
-        .bind(row.id)
-        .bind(s.sending_lease_secs as f64)
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        done += 1;
-        let attempt = row.attempts + 1;
-        let channel: Channel = match row.channel.parse() {
-            Ok(c) => c,
-            Err(e) => {
-                finish(hub, &row, Err(AdapterError::Permanent(e)), attempt, s).await?;
-                continue;
-            }
-        };
-        let adapter_name = row.metadata.get("adapter").and_then(|v| v.as_str()).map(str::to_string);
-        let result = match hub.adapter_for(channel, adapter_name.as_deref()) {
-            None => Err(AdapterError::Temporary(format!("no {channel} adapter is running"))),
-            Some(a) => {
-                let msg = Outbound {
-                    id: row.id,
-                    idempotency_key: row.idempotency_key.clone(),
-                    channel,
-                    interaction_id: row.interaction_id,
-                    recipient: row.recipient.clone(),
-                    subject: row.subject.clone(),
-                    body: row.body.clone(),
-                    metadata: row.metadata.clone(),
-                    attempt,
-                };
-                match tokio::time::timeout(Duration::from_secs(60), a.deliver(&msg)).await {
-                    Ok(r) => r,
-                    Err(_) => Err(AdapterError::Temporary("delivery timed out after 60 s".into())),
+        let rows = claim(hub, s).await?;
+        if rows.is_empty() {
+            return Ok(done);
+        }
+        done += rows.len();
+        let mut lanes: Vec<Vec<Row>> = Vec::new();
+        let mut lane_of: HashMap<String, usize> = HashMap::new();
+        for row in rows {
+            let key = match row.interaction_id {
+                Some(i) => i.to_string(),
+                None => format!("{}:{}", row.channel, row.recipient),
+            };
+            match lane_of.get(&key) {
+                Some(&l) => lanes[l].push(row),
+                None => {
+                    lane_of.insert(key, lanes.len());
+                    lanes.push(vec![row]);
                 }
             }
-        };
-        finish(hub, &row, result.map(|r| r.provider_id), attempt, s).await?;
+        }
+        let outcomes: Vec<(Row, Result<Option<String>, AdapterError>)> =
+            futures::future::join_all(lanes.into_iter().map(|lane| async move {
+                let mut out = Vec::with_capacity(lane.len());
+                for row in lane {
+                    let result = deliver_one(hub, &row).await;
+                    out.push((row, result));
+                }
+                out
+            }))
+            .await
+            .into_iter()
+            .flatten()
+            .collect();
+        record(hub, s, outcomes).await?;
     }
 }
 
-async fn finish(hub: &Hub, row: &Row, result: Result<Option<String>, AdapterError>, attempt: i32, s: &OutboxSettings) -> CoreResult<()> {
-    let mut tx = hub.db().begin().await?;
-    let max = row.max_attempts.min(s.max_attempts);
-    let (kind, data) = match result {
-        Ok(provider_id) => {
-            sqlx::query("update outbox set status = 'sent', sent_at = now(), provider_id = $2, last_error = null where id = $1")
-                .bind(row.id)
-                .bind(&provider_id)
-                .execute(&mut *tx)
-                .await?;
-            hub.metrics().inc_outbox("sent");
-            ("delivered", serde_json::json!({ "outbox_id": row.id, "provider_id": provider_id }))
-        }
-        Err(e) => {
-            let permanent = matches!(e, AdapterError::Permanent(_) | AdapterError::Config(_));
-            if permanent || attempt >= max {
-                sqlx::query("update outbox set status = 'failed', last_error = $2 where id = $1")
-                    .bind(row.id)
-                    .bind(e.to_string())
-                    .execute(&mut *tx)
-                    .await?;
+/// Claims up to `claim_batch` due rows and marks them `sending` in one statement; SKIP
+/// LOCKED lets several loops and nodes work the outbox at once. A row stuck in `sending`
+/// (its node died mid-send) becomes due again when its lease runs out; the channel then
+/// decides whether it may send again (SMS: a submit that may have gone is `unknown`).
+async fn claim(hub: &Hub, s: &OutboxSettings) -> CoreResult<Vec<Row>> {
+    Ok(sqlx::query_as(
+        "with due as (
+             select id from outbox where status in ('pending','sending') and next_attempt_at <= now()
+              order by next_attempt_at, created_at limit $1 for update skip locked),
+         claimed as (
+             update outbox o set status = 'sending', attempts = o.attempts + 1, next_attempt_at = now() + make_interval(secs => $2)
+               from due where o.id = due.id
+             returning o.id, o.idempotency_key, o.channel, o.interaction_id, o.recipient, o.subject, o.body, o.metadata,
+                       o.attempts, o.max_attempts, o.created_at)
+         -- A conversation's rows are delivered in the order they were written.
+         select id, idempotency_key, channel, interaction_id, recipient, subject, body, metadata, attempts, max_attempts
+           from claimed order by created_at, id",
+    )
+    .bind(s.claim_batch.max(1) as i64)
+    .bind(s.sending_lease_secs as f64)
+    .fetch_all(hub.db())
+    .await?)
+}
+
+async fn deliver_one(hub: &Hub, row: &Row) -> Result<Option<String>, AdapterError> {
+    let channel: Channel = row.channel.parse().map_err(AdapterError::Permanent)?;
+    let adapter_name = row.metadata.get("adapter").and_then(|v| v.as_str());
+    let Some(a) = hub.adapter_for(channel, adapter_name) else {
+        return Err(AdapterError::Temporary(format!("no {channel} adapter is running")));
+    };
+    let msg = Outbound {
+        id: row.id,
+        idempotency_key: row.idempotency_key.clone(),
+        channel,
+        interaction_id: row.interaction_id,
+        recipient: row.recipient.clone(),
+        subject: row.subject.clone(),
+        body: row.body.clone(),
+        metadata: row.metadata.clone(),
+        attempt: row.attempts,
+    };
+    match tokio::time::timeout(Duration::from_secs(60), a.deliver(&msg)).await {
+        Ok(r) => r.map(|r| r.provider_id),
+        Err(_) => Err(AdapterError::Temporary("delivery timed out after 60 s".into())),
+    }
+}
+
+/// Records a batch's outcomes in one transaction: sent, failed for good, or due again
+/// after a backoff. An outcome only lands on the attempt that produced it (a row taken
+/// over by another node after its lease ran out is that node's to record).
+async fn record(hub: &Hub, s: &OutboxSettings, outcomes: Vec<(Row, Result<Option<String>, AdapterError>)>) -> CoreResult<()> {
+    let (mut sent_ids, mut sent_attempts, mut sent_provider) = (Vec::new(), Vec::new(), Vec::<Option<String>>::new());
+    let (mut failed_ids, mut failed_attempts, mut failed_errors) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut retry_ids, mut retry_attempts, mut retry_errors, mut retry_delays) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut events = Vec::new();
+    for (row, result) in &outcomes {
+        let max = row.max_attempts.min(s.max_attempts);
+        match result {
+            Ok(provider_id) => {
+                sent_ids.push(row.id);
+                sent_attempts.push(row.attempts);
+                sent_provider.push(provider_id.clone());
+                hub.metrics().inc_outbox("sent");
+                if let Some(iid) = row.interaction_id {
+                    events.push(
+                        NewEvent::interaction("delivered", iid)
+                            .with_data(serde_json::json!({ "outbox_id": row.id, "provider_id": provider_id })),
+                    );
+                }
+            }
+            Err(e) if matches!(e, AdapterError::Permanent(_) | AdapterError::Config(_)) || row.attempts >= max => {
+                failed_ids.push(row.id);
+                failed_attempts.push(row.attempts);
+                failed_errors.push(e.to_string());
                 hub.metrics().inc_outbox("failed");
-                tracing::warn!(outbox_id = %row.id, attempt, error = %e, "Outbound message failed for good.");
-                ("delivery_failed", serde_json::json!({ "outbox_id": row.id, "error": e.to_string() }))
-            } else {
-                let delay = backoff(s.backoff_ms, attempt);
-                sqlx::query("update outbox set status = 'pending', last_error = $2, next_attempt_at = now() + make_interval(secs => $3) where id = $1")
-                    .bind(row.id)
-                    .bind(e.to_string())
-                    .bind(delay.as_secs_f64())
-                    .execute(&mut *tx)
-                    .await?;
+                tracing::warn!(outbox_id = %row.id, attempt = row.attempts, error = %e, "Outbound message failed for good.");
+                if let Some(iid) = row.interaction_id {
+                    events.push(
+                        NewEvent::interaction("delivery_failed", iid)
+                            .with_data(serde_json::json!({ "outbox_id": row.id, "error": e.to_string() })),
+                    );
+                }
+            }
+            Err(e) => {
+                let delay = backoff(s.backoff_ms, row.attempts);
+                retry_ids.push(row.id);
+                retry_attempts.push(row.attempts);
+                retry_errors.push(e.to_string());
+                retry_delays.push(delay.as_secs_f64());
                 hub.metrics().inc_outbox("retry");
-                tracing::info!(outbox_id = %row.id, attempt, delay_ms = delay.as_millis() as u64, error = %e, "Outbound message will be retried.");
-                tx.commit().await?;
-                return Ok(());
+                tracing::info!(outbox_id = %row.id, attempt = row.attempts, delay_ms = delay.as_millis() as u64, error = %e, "Outbound message will be retried.");
             }
         }
-    };
-    if let Some(iid) = row.interaction_id {
-        bus::record(&mut tx, NewEvent::interaction(kind, iid).with_data(data)).await?;
+    }
+    let mut tx = hub.db().begin().await?;
+    if !sent_ids.is_empty() {
+        sqlx::query(
+            "update outbox o set status = 'sent', sent_at = now(), provider_id = x.provider_id, last_error = null
+               from unnest($1::uuid[], $2::int4[], $3::text[]) as x(id, attempts, provider_id)
+              where o.id = x.id and o.attempts = x.attempts and o.status = 'sending'",
+        )
+        .bind(&sent_ids)
+        .bind(&sent_attempts)
+        .bind(&sent_provider)
+        .execute(&mut *tx)
+        .await?;
+    }
+    if !failed_ids.is_empty() {
+        sqlx::query(
+            "update outbox o set status = 'failed', last_error = x.error
+               from unnest($1::uuid[], $2::int4[], $3::text[]) as x(id, attempts, error)
+              where o.id = x.id and o.attempts = x.attempts and o.status = 'sending'",
+        )
+        .bind(&failed_ids)
+        .bind(&failed_attempts)
+        .bind(&failed_errors)
+        .execute(&mut *tx)
+        .await?;
+    }
+    if !retry_ids.is_empty() {
+        sqlx::query(
+            "update outbox o set status = 'pending', last_error = x.error, next_attempt_at = now() + make_interval(secs => x.delay)
+               from unnest($1::uuid[], $2::int4[], $3::text[], $4::float8[]) as x(id, attempts, error, delay)
+              where o.id = x.id and o.attempts = x.attempts and o.status = 'sending'",
+        )
+        .bind(&retry_ids)
+        .bind(&retry_attempts)
+        .bind(&retry_errors)
+        .bind(&retry_delays)
+        .execute(&mut *tx)
+        .await?;
+    }
+    for ev in events {
+        bus::record(&mut tx, ev).await?;
     }
     tx.commit().await?;
     Ok(())

@@ -38,6 +38,7 @@ pub struct SmppState {
     hub: OnceLock<Hub>,
     reference: AtomicU16,
     held: watch::Sender<bool>,
+    submit_log: OnceLock<store::SubmitLog>,
 }
 
 /// A phone number as E.164 (`+` and 8 to 15 digits), if it is one.
@@ -115,6 +116,7 @@ impl SmppState {
             hub: OnceLock::new(),
             reference: AtomicU16::new(rand::random()),
             held: watch::channel(false).0,
+            submit_log: OnceLock::new(),
         })
     }
 
@@ -238,7 +240,15 @@ impl SmppState {
             return Err(AdapterError::Temporary(format!("the SMPP bind of {} is held by another node", self.name)));
         }
         let parts = self.build_parts(&to[1..], &msg.body);
-        match store::begin_submit(hub.db(), msg.id, &self.name, msg.interaction_id, &to, parts.len()).await? {
+        let log = self.submit_log.get_or_init(|| store::SubmitLog::new(hub.db().clone()));
+        let begin = store::BeginSubmit {
+            outbox_id: msg.id,
+            channel: self.name.clone(),
+            interaction: msg.interaction_id,
+            recipient: to.clone(),
+            parts: parts.len(),
+        };
+        match log.begin(begin).await? {
             Prior::Fresh => {}
             Prior::Seen(st, ids) => {
                 return match st.as_str() {
@@ -256,7 +266,7 @@ impl SmppState {
         for (i, part) in parts.iter().enumerate() {
             match self.session.submit(part, deadline).await {
                 SubmitOutcome::Accepted(id) => {
-                    store::part_submitted(hub.db(), &self.name, msg.id, &id).await?;
+                    log.part(&self.name, msg.id, &id).await?;
                     ids.push(id);
                 }
                 SubmitOutcome::NotSent(why) if i == 0 => {

@@ -297,6 +297,7 @@ pub struct HttpState {
     pub cfg: HttpConfig,
     client: reqwest::Client,
     hub: OnceLock<Hub>,
+    submit_log: OnceLock<store::SubmitLog>,
 }
 
 /// The `http` SMS adapter.
@@ -308,7 +309,7 @@ impl HttpAdapter {
     /// Builds the adapter.
     pub fn new(name: String, cfg: HttpConfig) -> HttpAdapter {
         let client = reqwest::Client::builder().timeout(std::time::Duration::from_secs(30)).build().unwrap_or_default();
-        HttpAdapter { state: Arc::new(HttpState { name, cfg, client, hub: OnceLock::new() }) }
+        HttpAdapter { state: Arc::new(HttpState { name, cfg, client, hub: OnceLock::new(), submit_log: OnceLock::new() }) }
     }
 }
 
@@ -339,7 +340,15 @@ impl HttpState {
         }
         // A retry of a request whose outcome is unclear is sent again with the same
         // Idempotency-Key (HTTP providers can honour one, unlike SMPP).
-        if let Prior::Seen(st, ids) = store::begin_submit(hub.db(), msg.id, &self.name, msg.interaction_id, &to, 1).await? {
+        let log = self.submit_log.get_or_init(|| store::SubmitLog::new(hub.db().clone()));
+        let begin = store::BeginSubmit {
+            outbox_id: msg.id,
+            channel: self.name.clone(),
+            interaction: msg.interaction_id,
+            recipient: to.clone(),
+            parts: 1,
+        };
+        if let Prior::Seen(st, ids) = log.begin(begin).await? {
             match st.as_str() {
                 "submitting" => {}
                 "failed" => return Err(AdapterError::Permanent("the provider refused this message earlier".into())),
@@ -400,7 +409,7 @@ impl HttpState {
             })
             .or_else(|| Some(text.trim().to_string()).filter(|t| !t.is_empty() && t.len() <= 64 && !t.contains(char::is_whitespace)))
             .unwrap_or_else(|| msg.id.to_string());
-        store::part_submitted(hub.db(), &self.name, msg.id, &id).await?;
+        log.part(&self.name, msg.id, &id).await?;
         Ok(DeliveryReceipt { provider_id: Some(id) })
     }
 

@@ -4,9 +4,11 @@
 use crate::encoding::Concat;
 use crate::receipt::{self, Receipt, SmsStatus};
 use sqlx::PgPool;
+use std::sync::Arc;
+use switchboard_core::batch::Batcher;
 use switchboard_core::bus::{self, NewEvent};
 use switchboard_core::outbox::{self, NewOutbound};
-use switchboard_core::{Channel, CoreResult};
+use switchboard_core::{Channel, CoreError, CoreResult};
 use uuid::Uuid;
 
 /// Stores one part of a concatenated message (a resent part replaces the stored one, so a
@@ -89,33 +91,128 @@ pub enum Prior {
     Seen(String, Vec<String>),
 }
 
-/// Records that the message is about to be written to the SMSC. A second call for the
-/// same outbox row (a retry after a crash or timeout) learns what happened before instead.
-pub async fn begin_submit(
-    db: &PgPool,
-    outbox_id: Uuid,
-    channel: &str,
-    interaction: Option<Uuid>,
-    recipient: &str,
-    parts: usize,
-) -> CoreResult<Prior> {
-    let inserted: Option<Uuid> = sqlx::query_scalar(
+/// A message about to be written to the SMSC (see [`begin_submits`]).
+#[derive(Debug, Clone)]
+pub struct BeginSubmit {
+    /// Its outbox row.
+    pub outbox_id: Uuid,
+    /// The channel instance.
+    pub channel: String,
+    /// Its conversation, if any.
+    pub interaction: Option<Uuid>,
+    /// E.164 recipient.
+    pub recipient: String,
+    /// Parts it will be sent in.
+    pub parts: usize,
+}
+
+/// Records that these messages are about to be written to the SMSC, in one transaction
+/// (the callers wait for its commit: a message is on disk as `submitting` before a byte of
+/// it goes out). A second call for the same outbox row (a retry after a crash or timeout)
+/// learns what happened before instead. One answer per request, in order.
+pub async fn begin_submits(db: &PgPool, reqs: &[BeginSubmit]) -> CoreResult<Vec<Prior>> {
+    let ids: Vec<Uuid> = reqs.iter().map(|r| r.outbox_id).collect();
+    let channels: Vec<&str> = reqs.iter().map(|r| r.channel.as_str()).collect();
+    let interactions: Vec<Option<Uuid>> = reqs.iter().map(|r| r.interaction).collect();
+    let recipients: Vec<&str> = reqs.iter().map(|r| r.recipient.as_str()).collect();
+    let parts: Vec<i16> = reqs.iter().map(|r| r.parts.min(i16::MAX as usize) as i16).collect();
+    let mut tx = db.begin().await?;
+    let inserted: Vec<Uuid> = sqlx::query_scalar(
         "insert into sms_sent (outbox_id, channel_name, interaction_id, recipient, parts, status)
-         values ($1, $2, $3, $4, $5, 'submitting') on conflict (outbox_id) do nothing returning outbox_id",
+         select * , 'submitting' from unnest($1::uuid[], $2::text[], $3::uuid[], $4::text[], $5::int2[])
+         on conflict (outbox_id) do nothing returning outbox_id",
     )
-    .bind(outbox_id)
-    .bind(channel)
-    .bind(interaction)
-    .bind(recipient)
-    .bind(parts as i16)
-    .fetch_optional(db)
+    .bind(&ids)
+    .bind(&channels)
+    .bind(&interactions)
+    .bind(&recipients)
+    .bind(&parts)
+    .fetch_all(&mut *tx)
     .await?;
-    if inserted.is_some() {
-        return Ok(Prior::Fresh);
+    let fresh: std::collections::HashSet<Uuid> = inserted.into_iter().collect();
+    let seen_ids: Vec<Uuid> = ids.iter().copied().filter(|id| !fresh.contains(id)).collect();
+    let mut seen: std::collections::HashMap<Uuid, (String, Vec<String>)> = std::collections::HashMap::new();
+    if !seen_ids.is_empty() {
+        let rows: Vec<(Uuid, String, Vec<String>)> =
+            sqlx::query_as("select outbox_id, status, smsc_ids from sms_sent where outbox_id = any($1)")
+                .bind(&seen_ids)
+                .fetch_all(&mut *tx)
+                .await?;
+        seen.extend(rows.into_iter().map(|(id, st, ids)| (id, (st, ids))));
     }
-    let (status, ids): (String, Vec<String>) =
-        sqlx::query_as("select status, smsc_ids from sms_sent where outbox_id = $1").bind(outbox_id).fetch_one(db).await?;
-    Ok(Prior::Seen(status, ids))
+    tx.commit().await?;
+    let mut answered = std::collections::HashSet::new();
+    Ok(ids
+        .iter()
+        .map(|id| match seen.get(id) {
+            _ if fresh.contains(id) && answered.insert(*id) => Prior::Fresh,
+            Some((st, ids)) => Prior::Seen(st.clone(), ids.clone()),
+            // The same row twice in one batch (the outbox never claims a row twice at once,
+            // but be exact): the first goes ahead, this one finds it being submitted.
+            None => Prior::Seen("submitting".into(), Vec::new()),
+        })
+        .collect())
+}
+
+/// Group commit of the submit log: the `submitting` marks and the accepted parts of
+/// messages being sent at the same moment share one transaction each, so the send rate
+/// is not bounded by one disk flush per message. Lanes by outbox row.
+pub struct SubmitLog {
+    begins: Batcher<BeginSubmit, CoreResult<Prior>>,
+    parts: Batcher<PartSubmitted, CoreResult<()>>,
+}
+
+const SUBMIT_LOG_LANES: usize = 4;
+const SUBMIT_LOG_MAX_BATCH: usize = 128;
+
+impl SubmitLog {
+    /// A submit log writing to `db`.
+    pub fn new(db: PgPool) -> Self {
+        let db2 = db.clone();
+        SubmitLog {
+            begins: Batcher::new(
+                SUBMIT_LOG_LANES,
+                SUBMIT_LOG_MAX_BATCH,
+                Arc::new(move |reqs: Vec<BeginSubmit>| {
+                    let db = db.clone();
+                    Box::pin(async move {
+                        match begin_submits(&db, &reqs).await {
+                            Ok(v) => v.into_iter().map(Ok).collect(),
+                            Err(e) => reqs.iter().map(|_| Err(CoreError::Internal(format!("recording SMS submits: {e}")))).collect(),
+                        }
+                    })
+                }),
+            ),
+            parts: Batcher::new(
+                SUBMIT_LOG_LANES,
+                SUBMIT_LOG_MAX_BATCH,
+                Arc::new(move |reqs: Vec<PartSubmitted>| {
+                    let db = db2.clone();
+                    Box::pin(async move {
+                        match parts_submitted(&db, &reqs).await {
+                            Ok(()) => reqs.iter().map(|_| Ok(())).collect(),
+                            Err(e) => reqs.iter().map(|_| Err(CoreError::Internal(format!("recording accepted SMS parts: {e}")))).collect(),
+                        }
+                    })
+                }),
+            ),
+        }
+    }
+
+    /// Marks a message `submitting` (committed when this returns), or learns what became
+    /// of an earlier attempt.
+    pub async fn begin(&self, req: BeginSubmit) -> CoreResult<Prior> {
+        let key = req.outbox_id;
+        self.begins.submit(&key, req).await.unwrap_or_else(|| Err(CoreError::Internal("the SMS submit log stopped".into())))
+    }
+
+    /// Records a part the SMSC accepted (committed when this returns).
+    pub async fn part(&self, channel: &str, outbox_id: Uuid, smsc_id: &str) -> CoreResult<()> {
+        self.parts
+            .submit(&outbox_id, (channel.to_string(), outbox_id, smsc_id.to_string()))
+            .await
+            .unwrap_or_else(|| Err(CoreError::Internal("the SMS submit log stopped".into())))
+    }
 }
 
 /// Withdraws a `submitting` row when nothing was written after all.
@@ -127,28 +224,35 @@ pub async fn cancel_submit(db: &PgPool, outbox_id: Uuid) -> CoreResult<()> {
     Ok(())
 }
 
-/// One part was accepted by the SMSC under `smsc_id`.
-pub async fn part_submitted(db: &PgPool, channel: &str, outbox_id: Uuid, smsc_id: &str) -> CoreResult<()> {
-    let keys = receipt::sent_id_keys(smsc_id);
-    let (k, p): (Vec<String>, Vec<i16>) = keys.into_iter().unzip();
-    sqlx::query(
-        "with s as (
-             update sms_sent set smsc_ids = smsc_ids || $3::text, parts_submitted = parts_submitted + 1,
-                    status = case when parts_submitted + 1 >= parts and status_rank < 1 then 'submitted' else status end,
-                    status_rank = case when parts_submitted + 1 >= parts then greatest(status_rank, 1) else status_rank end,
-                    updated_at = now()
-              where outbox_id = $2 returning outbox_id)
-         insert into sms_message_ids (channel_name, id_key, preference, outbox_id)
-         select $1, k, p, $2 from unnest($4::text[], $5::int2[]) as t(k, p) where exists (select 1 from s)
-         on conflict do nothing",
-    )
-    .bind(channel)
-    .bind(outbox_id)
-    .bind(smsc_id)
-    .bind(&k)
-    .bind(&p)
-    .execute(db)
-    .await?;
+/// A part the SMSC accepted: (channel, outbox row, SMSC message id).
+pub type PartSubmitted = (String, Uuid, String);
+
+/// Records parts the SMSC accepted, in one transaction.
+pub async fn parts_submitted(db: &PgPool, parts: &[PartSubmitted]) -> CoreResult<()> {
+    let mut tx = db.begin().await?;
+    for (channel, outbox_id, smsc_id) in parts {
+        let keys = receipt::sent_id_keys(smsc_id);
+        let (k, p): (Vec<String>, Vec<i16>) = keys.into_iter().unzip();
+        sqlx::query(
+            "with s as (
+                 update sms_sent set smsc_ids = smsc_ids || $3::text, parts_submitted = parts_submitted + 1,
+                        status = case when parts_submitted + 1 >= parts and status_rank < 1 then 'submitted' else status end,
+                        status_rank = case when parts_submitted + 1 >= parts then greatest(status_rank, 1) else status_rank end,
+                        updated_at = now()
+                  where outbox_id = $2 returning outbox_id)
+             insert into sms_message_ids (channel_name, id_key, preference, outbox_id)
+             select $1, k, p, $2 from unnest($4::text[], $5::int2[]) as t(k, p) where exists (select 1 from s)
+             on conflict do nothing",
+        )
+        .bind(channel)
+        .bind(outbox_id)
+        .bind(smsc_id)
+        .bind(&k)
+        .bind(&p)
+        .execute(&mut *tx)
+        .await?;
+    }
+    tx.commit().await?;
     Ok(())
 }
 
