@@ -43,6 +43,13 @@ if command -v python3 >/dev/null && ! python3 -c 'import aiosmtpd' 2>/dev/null; 
   python3 -m pip install --quiet aiosmtpd >/dev/null 2>&1 || echo "==> could not install aiosmtpd; the email tests will skip" >&2
 fi
 
+# An S3-compatible server for the file-store tests (tests/cluster_files.rs runs
+# `python3 -m moto.server` on loopback).
+if command -v python3 >/dev/null && ! python3 -c 'import moto.server, flask_cors' 2>/dev/null; then
+  echo "==> installing moto[server] (the S3-compatible server of the file-store tests)"
+  python3 -m pip install --quiet 'moto[server]' >/dev/null 2>&1 || echo "==> could not install moto[server]; the S3 file-store test will skip" >&2
+fi
+
 # A PostgreSQL server for throwaway test databases.
 : "${SWITCHBOARD_TEST_DATABASE_URL:=postgres://postgres@127.0.0.1:5432/postgres}"
 if ! psql "$SWITCHBOARD_TEST_DATABASE_URL" -Atc 'select 1' >/dev/null 2>&1; then

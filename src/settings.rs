@@ -32,6 +32,9 @@ pub struct Settings {
     /// Cluster membership and call ownership.
     #[serde(default)]
     pub cluster: switchboard_core::cluster::ClusterSettings,
+    /// Where recordings and attachments are stored (`dir` or `s3`).
+    #[serde(default)]
+    pub files: switchboard_core::files::FilesSettings,
     /// Channel adapters, each chosen by `type`.
     #[serde(default)]
     pub channels: Vec<toml::Value>,
@@ -56,6 +59,7 @@ impl Settings {
             auth: self.auth.clone(),
             outbox: self.outbox.clone(),
             cluster: self.cluster.clone(),
+            files: self.files.clone(),
         }
     }
 
@@ -94,6 +98,7 @@ impl Settings {
         if self.router.batch_size == 0 || self.router.tick_ms == 0 {
             return Err(ConfigError { key: "router".into(), reason: "batch_size and tick_ms must be positive".into() });
         }
+        self.files.validate()?;
         for (i, c) in self.channels.iter().enumerate() {
             if c.get("type").and_then(|t| t.as_str()).is_none() {
                 return Err(ConfigError { key: format!("channels[{i}].type"), reason: "missing (e.g. type = \"webchat\")".into() });

@@ -253,6 +253,7 @@ pub(crate) struct HubInner {
     announcer: bus::Announcer,
     ledgers: RwLock<Arc<Ledgers>>,
     node_id: Uuid,
+    files: crate::files::FileBackend,
 }
 
 /// The answers of a batch; an item that got none is reported, never dropped silently.
@@ -278,6 +279,12 @@ pub struct Hub(pub(crate) Arc<HubInner>);
 impl Hub {
     /// A hub over an open pool.
     pub fn new(pool: PgPool, settings: CoreSettings) -> Hub {
+        let files = crate::files::FileBackend::from_settings(&settings.files).unwrap_or_else(|error| {
+            // Settings are validated when loaded; a hub built from unchecked ones keeps
+            // files on this node's disk rather than failing to start.
+            tracing::error!(%error, "File store settings invalid; using the directories.");
+            crate::files::FileBackend::Dir
+        });
         Hub(Arc::new_cyclic(|me: &Weak<HubInner>| HubInner {
             announcer: bus::Announcer::new(pool.clone()),
             pool,
@@ -290,6 +297,7 @@ impl Hub {
             route_docs: RwLock::new(Vec::new()),
             ledgers: RwLock::new(Arc::new(Ledgers::new(Vec::new()))),
             node_id: Uuid::new_v4(),
+            files,
             ingest_batcher: Batcher::new(INGEST_LANES, INGEST_MAX_BATCH, {
                 // Weak: the lanes end with the hub instead of keeping it alive.
                 let me = me.clone();
@@ -314,6 +322,12 @@ impl Hub {
     /// Settings.
     pub fn settings(&self) -> &CoreSettings {
         &self.0.settings
+    }
+
+    /// The store of one kind of file: the directory `dir` with the `dir` backend, the key
+    /// prefix `prefix` in the bucket with `s3` (see [`crate::files`]).
+    pub fn file_store(&self, dir: &std::path::Path, prefix: &str) -> std::sync::Arc<dyn crate::files::FileStore> {
+        self.0.files.store(dir, prefix)
     }
 
     /// Metrics registry.

@@ -17,6 +17,7 @@ pub mod db;
 pub mod domain;
 pub mod embedded;
 pub mod error;
+pub mod files;
 pub mod hub;
 pub mod interactions;
 pub mod lease;

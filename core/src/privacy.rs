@@ -6,7 +6,7 @@
 
 use async_trait::async_trait;
 use sqlx::PgConnection;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use uuid::Uuid;
 
@@ -18,7 +18,7 @@ pub struct Erased {
     /// Rows scrubbed or deleted (for the audit entry; no personal data).
     pub rows: u64,
     /// Files to delete once the erase transaction has committed.
-    pub files: Vec<PathBuf>,
+    pub files: Vec<crate::files::StoredFile>,
 }
 
 /// A module's part of an erase: scrubs the personal data it stores about a customer.
@@ -40,18 +40,15 @@ impl Hub {
     }
 }
 
-/// Deletes files whose rows an erase removed (after commit). A file already gone counts as
-/// deleted; other failures are logged (by path, which holds no personal data) and counted.
-pub async fn remove_files(files: &[PathBuf]) -> usize {
+/// Deletes files whose rows an erase removed (after commit), from whichever store holds
+/// them. A file already gone counts as deleted; other failures are logged (by store and
+/// key, which hold no personal data) and counted.
+pub async fn remove_files(files: &[crate::files::StoredFile]) -> usize {
     let mut failed = 0;
     for f in files {
-        match tokio::fs::remove_file(f).await {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(error) => {
-                failed += 1;
-                tracing::error!(%error, path = %f.display(), "An erased customer's file could not be deleted.");
-            }
+        if let Err(error) = f.store.delete(&f.key).await {
+            failed += 1;
+            tracing::error!(%error, store = ?f.store, key = %f.key, "An erased customer's file could not be deleted.");
         }
     }
     failed

@@ -150,9 +150,15 @@ impl ChatState {
             .map(|v| v.as_slice())
     }
 
-    /// Where attachment files live.
+    /// The attachment directory (the `dir` file backend).
     pub fn attachments_dir(&self, hub: &Hub) -> PathBuf {
         self.cfg.attachments_dir.clone().unwrap_or_else(|| hub.settings().database.data_dir.join("attachments"))
+    }
+
+    /// Where attachment files live: the directory, or the `attachments/` prefix of the
+    /// configured object store.
+    pub fn attachments(&self, hub: &Hub) -> std::sync::Arc<dyn switchboard_core::files::FileStore> {
+        hub.file_store(&self.attachments_dir(hub), "attachments")
     }
 
     /// Issues a token for a visitor and conversation.

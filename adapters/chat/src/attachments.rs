@@ -1,10 +1,12 @@
 //! Attachment checks and storage: the declared content type must be on the allow list
-//! and agree with the file's leading bytes; files are stored content-addressed as
-//! `<dir>/<sha256>` (written to a temporary name, then renamed, so a reader never sees a
-//! partial file).
+//! and agree with the file's leading bytes; files are stored content-addressed under
+//! their SHA-256 in the hub's file store (the attachment directory, or the `attachments/`
+//! prefix of an S3 bucket; a reader never sees a partial file).
 
+use axum::body::Bytes;
 use sha2::{Digest, Sha256};
-use std::path::{Path, PathBuf};
+use switchboard_core::files::FileStore;
+use switchboard_core::CoreResult;
 
 /// The content type a file's leading bytes prove, for the types we can recognise.
 pub fn sniff(bytes: &[u8]) -> Option<&'static str> {
@@ -81,20 +83,13 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
 }
 
-/// Stores the content as `<dir>/<sha256>` unless it is already there; returns the path.
-pub async fn store(dir: &Path, sha256: &str, bytes: &[u8]) -> std::io::Result<PathBuf> {
-    tokio::fs::create_dir_all(dir).await?;
-    let path = dir.join(sha256);
-    if tokio::fs::metadata(&path).await.is_ok_and(|m| m.len() == bytes.len() as u64) {
-        return Ok(path);
+/// Stores the content under its SHA-256 unless it is already there (content-addressed:
+/// the same file uploaded twice is stored once).
+pub async fn store(files: &dyn FileStore, sha256: &str, bytes: Bytes) -> CoreResult<()> {
+    if files.exists(sha256).await? {
+        return Ok(());
     }
-    let tmp = dir.join(format!(".tmp-{}", uuid::Uuid::new_v4().simple()));
-    tokio::fs::write(&tmp, bytes).await?;
-    if let Err(e) = tokio::fs::rename(&tmp, &path).await {
-        let _ = tokio::fs::remove_file(&tmp).await;
-        return Err(e);
-    }
-    Ok(path)
+    files.put(sha256, bytes).await
 }
 
 #[cfg(test)]
@@ -130,11 +125,11 @@ mod tests {
         let data = b"hello attachment";
         let sha = sha256_hex(data);
         assert_eq!(sha, "7fa36b95d5c98859ed72b4787f3c28b29eaa103970786755c9711cbb19be631c");
-        let p = store(&dir, &sha, data).await.unwrap();
-        assert_eq!(std::fs::read(&p).unwrap(), data);
-        assert_eq!(p.file_name().unwrap().to_str().unwrap(), sha);
+        let files = switchboard_core::files::DirStore::new(&dir);
+        store(&files, &sha, Bytes::from_static(data)).await.unwrap();
+        assert_eq!(std::fs::read(dir.join(&sha)).unwrap(), data);
         // Second store is a no-op; no temporary files remain.
-        store(&dir, &sha, data).await.unwrap();
+        store(&files, &sha, Bytes::from_static(data)).await.unwrap();
         let names: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name()).collect();
         assert_eq!(names.len(), 1);
         let _ = std::fs::remove_dir_all(&dir);

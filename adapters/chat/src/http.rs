@@ -509,12 +509,13 @@ async fn upload_attachment(
     }
     attachments::check_content(&ct, &bytes).map_err(|m| ProtocolError::new("content_mismatch", m))?;
     let sha = attachments::sha256_hex(&bytes);
-    attachments::store(&state.attachments_dir(&hub), &sha, &bytes).await.map_err(adapter::internal)?;
+    let size_bytes = bytes.len() as i64;
+    attachments::store(&*state.attachments(&hub), &sha, bytes).await?;
     let a = store::Attachment {
         id: Uuid::new_v4(),
         conversation_id: claims.conversation_id,
         sha256: sha,
-        size_bytes: bytes.len() as i64,
+        size_bytes,
         content_type: ct,
         filename: attachments::sanitize_filename(q.filename.as_deref().unwrap_or("")),
     };
@@ -548,11 +549,11 @@ async fn download_attachment(
         let caller = Caller::from_request_parts(&mut parts, &hub).await?;
         caller.require(STAFF)?;
     }
-    let path = state.attachments_dir(&hub).join(&a.sha256);
-    let bytes = tokio::fs::read(&path).await.map_err(|e| {
-        tracing::error!(error = %e, path = %path.display(), "Attachment file missing.");
-        CoreError::NotFound("attachment file")
-    })?;
+    let files = state.attachments(&hub);
+    let Some(bytes) = files.read(&a.sha256).await? else {
+        tracing::error!(store = ?files, sha256 = %a.sha256, "Attachment file missing.");
+        return Err(CoreError::NotFound("attachment file").into());
+    };
     let disposition = if a.content_type.starts_with("image/") { "inline" } else { "attachment" };
     let mut resp = bytes.into_response();
     let h = resp.headers_mut();

@@ -455,8 +455,12 @@ impl switchboard_core::privacy::PersonalDataEraser for ChatEraser {
                 .bind(&shas)
                 .fetch_all(&mut *tx)
                 .await?;
-        let dir = self.0.attachments_dir(hub);
-        let files = unused.iter().filter(|s| s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit())).map(|s| dir.join(s)).collect();
+        let store = self.0.attachments(hub);
+        let files = unused
+            .into_iter()
+            .filter(|s| s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit()))
+            .map(|key| switchboard_core::files::StoredFile { store: store.clone(), key })
+            .collect();
         Ok(switchboard_core::privacy::Erased { rows: visitors + n_attachments, files })
     }
 }

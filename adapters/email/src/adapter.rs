@@ -11,7 +11,6 @@ use crate::smtp::{self, SendOutcome, SmtpTransport};
 use crate::store;
 use crate::threading::{self, ThreadCandidates, ThreadedBy};
 use async_trait::async_trait;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -68,8 +67,8 @@ impl EmailAdapter {
         &self.cfg
     }
 
-    fn attachments_dir(&self, hub: &Hub) -> PathBuf {
-        self.cfg.attachments_dir.clone().unwrap_or_else(|| hub.settings().database.data_dir.join("attachments"))
+    fn attachments(&self, hub: &Hub) -> std::sync::Arc<dyn switchboard_core::files::FileStore> {
+        crate::attachment_store(hub, self.cfg.attachments_dir.as_deref())
     }
 
     fn transport(&self) -> Result<&SmtpTransport, AdapterError> {
@@ -297,7 +296,7 @@ impl EmailAdapter {
             .collect()
     }
 
-    /// Writes attachment files (`<dir>/<sha256>`) and their rows; returns the descriptors
+    /// Writes attachment files (under their SHA-256 in the attachment store) and their rows; returns the descriptors
     /// kept on the message.
     async fn keep_attachments(&self, hub: &Hub, raw_id: Uuid, p: &ParsedMail, fresh: bool) -> Result<Vec<serde_json::Value>, CoreError> {
         if !fresh {
@@ -307,17 +306,13 @@ impl EmailAdapter {
         if p.attachments.is_empty() {
             return Ok(Vec::new());
         }
-        let dir = self.attachments_dir(hub);
+        let files = self.attachments(hub);
         let mut out = Vec::with_capacity(p.attachments.len());
         for a in &p.attachments {
             let mut stored = false;
             if let Some(data) = &a.data {
-                let path = dir.join(&a.sha256);
-                if tokio::fs::metadata(&path).await.is_err() {
-                    tokio::fs::create_dir_all(&dir).await.map_err(|e| CoreError::Internal(format!("attachments dir: {e}")))?;
-                    let tmp = dir.join(format!("{}.{}.tmp", a.sha256, Uuid::new_v4().simple()));
-                    tokio::fs::write(&tmp, data).await.map_err(|e| CoreError::Internal(format!("attachment write: {e}")))?;
-                    tokio::fs::rename(&tmp, &path).await.map_err(|e| CoreError::Internal(format!("attachment write: {e}")))?;
+                if !files.exists(&a.sha256).await? {
+                    files.put(&a.sha256, data.clone().into()).await?;
                 }
                 stored = true;
             }
@@ -515,12 +510,21 @@ impl EmailAdapter {
     }
 }
 
-/// Reads a file an agent attached (`<dir>/<sha256>`) and checks it still has its checksum.
-async fn agent_file(dir: &std::path::Path, f: &serde_json::Value) -> Result<compose::OutgoingAttachment, AdapterError> {
+/// Reads a file an agent attached (its SHA-256 in the attachment store) and checks it still
+/// has its checksum.
+async fn agent_file(
+    files: &dyn switchboard_core::files::FileStore,
+    f: &serde_json::Value,
+) -> Result<compose::OutgoingAttachment, AdapterError> {
     use sha2::{Digest, Sha256};
     let sha = f.get("sha256").and_then(|s| s.as_str()).filter(|s| crate::agent_mail::is_sha256(s));
     let sha = sha.ok_or_else(|| AdapterError::Permanent("an attachment without a valid sha256".into()))?;
-    let data = tokio::fs::read(dir.join(sha)).await.map_err(|e| AdapterError::Permanent(format!("attachment {sha} is gone: {e}")))?;
+    let data = match files.read(sha).await {
+        Ok(Some(data)) => data.to_vec(),
+        Ok(None) => return Err(AdapterError::Permanent(format!("attachment {sha} is gone"))),
+        // The store is unreachable for now (an object store outage): try again later.
+        Err(e) => return Err(AdapterError::Temporary(format!("attachment {sha}: {e}"))),
+    };
     if hex::encode(Sha256::digest(&data)) != sha {
         return Err(AdapterError::Permanent(format!("attachment {sha} does not match its checksum")));
     }
@@ -663,10 +667,10 @@ impl ChannelAdapter for EmailAdapter {
             }
         };
         let automatic = meta.get("automatic").and_then(|a| a.as_bool()).unwrap_or(false);
-        let dir = self.attachments_dir(&hub);
+        let files = self.attachments(&hub);
         let mut attachments = Vec::new();
         for f in agent.and_then(|e| e.get("attachments")).and_then(|a| a.as_array()).map(Vec::as_slice).unwrap_or_default() {
-            attachments.push(agent_file(&dir, f).await?);
+            attachments.push(agent_file(&*files, f).await?);
         }
         let forward = agent.and_then(|e| e.get("forward"));
         let mut text = msg.body.clone();

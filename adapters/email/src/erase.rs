@@ -52,8 +52,12 @@ impl PersonalDataEraser for EmailEraser {
             .bind(&shas)
             .fetch_all(&mut *tx)
             .await?;
-            let dir = self.dir.clone().unwrap_or_else(|| hub.settings().database.data_dir.join("attachments"));
-            files = unused.iter().filter(|s| s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit())).map(|s| dir.join(s)).collect();
+            let store = crate::attachment_store(hub, self.dir.as_deref());
+            files = unused
+                .into_iter()
+                .filter(|s| s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit()))
+                .map(|key| switchboard_core::files::StoredFile { store: store.clone(), key })
+                .collect();
             rows += sqlx::query("update email_raw_messages set raw = ''::bytea, sender = null, error = null where id = any($1)")
                 .bind(&raw)
                 .execute(&mut *tx)

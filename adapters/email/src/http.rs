@@ -17,6 +17,7 @@ use std::sync::Arc;
 use switchboard_core::api::{Access, RouteDoc};
 use switchboard_core::api::{ApiJson, ApiPath};
 use switchboard_core::auth::Caller;
+use switchboard_core::files::FileStore;
 use switchboard_core::interactions::{Message, ReplyExtras};
 use switchboard_core::{CoreError, Hub, Role};
 use uuid::Uuid;
@@ -196,8 +197,7 @@ async fn attachment(State(hub): State<Hub>, Extension(st): Extension<EmailHttp>,
             (StatusCode::GONE, "this attachment was over the size limit and was not kept; it is in the raw original").into_response()
         );
     }
-    let dir = st.dir.clone().unwrap_or_else(|| hub.settings().database.data_dir.join("attachments"));
-    let data = tokio::fs::read(dir.join(&sha)).await.map_err(|_| CoreError::NotFound("attachment file"))?;
+    let data = file_store(&hub, &st).read(&sha).await?.ok_or(CoreError::NotFound("attachment file"))?;
     // Images may be shown inline (the mail's cid: pictures); everything else downloads.
     let image = inline && matches!(ct.as_str(), "image/png" | "image/jpeg" | "image/gif" | "image/webp");
     let mut r = data.into_response();
@@ -215,8 +215,9 @@ async fn attachment(State(hub): State<Hub>, Extension(st): Extension<EmailHttp>,
     Ok(sandboxed(r))
 }
 
-fn files_dir(hub: &Hub, st: &EmailHttp) -> PathBuf {
-    st.dir.clone().unwrap_or_else(|| hub.settings().database.data_dir.join("attachments"))
+/// The mailbox's attachment store (received attachments and agents' uploads).
+fn file_store(hub: &Hub, st: &EmailHttp) -> Arc<dyn FileStore> {
+    crate::attachment_store(hub, st.dir.as_deref())
 }
 
 #[derive(Deserialize)]
@@ -262,8 +263,8 @@ fn bare_type(ct: Option<&HeaderValue>) -> String {
     }
 }
 
-/// Stores an uploaded file content-addressed (`<dir>/<sha256>`, written then renamed, like
-/// received attachments) and answers its descriptor.
+/// Stores an uploaded file content-addressed (under its SHA-256 in the attachment store,
+/// like received attachments) and answers its descriptor.
 async fn upload(
     State(hub): State<Hub>,
     Extension(st): Extension<EmailHttp>,
@@ -281,18 +282,15 @@ async fn upload(
         return Err(CoreError::field("file", format!("larger than {} bytes", st.reply_attachments_max_bytes)));
     }
     let sha = hex::encode(Sha256::digest(&body));
-    let dir = files_dir(&hub, &st);
-    let path = dir.join(&sha);
-    if tokio::fs::metadata(&path).await.is_err() {
-        tokio::fs::create_dir_all(&dir).await.map_err(|e| CoreError::Internal(format!("attachments dir: {e}")))?;
-        let tmp = dir.join(format!("{sha}.{}.tmp", Uuid::new_v4().simple()));
-        tokio::fs::write(&tmp, &body).await.map_err(|e| CoreError::Internal(format!("upload write: {e}")))?;
-        tokio::fs::rename(&tmp, &path).await.map_err(|e| CoreError::Internal(format!("upload write: {e}")))?;
+    let store = file_store(&hub, &st);
+    let size = body.len() as u64;
+    if !store.exists(&sha).await? {
+        store.put(&sha, body).await?;
     }
     let filename = safe_filename(q.filename.as_deref().unwrap_or("attachment"));
     let ct = bare_type(headers.get(header::CONTENT_TYPE));
-    tracing::info!(mailbox = %st.mailbox, sha256 = %sha, size = body.len(), "File uploaded for a reply.");
-    Ok((StatusCode::CREATED, Json(descriptor(&st, &sha, &filename, &ct, body.len() as u64))).into_response())
+    tracing::info!(mailbox = %st.mailbox, sha256 = %sha, size, "File uploaded for a reply.");
+    Ok((StatusCode::CREATED, Json(descriptor(&st, &sha, &filename, &ct, size))).into_response())
 }
 
 async fn uploaded(
@@ -306,7 +304,7 @@ async fn uploaded(
     if !crate::agent_mail::is_sha256(&sha) {
         return Err(CoreError::NotFound("upload"));
     }
-    let data = tokio::fs::read(files_dir(&hub, &st).join(&sha)).await.map_err(|_| CoreError::NotFound("upload"))?;
+    let data = file_store(&hub, &st).read(&sha).await?.ok_or(CoreError::NotFound("upload"))?;
     let mut r = data.into_response();
     let h = r.headers_mut();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
@@ -361,22 +359,20 @@ async fn checked_files(hub: &Hub, st: &EmailHttp, files: &[FileRef]) -> Result<V
     if files.len() > 20 {
         return Err(CoreError::field("attachments", "at most 20 files"));
     }
-    let dir = files_dir(hub, st);
+    let store = file_store(hub, st);
     let mut total: u64 = 0;
     let mut out = Vec::with_capacity(files.len());
     for f in files {
         if !crate::agent_mail::is_sha256(&f.sha256) {
             return Err(CoreError::field("attachments", "sha256 must be 64 lowercase hex digits"));
         }
-        let meta = tokio::fs::metadata(dir.join(&f.sha256))
-            .await
-            .map_err(|_| CoreError::field("attachments", format!("no uploaded file {}", f.sha256)))?;
-        total += meta.len();
+        let len = store.size(&f.sha256).await?.ok_or_else(|| CoreError::field("attachments", format!("no uploaded file {}", f.sha256)))?;
+        total += len;
         if total > st.reply_attachments_max_bytes as u64 {
             return Err(CoreError::field("attachments", format!("together larger than {} bytes", st.reply_attachments_max_bytes)));
         }
         let ct = f.content_type.as_deref().and_then(|c| HeaderValue::from_str(c).ok());
-        out.push(descriptor(st, &f.sha256, &safe_filename(&f.filename), &bare_type(ct.as_ref()), meta.len()));
+        out.push(descriptor(st, &f.sha256, &safe_filename(&f.filename), &bare_type(ct.as_ref()), len));
     }
     Ok(out)
 }

@@ -29,6 +29,17 @@ pub mod smtp;
 pub mod store;
 pub mod threading;
 
+/// A mailbox's attachment store: its configured directory (default
+/// `<data_dir>/attachments`), or the `attachments/` prefix of the hub's object store
+/// (shared with chat: both are content-addressed by SHA-256).
+pub fn attachment_store(
+    hub: &switchboard_core::Hub,
+    dir: Option<&std::path::Path>,
+) -> std::sync::Arc<dyn switchboard_core::files::FileStore> {
+    let dir = dir.map(std::path::Path::to_path_buf).unwrap_or_else(|| hub.settings().database.data_dir.join("attachments"));
+    hub.file_store(&dir, "attachments")
+}
+
 pub use adapter::{EmailAdapter, Imported};
 pub use config::EmailConfig;
 

@@ -503,7 +503,7 @@ impl ChannelAdapter for VoiceAdapter {
         if from_db {
             creds.refresh(&hub).await;
         }
-        let routing = Arc::new(HubRouting { hub: hub.clone(), state: self.state.clone() });
+        let routing = Arc::new(HubRouting { hub: hub.clone(), state: self.state.clone(), recordings: self.recordings() });
         let engine =
             VoiceEngine::start(self.config.clone(), routing, creds.clone()).await.map_err(|e| AdapterError::Config(e.to_string()))?;
         if let Ok(mut m) = bound().lock() {
@@ -768,6 +768,7 @@ pub async fn set_sip_password_as(hub: &Hub, actor: Option<Uuid>, agent_id: Uuid,
 struct HubRouting {
     hub: Hub,
     state: Arc<VoiceState>,
+    recordings: crate::recordings::RecordingStore,
 }
 
 fn requirement_expr(reqs: &[SkillRequirement]) -> Option<String> {
@@ -961,7 +962,11 @@ impl CallRouting for HubRouting {
             }
             CallOutcome::Ended { by, recording } => {
                 let entry = self.state.remove(&call_id);
-                let recording = recording.map(|p| p.display().to_string());
+                // Into the shared store before anyone is told where it is.
+                let recording = match recording {
+                    Some(path) => Some(self.recordings.publish(&self.hub, &path).await.map_err(routing_err)?),
+                    None => None,
+                };
                 let by = match by {
                     Side::Caller => "caller",
                     Side::Agent => "agent",
@@ -990,7 +995,7 @@ impl CallRouting for HubRouting {
     }
 
     async fn voicemail(&self, call: CallInfo, recording: PathBuf) -> Result<(), RoutingError> {
-        let path = recording.display().to_string();
+        let path = self.recordings.publish(&self.hub, &recording).await.map_err(routing_err)?;
         if let Some(entry) = self.state.remove(&call.call_id) {
             // Queued first (max wait exceeded): the same interaction becomes a voicemail.
             let id = entry.interaction_id;
@@ -1077,7 +1082,9 @@ mod tests {
             calls: Mutex::new(CallTable::default()),
             owners: OnceLock::new(),
         });
-        let routing = HubRouting { hub: hub.clone(), state: state.clone() };
+        let recordings =
+            crate::recordings::RecordingStore::new(std::path::Path::new("data/recordings"), std::path::Path::new("data/voicemail"));
+        let routing = HubRouting { hub: hub.clone(), state: state.clone(), recordings };
         let call = CallInfo {
             call_id: "reused@pbx".into(),
             trunk: "carrier".into(),

@@ -3,6 +3,12 @@
 //! rest of a customer's personal data. A recording's file path is stored in the
 //! interaction's metadata (`recording`) and in its `call_ended` / `voicemail_recorded`
 //! events; it never leaves the server: clients get `/api/v1/recordings/{interaction_id}`.
+//!
+//! A recording is written to the channel's directory while the call runs, then published
+//! to the hub's file store under its file name ([`RecordingStore::publish`]): with the
+//! `dir` backend the file already is in place and its path is kept; with `s3` it is
+//! uploaded (to `recordings/` or `voicemail/`), the local spool file removed and the
+//! reference kept is `store:recordings/<file>`, which any node resolves.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -14,6 +20,7 @@ use axum::routing::get;
 use axum::{Extension, Router};
 use switchboard_core::api::{Access, ApiPath, RouteDoc};
 use switchboard_core::auth::Caller;
+use switchboard_core::files::{valid_key, FileStore};
 use switchboard_core::privacy::{is_inside, Erased, PersonalDataEraser};
 use switchboard_core::{CoreError, CoreResult, Hub, Role};
 use uuid::Uuid;
@@ -34,18 +41,60 @@ pub const ROUTES: &[RouteDoc] = &[RouteDoc {
 /// deleted, whatever a stored path says.
 #[derive(Debug, Clone)]
 pub struct RecordingStore {
-    dirs: Vec<PathBuf>,
+    /// Each directory and its key prefix in an object store.
+    dirs: Vec<(PathBuf, &'static str)>,
 }
 
 impl RecordingStore {
     /// The store over the channel's recording and voicemail directories.
     pub fn new(recordings_dir: &Path, voicemail_dir: &Path) -> Self {
-        RecordingStore { dirs: vec![recordings_dir.to_path_buf(), voicemail_dir.to_path_buf()] }
+        RecordingStore { dirs: vec![(recordings_dir.to_path_buf(), "recordings"), (voicemail_dir.to_path_buf(), "voicemail")] }
     }
 
-    fn owns(&self, path: &Path) -> bool {
-        self.dirs.iter().any(|d| is_inside(d, path))
+    /// The store and key holding the recording a stored reference names, if it is one of
+    /// ours: a path inside one of the directories, or `store:<prefix>/<key>` for a
+    /// recording published to an object store (any node resolves that one).
+    pub fn locate(&self, hub: &Hub, reference: &Path) -> Option<(Arc<dyn FileStore>, String)> {
+        if let Some(r) = reference.to_str().and_then(|r| r.strip_prefix(STORE_SCHEME)) {
+            let (prefix, key) = r.split_once('/')?;
+            let (dir, prefix) = self.dirs.iter().find(|(_, p)| *p == prefix)?;
+            return valid_key(key).then(|| (hub.file_store(dir, prefix), key.to_string()));
+        }
+        let (dir, prefix) =
+            self.dirs.iter().find(|(d, _)| is_inside(d, reference) && reference.parent().is_some_and(|p| same_dir(p, d)))?;
+        let key = reference.file_name()?.to_str().filter(|k| valid_key(k))?.to_string();
+        Some((hub.file_store(dir, prefix), key))
     }
+
+    /// Moves a finished recording from its spool file into the store and returns the
+    /// reference to keep in the interaction: for the directory backend the file already
+    /// is in place and the reference is its path; for an object store it is uploaded, the
+    /// spool file removed, and the reference is `store:<prefix>/<key>`.
+    pub async fn publish(&self, hub: &Hub, path: &Path) -> CoreResult<String> {
+        let Some((store, key)) = self.locate(hub, path) else {
+            return Err(CoreError::Internal(format!("recording {} is outside the recording directories", path.display())));
+        };
+        if store.is_local() {
+            return Ok(path.display().to_string());
+        }
+        let prefix = self.dirs.iter().find(|(d, _)| is_inside(d, path)).map(|(_, p)| *p).unwrap_or("recordings");
+        store.put_file(&key, path).await?;
+        if let Err(error) = tokio::fs::remove_file(path).await {
+            tracing::warn!(%error, path = %path.display(), "Uploaded recording's spool file not removed.");
+        }
+        tracing::info!(store = ?store, %key, "Recording stored.");
+        Ok(format!("{STORE_SCHEME}{prefix}/{key}"))
+    }
+}
+
+/// The reference scheme of a recording kept in an object store.
+const STORE_SCHEME: &str = "store:";
+
+/// Whether two directories are the same (made absolute against the working directory).
+fn same_dir(a: &Path, b: &Path) -> bool {
+    let abs = |p: &Path| if p.is_absolute() { Some(p.to_path_buf()) } else { std::env::current_dir().ok().map(|c| c.join(p)) };
+    let strip = |p: &PathBuf| p.components().collect::<PathBuf>();
+    matches!((abs(a), abs(b)), (Some(x), Some(y)) if strip(&x) == strip(&y))
 }
 
 /// The recording router.
@@ -86,17 +135,12 @@ async fn download(
         }
     }
     let path = path.filter(|p| !p.is_empty()).map(PathBuf::from).ok_or(CoreError::NotFound("recording"))?;
-    if !store.owns(&path) {
-        // Another voice channel's directory (or a tampered row): not ours to serve.
-        return Err(CoreError::NotFound("recording"));
-    }
-    let bytes = match tokio::fs::read(&path).await {
-        Ok(b) => b,
-        Err(error) => {
-            // Another node's disk, or erased.
-            tracing::info!(%error, interaction_id = %id, "Recording file not on this node.");
-            return Err(CoreError::NotFound("recording file"));
-        }
+    // Another voice channel's directory (or a tampered row): not ours to serve.
+    let (files, key) = store.locate(&hub, &path).ok_or(CoreError::NotFound("recording"))?;
+    let Some(bytes) = files.read(&key).await? else {
+        // Erased, or on another node's disk (a directory that is not shared).
+        tracing::info!(interaction_id = %id, store = ?files, %key, "Recording file not found.");
+        return Err(CoreError::NotFound("recording file"));
     };
     let mut resp = bytes.into_response();
     let h = resp.headers_mut();
@@ -118,7 +162,7 @@ impl PersonalDataEraser for RecordingStore {
     /// The recordings of the customer's voice interactions: every path their metadata or
     /// events name (a call bridged twice has two). The paths themselves go with the rows
     /// the CRM's erase scrubs.
-    async fn erase_customer(&self, _hub: &Hub, tx: &mut sqlx::PgConnection, customer: Uuid) -> CoreResult<Erased> {
+    async fn erase_customer(&self, hub: &Hub, tx: &mut sqlx::PgConnection, customer: Uuid) -> CoreResult<Erased> {
         let paths: Vec<String> = sqlx::query_scalar(
             "select distinct p from (
                  select i.metadata->>'recording' as p from interactions i where i.customer_id = $1 and i.channel = 'voice'
@@ -130,7 +174,11 @@ impl PersonalDataEraser for RecordingStore {
         .bind(customer)
         .fetch_all(&mut *tx)
         .await?;
-        let files: Vec<PathBuf> = paths.iter().map(PathBuf::from).filter(|p| self.owns(p)).collect();
+        let files = paths
+            .iter()
+            .filter_map(|p| self.locate(hub, Path::new(p)))
+            .map(|(store, key)| switchboard_core::files::StoredFile { store, key })
+            .collect();
         Ok(Erased { rows: 0, files })
     }
 }
