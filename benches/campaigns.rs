@@ -103,6 +103,7 @@ async fn main() {
                 }
                 handed += p.handed;
             }
+            t.elapsed().as_secs_f64()
         })
     };
     let submits = loop {
@@ -116,7 +117,7 @@ async fn main() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     let secs = t.elapsed().as_secs_f64();
-    let _ = handed_task.await;
+    let handed_secs = handed_task.await.unwrap_or(f64::NAN);
     engine.reconcile().await.expect("reconcile");
     let sent: i64 = sqlx::query_scalar("select count(*) from campaign_recipients where campaign_id = $1 and status = 'sent'")
         .bind(id)
@@ -124,7 +125,7 @@ async fn main() {
         .await
         .unwrap_or(0);
     println!(
-        "sending: {send_n} messages at the SMSC in {secs:.2} s = {:.0} msg/s (target >= 1,000/s; its planning, {planned_at:.2} s, included); {} distinct numbers, {} duplicated (target 0); {sent} rows sent after reconcile",
+        "sending: {send_n} messages at the SMSC in {secs:.2} s = {:.0} msg/s (target >= 1,000/s; its planning, {planned_at:.2} s, included; all handed to the outbox after {handed_secs:.2} s); {} distinct numbers, {} duplicated (target 0); {sent} rows sent after reconcile",
         send_n as f64 / secs,
         submits["distinct"],
         submits["duplicated"]

@@ -55,6 +55,47 @@ pub async fn enqueue_tx(conn: &mut PgConnection, m: NewOutbound) -> CoreResult<U
     }
 }
 
+/// Inserts many outbox rows in the caller's transaction, in one statement. Returns their
+/// ids in order (the existing row's id for a key already there).
+pub async fn enqueue_many_tx(conn: &mut PgConnection, ms: &[NewOutbound]) -> CoreResult<Vec<Uuid>> {
+    if ms.is_empty() {
+        return Ok(Vec::new());
+    }
+    let keys: Vec<&str> = ms.iter().map(|m| m.idempotency_key.as_str()).collect();
+    let channels: Vec<&str> = ms.iter().map(|m| m.channel.as_str()).collect();
+    let interactions: Vec<Option<Uuid>> = ms.iter().map(|m| m.interaction_id).collect();
+    let messages: Vec<Option<Uuid>> = ms.iter().map(|m| m.message_id).collect();
+    let recipients: Vec<&str> = ms.iter().map(|m| m.recipient.as_str()).collect();
+    let subjects: Vec<Option<&str>> = ms.iter().map(|m| m.subject.as_deref()).collect();
+    let bodies: Vec<&str> = ms.iter().map(|m| m.body.as_str()).collect();
+    let metadata: Vec<&serde_json::Value> = ms.iter().map(|m| &m.metadata).collect();
+    sqlx::query(
+        "insert into outbox (idempotency_key, channel, interaction_id, message_id, recipient, subject, body, metadata)
+         select * from unnest($1::text[], $2::text[], $3::uuid[], $4::uuid[], $5::text[], $6::text[], $7::text[], $8::jsonb[])
+         on conflict (idempotency_key) do nothing",
+    )
+    .bind(&keys)
+    .bind(&channels)
+    .bind(&interactions)
+    .bind(&messages)
+    .bind(&recipients)
+    .bind(&subjects)
+    .bind(&bodies)
+    .bind(&metadata)
+    .execute(&mut *conn)
+    .await?;
+    let ids: HashMap<String, Uuid> =
+        sqlx::query_as::<_, (String, Uuid)>("select idempotency_key, id from outbox where idempotency_key = any($1)")
+            .bind(&keys)
+            .fetch_all(&mut *conn)
+            .await?
+            .into_iter()
+            .collect();
+    keys.iter()
+        .map(|k| ids.get(*k).copied().ok_or_else(|| crate::CoreError::Internal(format!("outbox row {k} vanished while being written"))))
+        .collect()
+}
+
 #[derive(sqlx::FromRow)]
 struct Row {
     id: Uuid,

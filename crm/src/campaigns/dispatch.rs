@@ -11,7 +11,7 @@ use super::{Engine, Pass};
 use chrono::{DateTime, Duration, Utc};
 use sqlx::{PgConnection, PgPool};
 use std::collections::HashMap;
-use switchboard_core::outbox::{enqueue_tx, NewOutbound};
+use switchboard_core::outbox::{enqueue_many_tx, NewOutbound};
 use switchboard_core::sms_text;
 use switchboard_core::{Channel, CoreResult};
 use uuid::Uuid;
@@ -124,6 +124,10 @@ async fn dispatch_campaign(e: &Engine, c: &Campaign, now: DateTime<Utc>) -> Core
     let customers = customer_facts(&mut tx, &rows).await?;
     let appointments = appointment_facts(&mut tx, &rows).await?;
     let mut pass = Pass::default();
+    // The sends of the claim are written together: one statement into the outbox, one
+    // marking the recipients `sending` (a claim of 500 was 1,000 round trips).
+    let mut sends: Vec<(Uuid, String, String, i16)> = Vec::new();
+    let mut outbound: Vec<NewOutbound> = Vec::new();
     for r in &rows {
         let decision = decide(e, c, r, customers.get(&r.customer_id), r.appointment_id.and_then(|a| appointments.get(&a)), now);
         match decision {
@@ -133,33 +137,17 @@ async fn dispatch_campaign(e: &Engine, c: &Campaign, now: DateTime<Utc>) -> Core
                 if let Some(ch) = &c.channel_name {
                     metadata["adapter"] = serde_json::Value::String(ch.clone());
                 }
-                let outbox_id = enqueue_tx(
-                    &mut tx,
-                    NewOutbound {
-                        idempotency_key: format!("campaign:{}", r.id),
-                        channel: Channel::Sms,
-                        interaction_id: None,
-                        message_id: None,
-                        recipient: phone.clone(),
-                        subject: None,
-                        body: body.clone(),
-                        metadata,
-                    },
-                )
-                .await?;
-                sqlx::query(
-                    "update campaign_recipients set status = 'sending', reason = null, phone = $2, body = $3, parts = $4, outbox_id = $5,
-                            handed_at = $6, handed_by = $7, updated_at = now() where id = $1",
-                )
-                .bind(r.id)
-                .bind(&phone)
-                .bind(&body)
-                .bind(parts)
-                .bind(outbox_id)
-                .bind(now)
-                .bind(e.node)
-                .execute(&mut *tx)
-                .await?;
+                sends.push((r.id, phone.clone(), body.clone(), parts));
+                outbound.push(NewOutbound {
+                    idempotency_key: format!("campaign:{}", r.id),
+                    channel: Channel::Sms,
+                    interaction_id: None,
+                    message_id: None,
+                    recipient: phone,
+                    subject: None,
+                    body,
+                    metadata,
+                });
                 pass.handed += 1;
             }
             Decision::Defer { until, latest } => {
@@ -190,6 +178,28 @@ async fn dispatch_campaign(e: &Engine, c: &Campaign, now: DateTime<Utc>) -> Core
                 pass.dropped += 1;
             }
         }
+    }
+    let outbox_ids = enqueue_many_tx(&mut tx, &outbound).await?;
+    if !sends.is_empty() {
+        let ids: Vec<Uuid> = sends.iter().map(|s| s.0).collect();
+        let phones: Vec<&str> = sends.iter().map(|s| s.1.as_str()).collect();
+        let bodies: Vec<&str> = sends.iter().map(|s| s.2.as_str()).collect();
+        let parts: Vec<i16> = sends.iter().map(|s| s.3).collect();
+        sqlx::query(
+            "update campaign_recipients r set status = 'sending', reason = null, phone = x.phone, body = x.body, parts = x.parts,
+                    outbox_id = x.outbox_id, handed_at = $6, handed_by = $7, updated_at = now()
+               from unnest($1::uuid[], $2::text[], $3::text[], $4::int2[], $5::uuid[]) as x(id, phone, body, parts, outbox_id)
+              where r.id = x.id",
+        )
+        .bind(&ids)
+        .bind(&phones)
+        .bind(&bodies)
+        .bind(&parts)
+        .bind(&outbox_ids)
+        .bind(now)
+        .bind(e.node)
+        .execute(&mut *tx)
+        .await?;
     }
     tx.commit().await?;
     Ok(pass)
