@@ -517,3 +517,48 @@ async fn two_engines_on_one_database_hand_each_recipient_over_once() {
     assert_eq!(dup, 0);
     w.th.stop().await;
 }
+
+#[tokio::test]
+async fn a_campaign_is_planned_only_by_the_holder_of_its_planning_lease() {
+    let start = utc(2026, 12, 3, 12, 0);
+    let w = world(start).await;
+    let db = w.db.clone();
+    for i in 0..3 {
+        customer(&db, NewCustomer { name: "Leased", phone: &format!("+49151700{i:05}"), tags: &["lease"], ..Default::default() }).await;
+    }
+    let id = create_campaign(
+        &w.marketer,
+        json!({ "name": "Leased", "kind": "broadcast", "audience": { "tags_any": ["lease"] }, "starts_at": start,
+                "template": { "default": "Hello" } }),
+    )
+    .await;
+    let rows = |db: PgPool| async move {
+        sqlx::query_scalar::<_, i64>("select count(*) from campaign_recipients where campaign_id = $1")
+            .bind(id)
+            .fetch_one(&db)
+            .await
+            .unwrap()
+    };
+    // Another node plans this campaign: this one leaves it alone (and dispatches only).
+    let name = format!("campaign-plan:{id}");
+    let other = Uuid::new_v4();
+    let held = switchboard_core::lease::acquire(&db, &name, other, std::time::Duration::from_secs(30)).await.unwrap().expect("lease");
+    assert_eq!(w.engine.plan().await.unwrap(), 0);
+    assert_eq!(rows(db.clone()).await, 0);
+    let state: String = sqlx::query_scalar("select planning_state from campaigns where id = $1").bind(id).fetch_one(&db).await.unwrap();
+    assert_eq!(state, "idle");
+    // The other node is gone (its lease released or expired): this one takes over, plans
+    // every recipient once under a new fencing token and gives the lease back.
+    switchboard_core::lease::release(&db, &held).await.unwrap();
+    assert_eq!(w.engine.plan().await.unwrap(), 3);
+    assert_eq!(rows(db.clone()).await, 3);
+    let token: i64 = sqlx::query_scalar("select token from leases where name = $1").bind(&name).fetch_one(&db).await.unwrap();
+    assert_eq!(token, held.token + 1);
+    assert!(switchboard_core::lease::holder(&db, &name).await.unwrap().is_none(), "released once planned");
+    // The old holder, waking up, is fenced off.
+    let mut tx = db.begin().await.unwrap();
+    assert!(!switchboard_core::lease::still_held(&mut tx, &name, held.token).await.unwrap());
+    tx.rollback().await.unwrap();
+    assert_eq!(w.engine.plan().await.unwrap(), 0, "planned once");
+    w.th.stop().await;
+}

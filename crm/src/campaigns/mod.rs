@@ -73,6 +73,10 @@ pub struct CampaignConfig {
     /// How far ahead recurring campaigns are planned, in hours.
     #[serde(default = "default_lookahead")]
     pub lookahead_hours: i64,
+    /// Seconds of a campaign's planning lease (`campaign-plan:<id>`): one node plans a
+    /// campaign at a time; a dead planner's campaign is taken over after this long.
+    #[serde(default = "default_plan_lease")]
+    pub plan_lease_secs: u64,
 }
 
 fn default_true() -> bool {
@@ -102,6 +106,9 @@ fn default_lookback() -> i64 {
 fn default_lookahead() -> i64 {
     36
 }
+fn default_plan_lease() -> u64 {
+    30
+}
 
 impl Default for CampaignConfig {
     fn default() -> Self {
@@ -115,6 +122,7 @@ impl Default for CampaignConfig {
             reply_window_hours: default_reply_window(),
             lookback_hours: default_lookback(),
             lookahead_hours: default_lookahead(),
+            plan_lease_secs: default_plan_lease(),
         }
     }
 }
@@ -128,8 +136,8 @@ impl CampaignConfig {
         if !(1..=10_000).contains(&self.claim_batch) || !(100..=1_000_000).contains(&self.plan_batch) {
             return Err("crm.campaigns: claim_batch must be 1..=10000 and plan_batch 100..=1000000".into());
         }
-        if self.tick_ms == 0 || self.plan_every_secs == 0 {
-            return Err("crm.campaigns: tick_ms and plan_every_secs must be positive".into());
+        if self.tick_ms == 0 || self.plan_every_secs == 0 || self.plan_lease_secs == 0 {
+            return Err("crm.campaigns: tick_ms, plan_every_secs and plan_lease_secs must be positive".into());
         }
         Ok(())
     }

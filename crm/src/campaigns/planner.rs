@@ -1,14 +1,70 @@
 //! Planning: one recipient row per (campaign, customer, occurrence), inserted ahead of
-//! time behind the unique constraint, so planning may run on every node, again after an
-//! edit or a restart, and still never makes a second row for the same occasion.
+//! time behind the unique constraint, so planning may run again after an edit or a
+//! restart and still never makes a second row for the same occasion.
+//!
+//! Each campaign is planned under its own lease (`campaign-plan:<id>`, core's
+//! [`switchboard_core::lease`]): one node plans a campaign at a time while every node
+//! dispatches. The holder renews it between batches, and every planning write runs in a
+//! transaction that first checks the lease is still ours (`still_held`, the fencing
+//! token), so a node paused past its lease (GC, SIGSTOP) cannot write a batch after
+//! another node took the campaign over. A dead planner's broadcast is resumed by another
+//! node as soon as its lease expires (planning is idempotent).
 
 use super::model::{Campaign, COLUMNS};
 use super::schedule::{birthday_send_at, zone_or};
 use super::Engine;
 use chrono::{DateTime, Datelike, Duration, NaiveDate, Utc};
-use sqlx::{PgPool, Postgres, QueryBuilder};
-use switchboard_core::CoreResult;
+use sqlx::{PgConnection, PgPool, Postgres, QueryBuilder, Transaction};
+use switchboard_core::lease::{self, Lease};
+use switchboard_core::{CoreError, CoreResult};
 use uuid::Uuid;
+
+/// The lease of one campaign's planning.
+fn lease_name(campaign: Uuid) -> String {
+    format!("campaign-plan:{campaign}")
+}
+
+fn lease_ttl(e: &Engine) -> std::time::Duration {
+    std::time::Duration::from_secs(e.config.plan_lease_secs.max(1))
+}
+
+const LEASE_LOST: &str = "campaign planning lease lost";
+
+fn lease_lost() -> CoreError {
+    CoreError::Conflict(LEASE_LOST.into())
+}
+
+fn is_lease_lost(e: &CoreError) -> bool {
+    matches!(e, CoreError::Conflict(m) if m == LEASE_LOST)
+}
+
+/// Takes (or, held already, renews) the planning lease of `campaign`; `None` when another
+/// node plans it.
+async fn take(e: &Engine, campaign: Uuid) -> CoreResult<Option<Lease>> {
+    lease::acquire(&e.db, &lease_name(campaign), e.node, lease_ttl(e)).await
+}
+
+/// Renews the lease once a third of it has passed; an error when it was lost.
+async fn keep(e: &Engine, l: &mut Lease) -> CoreResult<()> {
+    let ttl = lease_ttl(e);
+    if !l.locally_valid() {
+        return Err(lease_lost());
+    }
+    if l.valid_until.saturating_duration_since(tokio::time::Instant::now()) < ttl * 2 / 3 && !lease::renew(&e.db, l, ttl).await? {
+        return Err(lease_lost());
+    }
+    Ok(())
+}
+
+/// A planning write transaction, fenced: it begins with the lease check, so a holder
+/// that lost the lease writes nothing (and a competing acquisition waits for it).
+async fn fenced(e: &Engine, l: &Lease) -> CoreResult<Transaction<'static, Postgres>> {
+    let mut tx = e.db.begin().await?;
+    if !lease::still_held(&mut tx, &l.name, l.token).await? {
+        return Err(lease_lost());
+    }
+    Ok(tx)
+}
 
 /// Rows to write: customer, occurrence, appointment, status, reason, due, latest.
 #[derive(Default)]
@@ -45,7 +101,7 @@ impl Rows {
 
     /// Inserts missing rows; a row still `planned` follows a changed schedule (an edited
     /// send time, a rescheduled appointment). Rows past `planned` are never touched.
-    async fn write(self, db: &PgPool, campaign: Uuid) -> CoreResult<u64> {
+    async fn write(self, db: &mut PgConnection, campaign: Uuid) -> CoreResult<u64> {
         if self.customer.is_empty() {
             return Ok(0);
         }
@@ -90,13 +146,17 @@ pub async fn plan_all(e: &Engine, now: DateTime<Utc>) -> CoreResult<u64> {
 pub async fn plan_recurring(e: &Engine, now: DateTime<Utc>) -> CoreResult<u64> {
     let mut n = 0;
     for c in running(&e.db, &["birthday", "reminder", "follow_up"]).await? {
+        // Kept, not released, after the pass: the same node keeps planning the campaign
+        // while it renews on its next pass; another takes over once it lapses.
+        let Some(l) = take(e, c.id).await? else { continue };
         let r = match c.kind.as_str() {
-            "birthday" => plan_birthdays(e, &c, now).await,
-            "reminder" => plan_reminders(e, &c, now).await,
-            _ => plan_follow_ups(e, &c, now).await,
+            "birthday" => plan_birthdays(e, &c, now, &l).await,
+            "reminder" => plan_reminders(e, &c, now, &l).await,
+            _ => plan_follow_ups(e, &c, now, &l).await,
         };
         match r {
             Ok(k) => n += k,
+            Err(err) if is_lease_lost(&err) => tracing::info!(campaign_id = %c.id, "Campaign planning lease lost; another node plans it."),
             Err(err) => tracing::warn!(campaign_id = %c.id, error = %err, "Could not plan campaign."),
         }
     }
@@ -105,43 +165,69 @@ pub async fn plan_recurring(e: &Engine, now: DateTime<Utc>) -> CoreResult<u64> {
 }
 
 /// Plans broadcasts that are running and not planned yet, in keyset batches with the
-/// progress recorded after each. A node that died mid-planning leaves `planning` behind;
-/// after a minute without progress another node takes it over (planning is idempotent).
+/// progress recorded after each, each under its campaign's lease. A broadcast left
+/// `planning` by a node that died is resumed as soon as that node's lease has expired.
 pub async fn plan_broadcasts(e: &Engine, now: DateTime<Utc>) -> CoreResult<u64> {
     let mut total = 0;
-    loop {
-        let claimed: Option<Campaign> = sqlx::query_as(&format!(
-            "update campaigns set planning_state = 'planning', updated_at = now(), planning_error = null
-              where id = (select id from campaigns where kind = 'broadcast' and status in ('running','paused')
-                            and (planning_state = 'idle' or (planning_state = 'planning' and updated_at < now() - interval '60 seconds'))
-                          order by created_at limit 1 for update skip locked)
-             returning {COLUMNS}"
-        ))
-        .fetch_optional(&e.db)
-        .await?;
-        let Some(c) = claimed else { return Ok(total) };
-        match plan_broadcast(e, &c, now).await {
-            Ok(n) => total += n,
-            Err(err) => {
-                tracing::warn!(campaign_id = %c.id, error = %err, "Broadcast planning failed.");
-                sqlx::query("update campaigns set planning_state = 'failed', planning_error = $2, updated_at = now() where id = $1")
-                    .bind(c.id)
-                    .bind(err.to_string())
-                    .execute(&e.db)
-                    .await?;
+    let waiting: Vec<Uuid> = sqlx::query_scalar(
+        "select id from campaigns where kind = 'broadcast' and status in ('running','paused')
+            and planning_state in ('idle','planning') order by created_at",
+    )
+    .fetch_all(&e.db)
+    .await?;
+    for id in waiting {
+        let Some(mut l) = take(e, id).await? else { continue };
+        let r = async {
+            let mut tx = fenced(e, &l).await?;
+            let claimed: Option<Campaign> = sqlx::query_as(&format!(
+                "update campaigns set planning_state = 'planning', updated_at = now(), planning_error = null
+                  where id = $1 and kind = 'broadcast' and status in ('running','paused') and planning_state in ('idle','planning')
+                 returning {COLUMNS}"
+            ))
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            match claimed {
+                Some(c) => plan_broadcast(e, &c, now, &mut l).await,
+                None => Ok(0),
             }
         }
+        .await;
+        match r {
+            Ok(n) => total += n,
+            Err(err) if is_lease_lost(&err) => {
+                tracing::info!(campaign_id = %id, "Broadcast planning lease lost; another node plans it.");
+                continue;
+            }
+            Err(err) => {
+                tracing::warn!(campaign_id = %id, error = %err, "Broadcast planning failed.");
+                if let Ok(mut tx) = fenced(e, &l).await {
+                    sqlx::query("update campaigns set planning_state = 'failed', planning_error = $2, updated_at = now() where id = $1")
+                        .bind(id)
+                        .bind(err.to_string())
+                        .execute(&mut *tx)
+                        .await?;
+                    tx.commit().await?;
+                }
+            }
+        }
+        lease::release(&e.db, &l).await?;
     }
+    Ok(total)
 }
 
 #[tracing::instrument(skip_all, fields(campaign_id = %c.id))]
-async fn plan_broadcast(e: &Engine, c: &Campaign, now: DateTime<Utc>) -> CoreResult<u64> {
+async fn plan_broadcast(e: &Engine, c: &Campaign, now: DateTime<Utc>, l: &mut Lease) -> CoreResult<u64> {
     let estimate = super::audience::count(&e.db, &c.audience, now).await?;
+    keep(e, l).await?;
+    let mut tx = fenced(e, l).await?;
     sqlx::query("update campaigns set audience_estimate = $2, updated_at = now() where id = $1")
         .bind(c.id)
         .bind(estimate)
-        .execute(&e.db)
+        .execute(&mut *tx)
         .await?;
+    tx.commit().await?;
     let due = c.starts_at.unwrap_or(now);
     let mut after = Uuid::nil();
     let mut planned: i64 = 0;
@@ -164,19 +250,24 @@ async fn plan_broadcast(e: &Engine, c: &Campaign, now: DateTime<Utc>) -> CoreRes
             "::timestamptz from batch on conflict do nothing returning 1)
              select (select count(*) from batch), (select count(*) from ins), (select id from batch order by id desc limit 1)",
         );
-        let (seen, inserted, last): (i64, i64, Option<Uuid>) = qb.build_query_as().fetch_one(&e.db).await?;
-        planned += inserted;
+        keep(e, l).await?;
+        let mut tx = fenced(e, l).await?;
+        let (seen, inserted, last): (i64, i64, Option<Uuid>) = qb.build_query_as().fetch_one(&mut *tx).await?;
         sqlx::query("update campaigns set planned_count = planned_count + $2, updated_at = now() where id = $1")
             .bind(c.id)
             .bind(inserted)
-            .execute(&e.db)
+            .execute(&mut *tx)
             .await?;
+        tx.commit().await?;
+        planned += inserted;
         match last {
             Some(l) if seen == e.config.plan_batch => after = l,
             _ => break,
         }
     }
-    sqlx::query("update campaigns set planning_state = 'planned', updated_at = now() where id = $1").bind(c.id).execute(&e.db).await?;
+    let mut tx = fenced(e, l).await?;
+    sqlx::query("update campaigns set planning_state = 'planned', updated_at = now() where id = $1").bind(c.id).execute(&mut *tx).await?;
+    tx.commit().await?;
     tracing::info!(campaign_id = %c.id, planned, ms = started.elapsed().as_millis() as u64, "Broadcast planned.");
     Ok(planned as u64)
 }
@@ -201,7 +292,7 @@ fn birthday_days(from: DateTime<Utc>, to: DateTime<Utc>) -> (Vec<i32>, Vec<i32>)
 }
 
 #[tracing::instrument(skip_all, fields(campaign_id = %c.id))]
-async fn plan_birthdays(e: &Engine, c: &Campaign, now: DateTime<Utc>) -> CoreResult<u64> {
+async fn plan_birthdays(e: &Engine, c: &Campaign, now: DateTime<Utc>, l: &Lease) -> CoreResult<u64> {
     let active_from = c.starts_at.unwrap_or(c.created_at);
     let from = (now - Duration::hours(e.config.lookback_hours)).max(active_from);
     let to = now + Duration::hours(e.config.lookahead_hours);
@@ -236,7 +327,10 @@ async fn plan_birthdays(e: &Engine, c: &Campaign, now: DateTime<Utc>) -> CoreRes
             }
         }
     }
-    rows.write(&e.db, c.id).await
+    let mut tx = fenced(e, l).await?;
+    let n = rows.write(&mut tx, c.id).await?;
+    tx.commit().await?;
+    Ok(n)
 }
 
 type AppointmentRow = (Uuid, Uuid, DateTime<Utc>, i32, DateTime<Utc>);
@@ -267,7 +361,7 @@ async fn appointments_for(
 /// reminder moment gets it at once, or is skipped, per `late_policy`; none after the
 /// appointment time.
 #[tracing::instrument(skip_all, fields(campaign_id = %c.id))]
-async fn plan_reminders(e: &Engine, c: &Campaign, now: DateTime<Utc>) -> CoreResult<u64> {
+async fn plan_reminders(e: &Engine, c: &Campaign, now: DateTime<Utc>, l: &Lease) -> CoreResult<u64> {
     let offset = Duration::minutes(c.offset_minutes as i64);
     let to = now + offset + Duration::hours(e.config.lookahead_hours);
     let appts = appointments_for(c, &e.db, now, now, to, &["scheduled", "confirmed"]).await?;
@@ -295,13 +389,16 @@ async fn plan_reminders(e: &Engine, c: &Campaign, now: DateTime<Utc>) -> CoreRes
             );
         }
     }
-    rows.write(&e.db, c.id).await
+    let mut tx = fenced(e, l).await?;
+    let n = rows.write(&mut tx, c.id).await?;
+    tx.commit().await?;
+    Ok(n)
 }
 
 /// Follow-ups: `offset_minutes` after each appointment that took place ended (not
 /// cancelled, not a no-show), within the grace period.
 #[tracing::instrument(skip_all, fields(campaign_id = %c.id))]
-async fn plan_follow_ups(e: &Engine, c: &Campaign, now: DateTime<Utc>) -> CoreResult<u64> {
+async fn plan_follow_ups(e: &Engine, c: &Campaign, now: DateTime<Utc>, l: &Lease) -> CoreResult<u64> {
     let offset = Duration::minutes(c.offset_minutes as i64);
     let active_from = c.starts_at.unwrap_or(c.created_at);
     let from = now - offset - Duration::hours(e.config.lookback_hours) - Duration::days(7);
@@ -320,7 +417,10 @@ async fn plan_follow_ups(e: &Engine, c: &Campaign, now: DateTime<Utc>) -> CoreRe
             rows.push(customer, id.to_string(), Some(id), "planned", None, at, Some(at + grace));
         }
     }
-    rows.write(&e.db, c.id).await
+    let mut tx = fenced(e, l).await?;
+    let n = rows.write(&mut tx, c.id).await?;
+    tx.commit().await?;
+    Ok(n)
 }
 
 /// Reminders and follow-ups of appointments that were cancelled (or marked no-show, or
