@@ -391,7 +391,12 @@ async fn run(cli: Cli) -> Result<(), String> {
                     if pass.events == 0 && !pass.busy {
                         break;
                     }
+                    if pass.busy {
+                        // A running hub's worker holds the rollup lease: it rolls up too.
+                        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                    }
                 }
+                gaps.release(&db.pool).await.map_err(|e| e.to_string())?;
                 eprintln!();
                 println!("{done} events applied.");
             } else if let (Some(from), Some(to)) = (from, to) {

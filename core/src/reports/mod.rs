@@ -29,8 +29,8 @@ pub struct ReportSettings {
     /// Local time of day when the wallboard's "today" starts ("00:00").
     #[serde(default = "default_reset")]
     pub day_reset: String,
-    /// Whether this node runs the rollup worker (every node may: they take turns under
-    /// one advisory lock).
+    /// Whether this node runs the rollup worker (every node may: one at a time holds the
+    /// `reports:rollup` lease, and another takes over when it lapses).
     #[serde(default = "yes")]
     pub worker: bool,
     /// Milliseconds between worker passes when idle.
@@ -103,7 +103,7 @@ impl ReportSettings {
 /// `poll_ms`), and every `poll_ms` anyway.
 pub async fn run_worker(hub: Hub, settings: ReportSettings, mut shutdown: tokio::sync::watch::Receiver<bool>) {
     let Ok(zone) = settings.zone() else { return };
-    let mut gaps = rollup::Gaps::default();
+    let mut gaps = rollup::Gaps::for_holder(hub.node_id());
     let poll = Duration::from_millis(settings.poll_ms.max(10));
     let grace = Duration::from_secs(settings.gap_grace_secs);
     let mut events = hub.events();
@@ -117,7 +117,12 @@ pub async fn run_worker(hub: Hub, settings: ReportSettings, mut shutdown: tokio:
             continue;
         }
         tokio::select! {
-            _ = shutdown.changed() => return,
+            _ = shutdown.changed() => {
+                if let Err(error) = gaps.release(hub.db()).await {
+                    tracing::warn!(%error, "Could not give the report rollup lease up.");
+                }
+                return;
+            }
             _ = tokio::time::sleep(poll) => {}
         }
         // Sleep on until something happens (or a poll passes for late ids).

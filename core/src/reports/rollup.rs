@@ -4,15 +4,21 @@
 //! [`Processor`], so they give the same numbers.
 //!
 //! Exactly once: a batch's rollup increments, the contact and agent state it changed, the
-//! new watermark and any skipped ids are written in one transaction, under a
-//! transaction-scoped advisory lock that every node's worker and the rebuild take, after
-//! reading the watermark inside that transaction.
+//! new watermark and any skipped ids are written in one transaction, after reading (and
+//! row-locking) the watermark inside that transaction.
+//!
+//! One writer: the worker holds the [`ROLLUP_LEASE`] (core/src/lease.rs), renewed every
+//! pass, and every write transaction starts with the lease's fencing check
+//! ([`lease::still_held`]), so a node that was paused past its lease's expiry and wakes
+//! up writes nothing. A rebuild (or reset) first takes [`REBUILD_LEASE`], which makes the
+//! worker give the rollup lease up, then holds the rollup lease for its whole transaction.
 
 #![allow(clippy::type_complexity)] // sqlx row tuples
 
 use super::interval::{bucket, split, Grain};
 use super::measures::Measures;
 use crate::error::{CoreError, CoreResult};
+use crate::lease::{self, Lease};
 use chrono::{DateTime, Duration, Utc};
 use chrono_tz::Tz;
 use serde::{Deserialize, Serialize};
@@ -20,8 +26,15 @@ use sqlx::{PgConnection, PgPool};
 use std::collections::{HashMap, HashSet};
 use uuid::Uuid;
 
-/// The advisory lock key of report processing (any value unique to this job).
-pub const REPORTS_LOCK: i64 = 0x5e70_7274_7301;
+/// The lease of the one node that writes rollups.
+pub const ROLLUP_LEASE: &str = "reports:rollup";
+/// The lease a rebuild or reset takes first: while it is held, workers give the rollup
+/// lease up and pause.
+pub const REBUILD_LEASE: &str = "reports:rebuild";
+/// How long a rollup lease lasts unrenewed (the worker renews it every pass).
+pub const LEASE_TTL: std::time::Duration = std::time::Duration::from_secs(15);
+/// How long a rebuild waits for the worker to give the rollup lease up.
+const REBUILD_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
 /// Events per batch.
 pub const BATCH: i64 = 5000;
 /// Most pieces a long presence segment is split into per grain (a year of quarters).
@@ -138,6 +151,15 @@ struct QueueCfg {
 }
 
 type FactKey = (Grain, DateTime<Utc>, Uuid, Uuid, String);
+/// An agent's time in presence states per bucket (`report_presence`).
+type PresenceKey = (Grain, DateTime<Utc>, Uuid);
+
+/// The grains of the full rows (`report_facts`, `report_presence`): hourly figures are
+/// read from quarters there, and kept pre-summed only in `report_dims` (migration
+/// 20261205200000), which spares a third of the rows written.
+const ROW_GRAINS: [Grain; 2] = [Grain::Quarter, Grain::Day];
+/// The measures of `report_presence`, the last ones of [`Measures::COLUMNS`].
+const PRESENCE_COLUMNS: [&str; 6] = ["available_ms", "away_ms", "busy_ms", "wrap_up_state_ms", "handling_ms", "idle_ms"];
 type CountKey = (Grain, DateTime<Utc>, String, String, Uuid, String);
 
 fn is_async(channel: &str) -> bool {
@@ -158,6 +180,7 @@ pub struct Processor {
     dirty_agents: HashSet<Uuid>,
     queues: HashMap<Uuid, QueueCfg>,
     facts: HashMap<FactKey, Measures>,
+    presence: HashMap<PresenceKey, Measures>,
     counts: HashMap<CountKey, i64>,
     evicted: HashSet<Uuid>,
 }
@@ -173,6 +196,7 @@ impl Processor {
             dirty_agents: HashSet::new(),
             queues: HashMap::new(),
             facts: HashMap::new(),
+            presence: HashMap::new(),
             counts: HashMap::new(),
             evicted: HashSet::new(),
         }
@@ -186,7 +210,7 @@ impl Processor {
         if !self.in_clip(at) || m.is_zero() {
             return;
         }
-        for g in Grain::ALL {
+        for g in ROW_GRAINS {
             let key = (g, bucket(g, at, self.zone), queue.unwrap_or_default(), agent.unwrap_or_default(), channel.to_string());
             self.facts.entry(key).or_default().add(&m);
         }
@@ -232,7 +256,7 @@ impl Processor {
         if to <= from || (presence == "offline" && holding == 0) {
             return;
         }
-        for g in Grain::ALL {
+        for g in ROW_GRAINS {
             for (b, d) in split(g, from, to, self.zone, MAX_PIECES) {
                 let mut m = Measures::default();
                 match presence.as_str() {
@@ -247,7 +271,7 @@ impl Processor {
                 } else if presence == "available" {
                     m.idle_ms = d;
                 }
-                self.facts.entry((g, b, Uuid::nil(), id, String::new())).or_default().add(&m);
+                self.presence.entry((g, b, id)).or_default().add(&m);
             }
         }
     }
@@ -646,51 +670,131 @@ async fn load(conn: &mut PgConnection, p: &mut Processor, events: &[Event], fres
     Ok(())
 }
 
-static FACTS_UPSERT: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+/// `insert into <table> (<keys>, <measures>) select * from unnest(<key arrays>, <measure
+/// arrays>)`: the rollup rows are append-only increments (migration 20261205200000), so a
+/// batch is one plain multi-row insert per table, no conflict handling.
+fn measures_insert(table: &str, keys: &[(&str, &str)]) -> String {
     let cols = Measures::COLUMNS;
-    let params: Vec<String> = (0..cols.len()).map(|i| format!("${}::int8[]", i + 6)).collect();
-    let sets: Vec<String> = cols
-        .iter()
-        .zip(Measures::IS_MAX)
-        .map(|(c, max)| {
-            if *max {
-                format!("{c} = greatest(report_facts.{c}, excluded.{c})")
-            } else {
-                format!("{c} = report_facts.{c} + excluded.{c}")
-            }
-        })
-        .collect();
-    format!(
-        "insert into report_facts (grain, bucket, queue_id, agent_id, channel, {}) select * from unnest($1::int2[], $2::timestamptz[], $3::uuid[], $4::uuid[], $5::text[], {})
-         on conflict (grain, bucket, queue_id, agent_id, channel) do update set {}",
-        cols.join(", "),
-        params.join(", "),
-        sets.join(", ")
+    let key_cols: Vec<&str> = keys.iter().map(|k| k.0).collect();
+    let mut params: Vec<String> = keys.iter().enumerate().map(|(i, k)| format!("${}::{}[]", i + 1, k.1)).collect();
+    params.extend((0..cols.len()).map(|i| format!("${}::int8[]", i + keys.len() + 1)));
+    format!("insert into {table} ({}, {}) select * from unnest({})", key_cols.join(", "), cols.join(", "), params.join(", "))
+}
+
+static FACTS_INSERT: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    measures_insert(
+        "report_facts",
+        &[("grain", "int2"), ("bucket", "timestamptz"), ("queue_id", "uuid"), ("agent_id", "uuid"), ("channel", "text")],
     )
 });
+
+static PRESENCE_INSERT: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "insert into report_presence (grain, bucket, agent_id, {}) select * from unnest($1::int2[], $2::timestamptz[], $3::uuid[], {})",
+        PRESENCE_COLUMNS.join(", "),
+        (4..4 + PRESENCE_COLUMNS.len()).map(|i| format!("${i}::int8[]")).collect::<Vec<_>>().join(", ")
+    )
+});
+
+static DIMS_INSERT: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    measures_insert("report_dims", &[("grain", "int2"), ("bucket", "timestamptz"), ("dim", "\"char\""), ("key", "text")])
+});
+
+/// A row of `report_dims`: grain, bucket, dimension ('q' queue, 'c' channel, 'a' rows
+/// with an agent, 't' all rows) and its key.
+type DimKey = (Grain, DateTime<Utc>, i8, String);
+
+/// Sums a batch's fact increments per report dimension (`report_dims`, see migration
+/// 20261205200000).
+/// Hourly sums are derived here from the quarters.
+fn dims_of(facts: &[(FactKey, Measures)], presence: &[(PresenceKey, Measures)]) -> Vec<(DimKey, Measures)> {
+    let mut dims: HashMap<DimKey, Measures> = HashMap::new();
+    let mut add = |g: Grain, b: DateTime<Utc>, q: Uuid, a: Uuid, ch: &str, m: &Measures| {
+        let mut grains = vec![(g, b)];
+        if g == Grain::Quarter {
+            grains.push((Grain::Hour, super::interval::hour(b)));
+        }
+        for (g, b) in grains {
+            dims.entry((g, b, b'q' as i8, q.to_string())).or_default().add(m);
+            if !ch.is_empty() {
+                dims.entry((g, b, b'c' as i8, ch.to_string())).or_default().add(m);
+            }
+            if !a.is_nil() {
+                dims.entry((g, b, b'a' as i8, String::new())).or_default().add(m);
+            }
+            dims.entry((g, b, b't' as i8, String::new())).or_default().add(m);
+        }
+    };
+    for ((g, b, q, a, ch), m) in facts {
+        add(*g, *b, *q, *a, ch, m);
+    }
+    for ((g, b, a), m) in presence {
+        add(*g, *b, Uuid::nil(), *a, "", m);
+    }
+    dims.into_iter().collect()
+}
+
+/// Binds the measure columns of `rows` (column arrays, in [`Measures::COLUMNS`] order).
+fn bind_measures<'q, K>(
+    mut q: sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>,
+    rows: &[(K, Measures)],
+) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
+    let mut cols: Vec<Vec<i64>> = vec![Vec::with_capacity(rows.len()); Measures::COLUMNS.len()];
+    for (_, m) in rows {
+        for (col, v) in cols.iter_mut().zip(m.values()) {
+            col.push(v);
+        }
+    }
+    for col in cols {
+        q = q.bind(col);
+    }
+    q
+}
 
 /// Writes the collected increments, contacts and agents (in the caller's transaction).
 async fn flush(conn: &mut PgConnection, p: &mut Processor, write_agents: bool) -> CoreResult<()> {
     let facts: Vec<(FactKey, Measures)> = p.facts.drain().collect();
-    for chunk in facts.chunks(10_000) {
-        let mut q = sqlx::query(&FACTS_UPSERT)
+    for chunk in facts.chunks(20_000) {
+        let q = sqlx::query(&FACTS_INSERT)
             .bind(chunk.iter().map(|f| f.0 .0.id()).collect::<Vec<_>>())
             .bind(chunk.iter().map(|f| f.0 .1).collect::<Vec<_>>())
             .bind(chunk.iter().map(|f| f.0 .2).collect::<Vec<_>>())
             .bind(chunk.iter().map(|f| f.0 .3).collect::<Vec<_>>())
             .bind(chunk.iter().map(|f| f.0 .4.clone()).collect::<Vec<_>>());
-        let values: Vec<Vec<i64>> = chunk.iter().map(|f| f.1.values()).collect();
-        for col in 0..Measures::COLUMNS.len() {
-            q = q.bind(values.iter().map(|v| v[col]).collect::<Vec<_>>());
+        bind_measures(q, chunk).execute(&mut *conn).await?;
+    }
+    let presence: Vec<(PresenceKey, Measures)> = p.presence.drain().collect();
+    for chunk in presence.chunks(20_000) {
+        let mut q = sqlx::query(&PRESENCE_INSERT)
+            .bind(chunk.iter().map(|f| f.0 .0.id()).collect::<Vec<_>>())
+            .bind(chunk.iter().map(|f| f.0 .1).collect::<Vec<_>>())
+            .bind(chunk.iter().map(|f| f.0 .2).collect::<Vec<_>>());
+        for col in [
+            |m: &Measures| m.available_ms,
+            |m: &Measures| m.away_ms,
+            |m: &Measures| m.busy_ms,
+            |m: &Measures| m.wrap_up_state_ms,
+            |m: &Measures| m.handling_ms,
+            |m: &Measures| m.idle_ms,
+        ] {
+            q = q.bind(chunk.iter().map(|f| col(&f.1)).collect::<Vec<_>>());
         }
         q.execute(&mut *conn).await?;
+    }
+    let dims = dims_of(&facts, &presence);
+    for chunk in dims.chunks(20_000) {
+        let q = sqlx::query(&DIMS_INSERT)
+            .bind(chunk.iter().map(|f| f.0 .0.id()).collect::<Vec<_>>())
+            .bind(chunk.iter().map(|f| f.0 .1).collect::<Vec<_>>())
+            .bind(chunk.iter().map(|f| f.0 .2).collect::<Vec<_>>())
+            .bind(chunk.iter().map(|f| f.0 .3.clone()).collect::<Vec<_>>());
+        bind_measures(q, chunk).execute(&mut *conn).await?;
     }
     let counts: Vec<(CountKey, i64)> = p.counts.drain().collect();
     if !counts.is_empty() {
         sqlx::query(
             "insert into report_counts (grain, bucket, dim, key, queue_id, channel, n)
-             select * from unnest($1::int2[], $2::timestamptz[], $3::text[], $4::text[], $5::uuid[], $6::text[], $7::int8[])
-             on conflict (grain, bucket, dim, key, queue_id, channel) do update set n = report_counts.n + excluded.n",
+             select * from unnest($1::int2[], $2::timestamptz[], $3::text[], $4::text[], $5::uuid[], $6::text[], $7::int8[])",
         )
         .bind(counts.iter().map(|c| c.0 .0.id()).collect::<Vec<_>>())
         .bind(counts.iter().map(|c| c.0 .1).collect::<Vec<_>>())
@@ -745,8 +849,10 @@ async fn progress(conn: &mut PgConnection, zone: Tz) -> CoreResult<i64> {
         .bind(zone.name())
         .execute(&mut *conn)
         .await?;
-    let (wm, z): (i64, String) =
-        sqlx::query_as("select watermark, day_zone from report_progress where name = $1").bind(PROGRESS).fetch_one(&mut *conn).await?;
+    let (wm, z): (i64, String) = sqlx::query_as("select watermark, day_zone from report_progress where name = $1 for update")
+        .bind(PROGRESS)
+        .fetch_one(&mut *conn)
+        .await?;
     if z != zone.name() {
         return Err(CoreError::Conflict(format!(
             "the report rollups keep days of {z}, the configuration says {}; run `switchboard reports rebuild --all`",
@@ -768,9 +874,46 @@ pub struct Pass {
 }
 
 /// The live worker's memory of ids it found missing and since when.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Gaps {
     seen: HashMap<i64, std::time::Instant>,
+    /// Who this worker is to the lease (a node id, or random for a one-off run).
+    holder: Uuid,
+    /// The rollup lease while held.
+    lease: Option<Lease>,
+}
+
+impl Default for Gaps {
+    fn default() -> Self {
+        Gaps::for_holder(Uuid::new_v4())
+    }
+}
+
+impl Gaps {
+    /// A worker's memory, holding the rollup lease as `holder` (the node id).
+    pub fn for_holder(holder: Uuid) -> Gaps {
+        Gaps { seen: HashMap::new(), holder, lease: None }
+    }
+
+    /// Gives the rollup lease up (shutdown, or the end of a one-off run) so another node's
+    /// worker can take over at once.
+    pub async fn release(&mut self, pool: &PgPool) -> CoreResult<()> {
+        if let Some(l) = self.lease.take() {
+            lease::release(pool, &l).await?;
+        }
+        Ok(())
+    }
+
+    /// Takes or renews the rollup lease; `None` when another node holds it or a rebuild
+    /// is running (then it is given up).
+    async fn lease(&mut self, pool: &PgPool) -> CoreResult<Option<Lease>> {
+        if lease::holder(pool, REBUILD_LEASE).await?.is_some_and(|h| h.holder != self.holder) {
+            self.release(pool).await?;
+            return Ok(None);
+        }
+        self.lease = lease::acquire(pool, ROLLUP_LEASE, self.holder, LEASE_TTL).await?;
+        Ok(self.lease.clone())
+    }
 }
 
 /// Processes the next batch of events after the watermark. An id that is missing (its
@@ -782,9 +925,28 @@ pub async fn process_batch(pool: &PgPool, zone: Tz, gaps: &mut Gaps, gap_grace: 
 
 /// [`process_batch`] with a batch size of `batch` events.
 pub async fn process_batch_of(pool: &PgPool, zone: Tz, gaps: &mut Gaps, gap_grace: std::time::Duration, batch: i64) -> CoreResult<Pass> {
+    let Some(held) = gaps.lease(pool).await? else {
+        return Ok(Pass { busy: true, ..Default::default() });
+    };
+    write_batch(pool, zone, gaps, gap_grace, batch, &held).await
+}
+
+/// One batch under the rollup lease `held` (fenced: nothing is written when the database
+/// says the lease is no longer this holding's).
+async fn write_batch(
+    pool: &PgPool,
+    zone: Tz,
+    gaps: &mut Gaps,
+    gap_grace: std::time::Duration,
+    batch: i64,
+    held: &Lease,
+) -> CoreResult<Pass> {
+    let started = std::time::Instant::now();
     let mut tx = pool.begin().await?;
-    let locked: bool = sqlx::query_scalar("select pg_try_advisory_xact_lock($1)").bind(REPORTS_LOCK).fetch_one(&mut *tx).await?;
-    if !locked {
+    // Fencing: the lease is still ours by the database's clock (a takeover waits for this
+    // transaction), else this node overslept its lease and writes nothing.
+    if !lease::still_held(&mut tx, ROLLUP_LEASE, held.token).await? {
+        gaps.lease = None;
         return Ok(Pass { busy: true, ..Default::default() });
     }
     let wm = progress(&mut tx, zone).await?;
@@ -827,12 +989,17 @@ pub async fn process_batch_of(pool: &PgPool, zone: Tz, gaps: &mut Gaps, gap_grac
     if all.is_empty() && skipped.is_empty() {
         return Ok(Pass { waiting_on_gap, ..Default::default() });
     }
+    let read = started.elapsed();
     let mut p = Processor::new(zone, None);
     load(&mut tx, &mut p, &all, false).await?;
+    let loaded = started.elapsed();
     for e in &all {
         p.apply(e);
     }
+    let applied = started.elapsed();
+    let rows = p.facts.len() + p.presence.len();
     flush(&mut tx, &mut p, true).await?;
+    let flushed = started.elapsed();
     if !late.is_empty() {
         sqlx::query("delete from report_skipped_events where id = any($1)")
             .bind(late.iter().map(|e| e.id).collect::<Vec<_>>())
@@ -853,6 +1020,16 @@ pub async fn process_batch_of(pool: &PgPool, zone: Tz, gaps: &mut Gaps, gap_grac
         .execute(&mut *tx)
         .await?;
     tx.commit().await?;
+    tracing::debug!(
+        events = all.len(),
+        rows,
+        read_ms = read.as_millis() as u64,
+        load_ms = (loaded - read).as_millis() as u64,
+        apply_ms = (applied - loaded).as_millis() as u64,
+        write_ms = (flushed - applied).as_millis() as u64,
+        commit_ms = (started.elapsed() - flushed).as_millis() as u64,
+        "Report rollup batch applied."
+    );
     Ok(Pass { events: all.len(), waiting_on_gap, busy: false })
 }
 
@@ -860,8 +1037,15 @@ pub async fn process_batch_of(pool: &PgPool, zone: Tz, gaps: &mut Gaps, gap_grac
 pub async fn catch_up(pool: &PgPool, zone: Tz, gap_grace: std::time::Duration, max_batches: usize) -> CoreResult<usize> {
     let mut gaps = Gaps::default();
     let mut n = 0;
+    let mut result = Ok(());
     for _ in 0..max_batches {
-        let pass = process_batch(pool, zone, &mut gaps, gap_grace).await?;
+        let pass = match process_batch(pool, zone, &mut gaps, gap_grace).await {
+            Ok(pass) => pass,
+            Err(e) => {
+                result = Err(e);
+                break;
+            }
+        };
         n += pass.events;
         if pass.events == 0 && !pass.busy {
             break;
@@ -870,7 +1054,52 @@ pub async fn catch_up(pool: &PgPool, zone: Tz, gap_grace: std::time::Duration, m
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         }
     }
-    Ok(n)
+    gaps.release(pool).await?;
+    result.map(|_| n)
+}
+
+/// Takes the rollup lease away from the workers for a rebuild or reset: first the rebuild
+/// lease (workers seeing it give the rollup lease up), then the rollup lease itself
+/// (bounded wait: a worker that stopped renewing loses it after [`LEASE_TTL`]).
+async fn take_over(pool: &PgPool) -> CoreResult<(Lease, Lease)> {
+    let holder = Uuid::new_v4();
+    let deadline = tokio::time::Instant::now() + REBUILD_WAIT;
+    let pause = std::time::Duration::from_millis(100);
+    let mut rebuild = loop {
+        if let Some(l) = lease::acquire(pool, REBUILD_LEASE, holder, LEASE_TTL).await? {
+            break l;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(CoreError::Conflict("another rebuild of the report rollups is running".into()));
+        }
+        tokio::time::sleep(pause).await;
+    };
+    loop {
+        if let Some(l) = lease::acquire(pool, ROLLUP_LEASE, holder, LEASE_TTL).await? {
+            return Ok((rebuild, l));
+        }
+        if tokio::time::Instant::now() >= deadline || !lease::renew(pool, &mut rebuild, LEASE_TTL).await? {
+            lease::release(pool, &rebuild).await?;
+            return Err(CoreError::Conflict("the report rollup worker did not give its lease up".into()));
+        }
+        tokio::time::sleep(pause).await;
+    }
+}
+
+/// Gives both leases of [`take_over`] back.
+async fn hand_back(pool: &PgPool, (rebuild, rollup): &(Lease, Lease)) -> CoreResult<()> {
+    lease::release(pool, rollup).await?;
+    lease::release(pool, rebuild).await
+}
+
+/// Starts the transaction of a rebuild or reset: the rollup lease's fencing check holds
+/// its row (share lock) until the transaction ends, so no worker can take it meanwhile.
+async fn fenced_tx(pool: &PgPool, rollup: &Lease) -> CoreResult<sqlx::Transaction<'static, sqlx::Postgres>> {
+    let mut tx = pool.begin().await?;
+    if !lease::still_held(&mut tx, ROLLUP_LEASE, rollup.token).await? {
+        return Err(CoreError::Conflict("the report rollup lease was lost".into()));
+    }
+    Ok(tx)
 }
 
 /// What a rebuild did.
@@ -894,7 +1123,21 @@ pub async fn rebuild(
     zone: Tz,
     from: DateTime<Utc>,
     to: DateTime<Utc>,
+    progress_cb: impl FnMut(usize),
+) -> CoreResult<Rebuilt> {
+    let leases = take_over(pool).await?;
+    let r = rebuild_holding(pool, zone, from, to, progress_cb, &leases.1).await;
+    hand_back(pool, &leases).await?;
+    r
+}
+
+async fn rebuild_holding(
+    pool: &PgPool,
+    zone: Tz,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
     mut progress_cb: impl FnMut(usize),
+    rollup: &Lease,
 ) -> CoreResult<Rebuilt> {
     let from = super::interval::day(from, zone);
     let to = {
@@ -905,11 +1148,15 @@ pub async fn rebuild(
             super::interval::next_bucket(Grain::Day, d, zone)
         }
     };
-    let mut tx = pool.begin().await?;
-    sqlx::query("select pg_advisory_xact_lock($1)").bind(REPORTS_LOCK).execute(&mut *tx).await?;
+    let mut tx = fenced_tx(pool, rollup).await?;
     let wm = progress(&mut tx, zone).await?;
-    sqlx::query("delete from report_facts where bucket >= $1 and bucket < $2").bind(from).bind(to).execute(&mut *tx).await?;
-    sqlx::query("delete from report_counts where bucket >= $1 and bucket < $2").bind(from).bind(to).execute(&mut *tx).await?;
+    for table in ["report_facts", "report_presence", "report_dims", "report_counts"] {
+        sqlx::query(&format!("delete from {table} where grain in (0, 1, 2) and bucket >= $1 and bucket < $2"))
+            .bind(from)
+            .bind(to)
+            .execute(&mut *tx)
+            .await?;
+    }
     sqlx::query("create temp table report_rebuild_contacts (id uuid primary key) on commit drop").execute(&mut *tx).await?;
     sqlx::query(
         "insert into report_rebuild_contacts
@@ -1004,11 +1251,19 @@ pub async fn rebuild(
 /// day zone `zone`: the worker then recomputes everything from the event log (used when
 /// `reports.time_zone` changes).
 pub async fn reset(pool: &PgPool, zone: Tz) -> CoreResult<()> {
-    let mut tx = pool.begin().await?;
-    sqlx::query("select pg_advisory_xact_lock($1)").bind(REPORTS_LOCK).execute(&mut *tx).await?;
-    sqlx::query("truncate report_facts, report_counts, report_contacts, report_agent_state, report_skipped_events")
-        .execute(&mut *tx)
-        .await?;
+    let leases = take_over(pool).await?;
+    let r = reset_holding(pool, zone, &leases.1).await;
+    hand_back(pool, &leases).await?;
+    r
+}
+
+async fn reset_holding(pool: &PgPool, zone: Tz, rollup: &Lease) -> CoreResult<()> {
+    let mut tx = fenced_tx(pool, rollup).await?;
+    sqlx::query(
+        "truncate report_facts, report_presence, report_dims, report_counts, report_contacts, report_agent_state, report_skipped_events",
+    )
+    .execute(&mut *tx)
+    .await?;
     sqlx::query(
         "insert into report_progress (name, watermark, day_zone) values ($1, 0, $2)
          on conflict (name) do update set watermark = 0, day_zone = excluded.day_zone, updated_at = now()",
@@ -1019,4 +1274,99 @@ pub async fn reset(pool: &PgPool, zone: Tz) -> CoreResult<()> {
     .await?;
     tx.commit().await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::TestDb;
+    use std::time::Duration as StdDuration;
+
+    async fn presence(pool: &PgPool, agent: Uuid, state: &str, at: &str) {
+        sqlx::query("insert into interaction_events (agent_id, kind, data, at) values ($1, 'presence', $2, $3::timestamptz)")
+            .bind(agent)
+            .bind(serde_json::json!({ "presence": state }))
+            .bind(at)
+            .execute(pool)
+            .await
+            .unwrap();
+    }
+
+    async fn available_ms(pool: &PgPool) -> i64 {
+        sqlx::query_scalar("select coalesce(sum(available_ms), 0)::int8 from report_presence where grain = 0")
+            .fetch_one(pool)
+            .await
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn reports_rollup_a_node_that_lost_its_lease_writes_nothing() {
+        let db = TestDb::new().await;
+        let pool = &db.pool;
+        let zone: Tz = "UTC".parse().unwrap();
+        let agent = Uuid::new_v4();
+        presence(pool, agent, "available", "2026-01-05T10:00:00Z").await;
+        presence(pool, agent, "offline", "2026-01-05T11:00:00Z").await;
+        let mut a = Gaps::for_holder(Uuid::new_v4());
+        let stale = a.lease(pool).await.unwrap().expect("a free lease");
+        // Node a is paused past its lease's expiry; node b's worker takes over.
+        sqlx::query("update leases set expires_at = clock_timestamp() - interval '1 second' where name = $1")
+            .bind(ROLLUP_LEASE)
+            .execute(pool)
+            .await
+            .unwrap();
+        let mut b = Gaps::for_holder(Uuid::new_v4());
+        assert_eq!(process_batch(pool, zone, &mut b, StdDuration::ZERO).await.unwrap().events, 2);
+        presence(pool, agent, "available", "2026-01-05T12:00:00Z").await;
+        presence(pool, agent, "offline", "2026-01-05T12:30:00Z").await;
+        // Node a wakes up and writes the batch it had started with its old lease: fenced.
+        let pass = write_batch(pool, zone, &mut a, StdDuration::ZERO, BATCH, &stale).await.unwrap();
+        assert!(pass.busy && pass.events == 0, "{pass:?}");
+        // Nor can it take the lease back while b renews it.
+        assert!(process_batch(pool, zone, &mut a, StdDuration::ZERO).await.unwrap().busy);
+        assert_eq!(process_batch(pool, zone, &mut b, StdDuration::ZERO).await.unwrap().events, 2);
+        // Every hour counted once.
+        assert_eq!(available_ms(pool).await, 5_400_000);
+        b.release(pool).await.unwrap();
+        assert_eq!(process_batch(pool, zone, &mut a, StdDuration::ZERO).await.unwrap().events, 0, "a takes over after the release");
+    }
+
+    #[tokio::test]
+    async fn reports_rebuild_takes_the_rollup_lease_from_a_running_worker() {
+        let db = TestDb::new().await;
+        let pool = db.pool.clone();
+        let zone: Tz = "UTC".parse().unwrap();
+        let agent = Uuid::new_v4();
+        presence(&pool, agent, "available", "2026-01-05T10:00:00Z").await;
+        presence(&pool, agent, "offline", "2026-01-05T11:00:00Z").await;
+        let mut worker = Gaps::for_holder(Uuid::new_v4());
+        assert_eq!(process_batch(&pool, zone, &mut worker, StdDuration::ZERO).await.unwrap().events, 2);
+        // The worker keeps passing (and renewing) while the rebuild runs.
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let running = {
+            let (pool, stop) = (pool.clone(), stop.clone());
+            tokio::spawn(async move {
+                let mut busy = 0;
+                for _ in 0..600 {
+                    if stop.load(std::sync::atomic::Ordering::SeqCst) {
+                        break;
+                    }
+                    busy += process_batch(&pool, zone, &mut worker, StdDuration::ZERO).await.unwrap().busy as usize;
+                    tokio::time::sleep(StdDuration::from_millis(20)).await;
+                }
+                (busy, worker)
+            })
+        };
+        let t0 = std::time::Instant::now();
+        let from = DateTime::parse_from_rfc3339("2026-01-05T00:00:00Z").unwrap().with_timezone(&Utc);
+        let r = rebuild(&pool, zone, from, from + Duration::days(1), |_| {}).await.unwrap();
+        assert_eq!(r.events, 2);
+        assert!(t0.elapsed() < StdDuration::from_secs(5), "the worker gave the lease up at once: {:?}", t0.elapsed());
+        assert_eq!(available_ms(&pool).await, 3_600_000);
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        let (busy, mut worker) = running.await.unwrap();
+        assert!(busy > 0, "the worker paused for the rebuild");
+        // And it takes the lease back afterwards.
+        assert!(!process_batch(&pool, zone, &mut worker, StdDuration::ZERO).await.unwrap().busy);
+    }
 }
