@@ -12,40 +12,17 @@ use reqwest::StatusCode;
 use serde_json::{json, Value};
 use smsc::Smsc;
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::time::{Duration, Instant};
 use support::*;
 use switchboard_core::testing::TestDb;
 use switchboard_core::Role;
 
-const BIN: &str = env!("CARGO_BIN_EXE_switchboard");
 const RECIPIENTS: i64 = 10_000;
 
 /// Starts `switchboard serve` with this config file; returns it with its URL.
 fn serve(config: &std::path::Path) -> (Child, String) {
-    let mut child = Command::new(BIN)
-        .args(["serve", "--config"])
-        .arg(config)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .env("SWITCHBOARD_LOG", "warn")
-        .spawn()
-        .expect("spawn switchboard");
-    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
-    let mut url = None;
-    for l in lines.by_ref().map_while(Result::ok) {
-        if let Some(u) = l.split_whitespace().find(|w| w.starts_with("http://")) {
-            url = Some(u.trim_end_matches('/').to_string());
-            break;
-        }
-    }
-    std::thread::spawn(move || for _ in lines {});
-    let url = url.unwrap_or_else(|| {
-        let _ = child.kill();
-        panic!("switchboard serve printed no URL")
-    });
-    (child, url)
+    spawn_binary(&["serve", "--config", config.to_str().expect("utf-8 path")])
 }
 
 async fn stats(smsc: &mut Smsc, dests: bool) -> Value {

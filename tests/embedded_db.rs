@@ -8,7 +8,6 @@ mod support;
 use reqwest::StatusCode;
 use sqlx::postgres::PgConnectOptions;
 use sqlx::{Connection, PgConnection};
-use std::io::{BufRead, BufReader};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -20,28 +19,7 @@ const BIN: &str = env!("CARGO_BIN_EXE_switchboard");
 
 /// Starts the binary and returns it with the URL it printed.
 fn spawn(args: &[&str]) -> (Child, String) {
-    let mut child = Command::new(BIN)
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .env("SWITCHBOARD_LOG", "warn")
-        .spawn()
-        .expect("spawn switchboard");
-    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
-    let mut url = None;
-    for l in lines.by_ref().map_while(Result::ok) {
-        if let Some(u) = l.split_whitespace().find(|w| w.starts_with("http://")) {
-            url = Some(u.trim_end_matches('/').to_string());
-            break;
-        }
-    }
-    // Keep draining stdout so the child never blocks on a full pipe.
-    std::thread::spawn(move || for _ in lines {});
-    let url = url.unwrap_or_else(|| {
-        let _ = child.kill();
-        panic!("switchboard {args:?} printed no URL")
-    });
-    (child, url)
+    spawn_binary(args)
 }
 
 /// Stops a spawned hub with SIGTERM (so it stops its embedded cluster) and waits.

@@ -245,3 +245,31 @@ pub fn inbound(channel: Channel, key: &str, from: &str, body: &str) -> switchboa
         ..Default::default()
     }
 }
+
+/// Starts the `switchboard` binary with `args` and waits for the first URL it prints
+/// (the HTTP address it serves). Its stdout keeps being drained so it never blocks on a
+/// full pipe; stderr is dropped. Panics (after killing it) when it prints no URL.
+pub fn spawn_binary(args: &[&str]) -> (std::process::Child, String) {
+    use std::io::{BufRead, BufReader};
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_switchboard"))
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .env("SWITCHBOARD_LOG", "warn")
+        .spawn()
+        .expect("spawn switchboard");
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let mut url = None;
+    for l in lines.by_ref().map_while(Result::ok) {
+        if let Some(u) = l.split_whitespace().find(|w| w.starts_with("http://")) {
+            url = Some(u.trim_end_matches('/').to_string());
+            break;
+        }
+    }
+    std::thread::spawn(move || for _ in lines {});
+    let url = url.unwrap_or_else(|| {
+        let _ = child.kill();
+        panic!("switchboard {args:?} printed no URL")
+    });
+    (child, url)
+}
