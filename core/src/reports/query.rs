@@ -235,7 +235,18 @@ pub async fn run(pool: &PgPool, day_zone: Tz, r: &Request) -> CoreResult<Value> 
     // The response names the grain the intervals align to, as before.
     let aligned = grain;
     let grain = if source.is_none() && grain == Grain::Hour { Grain::Quarter } else { grain };
+    // The interval is the stored grain itself: each bucket is one interval.
+    let interval_is_grain =
+        matches!((r.interval, grain), (Interval::Quarter, Grain::Quarter) | (Interval::Hour, Grain::Hour) | (Interval::Day, Grain::Day));
     let sql = match source {
+        // One row per bucket and key already (report_dims): read as stored, in key order.
+        Some((d, key_filter)) if interval_is_grain && (r.by_dimension || d == 't' || d == 'a') => format!(
+            "select bucket as start, {} as dim, array[{}] as m from report_dims where grain = $1 and bucket >= $2 and bucket < $3 and dim = '{d}'{}
+             order by 1, 2",
+            if r.by_dimension { "key" } else { "null::text" },
+            Measures::COLUMNS.join(", "),
+            key_filter.map(|f| format!(" and {f}")).unwrap_or_default(),
+        ),
         // Pre-summed per dimension (report_dims): a few rows per bucket.
         Some((d, key_filter)) => format!(
             "select {start} as start, {} as dim, array[{}] as m from report_dims where grain = $1 and bucket >= $2 and bucket < $3 and dim = '{d}'{}
@@ -294,13 +305,24 @@ pub async fn run(pool: &PgPool, day_zone: Tz, r: &Request) -> CoreResult<Value> 
     let single_queue = (r.queues.len() == 1).then(|| r.queues[0]);
     let mut total = Measures::default();
     let mut out = Vec::with_capacity(rows.len());
+    // Rows come in interval order: each interval's labels are formatted once.
+    let mut labels: Option<(DateTime<Utc>, Value, Value)> = None;
     for (start, d, vals) in rows {
         let m = Measures::from_values(&vals.into_iter().map(|v| v.unwrap_or(0)).collect::<Vec<_>>());
         total.add(&m);
         let mut row = Map::new();
         if let Some(s) = start {
-            row.insert("start".into(), json!(s.with_timezone(&r.tz).to_rfc3339()));
-            row.insert("end".into(), json!(r.interval.end_of(s, r.tz, r.to).with_timezone(&r.tz).to_rfc3339()));
+            if labels.as_ref().is_none_or(|l| l.0 != s) {
+                labels = Some((
+                    s,
+                    json!(s.with_timezone(&r.tz).to_rfc3339()),
+                    json!(r.interval.end_of(s, r.tz, r.to).with_timezone(&r.tz).to_rfc3339()),
+                ));
+            }
+            if let Some((_, a, b)) = &labels {
+                row.insert("start".into(), a.clone());
+                row.insert("end".into(), b.clone());
+            }
         }
         let mut sl = default_sl;
         let mut target = None;

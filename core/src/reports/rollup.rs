@@ -696,8 +696,26 @@ static PRESENCE_INSERT: std::sync::LazyLock<String> = std::sync::LazyLock::new(|
     )
 });
 
-static DIMS_INSERT: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
-    measures_insert("report_dims", &[("grain", "int2"), ("bucket", "timestamptz"), ("dim", "\"char\""), ("key", "text")])
+/// `report_dims` is upserted (one row per key: migration 20261205200001); a batch's rows
+/// are unique per key (summed in [`dims_of`]).
+static DIMS_UPSERT: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    let sets: Vec<String> =
+        Measures::COLUMNS
+            .iter()
+            .zip(Measures::IS_MAX)
+            .map(|(c, max)| {
+                if *max {
+                    format!("{c} = greatest(report_dims.{c}, excluded.{c})")
+                } else {
+                    format!("{c} = report_dims.{c} + excluded.{c}")
+                }
+            })
+            .collect();
+    format!(
+        "{} on conflict (grain, dim, bucket, key) do update set {}",
+        measures_insert("report_dims", &[("grain", "int2"), ("bucket", "timestamptz"), ("dim", "\"char\""), ("key", "text")]),
+        sets.join(", ")
+    )
 });
 
 /// A row of `report_dims`: grain, bucket, dimension ('q' queue, 'c' channel, 'a' rows
@@ -783,7 +801,7 @@ async fn flush(conn: &mut PgConnection, p: &mut Processor, write_agents: bool) -
     }
     let dims = dims_of(&facts, &presence);
     for chunk in dims.chunks(20_000) {
-        let q = sqlx::query(&DIMS_INSERT)
+        let q = sqlx::query(&DIMS_UPSERT)
             .bind(chunk.iter().map(|f| f.0 .0.id()).collect::<Vec<_>>())
             .bind(chunk.iter().map(|f| f.0 .1).collect::<Vec<_>>())
             .bind(chunk.iter().map(|f| f.0 .2).collect::<Vec<_>>())
