@@ -562,3 +562,73 @@ async fn a_campaign_is_planned_only_by_the_holder_of_its_planning_lease() {
     assert_eq!(w.engine.plan().await.unwrap(), 0, "planned once");
     w.th.stop().await;
 }
+
+#[tokio::test]
+async fn an_appointment_booked_or_moved_into_the_reminder_window_gets_its_reminder_at_once() {
+    // The engine runs in the hub on the real clock and plans only once an hour by itself:
+    // a reminder that arrives within seconds was planned because the booking woke it.
+    let smsc = Smsc::start().await;
+    let table = smsc::channel(smsc.port, "");
+    let th = spawn_hub_with(move |s| {
+        s.channels.push(table);
+        s.crm = Some(
+            toml::from_str("[campaigns]\nworker = true\ntick_ms = 200\nplan_every_secs = 3600\ndefault_time_zone = \"Europe/Berlin\"")
+                .expect("crm toml"),
+        );
+    })
+    .await;
+    let mut smsc = smsc;
+    smsc.wait(15, |e| e["event"] == "bound").await;
+    let db = th.hub().db().clone();
+    let marketer = user(&th, "mia", &[Role::Marketer], None).await;
+    let agent = user(&th, "ada", &[Role::Agent], None).await;
+    let gil =
+        customer(&db, NewCustomer { name: "Gil Booked", phone: "+4915120000007", tz: Some("Europe/Berlin"), ..Default::default() }).await;
+    let hal =
+        customer(&db, NewCustomer { name: "Hal Moved", phone: "+4915120000008", tz: Some("Europe/Berlin"), ..Default::default() }).await;
+    // Let the engine's first (periodic) planning pass go by before the campaign exists.
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    let id = create_campaign(
+        &marketer,
+        json!({ "name": "Reminder at once", "kind": "reminder", "offset_minutes": 1440, "late_policy": "send",
+                "quiet_start": null, "quiet_end": null, "template": { "default": "See you on {appointment.date}" } }),
+    )
+    .await;
+    let now = Utc::now();
+    // Hal books three days ahead (outside the window): nothing yet.
+    let (st, hal_appt) = agent
+        .call(
+            "POST",
+            "/api/v1/appointments",
+            Some(json!({ "customer_id": hal, "starts_at": now + Duration::days(3), "time_zone": "Europe/Berlin" })),
+        )
+        .await;
+    assert_eq!(st, StatusCode::CREATED, "{hal_appt}");
+    // Gil books two hours ahead, inside the 24-hour window: the reminder goes at once.
+    let (st, a) = agent
+        .call(
+            "POST",
+            "/api/v1/appointments",
+            Some(json!({ "customer_id": gil, "starts_at": now + Duration::hours(2), "time_zone": "Europe/Berlin" })),
+        )
+        .await;
+    assert_eq!(st, StatusCode::CREATED, "{a}");
+    assert_eq!(submits(&mut smsc, 1).await[0].0, "4915120000007");
+    // Hal's appointment moves to five hours from now: his reminder follows at once.
+    let (st, a) = agent
+        .call(
+            "PATCH",
+            &format!("/api/v1/appointments/{}", hal_appt["id"].as_str().expect("id")),
+            Some(json!({ "starts_at": now + Duration::hours(5), "time_zone": "Europe/Berlin" })),
+        )
+        .await;
+    assert_eq!(st, StatusCode::OK, "{a}");
+    assert_eq!(submits(&mut smsc, 1).await[0].0, "4915120000008");
+    let o = outcomes(&db, id).await;
+    assert_eq!(o.len(), 2, "{o:?}");
+    for (name, rows) in &o {
+        assert_eq!(rows.len(), 1, "{name}: one reminder");
+        assert!(matches!(rows[0].1.as_str(), "sending" | "sent" | "delivered"), "{name}: {rows:?}");
+    }
+    th.stop().await;
+}

@@ -93,6 +93,8 @@ pub const ROUTES: &[RouteDoc] = &[
 pub(crate) struct Crm {
     pub(crate) settings: Arc<Settings>,
     pub(crate) shutdown: tokio::sync::watch::Receiver<bool>,
+    /// The campaign engine (told when appointments change).
+    pub(crate) campaigns: crate::campaigns::Engine,
 }
 
 /// The CRM router.
@@ -960,6 +962,7 @@ struct NewAppointment {
 
 async fn create_appointment(
     State(hub): State<Hub>,
+    Extension(crm): Extension<Crm>,
     caller: Caller,
     ApiJson(b): ApiJson<NewAppointment>,
 ) -> CoreResult<(StatusCode, Json<Appointment>)> {
@@ -997,6 +1000,8 @@ async fn create_appointment(
     .bind(caller.user_id)
     .fetch_one(hub.db())
     .await?;
+    // Reminders and follow-ups follow the change on the next campaign tick.
+    crm.campaigns.appointments_changed();
     let a: Appointment = sqlx::query_as(&format!("{APPOINTMENT_SELECT} where a.id = $1")).bind(id).fetch_one(hub.db()).await?;
     Ok((StatusCode::CREATED, Json(with_local(a))))
 }
@@ -1016,6 +1021,7 @@ struct UpdateAppointment {
 
 async fn update_appointment(
     State(hub): State<Hub>,
+    Extension(crm): Extension<Crm>,
     caller: Caller,
     ApiPath(id): ApiPath<Uuid>,
     ApiJson(b): ApiJson<UpdateAppointment>,
@@ -1063,6 +1069,8 @@ async fn update_appointment(
     .bind(&b.notes)
     .execute(hub.db())
     .await?;
+    // Reminders and follow-ups follow the change on the next campaign tick.
+    crm.campaigns.appointments_changed();
     let a: Appointment = sqlx::query_as(&format!("{APPOINTMENT_SELECT} where a.id = $1")).bind(id).fetch_one(hub.db()).await?;
     Ok(Json(with_local(a)))
 }

@@ -84,5 +84,6 @@ pub async fn start(hub: &Hub, config: Option<toml::Value>, shutdown: tokio::sync
         tokio::spawn(engine.clone().run(shutdown.clone()));
     }
     tracing::info!(default_region = %settings.config.default_region, attributes = settings.config.attributes.len(), "CRM started.");
-    Ok(api::router(api::Crm { settings: settings.clone(), shutdown }).merge(campaigns::api::router(engine, settings)))
+    Ok(api::router(api::Crm { settings: settings.clone(), shutdown, campaigns: engine.clone() })
+        .merge(campaigns::api::router(engine, settings)))
 }

@@ -159,6 +159,9 @@ pub struct Engine {
     pub clock: Arc<dyn Clock>,
     /// This node (recorded as `handed_by`).
     pub node: Uuid,
+    /// Rung when appointments change: the next pass plans reminders and follow-ups at
+    /// once instead of waiting for `plan_every_secs`.
+    replan: Arc<tokio::sync::Notify>,
 }
 
 /// What one pass did.
@@ -179,13 +182,20 @@ pub struct Pass {
 impl Engine {
     /// An engine on the system clock.
     pub fn new(db: PgPool, config: Arc<CampaignConfig>, node: Uuid) -> Engine {
-        Engine { db, config, clock: Arc::new(SystemClock), node }
+        Engine { db, config, clock: Arc::new(SystemClock), node, replan: Arc::new(tokio::sync::Notify::new()) }
     }
 
     /// The same engine reading time from `clock`.
     pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Engine {
         self.clock = clock;
         self
+    }
+
+    /// An appointment was booked, moved or cancelled: the running engine re-plans
+    /// reminders and follow-ups on its next tick (an appointment booked inside a
+    /// reminder's window gets it at once, not after the next periodic planning pass).
+    pub fn appointments_changed(&self) {
+        self.replan.notify_one();
     }
 
     /// Plans every running campaign.
@@ -241,6 +251,15 @@ impl Engine {
             tokio::select! {
                 _ = shutdown.changed() => return,
                 _ = tokio::time::sleep(tick) => {}
+                _ = self.replan.notified() => {
+                    // Plan on the next pass (after at least one tick's pause, so a burst
+                    // of bookings is one planning pass).
+                    last_plan = None;
+                    tokio::select! {
+                        _ = shutdown.changed() => return,
+                        _ = tokio::time::sleep(tick) => {}
+                    }
+                }
             }
         }
     }
