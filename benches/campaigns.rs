@@ -79,7 +79,7 @@ async fn main() {
         ("SWITCHBOARD__HTTP__BIND".into(), "\"127.0.0.1:0\"".into()),
         ("SWITCHBOARD__DATABASE__URL".into(), format!("\"{}\"", db.url())),
         ("SWITCHBOARD__OUTBOX__POLL_MS".into(), "20".into()),
-        ("SWITCHBOARD__OUTBOX__WORKERS".into(), env_i64("CAMPAIGN_BENCH_WORKERS", 32).to_string()),
+        ("SWITCHBOARD__OUTBOX__WORKERS".into(), env_i64("CAMPAIGN_BENCH_WORKERS", 4).to_string()),
     ];
     let mut settings = Settings::load(None, env).expect("settings");
     settings.channels.push(smsc::channel(smsc.port, "window = 50\nmax_per_second = 100000\nregistered_delivery = false"));
