@@ -1,10 +1,15 @@
 #!/usr/bin/env python3
 """Cluster fault drills against `scripts/cluster.sh` (real processes on loopback).
 
-Run:  scripts/cluster.sh up && python3 tests/cluster/drills.py [--visitors 20] [--pause 30]
+Run:  python3 tests/cluster/drills.py --up [--visitors 20] [--pause 30]   (tests/cluster/run.sh)
+ or:  scripts/cluster.sh up && python3 tests/cluster/drills.py              (chat and SIP only)
 
 Load: chat visitors through HAProxy (HTTP fallback of the chat protocol), each sending a
-message every 0.5 s with a unique client_msg_id and resending the same id until acked.
+message every 0.5 s with a unique client_msg_id and resending the same id until acked;
+SIPp callers through Kamailio; with --up (peers started here, then `scripts/cluster.sh up`
+with their ports): customer mail appended to Dovecot's `support` INBOX every second (the
+mailbox leased to one node, `lease_secs = 3`), and mobile-originated SMS from the scripted
+SMSC (tests/sms/smsc.mjs) every 0.5 s, resent until a node answers deliver_sm with 0.
 Drills, one after another, each followed by recovery (the node restarted):
   1. kill -9 of a node that is not the router leader
   2. kill -9 of the router leader
@@ -12,11 +17,13 @@ Drills, one after another, each followed by recovery (the node restarted):
      another node with a higher token (the standby ends the paused leader's lock session
      once its lease expired); the woken node does not lead and its commits are fenced
   4. PostgreSQL primary killed, replica promoted (`scripts/cluster.sh promote`)
-After each: every acked message stored (0 inbound lost), none stored twice, the time until
+After each, per channel: every acked message stored (0 inbound lost), none stored twice
+(chat messages, mails by Message-ID token, SMS by text; SMSC submit_sm duplicates), the time until
 the load is accepted again and until a router leader is back. Prints a table; exits 1 when
 an invariant failed. Bounded: every wait has a deadline.
 """
 import argparse
+import atexit
 import json
 import os
 import shutil
@@ -28,6 +35,9 @@ import time
 import urllib.error
 import urllib.request
 import uuid
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import peers as channel_peers  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DIR = os.environ.get("CLUSTER_DIR", "/tmp/switchboard-cluster")
@@ -232,7 +242,20 @@ def main():
     ap.add_argument("--visitors", type=int, default=20)
     ap.add_argument("--pause", type=int, default=30)
     ap.add_argument("--warmup", type=float, default=5)
+    ap.add_argument("--up", action="store_true", help="start the email/SMS peers, then scripts/cluster.sh up with their ports")
+    ap.add_argument("--no-mail-sms", action="store_true", help="with --up: chat and SIP load only")
     args = ap.parse_args()
+    peers = None
+    if args.up:
+        why = "disabled (--no-mail-sms)" if args.no_mail_sms else channel_peers.available()
+        env = dict(os.environ)
+        if why is None:
+            peers = channel_peers.Peers()
+            atexit.register(peers.stop)
+            env.update(peers.start())
+        else:
+            print(f"email/SMS load skipped: {why}", flush=True)
+        subprocess.run([f"{ROOT}/scripts/cluster.sh", "up"], check=True, env=env, timeout=300)
     for i in range(3):
         if not ready(i)[0]:
             sys.exit(f"node{i} is not ready: run scripts/cluster.sh up first")
@@ -240,6 +263,12 @@ def main():
     load.start()
     sip = SipLoad()
     sip.start()
+    mail = sms = None
+    if peers is not None:
+        mail = channel_peers.MailLoad(peers.imap_port)
+        mail.start()
+        sms = channel_peers.SmsLoad(peers.smsc)
+        sms.start()
     time.sleep(args.warmup)
     results = []
     failed = False
@@ -256,6 +285,18 @@ def main():
             flow = None if flowing is None else max(0.0, load.last_fail - t0)
         acked, lost, twice = check_messages(load)
         ok = flow is not None and lead is not None and not lost and not twice
+        channels = [f"chat {acked}/{len(lost)}/{len(twice)}"]
+        if mail is not None:
+            m_acked = mail.acked()
+            m_lost, m_twice = channel_peers.stored_counts(psql, "email", "drill-mail-", m_acked)
+            s_acked = sms.acked()
+            s_lost, s_twice = channel_peers.stored_counts(psql, "sms", "drill-sms-", s_acked)
+            stats = peers.smsc.submit_stats() or {}
+            dup_out = stats.get("duplicated", "?")
+            channels += [f"email {len(m_acked)}/{len(m_lost)}/{len(m_twice)}", f"sms {len(s_acked)}/{len(s_lost)}/{len(s_twice)}",
+                         f"sms submit_sm duplicated {dup_out}"]
+            ok = ok and not m_lost and not m_twice and not s_lost and not s_twice and dup_out in (0, "?")
+        extra = (extra + "; " if extra else "") + "acked/lost/twice: " + ", ".join(channels)
         failed |= not ok
         results.append((name, acked, len(lost), len(twice), flow, lead, extra, ok))
         print(f"{name}: acked {acked}, lost {len(lost)}, twice {len(twice)}, last failed request at "
@@ -315,6 +356,10 @@ def main():
 
     load.stop.set()
     sip.stop()
+    if mail is not None:
+        mail.stop.set()
+        sms.stop.set()
+
     print("\n| drill | acked | lost | twice | last failed request (s after fault) | router leader (s) | ok | notes |")
     print("|---|---|---|---|---|---|---|---|")
     for name, acked, lost, twice, flow, lead, extra, ok in results:
