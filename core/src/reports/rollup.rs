@@ -887,7 +887,7 @@ pub struct Pass {
     pub events: usize,
     /// Whether the worker stopped at an id not yet visible (maybe still being written).
     pub waiting_on_gap: bool,
-    /// Another node holds the lock.
+    /// Another node holds the rollup lease, or a rebuild is running (nothing was written).
     pub busy: bool,
 }
 
