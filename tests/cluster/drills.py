@@ -237,6 +237,18 @@ def lease_holder(name):
     return int(token), NODES.index(url)
 
 
+def channel_holders():
+    """Which node holds the mailbox and the SMPP bind now (`-` when nobody)."""
+    out = []
+    for what, name in (("mailbox", "email:support-mail"), ("bind", "smpp:sms-main")):
+        try:
+            _, h = lease_holder(name)
+        except Exception:
+            h = None
+        out.append(f"{what} on {'-' if h is None else f'node{h}'}")
+    return ", ".join(out)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--visitors", type=int, default=20)
@@ -307,29 +319,34 @@ def main():
     lead = leader_index()
     victim = next(i for i in range(3) if i != lead)
     live = calls_on(victim)
+    held = channel_holders() if mail is not None else ""
     t0 = time.time()
     os.kill(node_pid(victim), signal.SIGKILL)
     lead_back = wait_leader(t0)
     ended = calls_ended_with_reason(live)
     failed |= ended != len(live)
-    record(f"kill -9 node{victim} (not leader)", t0, f"calls on it: {len(live)}, ended node_lost: {ended}", lead=lead_back)
+    record(f"kill -9 node{victim} (not leader)", t0, f"calls on it: {len(live)}, ended node_lost: {ended}; at the kill {held}",
+           lead=lead_back)
     restart_node(victim)
 
     # 2. kill -9 the leader.
     lead = leader_index()
     live = calls_on(lead)
+    held = channel_holders() if mail is not None else ""
     t0 = time.time()
     os.kill(node_pid(lead), signal.SIGKILL)
     lead_back = wait_leader(t0)
     ended = calls_ended_with_reason(live)
     failed |= ended != len(live)
-    record(f"kill -9 node{lead} (router leader)", t0, f"calls on it: {len(live)}, ended node_lost: {ended}", lead=lead_back)
+    record(f"kill -9 node{lead} (router leader)", t0, f"calls on it: {len(live)}, ended node_lost: {ended}; at the kill {held}",
+           lead=lead_back)
     restart_node(lead)
 
     # 3. SIGSTOP the router leader (which may also hold the sweeper lease), then SIGCONT.
     holder = leader_index()
     token, _ = lease_holder("router")
     if holder is not None:
+        held = channel_holders() if mail is not None else ""
         t0 = time.time()
         os.kill(node_pid(holder), signal.SIGSTOP)
         moved = None
@@ -344,7 +361,7 @@ def main():
         t_after, h_after = lease_holder("router")
         extra = (f"router lease moved after {round(moved[0], 2)} s to token {moved[1]} (was {token}); "
                  f"after SIGCONT held by node{h_after} token {t_after}, node{holder} leading: {ready(holder)[1]}"
-                 if moved else "router lease did not move")
+                 if moved else "router lease did not move") + (f"; at the stop {held}" if held else "")
         if not moved or h_after == holder or ready(holder)[1]:
             failed = True
         record(f"SIGSTOP node{holder} (router leader) {args.pause} s + SIGCONT", t0, extra, lead=moved[0] if moved else None)
