@@ -172,7 +172,9 @@ async fn claim(hub: &Hub, s: &OutboxSettings) -> CoreResult<Vec<Row>> {
     Ok(sqlx::query_as(
         "with due as (
              select id from outbox where status in ('pending','sending') and next_attempt_at <= now()
-              order by next_attempt_at, created_at limit $1 for update skip locked),
+              -- The index order (outbox_due): sorting by anything more would read and sort
+              -- every due row on each claim.
+              order by next_attempt_at limit $1 for update skip locked),
          claimed as (
              update outbox o set status = 'sending', attempts = o.attempts + 1, next_attempt_at = now() + make_interval(secs => $2)
                from due where o.id = due.id
