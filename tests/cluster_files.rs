@@ -376,6 +376,11 @@ async fn files_written_through_one_node_are_served_by_another_from_s3() {
         assert_eq!(r.headers()["content-type"], "audio/wav");
         let wav = r.bytes().await.expect("wav");
         assert!(wav.len() > 44 && wav.starts_with(b"RIFF"), "{who}: a WAV file ({} bytes)", wav.len());
+        // Seeking reads a byte range from the bucket.
+        let r = c.http.get(format!("{}/api/v1/recordings/{id}", b.url())).header("range", "bytes=-4").send().await.expect("range");
+        assert_eq!(r.status(), StatusCode::PARTIAL_CONTENT, "{who}");
+        assert_eq!(r.headers()["content-range"], format!("bytes {}-{}/{}", wav.len() - 4, wav.len() - 1, wav.len()).as_str());
+        assert_eq!(&r.bytes().await.expect("bytes")[..], &wav[wav.len() - 4..]);
     }
     // ... and to nobody else.
     assert_eq!(http.get(format!("{}/api/v1/recordings/{id}", b.url())).send().await.expect("anonymous").status(), StatusCode::UNAUTHORIZED);

@@ -265,6 +265,15 @@ async fn recordings_are_served_over_http_to_who_may_hear_them() {
     }
     let (st, _, _) = Client::anonymous(&th.url).raw("GET", &url, None, vec![]).await;
     assert_eq!(st, StatusCode::UNAUTHORIZED);
+    // The player seeks: a byte range is answered 206 with exactly those bytes.
+    let full = sup.http.get(format!("{}{url}", th.url)).send().await.expect("full").bytes().await.expect("bytes");
+    let r = sup.http.get(format!("{}{url}", th.url)).header("range", "bytes=4-11").send().await.expect("range");
+    assert_eq!(r.status(), StatusCode::PARTIAL_CONTENT);
+    assert_eq!(r.headers()["content-range"], format!("bytes 4-11/{}", full.len()).as_str());
+    assert_eq!(r.headers()["accept-ranges"], "bytes");
+    assert_eq!(&r.bytes().await.expect("bytes")[..], &full[4..12]);
+    let r = sup.http.get(format!("{}{url}", th.url)).header("range", format!("bytes={}-", full.len())).send().await.expect("past the end");
+    assert_eq!(r.status(), StatusCode::RANGE_NOT_SATISFIABLE);
     // A path outside the recording directories is never served.
     sqlx::query("update interactions set metadata = jsonb_build_object('recording', '/etc/passwd') where id = $1")
         .bind(call)

@@ -204,6 +204,74 @@ impl FileBody {
     }
 }
 
+/// The byte range a `Range` header asks for in a file of `size` bytes: `Ok(None)` for the
+/// whole file (no header, or one this server answers in full: several ranges, another
+/// unit), `Err(())` when it cannot be satisfied (416).
+pub fn requested_range(header: Option<&str>, size: u64) -> Result<Option<Range<u64>>, ()> {
+    let Some(spec) = header.map(str::trim).and_then(|h| h.strip_prefix("bytes=")) else { return Ok(None) };
+    if spec.contains(',') {
+        return Ok(None);
+    }
+    let Some((a, b)) = spec.split_once('-') else { return Ok(None) };
+    let (a, b) = (a.trim(), b.trim());
+    let range = match (a.parse::<u64>(), b.parse::<u64>()) {
+        // bytes=first-last
+        (Ok(first), Ok(last)) if first <= last => first..last.saturating_add(1).min(size),
+        // bytes=first-
+        (Ok(first), Err(_)) if b.is_empty() => first..size,
+        // bytes=-suffix
+        (Err(_), Ok(suffix)) if a.is_empty() && suffix > 0 => size.saturating_sub(suffix)..size,
+        _ => return Ok(None),
+    };
+    if range.start >= size {
+        return Err(());
+    }
+    Ok(Some(range))
+}
+
+/// Serves `key` as an HTTP response with `content_type`, streamed, honouring a single
+/// `Range` (206 with `Content-Range`, 416 when unsatisfiable) so a browser's audio player
+/// can seek; `None` when there is no such file. Caching and disposition headers are the
+/// caller's.
+pub async fn serve(
+    store: &dyn FileStore,
+    key: &str,
+    range_header: Option<&str>,
+    content_type: &'static str,
+) -> CoreResult<Option<axum::response::Response>> {
+    use axum::http::{header, HeaderValue, StatusCode};
+    use axum::response::IntoResponse;
+    let Some(size) = store.size(key).await? else { return Ok(None) };
+    let range = match requested_range(range_header, size) {
+        Ok(r) => r,
+        Err(()) => {
+            let mut resp = StatusCode::RANGE_NOT_SATISFIABLE.into_response();
+            if let Ok(v) = HeaderValue::from_str(&format!("bytes */{size}")) {
+                resp.headers_mut().insert(header::CONTENT_RANGE, v);
+            }
+            return Ok(Some(resp));
+        }
+    };
+    let Some(body) = store.get(key, range.clone()).await? else { return Ok(None) };
+    let stream = body.stream.map(|chunk| chunk.map_err(std::io::Error::other));
+    let mut resp = axum::body::Body::from_stream(stream).into_response();
+    let h = resp.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    let len = match &range {
+        Some(r) => {
+            *resp.status_mut() = StatusCode::PARTIAL_CONTENT;
+            if let Ok(v) = HeaderValue::from_str(&format!("bytes {}-{}/{size}", r.start, r.end - 1)) {
+                resp.headers_mut().insert(header::CONTENT_RANGE, v);
+            }
+            r.end - r.start
+        }
+        None => size,
+    };
+    resp.headers_mut().insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+    Ok(Some(resp))
+}
+
 /// Where one kind of file lives (a channel's recordings, its attachments). Keys are
 /// relative names (`<sha256>`, `<call>.wav`): letters, digits, `.`, `_`, `-` and `/`, no
 /// `..` component; anything else is refused before it reaches a disk or a bucket.
@@ -495,5 +563,26 @@ mod tests {
         let b = FileBackend::from_settings(&s).unwrap();
         assert_eq!(format!("{:?}", b.store(Path::new("/x"), "attachments")), "s3://b/attachments");
         assert!(!format!("{s:?}").contains("\"s\""));
+    }
+}
+
+#[cfg(test)]
+mod range_tests {
+    use super::requested_range;
+
+    #[test]
+    fn range_headers() {
+        assert_eq!(requested_range(None, 100), Ok(None));
+        assert_eq!(requested_range(Some("bytes=0-9"), 100), Ok(Some(0..10)));
+        assert_eq!(requested_range(Some("bytes=90-"), 100), Ok(Some(90..100)));
+        assert_eq!(requested_range(Some("bytes=-10"), 100), Ok(Some(90..100)));
+        assert_eq!(requested_range(Some("bytes=50-500"), 100), Ok(Some(50..100)));
+        assert_eq!(requested_range(Some("bytes=-500"), 100), Ok(Some(0..100)));
+        assert_eq!(requested_range(Some("bytes=100-"), 100), Err(()));
+        assert_eq!(requested_range(Some("bytes=0-1,5-6"), 100), Ok(None));
+        assert_eq!(requested_range(Some("items=0-1"), 100), Ok(None));
+        assert_eq!(requested_range(Some("bytes=9-3"), 100), Ok(None));
+        assert_eq!(requested_range(Some("bytes=x-y"), 100), Ok(None));
+        assert_eq!(requested_range(Some("bytes=-0"), 100), Ok(None));
     }
 }

@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use axum::extract::State;
 use axum::http::{header, HeaderValue};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use axum::routing::get;
 use axum::{Extension, Router};
 use switchboard_core::api::{Access, ApiPath, RouteDoc};
@@ -107,6 +107,7 @@ async fn download(
     State(hub): State<Hub>,
     Extension(store): Extension<Arc<RecordingStore>>,
     caller: Caller,
+    headers: axum::http::HeaderMap,
     ApiPath(id): ApiPath<Uuid>,
 ) -> CoreResult<Response> {
     caller.require(STAFF)?;
@@ -137,14 +138,13 @@ async fn download(
     let path = path.filter(|p| !p.is_empty()).map(PathBuf::from).ok_or(CoreError::NotFound("recording"))?;
     // Another voice channel's directory (or a tampered row): not ours to serve.
     let (files, key) = store.locate(&hub, &path).ok_or(CoreError::NotFound("recording"))?;
-    let Some(bytes) = files.read(&key).await? else {
+    let range = headers.get(header::RANGE).and_then(|v| v.to_str().ok());
+    let Some(mut resp) = switchboard_core::files::serve(files.as_ref(), &key, range, "audio/wav").await? else {
         // Erased, or on another node's disk (a directory that is not shared).
         tracing::info!(interaction_id = %id, store = ?files, %key, "Recording file not found.");
         return Err(CoreError::NotFound("recording file"));
     };
-    let mut resp = bytes.into_response();
     let h = resp.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("audio/wav"));
     if let Ok(v) = HeaderValue::from_str(&format!("inline; filename=\"recording-{id}.wav\"")) {
         h.insert(header::CONTENT_DISPOSITION, v);
     }
