@@ -204,10 +204,14 @@ impl FileBody {
     }
 }
 
+/// A `Range` header that starts past the end of the file (answered 416).
+#[derive(Debug, PartialEq, Eq)]
+pub struct Unsatisfiable;
+
 /// The byte range a `Range` header asks for in a file of `size` bytes: `Ok(None)` for the
 /// whole file (no header, or one this server answers in full: several ranges, another
-/// unit), `Err(())` when it cannot be satisfied (416).
-pub fn requested_range(header: Option<&str>, size: u64) -> Result<Option<Range<u64>>, ()> {
+/// unit).
+pub fn requested_range(header: Option<&str>, size: u64) -> Result<Option<Range<u64>>, Unsatisfiable> {
     let Some(spec) = header.map(str::trim).and_then(|h| h.strip_prefix("bytes=")) else { return Ok(None) };
     if spec.contains(',') {
         return Ok(None);
@@ -224,7 +228,7 @@ pub fn requested_range(header: Option<&str>, size: u64) -> Result<Option<Range<u
         _ => return Ok(None),
     };
     if range.start >= size {
-        return Err(());
+        return Err(Unsatisfiable);
     }
     Ok(Some(range))
 }
@@ -244,7 +248,7 @@ pub async fn serve(
     let Some(size) = store.size(key).await? else { return Ok(None) };
     let range = match requested_range(range_header, size) {
         Ok(r) => r,
-        Err(()) => {
+        Err(Unsatisfiable) => {
             let mut resp = StatusCode::RANGE_NOT_SATISFIABLE.into_response();
             if let Ok(v) = HeaderValue::from_str(&format!("bytes */{size}")) {
                 resp.headers_mut().insert(header::CONTENT_RANGE, v);
@@ -568,7 +572,7 @@ mod tests {
 
 #[cfg(test)]
 mod range_tests {
-    use super::requested_range;
+    use super::{requested_range, Unsatisfiable};
 
     #[test]
     fn range_headers() {
@@ -578,7 +582,7 @@ mod range_tests {
         assert_eq!(requested_range(Some("bytes=-10"), 100), Ok(Some(90..100)));
         assert_eq!(requested_range(Some("bytes=50-500"), 100), Ok(Some(50..100)));
         assert_eq!(requested_range(Some("bytes=-500"), 100), Ok(Some(0..100)));
-        assert_eq!(requested_range(Some("bytes=100-"), 100), Err(()));
+        assert_eq!(requested_range(Some("bytes=100-"), 100), Err(Unsatisfiable));
         assert_eq!(requested_range(Some("bytes=0-1,5-6"), 100), Ok(None));
         assert_eq!(requested_range(Some("items=0-1"), 100), Ok(None));
         assert_eq!(requested_range(Some("bytes=9-3"), 100), Ok(None));
