@@ -4,42 +4,19 @@
 //! HTTP and answered as if local. Skipped with a printed reason when `sipp` (Debian
 //! package `sip-tester`) is not installed.
 
+#[path = "support/sip.rs"]
+mod sip;
 mod support;
 
-use std::net::{SocketAddr, UdpSocket};
-use std::path::{Path, PathBuf};
-use std::process::Stdio;
+use sip::{finished_ok, free_udp_port, sipp, sipp_bin};
+use std::path::Path;
 use std::time::Duration;
 
 use reqwest::StatusCode;
 use serde_json::json;
 use support::*;
 use switchboard_core::Role;
-use tokio::process::{Child, Command};
 use uuid::Uuid;
-
-fn sipp_bin() -> Option<PathBuf> {
-    std::env::var_os("PATH").and_then(|paths| std::env::split_paths(&paths).map(|p| p.join("sipp")).find(|p| p.is_file()))
-}
-
-fn free_udp_port() -> u16 {
-    UdpSocket::bind("127.0.0.1:0").and_then(|s| s.local_addr()).map(|a| a.port()).expect("free port")
-}
-
-fn free_media_port() -> u16 {
-    // SIPp uses the given port and the next one (RTCP); keep it even.
-    for _ in 0..1000 {
-        let p = free_udp_port() & !1;
-        if p > 1024 && UdpSocket::bind(("127.0.0.1", p + 1)).is_ok() {
-            return p;
-        }
-    }
-    panic!("no free even media port");
-}
-
-fn scenario(name: &str) -> String {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/voice").join(name).display().to_string()
-}
 
 const CREDENTIALS: &str = r#"{ type = "inline", agents = [ { user = "alice", password = "alice-pw" } ] }"#;
 
@@ -92,30 +69,6 @@ type = "hangup"
         vm = dir.join("vm").display(),
     );
     toml::from_str(&text).expect("voice channel table")
-}
-
-fn sipp(bin: &Path, dir: &Path, target: SocketAddr, file: &str, port: u16, extra: &[&str]) -> Child {
-    let mut cmd = Command::new(bin);
-    cmd.arg("-sf")
-        .arg(scenario(file))
-        .args(["-i", "127.0.0.1", "-mi", "127.0.0.1", "-m", "1", "-timeout", "60s", "-nostdin", "-trace_err"])
-        .args(["-p", &port.to_string(), "-mp", &free_media_port().to_string()])
-        .args(extra)
-        .arg(target.to_string())
-        .current_dir(dir)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
-    cmd.spawn().expect("sipp starts")
-}
-
-async fn finished_ok(child: Child, what: &str) {
-    let out = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
-        .await
-        .unwrap_or_else(|_| panic!("{what}: sipp did not finish"))
-        .expect("sipp ran");
-    assert!(out.status.success(), "{what}: sipp failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr));
 }
 
 async fn status_of(c: &Client, id: &str) -> String {
@@ -305,22 +258,7 @@ async fn a_phone_registered_with_one_node_is_rung_for_a_call_on_another() {
 
     // The trunk call lands on node B.
     let caller = sipp(&bin, &dir, sip_b, "caller_until_bye.xml", free_udp_port(), &["-s", "100"]);
-    let id: String = eventually(20, || {
-        let admin = admin.clone();
-        async move {
-            let (_, list) = admin.call("GET", "/api/v1/interactions?channel=voice", None).await;
-            list["items"].as_array().and_then(|a| a.first()).and_then(|i| i["id"].as_str()).map(str::to_string)
-        }
-    })
-    .await;
-    eventually(30, || {
-        let (c, id) = (admin.clone(), id.clone());
-        async move {
-            let (_, evs) = c.call("GET", &format!("/api/v1/interactions/{id}/events"), None).await;
-            evs.as_array()?.iter().any(|e| e["kind"] == "call_answered").then_some(())
-        }
-    })
-    .await;
+    let id = sip::first_call_answered(&admin).await;
     let iid: Uuid = id.parse().expect("uuid");
     let owner: Uuid = sqlx::query_scalar("select node_id from call_owners where interaction_id = $1")
         .bind(iid)

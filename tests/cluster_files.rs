@@ -3,6 +3,8 @@
 //! docs/deploy.md). A visitor uploads through node A; node B serves the file to that
 //! visitor and refuses everyone else, as node A would.
 
+#[path = "support/sip.rs"]
+mod sip;
 mod support;
 
 use reqwest::StatusCode;
@@ -131,92 +133,6 @@ fn forward_lines(r: impl tokio::io::AsyncRead + Unpin + Send + 'static, tx: toki
     });
 }
 
-mod sip {
-    //! SIPp helpers (the same scenarios as tests/cluster_calls.rs).
-    use std::net::{SocketAddr, UdpSocket};
-    use std::path::{Path, PathBuf};
-    use std::process::Stdio;
-    use std::time::Duration;
-    use tokio::process::{Child, Command};
-
-    pub fn sipp_bin() -> Option<PathBuf> {
-        std::env::var_os("PATH").and_then(|paths| std::env::split_paths(&paths).map(|p| p.join("sipp")).find(|p| p.is_file()))
-    }
-
-    pub fn free_udp_port() -> u16 {
-        UdpSocket::bind("127.0.0.1:0").and_then(|s| s.local_addr()).map(|a| a.port()).expect("free port")
-    }
-
-    fn free_media_port() -> u16 {
-        for _ in 0..1000 {
-            let p = free_udp_port() & !1;
-            if p > 1024 && UdpSocket::bind(("127.0.0.1", p + 1)).is_ok() {
-                return p;
-            }
-        }
-        panic!("no free even media port");
-    }
-
-    pub fn channel_table(name: &str, dir: &Path) -> toml::Value {
-        let prompts = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/prompts");
-        let text = format!(
-            r#"
-type = "sip"
-name = "{name}"
-udp_listen = "127.0.0.1:0"
-tcp_listen = "127.0.0.1:0"
-public_ip = "127.0.0.1"
-rtp_port_min = 0
-ring_timeout_secs = 5
-prompts_dir = "{prompts}"
-recordings_dir = "{rec}"
-voicemail_dir = "{vm}"
-[registrar]
-realm = "switchboard"
-credentials = {{ type = "inline", agents = [ {{ user = "alice", password = "alice-pw" }} ] }}
-[[trunks]]
-name = "carrier"
-allowed_sources = ["127.0.0.1"]
-dids = {{ "100" = "main" }}
-[ivr_flows.main]
-start = "queue"
-default_queue = "support"
-[ivr_flows.main.nodes.queue]
-type = "enqueue"
-"#,
-            prompts = prompts.display(),
-            rec = dir.join("rec").display(),
-            vm = dir.join("vm").display(),
-        );
-        toml::from_str(&text).expect("voice channel table")
-    }
-
-    pub fn sipp(bin: &Path, dir: &Path, target: SocketAddr, file: &str, port: u16, extra: &[&str]) -> Child {
-        let scenario = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/voice").join(file);
-        let mut cmd = Command::new(bin);
-        cmd.arg("-sf")
-            .arg(scenario)
-            .args(["-i", "127.0.0.1", "-mi", "127.0.0.1", "-m", "1", "-timeout", "60s", "-nostdin", "-trace_err"])
-            .args(["-p", &port.to_string(), "-mp", &free_media_port().to_string()])
-            .args(extra)
-            .arg(target.to_string())
-            .current_dir(dir)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true);
-        cmd.spawn().expect("sipp starts")
-    }
-
-    pub async fn finished_ok(child: Child, what: &str) {
-        let out = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
-            .await
-            .unwrap_or_else(|_| panic!("{what}: sipp did not finish"))
-            .expect("sipp ran");
-        assert!(out.status.success(), "{what}: sipp failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr));
-    }
-}
-
 /// Two nodes on one database with the S3 backend and nothing shared on disk: a chat
 /// attachment, an email upload and a call recording written through node A are served by
 /// node B, with the same authorization as before (401 without credentials, 401/403 for
@@ -249,7 +165,7 @@ async fn files_written_through_one_node_are_served_by_another_from_s3() {
             .expect("email toml"),
         ];
         if sipp.is_some() {
-            t.push(sip::channel_table(sip_name, &dir.join(node)));
+            t.push(voice_channel_table(sip_name, &dir.join(node)));
         }
         t
     };
@@ -334,22 +250,7 @@ async fn files_written_through_one_node_are_served_by_another_from_s3() {
     let (st, body) = alice.call("PUT", &format!("/api/v1/agents/{agent_id}/presence"), Some(json!({ "presence": "available" }))).await;
     assert_eq!(st, StatusCode::OK, "{body}");
     let caller = sip::sipp(&bin, &dir, sip_a, "caller_until_bye.xml", sip::free_udp_port(), &["-s", "100"]);
-    let id: String = eventually(20, || {
-        let admin = admin.clone();
-        async move {
-            let (_, list) = admin.call("GET", "/api/v1/interactions?channel=voice", None).await;
-            list["items"].as_array().and_then(|a| a.first()).and_then(|i| i["id"].as_str()).map(str::to_string)
-        }
-    })
-    .await;
-    eventually(30, || {
-        let (c, id) = (admin.clone(), id.clone());
-        async move {
-            let (_, evs) = c.call("GET", &format!("/api/v1/interactions/{id}/events"), None).await;
-            evs.as_array()?.iter().any(|e| e["kind"] == "call_answered").then_some(())
-        }
-    })
-    .await;
+    let id = sip::first_call_answered(&admin).await;
     // Let some audio through, then hang up (the end publishes the recording).
     tokio::time::sleep(std::time::Duration::from_millis(600)).await;
     let (st, body) = alice.call("POST", &format!("/api/v1/voice/calls/{id}/hangup"), None).await;
@@ -391,4 +292,40 @@ async fn files_written_through_one_node_are_served_by_another_from_s3() {
     b.stop().await;
     a.stop().await;
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A SIP channel for one node: a trunk DID 100 straight into the support queue, alice's
+/// phone registered, recordings in `dir/rec`.
+fn voice_channel_table(name: &str, dir: &std::path::Path) -> toml::Value {
+    let prompts = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/prompts");
+    let text = format!(
+        r#"
+type = "sip"
+name = "{name}"
+udp_listen = "127.0.0.1:0"
+tcp_listen = "127.0.0.1:0"
+public_ip = "127.0.0.1"
+rtp_port_min = 0
+ring_timeout_secs = 5
+prompts_dir = "{prompts}"
+recordings_dir = "{rec}"
+voicemail_dir = "{vm}"
+[registrar]
+realm = "switchboard"
+credentials = {{ type = "inline", agents = [ {{ user = "alice", password = "alice-pw" }} ] }}
+[[trunks]]
+name = "carrier"
+allowed_sources = ["127.0.0.1"]
+dids = {{ "100" = "main" }}
+[ivr_flows.main]
+start = "queue"
+default_queue = "support"
+[ivr_flows.main.nodes.queue]
+type = "enqueue"
+"#,
+        prompts = prompts.display(),
+        rec = dir.join("rec").display(),
+        vm = dir.join("vm").display(),
+    );
+    toml::from_str(&text).expect("voice channel table")
 }

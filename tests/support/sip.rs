@@ -1,0 +1,84 @@
+//! SIPp helpers shared by the cluster tests (`#[path = "support/sip.rs"] mod sip;`): find
+//! `sipp`, pick free ports, run a scenario of `tests/voice/`, wait for it, and wait for a
+//! trunk call to be answered.
+#![allow(dead_code)]
+
+use crate::support::{eventually, Client};
+use std::net::{SocketAddr, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+use tokio::process::{Child, Command};
+
+/// `sipp` on the PATH (Debian package `sip-tester`), if installed.
+pub fn sipp_bin() -> Option<PathBuf> {
+    std::env::var_os("PATH").and_then(|paths| std::env::split_paths(&paths).map(|p| p.join("sipp")).find(|p| p.is_file()))
+}
+
+/// A UDP port free on loopback right now.
+pub fn free_udp_port() -> u16 {
+    UdpSocket::bind("127.0.0.1:0").and_then(|s| s.local_addr()).map(|a| a.port()).expect("free port")
+}
+
+/// An even media port whose successor (RTCP) is free too: SIPp uses both.
+pub fn free_media_port() -> u16 {
+    for _ in 0..1000 {
+        let p = free_udp_port() & !1;
+        if p > 1024 && UdpSocket::bind(("127.0.0.1", p + 1)).is_ok() {
+            return p;
+        }
+    }
+    panic!("no free even media port");
+}
+
+/// The path of a scenario in `tests/voice/`.
+pub fn scenario(name: &str) -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/voice").join(name).display().to_string()
+}
+
+/// Runs the scenario `file` against `target` from `port`, in `dir`, once.
+pub fn sipp(bin: &Path, dir: &Path, target: SocketAddr, file: &str, port: u16, extra: &[&str]) -> Child {
+    let mut cmd = Command::new(bin);
+    cmd.arg("-sf")
+        .arg(scenario(file))
+        .args(["-i", "127.0.0.1", "-mi", "127.0.0.1", "-m", "1", "-timeout", "60s", "-nostdin", "-trace_err"])
+        .args(["-p", &port.to_string(), "-mp", &free_media_port().to_string()])
+        .args(extra)
+        .arg(target.to_string())
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    cmd.spawn().expect("sipp starts")
+}
+
+/// Waits (60 s at most) for a scenario to end and asserts it passed.
+pub async fn finished_ok(child: Child, what: &str) {
+    let out = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
+        .await
+        .unwrap_or_else(|_| panic!("{what}: sipp did not finish"))
+        .expect("sipp ran");
+    assert!(out.status.success(), "{what}: sipp failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr));
+}
+
+/// Waits for the first voice interaction to appear and be answered; returns its id.
+pub async fn first_call_answered(admin: &Client) -> String {
+    let id: String = eventually(20, || {
+        let admin = admin.clone();
+        async move {
+            let (_, list) = admin.call("GET", "/api/v1/interactions?channel=voice", None).await;
+            list["items"].as_array().and_then(|a| a.first()).and_then(|i| i["id"].as_str()).map(str::to_string)
+        }
+    })
+    .await;
+    eventually(30, || {
+        let (c, id) = (admin.clone(), id.clone());
+        async move {
+            let (_, evs) = c.call("GET", &format!("/api/v1/interactions/{id}/events"), None).await;
+            evs.as_array()?.iter().any(|e| e["kind"] == "call_answered").then_some(())
+        }
+    })
+    .await;
+    id
+}
