@@ -239,7 +239,14 @@ function onEvent(ev) {
     if (iid === state.selected) {
       // Only what is new: nothing when the message is already shown (our own reply).
       const mid = ev.data && ev.data.message_id;
-      if (!mid || !state.messages.some((m) => m.id === mid)) loadMessages(iid, false, mid);
+      // Our own reply's event can outrun the answer to its POST: wait for that answer
+      // (which adds the message) before deciding to fetch.
+      const pending = ev.data && ev.data.direction === 'outbound' && state.sendingReply;
+      if (pending) {
+        pending.then(() => {
+          if (state.selected === iid && (!mid || !state.messages.some((m) => m.id === mid))) loadMessages(iid, false, mid);
+        });
+      } else if (!mid || !state.messages.some((m) => m.id === mid)) loadMessages(iid, false, mid);
     } else if (ev.kind === 'note') {
       return;
     } else if (ev.data && ev.data.direction === 'inbound') {
@@ -859,13 +866,17 @@ $('#composer').addEventListener('submit', async (e) => {
   d.attempted = true;
   try {
     const mb = emailMailboxOf(state.interactions.get(id));
-    const m = mode() === 'note'
-      ? await post(`/api/v1/interactions/${id}/notes`, { body })
+    const sent = mode() === 'note'
+      ? post(`/api/v1/interactions/${id}/notes`, { body })
       : mb
-        ? await post(`/api/v1/email/${encodeURIComponent(mb)}/interactions/${id}/reply`, {
+        ? post(`/api/v1/email/${encodeURIComponent(mb)}/interactions/${id}/reply`, {
           body, idempotency_key: d.key, reply_all: $('#email-reply-all').checked, attachments: d.files || [],
         })
-        : await post(`/api/v1/interactions/${id}/messages`, { body, idempotency_key: d.key });
+        : post(`/api/v1/interactions/${id}/messages`, { body, idempotency_key: d.key });
+    const settled = sent.catch(() => null);
+    state.sendingReply = settled;
+    settled.then(() => { if (state.sendingReply === settled) state.sendingReply = null; });
+    const m = await sent;
     state.drafts.set(id, { text: '', key: newKey() });
     if (state.selected === id && $('#email-attached')) renderAttached(draftFor(id));
     if (state.selected === id) ta.value = '';

@@ -241,13 +241,7 @@ impl SmppState {
         }
         let parts = self.build_parts(&to[1..], &msg.body);
         let log = self.submit_log.get_or_init(|| store::SubmitLog::new(hub.db().clone()));
-        let begin = store::BeginSubmit {
-            outbox_id: msg.id,
-            channel: self.name.clone(),
-            interaction: msg.interaction_id,
-            recipient: to.clone(),
-            parts: parts.len(),
-        };
+        let begin = store::BeginSubmit::of(msg, &self.name, &to, parts.len());
         match log.begin(begin).await? {
             Prior::Fresh => {}
             Prior::Seen(st, ids) => {

@@ -341,13 +341,7 @@ impl HttpState {
         // A retry of a request whose outcome is unclear is sent again with the same
         // Idempotency-Key (HTTP providers can honour one, unlike SMPP).
         let log = self.submit_log.get_or_init(|| store::SubmitLog::new(hub.db().clone()));
-        let begin = store::BeginSubmit {
-            outbox_id: msg.id,
-            channel: self.name.clone(),
-            interaction: msg.interaction_id,
-            recipient: to.clone(),
-            parts: 1,
-        };
+        let begin = store::BeginSubmit::of(msg, &self.name, &to, 1);
         if let Prior::Seen(st, ids) = log.begin(begin).await? {
             match st.as_str() {
                 "submitting" => {}

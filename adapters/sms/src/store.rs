@@ -106,6 +106,19 @@ pub struct BeginSubmit {
     pub parts: usize,
 }
 
+impl BeginSubmit {
+    /// The outbox message `msg` about to go to `recipient` (E.164) on `channel` in `parts`.
+    pub fn of(msg: &switchboard_core::Outbound, channel: &str, recipient: &str, parts: usize) -> Self {
+        BeginSubmit {
+            outbox_id: msg.id,
+            channel: channel.to_string(),
+            interaction: msg.interaction_id,
+            recipient: recipient.to_string(),
+            parts,
+        }
+    }
+}
+
 /// Records that these messages are about to be written to the SMSC, in one transaction
 /// (the callers wait for its commit: a message is on disk as `submitting` before a byte of
 /// it goes out). A second call for the same outbox row (a retry after a crash or timeout)
