@@ -241,7 +241,7 @@ pub async fn serve(
     store: &dyn FileStore,
     key: &str,
     range_header: Option<&str>,
-    content_type: &'static str,
+    content_type: &str,
 ) -> CoreResult<Option<axum::response::Response>> {
     use axum::http::{header, HeaderValue, StatusCode};
     use axum::response::IntoResponse;
@@ -260,7 +260,7 @@ pub async fn serve(
     let stream = body.stream.map(|chunk| chunk.map_err(std::io::Error::other));
     let mut resp = axum::body::Body::from_stream(stream).into_response();
     let h = resp.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_str(content_type).unwrap_or(HeaderValue::from_static("application/octet-stream")));
     h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
     let len = match &range {
         Some(r) => {

@@ -35,24 +35,8 @@ pub struct NewOutbound {
 
 /// Inserts an outbox row in the caller's transaction. Returns the id (existing on replay).
 pub async fn enqueue_tx(conn: &mut PgConnection, m: NewOutbound) -> CoreResult<Uuid> {
-    let id: Option<Uuid> = sqlx::query_scalar(
-        "insert into outbox (idempotency_key, channel, interaction_id, message_id, recipient, subject, body, metadata)
-         values ($1, $2, $3, $4, $5, $6, $7, $8) on conflict (idempotency_key) do nothing returning id",
-    )
-    .bind(&m.idempotency_key)
-    .bind(m.channel.as_str())
-    .bind(m.interaction_id)
-    .bind(m.message_id)
-    .bind(&m.recipient)
-    .bind(&m.subject)
-    .bind(&m.body)
-    .bind(&m.metadata)
-    .fetch_optional(&mut *conn)
-    .await?;
-    match id {
-        Some(id) => Ok(id),
-        None => Ok(sqlx::query_scalar("select id from outbox where idempotency_key = $1").bind(&m.idempotency_key).fetch_one(conn).await?),
-    }
+    let ids = enqueue_many_tx(conn, std::slice::from_ref(&m)).await?;
+    ids.into_iter().next().ok_or_else(|| crate::CoreError::Internal("the outbox insert answered no id".into()))
 }
 
 /// Inserts many outbox rows in the caller's transaction, in one statement. Returns their
@@ -217,87 +201,62 @@ async fn deliver_one(hub: &Hub, row: &Row) -> Result<Option<String>, AdapterErro
 /// after a backoff. An outcome only lands on the attempt that produced it (a row taken
 /// over by another node after its lease ran out is that node's to record).
 async fn record(hub: &Hub, s: &OutboxSettings, outcomes: Vec<(Row, Result<Option<String>, AdapterError>)>) -> CoreResult<()> {
-    let (mut sent_ids, mut sent_attempts, mut sent_provider) = (Vec::new(), Vec::new(), Vec::<Option<String>>::new());
-    let (mut failed_ids, mut failed_attempts, mut failed_errors) = (Vec::new(), Vec::new(), Vec::new());
-    let (mut retry_ids, mut retry_attempts, mut retry_errors, mut retry_delays) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let n = outcomes.len();
+    let (mut ids, mut attempts, mut statuses) = (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
+    let (mut providers, mut errors, mut delays) = (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
     let mut events = Vec::new();
     for (row, result) in &outcomes {
+        ids.push(row.id);
+        attempts.push(row.attempts);
         let max = row.max_attempts.min(s.max_attempts);
-        match result {
+        let (status, provider, error, delay): (&str, Option<String>, Option<String>, Option<f64>) = match result {
             Ok(provider_id) => {
-                sent_ids.push(row.id);
-                sent_attempts.push(row.attempts);
-                sent_provider.push(provider_id.clone());
                 hub.metrics().inc_outbox("sent");
                 if let Some(iid) = row.interaction_id {
-                    events.push(
-                        NewEvent::interaction("delivered", iid)
-                            .with_data(serde_json::json!({ "outbox_id": row.id, "provider_id": provider_id })),
-                    );
+                    let data = serde_json::json!({ "outbox_id": row.id, "provider_id": provider_id });
+                    events.push(NewEvent::interaction("delivered", iid).with_data(data));
                 }
+                ("sent", provider_id.clone(), None, None)
             }
             Err(e) if matches!(e, AdapterError::Permanent(_) | AdapterError::Config(_)) || row.attempts >= max => {
-                failed_ids.push(row.id);
-                failed_attempts.push(row.attempts);
-                failed_errors.push(e.to_string());
                 hub.metrics().inc_outbox("failed");
                 tracing::warn!(outbox_id = %row.id, attempt = row.attempts, error = %e, "Outbound message failed for good.");
                 if let Some(iid) = row.interaction_id {
-                    events.push(
-                        NewEvent::interaction("delivery_failed", iid)
-                            .with_data(serde_json::json!({ "outbox_id": row.id, "error": e.to_string() })),
-                    );
+                    let data = serde_json::json!({ "outbox_id": row.id, "error": e.to_string() });
+                    events.push(NewEvent::interaction("delivery_failed", iid).with_data(data));
                 }
+                ("failed", None, Some(e.to_string()), None)
             }
             Err(e) => {
                 let delay = backoff(s.backoff_ms, row.attempts);
-                retry_ids.push(row.id);
-                retry_attempts.push(row.attempts);
-                retry_errors.push(e.to_string());
-                retry_delays.push(delay.as_secs_f64());
                 hub.metrics().inc_outbox("retry");
                 tracing::info!(outbox_id = %row.id, attempt = row.attempts, delay_ms = delay.as_millis() as u64, error = %e, "Outbound message will be retried.");
+                ("pending", None, Some(e.to_string()), Some(delay.as_secs_f64()))
             }
-        }
+        };
+        statuses.push(status);
+        providers.push(provider);
+        errors.push(error);
+        delays.push(delay);
     }
     let mut tx = hub.db().begin().await?;
-    if !sent_ids.is_empty() {
-        sqlx::query(
-            "update outbox o set status = 'sent', sent_at = now(), provider_id = x.provider_id, last_error = null
-               from unnest($1::uuid[], $2::int4[], $3::text[]) as x(id, attempts, provider_id)
-              where o.id = x.id and o.attempts = x.attempts and o.status = 'sending'",
-        )
-        .bind(&sent_ids)
-        .bind(&sent_attempts)
-        .bind(&sent_provider)
-        .execute(&mut *tx)
-        .await?;
-    }
-    if !failed_ids.is_empty() {
-        sqlx::query(
-            "update outbox o set status = 'failed', last_error = x.error
-               from unnest($1::uuid[], $2::int4[], $3::text[]) as x(id, attempts, error)
-              where o.id = x.id and o.attempts = x.attempts and o.status = 'sending'",
-        )
-        .bind(&failed_ids)
-        .bind(&failed_attempts)
-        .bind(&failed_errors)
-        .execute(&mut *tx)
-        .await?;
-    }
-    if !retry_ids.is_empty() {
-        sqlx::query(
-            "update outbox o set status = 'pending', last_error = x.error, next_attempt_at = now() + make_interval(secs => x.delay)
-               from unnest($1::uuid[], $2::int4[], $3::text[], $4::float8[]) as x(id, attempts, error, delay)
-              where o.id = x.id and o.attempts = x.attempts and o.status = 'sending'",
-        )
-        .bind(&retry_ids)
-        .bind(&retry_attempts)
-        .bind(&retry_errors)
-        .bind(&retry_delays)
-        .execute(&mut *tx)
-        .await?;
-    }
+    sqlx::query(
+        "update outbox o set status = x.status, last_error = x.error,
+                sent_at = case when x.status = 'sent' then now() else o.sent_at end,
+                provider_id = case when x.status = 'sent' then x.provider_id else o.provider_id end,
+                next_attempt_at = case when x.delay is null then o.next_attempt_at else now() + make_interval(secs => x.delay) end
+           from unnest($1::uuid[], $2::int4[], $3::text[], $4::text[], $5::text[], $6::float8[])
+                as x(id, attempts, status, provider_id, error, delay)
+          where o.id = x.id and o.attempts = x.attempts and o.status = 'sending'",
+    )
+    .bind(&ids)
+    .bind(&attempts)
+    .bind(&statuses)
+    .bind(&providers)
+    .bind(&errors)
+    .bind(&delays)
+    .execute(&mut *tx)
+    .await?;
     for ev in events {
         bus::record(&mut tx, ev).await?;
     }

@@ -550,16 +550,13 @@ async fn download_attachment(
         caller.require(STAFF)?;
     }
     let files = state.attachments(&hub);
-    let Some(bytes) = files.read(&a.sha256).await? else {
+    let range = parts.headers.get(header::RANGE).and_then(|v| v.to_str().ok());
+    let Some(mut resp) = switchboard_core::files::serve(files.as_ref(), &a.sha256, range, &a.content_type).await? else {
         tracing::error!(store = ?files, sha256 = %a.sha256, "Attachment file missing.");
         return Err(CoreError::NotFound("attachment file").into());
     };
     let disposition = if a.content_type.starts_with("image/") { "inline" } else { "attachment" };
-    let mut resp = bytes.into_response();
     let h = resp.headers_mut();
-    if let Ok(v) = HeaderValue::from_str(&a.content_type) {
-        h.insert(header::CONTENT_TYPE, v);
-    }
     if let Ok(v) = HeaderValue::from_str(&format!("{disposition}; filename=\"{}\"", attachments::ascii_filename(&a.filename))) {
         h.insert(header::CONTENT_DISPOSITION, v);
     }

@@ -182,7 +182,12 @@ async fn raw(State(hub): State<Hub>, Extension(st): Extension<EmailHttp>, Path(i
     Ok(sandboxed(r))
 }
 
-async fn attachment(State(hub): State<Hub>, Extension(st): Extension<EmailHttp>, Path(id): Path<Uuid>) -> Result<Response, CoreError> {
+async fn attachment(
+    State(hub): State<Hub>,
+    Extension(st): Extension<EmailHttp>,
+    headers: axum::http::HeaderMap,
+    Path(id): Path<Uuid>,
+) -> Result<Response, CoreError> {
     let row: Option<(String, String, String, bool, bool)> = sqlx::query_as(
         "select a.sha256, a.content_type, a.filename, a.inline, a.stored from email_attachments a
                join email_raw_messages r on r.id = a.raw_id where a.id = $1 and r.mailbox = $2",
@@ -197,16 +202,14 @@ async fn attachment(State(hub): State<Hub>, Extension(st): Extension<EmailHttp>,
             (StatusCode::GONE, "this attachment was over the size limit and was not kept; it is in the raw original").into_response()
         );
     }
-    let data = file_store(&hub, &st).read(&sha).await?.ok_or(CoreError::NotFound("attachment file"))?;
     // Images may be shown inline (the mail's cid: pictures); everything else downloads.
     let image = inline && matches!(ct.as_str(), "image/png" | "image/jpeg" | "image/gif" | "image/webp");
-    let mut r = data.into_response();
+    let range = headers.get(header::RANGE).and_then(|v| v.to_str().ok());
+    let files = file_store(&hub, &st);
+    let mut r = switchboard_core::files::serve(files.as_ref(), &sha, range, if image { &ct } else { "application/octet-stream" })
+        .await?
+        .ok_or(CoreError::NotFound("attachment file"))?;
     let h = r.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_str(if image { &ct } else { "application/octet-stream" })
-            .unwrap_or(HeaderValue::from_static("application/octet-stream")),
-    );
     let safe: String = filename.chars().filter(|c| !c.is_control() && *c != '"' && *c != '\\').collect();
     let disp = format!("{}; filename=\"{}\"", if image { "inline" } else { "attachment" }, safe.escape_default());
     if let Ok(v) = HeaderValue::from_str(&disp) {

@@ -8,6 +8,7 @@ use super::model::{Campaign, COLUMNS};
 use super::schedule::zone_or;
 use super::template::{AppointmentFacts, RenderContext};
 use super::{Engine, Pass};
+use crate::normalize::is_mobile;
 use chrono::{DateTime, Duration, Utc};
 use sqlx::{PgConnection, PgPool};
 use std::collections::HashMap;
@@ -46,12 +47,6 @@ struct AppointmentNow {
     location: String,
     kind: String,
     status: String,
-}
-
-/// Whether a number can take an SMS: a valid number of a mobile (or, where the plan cannot
-/// tell, fixed-or-mobile) range.
-pub fn is_mobile(e164: &str) -> bool {
-    crate::normalize::is_mobile(e164)
 }
 
 enum Decision {
@@ -126,7 +121,7 @@ async fn dispatch_campaign(e: &Engine, c: &Campaign, now: DateTime<Utc>) -> Core
     let mut pass = Pass::default();
     // The sends of the claim are written together: one statement into the outbox, one
     // marking the recipients `sending` (a claim of 500 was 1,000 round trips).
-    let mut sends: Vec<(Uuid, String, String, i16)> = Vec::new();
+    let mut sends: Vec<(Uuid, i16)> = Vec::new();
     let mut outbound: Vec<NewOutbound> = Vec::new();
     for r in &rows {
         let decision = decide(e, c, r, customers.get(&r.customer_id), r.appointment_id.and_then(|a| appointments.get(&a)), now);
@@ -137,7 +132,7 @@ async fn dispatch_campaign(e: &Engine, c: &Campaign, now: DateTime<Utc>) -> Core
                 if let Some(ch) = &c.channel_name {
                     metadata["adapter"] = serde_json::Value::String(ch.clone());
                 }
-                sends.push((r.id, phone.clone(), body.clone(), parts));
+                sends.push((r.id, parts));
                 outbound.push(NewOutbound {
                     idempotency_key: format!("campaign:{}", r.id),
                     channel: Channel::Sms,
@@ -182,9 +177,9 @@ async fn dispatch_campaign(e: &Engine, c: &Campaign, now: DateTime<Utc>) -> Core
     let outbox_ids = enqueue_many_tx(&mut tx, &outbound).await?;
     if !sends.is_empty() {
         let ids: Vec<Uuid> = sends.iter().map(|s| s.0).collect();
-        let phones: Vec<&str> = sends.iter().map(|s| s.1.as_str()).collect();
-        let bodies: Vec<&str> = sends.iter().map(|s| s.2.as_str()).collect();
-        let parts: Vec<i16> = sends.iter().map(|s| s.3).collect();
+        let parts: Vec<i16> = sends.iter().map(|s| s.1).collect();
+        let phones: Vec<&str> = outbound.iter().map(|m| m.recipient.as_str()).collect();
+        let bodies: Vec<&str> = outbound.iter().map(|m| m.body.as_str()).collect();
         sqlx::query(
             "update campaign_recipients r set status = 'sending', reason = null, phone = x.phone, body = x.body, parts = x.parts,
                     outbox_id = x.outbox_id, handed_at = $6, handed_by = $7, updated_at = now()

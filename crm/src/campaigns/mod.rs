@@ -251,15 +251,8 @@ impl Engine {
             tokio::select! {
                 _ = shutdown.changed() => return,
                 _ = tokio::time::sleep(tick) => {}
-                _ = self.replan.notified() => {
-                    // Plan on the next pass (after at least one tick's pause, so a burst
-                    // of bookings is one planning pass).
-                    last_plan = None;
-                    tokio::select! {
-                        _ = shutdown.changed() => return,
-                        _ = tokio::time::sleep(tick) => {}
-                    }
-                }
+                // Plan now (a burst of bookings leaves one permit: one extra pass).
+                _ = self.replan.notified() => last_plan = None,
             }
         }
     }
