@@ -482,10 +482,87 @@ async fn a_scripted_day_gives_the_figures_worked_out_by_hand() {
     let q = get(&sup, "/api/v1/reports/queues?from=2026-03-29&to=2026-03-29&tz=UTC&interval=total&sl_formula=answered_vs_answered").await;
     assert_eq!(row_of(&q, "queue", "sales")["service_level_pct"], 50.0);
 
+    // One agent's figures (the per-agent rollup rows, filtered by agent).
+    let ann = get(
+        &sup,
+        &format!("/api/v1/reports/agents?from=2026-03-29&to=2026-03-29&tz=Europe/Berlin&interval=day&group=interval&agent={}", ids.ann),
+    )
+    .await;
+    assert_subset("ann alone", &ann["totals"], &json!({ "handled": 2, "aht_secs": 352.5, "available_secs": 73800, "handling_secs": 705 }));
+
+    // Business hours, by the queue's calendar (the one routing uses): sales opens Sundays
+    // 09:00–12:15 Berlin time; a report with business_hours=true counts only the 15-minute
+    // buckets inside. On Sunday the 29th that is V3 (enqueued and abandoned 11:00 local
+    // after 40 s) and V4 (enqueued 12:00, answered 12:00:30 after 30 s; Cat talks 300 s and
+    // transfers, Ben talks 240 s and wraps 60 s, closed 12:10:40): offered 2, answered 1,
+    // ASA 30, SL 0 ÷ (1 + 1) = 0 %, abandoned 1, abandon rate 1 ÷ (2 − 0) = 50 %, handled
+    // 2, AHT (300 + 300) ÷ 2 = 300, transferred 1, longest wait 40 s. V1 (00:30) and V2
+    // (03:30) are before opening; V5 and V6 (the UTC day's last hours) are Monday the 30th
+    // in Berlin: closed. The same in both zones. Support has no calendar: always open.
+    let (st, v) = sup
+        .call(
+            "PATCH",
+            &format!("/api/v1/queues/{}", ids.sales),
+            Some(json!({ "business_hours": { "timezone": "Europe/Berlin", "weekly": { "sun": [["09:00", "12:15"]] } } })),
+        )
+        .await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    let in_hours = json!({
+        "offered": 2, "answered": 1, "asa_secs": 30.0, "service_level_pct": 0.0, "abandoned": 1, "abandoned_short": 0,
+        "abandon_rate_pct": 50.0, "handled": 2, "aht_secs": 300.0, "transferred": 1, "longest_wait_secs": 40.0, "voicemail": 0,
+    });
+    for tz in ["Europe/Berlin", "UTC"] {
+        let bh = get(&sup, &format!("/api/v1/reports/queues?from=2026-03-29&to=2026-03-29&tz={tz}&interval=day&business_hours=true")).await;
+        assert_subset(&format!("sales in business hours, {tz}"), row_of(&bh, "queue", "sales"), &in_hours);
+        assert_subset(
+            &format!("support in business hours, {tz}"),
+            row_of(&bh, "queue", "support"),
+            &json!({ "offered": 4, "answered": 3 }),
+        );
+        let total = get(
+            &sup,
+            &format!("/api/v1/reports/queues?from=2026-03-29&to=2026-03-29&tz={tz}&interval=day&group=interval&business_hours=true"),
+        )
+        .await;
+        assert_eq!(total["totals"]["offered"], 6, "{total}");
+    }
+    let disp =
+        get(&sup, "/api/v1/reports/dispositions?from=2026-03-29&to=2026-03-29&tz=Europe/Berlin&interval=total&business_hours=true").await;
+    // V4 closed as a complaint at 12:10:40; V1's inquiry (00:36) is outside.
+    assert_subset("dispositions in business hours", row_of(&disp, "queue", "sales"), &json!({ "complaint": 1, "inquiry": 0, "total": 1 }));
+    // A holiday closes the whole day.
+    let (st, v) = sup
+        .call(
+            "PATCH",
+            &format!("/api/v1/queues/{}", ids.sales),
+            Some(json!({ "business_hours": { "timezone": "Europe/Berlin", "weekly": { "sun": [["09:00", "12:15"]] }, "holidays": ["2026-03-29"] } })),
+        )
+        .await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    let bh = get(
+        &sup,
+        &format!(
+            "/api/v1/reports/queues?from=2026-03-29&to=2026-03-29&tz=Europe/Berlin&interval=day&business_hours=true&queue={}",
+            ids.sales
+        ),
+    )
+    .await;
+    assert_eq!(bh["totals"]["offered"], 0, "{bh}");
+    let (st, _) = sup.call("GET", "/api/v1/reports/agents?from=2026-03-29&to=2026-03-29&business_hours=true", None).await;
+    assert_eq!(st, StatusCode::UNPROCESSABLE_ENTITY, "business hours are per queue");
+
     // CSV: the queue report and the raw contact records.
     let (st, _, ct) = sup.raw("GET", "/api/v1/reports/queues/csv?from=2026-03-29&to=2026-03-29&tz=UTC", None, vec![]).await;
     assert_eq!(st, StatusCode::OK);
     assert!(ct.unwrap_or_default().starts_with("text/csv"));
+    let qcsv = reqwest_text(&sup, "/api/v1/reports/queues/csv?from=2026-03-29&to=2026-03-29&tz=UTC").await;
+    let qjson = get(&sup, "/api/v1/reports/queues?from=2026-03-29&to=2026-03-29&tz=UTC").await;
+    let header: Vec<&str> = qcsv.lines().next().unwrap_or_default().split(',').collect();
+    assert_eq!(&header[..3], &["start", "end", "queue"], "{qcsv}");
+    assert_eq!(qcsv.lines().count(), 1 + qjson["rows"].as_array().map(Vec::len).unwrap_or(0), "{qcsv}");
+    let sales_line = qcsv.lines().find(|l| l.split(',').nth(2) == Some("sales")).expect("sales line");
+    let offered_at = header.iter().position(|c| *c == "offered").expect("offered column");
+    assert_eq!(sales_line.split(',').nth(offered_at), Some("5"), "{qcsv}");
     let csv = reqwest_text(&sup, "/api/v1/reports/contacts/csv?from=2026-03-28&to=2026-03-30&tz=UTC").await;
     let lines: Vec<&str> = csv.lines().collect();
     assert_eq!(lines.len(), 1 + 10, "a header and ten contacts: {csv}");

@@ -188,6 +188,7 @@ async fn rollup_and_report(pool: &sqlx::PgPool, zone: Tz) {
                     channels: vec![],
                     sl_formula: None,
                     by_dimension,
+                    business_hours: false,
                 };
                 let mut samples = Vec::new();
                 let mut rows = 0;

@@ -11,7 +11,7 @@ use crate::domain::Role;
 use crate::error::{CoreError, CoreResult};
 use crate::hub::Hub;
 use crate::reports::interval::{local_day_start, Interval};
-use crate::reports::query::{self, Kind, SlFormula};
+use crate::reports::query::{self, csv_field, rows_to_csv, Format, Kind, SlFormula};
 use crate::reports::wallboard::Wallboard;
 use crate::reports::ReportSettings;
 use axum::body::Body;
@@ -110,6 +110,8 @@ pub struct ReportParams {
     pub limit: Option<i64>,
     /// Page offset (recordings).
     pub offset: Option<i64>,
+    /// Only each queue's business hours (its calendar); queue reports only.
+    pub business_hours: Option<bool>,
 }
 
 fn parse_instant(field: &str, s: &str, tz: Tz, end: bool) -> CoreResult<DateTime<Utc>> {
@@ -175,6 +177,7 @@ fn request(ctx: &ReportsCtx, kind: Kind, p: &ReportParams) -> CoreResult<query::
         channels,
         sl_formula,
         by_dimension,
+        business_hours: p.business_hours.unwrap_or(false),
     })
 }
 
@@ -185,29 +188,34 @@ async fn report(
     caller: Caller,
     ApiPath(kind): ApiPath<String>,
     ApiQuery(p): ApiQuery<ReportParams>,
-) -> CoreResult<Json<Value>> {
+) -> CoreResult<Response> {
     caller.require(SUPERVISORS)?;
     if kind == "recordings" {
-        return recordings(&hub, &ctx, &p).await.map(Json);
+        return Ok(Json(recordings(&hub, &ctx, &p).await?).into_response());
     }
     let k = Kind::parse(&kind).ok_or(CoreError::NotFound("report"))?;
     let r = request(&ctx, k, &p)?;
-    Ok(Json(query::run(hub.db(), ctx.zone, &r).await?))
+    let prepared = query::prepare(hub.db(), ctx.zone, &r).await?;
+    let body = streamed(query::stream(hub.db().clone(), prepared, Format::Json)).await?;
+    Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
 }
 
-fn csv_field(v: &Value) -> String {
-    let s = match v {
-        Value::Null => String::new(),
-        Value::String(s) => s.clone(),
-        other => other.to_string(),
-    };
-    // RFC 4180 quoting; a leading =, +, - or @ is prefixed so spreadsheets do not run it.
-    let s = if s.starts_with(['=', '+', '@']) || (s.starts_with('-') && s.parse::<f64>().is_err()) { format!("'{s}") } else { s };
-    if s.contains([',', '"', '\n', '\r']) {
-        format!("\"{}\"", s.replace('"', "\"\""))
-    } else {
-        s
-    }
+/// A report body streamed as it is written. The first chunk is awaited here, so an error
+/// before any row (e.g. the query failing) is still an error response; a failure later
+/// cuts the body short (the client sees an incomplete response, never a partial report
+/// that looks whole).
+async fn streamed(mut rx: tokio::sync::mpsc::Receiver<CoreResult<bytes::Bytes>>) -> CoreResult<Body> {
+    let first = rx.recv().await.transpose()?;
+    let rest = futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|c| {
+            let c = c.map_err(|error| {
+                tracing::warn!(%error, "Report stream failed.");
+                std::io::Error::other("report failed")
+            });
+            (c, rx)
+        })
+    });
+    Ok(Body::from_stream(futures::StreamExt::chain(futures::stream::iter(first.map(Ok::<_, std::io::Error>)), rest)))
 }
 
 fn csv_response(name: &str, body: Body) -> Response {
@@ -219,33 +227,6 @@ fn csv_response(name: &str, body: Body) -> Response {
         body,
     )
         .into_response()
-}
-
-/// Turns report rows into CSV text (every column that occurs, in first-seen order).
-pub fn rows_to_csv(rows: &[Value]) -> String {
-    // Labels first, then the figures (alphabetical, as the JSON objects keep them).
-    let mut cols: Vec<String> = ["start", "end", "queue", "agent", "channel", "dimension", "choice", "campaign"]
-        .iter()
-        .filter(|c| rows.iter().any(|r| r.get(**c).is_some()))
-        .map(|c| c.to_string())
-        .collect();
-    for r in rows {
-        if let Some(o) = r.as_object() {
-            for k in o.keys() {
-                if !cols.contains(k) {
-                    cols.push(k.clone());
-                }
-            }
-        }
-    }
-    let mut out = cols.iter().map(|c| csv_field(&Value::String(c.clone()))).collect::<Vec<_>>().join(",");
-    out.push_str("\r\n");
-    for r in rows {
-        let line: Vec<String> = cols.iter().map(|c| csv_field(r.get(c).unwrap_or(&Value::Null))).collect();
-        out.push_str(&line.join(","));
-        out.push_str("\r\n");
-    }
-    out
 }
 
 async fn report_csv(
@@ -260,14 +241,14 @@ async fn report_csv(
         let r = request(&ctx, Kind::Queues, &p)?;
         return Ok(csv_response("contacts", contacts_csv(hub, r)));
     }
-    let rows = if kind == "recordings" {
-        recordings(&hub, &ctx, &p).await?["items"].as_array().cloned().unwrap_or_default()
-    } else {
-        let k = Kind::parse(&kind).ok_or(CoreError::NotFound("report"))?;
-        let r = request(&ctx, k, &p)?;
-        query::run(hub.db(), ctx.zone, &r).await?["rows"].as_array().cloned().unwrap_or_default()
-    };
-    Ok(csv_response(&kind, Body::from(rows_to_csv(&rows))))
+    if kind == "recordings" {
+        let rows = recordings(&hub, &ctx, &p).await?["items"].as_array().cloned().unwrap_or_default();
+        return Ok(csv_response(&kind, Body::from(rows_to_csv(&rows))));
+    }
+    let k = Kind::parse(&kind).ok_or(CoreError::NotFound("report"))?;
+    let r = request(&ctx, k, &p)?;
+    let prepared = query::prepare(hub.db(), ctx.zone, &r).await?;
+    Ok(csv_response(&kind, streamed(query::stream(hub.db().clone(), prepared, Format::Csv)).await?))
 }
 
 const CONTACT_CSV_COLUMNS: &[&str] = &[

@@ -106,117 +106,442 @@ pub struct Request {
     pub sl_formula: Option<SlFormula>,
     /// Group rows by the report's dimension too (false: one row per interval, all summed).
     pub by_dimension: bool,
+    /// Only the 15-minute buckets inside each queue's business hours (its calendar, in
+    /// the calendar's zone; a queue without a calendar is always open).
+    pub business_hours: bool,
 }
 
 fn round2(x: f64) -> f64 {
     (x * 100.0).round() / 100.0
 }
 
-fn avg_secs(total_ms: i64, n: i64) -> Value {
+/// One value of a report row, written straight into JSON or CSV (no `serde_json::Value`
+/// per figure: building a `Map` per row was most of a large report's time).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Cell<'a> {
+    /// No value (JSON `null`, an empty CSV field).
+    Null,
+    /// An integer.
+    Int(i64),
+    /// A number (seconds, percentages; rounded to 2 decimals).
+    Num(f64),
+    /// Text.
+    Str(&'a str),
+}
+
+impl Cell<'_> {
+    /// As JSON.
+    pub fn write_json(&self, out: &mut Vec<u8>) {
+        match self {
+            Cell::Null => out.extend_from_slice(b"null"),
+            Cell::Int(i) => {
+                use std::io::Write;
+                let _ = write!(out, "{i}");
+            }
+            Cell::Num(x) => {
+                let _ = serde_json::to_writer(&mut *out, x);
+            }
+            Cell::Str(s) => {
+                let _ = serde_json::to_writer(&mut *out, s);
+            }
+        }
+    }
+
+    /// As a CSV field (RFC 4180 quoting; text starting with =, +, - or @ is prefixed with
+    /// `'` so spreadsheets do not run it).
+    pub fn write_csv(&self, out: &mut Vec<u8>) {
+        match self {
+            Cell::Null => {}
+            Cell::Int(_) | Cell::Num(_) => self.write_json(out),
+            Cell::Str(s) => out.extend_from_slice(csv_text(s).as_bytes()),
+        }
+    }
+
+    /// As a `serde_json::Value`.
+    pub fn to_value(self) -> Value {
+        match self {
+            Cell::Null => Value::Null,
+            Cell::Int(i) => json!(i),
+            Cell::Num(x) => json!(x),
+            Cell::Str(s) => json!(s),
+        }
+    }
+}
+
+/// A text as a CSV field (see [`Cell::write_csv`]).
+pub fn csv_text(s: &str) -> std::borrow::Cow<'_, str> {
+    let s: std::borrow::Cow<'_, str> =
+        if s.starts_with(['=', '+', '@']) || (s.starts_with('-') && s.parse::<f64>().is_err()) { format!("'{s}").into() } else { s.into() };
+    if s.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", s.replace('"', "\"\"")).into()
+    } else {
+        s
+    }
+}
+
+/// A JSON value as a CSV field (null: empty; numbers as JSON writes them).
+pub fn csv_field(v: &Value) -> String {
+    match v {
+        Value::Null => String::new(),
+        Value::String(s) => csv_text(s).into_owned(),
+        other => csv_text(&other.to_string()).into_owned(),
+    }
+}
+
+/// Report rows (JSON objects) as CSV text: the labels first, then every other column that
+/// occurs, in first-seen order (alphabetical within a row, as the JSON objects keep them).
+pub fn rows_to_csv(rows: &[Value]) -> String {
+    let mut cols: Vec<String> = ["start", "end", "queue", "agent", "channel", "dimension", "choice", "campaign"]
+        .iter()
+        .filter(|c| rows.iter().any(|r| r.get(**c).is_some()))
+        .map(|c| c.to_string())
+        .collect();
+    for r in rows {
+        if let Some(o) = r.as_object() {
+            for k in o.keys() {
+                if !cols.contains(k) {
+                    cols.push(k.clone());
+                }
+            }
+        }
+    }
+    let mut out = cols.iter().map(|c| csv_text(c).into_owned()).collect::<Vec<_>>().join(",");
+    out.push_str("\r\n");
+    for r in rows {
+        let line: Vec<String> = cols.iter().map(|c| csv_field(r.get(c).unwrap_or(&Value::Null))).collect();
+        out.push_str(&line.join(","));
+        out.push_str("\r\n");
+    }
+    out
+}
+
+fn avg_secs(total_ms: i64, n: i64) -> Cell<'static> {
     if n > 0 {
-        json!(round2(total_ms as f64 / n as f64 / 1000.0))
+        Cell::Num(round2(total_ms as f64 / n as f64 / 1000.0))
     } else {
-        Value::Null
+        Cell::Null
     }
 }
 
-fn pct(num: i64, den: i64) -> Value {
+fn pct(num: i64, den: i64) -> Cell<'static> {
     if den > 0 {
-        json!(round2(num as f64 * 100.0 / den as f64))
+        Cell::Num(round2(num as f64 * 100.0 / den as f64))
     } else {
-        Value::Null
+        Cell::Null
     }
 }
 
-/// The figures of a row, for a report kind.
-pub fn figures(kind: Kind, m: &Measures, sl: SlFormula, sl_target_secs: Option<i32>) -> Map<String, Value> {
-    let mut o = Map::new();
-    let handle = m.talk_ms + m.hold_ms + m.wrap_ms;
-    let mut put = |k: &str, v: Value| {
-        o.insert(k.to_string(), v);
-    };
+const QUEUE_FIGURES: &[&str] = &[
+    "offered",
+    "answered",
+    "abandoned",
+    "abandoned_short",
+    "abandon_rate_pct",
+    "transferred",
+    "overflowed",
+    "voicemail",
+    "callback",
+    "reopened",
+    "asa_secs",
+    "avg_abandon_wait_secs",
+    "longest_wait_secs",
+    "service_level_pct",
+    "sl_target_secs",
+    "handled",
+    "aht_secs",
+    "avg_talk_secs",
+    "avg_hold_secs",
+    "avg_wrap_secs",
+    "first_responses",
+    "avg_first_response_secs",
+    "resolved",
+    "avg_resolution_secs",
+    "replies",
+    "replies_per_conversation",
+    "inbound_messages",
+    "notes",
+];
+
+const AGENT_FIGURES: &[&str] = &[
+    "handled",
+    "answered",
+    "handle_secs",
+    "aht_secs",
+    "avg_talk_secs",
+    "avg_hold_secs",
+    "avg_wrap_secs",
+    "holds",
+    "occupancy_pct",
+    "available_secs",
+    "away_secs",
+    "busy_secs",
+    "wrap_up_state_secs",
+    "handling_secs",
+    "idle_secs",
+    "offers",
+    "ring_no_answer",
+    "declined",
+    "transferred",
+    "transferred_in",
+    "replies",
+    "first_responses",
+    "avg_first_response_secs",
+    "notes",
+];
+
+const DISPOSITION_FIGURES: &[&str] = &["complaint", "inquiry", "suggestion", "other", "total"];
+
+/// The names of a report kind's figures, in the order [`figure_cells`] writes them.
+pub fn figure_names(kind: Kind) -> &'static [&'static str] {
     match kind {
-        Kind::Queues | Kind::Channels => {
-            put("offered", json!(m.offered));
-            put("answered", json!(m.answered));
-            put("abandoned", json!(m.abandoned));
-            put("abandoned_short", json!(m.abandoned_short));
-            put("abandon_rate_pct", pct(m.abandoned, m.offered - m.abandoned_short));
-            put("transferred", json!(m.transferred));
-            put("overflowed", json!(m.overflowed));
-            put("voicemail", json!(m.voicemail));
-            put("callback", json!(m.callback));
-            put("reopened", json!(m.reopened));
-            put("asa_secs", avg_secs(m.wait_answered_ms, m.answered));
-            put("avg_abandon_wait_secs", avg_secs(m.abandon_wait_ms, m.abandoned));
-            put("longest_wait_secs", json!(round2(m.max_wait_ms as f64 / 1000.0)));
-            put("service_level_pct", sl.apply(m).map(Value::from).unwrap_or(Value::Null));
-            put("sl_target_secs", sl_target_secs.map(Value::from).unwrap_or(Value::Null));
-            put("handled", json!(m.handled));
-            put("aht_secs", avg_secs(handle, m.handled));
-            put("avg_talk_secs", avg_secs(m.talk_ms, m.handled));
-            put("avg_hold_secs", avg_secs(m.hold_ms, m.handled));
-            put("avg_wrap_secs", avg_secs(m.wrap_ms, m.handled));
-            put("first_responses", json!(m.first_responses));
-            put("avg_first_response_secs", avg_secs(m.first_response_ms, m.first_responses));
-            put("resolved", json!(m.resolved));
-            put("avg_resolution_secs", avg_secs(m.resolution_ms, m.resolved));
-            put("replies", json!(m.replies));
-            put("replies_per_conversation", if m.resolved > 0 { json!(round2(m.replies as f64 / m.resolved as f64)) } else { Value::Null });
-            put("inbound_messages", json!(m.inbound_msgs));
-            put("notes", json!(m.notes));
-        }
-        Kind::Agents => {
-            put("handled", json!(m.handled));
-            put("answered", json!(m.answered));
-            put("handle_secs", json!(round2(handle as f64 / 1000.0)));
-            put("aht_secs", avg_secs(handle, m.handled));
-            put("avg_talk_secs", avg_secs(m.talk_ms, m.handled));
-            put("avg_hold_secs", avg_secs(m.hold_ms, m.handled));
-            put("avg_wrap_secs", avg_secs(m.wrap_ms, m.handled));
-            put("holds", json!(m.holds));
-            put("occupancy_pct", pct(m.handling_ms, m.handling_ms + m.idle_ms));
-            put("available_secs", json!(m.available_ms / 1000));
-            put("away_secs", json!(m.away_ms / 1000));
-            put("busy_secs", json!(m.busy_ms / 1000));
-            put("wrap_up_state_secs", json!(m.wrap_up_state_ms / 1000));
-            put("handling_secs", json!(m.handling_ms / 1000));
-            put("idle_secs", json!(m.idle_ms / 1000));
-            put("offers", json!(m.offers));
-            put("ring_no_answer", json!(m.ring_no_answer));
-            put("declined", json!(m.declined));
-            put("transferred", json!(m.transferred));
-            put("transferred_in", json!(m.transferred_in));
-            put("replies", json!(m.replies));
-            put("first_responses", json!(m.first_responses));
-            put("avg_first_response_secs", avg_secs(m.first_response_ms, m.first_responses));
-            put("notes", json!(m.notes));
-        }
-        Kind::Dispositions => {
-            put("complaint", json!(m.disp_complaint));
-            put("inquiry", json!(m.disp_inquiry));
-            put("suggestion", json!(m.disp_suggestion));
-            put("other", json!(m.disp_other));
-            put("total", json!(m.disp_complaint + m.disp_inquiry + m.disp_suggestion + m.disp_other));
-        }
+        Kind::Queues | Kind::Channels => QUEUE_FIGURES,
+        Kind::Agents => AGENT_FIGURES,
+        Kind::Dispositions => DISPOSITION_FIGURES,
+        Kind::Ivr | Kind::Campaigns => &[],
+    }
+}
+
+/// Appends the figures of a row, for a report kind, in [`figure_names`] order.
+pub fn figure_cells(kind: Kind, m: &Measures, sl: SlFormula, sl_target_secs: Option<i32>, out: &mut Vec<Cell<'_>>) {
+    let handle = m.talk_ms + m.hold_ms + m.wrap_ms;
+    let opt = |v: Option<f64>| v.map(Cell::Num).unwrap_or(Cell::Null);
+    match kind {
+        Kind::Queues | Kind::Channels => out.extend([
+            Cell::Int(m.offered),
+            Cell::Int(m.answered),
+            Cell::Int(m.abandoned),
+            Cell::Int(m.abandoned_short),
+            pct(m.abandoned, m.offered - m.abandoned_short),
+            Cell::Int(m.transferred),
+            Cell::Int(m.overflowed),
+            Cell::Int(m.voicemail),
+            Cell::Int(m.callback),
+            Cell::Int(m.reopened),
+            avg_secs(m.wait_answered_ms, m.answered),
+            avg_secs(m.abandon_wait_ms, m.abandoned),
+            Cell::Num(round2(m.max_wait_ms as f64 / 1000.0)),
+            opt(sl.apply(m)),
+            sl_target_secs.map(|t| Cell::Int(t.into())).unwrap_or(Cell::Null),
+            Cell::Int(m.handled),
+            avg_secs(handle, m.handled),
+            avg_secs(m.talk_ms, m.handled),
+            avg_secs(m.hold_ms, m.handled),
+            avg_secs(m.wrap_ms, m.handled),
+            Cell::Int(m.first_responses),
+            avg_secs(m.first_response_ms, m.first_responses),
+            Cell::Int(m.resolved),
+            avg_secs(m.resolution_ms, m.resolved),
+            Cell::Int(m.replies),
+            opt((m.resolved > 0).then(|| round2(m.replies as f64 / m.resolved as f64))),
+            Cell::Int(m.inbound_msgs),
+            Cell::Int(m.notes),
+        ]),
+        Kind::Agents => out.extend([
+            Cell::Int(m.handled),
+            Cell::Int(m.answered),
+            Cell::Num(round2(handle as f64 / 1000.0)),
+            avg_secs(handle, m.handled),
+            avg_secs(m.talk_ms, m.handled),
+            avg_secs(m.hold_ms, m.handled),
+            avg_secs(m.wrap_ms, m.handled),
+            Cell::Int(m.holds),
+            pct(m.handling_ms, m.handling_ms + m.idle_ms),
+            Cell::Int(m.available_ms / 1000),
+            Cell::Int(m.away_ms / 1000),
+            Cell::Int(m.busy_ms / 1000),
+            Cell::Int(m.wrap_up_state_ms / 1000),
+            Cell::Int(m.handling_ms / 1000),
+            Cell::Int(m.idle_ms / 1000),
+            Cell::Int(m.offers),
+            Cell::Int(m.ring_no_answer),
+            Cell::Int(m.declined),
+            Cell::Int(m.transferred),
+            Cell::Int(m.transferred_in),
+            Cell::Int(m.replies),
+            Cell::Int(m.first_responses),
+            avg_secs(m.first_response_ms, m.first_responses),
+            Cell::Int(m.notes),
+        ]),
+        Kind::Dispositions => out.extend([
+            Cell::Int(m.disp_complaint),
+            Cell::Int(m.disp_inquiry),
+            Cell::Int(m.disp_suggestion),
+            Cell::Int(m.disp_other),
+            Cell::Int(m.disp_complaint + m.disp_inquiry + m.disp_suggestion + m.disp_other),
+        ]),
         Kind::Ivr | Kind::Campaigns => {}
     }
-    o
 }
 
-/// Runs a report: the rows and the totals.
+/// The figures of a row, for a report kind, as a JSON object.
+pub fn figures(kind: Kind, m: &Measures, sl: SlFormula, sl_target_secs: Option<i32>) -> Map<String, Value> {
+    let mut cells = Vec::new();
+    figure_cells(kind, m, sl, sl_target_secs, &mut cells);
+    figure_names(kind).iter().zip(cells).map(|(k, v)| (k.to_string(), v.to_value())).collect()
+}
+
+/// How a report is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// `{"from", "grain", "interval", "time_zone", "to", "rows": […], "totals": {…}}`.
+    Json,
+    /// The rows as CSV (a header line, then one line per row).
+    Csv,
+}
+
+/// The columns of a report's rows: which labels (fixed by the request, so every row has
+/// the same columns), then the figures; and the orders JSON (alphabetical, as
+/// `serde_json::Map` kept them) and CSV (labels first, then alphabetical) write them in.
+#[derive(Debug, Clone)]
+struct Layout {
+    has_start: bool,
+    has_queue: bool,
+    has_agent: bool,
+    has_channel: bool,
+    names: Vec<&'static str>,
+    json_order: Vec<usize>,
+    csv_order: Vec<usize>,
+    totals_order: Vec<usize>,
+}
+
+impl Layout {
+    fn of(r: &Request) -> Layout {
+        let single_queue = r.queues.len() == 1;
+        let has_start = r.interval != Interval::Total;
+        let has_queue = (matches!(r.kind, Kind::Queues | Kind::Dispositions) && r.by_dimension) || single_queue;
+        let has_agent = r.kind == Kind::Agents && r.by_dimension;
+        let has_channel = r.kind == Kind::Channels && r.by_dimension;
+        let mut names: Vec<&'static str> = Vec::new();
+        if has_start {
+            names.extend(["start", "end"]);
+        }
+        if has_queue {
+            names.extend(["queue_id", "queue"]);
+        }
+        if has_agent {
+            names.extend(["agent_id", "agent"]);
+        }
+        if has_channel {
+            names.push("channel");
+        }
+        let labels = names.len();
+        names.extend(figure_names(r.kind));
+        let mut json_order: Vec<usize> = (0..names.len()).collect();
+        json_order.sort_by_key(|i| names[*i]);
+        let first = ["start", "end", "queue", "agent", "channel"];
+        let mut csv_order: Vec<usize> = first.iter().filter_map(|l| names.iter().position(|n| n == l)).collect();
+        let rest: Vec<usize> = json_order.iter().copied().filter(|i| !csv_order.contains(i)).collect();
+        csv_order.extend(rest);
+        let figs = figure_names(r.kind);
+        let mut totals_order: Vec<usize> = (0..figs.len()).collect();
+        totals_order.sort_by_key(|i| figs[*i]);
+        debug_assert!(labels <= names.len());
+        Layout { has_start, has_queue, has_agent, has_channel, names, json_order, csv_order, totals_order }
+    }
+
+    fn write_row(&self, cells: &[Cell<'_>], format: Format, out: &mut Vec<u8>) {
+        match format {
+            Format::Json => {
+                out.push(b'{');
+                for (n, i) in self.json_order.iter().enumerate() {
+                    if n > 0 {
+                        out.push(b',');
+                    }
+                    out.push(b'"');
+                    out.extend_from_slice(self.names[*i].as_bytes());
+                    out.extend_from_slice(b"\":");
+                    cells[*i].write_json(out);
+                }
+                out.push(b'}');
+            }
+            Format::Csv => {
+                for (n, i) in self.csv_order.iter().enumerate() {
+                    if n > 0 {
+                        out.push(b',');
+                    }
+                    cells[*i].write_csv(out);
+                }
+                out.extend_from_slice(b"\r\n");
+            }
+        }
+    }
+
+    fn write_csv_header(&self, out: &mut Vec<u8>) {
+        let line: Vec<&str> = self.csv_order.iter().map(|i| self.names[*i]).collect();
+        out.extend_from_slice(line.join(",").as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+}
+
+/// A validated report, ready to be written: its SQL and the names it labels rows with.
+#[derive(Debug)]
+pub struct Prepared {
+    r: Request,
+    sql: String,
+    grain: Grain,
+    aligned: Grain,
+    queues: HashMap<Uuid, (String, i32, SlFormula)>,
+    agents: HashMap<Uuid, String>,
+    /// IVR and campaign reports (small, a few keys per interval): computed already.
+    counts: Option<Value>,
+    /// With `business_hours`: the queues with a calendar, and each one's open quarters.
+    calendars: (Vec<String>, Vec<String>, Vec<DateTime<Utc>>),
+}
+
+/// Chunks of a report body are sent when they reach this size.
+pub const CHUNK: usize = 64 * 1024;
+
+/// Runs a report: the rows and the totals (the same JSON the API answers).
 pub async fn run(pool: &PgPool, day_zone: Tz, r: &Request) -> CoreResult<Value> {
+    let p = prepare(pool, day_zone, r).await?;
+    let mut body = Vec::new();
+    let mut rx = stream(pool.clone(), p, Format::Json);
+    while let Some(chunk) = rx.recv().await {
+        body.extend_from_slice(&chunk?);
+    }
+    serde_json::from_slice(&body).map_err(|e| CoreError::Internal(format!("report JSON: {e}")))
+}
+
+/// Writes a prepared report in a task, as chunks of about [`CHUNK`] bytes: the first one
+/// as soon as the first rows are read, so a report of hundreds of thousands of rows
+/// starts at once and never sits whole in memory. An error ends the stream with `Err`.
+pub fn stream(pool: PgPool, p: Prepared, format: Format) -> tokio::sync::mpsc::Receiver<CoreResult<bytes::Bytes>> {
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tokio::spawn(async move {
+        let sink = tx.clone();
+        if let Err(e) = p.write(&pool, format, &sink).await {
+            let _ = tx.send(Err(e)).await;
+        }
+    });
+    rx
+}
+
+/// Validates a request and looks up what its rows are labelled with.
+pub async fn prepare(pool: &PgPool, day_zone: Tz, r: &Request) -> CoreResult<Prepared> {
     if r.to <= r.from {
         return Err(CoreError::field("to", "must be after `from`"));
     }
-    let grain = grain_for(r.interval, r.tz, day_zone, r.from, r.to);
+    if r.business_hours && !matches!(r.kind, Kind::Queues | Kind::Dispositions) {
+        return Err(CoreError::field("business_hours", "applies to the queue reports (queues, dispositions): calendars are per queue"));
+    }
+    let grain = if r.business_hours { Grain::Quarter } else { grain_for(r.interval, r.tz, day_zone, r.from, r.to) };
     let bucket_count = (r.to - r.from).num_minutes() / 15;
     if r.interval == Interval::Quarter && bucket_count > 40_000 || (r.to - r.from).num_days() > 3 * 366 {
         return Err(CoreError::field("to", "range too long for this interval"));
     }
     let start = r.interval.start_sql("$4");
     if matches!(r.kind, Kind::Ivr | Kind::Campaigns) {
-        return counts(pool, r, grain, &start).await;
+        let v = counts(pool, r, grain, &start).await?;
+        return Ok(Prepared {
+            r: r.clone(),
+            sql: String::new(),
+            grain,
+            aligned: grain,
+            queues: HashMap::new(),
+            agents: HashMap::new(),
+            counts: Some(v),
+            calendars: Default::default(),
+        });
     }
     let dim = match (r.kind, r.by_dimension) {
         (_, false) => None,
@@ -238,22 +563,25 @@ pub async fn run(pool: &PgPool, day_zone: Tz, r: &Request) -> CoreResult<Value> 
     // The interval is the stored grain itself: each bucket is one interval.
     let interval_is_grain =
         matches!((r.interval, grain), (Interval::Quarter, Grain::Quarter) | (Interval::Hour, Grain::Hour) | (Interval::Day, Grain::Day));
+    let open = |q: &str| if r.business_hours { format!(" and {}", business_hours_sql(q)) } else { String::new() };
     let sql = match source {
         // One row per bucket and key already (report_dims): read as stored, in key order.
         Some((d, key_filter)) if interval_is_grain && (r.by_dimension || d == 't' || d == 'a') => format!(
-            "select bucket as start, {} as dim, array[{}] as m from report_dims where grain = $1 and bucket >= $2 and bucket < $3 and dim = '{d}'{}
+            "select bucket as start, {} as dim, array[{}] as m from report_dims where grain = $1 and bucket >= $2 and bucket < $3 and dim = '{d}'{}{}
              order by 1, 2",
             if r.by_dimension { "key" } else { "null::text" },
             Measures::COLUMNS.join(", "),
             key_filter.map(|f| format!(" and {f}")).unwrap_or_default(),
+            open("key"),
         ),
         // Pre-summed per dimension (report_dims): a few rows per bucket.
         Some((d, key_filter)) => format!(
-            "select {start} as start, {} as dim, array[{}] as m from report_dims where grain = $1 and bucket >= $2 and bucket < $3 and dim = '{d}'{}
+            "select {start} as start, {} as dim, array[{}] as m from report_dims where grain = $1 and bucket >= $2 and bucket < $3 and dim = '{d}'{}{}
              group by 1, 2 order by 1 nulls first, 2",
             if r.by_dimension { "key" } else { "null::text" },
             aggs.join(", "),
             key_filter.map(|f| format!(" and {f}")).unwrap_or_default(),
+            open("key"),
         ),
         // Cross filters (e.g. a queue's figures of some agents): the full rows.
         None => {
@@ -273,6 +601,9 @@ pub async fn run(pool: &PgPool, day_zone: Tz, r: &Request) -> CoreResult<Value> 
             if r.kind == Kind::Channels {
                 wh.push("channel <> ''".into());
             }
+            if r.business_hours {
+                wh.push(business_hours_sql("queue_id::text"));
+            }
             format!(
                 "select {start} as start, {} as dim, array[{}] as m from report_rows where {} group by 1, 2 order by 1 nulls first, 2",
                 dim.unwrap_or("null::text"),
@@ -281,16 +612,6 @@ pub async fn run(pool: &PgPool, day_zone: Tz, r: &Request) -> CoreResult<Value> 
             )
         }
     };
-    let rows: Vec<(Option<DateTime<Utc>>, Option<String>, Vec<Option<i64>>)> = sqlx::query_as(&sql)
-        .bind(grain.id())
-        .bind(r.from)
-        .bind(r.to)
-        .bind(r.tz.name())
-        .bind(&r.queues)
-        .bind(&r.agents)
-        .bind(&r.channels)
-        .fetch_all(pool)
-        .await?;
     let queues: HashMap<Uuid, (String, i32, SlFormula)> = sqlx::query_as::<_, (Uuid, String, i32, Option<String>)>(
         "select q.id, q.name, q.sla_target_secs, s.sl_formula from queues q left join report_queue_settings s on s.queue_id = q.id",
     )
@@ -299,72 +620,178 @@ pub async fn run(pool: &PgPool, day_zone: Tz, r: &Request) -> CoreResult<Value> 
     .into_iter()
     .map(|(id, n, t, f)| (id, (n, t, f.as_deref().and_then(SlFormula::parse).unwrap_or(SlFormula::AnsweredVsAnsweredAndLongAbandoned))))
     .collect();
-    let agents: HashMap<Uuid, String> =
-        sqlx::query_as::<_, (Uuid, String)>("select id, name from agents").fetch_all(pool).await?.into_iter().collect();
-    let default_sl = r.sl_formula.unwrap_or(SlFormula::AnsweredVsAnsweredAndLongAbandoned);
-    let single_queue = (r.queues.len() == 1).then(|| r.queues[0]);
-    let mut total = Measures::default();
-    let mut out = Vec::with_capacity(rows.len());
-    // Rows come in interval order: each interval's labels are formatted once.
-    let mut labels: Option<(DateTime<Utc>, Value, Value)> = None;
-    for (start, d, vals) in rows {
-        let m = Measures::from_values(&vals.into_iter().map(|v| v.unwrap_or(0)).collect::<Vec<_>>());
-        total.add(&m);
-        let mut row = Map::new();
-        if let Some(s) = start {
-            if labels.as_ref().is_none_or(|l| l.0 != s) {
-                labels = Some((
-                    s,
-                    json!(s.with_timezone(&r.tz).to_rfc3339()),
-                    json!(r.interval.end_of(s, r.tz, r.to).with_timezone(&r.tz).to_rfc3339()),
-                ));
+    let agents: HashMap<Uuid, String> = if r.kind == Kind::Agents && r.by_dimension {
+        sqlx::query_as::<_, (Uuid, String)>("select id, name from agents").fetch_all(pool).await?.into_iter().collect()
+    } else {
+        HashMap::new()
+    };
+    let calendars = if r.business_hours { open_quarters(pool, r).await? } else { Default::default() };
+    Ok(Prepared { r: r.clone(), sql, grain, aligned, queues, agents, counts: None, calendars })
+}
+
+/// A condition true for the rows of a 15-minute bucket inside the business hours of the
+/// queue `queue` (an SQL expression of the row, as text): the queue has no calendar
+/// (`$8`: the queues that have one), or (queue, bucket) is one of the open quarters
+/// (`$9`, `$10`) that [`open_quarters`] listed.
+fn business_hours_sql(queue: &str) -> String {
+    format!("(not ({queue} = any($8)) or ({queue}, bucket) in (select * from unnest($9::text[], $10::timestamptz[])))")
+}
+
+/// The queues that have a calendar (`queues.business_hours`, the one routing uses), and
+/// every 15-minute bucket of the range in which each is open ([`BusinessHours::is_open`]
+/// at the bucket's start: opening hours in whole quarters make a bucket wholly in or out).
+async fn open_quarters(pool: &PgPool, r: &Request) -> CoreResult<(Vec<String>, Vec<String>, Vec<DateTime<Utc>>)> {
+    let cals: Vec<(Uuid, sqlx::types::Json<crate::queues::BusinessHours>)> = sqlx::query_as(
+        "select id, business_hours from queues where business_hours is not null and (cardinality($1::uuid[]) = 0 or id = any($1))",
+    )
+    .bind(&r.queues)
+    .fetch_all(pool)
+    .await?;
+    let (mut keys, mut open_keys, mut open_at) = (Vec::new(), Vec::new(), Vec::new());
+    let from = super::interval::quarter(r.from);
+    for (q, cal) in cals {
+        let key = q.to_string();
+        let mut b = from;
+        while b < r.to {
+            if cal.0.is_open(b) {
+                open_keys.push(key.clone());
+                open_at.push(b);
             }
-            if let Some((_, a, b)) = &labels {
-                row.insert("start".into(), a.clone());
-                row.insert("end".into(), b.clone());
-            }
+            b += chrono::Duration::minutes(15);
         }
-        let mut sl = default_sl;
-        let mut target = None;
-        let queue = match (r.kind, d.as_deref()) {
-            (Kind::Queues | Kind::Dispositions, Some(q)) => q.parse::<Uuid>().ok(),
-            _ => single_queue,
-        };
-        if let Some(q) = queue {
-            row.insert("queue_id".into(), json!(q));
-            if let Some((name, t, f)) = queues.get(&q) {
-                row.insert("queue".into(), json!(name));
-                target = Some(*t);
-                sl = r.sl_formula.unwrap_or(*f);
-            } else if q.is_nil() {
-                row.insert("queue".into(), json!(""));
-            }
-        }
-        if r.kind == Kind::Agents {
-            if let Some(a) = d.as_deref().and_then(|a| a.parse::<Uuid>().ok()) {
-                row.insert("agent_id".into(), json!(a));
-                row.insert("agent".into(), json!(agents.get(&a).cloned().unwrap_or_default()));
-            }
-        }
-        if r.kind == Kind::Channels {
-            if let Some(c) = &d {
-                row.insert("channel".into(), json!(c));
-            }
-        }
-        row.extend(figures(r.kind, &m, sl, target));
-        out.push(Value::Object(row));
+        keys.push(key);
     }
-    let target = single_queue.and_then(|q| queues.get(&q).map(|x| x.1));
-    let sl = single_queue.and_then(|q| queues.get(&q).map(|x| x.2)).map(|f| r.sl_formula.unwrap_or(f)).unwrap_or(default_sl);
-    Ok(json!({
-        "from": r.from.with_timezone(&r.tz).to_rfc3339(),
-        "to": r.to.with_timezone(&r.tz).to_rfc3339(),
-        "time_zone": r.tz.name(),
-        "interval": r.interval.as_str(),
-        "grain": match aligned { Grain::Quarter => "15m", Grain::Hour => "hour", Grain::Day => "day" },
-        "rows": out,
-        "totals": Value::Object(figures(r.kind, &total, sl, target)),
-    }))
+    Ok((keys, open_keys, open_at))
+}
+
+impl Prepared {
+    /// Writes the report into `out`, a chunk at a time.
+    pub async fn write(&self, pool: &PgPool, format: Format, out: &tokio::sync::mpsc::Sender<CoreResult<bytes::Bytes>>) -> CoreResult<()> {
+        use futures::TryStreamExt;
+        let closed = || CoreError::Internal("report reader went away".into());
+        let r = &self.r;
+        if let Some(v) = &self.counts {
+            let body = match format {
+                Format::Json => serde_json::to_vec(v).map_err(|e| CoreError::Internal(e.to_string()))?,
+                Format::Csv => rows_to_csv(v["rows"].as_array().map(Vec::as_slice).unwrap_or_default()).into_bytes(),
+            };
+            return out.send(Ok(body.into())).await.map_err(|_| closed());
+        }
+        let layout = Layout::of(r);
+        let mut buf: Vec<u8> = Vec::with_capacity(CHUNK + 4096);
+        match format {
+            Format::Json => {
+                buf.extend_from_slice(b"{\"from\":");
+                Cell::Str(&r.from.with_timezone(&r.tz).to_rfc3339()).write_json(&mut buf);
+                buf.extend_from_slice(b",\"grain\":");
+                Cell::Str(match self.aligned {
+                    Grain::Quarter => "15m",
+                    Grain::Hour => "hour",
+                    Grain::Day => "day",
+                })
+                .write_json(&mut buf);
+                buf.extend_from_slice(b",\"interval\":");
+                Cell::Str(r.interval.as_str()).write_json(&mut buf);
+                buf.extend_from_slice(b",\"rows\":[");
+            }
+            Format::Csv => layout.write_csv_header(&mut buf),
+        }
+        let default_sl = r.sl_formula.unwrap_or(SlFormula::AnsweredVsAnsweredAndLongAbandoned);
+        let single_queue = (r.queues.len() == 1).then(|| r.queues[0]);
+        let mut total = Measures::default();
+        // Rows come in interval order: each interval's labels are formatted once.
+        let mut labels: Option<(DateTime<Utc>, String, String)> = None;
+        let mut first = true;
+        let mut rows = sqlx::query_as::<_, (Option<DateTime<Utc>>, Option<String>, Vec<Option<i64>>)>(&self.sql)
+            .bind(self.grain.id())
+            .bind(r.from)
+            .bind(r.to)
+            .bind(r.tz.name())
+            .bind(&r.queues)
+            .bind(&r.agents)
+            .bind(&r.channels)
+            .bind(&self.calendars.0)
+            .bind(&self.calendars.1)
+            .bind(&self.calendars.2)
+            .fetch(pool);
+        let mut vals = [0i64; 64];
+        while let Some((start, d, raw)) = rows.try_next().await? {
+            for (slot, v) in vals.iter_mut().zip(raw.iter().chain(std::iter::repeat(&None))) {
+                *slot = v.unwrap_or(0);
+            }
+            let m = Measures::from_values(&vals[..Measures::COLUMNS.len()]);
+            total.add(&m);
+            if let Some(s) = start {
+                if labels.as_ref().is_none_or(|l| l.0 != s) {
+                    labels =
+                        Some((s, s.with_timezone(&r.tz).to_rfc3339(), r.interval.end_of(s, r.tz, r.to).with_timezone(&r.tz).to_rfc3339()));
+                }
+            }
+            let queue = match (r.kind, d.as_deref()) {
+                (Kind::Queues | Kind::Dispositions, Some(q)) => q.parse::<Uuid>().ok(),
+                _ => single_queue,
+            };
+            let (sl, target, queue_name) = match queue.and_then(|q| self.queues.get(&q)) {
+                Some((name, t, f)) => (r.sl_formula.unwrap_or(*f), Some(*t), name.as_str()),
+                None => (default_sl, None, ""),
+            };
+            let agent = if layout.has_agent { d.as_deref().and_then(|a| a.parse::<Uuid>().ok()) } else { None };
+            let queue_text = queue.map(|q| q.hyphenated().to_string());
+            let agent_text = agent.map(|a| a.hyphenated().to_string());
+            let mut cells: Vec<Cell<'_>> = Vec::with_capacity(layout.names.len());
+            if layout.has_start {
+                match (&labels, start) {
+                    (Some((_, a, b)), Some(_)) => cells.extend([Cell::Str(a), Cell::Str(b)]),
+                    _ => cells.extend([Cell::Null, Cell::Null]),
+                }
+            }
+            if layout.has_queue {
+                cells.push(queue_text.as_deref().map(Cell::Str).unwrap_or(Cell::Null));
+                cells.push(Cell::Str(queue_name));
+            }
+            if layout.has_agent {
+                cells.push(agent_text.as_deref().map(Cell::Str).unwrap_or(Cell::Null));
+                cells.push(Cell::Str(agent.and_then(|a| self.agents.get(&a)).map(String::as_str).unwrap_or("")));
+            }
+            if layout.has_channel {
+                cells.push(d.as_deref().map(Cell::Str).unwrap_or(Cell::Null));
+            }
+            figure_cells(r.kind, &m, sl, target, &mut cells);
+            if format == Format::Json && !first {
+                buf.push(b',');
+            }
+            first = false;
+            layout.write_row(&cells, format, &mut buf);
+            if buf.len() >= CHUNK {
+                let chunk = std::mem::replace(&mut buf, Vec::with_capacity(CHUNK + 4096));
+                out.send(Ok(chunk.into())).await.map_err(|_| closed())?;
+            }
+        }
+        drop(rows);
+        if format == Format::Json {
+            let target = single_queue.and_then(|q| self.queues.get(&q).map(|x| x.1));
+            let sl = single_queue.and_then(|q| self.queues.get(&q).map(|x| x.2)).map(|f| r.sl_formula.unwrap_or(f)).unwrap_or(default_sl);
+            buf.extend_from_slice(b"],\"time_zone\":");
+            Cell::Str(r.tz.name()).write_json(&mut buf);
+            buf.extend_from_slice(b",\"to\":");
+            Cell::Str(&r.to.with_timezone(&r.tz).to_rfc3339()).write_json(&mut buf);
+            buf.extend_from_slice(b",\"totals\":{");
+            let names = figure_names(r.kind);
+            let mut t = Vec::with_capacity(names.len());
+            figure_cells(r.kind, &total, sl, target, &mut t);
+            for (n, i) in layout.totals_order.iter().enumerate() {
+                if n > 0 {
+                    buf.push(b',');
+                }
+                buf.push(b'"');
+                buf.extend_from_slice(names[*i].as_bytes());
+                buf.extend_from_slice(b"\":");
+                t[*i].write_json(&mut buf);
+            }
+            buf.extend_from_slice(b"}}");
+        }
+        out.send(Ok(buf.into())).await.map_err(|_| closed())
+    }
 }
 
 /// Which pre-summed dimension of `report_dims` answers a request exactly (the dimension
@@ -373,14 +800,20 @@ pub async fn run(pool: &PgPool, day_zone: Tz, r: &Request) -> CoreResult<Value> 
 fn dims_source(r: &Request) -> Option<(char, Option<&'static str>)> {
     match r.kind {
         Kind::Queues | Kind::Dispositions if r.agents.is_empty() && r.channels.is_empty() => {
-            if r.queues.is_empty() && !r.by_dimension {
+            if r.queues.is_empty() && !r.by_dimension && !r.business_hours {
                 Some(('t', None))
             } else {
                 Some(('q', (!r.queues.is_empty()).then_some("key = any($5::uuid[]::text[])")))
             }
         }
         Kind::Channels if r.agents.is_empty() && r.queues.is_empty() => Some(('c', (!r.channels.is_empty()).then_some("key = any($7)"))),
-        Kind::Agents if r.agents.is_empty() && r.queues.is_empty() && r.channels.is_empty() && !r.by_dimension => Some(('a', None)),
+        Kind::Agents if r.queues.is_empty() && r.channels.is_empty() => {
+            if r.agents.is_empty() && !r.by_dimension {
+                Some(('a', None))
+            } else {
+                Some(('g', (!r.agents.is_empty()).then_some("key = any($6::uuid[]::text[])")))
+            }
+        }
         _ => None,
     }
 }

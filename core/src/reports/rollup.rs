@@ -719,7 +719,7 @@ static DIMS_UPSERT: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
 });
 
 /// A row of `report_dims`: grain, bucket, dimension ('q' queue, 'c' channel, 'a' rows
-/// with an agent, 't' all rows) and its key.
+/// with an agent, 'g' per agent, 't' all rows) and its key.
 type DimKey = (Grain, DateTime<Utc>, i8, String);
 
 /// Sums a batch's fact increments per report dimension (`report_dims`, see migration
@@ -739,6 +739,7 @@ fn dims_of(facts: &[(FactKey, Measures)], presence: &[(PresenceKey, Measures)]) 
             }
             if !a.is_nil() {
                 dims.entry((g, b, b'a' as i8, String::new())).or_default().add(m);
+                dims.entry((g, b, b'g' as i8, a.to_string())).or_default().add(m);
             }
             dims.entry((g, b, b't' as i8, String::new())).or_default().add(m);
         }
