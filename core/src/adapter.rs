@@ -39,6 +39,11 @@ pub enum AdapterError {
     /// Configuration is invalid.
     #[error("configuration: {0}")]
     Config(String),
+    /// Another node delivers it: this node cannot now, by design (the channel's one
+    /// connection, e.g. an SMPP bind, is leased to another node). Not a failed attempt: the
+    /// outbox puts the message back at once, without backoff, for the node that can.
+    #[error("delivered by another node: {0}")]
+    Elsewhere(String),
     /// Core refused an operation.
     #[error(transparent)]
     Core(#[from] crate::error::CoreError),

@@ -204,11 +204,13 @@ async fn record(hub: &Hub, s: &OutboxSettings, outcomes: Vec<(Row, Result<Option
     let n = outcomes.len();
     let (mut ids, mut attempts, mut statuses) = (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
     let (mut providers, mut errors, mut delays) = (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
+    let mut counted = Vec::with_capacity(n);
     let mut events = Vec::new();
     for (row, result) in &outcomes {
         ids.push(row.id);
         attempts.push(row.attempts);
         let max = row.max_attempts.min(s.max_attempts);
+        counted.push(!matches!(result, Err(AdapterError::Elsewhere(_))));
         let (status, provider, error, delay): (&str, Option<String>, Option<String>, Option<f64>) = match result {
             Ok(provider_id) => {
                 hub.metrics().inc_outbox("sent");
@@ -217,6 +219,11 @@ async fn record(hub: &Hub, s: &OutboxSettings, outcomes: Vec<(Row, Result<Option
                     events.push(NewEvent::interaction("delivered", iid).with_data(data));
                 }
                 ("sent", provider_id.clone(), None, None)
+            }
+            Err(e @ AdapterError::Elsewhere(_)) => {
+                // Not this node's to send (its claim is handed back uncounted): due again
+                // soon, for whichever node claims it next; the one that can delivers it.
+                ("pending", None, Some(e.to_string()), Some(Duration::from_millis(s.backoff_ms.min(500)).as_secs_f64()))
             }
             Err(e) if matches!(e, AdapterError::Permanent(_) | AdapterError::Config(_)) || row.attempts >= max => {
                 hub.metrics().inc_outbox("failed");
@@ -242,11 +249,12 @@ async fn record(hub: &Hub, s: &OutboxSettings, outcomes: Vec<(Row, Result<Option
     let mut tx = hub.db().begin().await?;
     sqlx::query(
         "update outbox o set status = x.status, last_error = x.error,
+                attempts = case when x.counted then o.attempts else o.attempts - 1 end,
                 sent_at = case when x.status = 'sent' then now() else o.sent_at end,
                 provider_id = case when x.status = 'sent' then x.provider_id else o.provider_id end,
                 next_attempt_at = case when x.delay is null then o.next_attempt_at else now() + make_interval(secs => x.delay) end
-           from unnest($1::uuid[], $2::int4[], $3::text[], $4::text[], $5::text[], $6::float8[])
-                as x(id, attempts, status, provider_id, error, delay)
+           from unnest($1::uuid[], $2::int4[], $3::text[], $4::text[], $5::text[], $6::float8[], $7::bool[])
+                as x(id, attempts, status, provider_id, error, delay, counted)
           where o.id = x.id and o.attempts = x.attempts and o.status = 'sending'",
     )
     .bind(&ids)
@@ -255,6 +263,7 @@ async fn record(hub: &Hub, s: &OutboxSettings, outcomes: Vec<(Row, Result<Option
     .bind(&providers)
     .bind(&errors)
     .bind(&delays)
+    .bind(&counted)
     .execute(&mut *tx)
     .await?;
     for ev in events {

@@ -237,7 +237,15 @@ impl SmppState {
             }
         }
         if !*self.held.borrow() {
-            return Err(AdapterError::Temporary(format!("the SMPP bind of {} is held by another node", self.name)));
+            // The node holding the bind sends it: handed back to the outbox uncounted, or it
+            // would fail for good after `max_attempts` claims by the other nodes.
+            let elsewhere =
+                switchboard_core::lease::holder(hub.db(), &store::lease_name(&self.name)).await?.is_some_and(|h| h.holder != hub.node_id());
+            return Err(if elsewhere {
+                AdapterError::Elsewhere(format!("the SMPP bind of {} is held by another node", self.name))
+            } else {
+                AdapterError::Temporary(format!("the SMPP bind of {} is not held by any node", self.name))
+            });
         }
         let parts = self.build_parts(&to[1..], &msg.body);
         let log = self.submit_log.get_or_init(|| store::SubmitLog::new(hub.db().clone()));
