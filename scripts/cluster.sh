@@ -55,7 +55,7 @@ pg_up() {
     as_pg "$PG_BIN/initdb" -D "$DIR/pg-primary" -U postgres --auth=trust -E UTF8 >/dev/null
     as_pg "$PG_BIN/pg_ctl" -D "$DIR/pg-primary" -o "-p $PG_PRIMARY $opts" -l "$DIR/pg-primary.log" -w start >/dev/null
     as_pg "$PG_BIN/psql" -h 127.0.0.1 -p $PG_PRIMARY -U postgres -qc "create database switchboard" >/dev/null
-    as_pg "$PG_BIN/pg_basebackup" -h 127.0.0.1 -p $PG_PRIMARY -U postgres -D "$DIR/pg-replica" -R -X stream
+    as_pg "$PG_BIN/pg_basebackup" -h 127.0.0.1 -p $PG_PRIMARY -U postgres -D "$DIR/pg-replica" -R -X stream --checkpoint=fast
   else
     pid_alive "$DIR/pg-primary/postmaster.pid" ||
       as_pg "$PG_BIN/pg_ctl" -D "$DIR/pg-primary" -o "-p $PG_PRIMARY $opts" -l "$DIR/pg-primary.log" -w start >/dev/null
@@ -87,6 +87,12 @@ data_dir = "$DIR/node$i"
 
 [cluster]
 internal_url = "http://127.0.0.1:$http"
+
+[outbox]
+# A row claimed by a node that died is due again after this (default 300 s). Kept above the
+# 60 s delivery timeout and the drills' 30 s SIGSTOP, so a slow or woken node's send is
+# never doubled by another node's.
+sending_lease_secs = 75
 
 [[channels]]
 type = "webchat"

@@ -85,3 +85,15 @@ if [ -f tests/browser/package.json ]; then
   cargo build --quiet --bin switchboard
   (cd tests/browser && SWITCHBOARD_BIN="${CARGO_TARGET_DIR:-$ROOT/target}/debug/switchboard" node --test --test-concurrency=1 ./*.test.mjs)
 fi
+
+# The cluster fault drills (tests/cluster/run.sh): PostgreSQL primary + replica, three hub
+# nodes behind HAProxy and Kamailio, chat visitors, SIPp callers, email and SMS, agents
+# answering; kill -9 of a node and of the router leader, SIGSTOP/SIGCONT, PostgreSQL
+# failover. Prints its table; a broken invariant fails the suite. Bounded (about 7 minutes;
+# the runner stops it after 20, this after 25 with the build).
+if command -v haproxy >/dev/null && command -v kamailio >/dev/null && command -v sipp >/dev/null; then
+  echo "==> cluster fault drills"
+  timeout 1500 tests/cluster/run.sh
+else
+  echo "==> cluster fault drills skipped: they need haproxy, kamailio and sipp (Debian: haproxy kamailio sip-tester)"
+fi

@@ -17,10 +17,20 @@ Drills, one after another, each followed by recovery (the node restarted):
      another node with a higher token (the standby ends the paused leader's lock session
      once its lease expired); the woken node does not lead and its commits are fenced
   4. PostgreSQL primary killed, replica promoted (`scripts/cluster.sh promote`)
+Agents (tests/cluster/agents.py, --agents, default 6): each holds its inbox event stream
+open through HAProxy (reconnecting when its node dies), goes available, accepts chat, email
+and SMS offers, replies once to each email and SMS (idempotency key, resent until a node
+answers) and closes it 1.5 s after accepting, so it keeps taking new ones. They have no
+phone: calls wait in the queue until SIPp hangs up (20 s).
 After each, per channel: every acked message stored (0 inbound lost), none stored twice
-(chat messages, mails by Message-ID token, SMS by text; SMSC submit_sm duplicates), the time until
-the load is accepted again and until a router leader is back. Prints a table; exits 1 when
-an invariant failed. Bounded: every wait has a deadline.
+(chat messages, mails by Message-ID token, SMS by text); no interaction held by two agents
+at overlapping times (offers and `accepted` events) and no agent over its capacity; every
+reply a node acknowledged delivered exactly once at the peer (aiosmtpd's Maildir by a token
+in the body, the SMSC's submit_sm by text; waited for up to 60 s, the outbox's retry window);
+the calls the dead node held ended `node_lost`, and none of the calls held by the other
+nodes dropped (each still waiting or ended by the caller's BYE); the time until the load is
+accepted again and until a router leader is back. Prints a table; exits 1 when an invariant
+failed. Bounded: every wait has a deadline.
 """
 import argparse
 import atexit
@@ -37,6 +47,7 @@ import urllib.request
 import uuid
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import agents as drill_agents  # noqa: E402
 import peers as channel_peers  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -167,21 +178,59 @@ def calls_on(i):
     return [r for r in rows.splitlines() if r]
 
 
-def calls_ended_with_reason(ids, limit=30):
-    """How many of `ids` got a call_ended event with reason node_lost and left the queue."""
+def calls_elsewhere(i=None):
+    """Calls owned now by nodes other than node `i` (all calls when None)."""
+    cond = "" if i is None else f" where node_id <> '{node_id_of(i)}'"
+    return [r for r in psql(f"select interaction_id from call_owners{cond}").splitlines() if r]
+
+
+def calls_kept(ids):
+    """Of calls held by nodes that stayed up: (ended by the caller — SIPp's BYE while the
+    call waited in the queue, the interaction `abandoned` without a reason, or a
+    `call_ended` by the caller —, still up, dropped: ended any other way, by the hub or
+    swept as `node_lost`)."""
     if not ids:
-        return 0
+        return 0, 0, 0
+    lst = ",".join(f"'{i}'" for i in ids)
+    rows = psql(f"select i.status, (select e.data->>'by' || '/' || coalesce(e.data->>'reason', '') from interaction_events e "
+                f"where e.interaction_id = i.id and e.kind = 'call_ended' order by e.id limit 1), "
+                f"(select coalesce(e.data->>'reason', '') from interaction_events e "
+                f"where e.interaction_id = i.id and e.kind = 'abandoned' order by e.id limit 1) "
+                f"from interactions i where i.id in ({lst})").splitlines()
+    by_caller = up = dropped = 0
+    for r in rows:
+        status, ended, abandoned = r.split("|")
+        if ended and ended != "caller/":
+            dropped += 1
+        elif ended == "caller/" or (status == "abandoned" and abandoned == ""):
+            by_caller += 1
+        elif status in ("queued", "offered", "active"):
+            up += 1
+        else:
+            dropped += 1
+    return by_caller, up, dropped
+
+
+def calls_ended_with_reason(ids, t0, limit=30):
+    """Of `ids` (the calls the node held just before it was killed at `t0`): how many got a
+    `call_ended` event with reason node_lost and left the queue, and how many the caller
+    hung up in the moment between that snapshot and the kill (left the queue before `t0`)."""
+    if not ids:
+        return 0, 0
     lst = ",".join(f"'{i}'" for i in ids)
     deadline = time.time() + limit
-    n = 0
+    n = before = 0
     while time.time() < deadline:
         n = int(psql(f"select count(distinct i.id) from interactions i join interaction_events e on e.interaction_id = i.id "
                      f"where i.id in ({lst}) and e.kind = 'call_ended' and e.data->>'reason' = 'node_lost' "
                      f"and i.status in ('abandoned', 'wrap_up', 'closed')"))
-        if n == len(ids):
+        before = int(psql(f"select count(distinct i.id) from interactions i join interaction_events e on e.interaction_id = i.id "
+                          f"where i.id in ({lst}) and e.kind = 'abandoned' and e.data->>'reason' is null "
+                          f"and e.at < to_timestamp({t0}) and i.status = 'abandoned'"))
+        if n + before == len(ids):
             break
         time.sleep(0.5)
-    return n
+    return n, before
 
 
 class SipLoad:
@@ -252,11 +301,15 @@ def channel_holders():
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--visitors", type=int, default=20)
+    ap.add_argument("--agents", type=int, default=6)
     ap.add_argument("--pause", type=int, default=30)
     ap.add_argument("--warmup", type=float, default=5)
     ap.add_argument("--up", action="store_true", help="start the email/SMS peers, then scripts/cluster.sh up with their ports")
     ap.add_argument("--no-mail-sms", action="store_true", help="with --up: chat and SIP load only")
     args = ap.parse_args()
+    # A SIGTERM (the runner's `timeout`) exits through the atexit handlers: peers, agents and
+    # SIPp are stopped, and run.sh's trap takes the cluster down.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     peers = None
     if args.up:
         why = "disabled (--no-mail-sms)" if args.no_mail_sms else channel_peers.available()
@@ -271,10 +324,16 @@ def main():
     for i in range(3):
         if not ready(i)[0]:
             sys.exit(f"node{i} is not ready: run scripts/cluster.sh up first")
+    binary = os.environ.get("SWITCHBOARD_BIN", f"{ROOT}/target/debug/switchboard")
+    team = drill_agents.Team(binary, f"{DIR}/node0/switchboard.toml", args.agents)
+    atexit.register(team.stop)
+    team.start()
+    print(f"{len(team.agents)} agents available", flush=True)
     load = Load(args.visitors)
     load.start()
     sip = SipLoad()
     sip.start()
+    atexit.register(sip.stop)
     mail = sms = None
     if peers is not None:
         mail = channel_peers.MailLoad(peers.imap_port)
@@ -285,7 +344,7 @@ def main():
     results = []
     failed = False
 
-    def record(name, t0, extra="", lead=None):
+    def record(name, t0, extra="", lead=None, survivors=()):
         nonlocal failed
         if lead is None:
             lead = wait_leader(t0)
@@ -303,50 +362,63 @@ def main():
             m_lost, m_twice = channel_peers.stored_counts(psql, "email", "drill-mail-", m_acked)
             s_acked = sms.acked()
             s_lost, s_twice = channel_peers.stored_counts(psql, "sms", "drill-sms-", s_acked)
-            stats = peers.smsc.submit_stats() or {}
-            dup_out = stats.get("duplicated", "?")
-            channels += [f"email {len(m_acked)}/{len(m_lost)}/{len(m_twice)}", f"sms {len(s_acked)}/{len(s_lost)}/{len(s_twice)}",
-                         f"sms submit_sm duplicated {dup_out}"]
-            ok = ok and not m_lost and not m_twice and not s_lost and not s_twice and dup_out in (0, "?")
-        extra = (extra + "; " if extra else "") + "acked/lost/twice: " + ", ".join(channels)
+            channels += [f"email {len(m_acked)}/{len(m_lost)}/{len(m_twice)}", f"sms {len(s_acked)}/{len(s_lost)}/{len(s_twice)}"]
+            ok = ok and not m_lost and not m_twice and not s_lost and not s_twice
+        # Agents: nobody shared an interaction, nobody went over capacity.
+        two_offers, two_events = drill_agents.held_by_two(psql)
+        over = drill_agents.over_capacity(psql)
+        ok = ok and two_offers == 0 and two_events == 0 and over == 0
+        # Outbound: every reply a node acknowledged reached the customer exactly once.
+        replies = "-"
+        if mail is not None:
+            sent, missing, dup, unsure = drill_agents.replies_delivered(team.book, peers.maildir, peers.smsc, psql)
+            replies = ", ".join(f"{c} {sent[c]}/{len(missing[c])}/{len(dup[c])}" for c in ("email", "sms"))
+            if unsure["sms"]:
+                replies += f" (+{len(unsure['sms'])} SMS unknown: the node died mid-submit, recorded, not resent)"
+            ok = ok and not any(missing.values()) and not any(dup.values())
+        # Calls held by the nodes that stayed up: none dropped.
+        by_caller, up, dropped = calls_kept(list(survivors))
+        ok = ok and dropped == 0
+        calls = f"{len(survivors)}: {by_caller} ended by the caller, {up} up, {dropped} dropped"
+        extra = (extra + "; " if extra else "") + "acked/lost/twice: " + ", ".join(channels) + "; " + team.summary()
         failed |= not ok
-        results.append((name, acked, len(lost), len(twice), flow, lead, extra, ok))
+        results.append((name, acked, len(lost), len(twice), flow, lead, two_offers + two_events, over, replies, calls, extra, ok))
         print(f"{name}: acked {acked}, lost {len(lost)}, twice {len(twice)}, last failed request at "
-              f"{flow if flow is None else round(flow, 2)} s, leader after {lead if lead is None else round(lead, 2)} s {extra}",
-              flush=True)
+              f"{flow if flow is None else round(flow, 2)} s, leader after {lead if lead is None else round(lead, 2)} s, "
+              f"held by two agents {two_offers}+{two_events}, over capacity {over}, replies sent/missing/twice {replies}, "
+              f"calls on surviving nodes {calls}; {extra}", flush=True)
+
+    def kill(victim, name):
+        nonlocal failed
+        held = channel_holders() if mail is not None else ""
+        live = calls_on(victim)
+        survivors = calls_elsewhere(victim)
+        t0 = time.time()
+        os.kill(node_pid(victim), signal.SIGKILL)
+        lead_back = wait_leader(t0)
+        ended, before = calls_ended_with_reason(live, t0)
+        failed |= ended + before != len(live)
+        record(name, t0, f"calls on it: {len(live)}, ended node_lost: {ended}" +
+               (f", hung up by the caller just before the kill: {before}" if before else "") + f"; at the kill {held}",
+               lead=lead_back, survivors=survivors)
+        restart_node(victim)
 
     # 1. kill -9 a node that is not the leader.
     lead = leader_index()
     victim = next(i for i in range(3) if i != lead)
-    live = calls_on(victim)
-    held = channel_holders() if mail is not None else ""
-    t0 = time.time()
-    os.kill(node_pid(victim), signal.SIGKILL)
-    lead_back = wait_leader(t0)
-    ended = calls_ended_with_reason(live)
-    failed |= ended != len(live)
-    record(f"kill -9 node{victim} (not leader)", t0, f"calls on it: {len(live)}, ended node_lost: {ended}; at the kill {held}",
-           lead=lead_back)
-    restart_node(victim)
+    kill(victim, f"kill -9 node{victim} (not leader)")
 
     # 2. kill -9 the leader.
     lead = leader_index()
-    live = calls_on(lead)
-    held = channel_holders() if mail is not None else ""
-    t0 = time.time()
-    os.kill(node_pid(lead), signal.SIGKILL)
-    lead_back = wait_leader(t0)
-    ended = calls_ended_with_reason(live)
-    failed |= ended != len(live)
-    record(f"kill -9 node{lead} (router leader)", t0, f"calls on it: {len(live)}, ended node_lost: {ended}; at the kill {held}",
-           lead=lead_back)
-    restart_node(lead)
+    kill(lead, f"kill -9 node{lead} (router leader)")
 
     # 3. SIGSTOP the router leader (which may also hold the sweeper lease), then SIGCONT.
     holder = leader_index()
     token, _ = lease_holder("router")
     if holder is not None:
         held = channel_holders() if mail is not None else ""
+        paused_calls = calls_on(holder)
+        survivors = calls_elsewhere(holder)
         t0 = time.time()
         os.kill(node_pid(holder), signal.SIGSTOP)
         moved = None
@@ -359,30 +431,39 @@ def main():
         os.kill(node_pid(holder), signal.SIGCONT)
         time.sleep(3)
         t_after, h_after = lease_holder("router")
+        lst = ",".join(f"'{i}'" for i in paused_calls) or "null"
+        paused_ended = int(psql(f"select count(distinct interaction_id) from interaction_events where kind = 'call_ended' "
+                                f"and interaction_id in ({lst})"))
         extra = (f"router lease moved after {round(moved[0], 2)} s to token {moved[1]} (was {token}); "
                  f"after SIGCONT held by node{h_after} token {t_after}, node{holder} leading: {ready(holder)[1]}"
                  if moved else "router lease did not move") + (f"; at the stop {held}" if held else "")
+        extra += f"; calls on the paused node: {len(paused_calls)}, ended with a recorded end: {paused_ended}"
         if not moved or h_after == holder or ready(holder)[1]:
             failed = True
-        record(f"SIGSTOP node{holder} (router leader) {args.pause} s + SIGCONT", t0, extra, lead=moved[0] if moved else None)
+        record(f"SIGSTOP node{holder} (router leader) {args.pause} s + SIGCONT", t0, extra, lead=moved[0] if moved else None,
+               survivors=survivors)
 
-    # 4. PostgreSQL primary killed, replica promoted.
+    # 4. PostgreSQL primary killed, replica promoted: every node survives, and so must every call.
+    survivors = calls_elsewhere()
     t0 = time.time()
     subprocess.run([f"{ROOT}/scripts/cluster.sh", "promote"], check=True, capture_output=True, timeout=60)
-    record("PostgreSQL primary killed, replica promoted", t0)
+    record("PostgreSQL primary killed, replica promoted", t0, survivors=survivors)
 
     load.stop.set()
     sip.stop()
+    team.stop()
     if mail is not None:
         mail.stop.set()
         sms.stop.set()
 
-    print("\n| drill | acked | lost | twice | last failed request (s after fault) | router leader (s) | ok | notes |")
-    print("|---|---|---|---|---|---|---|---|")
-    for name, acked, lost, twice, flow, lead, extra, ok in results:
+    print("\n| drill | acked | lost | twice | last failed request (s after fault) | router leader (s) | held by two agents "
+          "| over capacity | replies sent/missing/twice | calls on surviving nodes | ok | notes |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for name, acked, lost, twice, flow, lead, two, over, replies, calls, extra, ok in results:
         f = "-" if flow is None else f"{flow:.2f}"
         ld = "-" if lead is None else f"{lead:.2f}"
-        print(f"| {name} | {acked} | {lost} | {twice} | {f} | {ld} | {'yes' if ok else 'NO'} | {extra} |")
+        print(f"| {name} | {acked} | {lost} | {twice} | {f} | {ld} | {two} | {over} | {replies} | {calls} | "
+              f"{'yes' if ok else 'NO'} | {extra} |")
     sys.exit(1 if failed else 0)
 
 

@@ -87,6 +87,7 @@ class Peers:
 
     def _smtp(self):
         os.makedirs(f"{self.dir}/smtp", exist_ok=True)
+        self.maildir = f"{self.dir}/smtp/Maildir"
         p = subprocess.Popen(["python3", f"{ROOT}/adapters/email/tests/peers/smtp_sink.py", "--maildir", f"{self.dir}/smtp/Maildir"],
                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         self.procs.append(p)
@@ -111,7 +112,9 @@ class Smsc:
     """tests/sms/smsc.mjs: deliver_sm on command; events read on a thread."""
 
     def __init__(self, d):
-        env = dict(os.environ, SMSC_QUIET="1")
+        # Not quiet: every submit_sm is an event, so agents' replies can be counted by text.
+        env = dict(os.environ)
+        env.pop("SMSC_QUIET", None)
         self.proc = subprocess.Popen(["node", "smsc.mjs"], cwd=f"{ROOT}/tests/sms", stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      stderr=open(f"{d}/smsc.log", "w"), text=True, env=env)
         first = json.loads(self.proc.stdout.readline())
@@ -120,6 +123,7 @@ class Smsc:
         self.acked = set()
         self.answers = {}
         self.stats = None
+        self.submitted = {}  # reply token → submit_sm carrying it
         threading.Thread(target=self._read, daemon=True).start()
 
     def _read(self):
@@ -134,6 +138,17 @@ class Smsc:
                     self.answers[e["tag"]] = ok
                     if ok:
                         self.acked.add(e["tag"])
+                elif e.get("event") == "submit_sm":
+                    text = e.get("message") or ""
+                    if isinstance(e.get("payload"), str):
+                        text += e["payload"]
+                    if not REPLY.search(text):
+                        try:
+                            text = bytes.fromhex(text).decode("latin-1")
+                        except ValueError:
+                            pass
+                    for t in set(REPLY.findall(text)):
+                        self.submitted[t] = self.submitted.get(t, 0) + 1
                 elif e.get("event") == "stats":
                     self.stats = e
 
@@ -141,6 +156,11 @@ class Smsc:
         with self.lock:
             self.proc.stdin.write(json.dumps(c) + "\n")
             self.proc.stdin.flush()
+
+    def reply_counts(self):
+        """Agents' reply token → how many submit_sm carried it."""
+        with self.lock:
+            return dict(self.submitted)
 
     def submit_stats(self, limit=10):
         with self.lock:
@@ -240,6 +260,7 @@ class MailLoad:
 
 
 TOKEN = re.compile(r"drill-(?:mail|sms)-\d+-[0-9a-f]{8}")
+REPLY = re.compile(r"drill-reply-[0-9a-f]{12}")
 
 
 def stored_counts(psql, channel, prefix, acked, limit=60):
