@@ -26,6 +26,8 @@ function run({ main }) {
   const agentSel = h('select', { id: 'agent' }, h('option', { value: '' }, 'All agents'));
   const channelSel = h('select', { id: 'channel' }, ['', 'voice', 'chat', 'email', 'sms'].map((c) => h('option', { value: c }, c || 'All channels')));
   const compare = h('input', { type: 'checkbox', id: 'compare' });
+  // Queue reports only: each queue's calendar (its business hours and holidays).
+  const businessHours = h('input', { type: 'checkbox', id: 'business-hours' });
   const search = h('input', { id: 'search', type: 'search', placeholder: 'Customer, agent, queue…' });
   const run = h('button', { type: 'button', id: 'run', class: 'primary' }, 'Show');
   const csv = h('a', { id: 'csv', href: '#', download: '' }, 'Download CSV');
@@ -43,6 +45,7 @@ function run({ main }) {
       h('label', null, 'Time zone', zone), h('label', null, 'Queue', queueSel), h('label', null, 'Agent', agentSel),
       h('label', null, 'Channel', channelSel), h('label', null, 'Search (recordings)', search),
       h('label', { style: 'flex-direction:row;align-items:center;gap:4px' }, compare, 'Compare with previous period'),
+      h('label', { style: 'flex-direction:row;align-items:center;gap:4px', title: 'Queue and disposition reports: only each queue\'s opening hours' }, businessHours, 'Business hours only'),
       run, csv, contactsCsv),
     tabs, status, chart, table, player);
 
@@ -55,6 +58,7 @@ function run({ main }) {
     if (queueSel.value) p.set('queue', queueSel.value);
     if (agentSel.value) p.set('agent', agentSel.value);
     if (channelSel.value) p.set('channel', channelSel.value);
+    if (businessHours.checked && (state.kind === 'queues' || state.kind === 'dispositions')) p.set('business_hours', 'true');
     return p;
   }
   function previous() {

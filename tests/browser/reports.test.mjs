@@ -127,6 +127,11 @@ voicemail_dir = "${work}"
   const csvHref = await rep.getAttribute('#csv', 'href');
   const csv = await rep.evaluate(async (href) => (await fetch(href)).text(), csvHref);
   assert.match(csv.split('\r\n')[0], /^start,end,queue,.*answered.*offered/);
+  // Business hours only (the queue has no calendar: always open, the same rows).
+  await rep.check('#business-hours');
+  await rep.click('#run');
+  await rep.waitForFunction(() => document.querySelector('#csv').href.includes('business_hours=true'), null, { timeout: 10000 });
+  await rep.waitForSelector('#report tbody tr', { timeout: 10000 });
   await rep.screenshot({ path: screenshotPath('reports-queues.png'), fullPage: true });
 
   // A recorded call: listed under Recordings, played with a seek bar.
