@@ -292,6 +292,9 @@ async fn call_through_ivr_queue_and_agent_phone_is_recorded() {
     let kinds = vh.wait_event(&id, "wrap_up", 10).await;
     // `ivr_choice` is recorded right after the ingest commits, so it may follow `offered`.
     assert!(position(&kinds, "enqueued") < position(&kinds, "ivr_choice"));
+    // The IVR report counts each node the caller went through: the menu with the digit.
+    let (_, choice) = &kinds[position(&kinds, "ivr_choice")];
+    assert_eq!(choice["data"]["ivr"]["path"], json!(["menu:1", "english", "queue"]), "{choice}");
     let order = ["enqueued", "offered", "call_ringing", "accepted", "call_answered", "call_ended", "wrap_up"];
     let pos: Vec<usize> = order.iter().map(|k| position(&kinds, k)).collect();
     assert!(pos.windows(2).all(|w| w[0] < w[1]), "events out of order: {:?}", kinds.iter().map(|k| &k.0).collect::<Vec<_>>());
@@ -376,6 +379,10 @@ async fn after_hours_call_leaves_a_voicemail() {
     let path = vm["metadata"]["recording"].as_str().expect("recording").to_string();
     let len = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
     assert!(len > 44 + 8000, "voicemail holds audio ({len} bytes)");
+    // The IVR's outcome is voicemail, with the nodes on the way (the IVR report's rows).
+    let kinds = vh.wait_event(&id, "voicemail_recorded", 10).await;
+    let (_, choice) = &kinds[position(&kinds, "ivr_choice")];
+    assert_eq!(choice["data"]["ivr"], json!({ "queue": "voicemail", "requirements": [], "path": ["hours", "vm"] }), "{choice}");
     vh.stop().await;
 }
 

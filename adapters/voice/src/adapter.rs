@@ -803,7 +803,11 @@ impl CallRouting for HubRouting {
     async fn enqueue_call(&self, call: CallInfo) -> Result<CallTicket, RoutingError> {
         let requirement = requirement_expr(&call.requirements);
         let language = call.requirements.iter().find_map(|r| r.skill.strip_prefix("language:").map(str::to_string));
-        let ivr = json!({ "queue": call.queue, "requirements": call.requirements.iter().map(|r| format!("{} >= {}", r.skill, r.min_level)).collect::<Vec<_>>() });
+        let ivr = json!({
+            "queue": call.queue,
+            "requirements": call.requirements.iter().map(|r| format!("{} >= {}", r.skill, r.min_level)).collect::<Vec<_>>(),
+            "path": call.ivr_path,
+        });
         let body = match &requirement {
             Some(r) => format!("Incoming call (IVR: queue {}, {r})", if call.queue.is_empty() { "default" } else { &call.queue }),
             None => format!("Incoming call (IVR: queue {})", if call.queue.is_empty() { "default" } else { &call.queue }),
@@ -1021,6 +1025,12 @@ impl CallRouting for HubRouting {
             ..Default::default()
         };
         let outcome = self.hub.ingest(item).await.map_err(routing_err)?;
+        if !call.ivr_path.is_empty() {
+            // Sent to voicemail by the IVR (after hours, a menu choice): the menu outcome
+            // is `voicemail`, with the nodes the caller went through.
+            let ivr = json!({ "queue": "voicemail", "requirements": [], "path": call.ivr_path });
+            record(&self.hub, "ivr_choice", outcome.interaction_id, json!({ "call_id": call.call_id, "ivr": ivr })).await;
+        }
         record(&self.hub, "voicemail_recorded", outcome.interaction_id, json!({ "call_id": call.call_id, "recording": path })).await;
         Ok(())
     }
@@ -1093,6 +1103,7 @@ mod tests {
             dialled: "100".into(),
             queue: String::new(),
             requirements: Vec::new(),
+            ivr_path: Vec::new(),
             answered_at: chrono::Utc::now(),
         };
         let first = routing.enqueue_call(call.clone()).await.expect("first call enqueued");

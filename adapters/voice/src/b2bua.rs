@@ -743,6 +743,7 @@ impl Engine {
                 dialled,
                 queue: String::new(),
                 requirements: Vec::new(),
+                ivr_path: Vec::new(),
                 answered_at: chrono::Utc::now(),
             },
             phase: Phase::Ivr,
@@ -827,6 +828,7 @@ impl Engine {
                     call.phase = Phase::Enqueuing;
                     call.info.queue = queue;
                     call.info.requirements = requirements;
+                    call.info.ivr_path = call.ivr.as_ref().map(|s| s.path().to_vec()).unwrap_or_default();
                     call.caller.media.command(MediaCommand::Moh(true));
                     let info = call.info.clone();
                     let routing = self.routing.clone();
@@ -854,7 +856,7 @@ impl Engine {
                     call.voicemail = Some(Voicemail { path, max, silence: None, started: false });
                     call.digit_deadline = None;
                     call.info.queue.clear();
-                    call.ivr = None;
+                    call.info.ivr_path = call.ivr.take().map(|s| s.path().to_vec()).unwrap_or_default();
                 }
                 IvrAction::Hangup => {
                     tracing::info!(call_id = %call_id, "IVR flow hung up (hangup node, or no valid choice).");

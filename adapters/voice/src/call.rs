@@ -25,6 +25,8 @@ pub struct CallInfo {
     pub queue: String,
     /// Skill requirements collected in the IVR.
     pub requirements: Vec<SkillRequirement>,
+    /// The IVR nodes the caller went through ([`crate::ivr::IvrSession::path`]).
+    pub ivr_path: Vec<String>,
     /// When the hub answered the call.
     pub answered_at: chrono::DateTime<chrono::Utc>,
 }

@@ -75,6 +75,9 @@ const MAX_STEPS: usize = 64;
 /// Digits kept for the next menu at most (more are dropped, oldest kept).
 const TYPE_AHEAD: usize = 16;
 
+/// Steps of the visited path kept at most (a caller looping through menus stops adding).
+const PATH_STEPS: usize = 32;
+
 /// One caller's progress through a flow.
 #[derive(Debug, Clone)]
 pub struct IvrSession {
@@ -86,6 +89,10 @@ pub struct IvrSession {
     waiting: Waiting,
     /// Digits pressed before a menu asked for them (type-ahead), oldest first.
     typed_ahead: std::collections::VecDeque<char>,
+    /// The nodes visited, in order: a menu as `node:digit` once chosen (`node:failed` when
+    /// its attempts ran out), every other node by its name. Reported with the call
+    /// (`ivr_choice` event, `ivr.path`), counted per step in the IVR report.
+    path: Vec<String>,
 }
 
 impl IvrSession {
@@ -99,6 +106,7 @@ impl IvrSession {
             requirements: Vec::new(),
             waiting: Waiting::Done,
             typed_ahead: std::collections::VecDeque::new(),
+            path: Vec::new(),
         };
         let start = s.node.clone();
         let actions = s.enter(&start, now);
@@ -113,6 +121,17 @@ impl IvrSession {
     /// Skill requirements collected so far.
     pub fn requirements(&self) -> &[SkillRequirement] {
         &self.requirements
+    }
+
+    /// The nodes visited so far (see the field).
+    pub fn path(&self) -> &[String] {
+        &self.path
+    }
+
+    fn visit(&mut self, step: String) {
+        if self.path.len() < PATH_STEPS {
+            self.path.push(step);
+        }
     }
 
     /// Feeds an input.
@@ -162,7 +181,10 @@ impl IvrSession {
             _ => None,
         };
         match target {
-            Some(next) => self.enter(&next, now),
+            Some(next) => {
+                self.visit(format!("{}:{digit}", self.node));
+                self.enter(&next, now)
+            }
             None => self.menu_retry(true, now),
         }
     }
@@ -176,6 +198,7 @@ impl IvrSession {
         self.attempts += 1;
         if self.attempts >= max_attempts {
             tracing::info!(node = %self.node, attempts = self.attempts, invalid, next = %on_failure, "IVR menu got no valid choice.");
+            self.visit(format!("{}:failed", self.node));
             return self.enter(&on_failure, now);
         }
         let mut prompts: Vec<String> = if invalid { invalid_prompt } else { timeout_prompt }.into_iter().collect();
@@ -201,6 +224,9 @@ impl IvrSession {
             };
             self.node = current.clone();
             self.attempts = 0;
+            if !matches!(n, IvrNode::Menu { .. }) {
+                self.visit(current.clone());
+            }
             match n {
                 IvrNode::Play { prompt, next } => {
                     self.waiting = Waiting::Prompt(next);
@@ -347,6 +373,27 @@ prompt = "goodbye"
         assert_eq!(a[0], IvrAction::StopPlayback, "barge-in");
         assert_eq!(a[1], IvrAction::Enqueue { queue: "ventas".into(), requirements: vec!["language:es >= 1".parse().unwrap()] });
         assert!(s.is_done());
+        assert_eq!(s.path(), ["hours", "welcome", "menu:2", "es", "sales", "queue"]);
+    }
+
+    #[test]
+    fn the_path_records_a_failed_menu_and_stays_bounded() {
+        let now = wednesday_noon();
+        let (mut s, _) = IvrSession::start(flow(), now);
+        s.on_input(IvrInput::PromptFinished, now);
+        s.on_input(IvrInput::Digit('9'), now);
+        s.on_input(IvrInput::PromptFinished, now);
+        s.on_input(IvrInput::Timeout, now);
+        assert_eq!(s.path(), ["hours", "welcome", "menu:failed", "bye"]);
+        // A flow that loops through a menu forever keeps at most PATH_STEPS steps.
+        let mut f = (*flow()).clone();
+        f.nodes.insert("es".into(), IvrNode::Play { prompt: "welcome".into(), next: "menu".into() });
+        let (mut s, _) = IvrSession::start(Arc::new(f), now);
+        for _ in 0..100 {
+            s.on_input(IvrInput::Digit('2'), now);
+            s.on_input(IvrInput::PromptFinished, now);
+        }
+        assert_eq!(s.path().len(), PATH_STEPS);
     }
 
     /// Point 3 of the hardening issue: a digit pressed while the welcome prompt plays
