@@ -5,6 +5,7 @@
 
 import { h, replace, duration } from './app/dom.js';
 import { startPage, setConnState } from './app/shell.js';
+import { EventStream } from './app/stream.js';
 
 const page = await startPage({ title: 'Wallboard', roles: ['admin', 'supervisor'], live: true });
 if (page) run(page);
@@ -56,6 +57,7 @@ function run({ main }) {
   }
 
   function onMessage(m) {
+    if (!m || !m.kind) return;
     if (m.now) skew = Date.parse(m.now) - Date.now();
     if (m.kind === 'snapshot') {
       replace(qGrid); replace(aBody); queues.clear(); agents.clear();
@@ -71,13 +73,5 @@ function run({ main }) {
     }
   }, 1000);
 
-  let backoff = 500;
-  function connect() {
-    setConnState('connecting');
-    const ws = new WebSocket(`${location.protocol === 'https:' ? 'wss' : 'ws'}://${location.host}/api/v1/wallboard/stream`);
-    ws.onopen = () => { setConnState('live'); backoff = 500; };
-    ws.onmessage = (e) => { try { onMessage(JSON.parse(e.data)); } catch (_) { /* ignore a bad frame */ } };
-    ws.onclose = () => { setConnState('offline'); setTimeout(connect, backoff); backoff = Math.min(backoff * 2, 10000); };
-  }
-  connect();
+  new EventStream({ path: '/api/v1/wallboard/stream', onEvent: onMessage, onState: setConnState }).start();
 }

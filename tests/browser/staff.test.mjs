@@ -6,7 +6,7 @@ import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import {
-  skipReason, sharedEnv, loginInbox, setPresenceUi, apiClient, eventually, watchErrors, screenshotPath, DEMO,
+  skipReason, sharedEnv, loginInbox, setPresenceUi, apiClient, chatVisitor, eventually, watchErrors, screenshotPath, DEMO,
 } from './helpers.mjs';
 
 const skip = skipReason() || false;
@@ -65,12 +65,19 @@ test('presence changes reach the server and the live dashboard', { skip }, async
   await sup.click('#login-submit');
   await sup.waitForSelector('#queue-table tbody tr[data-queue="billing"]');
   await sup.waitForFunction(() => document.body.dataset.stream === 'live');
+  // From here on the dashboard reads no whole list: presence comes as wallboard deltas,
+  // a changed agent or interaction is fetched alone.
+  const listReads = [];
+  sup.on('request', (r) => {
+    const u = new URL(r.url());
+    if (/^\/api\/v1\/(queues(\/stats)?|agents|interactions)$/.test(u.pathname)) listReads.push(u.pathname + u.search);
+  });
   const brunoPresence = () => sup.textContent('tr[data-agent="Bruno"] .agent-presence');
   assert.equal(await brunoPresence(), 'offline');
 
   await setPresenceUi(agent, 'available');
   await eventually(async () => (await api.get(`/api/v1/agents/${brunoId}`)).presence === 'available', 5000, 'presence on the server');
-  // The dashboard updates from the event stream (well before its 5 s poll).
+  // The dashboard updates from the pushed deltas.
   await sup.waitForFunction(() => document.querySelector('tr[data-agent="Bruno"] .agent-presence')?.textContent === 'available', null, { timeout: 3000 });
 
   await setPresenceUi(agent, 'away');
@@ -79,6 +86,20 @@ test('presence changes reach the server and the live dashboard', { skip }, async
   // A supervisor changes it from the server side: the agent's inbox follows.
   await api.put(`/api/v1/agents/${brunoId}/presence`, { presence: 'available' });
   await agent.waitForFunction(() => document.querySelector('#presence').dataset.presence === 'available', null, { timeout: 5000 });
+
+  // A visitor starts a chat: it shows in the waiting list and the queue's figures
+  // without any list being read again.
+  await api.put(`/api/v1/agents/${brunoId}/presence`, { presence: 'away' });
+  const visitor = await chatVisitor(hub.url, { name: 'Dashboard visitor' });
+  await visitor.say('Is anybody there?');
+  await sup.waitForFunction(() => Number(document.querySelector('#kpi-waiting .kpi-value')?.textContent) >= 1, null, { timeout: 5000 });
+  const row = await sup.waitForSelector('#waiting-rows tr[data-interaction-id]', { timeout: 5000 });
+  const waitingId = await row.getAttribute('data-interaction-id');
+  // The supervisor closes it: the row leaves the list, from the event alone.
+  await api.post(`/api/v1/interactions/${waitingId}/abandon`, {});
+  await sup.waitForFunction((id) => !document.querySelector(`#waiting-rows tr[data-interaction-id="${id}"]`), waitingId, { timeout: 5000 });
+  assert.deepEqual(listReads, [], 'no whole list read after the page loaded');
+  await api.put(`/api/v1/agents/${brunoId}/presence`, { presence: 'available' });
 
   // Three queues with figures.
   const queues = await sup.$$eval('#queue-table tbody tr', (rows) => rows.map((r) => r.dataset.queue));

@@ -1,4 +1,5 @@
-// The live event stream (WebSocket /api/v1/stream) with reconnect and exponential
+// A live WebSocket feed — the event stream (/api/v1/stream) by default, or another
+// (`path`, e.g. the wallboard's /api/v1/wallboard/stream) — with reconnect and exponential
 // backoff. After every (re)connection `onOpen(reconnected)` runs so the page can refetch
 // its state: events missed while disconnected are never replayed by the server, so the
 // REST state is the source of truth and frames are only hints to refresh.
@@ -6,11 +7,13 @@
 export class EventStream {
   /**
    * @param {object} o
+   * @param {string} [o.path]   the feed (default /api/v1/stream)
    * @param {(ev: object) => void} o.onEvent   every JSON frame
    * @param {(reconnected: boolean) => void} o.onOpen
    * @param {(state: 'connecting'|'live'|'offline') => void} o.onState
    */
-  constructor({ onEvent, onOpen, onState }) {
+  constructor({ path, onEvent, onOpen, onState }) {
+    this.path = path || '/api/v1/stream';
     this.onEvent = onEvent;
     this.onOpen = onOpen || (() => {});
     this.onState = onState || (() => {});
@@ -58,7 +61,7 @@ export class EventStream {
     this.onState('connecting');
     let ws;
     try {
-      ws = new WebSocket(`${proto}//${location.host}/api/v1/stream`);
+      ws = new WebSocket(`${proto}//${location.host}${this.path}`);
     } catch (_) {
       this.schedule();
       return;

@@ -30,6 +30,8 @@ struct QueueLive {
     wait_ms: i64,
     abandoned: i64,
     abandoned_short: i64,
+    /// Contacts of this queue an agent holds now (accepted, not yet closed).
+    in_service: HashSet<Uuid>,
 }
 
 #[derive(Debug, Default, Clone)]
@@ -61,7 +63,7 @@ impl State {
             "answered": q.answered, "abandoned": q.abandoned, "abandoned_short": q.abandoned_short,
             "service_level_pct": if den > 0 { Some(((q.answered_in_sl as f64 * 10000.0 / den as f64).round()) / 100.0) } else { None },
             "asa_secs": if q.answered > 0 { Some((q.wait_ms as f64 / q.answered as f64 / 10.0).round() / 100.0) } else { None },
-            "sl_target_secs": q.sl_ms / 1000,
+            "sl_target_secs": q.sl_ms / 1000, "in_service": q.in_service.len(),
         })
     }
 
@@ -82,12 +84,32 @@ impl State {
         })
     }
 
-    fn release(&mut self, interaction: Uuid, changed_agents: &mut HashSet<Uuid>) {
+    fn release(&mut self, interaction: Uuid, changed_queues: &mut HashSet<Uuid>, changed_agents: &mut HashSet<Uuid>) {
         if let Some(a) = self.holder.remove(&interaction) {
             if let Some(ag) = self.agents.get_mut(&a) {
                 ag.contacts.remove(&interaction);
             }
             changed_agents.insert(a);
+        }
+        if let Some((q, _)) = self.queue_of.get(&interaction) {
+            if let Some(ql) = self.queues.get_mut(q) {
+                if ql.in_service.remove(&interaction) {
+                    changed_queues.insert(*q);
+                }
+            }
+        }
+    }
+
+    fn hold(&mut self, interaction: Uuid, agent: Uuid, changed_queues: &mut HashSet<Uuid>, changed_agents: &mut HashSet<Uuid>) {
+        self.release(interaction, changed_queues, changed_agents);
+        self.holder.insert(interaction, agent);
+        self.agents.entry(agent).or_default().contacts.insert(interaction);
+        changed_agents.insert(agent);
+        if let Some((q, _)) = self.queue_of.get(&interaction) {
+            if let Some(ql) = self.queues.get_mut(q) {
+                ql.in_service.insert(interaction);
+                changed_queues.insert(*q);
+            }
         }
     }
 
@@ -118,6 +140,8 @@ impl State {
             "enqueued" | "requeued" => {
                 let (Some(i), Some(q)) = (ev.interaction_id, ev.queue_id) else { return false };
                 let since = self.queue_of.get(&i).map(|x| x.1).unwrap_or(ev.at);
+                // Back in a queue (ring-no-answer, an agent's release): nobody holds it.
+                self.release(i, cq, ca);
                 self.stop_waiting(i, cq);
                 self.queue_of.insert(i, (q, since));
                 if let Some(ql) = self.queues.get_mut(&q) {
@@ -129,10 +153,7 @@ impl State {
                 let Some(i) = ev.interaction_id else { return false };
                 let waited = self.stop_waiting(i, cq);
                 if let Some(a) = ev.agent_id {
-                    self.release(i, ca);
-                    self.holder.insert(i, a);
-                    self.agents.entry(a).or_default().contacts.insert(i);
-                    ca.insert(a);
+                    self.hold(i, a, cq, ca);
                 }
                 if let (Some((q, since)), true) = (waited.or_else(|| self.queue_of.get(&i).copied()), today) {
                     if self.answered_today.insert(i) {
@@ -157,6 +178,7 @@ impl State {
                         }
                     }
                 }
+                self.release(i, cq, ca);
                 self.queue_of.remove(&i);
             }
             "closed" | "voicemail" | "status" => {
@@ -171,12 +193,12 @@ impl State {
                     return self.apply(&e, cq, ca);
                 }
                 self.stop_waiting(i, cq);
-                self.release(i, ca);
+                self.release(i, cq, ca);
                 self.queue_of.remove(&i);
             }
             "transferred" => {
                 let Some(i) = ev.interaction_id else { return false };
-                self.release(i, ca);
+                self.release(i, cq, ca);
                 if let Some(q) = uuid_of("to_queue") {
                     let since = self.queue_of.get(&i).map(|x| x.1).unwrap_or(ev.at);
                     self.queue_of.insert(i, (q, since));
@@ -242,6 +264,9 @@ async fn load(hub: &Hub, start: DateTime<Utc>) -> CoreResult<State> {
             s.holder.insert(id, a);
             if let Some(ag) = s.agents.get_mut(&a) {
                 ag.contacts.insert(id);
+            }
+            if let Some(ql) = q.and_then(|q| s.queues.get_mut(&q)) {
+                ql.in_service.insert(id);
             }
         }
     }
@@ -361,5 +386,69 @@ impl Wallboard {
     /// rows, so applying one twice does no harm).
     pub fn subscribe(&self) -> broadcast::Receiver<Arc<str>> {
         self.tx.subscribe()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ev(kind: &str, i: Option<Uuid>, a: Option<Uuid>, q: Option<Uuid>, data: Value, secs: i64) -> HubEvent {
+        let at = Utc.with_ymd_and_hms(2026, 3, 2, 9, 0, 0).unwrap() + Duration::seconds(secs);
+        HubEvent { id: secs, interaction_id: i, agent_id: a, queue_id: q, kind: kind.into(), data, at }
+    }
+
+    /// One contact's life on the board: waiting, answered (in service, held by the agent),
+    /// transferred back to a queue, answered again, closed; each step marks only the rows
+    /// it changed.
+    #[test]
+    fn a_contact_moves_from_waiting_to_in_service_and_out() {
+        let (q1, q2, a, b, i) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+        let mut s = State { day_start: Utc.with_ymd_and_hms(2026, 3, 2, 0, 0, 0).unwrap(), ..Default::default() };
+        for (q, name) in [(q1, "sales"), (q2, "support")] {
+            s.queues.insert(q, QueueLive { name: name.into(), sl_ms: 20_000, short_ms: 5_000, ..Default::default() });
+        }
+        let (mut cq, mut ca) = (HashSet::new(), HashSet::new());
+        s.apply(&ev("enqueued", Some(i), None, Some(q1), json!({}), 0), &mut cq, &mut ca);
+        assert_eq!((s.queue_row(q1)["waiting"].clone(), s.queue_row(q1)["in_service"].clone()), (json!(1), json!(0)));
+        assert_eq!(cq, HashSet::from([q1]));
+
+        let (mut cq, mut ca) = (HashSet::new(), HashSet::new());
+        s.apply(&ev("accepted", Some(i), Some(a), Some(q1), json!({}), 12), &mut cq, &mut ca);
+        let row = s.queue_row(q1);
+        assert_eq!((row["waiting"].clone(), row["in_service"].clone(), row["answered"].clone()), (json!(0), json!(1), json!(1)));
+        assert_eq!(row["service_level_pct"], json!(100.0));
+        assert_eq!(s.agent_row(a)["contacts"], json!(1));
+        assert_eq!((cq, ca), (HashSet::from([q1]), HashSet::from([a])));
+
+        // Transferred to the other queue: the agent lets go, the first queue no longer
+        // serves it; when b takes it, the second queue does.
+        let (mut cq, mut ca) = (HashSet::new(), HashSet::new());
+        s.apply(&ev("transferred", Some(i), Some(a), Some(q1), json!({ "to_queue": q2.to_string() }), 60), &mut cq, &mut ca);
+        assert_eq!((s.queue_row(q1)["in_service"].clone(), s.agent_row(a)["contacts"].clone()), (json!(0), json!(0)));
+        s.apply(&ev("accepted", Some(i), Some(b), Some(q2), json!({}), 70), &mut cq, &mut ca);
+        assert_eq!((s.queue_row(q2)["in_service"].clone(), s.agent_row(b)["contacts"].clone()), (json!(1), json!(1)));
+        assert_eq!(s.queue_row(q1)["answered"], json!(1), "answered once, in the queue it was first answered in");
+
+        let (mut cq, mut ca) = (HashSet::new(), HashSet::new());
+        s.apply(&ev("closed", Some(i), Some(b), Some(q2), json!({}), 300), &mut cq, &mut ca);
+        assert_eq!((s.queue_row(q2)["in_service"].clone(), s.agent_row(b)["contacts"].clone()), (json!(0), json!(0)));
+        assert_eq!((cq, ca), (HashSet::from([q2]), HashSet::from([b])));
+    }
+
+    /// A ring-no-answer puts an accepted contact back in its queue: waiting again, held by
+    /// nobody.
+    #[test]
+    fn a_requeued_contact_is_no_longer_held() {
+        let (q, a, i) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+        let mut s = State { day_start: Utc.with_ymd_and_hms(2026, 3, 2, 0, 0, 0).unwrap(), ..Default::default() };
+        s.queues.insert(q, QueueLive { name: "q".into(), sl_ms: 20_000, short_ms: 5_000, ..Default::default() });
+        let (mut cq, mut ca) = (HashSet::new(), HashSet::new());
+        s.apply(&ev("enqueued", Some(i), None, Some(q), json!({}), 0), &mut cq, &mut ca);
+        s.apply(&ev("accepted", Some(i), Some(a), Some(q), json!({}), 5), &mut cq, &mut ca);
+        s.apply(&ev("requeued", Some(i), None, Some(q), json!({}), 9), &mut cq, &mut ca);
+        let row = s.queue_row(q);
+        assert_eq!((row["waiting"].clone(), row["in_service"].clone()), (json!(1), json!(0)));
+        assert_eq!(s.agent_row(a)["contacts"], json!(0));
     }
 }
