@@ -89,7 +89,7 @@ fi
 # The cluster fault drills (tests/cluster/run.sh): PostgreSQL primary + replica, three hub
 # nodes behind HAProxy and Kamailio, chat visitors, SIPp callers, email and SMS, agents
 # answering; kill -9 of a node and of the router leader, SIGSTOP/SIGCONT, PostgreSQL
-# failover. Prints its table; a broken invariant fails the suite. Bounded (about 7 minutes;
+# failover. Prints its table; a broken invariant fails the suite. Bounded (about 3 minutes;
 # the runner stops it after 20, this after 25 with the build).
 if command -v haproxy >/dev/null && command -v kamailio >/dev/null && command -v sipp >/dev/null; then
   echo "==> cluster fault drills"

@@ -4,7 +4,9 @@ available, accepts the chat, email and SMS offers made to it (`POST /api/v1/offe
 replies once to every email and SMS it holds (`POST /api/v1/interactions/{id}/messages`
 with an idempotency key, resent with the same key until a node answers) and closes it
 (`POST …/close`), so it keeps taking new ones. Everything goes through the balancer, as the
-browser inbox does.
+browser inbox does. With phones (`Phones`), each agent has a SIP user registered through
+Kamailio to one SIPp UAS that answers every call the hub rings; the agent closes its calls
+from wrap-up once the caller hung up.
 
 Checks after each drill (`held_by_two`, `over_capacity`, `replies_delivered`): from the
 database, no interaction was held by two agents at overlapping times (offers accepted by two
@@ -29,8 +31,11 @@ import uuid
 
 LB_HOST, LB_PORT = "127.0.0.1", 18080
 LB = f"http://{LB_HOST}:{LB_PORT}"
-# Per agent: chat 3, email 3, sms 3 (voice 0: the drill's agents have no phone).
-CAPACITY = {"voice": 0, "chat": 3, "email": 3, "sms": 3}
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+KAMAILIO = "127.0.0.1:15060"
+PHONE_PORT = 25200  # one SIPp UAS answers for every agent's phone
+# Per agent: one call (when it has a phone), chat 3, email 3, sms 3.
+CAPACITY = {"voice": 1, "chat": 3, "email": 3, "sms": 3}
 
 
 def http(method, url, body=None, token=None, timeout=5):
@@ -133,6 +138,7 @@ class Agent:
         self.ws = None
         self.held = {}  # interaction id → {"channel", "since", "reply": (key, text) | None, "replied": bool}
         self.seen_offers = set()
+        self.next_calls = 0.0
 
     def start(self):
         threading.Thread(target=self.stream, daemon=True).start()
@@ -164,7 +170,7 @@ class Agent:
             now = time.time()
             if now >= next_presence and self.connected.is_set():
                 st, me = self.api("GET", f"/api/v1/agents/{self.id}")
-                if st == 200 and me and me.get("presence") != "available":
+                if st == 200 and me and me.get("presence") in ("offline", "away"):
                     if self.api("PUT", f"/api/v1/agents/{self.id}/presence", {"presence": "available"})[0] == 200:
                         with self.book.lock:
                             self.book.went_available += 1
@@ -175,11 +181,30 @@ class Agent:
                     if o["id"] in self.seen_offers or o["state"] != "pending":
                         continue
                     self.seen_offers.add(o["id"])
-                    self.accept(o)
+                    if o["channel"] != "voice":  # calls: the phone rings and answers (SIPp)
+                        self.accept(o)
+            self.calls_after_hangup()
             for iid, h in list(self.held.items()):
                 if time.time() - h["since"] >= self.hold:
                     self.finish(iid, h)
             time.sleep(0.25)
+
+    def calls_after_hangup(self):
+        """Answered calls go to wrap-up when they end: close them (a free line again). The
+        phone answers within milliseconds, so the call is found by listing, not by its offer."""
+        now = time.time()
+        if now < self.next_calls:
+            return
+        self.next_calls = now + 1
+        st, page = self.api("GET", f"/api/v1/interactions?channel=voice&status=wrap_up&agent_id={self.id}&limit=50")
+        if st != 200 or not page:
+            return
+        for i in page.get("items", []):
+            st, _ = self.api("POST", f"/api/v1/interactions/{i['id']}/close", {"disposition": "inquiry"})
+            if st == 200:
+                with self.book.lock:
+                    self.book.accepted["voice"] = self.book.accepted.get("voice", 0) + 1
+                    self.book.closed += 1
 
     def accept(self, o):
         for _ in range(20):
@@ -233,14 +258,61 @@ class Book:
         self.went_available = 0
 
 
+class Phones:
+    """The agents' phones: one SIPp UAS on PHONE_PORT answers every call the hub rings
+    (`-sn uas`: 180, 200, waits for the BYE), and every agent's phone registers through
+    Kamailio (tests/voice/register.xml, digest auth, Contact = the UAS) every 10 s, so a
+    registration held by a node that died is renewed on a live one."""
+
+    def __init__(self, users):
+        self.users = users  # [(sip user, password)]
+        self.stop = threading.Event()
+        self.uas = subprocess.Popen(["sipp", "-sn", "uas", "-i", "127.0.0.1", "-p", str(PHONE_PORT), "-nostdin",
+                                     "-recv_timeout", "90000"],
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd="/tmp")
+        self.ok = 0
+        self.failed = 0
+
+    def register_all(self):
+        for k, (user, pw) in enumerate(self.users):
+            try:
+                r = subprocess.run(["sipp", "-sf", f"{ROOT}/tests/voice/register.xml", "-s", user, "-au", user, "-ap", pw,
+                                    "-key", "agent_port", str(PHONE_PORT), "-i", "127.0.0.1", "-p", str(25300 + k),
+                                    "-m", "1", "-timeout", "8s", "-nostdin", KAMAILIO],
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd="/tmp", timeout=15)
+                ok = r.returncode == 0
+            except subprocess.TimeoutExpired:
+                ok = False
+            self.ok += ok
+            self.failed += not ok
+
+    def run(self):
+        while not self.stop.wait(10):
+            self.register_all()
+
+    def start(self):
+        self.register_all()
+        threading.Thread(target=self.run, daemon=True).start()
+
+    def close(self):
+        self.stop.set()
+        self.uas.terminate()
+        try:
+            self.uas.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self.uas.kill()
+
+
 class Team:
-    def __init__(self, binary, config, n=6):
+    def __init__(self, binary, config, n=6, phones=True):
         self.book = Book()
+        self.phones = None
         admin = f"drill-admin-{uuid.uuid4().hex[:6]}"
         cli(binary, config, ["user", "add", "--username", admin, "--role", "admin"])
         self.admin = token_for(binary, config, admin)
         self.ensure_queue()
         self.agents = []
+        sip_users = []
         for k in range(n):
             user = f"drill-agent-{k}-{uuid.uuid4().hex[:6]}"
             cli(binary, config, ["user", "add", "--username", user, "--role", "agent", "--agent-skills", "drill=1"])
@@ -249,10 +321,19 @@ class Team:
             agent_id = me and (me.get("agent_id") or (me.get("agent") or {}).get("id"))
             if st != 200 or not agent_id:
                 raise RuntimeError(f"no agent for {user}: {st} {me}")
-            st, _ = http("PATCH", f"{LB}/api/v1/agents/{agent_id}", {"capacity": CAPACITY}, self.admin)
+            patch = {"capacity": CAPACITY if phones else dict(CAPACITY, voice=0)}
+            if phones:
+                patch["sip_user"] = f"drill{k}{uuid.uuid4().hex[:6]}"
+            st, _ = http("PATCH", f"{LB}/api/v1/agents/{agent_id}", patch, self.admin)
             if st != 200:
                 raise RuntimeError(f"capacity of {user}: {st}")
+            if phones:
+                pw = uuid.uuid4().hex[:12]
+                cli(binary, config, ["agent", "sip-password", "--username", user], password=pw)
+                sip_users.append((patch["sip_user"], pw))
             self.agents.append(Agent(user, agent_id, token, self.book))
+        if phones:
+            self.phones = Phones(sip_users)
 
     def ensure_queue(self):
         st, queues = http("GET", LB + "/api/v1/queues", token=self.admin)
@@ -265,6 +346,8 @@ class Team:
             raise RuntimeError(f"could not create the default queue: {st}")
 
     def start(self, limit=30):
+        if self.phones is not None:
+            self.phones.start()
         for a in self.agents:
             a.start()
         deadline = time.time() + limit
@@ -277,6 +360,8 @@ class Team:
         raise RuntimeError("the drill agents did not become available")
 
     def stop(self):
+        if self.phones is not None:
+            self.phones.close()
         for a in self.agents:
             a.stop.set()
             if a.ws is not None:
@@ -286,7 +371,9 @@ class Team:
         with self.book.lock:
             b = self.book
             acc = "/".join(f"{c} {b.accepted.get(c, 0)}" for c in ("chat", "email", "sms"))
-            return f"agents accepted {acc}, closed {b.closed}, taken back {b.lost_holds}, stream (re)connects {b.ws_connects}"
+            calls = "" if self.phones is None else (f", calls answered and closed {b.accepted.get('voice', 0)}, phone REGISTERs "
+                                                    f"{self.phones.ok} ok/{self.phones.failed} failed")
+            return f"agents accepted {acc}{calls}, closed {b.closed}, taken back {b.lost_holds}, stream (re)connects {b.ws_connects}"
 
 
 def held_by_two(psql):

@@ -20,15 +20,19 @@ Drills, one after another, each followed by recovery (the node restarted):
 Agents (tests/cluster/agents.py, --agents, default 6): each holds its inbox event stream
 open through HAProxy (reconnecting when its node dies), goes available, accepts chat, email
 and SMS offers, replies once to each email and SMS (idempotency key, resent until a node
-answers) and closes it 1.5 s after accepting, so it keeps taking new ones. They have no
-phone: calls wait in the queue until SIPp hangs up (20 s).
+answers) and closes it 1.5 s after accepting, so it keeps taking new ones. Each has a
+phone (unless --no-phones): one SIPp UAS answers every call the hub rings, registered
+for each agent through Kamailio every 10 s; the caller hangs up after 20 s and the agent
+closes the call from wrap-up. Callers nobody answers wait until they hang up.
 After each, per channel: every acked message stored (0 inbound lost), none stored twice
 (chat messages, mails by Message-ID token, SMS by text); no interaction held by two agents
 at overlapping times (offers and `accepted` events) and no agent over its capacity; every
 reply a node acknowledged delivered exactly once at the peer (aiosmtpd's Maildir by a token
-in the body, the SMSC's submit_sm by text; waited for up to 60 s, the outbox's retry window);
+in the body, the SMSC's submit_sm by text; waited for up to 100 s: a reply claimed by a
+killed node is due again after the nodes' 75 s outbox sending lease; an SMS whose node died
+mid-submit is reported as unknown — recorded, never resent —, not as missing);
 the calls the dead node held ended `node_lost`, and none of the calls held by the other
-nodes dropped (each still waiting or ended by the caller's BYE); the time until the load is
+nodes dropped (each answered, still waiting or ended by the caller's BYE); the time until the load is
 accepted again and until a router leader is back. Prints a table; exits 1 when an invariant
 failed. Bounded: every wait has a deadline.
 """
@@ -185,13 +189,14 @@ def calls_elsewhere(i=None):
 
 
 def calls_kept(ids):
-    """Of calls held by nodes that stayed up: (ended by the caller — SIPp's BYE while the
+    """Of calls held by nodes that stayed up: (ended by the caller — SIPp's BYE, answered or while the
     call waited in the queue, the interaction `abandoned` without a reason, or a
     `call_ended` by the caller —, still up, dropped: ended any other way, by the hub or
     swept as `node_lost`)."""
     if not ids:
-        return 0, 0, 0
+        return 0, 0, 0, 0
     lst = ",".join(f"'{i}'" for i in ids)
+    answered = int(psql(f"select count(*) from interactions where id in ({lst}) and answered_at is not null"))
     rows = psql(f"select i.status, (select e.data->>'by' || '/' || coalesce(e.data->>'reason', '') from interaction_events e "
                 f"where e.interaction_id = i.id and e.kind = 'call_ended' order by e.id limit 1), "
                 f"(select coalesce(e.data->>'reason', '') from interaction_events e "
@@ -208,29 +213,35 @@ def calls_kept(ids):
             up += 1
         else:
             dropped += 1
-    return by_caller, up, dropped
+    return by_caller, up, dropped, answered
 
 
 def calls_ended_with_reason(ids, t0, limit=30):
     """Of `ids` (the calls the node held just before it was killed at `t0`): how many got a
     `call_ended` event with reason node_lost and left the queue, and how many the caller
-    hung up in the moment between that snapshot and the kill (left the queue before `t0`)."""
+    hung up in the moment between that snapshot and the kill (ended before `t0`: answered,
+    a `call_ended` by the caller; waiting, `abandoned` without a reason). Any other is
+    printed with its events."""
     if not ids:
         return 0, 0
     lst = ",".join(f"'{i}'" for i in ids)
     deadline = time.time() + limit
-    n = before = 0
-    while time.time() < deadline:
-        n = int(psql(f"select count(distinct i.id) from interactions i join interaction_events e on e.interaction_id = i.id "
-                     f"where i.id in ({lst}) and e.kind = 'call_ended' and e.data->>'reason' = 'node_lost' "
-                     f"and i.status in ('abandoned', 'wrap_up', 'closed')"))
-        before = int(psql(f"select count(distinct i.id) from interactions i join interaction_events e on e.interaction_id = i.id "
-                          f"where i.id in ({lst}) and e.kind = 'abandoned' and e.data->>'reason' is null "
-                          f"and e.at < to_timestamp({t0}) and i.status = 'abandoned'"))
-        if n + before == len(ids):
+    while True:
+        lost = set(psql(f"select distinct i.id from interactions i join interaction_events e on e.interaction_id = i.id "
+                        f"where i.id in ({lst}) and e.kind = 'call_ended' and e.data->>'reason' = 'node_lost' "
+                        f"and i.status in ('abandoned', 'wrap_up', 'closed')").split())
+        before = set(psql(f"select distinct e.interaction_id from interaction_events e where e.interaction_id in ({lst}) "
+                          f"and e.at < to_timestamp({t0}) and e.data->>'reason' is null "
+                          f"and (e.kind = 'abandoned' or e.kind = 'call_ended' and e.data->>'by' = 'caller')").split()) - lost
+        if len(lost) + len(before) == len(ids) or time.time() > deadline:
             break
         time.sleep(0.5)
-    return n, before
+    for i in set(ids) - lost - before:
+        print(f"call {i} of the lost node: status {psql(f'select status from interactions where id = {chr(39)}{i}{chr(39)}')}, events "
+              + psql(f"select string_agg(kind || ' ' || to_char(at, 'HH24:MI:SS.MS') || ' ' || data::text, '; ' order by id) "
+                     f"from interaction_events where interaction_id = '{i}'") + f" (fault at {time.strftime('%H:%M:%S', time.gmtime(t0))})",
+              flush=True)
+    return len(lost), len(before)
 
 
 class SipLoad:
@@ -302,6 +313,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--visitors", type=int, default=20)
     ap.add_argument("--agents", type=int, default=6)
+    ap.add_argument("--no-phones", action="store_true", help="agents without phones: calls wait until the caller hangs up")
     ap.add_argument("--pause", type=int, default=30)
     ap.add_argument("--warmup", type=float, default=5)
     ap.add_argument("--up", action="store_true", help="start the email/SMS peers, then scripts/cluster.sh up with their ports")
@@ -325,7 +337,8 @@ def main():
         if not ready(i)[0]:
             sys.exit(f"node{i} is not ready: run scripts/cluster.sh up first")
     binary = os.environ.get("SWITCHBOARD_BIN", f"{ROOT}/target/debug/switchboard")
-    team = drill_agents.Team(binary, f"{DIR}/node0/switchboard.toml", args.agents)
+    phones = not args.no_phones and shutil.which("sipp") is not None
+    team = drill_agents.Team(binary, f"{DIR}/node0/switchboard.toml", args.agents, phones=phones)
     atexit.register(team.stop)
     team.start()
     print(f"{len(team.agents)} agents available", flush=True)
@@ -377,9 +390,9 @@ def main():
                 replies += f" (+{len(unsure['sms'])} SMS unknown: the node died mid-submit, recorded, not resent)"
             ok = ok and not any(missing.values()) and not any(dup.values())
         # Calls held by the nodes that stayed up: none dropped.
-        by_caller, up, dropped = calls_kept(list(survivors))
+        by_caller, up, dropped, answered = calls_kept(list(survivors))
         ok = ok and dropped == 0
-        calls = f"{len(survivors)}: {by_caller} ended by the caller, {up} up, {dropped} dropped"
+        calls = f"{len(survivors)}: {answered} answered by an agent, {by_caller} ended by the caller, {up} up, {dropped} dropped"
         extra = (extra + "; " if extra else "") + "acked/lost/twice: " + ", ".join(channels) + "; " + team.summary()
         failed |= not ok
         results.append((name, acked, len(lost), len(twice), flow, lead, two_offers + two_events, over, replies, calls, extra, ok))
@@ -431,13 +444,15 @@ def main():
         os.kill(node_pid(holder), signal.SIGCONT)
         time.sleep(3)
         t_after, h_after = lease_holder("router")
-        lst = ",".join(f"'{i}'" for i in paused_calls) or "null"
-        paused_ended = int(psql(f"select count(distinct interaction_id) from interaction_events where kind = 'call_ended' "
-                                f"and interaction_id in ({lst})"))
+        # Silent past cluster.node_timeout_ms, the paused node counts as dead: its calls are
+        # ended node_lost by the sweeper (or were hung up between the snapshot and the stop).
+        paused_lost, paused_before = calls_ended_with_reason(paused_calls, t0)
+        failed |= paused_lost + paused_before != len(paused_calls)
         extra = (f"router lease moved after {round(moved[0], 2)} s to token {moved[1]} (was {token}); "
                  f"after SIGCONT held by node{h_after} token {t_after}, node{holder} leading: {ready(holder)[1]}"
                  if moved else "router lease did not move") + (f"; at the stop {held}" if held else "")
-        extra += f"; calls on the paused node: {len(paused_calls)}, ended with a recorded end: {paused_ended}"
+        extra += (f"; calls on the paused node: {len(paused_calls)}, ended node_lost: {paused_lost}" +
+                  (f", hung up by the caller just before the stop: {paused_before}" if paused_before else ""))
         if not moved or h_after == holder or ready(holder)[1]:
             failed = True
         record(f"SIGSTOP node{holder} (router leader) {args.pause} s + SIGCONT", t0, extra, lead=moved[0] if moved else None,
