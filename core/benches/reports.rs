@@ -9,13 +9,15 @@
 //! phase; REPORTS_BENCH_NO_CONVERSATION_INDEX=1 measures the rollup without the index of
 //! migration 20261204200001; REPORTS_BENCH_DB=<name> uses and keeps that database, and
 //! when it holds the generated events already, starts the rollup from scratch on them
-//! instead of generating them again). It lives in core so that it builds without the
-//! adapters.
+//! instead of generating them again; with REPORTS_BENCH_KEEP_ROLLUPS=1 it keeps the
+//! rollups too and only times the reports). Reports are timed through the API's path
+//! (prepare, then the streamed body): first chunk and whole body. It lives in core so
+//! that it builds without the adapters.
 
 use chrono::{DateTime, Utc};
 use std::time::{Duration, Instant};
 use switchboard_core::reports::interval::Interval;
-use switchboard_core::reports::query::{self, Kind, Request};
+use switchboard_core::reports::query::{self, Format, Kind, Request};
 use switchboard_core::reports::{rollup, Tz};
 use switchboard_core::testing::TestDb;
 
@@ -44,7 +46,10 @@ async fn main() {
     };
     let pool = kept.as_ref().or(_db.as_ref().map(|d| &d.pool)).expect("a database");
     let generated: i64 = sqlx::query_scalar("select count(*) from interaction_events").fetch_one(pool).await.expect("count");
-    if generated > 0 {
+    let keep_rollups = std::env::var("REPORTS_BENCH_KEEP_ROLLUPS").is_ok_and(|v| v == "1");
+    if generated > 0 && keep_rollups {
+        println!("reusing {generated} generated events and their rollups (REPORTS_BENCH_KEEP_ROLLUPS=1)");
+    } else if generated > 0 {
         rollup::reset(pool, zone).await.expect("reset the rollups");
         println!("reusing {generated} generated events, rollups reset");
     } else {
@@ -155,6 +160,9 @@ async fn rollup_and_report(pool: &sqlx::PgPool, zone: Tz) {
     }
     let secs = t1.elapsed().as_secs_f64();
     gaps.release(pool).await.expect("release the rollup lease");
+    // What autovacuum does after that many inserts (the generated log was analyzed before
+    // the rollup tables were filled): the reports are planned with real row counts.
+    sqlx::query("analyze report_dims, report_facts, report_presence, report_counts").execute(pool).await.expect("analyze");
     let facts: i64 = sqlx::query_scalar(
         "select (select count(*) from report_facts) + (select count(*) from report_presence) + (select count(*) from report_dims)",
     )
@@ -172,8 +180,8 @@ async fn rollup_and_report(pool: &sqlx::PgPool, zone: Tz) {
     // Report latency.
     let month = (t("2025-03-01T00:00:00+01:00"), t("2025-04-01T00:00:00+02:00"), Interval::Quarter);
     let year = (t("2025-01-01T00:00:00+01:00"), t("2026-01-01T00:00:00+01:00"), Interval::Day);
-    println!("| report | range | rows | runs | p50 ms | p99 ms |");
-    println!("|---|---|---|---|---|---|");
+    println!("| report | range | rows | runs | first byte p50 ms | p50 ms | p99 ms | JSON MB | CSV ms |");
+    println!("|---|---|---|---|---|---|---|---|---|");
     for (label, (from, to, interval)) in [("month by 15 min", month), ("year by day", year)] {
         for kind in [Kind::Queues, Kind::Agents, Kind::Channels, Kind::Dispositions, Kind::Ivr, Kind::Campaigns] {
             for by_dimension in [false, true] {
@@ -190,29 +198,80 @@ async fn rollup_and_report(pool: &sqlx::PgPool, zone: Tz) {
                     by_dimension,
                     business_hours: false,
                 };
-                let mut samples = Vec::new();
-                let mut rows = 0;
-                let began = Instant::now();
-                for _ in 0..25 {
-                    // Bounded in time too: the per-agent rows of a month by 15 minutes are
-                    // ~330,000 rows and take seconds each.
-                    if samples.len() >= 3 && began.elapsed() > Duration::from_secs(20) {
-                        break;
-                    }
-                    let s = Instant::now();
-                    let v = query::run(pool, zone, &r).await.expect("report");
-                    samples.push(s.elapsed().as_secs_f64() * 1000.0);
-                    rows = v["rows"].as_array().map(Vec::len).unwrap_or(0);
-                }
-                samples.sort_by(|a, b| a.total_cmp(b));
-                println!(
-                    "| {kind:?}{} | {label} | {rows} | {} | {:.1} | {:.1} |",
-                    if by_dimension { " per dimension" } else { "" },
-                    samples.len(),
-                    pct(&samples, 0.5),
-                    pct(&samples, 0.99)
-                );
+                measure(pool, zone, &r, &format!("{kind:?}{}", if by_dimension { " per dimension" } else { "" }), label).await;
             }
         }
     }
+    // Business hours: every queue open Monday to Friday 08:00–18:00 Berlin time, with a
+    // holiday; the filtered reports read quarters.
+    sqlx::query(
+        "update queues set business_hours = '{\"timezone\": \"Europe/Berlin\", \"weekly\": {\"mon\": [[\"08:00\", \"18:00\"]], \"tue\": [[\"08:00\", \"18:00\"]], \"wed\": [[\"08:00\", \"18:00\"]], \"thu\": [[\"08:00\", \"18:00\"]], \"fri\": [[\"08:00\", \"18:00\"]]}, \"holidays\": [\"2025-04-18\"]}'",
+    )
+    .execute(pool)
+    .await
+    .expect("calendars");
+    for (label, (from, to, interval)) in [("month by 15 min", month), ("year by day", year)] {
+        for by_dimension in [false, true] {
+            let r = Request {
+                kind: Kind::Queues,
+                from,
+                to,
+                tz: zone,
+                interval,
+                queues: vec![],
+                agents: vec![],
+                channels: vec![],
+                sl_formula: None,
+                by_dimension,
+                business_hours: true,
+            };
+            measure(pool, zone, &r, &format!("Queues{}, business hours", if by_dimension { " per dimension" } else { "" }), label).await;
+        }
+    }
+    sqlx::query("update queues set business_hours = null").execute(pool).await.expect("calendars off");
+}
+
+/// Times a report through the API's path (prepare, then the streamed JSON body): time to
+/// the first chunk and to the whole body; then once as CSV (rows counted from its lines).
+async fn measure(pool: &sqlx::PgPool, zone: Tz, r: &Request, what: &str, label: &str) {
+    let mut samples = Vec::new();
+    let mut firsts = Vec::new();
+    let mut bytes = 0usize;
+    let began = Instant::now();
+    for _ in 0..25 {
+        if samples.len() >= 3 && began.elapsed() > Duration::from_secs(20) {
+            break;
+        }
+        let s = Instant::now();
+        let p = query::prepare(pool, zone, r).await.expect("report");
+        let mut rx = query::stream(pool.clone(), p, Format::Json);
+        let mut first = None;
+        bytes = 0;
+        while let Some(c) = rx.recv().await {
+            let c = c.expect("chunk");
+            first.get_or_insert_with(|| s.elapsed().as_secs_f64() * 1000.0);
+            bytes += c.len();
+        }
+        samples.push(s.elapsed().as_secs_f64() * 1000.0);
+        firsts.push(first.unwrap_or_default());
+    }
+    let s = Instant::now();
+    let p = query::prepare(pool, zone, r).await.expect("report");
+    let mut rx = query::stream(pool.clone(), p, Format::Csv);
+    let mut lines = 0usize;
+    while let Some(c) = rx.recv().await {
+        lines += c.expect("chunk").iter().filter(|b| **b == b'\n').count();
+    }
+    let csv_ms = s.elapsed().as_secs_f64() * 1000.0;
+    samples.sort_by(|a, b| a.total_cmp(b));
+    firsts.sort_by(|a, b| a.total_cmp(b));
+    println!(
+        "| {what} | {label} | {} | {} | {:.1} | {:.1} | {:.1} | {:.1} | {csv_ms:.0} |",
+        lines.saturating_sub(1),
+        samples.len(),
+        pct(&firsts, 0.5),
+        pct(&samples, 0.5),
+        pct(&samples, 0.99),
+        bytes as f64 / 1e6,
+    );
 }

@@ -38,14 +38,14 @@ pub const ROUTES: &[RouteDoc] = &[
         path: "/api/v1/reports/{kind}",
         access: Access::Roles(SUPERVISORS),
         tag: "reports",
-        summary: "A report from the rollups: kind = queues | agents | channels | dispositions | ivr | campaigns | recordings. Query: from, to (YYYY-MM-DD, to inclusive; or RFC 3339, to exclusive), tz (IANA, default reports.time_zone), interval (15m | 30m | hour | day | week | month | total), queue, agent, channel (comma lists), group (interval | dimension | both), sl_formula. Definitions: docs/metrics.md.",
+        summary: "A report from the rollups: kind = queues | agents | channels | dispositions | ivr | campaigns | recordings. Query: from, to (YYYY-MM-DD, to inclusive; or RFC 3339, to exclusive), tz (IANA, default reports.time_zone), interval (15m | 30m | hour | day | week | month | total), queue, agent, channel (comma lists), group (interval | dimension | both), sl_formula, business_hours (true: only each queue's calendar hours; queues and dispositions). The body is streamed as it is read. Definitions: docs/metrics.md.",
     },
     RouteDoc {
         method: "GET",
         path: "/api/v1/reports/{kind}/csv",
         access: Access::Roles(SUPERVISORS),
         tag: "reports",
-        summary: "The same report as CSV; kind = contacts streams the raw contact records of the range.",
+        summary: "The same report as CSV (streamed: the labels, then the figures alphabetically); kind = contacts streams the raw contact records of the range.",
     },
     RouteDoc {
         method: "GET",
