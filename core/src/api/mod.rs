@@ -116,6 +116,20 @@ pub const ROUTES: &[RouteDoc] = &[
     route!("GET", "/api/v1/queues/{id}", Access::Roles(STAFF), "queues", "Get a queue."),
     route!("PATCH", "/api/v1/queues/{id}", Access::Roles(SUPERVISORS), "queues", "Update a queue."),
     route!(
+        "GET",
+        "/api/v1/queues/{id}/report-settings",
+        Access::Roles(SUPERVISORS),
+        "queues",
+        "A queue's report settings: short_abandon_secs (default 5) and sl_formula (default answered_vs_answered_and_long_abandoned)."
+    ),
+    route!(
+        "PUT",
+        "/api/v1/queues/{id}/report-settings",
+        Access::Roles(SUPERVISORS),
+        "queues",
+        "Set a queue's report settings (either field); they apply to contacts rolled up from now on and to the wallboard at once."
+    ),
+    route!(
         "DELETE",
         "/api/v1/queues/{id}",
         Access::Roles(ADMINS),

@@ -21,6 +21,77 @@ pub(super) fn router() -> Router<Hub> {
         .route("/api/v1/queues", get(list).post(create))
         .route("/api/v1/queues/stats", get(stats))
         .route("/api/v1/queues/{id}", get(get_one).patch(update).delete(remove))
+        .route("/api/v1/queues/{id}/report-settings", get(report_settings).put(set_report_settings))
+}
+
+/// A queue's report settings (docs/metrics.md): the short-abandon threshold and the
+/// default service-level formula. A queue without a stored row has the defaults.
+#[derive(Debug, serde::Serialize, sqlx::FromRow)]
+pub struct ReportSettingsView {
+    queue_id: Uuid,
+    short_abandon_secs: i32,
+    sl_formula: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReportSettingsInput {
+    short_abandon_secs: Option<i32>,
+    sl_formula: Option<String>,
+}
+
+const REPORT_SETTINGS_SELECT: &str = "select q.id as queue_id, coalesce(s.short_abandon_secs, 5) as short_abandon_secs,
+        coalesce(s.sl_formula, 'answered_vs_answered_and_long_abandoned') as sl_formula
+   from queues q left join report_queue_settings s on s.queue_id = q.id where q.id = $1";
+
+async fn report_settings(State(hub): State<Hub>, caller: Caller, ApiPath(id): ApiPath<Uuid>) -> CoreResult<Json<ReportSettingsView>> {
+    caller.require(&[Role::Admin, Role::Supervisor])?;
+    let v = sqlx::query_as(REPORT_SETTINGS_SELECT).bind(id).fetch_optional(hub.db()).await?.ok_or(CoreError::NotFound("queue"))?;
+    Ok(Json(v))
+}
+
+/// Sets a queue's report settings. They apply to contacts rolled up from now on (and the
+/// wallboard, which reloads); `switchboard reports rebuild` recomputes a past range with
+/// them.
+async fn set_report_settings(
+    State(hub): State<Hub>,
+    caller: Caller,
+    ApiPath(id): ApiPath<Uuid>,
+    ApiJson(b): ApiJson<ReportSettingsInput>,
+) -> CoreResult<Json<ReportSettingsView>> {
+    caller.require(&[Role::Admin, Role::Supervisor])?;
+    if let Some(t) = b.short_abandon_secs {
+        if !(0..=3600).contains(&t) {
+            return Err(CoreError::field("short_abandon_secs", "0-3600 seconds"));
+        }
+    }
+    if let Some(f) = &b.sl_formula {
+        if crate::reports::query::SlFormula::parse(f).is_none() {
+            return Err(CoreError::field(
+                "sl_formula",
+                "one of answered_vs_answered_and_long_abandoned, answered_vs_answered, answered_vs_offered, answered_and_abandoned_vs_all",
+            ));
+        }
+    }
+    let mut tx = hub.db().begin().await?;
+    let cur: ReportSettingsView =
+        sqlx::query_as(REPORT_SETTINGS_SELECT).bind(id).fetch_optional(&mut *tx).await?.ok_or(CoreError::NotFound("queue"))?;
+    let short = b.short_abandon_secs.unwrap_or(cur.short_abandon_secs);
+    let formula = b.sl_formula.unwrap_or(cur.sl_formula);
+    sqlx::query(
+        "insert into report_queue_settings (queue_id, short_abandon_secs, sl_formula) values ($1, $2, $3)
+         on conflict (queue_id) do update set short_abandon_secs = excluded.short_abandon_secs, sl_formula = excluded.sl_formula",
+    )
+    .bind(id)
+    .bind(short)
+    .bind(&formula)
+    .execute(&mut *tx)
+    .await?;
+    let data = serde_json::json!({ "short_abandon_secs": short, "sl_formula": formula });
+    auth::audit(&mut tx, Some(caller.user_id), "queue.report_settings", "queue", &id.to_string(), data.clone()).await?;
+    bus::record(&mut tx, NewEvent { queue_id: Some(id), kind: "queue_updated", data, ..Default::default() }).await?;
+    tx.commit().await?;
+    Ok(Json(ReportSettingsView { queue_id: id, short_abandon_secs: short, sl_formula: formula }))
 }
 
 /// A queue definition as sent by clients (create: all required fields; patch: any).
