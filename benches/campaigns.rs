@@ -80,6 +80,7 @@ async fn main() {
         ("SWITCHBOARD__DATABASE__URL".into(), format!("\"{}\"", db.url())),
         ("SWITCHBOARD__OUTBOX__POLL_MS".into(), "20".into()),
         ("SWITCHBOARD__OUTBOX__WORKERS".into(), env_i64("CAMPAIGN_BENCH_WORKERS", 4).to_string()),
+        ("SWITCHBOARD__OUTBOX__CLAIM_BATCH".into(), env_i64("CAMPAIGN_BENCH_CLAIM_BATCH", 64).to_string()),
     ];
     let mut settings = Settings::load(None, env).expect("settings");
     settings.channels.push(smsc::channel(smsc.port, "window = 50\nmax_per_second = 100000\nregistered_delivery = false"));
@@ -88,6 +89,8 @@ async fn main() {
     let running = switchboard::start_with(settings, database).await.expect("hub");
     smsc.wait(30, |e| e["event"] == "bound").await;
     let id = campaign(&db.pool, "send").await;
+    let before = table_stats(&db.pool).await;
+    let profiler = std::env::var("CAMPAIGN_BENCH_PROFILE").is_ok_and(|v| v == "1").then(|| Profiler::start(db.pool.clone()));
     let t = Instant::now();
     engine.plan().await.expect("plan");
     let planned_at = t.elapsed().as_secs_f64();
@@ -118,6 +121,18 @@ async fn main() {
     };
     let secs = t.elapsed().as_secs_f64();
     let handed_secs = handed_task.await.unwrap_or(f64::NAN);
+    if let Some(p) = profiler {
+        p.report().await;
+    }
+    // Statistics reach the views when a backend goes idle: give them a moment.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let after = table_stats(&db.pool).await;
+    println!("writes during the send, per message (rows inserted / updated / of which HOT; `(commits)`: commits of this database):");
+    for (name, a) in &after {
+        let b = before.iter().find(|(n, _)| n == name).map(|(_, b)| *b).unwrap_or_default();
+        let per = |x: i64, y: i64| (x - y) as f64 / send_n as f64;
+        println!("  {name:<22} {:.2} / {:.2} / {:.2}", per(a.0, b.0), per(a.1, b.1), per(a.2, b.2));
+    }
     engine.reconcile().await.expect("reconcile");
     let sent: i64 = sqlx::query_scalar("select count(*) from campaign_recipients where campaign_id = $1 and status = 'sent'")
         .bind(id)
@@ -131,4 +146,79 @@ async fn main() {
         submits["duplicated"]
     );
     running.stop().await;
+}
+
+/// Per table: rows inserted, updated, of which HOT; `(commits)`: this database's commits.
+async fn table_stats(db: &sqlx::PgPool) -> Vec<(String, (i64, i64, i64))> {
+    let mut v: Vec<(String, (i64, i64, i64))> = sqlx::query_as::<_, (String, i64, i64, i64)>(
+        "select relname::text, n_tup_ins, n_tup_upd, n_tup_hot_upd from pg_stat_user_tables
+          where relname in ('outbox','sms_sent','sms_message_ids','campaign_recipients') order by relname",
+    )
+    .fetch_all(db)
+    .await
+    .unwrap_or_default()
+    .into_iter()
+    .map(|(n, a, b, c)| (n, (a, b, c)))
+    .collect();
+    let commits: i64 =
+        sqlx::query_scalar("select xact_commit from pg_stat_database where datname = current_database()").fetch_one(db).await.unwrap_or(0);
+    v.push(("(commits)".into(), (commits, 0, 0)));
+    v
+}
+
+/// A sampling profile of the database server (`CAMPAIGN_BENCH_PROFILE=1`; no
+/// pg_stat_statements needed): every 5 ms, which statements of this database are running
+/// and what they wait on. A statement's share of the samples is its share of the busy
+/// backends' time.
+struct Profiler {
+    stop: tokio::sync::watch::Sender<bool>,
+    task: tokio::task::JoinHandle<(u64, std::collections::HashMap<String, u64>)>,
+}
+
+impl Profiler {
+    fn start(db: sqlx::PgPool) -> Profiler {
+        let (stop, mut rx) = tokio::sync::watch::channel(false);
+        let task = tokio::spawn(async move {
+            let mut counts = std::collections::HashMap::new();
+            let mut samples = 0u64;
+            // Bounded: stops when told, or after 10 minutes at the latest.
+            let until = Instant::now() + Duration::from_secs(600);
+            while !*rx.borrow() && Instant::now() < until {
+                let rows: Vec<(String, Option<String>)> = sqlx::query_as(
+                    "select query, wait_event from pg_stat_activity
+                      where datname = current_database() and state = 'active' and pid <> pg_backend_pid()",
+                )
+                .fetch_all(&db)
+                .await
+                .unwrap_or_default();
+                samples += 1;
+                for (q, wait) in rows {
+                    let q: String = q.split_whitespace().collect::<Vec<_>>().join(" ");
+                    let head: String = q.chars().take(90).collect();
+                    *counts.entry(format!("{head} [{}]", wait.unwrap_or_else(|| "cpu".into()))).or_insert(0) += 1;
+                }
+                tokio::select! {
+                    _ = rx.changed() => {}
+                    _ = tokio::time::sleep(Duration::from_millis(5)) => {}
+                }
+            }
+            (samples, counts)
+        });
+        Profiler { stop, task }
+    }
+
+    async fn report(self) {
+        let _ = self.stop.send(true);
+        let Ok((samples, counts)) = self.task.await else { return };
+        let mut v: Vec<_> = counts.into_iter().collect();
+        v.sort_by_key(|x| std::cmp::Reverse(x.1));
+        let busy: u64 = v.iter().map(|x| x.1).sum();
+        println!(
+            "server profile: {samples} samples, {:.2} statements running on average; top statements:",
+            busy as f64 / samples.max(1) as f64
+        );
+        for (q, n) in v.into_iter().take(15) {
+            println!("  {:5.1} %  {q}", 100.0 * n as f64 / busy.max(1) as f64);
+        }
+    }
 }

@@ -230,12 +230,9 @@ impl SmppState {
         let to = e164(&msg.recipient)
             .ok_or_else(|| AdapterError::Permanent(format!("recipient: `{}` is not an E.164 phone number", msg.recipient)))?;
         let kind = msg.metadata.get("kind").and_then(|k| k.as_str()).unwrap_or("");
-        if kind != "keyword_reply" && store::opted_out(hub.db(), &to).await? {
-            // Agent replies in a conversation are service messages; anything else is not.
-            if msg.interaction_id.is_none() || self.cfg.block_replies_after_stop {
-                return Err(AdapterError::Permanent(format!("{to} opted out of SMS (STOP)")));
-            }
-        }
+        // Agent replies in a conversation are service messages; anything else but the
+        // answer to a keyword is stopped by an opt-out (checked when the submit is logged).
+        let refuse_opted_out = kind != "keyword_reply" && (msg.interaction_id.is_none() || self.cfg.block_replies_after_stop);
         if !*self.held.borrow() {
             // The node holding the bind sends it: handed back to the outbox uncounted, or it
             // would fail for good after `max_attempts` claims by the other nodes.
@@ -249,9 +246,10 @@ impl SmppState {
         }
         let parts = self.build_parts(&to[1..], &msg.body);
         let log = self.submit_log.get_or_init(|| store::SubmitLog::new(hub.db().clone()));
-        let begin = store::BeginSubmit::of(msg, &self.name, &to, parts.len());
+        let begin = store::BeginSubmit::of(msg, &self.name, &to, parts.len()).refusing_opted_out(refuse_opted_out);
         match log.begin(begin).await? {
             Prior::Fresh => {}
+            Prior::OptedOut => return Err(AdapterError::Permanent(format!("{to} opted out of SMS (STOP)"))),
             Prior::Seen(st, ids) => {
                 return match st.as_str() {
                     "submitting" | "unknown" => {

@@ -89,6 +89,9 @@ pub enum Prior {
     Fresh,
     /// Already handled: its status and SMSC ids.
     Seen(String, Vec<String>),
+    /// The number opted out (STOP) and the message is one an opt-out stops: nothing was
+    /// written.
+    OptedOut,
 }
 
 /// A message about to be written to the SMSC (see [`begin_submits`]).
@@ -104,6 +107,10 @@ pub struct BeginSubmit {
     pub recipient: String,
     /// Parts it will be sent in.
     pub parts: usize,
+    /// Whether an opt-out (STOP) of the recipient stops this message: checked in the same
+    /// transaction that marks it `submitting` (one statement per batch, not a round trip
+    /// per message).
+    pub refuse_if_opted_out: bool,
 }
 
 impl BeginSubmit {
@@ -115,33 +122,58 @@ impl BeginSubmit {
             interaction: msg.interaction_id,
             recipient: recipient.to_string(),
             parts,
+            refuse_if_opted_out: false,
         }
+    }
+
+    /// The same, refused with [`Prior::OptedOut`] when the recipient opted out.
+    pub fn refusing_opted_out(self, refuse: bool) -> Self {
+        BeginSubmit { refuse_if_opted_out: refuse, ..self }
     }
 }
 
 /// Records that these messages are about to be written to the SMSC, in one transaction
 /// (the callers wait for its commit: a message is on disk as `submitting` before a byte of
 /// it goes out). A second call for the same outbox row (a retry after a crash or timeout)
-/// learns what happened before instead. One answer per request, in order.
+/// learns what happened before instead. A message to a number that opted out is refused
+/// when its request says so (read in the same transaction: an opt-out committed before
+/// it is honoured). One answer per request, in order.
 pub async fn begin_submits(db: &PgPool, reqs: &[BeginSubmit]) -> CoreResult<Vec<Prior>> {
-    let ids: Vec<Uuid> = reqs.iter().map(|r| r.outbox_id).collect();
-    let channels: Vec<&str> = reqs.iter().map(|r| r.channel.as_str()).collect();
-    let interactions: Vec<Option<Uuid>> = reqs.iter().map(|r| r.interaction).collect();
-    let recipients: Vec<&str> = reqs.iter().map(|r| r.recipient.as_str()).collect();
-    let parts: Vec<i16> = reqs.iter().map(|r| r.parts.min(i16::MAX as usize) as i16).collect();
     let mut tx = db.begin().await?;
-    let inserted: Vec<Uuid> = sqlx::query_scalar(
-        "insert into sms_sent (outbox_id, channel_name, interaction_id, recipient, parts, status)
-         select * , 'submitting' from unnest($1::uuid[], $2::text[], $3::uuid[], $4::text[], $5::int2[])
-         on conflict (outbox_id) do nothing returning outbox_id",
-    )
-    .bind(&ids)
-    .bind(&channels)
-    .bind(&interactions)
-    .bind(&recipients)
-    .bind(&parts)
-    .fetch_all(&mut *tx)
-    .await?;
+    let checked: Vec<&str> = reqs.iter().filter(|r| r.refuse_if_opted_out).map(|r| r.recipient.as_str()).collect();
+    let blocked: std::collections::HashSet<String> = if checked.is_empty() {
+        Default::default()
+    } else {
+        sqlx::query_scalar("select phone from sms_opt_outs where phone = any($1) and opted_out")
+            .bind(&checked)
+            .fetch_all(&mut *tx)
+            .await?
+            .into_iter()
+            .collect()
+    };
+    let refused = |r: &BeginSubmit| r.refuse_if_opted_out && blocked.contains(&r.recipient);
+    let go: Vec<&BeginSubmit> = reqs.iter().filter(|r| !refused(r)).collect();
+    let ids: Vec<Uuid> = go.iter().map(|r| r.outbox_id).collect();
+    let channels: Vec<&str> = go.iter().map(|r| r.channel.as_str()).collect();
+    let interactions: Vec<Option<Uuid>> = go.iter().map(|r| r.interaction).collect();
+    let recipients: Vec<&str> = go.iter().map(|r| r.recipient.as_str()).collect();
+    let parts: Vec<i16> = go.iter().map(|r| r.parts.min(i16::MAX as usize) as i16).collect();
+    let inserted: Vec<Uuid> = if ids.is_empty() {
+        Vec::new()
+    } else {
+        sqlx::query_scalar(
+            "insert into sms_sent (outbox_id, channel_name, interaction_id, recipient, parts, status)
+             select * , 'submitting' from unnest($1::uuid[], $2::text[], $3::uuid[], $4::text[], $5::int2[])
+             on conflict (outbox_id) do nothing returning outbox_id",
+        )
+        .bind(&ids)
+        .bind(&channels)
+        .bind(&interactions)
+        .bind(&recipients)
+        .bind(&parts)
+        .fetch_all(&mut *tx)
+        .await?
+    };
     let fresh: std::collections::HashSet<Uuid> = inserted.into_iter().collect();
     let seen_ids: Vec<Uuid> = ids.iter().copied().filter(|id| !fresh.contains(id)).collect();
     let mut seen: std::collections::HashMap<Uuid, (String, Vec<String>)> = std::collections::HashMap::new();
@@ -155,10 +187,11 @@ pub async fn begin_submits(db: &PgPool, reqs: &[BeginSubmit]) -> CoreResult<Vec<
     }
     tx.commit().await?;
     let mut answered = std::collections::HashSet::new();
-    Ok(ids
+    Ok(reqs
         .iter()
-        .map(|id| match seen.get(id) {
-            _ if fresh.contains(id) && answered.insert(*id) => Prior::Fresh,
+        .map(|r| match seen.get(&r.outbox_id) {
+            _ if refused(r) => Prior::OptedOut,
+            _ if fresh.contains(&r.outbox_id) && answered.insert(r.outbox_id) => Prior::Fresh,
             Some((st, ids)) => Prior::Seen(st.clone(), ids.clone()),
             // The same row twice in one batch (the outbox never claims a row twice at once,
             // but be exact): the first goes ahead, this one finds it being submitted.
@@ -240,32 +273,51 @@ pub async fn cancel_submit(db: &PgPool, outbox_id: Uuid) -> CoreResult<()> {
 /// A part the SMSC accepted: (channel, outbox row, SMSC message id).
 pub type PartSubmitted = (String, Uuid, String);
 
-/// Records parts the SMSC accepted, in one transaction.
+/// Records parts the SMSC accepted, in one statement: each message's row gains its parts'
+/// ids (in the order given) and counts, and every id's lookup keys are written (a
+/// statement per part was a round trip per message).
 pub async fn parts_submitted(db: &PgPool, parts: &[PartSubmitted]) -> CoreResult<()> {
-    let mut tx = db.begin().await?;
-    for (channel, outbox_id, smsc_id) in parts {
-        let keys = receipt::sent_id_keys(smsc_id);
-        let (k, p): (Vec<String>, Vec<i16>) = keys.into_iter().unzip();
-        sqlx::query(
-            "with s as (
-                 update sms_sent set smsc_ids = smsc_ids || $3::text, parts_submitted = parts_submitted + 1,
-                        status = case when parts_submitted + 1 >= parts and status_rank < 1 then 'submitted' else status end,
-                        status_rank = case when parts_submitted + 1 >= parts then greatest(status_rank, 1) else status_rank end,
-                        updated_at = now()
-                  where outbox_id = $2 returning outbox_id)
-             insert into sms_message_ids (channel_name, id_key, preference, outbox_id)
-             select $1, k, p, $2 from unnest($4::text[], $5::int2[]) as t(k, p) where exists (select 1 from s)
-             on conflict do nothing",
-        )
-        .bind(channel)
-        .bind(outbox_id)
-        .bind(smsc_id)
-        .bind(&k)
-        .bind(&p)
-        .execute(&mut *tx)
-        .await?;
+    if parts.is_empty() {
+        return Ok(());
     }
-    tx.commit().await?;
+    let (mut outbox_ids, mut smsc_ids, mut ords) = (Vec::with_capacity(parts.len()), Vec::with_capacity(parts.len()), Vec::new());
+    let (mut key_channels, mut keys, mut prefs, mut key_outbox) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for (i, (channel, outbox_id, smsc_id)) in parts.iter().enumerate() {
+        outbox_ids.push(*outbox_id);
+        smsc_ids.push(smsc_id.as_str());
+        ords.push(i as i32);
+        for (k, p) in receipt::sent_id_keys(smsc_id) {
+            key_channels.push(channel.as_str());
+            keys.push(k);
+            prefs.push(p);
+            key_outbox.push(*outbox_id);
+        }
+    }
+    sqlx::query(
+        "with x as (
+             select outbox_id, array_agg(smsc_id order by ord) as ids, count(*)::int2 as n
+               from unnest($1::uuid[], $2::text[], $3::int4[]) as u(outbox_id, smsc_id, ord) group by outbox_id),
+         s as (
+             update sms_sent t set smsc_ids = t.smsc_ids || x.ids, parts_submitted = t.parts_submitted + x.n,
+                    status = case when t.parts_submitted + x.n >= t.parts and t.status_rank < 1 then 'submitted' else t.status end,
+                    status_rank = case when t.parts_submitted + x.n >= t.parts then greatest(t.status_rank, 1) else t.status_rank end,
+                    updated_at = now()
+               from x where t.outbox_id = x.outbox_id returning t.outbox_id)
+         insert into sms_message_ids (channel_name, id_key, preference, outbox_id)
+         select k.channel_name, k.id_key, k.preference, k.outbox_id
+           from unnest($4::text[], $5::text[], $6::int2[], $7::uuid[]) as k(channel_name, id_key, preference, outbox_id)
+          where k.outbox_id in (select outbox_id from s)
+         on conflict do nothing",
+    )
+    .bind(&outbox_ids)
+    .bind(&smsc_ids)
+    .bind(&ords)
+    .bind(&key_channels)
+    .bind(&keys)
+    .bind(&prefs)
+    .bind(&key_outbox)
+    .execute(db)
+    .await?;
     Ok(())
 }
 

@@ -12,7 +12,7 @@ use crate::normalize::is_mobile;
 use chrono::{DateTime, Duration, Utc};
 use sqlx::{PgConnection, PgPool};
 use std::collections::HashMap;
-use switchboard_core::outbox::{enqueue_many_tx, NewOutbound};
+use switchboard_core::outbox::{any_scan, enqueue_many_tx, index_order_only, NewOutbound};
 use switchboard_core::sms_text;
 use switchboard_core::{Channel, CoreResult};
 use uuid::Uuid;
@@ -103,6 +103,9 @@ async fn dispatch_campaign(e: &Engine, c: &Campaign, now: DateTime<Utc>) -> Core
             return Ok(Pass::default());
         }
     }
+    // The first due rows in index order, not all of them read and sorted (the plan a stale
+    // row estimate picks after a large planning run).
+    index_order_only(&mut tx).await?;
     let rows: Vec<Claimed> = sqlx::query_as(
         "select id, customer_id, appointment_id, due_at, latest_at from campaign_recipients
           where campaign_id = $1 and status in ('planned','deferred') and due_at <= $2
@@ -113,6 +116,7 @@ async fn dispatch_campaign(e: &Engine, c: &Campaign, now: DateTime<Utc>) -> Core
     .bind(limit)
     .fetch_all(&mut *tx)
     .await?;
+    any_scan(&mut tx).await?;
     if rows.is_empty() {
         return Ok(Pass::default());
     }
