@@ -436,10 +436,10 @@ def replies_delivered(book, maildir, smsc, psql, limit=100):
     """Waits (bounded) until every acknowledged reply reached its peer — a reply claimed by a
     node that was then killed comes back after the nodes' `outbox.sending_lease_secs` (75 s
     in scripts/cluster.sh). Returns per channel (acked count, missing, twice, uncertain):
-    `uncertain` are SMS whose node logged the submit and died before the SMSC answered (it
-    may have gone out, so it is never resent: recorded `unknown`, the outbox row `failed` with
-    a `delivery_failed` event, once its sending lease has run out); `missing` is everything
-    else not delivered."""
+    `uncertain` are replies whose node logged the hand-off (SMTP) or submit (SMPP) and died
+    before the peer answered: they may have gone out, so the channel never resends them —
+    recorded `unknown`, the outbox row `failed` with a `delivery_failed` event once its
+    sending lease has run out (at most once); `missing` is everything else not delivered."""
     with book.lock:
         acked = dict(book.replies)
     deadline = time.time() + limit
@@ -449,14 +449,19 @@ def replies_delivered(book, maildir, smsc, psql, limit=100):
         missing = {c: [t for t, ch in acked.items() if ch == c and (mails if c == "email" else sms).get(t, 0) == 0]
                    for c in ("email", "sms")}
         uncertain = {"email": [], "sms": []}
-        if missing["sms"]:
-            pattern = "|".join(missing["sms"])
-            rows = psql("select o.body from outbox o join sms_sent s on s.outbox_id = o.id "
-                        f"where o.channel = 'sms' and s.status in ('submitting', 'unknown') and s.updated_at < now() - interval '10 s' "
-                        f"and o.body ~ '({pattern})'")
+        for c in ("email", "sms"):
+            if not missing[c]:
+                continue
+            pattern = "|".join(missing[c])
+            # The channel's own log says the node that claimed it died mid-hand-off: it may
+            # have gone out, so it is failed for good (a delivery_failed event), not resent.
+            rows = psql(f"select o.body from outbox o where o.channel = '{c}' and o.body ~ '({pattern})' and "
+                        "(o.status = 'failed' and (o.last_error like '%no known outcome%' or o.last_error like '%may have been sent%')"
+                        + (" or exists (select 1 from sms_sent s where s.outbox_id = o.id and s.status in ('submitting', 'unknown') "
+                           "and s.updated_at < now() - interval '10 s')" if c == "sms" else "") + ")")
             unsure = set(TOKEN.findall(rows))
-            uncertain["sms"] = [t for t in missing["sms"] if t in unsure]
-            missing["sms"] = [t for t in missing["sms"] if t not in unsure]
+            uncertain[c] = [t for t in missing[c] if t in unsure]
+            missing[c] = [t for t in missing[c] if t not in unsure]
         if not any(missing.values()) or time.time() > deadline:
             break
         time.sleep(1)

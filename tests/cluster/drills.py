@@ -29,8 +29,9 @@ After each, per channel: every acked message stored (0 inbound lost), none store
 at overlapping times (offers and `accepted` events) and no agent over its capacity; every
 reply a node acknowledged delivered exactly once at the peer (aiosmtpd's Maildir by a token
 in the body, the SMSC's submit_sm by text; waited for up to 100 s: a reply claimed by a
-killed node is due again after the nodes' 75 s outbox sending lease; an SMS whose node died
-mid-submit is reported as unknown — recorded, never resent —, not as missing);
+killed node is due again after the nodes' 75 s outbox sending lease; a reply whose node died
+mid-hand-off (SMTP) or mid-submit (SMPP) is reported as unknown — recorded failed with a
+delivery_failed event, never resent: at most once —, not as missing);
 the calls the dead node held ended `node_lost`, and none of the calls held by the other
 nodes dropped (each answered, still waiting or ended by the caller's BYE); the time until the load is
 accepted again and until a router leader is back. Prints a table; exits 1 when an invariant
@@ -386,8 +387,10 @@ def main():
         if mail is not None:
             sent, missing, dup, unsure = drill_agents.replies_delivered(team.book, peers.maildir, peers.smsc, psql)
             replies = ", ".join(f"{c} {sent[c]}/{len(missing[c])}/{len(dup[c])}" for c in ("email", "sms"))
-            if unsure["sms"]:
-                replies += f" (+{len(unsure['sms'])} SMS unknown: the node died mid-submit, recorded, not resent)"
+            for c in ("email", "sms"):
+                if unsure[c]:
+                    replies += (f" (+{len(unsure[c])} {c} unknown: its node died mid-hand-off; recorded failed with a "
+                                f"delivery_failed event, not resent)")
             ok = ok and not any(missing.values()) and not any(dup.values())
         # Calls held by the nodes that stayed up: none dropped.
         by_caller, up, dropped, answered = calls_kept(list(survivors))

@@ -2,8 +2,8 @@
 # The cluster drill suite, bounded in time: starts the loopback cluster
 # (scripts/cluster.sh, through drills.py --up, which first starts Dovecot, aiosmtpd and the
 # scripted SMSC when installed), runs tests/cluster/drills.py under chat, SIP, email and
-# SMS load, tears it down.
-#   tests/cluster/run.sh [drills.py options]      (needs postgresql haproxy kamailio curl)
+# SMS load with agents answering (tests/cluster/agents.py), tears it down.
+#   tests/cluster/run.sh [drills.py options]      (needs postgresql haproxy kamailio sipp curl)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 export CLUSTER_DIR="${CLUSTER_DIR:-$(mktemp -d /tmp/switchboard-drills.XXXXXX)}"
