@@ -564,6 +564,57 @@ async fn a_campaign_is_planned_only_by_the_holder_of_its_planning_lease() {
 }
 
 #[tokio::test]
+async fn an_appointment_booked_on_a_node_without_the_campaign_worker_wakes_another_node_s_engine() {
+    // Node A serves the API with no campaign engine; node B runs it, planning only once an
+    // hour by itself: B plans the reminder within seconds because A's booking signalled it.
+    let smsc = Smsc::start().await;
+    let table = smsc::channel(smsc.port, "");
+    let table_b = table.clone();
+    let th = spawn_hub_with(move |s| {
+        s.channels.push(table);
+        s.crm = Some(toml::from_str("[campaigns]\nworker = false\ndefault_time_zone = \"Europe/Berlin\"").expect("crm toml"));
+    })
+    .await;
+    let node_b = spawn_node_with(&th.db, move |s| {
+        s.channels.push(table_b);
+        s.crm = Some(
+            toml::from_str("[campaigns]\nworker = true\ntick_ms = 200\nplan_every_secs = 3600\ndefault_time_zone = \"Europe/Berlin\"")
+                .expect("crm toml"),
+        );
+    })
+    .await;
+    let mut smsc = smsc;
+    smsc.wait(15, |e| e["event"] == "bound").await;
+    let db = th.hub().db().clone();
+    let marketer = user(&th, "mia", &[Role::Marketer], None).await;
+    let agent = user(&th, "ada", &[Role::Agent], None).await;
+    let ivo =
+        customer(&db, NewCustomer { name: "Ivo Elsewhere", phone: "+4915120000009", tz: Some("Europe/Berlin"), ..Default::default() })
+            .await;
+    // Let B's first (periodic) planning pass go by before the campaign exists.
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    let id = create_campaign(
+        &marketer,
+        json!({ "name": "Reminder across nodes", "kind": "reminder", "offset_minutes": 1440, "late_policy": "send",
+                "quiet_start": null, "quiet_end": null, "template": { "default": "See you on {appointment.date}" } }),
+    )
+    .await;
+    let (st, a) = agent
+        .call(
+            "POST",
+            "/api/v1/appointments",
+            Some(json!({ "customer_id": ivo, "starts_at": Utc::now() + Duration::hours(2), "time_zone": "Europe/Berlin" })),
+        )
+        .await;
+    assert_eq!(st, StatusCode::CREATED, "{a}");
+    assert_eq!(submits(&mut smsc, 1).await[0].0, "4915120000009");
+    let o = outcomes(&db, id).await;
+    assert_eq!(o["Ivo Elsewhere"].len(), 1, "{o:?}");
+    node_b.stop().await;
+    th.stop().await;
+}
+
+#[tokio::test]
 async fn an_appointment_booked_or_moved_into_the_reminder_window_gets_its_reminder_at_once() {
     // The engine runs in the hub on the real clock and plans only once an hour by itself:
     // a reminder that arrives within seconds was planned because the booking woke it.

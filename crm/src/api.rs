@@ -1000,8 +1000,8 @@ async fn create_appointment(
     .bind(caller.user_id)
     .fetch_one(hub.db())
     .await?;
-    // Reminders and follow-ups follow the change on the next campaign tick.
-    crm.campaigns.appointments_changed();
+    // Reminders and follow-ups follow the change on the next campaign tick, on every node.
+    crm.campaigns.appointments_changed(&hub).await;
     let a: Appointment = sqlx::query_as(&format!("{APPOINTMENT_SELECT} where a.id = $1")).bind(id).fetch_one(hub.db()).await?;
     Ok((StatusCode::CREATED, Json(with_local(a))))
 }
@@ -1069,8 +1069,8 @@ async fn update_appointment(
     .bind(&b.notes)
     .execute(hub.db())
     .await?;
-    // Reminders and follow-ups follow the change on the next campaign tick.
-    crm.campaigns.appointments_changed();
+    // Reminders and follow-ups follow the change on the next campaign tick, on every node.
+    crm.campaigns.appointments_changed(&hub).await;
     let a: Appointment = sqlx::query_as(&format!("{APPOINTMENT_SELECT} where a.id = $1")).bind(id).fetch_one(hub.db()).await?;
     Ok(Json(with_local(a)))
 }

@@ -81,6 +81,7 @@ pub async fn start(hub: &Hub, config: Option<toml::Value>, shutdown: tokio::sync
     hub.add_route_docs(campaigns::api::ROUTES);
     let engine = campaigns::Engine::new(hub.db().clone(), Arc::new(settings.config.campaigns.clone()), hub.node_id());
     if settings.config.campaigns.worker {
+        tokio::spawn(engine.clone().follow_appointment_signals(hub.events(), shutdown.clone()));
         tokio::spawn(engine.clone().run(shutdown.clone()));
     }
     tracing::info!(default_region = %settings.config.default_region, attributes = settings.config.attributes.len(), "CRM started.");

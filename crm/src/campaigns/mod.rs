@@ -148,6 +148,9 @@ impl CampaignConfig {
     }
 }
 
+/// Bus signal: an appointment was booked, moved or cancelled on some node.
+pub const APPOINTMENTS_CHANGED: &str = "appointments_changed";
+
 /// The campaign engine of one node: plans, hands over and follows outcomes.
 #[derive(Clone)]
 pub struct Engine {
@@ -191,11 +194,38 @@ impl Engine {
         self
     }
 
-    /// An appointment was booked, moved or cancelled: the running engine re-plans
-    /// reminders and follow-ups on its next tick (an appointment booked inside a
-    /// reminder's window gets it at once, not after the next periodic planning pass).
-    pub fn appointments_changed(&self) {
+    /// An appointment was booked, moved or cancelled: every node's running engine
+    /// re-plans reminders and follow-ups on its next tick (an appointment booked inside a
+    /// reminder's window gets it at once, not after the next periodic planning pass), this
+    /// one directly and the others through an ephemeral bus signal ([`APPOINTMENTS_CHANGED`]);
+    /// a lost signal only means waiting for the periodic pass.
+    pub async fn appointments_changed(&self, hub: &switchboard_core::Hub) {
         self.replan.notify_one();
+        let hint = switchboard_core::bus::NewEvent { kind: APPOINTMENTS_CHANGED, ..Default::default() };
+        if let Err(error) = switchboard_core::bus::signal(hub.db(), hint).await {
+            tracing::warn!(%error, "Could not signal an appointment change to the other nodes; they plan it on their periodic pass.");
+        }
+    }
+
+    /// Wakes this engine on every node's [`APPOINTMENTS_CHANGED`] signal (and after missed
+    /// events, which may have held one), until shutdown.
+    pub async fn follow_appointment_signals(
+        self,
+        mut events: tokio::sync::broadcast::Receiver<std::sync::Arc<switchboard_core::bus::HubEvent>>,
+        mut shutdown: tokio::sync::watch::Receiver<bool>,
+    ) {
+        use tokio::sync::broadcast::error::RecvError;
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                ev = events.recv() => match ev {
+                    Ok(e) if e.kind == APPOINTMENTS_CHANGED => self.replan.notify_one(),
+                    Ok(_) => {}
+                    Err(RecvError::Lagged(_)) => self.replan.notify_one(),
+                    Err(RecvError::Closed) => return,
+                },
+            }
+        }
     }
 
     /// Plans every running campaign.
