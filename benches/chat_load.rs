@@ -18,6 +18,8 @@
 //! Run: `cargo bench --bench chat_load` (needs the local PostgreSQL of the tests,
 //! `SWITCHBOARD_TEST_DATABASE_URL`).
 
+mod support;
+
 use futures::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use std::collections::HashMap;
@@ -25,12 +27,11 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use switchboard::settings::Settings;
+use support::{pct, raise_fd_limit, vm_rss_kib};
 use switchboard_core::config::CoreSettings;
-use switchboard_core::db::Database;
 use switchboard_core::testing::TestDb;
 use switchboard_core::Hub;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio_tungstenite::tungstenite::Message;
 use uuid::Uuid;
@@ -39,27 +40,6 @@ type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<t
 
 fn env_usize(k: &str, d: usize) -> usize {
     std::env::var(k).ok().and_then(|v| v.parse().ok()).unwrap_or(d)
-}
-
-fn raise_fd_limit() -> u64 {
-    // SAFETY: plain libc calls on a local struct.
-    unsafe {
-        let mut r = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) == 0 {
-            r.rlim_cur = r.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &r);
-            libc::getrlimit(libc::RLIMIT_NOFILE, &mut r);
-            return r.rlim_cur;
-        }
-    }
-    0
-}
-
-fn vm_rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse().ok()))
-        .unwrap_or(0)
 }
 
 fn main() {
@@ -86,31 +66,8 @@ fn main() {
     rt.shutdown_timeout(Duration::from_secs(2));
 }
 
-/// Child: the production wiring (`switchboard::start_with`: CRM directory, knowledge base,
-/// router, outbox, event listener, every HTTP route) with a webchat channel on port 0;
-/// prints `LISTEN <addr>`; exits when stdin closes.
 async fn serve(url: String) {
-    raise_fd_limit();
-    let env: Vec<(String, String)> = vec![
-        ("SWITCHBOARD__HTTP__BIND".into(), "\"127.0.0.1:0\"".into()),
-        ("SWITCHBOARD__DATABASE__URL".into(), format!("\"{url}\"")),
-        ("SWITCHBOARD__DATABASE__MAX_CONNECTIONS".into(), "30".into()),
-        ("SWITCHBOARD__ROUTER__TICK_MS".into(), "100".into()),
-        ("SWITCHBOARD__OUTBOX__POLL_MS".into(), "50".into()),
-    ];
-    let mut settings = Settings::load(None, env).expect("settings");
-    settings.channels.push(toml::Value::Table(
-        "type = \"webchat\"\nname = \"web\"\nrate_limit_per_10s = 100000\nsessions_per_minute_per_ip = 1000000\nping_interval_secs = 300"
-            .parse()
-            .expect("toml"),
-    ));
-    let options: sqlx::postgres::PgConnectOptions = url.parse().expect("url");
-    let pool = switchboard_core::db::pool_options(30).connect_with(options.clone()).await.expect("pool");
-    let running = switchboard::start_with(settings, Database { pool, embedded: None, options }).await.expect("start hub");
-    println!("LISTEN {}", running.url().trim_start_matches("http://"));
-    let mut buf = Vec::new();
-    let _ = tokio::io::stdin().read_to_end(&mut buf).await;
-    running.stop().await;
+    support::serve(url, &[]).await
 }
 
 /// POST /chat/v1/sessions over a raw HTTP/1.1 connection; returns the token.
@@ -310,15 +267,6 @@ async fn stored_inbound(db: &TestDb) -> Result<i64, String> {
     sqlx::query_scalar("select count(*) from messages where direction = 'inbound'").fetch_one(&db.pool).await.map_err(|e| e.to_string())
 }
 
-fn pct(v: &mut [Duration], p: f64) -> f64 {
-    if v.is_empty() {
-        return f64::NAN;
-    }
-    v.sort();
-    let i = ((v.len() as f64 - 1.0) * p).round() as usize;
-    v[i].as_secs_f64() * 1000.0
-}
-
 async fn bench(fd_limit: u64) -> Result<(), String> {
     let idle = env_usize("CHAT_BENCH_IDLE", 10_000);
     let active = env_usize("CHAT_BENCH_ACTIVE", 500).min(idle);
@@ -328,22 +276,7 @@ async fn bench(fd_limit: u64) -> Result<(), String> {
     let db = TestDb::new().await;
     sqlx::query("insert into queues (name) values ('default')").execute(&db.pool).await.map_err(|e| e.to_string())?;
 
-    let mut child = tokio::process::Command::new(std::env::current_exe().map_err(|e| e.to_string())?)
-        .arg("--serve")
-        .arg(db.url())
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .map_err(|e| e.to_string())?;
-    let pid = child.id().ok_or("child pid")?;
-    let mut lines = BufReader::new(child.stdout.take().ok_or("child stdout")?).lines();
-    let addr: SocketAddr = loop {
-        let l = lines.next_line().await.map_err(|e| e.to_string())?.ok_or("hub exited")?;
-        if let Some(a) = l.strip_prefix("LISTEN ") {
-            break a.parse().map_err(|e| format!("{e}"))?;
-        }
-    };
+    let (mut child, pid, addr) = support::spawn_hub(&db.url()).await?;
     // Warm up (first database connections, allocator arenas) before the baseline.
     for _ in 0..20 {
         let (t, _) = new_session(addr).await?;

@@ -211,6 +211,9 @@ impl State {
     }
 }
 
+/// Shortest time between two deltas: events arriving meanwhile are folded into the next.
+const DELTA_EVERY: std::time::Duration = std::time::Duration::from_millis(200);
+
 /// The wallboard feed of this node.
 #[derive(Clone)]
 pub struct Wallboard {
@@ -311,11 +314,17 @@ impl Wallboard {
         let me = board.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+            // Queues and agents changed since the last delta, and when the next may go.
+            let mut cq = HashSet::new();
+            let mut ca = HashSet::new();
+            let mut last_push = tokio::time::Instant::now();
             loop {
                 let mut batch = Vec::new();
                 let mut resync = false;
+                let pending = !cq.is_empty() || !ca.is_empty();
                 tokio::select! {
                     _ = shutdown.changed() => return,
+                    _ = tokio::time::sleep_until(last_push + DELTA_EVERY), if pending => {}
                     _ = tick.tick() => {
                         let start = day_start(Utc::now(), tz, reset);
                         let stale = me.state.lock().map(|s| s.day_start != start).unwrap_or(true);
@@ -337,8 +346,6 @@ impl Wallboard {
                         Err(broadcast::error::RecvError::Closed) => return,
                     }
                 }
-                let mut cq = HashSet::new();
-                let mut ca = HashSet::new();
                 let mut reload = false;
                 if !resync {
                     if let Ok(mut s) = me.state.lock() {
@@ -355,12 +362,17 @@ impl Wallboard {
                                 *s = fresh;
                             }
                             let _ = me.tx.send(Arc::from(snap.to_string()));
+                            cq.clear();
+                            ca.clear();
+                            last_push = tokio::time::Instant::now();
                         }
                         Err(error) => tracing::warn!(%error, "Wallboard could not reload its state."),
                     }
                     continue;
                 }
-                if cq.is_empty() && ca.is_empty() {
+                // One delta per batch of events, at most one per DELTA_EVERY: a busy
+                // center's events fold into a few pushes a second per screen.
+                if (cq.is_empty() && ca.is_empty()) || last_push.elapsed() < DELTA_EVERY {
                     continue;
                 }
                 let delta = match me.state.lock() {
@@ -372,6 +384,9 @@ impl Wallboard {
                     Err(_) => continue,
                 };
                 let _ = me.tx.send(Arc::from(delta.to_string()));
+                cq.clear();
+                ca.clear();
+                last_push = tokio::time::Instant::now();
             }
         });
         Ok(board)
