@@ -462,6 +462,10 @@ async fn a_reply_to_a_campaign_is_linked_and_routed_to_a_queue_and_a_test_send_r
     let queued: Option<Uuid> =
         sqlx::query_scalar("select queue_id from interactions where id = $1::uuid").bind(iid).fetch_one(&db).await.unwrap();
     assert!(queued.is_some(), "the reply is an inbox interaction in a queue");
+    // Tagged with the campaign it answers when it came in (reports count campaign replies by it).
+    let tagged: Option<String> =
+        sqlx::query_scalar("select metadata->>'campaign_id' from interactions where id = $1::uuid").bind(iid).fetch_one(&db).await.unwrap();
+    assert_eq!(tagged, Some(id.to_string()));
     let (_, res) = w.marketer.call("GET", &format!("/api/v1/campaigns/{id}/results"), None).await;
     assert_eq!(res["totals"]["replies"], 1, "{res}");
 

@@ -266,7 +266,7 @@ struct ManagerDirectory {
 #[async_trait::async_trait]
 impl CustomerDirectory for ManagerDirectory {
     async fn resolve(&self, _: Channel, _: &str, _: &CustomerHints) -> CoreResult<Option<ResolvedCustomer>> {
-        Ok(Some(ResolvedCustomer { id: Uuid::new_v4(), own_manager: Some(self.manager), language: None }))
+        Ok(Some(ResolvedCustomer { id: Uuid::new_v4(), own_manager: Some(self.manager), language: None, campaign_id: None }))
     }
     async fn card(&self, id: Uuid) -> CoreResult<Option<serde_json::Value>> {
         Ok(Some(json!({ "id": id, "name": "Test Customer" })))

@@ -19,7 +19,7 @@ struct Cards;
 impl CustomerDirectory for Cards {
     async fn resolve(&self, _: Channel, addr: &str, _: &CustomerHints) -> CoreResult<Option<ResolvedCustomer>> {
         let _ = addr;
-        Ok(Some(ResolvedCustomer { id: Uuid::new_v4(), own_manager: None, language: None }))
+        Ok(Some(ResolvedCustomer { id: Uuid::new_v4(), own_manager: None, language: None, campaign_id: None }))
     }
     async fn card(&self, id: Uuid) -> CoreResult<Option<Value>> {
         Ok(Some(json!({ "id": id, "name": "Ada Lovelace", "tags": ["vip"] })))

@@ -37,6 +37,11 @@ pub struct ResolvedCustomer {
     pub own_manager: Option<Uuid>,
     /// Preferred language.
     pub language: Option<String>,
+    /// The campaign this contact most likely answers (an SMS from a customer a campaign
+    /// texted within its reply window): tagged on a new interaction as
+    /// `metadata.campaign_id`, which the campaign results and the reports count.
+    #[serde(default)]
+    pub campaign_id: Option<Uuid>,
 }
 
 /// "Who is this?" — implemented by the CRM module and wired in by the binary.
@@ -185,7 +190,12 @@ struct PreIngest {
 impl PreIngest {
     /// The customer of the open conversation the item continues: no directory lookup.
     fn known_customer(&self) -> Option<ResolvedCustomer> {
-        self.customer_id.filter(|_| self.open_conversation).map(|id| ResolvedCustomer { id, own_manager: None, language: None })
+        self.customer_id.filter(|_| self.open_conversation).map(|id| ResolvedCustomer {
+            id,
+            own_manager: None,
+            language: None,
+            campaign_id: None,
+        })
     }
 }
 
@@ -870,7 +880,7 @@ impl Hub {
                 .bind(item.requirement.clone().unwrap_or_default())
                 .bind(customer.and_then(|c| c.own_manager))
                 .bind(status.as_str())
-                .bind(item.metadata.clone().unwrap_or_else(|| serde_json::json!({})))
+                .bind(with_campaign(item.metadata.clone(), customer.and_then(|c| c.campaign_id)))
                 .fetch_one(&mut *conn)
                 .await?;
                 (id, true, queue.map(|q| q.id))
@@ -927,4 +937,13 @@ impl Hub {
             sequence: None,
         })
     }
+}
+
+/// A new interaction's metadata: the item's, with the campaign it answers when known.
+fn with_campaign(metadata: Option<serde_json::Value>, campaign: Option<Uuid>) -> serde_json::Value {
+    let mut m = metadata.unwrap_or_else(|| serde_json::json!({}));
+    if let (Some(c), Some(o)) = (campaign, m.as_object_mut()) {
+        o.entry("campaign_id").or_insert_with(|| serde_json::Value::String(c.to_string()));
+    }
+    m
 }

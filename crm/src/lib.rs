@@ -59,7 +59,12 @@ impl CrmDirectory {
 impl CustomerDirectory for CrmDirectory {
     async fn resolve(&self, channel: Channel, address: &str, hints: &CustomerHints) -> CoreResult<Option<ResolvedCustomer>> {
         let kind = normalize::IdentityKind::of_channel(channel);
-        store::resolve(&self.pool, self.settings.region, kind, address, hints).await.map(Some)
+        let mut c = store::resolve(&self.pool, self.settings.region, kind, address, hints).await?;
+        if channel == Channel::Sms {
+            c.campaign_id =
+                campaigns::results::replied_campaign(&self.pool, c.id, self.settings.config.campaigns.reply_window_hours).await?;
+        }
+        Ok(Some(c))
     }
 
     async fn card(&self, customer_id: Uuid) -> CoreResult<Option<serde_json::Value>> {

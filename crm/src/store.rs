@@ -117,6 +117,7 @@ pub async fn resolve(db: &PgPool, region: Region, kind: IdentityKind, raw: &str,
         if let Some(found) = find_by_identity(db, kind, &address).await? {
             apply_hints(db, found.id, &found.name, hint_name, hint_email.as_deref()).await?;
             return Ok(ResolvedCustomer {
+                campaign_id: None,
                 id: found.id,
                 own_manager: found.own_manager_id,
                 language: found.language.or(hint_lang.map(str::to_string)),
@@ -168,7 +169,7 @@ pub async fn resolve(db: &PgPool, region: Region, kind: IdentityKind, raw: &str,
                 apply_hints(db, id, &c.name, hint_name, None).await?;
             }
         }
-        return Ok(ResolvedCustomer { id, own_manager, language });
+        return Ok(ResolvedCustomer { id, own_manager, language, campaign_id: None });
     }
     Err(CoreError::Conflict("the address kept changing owner; retry".into()))
 }

@@ -221,6 +221,20 @@ pub async fn csv(db: &PgPool, campaign: Uuid, window: i64) -> CoreResult<String>
     Ok(out)
 }
 
+/// The campaign a customer's SMS most likely answers: the last campaign message handed to
+/// them within `reply_window_hours` (index `campaign_recipients_customer`), if any.
+pub async fn replied_campaign(db: &PgPool, customer: Uuid, reply_window_hours: i64) -> CoreResult<Option<Uuid>> {
+    Ok(sqlx::query_scalar(
+        "select campaign_id from campaign_recipients
+          where customer_id = $1 and handed_at > now() - make_interval(hours => $2)
+          order by handed_at desc limit 1",
+    )
+    .bind(customer)
+    .bind(reply_window_hours as i32)
+    .fetch_optional(db)
+    .await?)
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
