@@ -292,6 +292,27 @@ async fn reminders_follow_reschedules_drop_cancellations_and_never_come_after_th
     assert_eq!(o["Ben Cancelled"][0].1, "skipped");
     assert_eq!(o["Ben Cancelled"][0].2.as_deref(), Some("appointment cancelled"));
     assert_eq!(o["Ann Moved"][0].1, "planned");
+    // Cid, reminded for t0 + 48 h, moves to t0 + 50 h: a second reminder, for the new time,
+    // a day before it; a second move before it goes moves that one, never a third.
+    for (now, to) in [(25, 50), (26, 51)] {
+        sqlx::query("update appointments set starts_at = $2 where id = $1")
+            .bind(appt["Cid Kept"])
+            .bind(t0 + Duration::hours(to))
+            .execute(&db)
+            .await
+            .unwrap();
+        w.clock.set(t0 + Duration::hours(now));
+        assert_eq!(w.engine.tick().await.unwrap().handed, 0);
+    }
+    w.clock.set(t0 + Duration::hours(27));
+    assert_eq!(w.engine.tick().await.unwrap().handed, 1);
+    // 2026-12-09 12:00 UTC is 13:00 in Berlin.
+    assert_eq!(
+        submits(&mut w.smsc, 1).await,
+        vec![("4915120000003".to_string(), "Erinnerung: Ihr Termin am 09.12.2026 um 13:00, Hauptstraße 5".to_string())]
+    );
+    let o = outcomes(&db, id).await;
+    assert_eq!(o["Cid Kept"].len(), 2, "one reminder per time: {:?}", o["Cid Kept"]);
     // Ann's reminder a day before her new time.
     w.clock.set(t0 + Duration::hours(47));
     assert_eq!(w.engine.tick().await.unwrap().handed, 0);
@@ -323,7 +344,7 @@ async fn reminders_follow_reschedules_drop_cancellations_and_never_come_after_th
     assert_eq!(o["Fay Past"][0].1, "skipped");
     assert_eq!(o["Fay Past"][0].2.as_deref(), Some("appointment time passed"));
     settle(&w, id).await;
-    assert_eq!(outbox_count(&db).await, 4);
+    assert_eq!(outbox_count(&db).await, 5);
     w.th.stop().await;
 }
 

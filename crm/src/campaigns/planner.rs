@@ -15,6 +15,7 @@ use super::schedule::{birthday_send_at, zone_or};
 use super::Engine;
 use chrono::{DateTime, Datelike, Duration, NaiveDate, Utc};
 use sqlx::{PgConnection, PgPool, Postgres, QueryBuilder, Transaction};
+use std::collections::HashMap;
 use switchboard_core::lease::{self, Lease};
 use switchboard_core::{CoreError, CoreResult};
 use uuid::Uuid;
@@ -365,34 +366,54 @@ async fn plan_reminders(e: &Engine, c: &Campaign, now: DateTime<Utc>, l: &Lease)
     let offset = Duration::minutes(c.offset_minutes as i64);
     let to = now + offset + Duration::hours(e.config.lookahead_hours);
     let appts = appointments_for(c, &e.db, now, now, to, &["scheduled", "confirmed"]).await?;
+    // Each appointment's latest row: a reminder already sent for another time than the
+    // appointment's now (moved after the reminder went) gets a new occurrence for the new
+    // time; otherwise the latest row is the one planned rows move with.
+    let ids: Vec<Uuid> = appts.iter().map(|a| a.0).collect();
+    let latest: HashMap<Uuid, (String, String, Option<DateTime<Utc>>)> =
+        sqlx::query_as::<_, (Uuid, String, String, Option<DateTime<Utc>>)>(
+            "select distinct on (appointment_id) appointment_id, occurrence, status, latest_at from campaign_recipients
+          where campaign_id = $1 and appointment_id = any($2) order by appointment_id, created_at desc, occurrence desc",
+        )
+        .bind(c.id)
+        .bind(&ids)
+        .fetch_all(&e.db)
+        .await?
+        .into_iter()
+        .map(|(a, occ, st, latest)| (a, (occ, st, latest)))
+        .collect();
     let mut rows = Rows::default();
     for (id, customer, starts_at, _, created_at) in appts {
         if starts_at <= now {
             continue;
         }
+        let occurrence = match latest.get(&id) {
+            Some((_, status, was)) if reminded(status) && *was != Some(starts_at) => {
+                format!("{id}@{}", starts_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+            }
+            Some((occurrence, ..)) => occurrence.clone(),
+            None => id.to_string(),
+        };
         let at = starts_at - offset;
         if at >= now {
-            rows.push(customer, id.to_string(), Some(id), "planned", None, at, Some(starts_at));
+            rows.push(customer, occurrence, Some(id), "planned", None, at, Some(starts_at));
         } else if c.late_policy == "send" {
-            rows.push(customer, id.to_string(), Some(id), "planned", None, now, Some(starts_at));
+            rows.push(customer, occurrence, Some(id), "planned", None, now, Some(starts_at));
         } else {
             let why =
                 if created_at > at { "booked inside the reminder window" } else { "reminder time passed before the campaign could send" };
-            rows.push(
-                customer,
-                id.to_string(),
-                Some(id),
-                "skipped",
-                Some(format!("{why} (late reminders are skipped)")),
-                at,
-                Some(starts_at),
-            );
+            rows.push(customer, occurrence, Some(id), "skipped", Some(format!("{why} (late reminders are skipped)")), at, Some(starts_at));
         }
     }
     let mut tx = fenced(e, l).await?;
     let n = rows.write(&mut tx, c.id).await?;
     tx.commit().await?;
     Ok(n)
+}
+
+/// Whether a reminder row went out (or may have) for the time it was planned for.
+fn reminded(status: &str) -> bool {
+    matches!(status, "sending" | "sent" | "delivered" | "unknown" | "failed")
 }
 
 /// Follow-ups: `offset_minutes` after each appointment that took place ended (not
