@@ -12,7 +12,7 @@
 # Environment: CLUSTER_IMAP_PORT + CLUSTER_SMTP_PORT and CLUSTER_SMSC_PORT add an email
 # and an smpp channel to every node (tests/cluster/drills.py --up starts those peers).
 # CLUSTER_DIR (default /tmp/switchboard-cluster), SWITCHBOARD_BIN (default
-# target/debug/switchboard, built if missing), PG_BIN (default the newest
+# $CARGO_TARGET_DIR or target, then debug/switchboard; built if missing), PG_BIN (default the newest
 # /usr/lib/postgresql/*/bin). Debian packages: postgresql haproxy kamailio.
 # The hubs use the multi-host database URL with target_session_attrs=read-write, so after
 # `scripts/cluster.sh promote` (kills the primary, promotes the replica) they follow.
@@ -20,7 +20,7 @@ set -euo pipefail
 
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 DIR="${CLUSTER_DIR:-/tmp/switchboard-cluster}"
-BIN="${SWITCHBOARD_BIN:-$ROOT/target/debug/switchboard}"
+BIN="${SWITCHBOARD_BIN:-${CARGO_TARGET_DIR:-$ROOT/target}/debug/switchboard}"
 PG_BIN="${PG_BIN:-$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)}"
 PG_PRIMARY=15432
 PG_REPLICA=15433

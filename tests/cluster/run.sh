@@ -9,4 +9,6 @@ cd "$(dirname "$0")/../.."
 export CLUSTER_DIR="${CLUSTER_DIR:-$(mktemp -d /tmp/switchboard-drills.XXXXXX)}"
 trap 'scripts/cluster.sh down --purge >/dev/null 2>&1 || true' EXIT
 cargo build --quiet --bin switchboard
+# The nodes (scripts/cluster.sh) and the restarts (drills.py) run the binary just built.
+export SWITCHBOARD_BIN="${SWITCHBOARD_BIN:-${CARGO_TARGET_DIR:-$(pwd)/target}/debug/switchboard}"
 timeout 1200 python3 tests/cluster/drills.py --up "$@"
