@@ -27,7 +27,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use support::{pct, raise_fd_limit, vm_rss_kib};
+use support::{pct, vm_rss_kib};
 use switchboard_core::config::CoreSettings;
 use switchboard_core::testing::TestDb;
 use switchboard_core::Hub;
@@ -43,31 +43,7 @@ fn env_usize(k: &str, d: usize) -> usize {
 }
 
 fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
-    if let Some(i) = args.iter().position(|a| a == "--serve") {
-        let url = args.get(i + 1).cloned().expect("--serve <database url>");
-        rt.block_on(serve(url));
-        return;
-    }
-    let limit = raise_fd_limit();
-    let secs = env_usize("CHAT_BENCH_TIMEOUT_SECS", 120) as u64;
-    match rt.block_on(async { tokio::time::timeout(Duration::from_secs(secs), bench(limit)).await }) {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => {
-            eprintln!("chat_load failed: {e}");
-            std::process::exit(1);
-        }
-        Err(_) => {
-            eprintln!("chat_load: hard timeout of {secs} s reached");
-            std::process::exit(2);
-        }
-    }
-    rt.shutdown_timeout(Duration::from_secs(2));
-}
-
-async fn serve(url: String) {
-    support::serve(url, &[]).await
+    support::main("chat_load", &[], "CHAT_BENCH_TIMEOUT_SECS", 120, bench);
 }
 
 /// POST /chat/v1/sessions over a raw HTTP/1.1 connection; returns the token.
@@ -362,17 +338,7 @@ async fn bench(fd_limit: u64) -> Result<(), String> {
     let paced_secs = env_usize("CHAT_BENCH_RATE_SECS", 6);
     if rate > 0 {
         // A supervisor watches the inbox feed meanwhile: visitor → agents' stream latency.
-        let sup = switchboard_core::auth::create_user(
-            &db.pool,
-            None,
-            "bench-sup",
-            "Bench Supervisor",
-            "bench-sup-pass-1",
-            &[switchboard_core::Role::Supervisor],
-        )
-        .await
-        .map_err(|e| e.to_string())?;
-        let (_, token) = switchboard_core::auth::create_token(&db.pool, sup.id, "bench", None).await.map_err(|e| e.to_string())?;
+        let token = support::supervisor_token(&db.pool).await?;
         supervisor_stream(addr, token, replies.clone()).await?;
         tokio::time::sleep(Duration::from_millis(500)).await;
         replies.timing_stream.store(true, Ordering::Relaxed);

@@ -39,27 +39,7 @@ fn env_usize(k: &str, d: usize) -> usize {
 }
 
 fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
-    if let Some(i) = args.iter().position(|a| a == "--serve") {
-        let url = args.get(i + 1).cloned().expect("--serve <database url>");
-        rt.block_on(support::serve(url, &[("SWITCHBOARD__REPORTS__WORKER", "false")]));
-        return;
-    }
-    support::raise_fd_limit();
-    let secs = env_usize("WALLBOARD_BENCH_TIMEOUT_SECS", 300) as u64;
-    match rt.block_on(async { tokio::time::timeout(Duration::from_secs(secs), bench()).await }) {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => {
-            eprintln!("wallboard bench failed: {e}");
-            std::process::exit(1);
-        }
-        Err(_) => {
-            eprintln!("wallboard bench: hard timeout of {secs} s reached");
-            std::process::exit(2);
-        }
-    }
-    rt.shutdown_timeout(Duration::from_secs(2));
+    support::main("wallboard bench", &[("SWITCHBOARD__REPORTS__WORKER", "false")], "WALLBOARD_BENCH_TIMEOUT_SECS", 300, |_| bench());
 }
 
 /// What the screens saw while the load ran.
@@ -160,17 +140,7 @@ async fn bench() -> Result<(), String> {
             .fetch_all(&db.pool)
             .await
             .map_err(e)?;
-    let sup = switchboard_core::auth::create_user(
-        &db.pool,
-        None,
-        "bench-sup",
-        "Bench Supervisor",
-        "bench-sup-pass-1",
-        &[switchboard_core::Role::Supervisor],
-    )
-    .await
-    .map_err(|e| e.to_string())?;
-    let (_, token) = switchboard_core::auth::create_token(&db.pool, sup.id, "bench", None).await.map_err(|e| e.to_string())?;
+    let token = support::supervisor_token(&db.pool).await?;
 
     let (mut child, pid, addr) = support::spawn_hub(&db.url()).await?;
     println!(

@@ -34,19 +34,6 @@ async fn abandon_after(pool: &PgPool, queue: Uuid, secs: i64, at: &str) {
     }
 }
 
-/// Waits until the hub's rollup worker has applied every event written so far.
-async fn rolled_up(pool: &PgPool) {
-    let last: i64 = sqlx::query_scalar("select max(id) from interaction_events").fetch_one(pool).await.expect("max");
-    eventually(30, || {
-        let pool = pool.clone();
-        async move {
-            let wm: Option<i64> = sqlx::query_scalar("select watermark from report_progress").fetch_optional(&pool).await.ok().flatten();
-            wm.filter(|w| *w >= last)
-        }
-    })
-    .await;
-}
-
 async fn abandons(sup: &Client, queue: Uuid, day: &str) -> (Value, Value) {
     let (st, v) = sup.call("GET", &format!("/api/v1/reports/queues?from={day}&to={day}&tz=UTC&interval=total&queue={queue}"), None).await;
     assert_eq!(st, StatusCode::OK, "{v}");

@@ -416,15 +416,7 @@ async fn a_scripted_day_gives_the_figures_worked_out_by_hand() {
         r.await.expect("racer");
     }
     // The hub's worker processes the script; wait until it has passed the last event.
-    let last: i64 = sqlx::query_scalar("select max(id) from interaction_events").fetch_one(&pool).await.expect("max");
-    eventually(30, || {
-        let pool = pool.clone();
-        async move {
-            let wm: Option<i64> = sqlx::query_scalar("select watermark from report_progress").fetch_optional(&pool).await.ok().flatten();
-            wm.filter(|w| *w >= last)
-        }
-    })
-    .await;
+    rolled_up(&pool).await;
 
     // Agents may not read reports.
     let (st, _) = agent.call("GET", "/api/v1/reports/queues", None).await;

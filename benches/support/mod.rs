@@ -106,3 +106,51 @@ pub async fn spawn_hub(url: &str) -> Result<(tokio::process::Child, u32, SocketA
     };
     Ok((child, pid, addr))
 }
+
+/// A load bench's `main`: as the child (`--serve <url>`) runs the hub with `serve_env`;
+/// as the parent raises the fd limit and runs `bench` under a hard timeout of
+/// `$timeout_env` seconds (default `default_secs`). Exits 1 when the bench fails, 2 on the
+/// timeout.
+pub fn main<F, Fut>(name: &str, serve_env: &[(&str, &str)], timeout_env: &str, default_secs: u64, bench: F)
+where
+    F: FnOnce(u64) -> Fut,
+    Fut: std::future::Future<Output = Result<(), String>>,
+{
+    let args: Vec<String> = std::env::args().collect();
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
+    if let Some(i) = args.iter().position(|a| a == "--serve") {
+        let url = args.get(i + 1).cloned().expect("--serve <database url>");
+        rt.block_on(serve(url, serve_env));
+        return;
+    }
+    let limit = raise_fd_limit();
+    let secs = std::env::var(timeout_env).ok().and_then(|v| v.parse().ok()).unwrap_or(default_secs);
+    match rt.block_on(async { tokio::time::timeout(Duration::from_secs(secs), bench(limit)).await }) {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            eprintln!("{name} failed: {e}");
+            std::process::exit(1);
+        }
+        Err(_) => {
+            eprintln!("{name}: hard timeout of {secs} s reached");
+            std::process::exit(2);
+        }
+    }
+    rt.shutdown_timeout(Duration::from_secs(2));
+}
+
+/// A supervisor user on `pool` and an API token for it (the benches' screens and feeds).
+pub async fn supervisor_token(pool: &sqlx::PgPool) -> Result<String, String> {
+    let sup = switchboard_core::auth::create_user(
+        pool,
+        None,
+        "bench-sup",
+        "Bench Supervisor",
+        "bench-sup-pass-1",
+        &[switchboard_core::Role::Supervisor],
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    let (_, token) = switchboard_core::auth::create_token(pool, sup.id, "bench", None).await.map_err(|e| e.to_string())?;
+    Ok(token)
+}

@@ -193,6 +193,20 @@ where
     }
 }
 
+/// Waits until the hub's rollup worker has applied every event written so far (its
+/// watermark reached the last event id).
+pub async fn rolled_up(pool: &sqlx::PgPool) {
+    let last: i64 = sqlx::query_scalar("select max(id) from interaction_events").fetch_one(pool).await.expect("max event id");
+    eventually(30, || {
+        let pool = pool.clone();
+        async move {
+            let wm: Option<i64> = sqlx::query_scalar("select watermark from report_progress").fetch_optional(&pool).await.ok().flatten();
+            wm.filter(|w| *w >= last)
+        }
+    })
+    .await;
+}
+
 /// An in-process channel adapter for tests: records deliveries, can be told to fail.
 pub struct TestAdapter {
     pub channel: Channel,
