@@ -18,40 +18,15 @@ use support::*;
 use switchboard_core::Role;
 use uuid::Uuid;
 
-const CREDENTIALS: &str = r#"{ type = "inline", agents = [ { user = "alice", password = "alice-pw" } ] }"#;
-
-fn channel_table(name: &str, dir: &Path) -> toml::Value {
-    let prompts = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/prompts");
-    let text = format!(
-        r#"
-type = "sip"
-name = "{name}"
-udp_listen = "127.0.0.1:0"
-tcp_listen = "127.0.0.1:0"
-public_ip = "127.0.0.1"
-rtp_port_min = 0
-ring_timeout_secs = 5
-announce_every_secs = 1
-prompts_dir = "{prompts}"
-recordings_dir = "{rec}"
-voicemail_dir = "{vm}"
-
-[registrar]
-realm = "switchboard"
-credentials = {CREDENTIALS}
-
-[[trunks]]
-name = "carrier"
-allowed_sources = ["127.0.0.1"]
-dids = {{ "100" = "main" }}
-
+/// Trunk calls pass a one-digit language menu before the support queue.
+const FLOWS: &str = r#"
 [ivr_flows.main]
 start = "menu"
 default_queue = "support"
 [ivr_flows.main.nodes.menu]
 type = "menu"
 prompt = "menu"
-choices = {{ "1" = "english" }}
+choices = { "1" = "english" }
 timeout_ms = 8000
 max_attempts = 1
 on_failure = "bye"
@@ -63,12 +38,10 @@ next = "queue"
 type = "enqueue"
 [ivr_flows.main.nodes.bye]
 type = "hangup"
-"#,
-        prompts = prompts.display(),
-        rec = dir.join("rec").display(),
-        vm = dir.join("vm").display(),
-    );
-    toml::from_str(&text).expect("voice channel table")
+"#;
+
+fn channel_table(name: &str, dir: &Path) -> toml::Value {
+    sip::alice_channel_table(name, dir, "announce_every_secs = 1", FLOWS)
 }
 
 async fn status_of(c: &Client, id: &str) -> String {

@@ -297,35 +297,10 @@ async fn files_written_through_one_node_are_served_by_another_from_s3() {
 /// A SIP channel for one node: a trunk DID 100 straight into the support queue, alice's
 /// phone registered, recordings in `dir/rec`.
 fn voice_channel_table(name: &str, dir: &std::path::Path) -> toml::Value {
-    let prompts = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/prompts");
-    let text = format!(
-        r#"
-type = "sip"
-name = "{name}"
-udp_listen = "127.0.0.1:0"
-tcp_listen = "127.0.0.1:0"
-public_ip = "127.0.0.1"
-rtp_port_min = 0
-ring_timeout_secs = 5
-prompts_dir = "{prompts}"
-recordings_dir = "{rec}"
-voicemail_dir = "{vm}"
-[registrar]
-realm = "switchboard"
-credentials = {{ type = "inline", agents = [ {{ user = "alice", password = "alice-pw" }} ] }}
-[[trunks]]
-name = "carrier"
-allowed_sources = ["127.0.0.1"]
-dids = {{ "100" = "main" }}
-[ivr_flows.main]
-start = "queue"
-default_queue = "support"
-[ivr_flows.main.nodes.queue]
-type = "enqueue"
-"#,
-        prompts = prompts.display(),
-        rec = dir.join("rec").display(),
-        vm = dir.join("vm").display(),
-    );
-    toml::from_str(&text).expect("voice channel table")
+    sip::alice_channel_table(
+        name,
+        dir,
+        "",
+        "[ivr_flows.main]\nstart = \"queue\"\ndefault_queue = \"support\"\n[ivr_flows.main.nodes.queue]\ntype = \"enqueue\"",
+    )
 }

@@ -82,3 +82,39 @@ pub async fn first_call_answered(admin: &Client) -> String {
     .await;
     id
 }
+
+/// A SIP channel `name` for a test node: alice's phone (password `alice-pw`) may register,
+/// trunk DID 100 from loopback enters the IVR flow `main` given in `flows` (TOML tables
+/// `[ivr_flows.main…]`), recordings and voicemail under `dir`; `extra` adds top-level keys.
+pub fn alice_channel_table(name: &str, dir: &Path, extra: &str, flows: &str) -> toml::Value {
+    let prompts = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/prompts");
+    let text = format!(
+        r#"
+type = "sip"
+name = "{name}"
+udp_listen = "127.0.0.1:0"
+tcp_listen = "127.0.0.1:0"
+public_ip = "127.0.0.1"
+rtp_port_min = 0
+ring_timeout_secs = 5
+prompts_dir = "{prompts}"
+recordings_dir = "{rec}"
+voicemail_dir = "{vm}"
+{extra}
+[registrar]
+realm = "switchboard"
+credentials = {{ type = "inline", agents = [ {{ user = "alice", password = "alice-pw" }} ] }}
+
+[[trunks]]
+name = "carrier"
+allowed_sources = ["127.0.0.1"]
+dids = {{ "100" = "main" }}
+
+{flows}
+"#,
+        prompts = prompts.display(),
+        rec = dir.join("rec").display(),
+        vm = dir.join("vm").display(),
+    );
+    toml::from_str(&text).expect("voice channel table")
+}

@@ -60,9 +60,11 @@ function run({ main }) {
   const presenceSince = (a) => agentLive.get(a.id)?.since ?? a.presence_since;
   /** Waiting interactions by id. */
   const waiting = new Map();
-  /** Per interaction, a counter bumped by every event: a fetch answer older than the last
-   * event about its interaction is dropped (a newer one is on its way). */
+  /** Per interaction with an event not yet settled, the number of its last event (from one
+   * page-wide counter): a fetch answer older than the last event about its interaction is
+   * dropped (a newer one is on its way). Entries go once settled, so the map stays small. */
   const version = new Map();
+  let eventSeq = 0;
   let skew = 0; // server clock − browser clock, ms (from the wallboard frames)
   const now = () => Date.now() + skew;
   const since = (iso) => (iso ? Math.max(0, (now() - Date.parse(iso)) / 1000) : 0);
@@ -229,6 +231,7 @@ function run({ main }) {
         if (e.status !== 404) return;
       }
       if (version.get(id) !== v) return;
+      version.delete(id);
       if (i && (i.status === 'queued' || i.status === 'offered')) waiting.set(id, i);
       else waiting.delete(id);
     });
@@ -257,11 +260,11 @@ function run({ main }) {
     const id = ev.interaction_id;
     if (!id) return;
     if (GONE.has(ev.kind)) {
-      version.set(id, (version.get(id) || 0) + 1);
+      version.delete(id); // a fetch still on its way finds no entry and is dropped
       pendingInteractions.delete(id);
       if (waiting.delete(id)) render();
     } else if (CHANGED.has(ev.kind)) {
-      version.set(id, (version.get(id) || 0) + 1);
+      version.set(id, ++eventSeq);
       pendingInteractions.add(id);
       later();
     }

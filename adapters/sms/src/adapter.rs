@@ -229,10 +229,6 @@ impl SmppState {
         let hub = self.hub()?;
         let to = e164(&msg.recipient)
             .ok_or_else(|| AdapterError::Permanent(format!("recipient: `{}` is not an E.164 phone number", msg.recipient)))?;
-        let kind = msg.metadata.get("kind").and_then(|k| k.as_str()).unwrap_or("");
-        // Agent replies in a conversation are service messages; anything else but the
-        // answer to a keyword is stopped by an opt-out (checked when the submit is logged).
-        let refuse_opted_out = kind != "keyword_reply" && (msg.interaction_id.is_none() || self.cfg.block_replies_after_stop);
         if !*self.held.borrow() {
             // The node holding the bind sends it: handed back to the outbox uncounted, or it
             // would fail for good after `max_attempts` claims by the other nodes.
@@ -246,7 +242,7 @@ impl SmppState {
         }
         let parts = self.build_parts(&to[1..], &msg.body);
         let log = self.submit_log.get_or_init(|| store::SubmitLog::new(hub.db().clone()));
-        let begin = store::BeginSubmit::of(msg, &self.name, &to, parts.len()).refusing_opted_out(refuse_opted_out);
+        let begin = store::BeginSubmit::of(msg, &self.name, &to, parts.len()).stopped_by_opt_out(msg, self.cfg.block_replies_after_stop);
         match log.begin(begin).await? {
             Prior::Fresh => {}
             Prior::OptedOut => return Err(AdapterError::Permanent(format!("{to} opted out of SMS (STOP)"))),

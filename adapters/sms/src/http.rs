@@ -331,14 +331,10 @@ impl HttpState {
         let hub = self.hub.get().ok_or_else(|| AdapterError::Temporary("sms adapter not started".into()))?;
         let to = crate::adapter::e164(&msg.recipient)
             .ok_or_else(|| AdapterError::Permanent(format!("recipient: `{}` is not an E.164 phone number", msg.recipient)))?;
-        let kind = msg.metadata.get("kind").and_then(|k| k.as_str()).unwrap_or("");
-        // An opt-out stops everything but keyword answers and (unless configured
-        // otherwise) agent replies in a conversation; checked when the submit is logged.
-        let refuse_opted_out = kind != "keyword_reply" && (msg.interaction_id.is_none() || self.cfg.block_replies_after_stop);
         // A retry of a request whose outcome is unclear is sent again with the same
         // Idempotency-Key (HTTP providers can honour one, unlike SMPP).
         let log = self.submit_log.get_or_init(|| store::SubmitLog::new(hub.db().clone()));
-        let begin = store::BeginSubmit::of(msg, &self.name, &to, 1).refusing_opted_out(refuse_opted_out);
+        let begin = store::BeginSubmit::of(msg, &self.name, &to, 1).stopped_by_opt_out(msg, self.cfg.block_replies_after_stop);
         match log.begin(begin).await? {
             Prior::Fresh => {}
             Prior::OptedOut => return Err(AdapterError::Permanent(format!("{to} opted out of SMS (STOP)"))),

@@ -126,8 +126,12 @@ impl BeginSubmit {
         }
     }
 
-    /// The same, refused with [`Prior::OptedOut`] when the recipient opted out.
-    pub fn refusing_opted_out(self, refuse: bool) -> Self {
+    /// The same, refused with [`Prior::OptedOut`] when the recipient opted out and an
+    /// opt-out stops this message: everything but the answer to a keyword and — unless
+    /// `block_replies_after_stop` — an agent's reply in a conversation (a service message).
+    pub fn stopped_by_opt_out(self, msg: &switchboard_core::Outbound, block_replies_after_stop: bool) -> Self {
+        let kind = msg.metadata.get("kind").and_then(|k| k.as_str()).unwrap_or("");
+        let refuse = kind != "keyword_reply" && (msg.interaction_id.is_none() || block_replies_after_stop);
         BeginSubmit { refuse_if_opted_out: refuse, ..self }
     }
 }
@@ -433,15 +437,6 @@ pub async fn apply_receipt_waiting(db: &PgPool, channel: &str, r: &Receipt, wait
 /// The stored status of a sent message.
 pub async fn sent_status(db: &PgPool, outbox_id: Uuid) -> CoreResult<Option<String>> {
     Ok(sqlx::query_scalar("select status from sms_sent where outbox_id = $1").bind(outbox_id).fetch_optional(db).await?)
-}
-
-/// Whether a number opted out.
-pub async fn opted_out(db: &PgPool, phone: &str) -> CoreResult<bool> {
-    Ok(sqlx::query_scalar::<_, bool>("select opted_out from sms_opt_outs where phone = $1")
-        .bind(phone)
-        .fetch_optional(db)
-        .await?
-        .unwrap_or(false))
 }
 
 /// A keyword message to record.
