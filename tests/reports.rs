@@ -387,8 +387,56 @@ async fn reports_snapshot(sup: &Client, ids: &Ids) -> Vec<Value> {
             out.push(get(sup, &format!("/api/v1/reports/{kind}?from=2026-03-29&to=2026-03-29&tz={tz}&interval=hour")).await);
         }
         out.push(get(sup, &format!("/api/v1/reports/queues?from=2026-03-29&to=2026-03-29&tz={tz}&interval=15m&queue={}", ids.sales)).await);
+        for group in ["both", "interval"] {
+            out.push(
+                get(
+                    sup,
+                    &format!(
+                        "/api/v1/reports/queues?from=2026-03-29&to=2026-03-29&tz={tz}&interval=hour&group={group}&business_hours=true"
+                    ),
+                )
+                .await,
+            );
+        }
     }
     out
+}
+
+/// Every page of a report, following `next` with `limit` rows a page: the rows in order,
+/// and each page's totals (of the whole range, whatever the page).
+async fn all_pages(c: &Client, path: &str, limit: usize) -> (Vec<Value>, Vec<Value>) {
+    let (mut rows, mut totals) = (Vec::new(), Vec::new());
+    let mut url = format!("{path}&limit={limit}");
+    for _ in 0..1000 {
+        let page = get(c, &url).await;
+        let got = page["rows"].as_array().cloned().unwrap_or_default();
+        assert!(got.len() <= limit, "{url}: {} rows", got.len());
+        rows.extend(got);
+        totals.push(page["totals"].clone());
+        match page["next"].as_str() {
+            Some(next) => url = format!("{path}&limit={limit}&cursor={next}"),
+            None => return (rows, totals),
+        }
+    }
+    panic!("{path}: no last page");
+}
+
+/// Waits until the rollup worker has built the business-hours rows of every queue's
+/// calendar as it is now (`report_bh_calendars`).
+async fn calendars_rolled_up(pool: &PgPool) {
+    for _ in 0..300 {
+        let behind: i64 = sqlx::query_scalar(
+            "select count(*) from queues q full join report_bh_calendars c on c.queue_id = q.id where q.business_hours is distinct from c.calendar",
+        )
+        .fetch_one(pool)
+        .await
+        .expect("calendars");
+        if behind == 0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the rollup worker did not rebuild the business-hours rows");
 }
 
 #[tokio::test]
@@ -503,7 +551,12 @@ async fn a_scripted_day_gives_the_figures_worked_out_by_hand() {
         "offered": 2, "answered": 1, "asa_secs": 30.0, "service_level_pct": 0.0, "abandoned": 1, "abandoned_short": 0,
         "abandon_rate_pct": 50.0, "handled": 2, "aht_secs": 300.0, "transferred": 1, "longest_wait_secs": 40.0, "voicemail": 0,
     });
-    for tz in ["Europe/Berlin", "UTC"] {
+    // Right after the change (the calendar joined per request until the worker has
+    // rebuilt the in-hours rows), then from the rows the worker rebuilt: the same figures.
+    for (pass, tz) in [(0, "Europe/Berlin"), (0, "UTC"), (1, "Europe/Berlin"), (1, "UTC")] {
+        if pass == 1 {
+            calendars_rolled_up(&pool).await;
+        }
         let bh = get(&sup, &format!("/api/v1/reports/queues?from=2026-03-29&to=2026-03-29&tz={tz}&interval=day&business_hours=true")).await;
         assert_subset(&format!("sales in business hours, {tz}"), row_of(&bh, "queue", "sales"), &in_hours);
         assert_subset(
@@ -539,7 +592,51 @@ async fn a_scripted_day_gives_the_figures_worked_out_by_hand() {
         ),
     )
     .await;
+    assert_eq!(bh["totals"]["offered"], 0, "a report right after the change is of the new calendar: {bh}");
+    calendars_rolled_up(&pool).await;
+    let bh = get(
+        &sup,
+        &format!(
+            "/api/v1/reports/queues?from=2026-03-29&to=2026-03-29&tz=Europe/Berlin&interval=day&business_hours=true&queue={}",
+            ids.sales
+        ),
+    )
+    .await;
     assert_eq!(bh["totals"]["offered"], 0, "{bh}");
+
+    // Pages: every report is paged by key (interval start, then queue/agent/channel);
+    // following `next` gives the rows of the whole report in the same order, each page
+    // with the totals of the whole range.
+    for path in [
+        "/api/v1/reports/queues?from=2026-03-28&to=2026-03-30&tz=Europe/Berlin&interval=hour",
+        "/api/v1/reports/agents?from=2026-03-29&to=2026-03-29&tz=UTC&interval=15m",
+        "/api/v1/reports/channels?from=2026-03-29&to=2026-03-29&tz=Europe/Berlin&interval=30m",
+        "/api/v1/reports/channels?from=2026-03-29&to=2026-03-29&tz=Europe/Berlin&interval=15m&group=interval",
+        "/api/v1/reports/agents?from=2026-03-29&to=2026-03-29&tz=Europe/Berlin&interval=day&group=dimension",
+        "/api/v1/reports/queues?from=2026-03-29&to=2026-03-29&tz=Asia/Kolkata&interval=hour&business_hours=true",
+    ] {
+        let whole = get(&sup, path).await;
+        assert_eq!(whole["next"], Value::Null, "{path}: one page");
+        let rows = whole["rows"].as_array().cloned().unwrap_or_default();
+        assert!(rows.len() >= 3, "{path}: {whole}");
+        for limit in [1, 2, 5] {
+            let (paged, totals) = all_pages(&sup, path, limit).await;
+            assert_eq!(paged, rows, "{path} by {limit}");
+            for t in totals {
+                assert_eq!(t, whole["totals"], "{path} by {limit}: totals of the whole range on every page");
+            }
+        }
+    }
+    for (path, field) in [
+        ("/api/v1/reports/queues?from=2026-03-29&to=2026-03-29&cursor=nonsense", "cursor"),
+        ("/api/v1/reports/queues?from=2026-03-29&to=2026-03-29&limit=0", "limit"),
+        ("/api/v1/reports/queues?from=2026-03-29&to=2026-03-29&limit=10001", "limit"),
+        ("/api/v1/reports/queues/csv?from=2026-03-29&to=2026-03-29&limit=5", "cursor"),
+    ] {
+        let (st, v) = sup.call("GET", path, None).await;
+        assert_eq!(st, StatusCode::UNPROCESSABLE_ENTITY, "{path}: {v}");
+        assert!(v.to_string().contains(field), "{path}: {v}");
+    }
     let (st, _) = sup.call("GET", "/api/v1/reports/agents?from=2026-03-29&to=2026-03-29&business_hours=true", None).await;
     assert_eq!(st, StatusCode::UNPROCESSABLE_ENTITY, "business hours are per queue");
 

@@ -38,14 +38,14 @@ pub const ROUTES: &[RouteDoc] = &[
         path: "/api/v1/reports/{kind}",
         access: Access::Roles(SUPERVISORS),
         tag: "reports",
-        summary: "A report from the rollups: kind = queues | agents | channels | dispositions | ivr | campaigns | recordings. Query: from, to (YYYY-MM-DD, to inclusive; or RFC 3339, to exclusive), tz (IANA, default reports.time_zone), interval (15m | 30m | hour | day | week | month | total), queue, agent, channel (comma lists), group (interval | dimension | both), sl_formula, business_hours (true: only each queue's calendar hours; queues and dispositions). The body is streamed as it is read. Definitions: docs/metrics.md.",
+        summary: "A report from the rollups: kind = queues | agents | channels | dispositions | ivr | campaigns | recordings. Query: from, to (YYYY-MM-DD, to inclusive; or RFC 3339, to exclusive), tz (IANA, default reports.time_zone), interval (15m | 30m | hour | day | week | month | total), queue, agent, channel (comma lists), group (interval | dimension | both), sl_formula, business_hours (true: only each queue's calendar hours; queues and dispositions), limit (rows per page, default 2,000, at most 10,000), cursor (the `next` of the previous page). Rows are paged by key (interval start, then queue/agent/channel): `next` is the cursor of the following page, null on the last; `totals` are always of the whole range. The body is streamed as it is read. Definitions: docs/metrics.md.",
     },
     RouteDoc {
         method: "GET",
         path: "/api/v1/reports/{kind}/csv",
         access: Access::Roles(SUPERVISORS),
         tag: "reports",
-        summary: "The same report as CSV (streamed: the labels, then the figures alphabetically); kind = contacts streams the raw contact records of the range.",
+        summary: "The same report as CSV, the whole range in one streamed file (not paged: an export is a download; the labels, then the figures alphabetically); kind = contacts streams the raw contact records of the range.",
     },
     RouteDoc {
         method: "GET",
@@ -106,8 +106,11 @@ pub struct ReportParams {
     pub sl_formula: Option<String>,
     /// Search text (recordings).
     pub q: Option<String>,
-    /// Page size (recordings).
+    /// Page size: recordings; report rows (default and largest: `query::PAGE_DEFAULT`,
+    /// `query::PAGE_MAX`).
     pub limit: Option<i64>,
+    /// The `next` of the previous page of a report (JSON only).
+    pub cursor: Option<String>,
     /// Page offset (recordings).
     pub offset: Option<i64>,
     /// Only each queue's business hours (its calendar); queue reports only.
@@ -178,7 +181,20 @@ fn request(ctx: &ReportsCtx, kind: Kind, p: &ReportParams) -> CoreResult<query::
         sl_formula,
         by_dimension,
         business_hours: p.business_hours.unwrap_or(false),
+        page: None,
     })
+}
+
+/// The page of a JSON report: `limit` rows (1 to `PAGE_MAX`, default `PAGE_DEFAULT`)
+/// after `cursor`.
+fn page(p: &ReportParams) -> CoreResult<query::Page> {
+    let limit = match p.limit {
+        None => query::PAGE_DEFAULT,
+        Some(l) if (1..=query::PAGE_MAX as i64).contains(&l) => l as usize,
+        Some(_) => return Err(CoreError::field("limit", format!("must be 1 to {}", query::PAGE_MAX))),
+    };
+    let after = p.cursor.as_deref().map(query::Cursor::decode).transpose()?;
+    Ok(query::Page { limit, after })
 }
 
 #[tracing::instrument(skip(hub, ctx, caller, p))]
@@ -194,7 +210,8 @@ async fn report(
         return Ok(Json(recordings(&hub, &ctx, &p).await?).into_response());
     }
     let k = Kind::parse(&kind).ok_or(CoreError::NotFound("report"))?;
-    let r = request(&ctx, k, &p)?;
+    let mut r = request(&ctx, k, &p)?;
+    r.page = Some(page(&p)?);
     let prepared = query::prepare(hub.db(), ctx.zone, &r).await?;
     let body = streamed(query::stream(hub.db().clone(), prepared, Format::Json)).await?;
     Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
@@ -246,6 +263,12 @@ async fn report_csv(
         return Ok(csv_response(&kind, Body::from(rows_to_csv(&rows))));
     }
     let k = Kind::parse(&kind).ok_or(CoreError::NotFound("report"))?;
+    if p.cursor.is_some() || p.limit.is_some() {
+        return Err(CoreError::field(
+            "cursor",
+            "the CSV export is the whole range in one streamed file; limit and cursor page the JSON report",
+        ));
+    }
     let r = request(&ctx, k, &p)?;
     let prepared = query::prepare(hub.db(), ctx.zone, &r).await?;
     Ok(csv_response(&kind, streamed(query::stream(hub.db().clone(), prepared, Format::Csv)).await?))

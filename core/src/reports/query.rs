@@ -109,6 +109,63 @@ pub struct Request {
     /// Only the 15-minute buckets inside each queue's business hours (its calendar, in
     /// the calendar's zone; a queue without a calendar is always open).
     pub business_hours: bool,
+    /// One page of the rows (the JSON API always asks for one); `None`: every row (the
+    /// CSV export, [`run`]).
+    pub page: Option<Page>,
+}
+
+/// A page of a report's rows: at most `limit` rows, those after the key `after`, in the
+/// report's order (interval start, then the dimension's key). Keyset paging: a page
+/// starts where the previous one ended by its key, never by skipping rows.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Page {
+    /// Rows at most.
+    pub limit: usize,
+    /// The key of the previous page's last row.
+    pub after: Option<Cursor>,
+}
+
+/// Rows per page when the request names no `limit`.
+pub const PAGE_DEFAULT: usize = 2_000;
+/// The largest `limit`.
+pub const PAGE_MAX: usize = 10_000;
+
+/// The key of a report row: its interval start (none for `interval=total`) and its
+/// dimension key (queue or agent id, channel; none for one row per interval). Sent to
+/// clients as an opaque string (`next`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Cursor {
+    /// Interval start.
+    pub start: Option<DateTime<Utc>>,
+    /// Dimension key.
+    pub key: Option<String>,
+}
+
+impl Cursor {
+    /// As the opaque `next` string: URL-safe base64 of `v1|<start µs or ->|<key or ->`
+    /// (a key is never `-`: ids and channel names).
+    pub fn encode(&self) -> String {
+        use base64::Engine;
+        let start = self.start.map(|t| t.timestamp_micros().to_string()).unwrap_or_else(|| "-".into());
+        let key = self.key.as_deref().unwrap_or("-");
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("v1|{start}|{key}"))
+    }
+
+    /// From a `next` string; an error names the `cursor` field.
+    pub fn decode(s: &str) -> CoreResult<Cursor> {
+        use base64::Engine;
+        let bad = || CoreError::field("cursor", "is not a cursor of this API (pass the `next` of the previous page unchanged)");
+        let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(s.trim()).map_err(|_| bad())?;
+        let text = String::from_utf8(raw).map_err(|_| bad())?;
+        let rest = text.strip_prefix("v1|").ok_or_else(bad)?;
+        let (start, key) = rest.split_once('|').ok_or_else(bad)?;
+        let start = match start {
+            "-" => None,
+            us => Some(DateTime::<Utc>::from_timestamp_micros(us.parse::<i64>().map_err(|_| bad())?).ok_or_else(bad)?),
+        };
+        let key = (key != "-").then(|| key.to_string());
+        Ok(Cursor { start, key })
+    }
 }
 
 fn round2(x: f64) -> f64 {
@@ -514,6 +571,8 @@ pub struct Prepared {
     calendars: (Vec<String>, Vec<String>),
     /// The rows are read as stored, in the primary key's order.
     stored: bool,
+    /// The zone of the day rollups (for the totals of a partial page).
+    day_zone: Tz,
 }
 
 /// Chunks of a report body are sent when they reach this size.
@@ -552,7 +611,13 @@ pub async fn prepare(pool: &PgPool, day_zone: Tz, r: &Request) -> CoreResult<Pre
     if r.business_hours && !matches!(r.kind, Kind::Queues | Kind::Dispositions) {
         return Err(CoreError::field("business_hours", "applies to the queue reports (queues, dispositions): calendars are per queue"));
     }
-    let grain = if r.business_hours { Grain::Quarter } else { grain_for(r.interval, r.tz, day_zone, r.from, r.to) };
+    // Business hours: the stored in-hours rows ('b', 'B') when every queue asked for has
+    // its rows built with its calendar now; else (a calendar changed and the worker has
+    // not rebuilt its rows yet, or cross filters) each queue's calendar joined per quarter.
+    let bh_stored = r.business_hours && calendars_current(pool, &r.queues).await?;
+    let source = dims_source(r, bh_stored);
+    let bh_live = r.business_hours && !matches!(source, Some(('b' | 'B', _)));
+    let grain = if bh_live { Grain::Quarter } else { grain_for(r.interval, r.tz, day_zone, r.from, r.to) };
     let bucket_count = (r.to - r.from).num_minutes() / 15;
     if r.interval == Interval::Quarter && bucket_count > 40_000 || (r.to - r.from).num_days() > 3 * 366 {
         return Err(CoreError::field("to", "range too long for this interval"));
@@ -570,6 +635,7 @@ pub async fn prepare(pool: &PgPool, day_zone: Tz, r: &Request) -> CoreResult<Pre
             counts: Some(v),
             calendars: Default::default(),
             stored: false,
+            day_zone,
         });
     }
     let dim = match (r.kind, r.by_dimension) {
@@ -584,7 +650,6 @@ pub async fn prepare(pool: &PgPool, day_zone: Tz, r: &Request) -> CoreResult<Pre
         .zip(Measures::IS_MAX)
         .map(|(c, max)| if *max { format!("max({c})::int8") } else { format!("sum({c})::int8") })
         .collect();
-    let source = dims_source(r);
     // The full rows keep no hours (migration 20261205200000): quarters stand in for them.
     // The response names the grain the intervals align to, as before.
     let aligned = grain;
@@ -594,19 +659,39 @@ pub async fn prepare(pool: &PgPool, day_zone: Tz, r: &Request) -> CoreResult<Pre
         matches!((r.interval, grain), (Interval::Quarter, Grain::Quarter) | (Interval::Hour, Grain::Hour) | (Interval::Day, Grain::Day));
     // Business hours: each queue's open spans, joined by key (no row: no calendar).
     let bh_join = |q: &str| {
-        if r.business_hours {
+        if bh_live {
             format!(" left join unnest($8::text[], $9::text[]::tstzmultirange[]) bh(q, open) on bh.q = {q}")
         } else {
             String::new()
         }
     };
-    let open = if r.business_hours { " and (bh.q is null or bucket <@ bh.open)" } else { "" };
-    let stored = matches!(source, Some((d, _)) if interval_is_grain && (r.by_dimension || d == 't' || d == 'a'));
+    let open = if bh_live { " and (bh.q is null or bucket <@ bh.open)" } else { "" };
+    let stored = matches!(source, Some((d, _)) if interval_is_grain && (r.by_dimension || matches!(d, 't' | 'a' | 'C' | 'B')));
+    // Keyset paging: the rows after the cursor's key, `limit` + 1 of them (one more tells
+    // whether there is a next page). Stored rows are filtered in the primary key itself
+    // ((bucket, key) follow (grain, dim)); summed rows after summing, with the buckets
+    // before the cursor's interval left out first (an interval starts at or before each
+    // of its buckets).
+    let has_start = r.interval != Interval::Total;
+    let after = r.page.as_ref().and_then(|p| p.after.as_ref());
+    let stored_after = match after {
+        Some(_) if r.by_dimension => " and (bucket, key) > ($10, $11)",
+        Some(_) => " and bucket > $10",
+        None => "",
+    };
+    let summed_after = match (after, has_start, r.by_dimension) {
+        (None, _, _) => None,
+        (Some(_), true, true) => Some("(start, dim) > ($10, $11)"),
+        (Some(_), true, false) => Some("start > $10"),
+        (Some(_), false, _) => Some("dim > $11"),
+    };
+    let from_cursor = if after.is_some() && has_start { " and bucket >= $10" } else { "" };
+    let limit = if r.page.is_some() { " limit $12" } else { "" };
     let sql = match source {
         // One row per bucket and key already (report_dims): read as stored, in key order.
         Some((d, key_filter)) if stored => format!(
-            "select bucket as start, {} as dim, {} from report_dims{} where grain = $1 and bucket >= $2 and bucket < $3 and dim = '{d}'{}{}
-             order by 1, 2",
+            "select bucket as start, {} as dim, {} from report_dims{} where grain = $1 and bucket >= $2 and bucket < $3 and dim = '{d}'{}{}{stored_after}
+             order by bucket, key{limit}",
             if r.by_dimension { "key" } else { "null::text" },
             Measures::COLUMNS.join(", "),
             bh_join("key"),
@@ -615,7 +700,7 @@ pub async fn prepare(pool: &PgPool, day_zone: Tz, r: &Request) -> CoreResult<Pre
         ),
         // Pre-summed per dimension (report_dims): a few rows per bucket.
         Some((d, key_filter)) => format!(
-            "select {start} as start, {} as dim, {} from report_dims{} where grain = $1 and bucket >= $2 and bucket < $3 and dim = '{d}'{}{}
+            "select {start} as start, {} as dim, {} from report_dims{} where grain = $1 and bucket >= $2 and bucket < $3 and dim = '{d}'{}{}{from_cursor}
              group by 1, 2 order by 1 nulls first, 2",
             if r.by_dimension { "key" } else { "null::text" },
             aggs.join(", "),
@@ -641,8 +726,11 @@ pub async fn prepare(pool: &PgPool, day_zone: Tz, r: &Request) -> CoreResult<Pre
             if r.kind == Kind::Channels {
                 wh.push("channel <> ''".into());
             }
-            if r.business_hours {
+            if bh_live {
                 wh.push("(bh.q is null or bucket <@ bh.open)".into());
+            }
+            if !from_cursor.is_empty() {
+                wh.push("bucket >= $10".into());
             }
             format!(
                 "select {start} as start, {} as dim, {} from report_rows{} where {} group by 1, 2 order by 1 nulls first, 2",
@@ -652,6 +740,13 @@ pub async fn prepare(pool: &PgPool, day_zone: Tz, r: &Request) -> CoreResult<Pre
                 wh.join(" and ")
             )
         }
+    };
+    // Summed rows: the page's rows after summing.
+    let sql = match (stored, summed_after) {
+        (true, _) => sql,
+        (false, Some(cond)) => format!("select * from ({sql}) s where {cond} order by 1 nulls first, 2{limit}"),
+        (false, None) if r.page.is_some() => format!("select * from ({sql}) s order by 1 nulls first, 2{limit}"),
+        (false, None) => sql,
     };
     let queues: HashMap<Uuid, (String, i32, SlFormula)> = sqlx::query_as::<_, (Uuid, String, i32, Option<String>)>(
         "select q.id, q.name, q.sla_target_secs, s.sl_formula from queues q left join report_queue_settings s on s.queue_id = q.id",
@@ -666,8 +761,21 @@ pub async fn prepare(pool: &PgPool, day_zone: Tz, r: &Request) -> CoreResult<Pre
     } else {
         HashMap::new()
     };
-    let calendars = if r.business_hours { open_spans(pool, r).await? } else { Default::default() };
-    Ok(Prepared { r: r.clone(), sql, grain, aligned, queues, agents, counts: None, calendars, stored })
+    let calendars = if bh_live { open_spans(pool, r).await? } else { Default::default() };
+    Ok(Prepared { r: r.clone(), sql, grain, aligned, queues, agents, counts: None, calendars, stored, day_zone })
+}
+
+/// Whether the business-hours rows of these queues (all: empty) were built with their
+/// calendars as they are now (`report_bh_calendars`, kept by the rollup worker).
+async fn calendars_current(pool: &PgPool, queues: &[Uuid]) -> CoreResult<bool> {
+    Ok(sqlx::query_scalar(
+        "select not exists (select 1 from queues q full join report_bh_calendars c on c.queue_id = q.id
+                             where q.business_hours is distinct from c.calendar
+                               and (cardinality($1::uuid[]) = 0 or coalesce(q.id, c.queue_id) = any($1)))",
+    )
+    .bind(queues)
+    .fetch_one(pool)
+    .await?)
 }
 
 /// The queues that have a calendar (`queues.business_hours`, the one routing uses) and,
@@ -678,7 +786,6 @@ pub async fn prepare(pool: &PgPool, day_zone: Tz, r: &Request) -> CoreResult<Pre
 /// so the bucket is wholly in or out), as [`crate::queues::BusinessHours::is_open`] says
 /// of that instant.
 async fn open_spans(pool: &PgPool, r: &Request) -> CoreResult<(Vec<String>, Vec<String>)> {
-    use chrono::{Datelike, NaiveTime, TimeZone};
     let cals: Vec<(Uuid, sqlx::types::Json<crate::queues::BusinessHours>)> = sqlx::query_as(
         "select id, business_hours from queues where business_hours is not null and (cardinality($1::uuid[]) = 0 or id = any($1))",
     )
@@ -687,51 +794,105 @@ async fn open_spans(pool: &PgPool, r: &Request) -> CoreResult<(Vec<String>, Vec<
     .await?;
     let (mut keys, mut spans) = (Vec::new(), Vec::new());
     for (q, cal) in cals {
-        let cal = cal.0;
-        let Ok(tz) = cal.timezone.parse::<Tz>() else { continue };
-        let weekday = |d: &str| ["mon", "tue", "wed", "thu", "fri", "sat", "sun"].iter().position(|x| x.eq_ignore_ascii_case(d));
-        let mut week: [Vec<(NaiveTime, Option<NaiveTime>)>; 7] = Default::default();
-        for (d, ranges) in &cal.weekly {
-            let Some(i) = weekday(d) else { continue };
-            for [a, b] in ranges {
-                let Ok(opens) = NaiveTime::parse_from_str(a, "%H:%M") else { continue };
-                let closes = if b == "24:00" { None } else { NaiveTime::parse_from_str(b, "%H:%M").ok() };
-                week[i].push((opens, closes));
-            }
+        if let Some(open) = open_spans_of(&cal.0, r.from, r.to) {
+            keys.push(q.to_string());
+            spans.push(open);
         }
-        let at = |d: chrono::NaiveDate, t: NaiveTime| {
-            let local = d.and_time(t);
-            tz.from_local_datetime(&local)
-                .earliest()
-                .or_else(|| tz.from_local_datetime(&(local + chrono::Duration::hours(1))).earliest())
-                .map(|x| x.with_timezone(&Utc))
-        };
-        let mut out = Vec::new();
-        let mut day = r.from.with_timezone(&tz).date_naive() - chrono::Duration::days(1);
-        let last = r.to.with_timezone(&tz).date_naive();
-        while day <= last {
-            if !cal.holidays.contains(&day) {
-                for (opens, closes) in &week[day.weekday().num_days_from_monday() as usize] {
-                    let end = match closes {
-                        Some(c) => at(day, *c),
-                        None => at(day + chrono::Duration::days(1), NaiveTime::MIN),
-                    };
-                    if let (Some(s), Some(e)) = (at(day, *opens), end) {
-                        if s < e && e > r.from && s < r.to {
-                            out.push(format!("[{},{})", s.to_rfc3339(), e.to_rfc3339()));
-                        }
-                    }
-                }
-            }
-            day += chrono::Duration::days(1);
-        }
-        keys.push(q.to_string());
-        spans.push(format!("{{{}}}", out.join(",")));
     }
     Ok((keys, spans))
 }
 
+/// A calendar's open spans over `[from, to)` as a `tstzmultirange` literal (see
+/// [`open_spans`]); `None` when its zone is unknown (always open, as routing's
+/// `is_open`).
+pub(crate) fn open_spans_of(cal: &crate::queues::BusinessHours, from: DateTime<Utc>, to: DateTime<Utc>) -> Option<String> {
+    use chrono::{Datelike, NaiveTime, TimeZone};
+    let tz = cal.timezone.parse::<Tz>().ok()?;
+    let weekday = |d: &str| ["mon", "tue", "wed", "thu", "fri", "sat", "sun"].iter().position(|x| x.eq_ignore_ascii_case(d));
+    let mut week: [Vec<(NaiveTime, Option<NaiveTime>)>; 7] = Default::default();
+    for (d, ranges) in &cal.weekly {
+        let Some(i) = weekday(d) else { continue };
+        for [a, b] in ranges {
+            let Ok(opens) = NaiveTime::parse_from_str(a, "%H:%M") else { continue };
+            let closes = if b == "24:00" { None } else { NaiveTime::parse_from_str(b, "%H:%M").ok() };
+            week[i].push((opens, closes));
+        }
+    }
+    let at = |d: chrono::NaiveDate, t: NaiveTime| {
+        let local = d.and_time(t);
+        tz.from_local_datetime(&local)
+            .earliest()
+            .or_else(|| tz.from_local_datetime(&(local + chrono::Duration::hours(1))).earliest())
+            .map(|x| x.with_timezone(&Utc))
+    };
+    let mut out = Vec::new();
+    let mut day = from.with_timezone(&tz).date_naive() - chrono::Duration::days(1);
+    let last = to.with_timezone(&tz).date_naive();
+    while day <= last {
+        if !cal.holidays.contains(&day) {
+            for (opens, closes) in &week[day.weekday().num_days_from_monday() as usize] {
+                let end = match closes {
+                    Some(c) => at(day, *c),
+                    None => at(day + chrono::Duration::days(1), NaiveTime::MIN),
+                };
+                if let (Some(s), Some(e)) = (at(day, *opens), end) {
+                    if s < e && e > from && s < to {
+                        out.push(format!("[{},{})", s.to_rfc3339(), e.to_rfc3339()));
+                    }
+                }
+            }
+        }
+        day += chrono::Duration::days(1);
+    }
+    Some(format!("{{{}}}", out.join(",")))
+}
+
 impl Prepared {
+    /// The report's statement with every parameter bound (those it does not use too).
+    fn query(&self) -> sqlx::query::Query<'_, sqlx::Postgres, sqlx::postgres::PgArguments> {
+        let r = &self.r;
+        let after = r.page.as_ref().and_then(|p| p.after.as_ref());
+        sqlx::query(&self.sql)
+            .persistent(false)
+            .bind(self.grain.id())
+            .bind(r.from)
+            .bind(r.to)
+            .bind(r.tz.name())
+            .bind(&r.queues)
+            .bind(&r.agents)
+            .bind(&r.channels)
+            .bind(&self.calendars.0)
+            .bind(&self.calendars.1)
+            .bind(after.and_then(|c| c.start))
+            .bind(after.and_then(|c| c.key.clone()))
+            .bind(r.page.as_ref().map(|p| p.limit as i64 + 1))
+    }
+
+    /// The totals of the whole range (the same filters, `interval=total`, one row):
+    /// read at the coarsest grain the range aligns to (days of the day zone when it is
+    /// whole local days), so a page of a large report does not sum every row.
+    async fn range_totals(&self, pool: &PgPool) -> CoreResult<Measures> {
+        use futures::TryStreamExt;
+        use sqlx::Row;
+        let t = Request { interval: Interval::Total, by_dimension: false, page: None, ..self.r.clone() };
+        let p = Box::pin(prepare(pool, self.day_zone, &t)).await?;
+        let mut tx = pool.begin().await?;
+        sqlx::query("set local jit = off").execute(&mut *tx).await?;
+        let mut rows = p.query().fetch(&mut *tx);
+        let mut total = Measures::default();
+        let n = Measures::COLUMNS.len();
+        let mut vals = [0i64; 64];
+        while let Some(row) = rows.try_next().await? {
+            for (i, slot) in vals[..n].iter_mut().enumerate() {
+                *slot = row.try_get::<Option<i64>, _>(2 + i)?.unwrap_or(0);
+            }
+            total.add(&Measures::from_values(&vals[..n]));
+        }
+        drop(rows);
+        tx.commit().await?;
+        Ok(total)
+    }
+
     /// Writes the report into `out`, a chunk at a time.
     pub async fn write(&self, pool: &PgPool, format: Format, out: &tokio::sync::mpsc::Sender<CoreResult<bytes::Bytes>>) -> CoreResult<()> {
         use futures::TryStreamExt;
@@ -788,24 +949,26 @@ impl Prepared {
                 sqlx::query("set local enable_bitmapscan = off").execute(&mut *tx).await?;
             }
         }
-        let mut rows = sqlx::query(&self.sql)
-            .persistent(false)
-            .bind(self.grain.id())
-            .bind(r.from)
-            .bind(r.to)
-            .bind(r.tz.name())
-            .bind(&r.queues)
-            .bind(&r.agents)
-            .bind(&r.channels)
-            .bind(&self.calendars.0)
-            .bind(&self.calendars.1)
-            .fetch(&mut *tx);
+        let mut rows = self.query().fetch(&mut *tx);
         let mut vals = [0i64; 64];
         let n = Measures::COLUMNS.len();
+        let limit = r.page.as_ref().map(|p| p.limit);
+        let mut written = 0usize;
+        let mut last_key: Option<Cursor> = None;
+        let mut next: Option<Cursor> = None;
         while let Some(row) = rows.try_next().await? {
             use sqlx::Row;
             let start: Option<DateTime<Utc>> = row.try_get(0)?;
             let d: Option<String> = row.try_get(1)?;
+            if limit.is_some_and(|l| written >= l) {
+                // One row more than the page: there is a next page, after the last row.
+                next = last_key.take();
+                break;
+            }
+            written += 1;
+            if limit.is_some() {
+                last_key = Some(Cursor { start, key: d.clone() });
+            }
             for (i, slot) in vals[..n].iter_mut().enumerate() {
                 *slot = row.try_get::<Option<i64>, _>(2 + i)?.unwrap_or(0);
             }
@@ -874,10 +1037,24 @@ impl Prepared {
         }
         drop(rows);
         tx.commit().await?;
+        // A page that is not the whole report: the totals are of the whole range all the
+        // same, summed by one more read at the coarsest grain the range aligns to.
+        if r.page.as_ref().is_some_and(|p| p.after.is_some()) || next.is_some() {
+            total = self.range_totals(pool).await?;
+        }
         if format == Format::Json {
+            buf.push(b']');
+            if r.page.is_some() {
+                // The key to ask for the next page with (`cursor=`), null on the last.
+                buf.extend_from_slice(b",\"next\":");
+                match &next {
+                    Some(c) => Cell::Str(&c.encode()).write_json(&mut buf),
+                    None => buf.extend_from_slice(b"null"),
+                }
+            }
             let target = single_queue.and_then(|q| self.queues.get(&q).map(|x| x.1));
             let sl = single_queue.and_then(|q| self.queues.get(&q).map(|x| x.2)).map(|f| r.sl_formula.unwrap_or(f)).unwrap_or(default_sl);
-            buf.extend_from_slice(b"],\"time_zone\":");
+            buf.extend_from_slice(b",\"time_zone\":");
             Cell::Str(r.tz.name()).write_json(&mut buf);
             buf.extend_from_slice(b",\"to\":");
             Cell::Str(&r.to.with_timezone(&r.tz).to_rfc3339()).write_json(&mut buf);
@@ -903,16 +1080,28 @@ impl Prepared {
 /// Which pre-summed dimension of `report_dims` answers a request exactly (the dimension
 /// and a filter on its key), if any: its grouping and filters must all be along that one
 /// dimension. `None`: the request needs `report_facts`.
-fn dims_source(r: &Request) -> Option<(char, Option<&'static str>)> {
+///
+/// Business hours (`bh_stored`: the stored in-hours rows are of the calendars now) read
+/// 'B' (all queues) or 'b' (per queue); otherwise 'q', joined to the calendars.
+fn dims_source(r: &Request, bh_stored: bool) -> Option<(char, Option<&'static str>)> {
     match r.kind {
         Kind::Queues | Kind::Dispositions if r.agents.is_empty() && r.channels.is_empty() => {
-            if r.queues.is_empty() && !r.by_dimension && !r.business_hours {
-                Some(('t', None))
-            } else {
-                Some(('q', (!r.queues.is_empty()).then_some("key = any($5::uuid[]::text[])")))
+            let queue_filter = (!r.queues.is_empty()).then_some("key = any($5::uuid[]::text[])");
+            match (r.business_hours, bh_stored) {
+                (true, true) if r.queues.is_empty() && !r.by_dimension => Some(('B', None)),
+                (true, true) => Some(('b', queue_filter)),
+                (true, false) => Some(('q', queue_filter)),
+                (false, _) if r.queues.is_empty() && !r.by_dimension => Some(('t', None)),
+                (false, _) => Some(('q', queue_filter)),
             }
         }
-        Kind::Channels if r.agents.is_empty() && r.queues.is_empty() => Some(('c', (!r.channels.is_empty()).then_some("key = any($7)"))),
+        Kind::Channels if r.agents.is_empty() && r.queues.is_empty() => {
+            if r.channels.is_empty() && !r.by_dimension {
+                Some(('C', None))
+            } else {
+                Some(('c', (!r.channels.is_empty()).then_some("key = any($7)")))
+            }
+        }
         Kind::Agents if r.queues.is_empty() && r.channels.is_empty() => {
             if r.agents.is_empty() && !r.by_dimension {
                 Some(('a', None))

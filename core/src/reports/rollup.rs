@@ -179,6 +179,9 @@ pub struct Processor {
     agents: HashMap<Uuid, AgentState>,
     dirty_agents: HashSet<Uuid>,
     queues: HashMap<Uuid, QueueCfg>,
+    /// The calendars the business-hours rows ('b', 'B') are built with
+    /// (`report_bh_calendars`); a queue without one is always open.
+    calendars: HashMap<Uuid, crate::queues::BusinessHours>,
     facts: HashMap<FactKey, Measures>,
     presence: HashMap<PresenceKey, Measures>,
     counts: HashMap<CountKey, i64>,
@@ -195,6 +198,7 @@ impl Processor {
             agents: HashMap::new(),
             dirty_agents: HashSet::new(),
             queues: HashMap::new(),
+            calendars: HashMap::new(),
             facts: HashMap::new(),
             presence: HashMap::new(),
             counts: HashMap::new(),
@@ -666,6 +670,10 @@ async fn load(conn: &mut PgConnection, p: &mut Processor, events: &[Event], fres
         for (id, sl, short) in rows {
             p.queues.insert(id, QueueCfg { sl_ms: sl as i64 * 1000, short_ms: short.unwrap_or(5) as i64 * 1000 });
         }
+        let cals: Vec<(Uuid, serde_json::Value)> =
+            sqlx::query_as("select queue_id, calendar from report_bh_calendars").fetch_all(&mut *conn).await?;
+        // A calendar that does not parse is always open (as in sync_calendars).
+        p.calendars = cals.into_iter().filter_map(|(q, c)| Some((q, serde_json::from_value(c).ok()?))).collect();
     }
     Ok(())
 }
@@ -718,14 +726,21 @@ static DIMS_UPSERT: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
     )
 });
 
-/// A row of `report_dims`: grain, bucket, dimension ('q' queue, 'c' channel, 'a' rows
-/// with an agent, 'g' per agent, 't' all rows) and its key.
+/// A row of `report_dims`: grain, bucket, dimension ('q' queue, 'c' channel, 'C' all rows
+/// with a channel, 'a' rows with an agent, 'g' per agent, 't' all rows, 'b' per queue in
+/// its business hours, 'B' all rows in business hours) and its key.
 type DimKey = (Grain, DateTime<Utc>, i8, String);
 
-/// Sums a batch's fact increments per report dimension (`report_dims`, see migration
-/// 20261205200000).
-/// Hourly sums are derived here from the quarters.
-fn dims_of(facts: &[(FactKey, Measures)], presence: &[(PresenceKey, Measures)]) -> Vec<(DimKey, Measures)> {
+/// Sums a batch's fact increments per report dimension (`report_dims`, see migrations
+/// 20261205200000 and 20261207200000). Hourly sums are derived here from the quarters;
+/// the business-hours dimensions from the quarters inside each queue's calendar
+/// (`calendars`; a queue without one is always open), for all three grains.
+fn dims_of(
+    facts: &[(FactKey, Measures)],
+    presence: &[(PresenceKey, Measures)],
+    zone: Tz,
+    calendars: &HashMap<Uuid, crate::queues::BusinessHours>,
+) -> Vec<(DimKey, Measures)> {
     let mut dims: HashMap<DimKey, Measures> = HashMap::new();
     let mut add = |g: Grain, b: DateTime<Utc>, q: Uuid, a: Uuid, ch: &str, m: &Measures| {
         let mut grains = vec![(g, b)];
@@ -736,12 +751,21 @@ fn dims_of(facts: &[(FactKey, Measures)], presence: &[(PresenceKey, Measures)]) 
             dims.entry((g, b, b'q' as i8, q.to_string())).or_default().add(m);
             if !ch.is_empty() {
                 dims.entry((g, b, b'c' as i8, ch.to_string())).or_default().add(m);
+                dims.entry((g, b, b'C' as i8, String::new())).or_default().add(m);
             }
             if !a.is_nil() {
                 dims.entry((g, b, b'a' as i8, String::new())).or_default().add(m);
                 dims.entry((g, b, b'g' as i8, a.to_string())).or_default().add(m);
             }
             dims.entry((g, b, b't' as i8, String::new())).or_default().add(m);
+        }
+        // A quarter inside the queue's business hours (open at its start) counts in
+        // business hours, in its quarter, hour and day.
+        if g == Grain::Quarter && calendars.get(&q).is_none_or(|c| c.is_open(b)) {
+            for (g, b) in [(Grain::Quarter, b), (Grain::Hour, super::interval::hour(b)), (Grain::Day, super::interval::day(b, zone))] {
+                dims.entry((g, b, b'b' as i8, q.to_string())).or_default().add(m);
+                dims.entry((g, b, b'B' as i8, String::new())).or_default().add(m);
+            }
         }
     };
     for ((g, b, q, a, ch), m) in facts {
@@ -751,6 +775,85 @@ fn dims_of(facts: &[(FactKey, Measures)], presence: &[(PresenceKey, Measures)]) 
         add(*g, *b, Uuid::nil(), *a, "", m);
     }
     dims.into_iter().collect()
+}
+
+/// Brings the business-hours rows ('b', 'B' of `report_dims`) to the queues' calendars
+/// now (`queues.business_hours`): for each queue whose calendar differs from the one its
+/// rows were built with (`report_bh_calendars`), its 'b' rows are rebuilt from its 'q'
+/// quarters (every quarter in the rollups, under the new calendar: no event replay), then
+/// 'B' is summed again from 'b'. Runs in the worker's transaction (under its lease), so
+/// the rows and the recorded calendars change together. Returns the queues rebuilt.
+pub(crate) async fn sync_calendars(conn: &mut PgConnection) -> CoreResult<usize> {
+    let changed: Vec<(Uuid, Option<serde_json::Value>)> = sqlx::query_as(
+        "select coalesce(q.id, c.queue_id), q.business_hours from queues q full join report_bh_calendars c on c.queue_id = q.id
+          where q.business_hours is distinct from c.calendar",
+    )
+    .fetch_all(&mut *conn)
+    .await?;
+    if changed.is_empty() {
+        return Ok(0);
+    }
+    let cols = Measures::COLUMNS.join(", ");
+    let aggs: Vec<String> = Measures::COLUMNS
+        .iter()
+        .zip(Measures::IS_MAX)
+        .map(|(c, max)| if *max { format!("max({c})") } else { format!("sum({c})") })
+        .collect();
+    let aggs = aggs.join(", ");
+    for (q, cal) in &changed {
+        let key = q.to_string();
+        sqlx::query("delete from report_dims where dim = 'b' and key = $1").bind(&key).execute(&mut *conn).await?;
+        // The queue's open spans over its quarters (None: always open).
+        let range: (Option<DateTime<Utc>>, Option<DateTime<Utc>>) =
+            sqlx::query_as("select min(bucket), max(bucket) from report_dims where grain = 0 and dim = 'q' and key = $1")
+                .bind(&key)
+                .fetch_one(&mut *conn)
+                .await?;
+        // A calendar that does not parse is always open (as routing's is_open).
+        let parsed = cal.as_ref().and_then(|c| serde_json::from_value::<crate::queues::BusinessHours>(c.clone()).ok());
+        let spans = match (parsed, range) {
+            (Some(c), (Some(a), Some(b))) => super::query::open_spans_of(&c, a, b + Duration::minutes(15)),
+            _ => None,
+        };
+        sqlx::query(&format!(
+            "insert into report_dims (grain, bucket, dim, key, {cols})
+             select 0, bucket, 'b', key, {cols} from report_dims
+              where grain = 0 and dim = 'q' and key = $1 and ($2::text is null or bucket <@ $2::text::tstzmultirange)"
+        ))
+        .bind(&key)
+        .bind(&spans)
+        .execute(&mut *conn)
+        .await?;
+        // Hours are UTC hours; a quarter's day is the day bucket of its 'q' rows (the
+        // greatest one not after it: the same local days as the rollups').
+        sqlx::query(&format!(
+            "insert into report_dims (grain, bucket, dim, key, {cols})
+             select 1, date_trunc('hour', bucket at time zone 'UTC') at time zone 'UTC', 'b', $1, {aggs}
+               from report_dims where grain = 0 and dim = 'b' and key = $1 group by 2
+             union all
+             select 2, d.day, 'b', $1, {aggs}
+               from report_dims x cross join lateral (select max(bucket) as day from report_dims y
+                     where y.grain = 2 and y.dim = 'q' and y.key = $1 and y.bucket <= x.bucket) d
+              where x.grain = 0 and x.dim = 'b' and x.key = $1 and d.day is not null group by 2"
+        ))
+        .bind(&key)
+        .execute(&mut *conn)
+        .await?;
+        // The calendar these rows are of: the JSON read above (a change since then is
+        // found by the next pass).
+        sqlx::query("delete from report_bh_calendars where queue_id = $1").bind(q).execute(&mut *conn).await?;
+        if let Some(c) = cal {
+            sqlx::query("insert into report_bh_calendars (queue_id, calendar) values ($1, $2)").bind(q).bind(c).execute(&mut *conn).await?;
+        }
+    }
+    sqlx::query("delete from report_dims where dim = 'B'").execute(&mut *conn).await?;
+    sqlx::query(&format!(
+        "insert into report_dims (grain, bucket, dim, key, {cols})
+         select grain, bucket, 'B', '', {aggs} from report_dims where dim = 'b' group by grain, bucket"
+    ))
+    .execute(&mut *conn)
+    .await?;
+    Ok(changed.len())
 }
 
 /// Binds the measure columns of `rows` (column arrays, in [`Measures::COLUMNS`] order).
@@ -800,7 +903,7 @@ async fn flush(conn: &mut PgConnection, p: &mut Processor, write_agents: bool) -
         }
         q.execute(&mut *conn).await?;
     }
-    let dims = dims_of(&facts, &presence);
+    let dims = dims_of(&facts, &presence, p.zone, &p.calendars);
     for chunk in dims.chunks(20_000) {
         let q = sqlx::query(&DIMS_UPSERT)
             .bind(chunk.iter().map(|f| f.0 .0.id()).collect::<Vec<_>>())
@@ -969,6 +1072,8 @@ async fn write_batch(
         return Ok(Pass { busy: true, ..Default::default() });
     }
     let wm = progress(&mut tx, zone).await?;
+    // A queue calendar changed: its business-hours rows first (before this batch's).
+    let resynced = sync_calendars(&mut tx).await?;
     let mut events: Vec<Event> =
         sqlx::query_as(&format!("select {EVENT_COLUMNS} from interaction_events where id > $1 order by id limit $2"))
             .bind(wm)
@@ -1006,6 +1111,9 @@ async fn write_batch(
     let mut all = late.clone();
     all.extend(events);
     if all.is_empty() && skipped.is_empty() {
+        if resynced > 0 {
+            tx.commit().await?;
+        }
         return Ok(Pass { waiting_on_gap, ..Default::default() });
     }
     let read = started.elapsed();
@@ -1279,7 +1387,8 @@ pub async fn reset(pool: &PgPool, zone: Tz) -> CoreResult<()> {
 async fn reset_holding(pool: &PgPool, zone: Tz, rollup: &Lease) -> CoreResult<()> {
     let mut tx = fenced_tx(pool, rollup).await?;
     sqlx::query(
-        "truncate report_facts, report_presence, report_dims, report_counts, report_contacts, report_agent_state, report_skipped_events",
+        "truncate report_facts, report_presence, report_dims, report_counts, report_contacts, report_agent_state, report_skipped_events,
+                  report_bh_calendars",
     )
     .execute(&mut *tx)
     .await?;
