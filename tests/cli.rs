@@ -3,9 +3,12 @@
 //! processes on one database with exactly one active router — kill it and the other
 //! takes over within seconds, nothing lost or double-assigned.
 
+#[path = "support/sip.rs"]
+mod sip;
 mod support;
 
 use serde_json::json;
+use sip::{free_media_port, free_udp_port, sipp_bin};
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -291,23 +294,10 @@ async fn agent_sip_password_sets_the_digest_credentials() {
     assert_eq!(stored().await, Some((expected, "pbx.example".to_string())));
 }
 
-fn sipp_bin() -> Option<std::path::PathBuf> {
-    std::env::var_os("PATH").and_then(|paths| std::env::split_paths(&paths).map(|p| p.join("sipp")).find(|p| p.is_file()))
-}
-
-fn free_udp_port() -> u16 {
-    std::net::UdpSocket::bind("127.0.0.1:0").and_then(|s| s.local_addr()).map(|a| a.port()).expect("free port")
-}
-
 /// Runs a SIPp scenario of tests/voice against `server`; true when it succeeded.
 fn sipp(sipp: &std::path::Path, dir: &std::path::Path, scenario: &str, server: &str, extra: &[&str]) -> (bool, String) {
     let file = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/voice").join(scenario);
-    let media = loop {
-        let p = free_udp_port() & !1;
-        if p > 1024 && std::net::UdpSocket::bind(("127.0.0.1", p + 1)).is_ok() {
-            break p;
-        }
-    };
+    let media = free_media_port();
     let out = Command::new(sipp)
         .arg("-sf")
         .arg(file)

@@ -18,27 +18,9 @@ use switchboard_voice::media::mix::rms;
 use tokio::process::{Child, Command};
 use uuid::Uuid;
 
-fn sipp_bin() -> Option<PathBuf> {
-    std::env::var_os("PATH").and_then(|paths| std::env::split_paths(&paths).map(|p| p.join("sipp")).find(|p| p.is_file()))
-}
-
-fn free_udp_port() -> u16 {
-    UdpSocket::bind("127.0.0.1:0").and_then(|s| s.local_addr()).map(|a| a.port()).expect("free port")
-}
-
-fn free_media_port() -> u16 {
-    // SIPp uses the given port and the next one (RTCP); keep it even.
-    loop {
-        let p = free_udp_port() & !1;
-        if p > 1024 && UdpSocket::bind(("127.0.0.1", p + 1)).is_ok() {
-            return p;
-        }
-    }
-}
-
-fn scenario(name: &str) -> String {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/voice").join(name).display().to_string()
-}
+#[path = "support/sip.rs"]
+mod sip;
+use sip::{free_media_port, free_udp_port, scenario, sipp_bin};
 
 /// A hub with the voice adapter and two agents' phones' credentials.
 struct VoiceHub {
@@ -538,17 +520,18 @@ async fn baresip_agent_phone_answers_and_is_recorded() {
         wav.extend_from_slice(&s.to_le_bytes());
     }
     std::fs::write(&tone, wav).expect("tone");
-    let rtp = free_media_port();
+    // baresip binds its own SIP port (port 0) and draws its RTP ports from 10000-19999,
+    // apart from the kernel's ephemeral range (the hubs' RTP, rtp_port_min = 0) and from
+    // the tests' free ports (20000-32767): a port picked here and bound later could be
+    // taken in between.
     std::fs::write(
         conf.join("config"),
         format!(
-            "poll_method epoll\nsip_listen 127.0.0.1:{}\nsip_transports udp\nnet_interface 127.0.0.1\n\
+            "poll_method epoll\nsip_listen 127.0.0.1:0\nsip_transports udp\nnet_interface 127.0.0.1\n\
              audio_player aubridge,sink\naudio_source aufile,{}\naudio_srate 8000\naudio_channels 1\n\
-             rtp_ports {rtp}-{}\nmodule_path /usr/lib/baresip/modules\nmodule g711.so\nmodule aufile.so\n\
+             rtp_ports 10000-19999\nmodule_path /usr/lib/baresip/modules\nmodule g711.so\nmodule aufile.so\n\
              module aubridge.so\nmodule account.so\nmodule_app menu.so\n",
-            free_udp_port(),
             tone.display(),
-            rtp + 1,
         ),
     )
     .expect("baresip config");
@@ -565,11 +548,15 @@ async fn baresip_agent_phone_answers_and_is_recorded() {
         .spawn()
         .expect("baresip starts");
     let engine = switchboard_voice::engine_for(&vh.name).expect("engine");
-    eventually(15, || {
-        let engine = engine.clone();
-        async move { engine.is_registered("alice").await.unwrap_or(false).then_some(()) }
-    })
-    .await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while !engine.is_registered("alice").await.unwrap_or(false) {
+        let exited = phone.try_wait().ok().flatten();
+        if exited.is_some() || tokio::time::Instant::now() >= deadline {
+            let log = std::fs::read_to_string(conf.join("baresip.log")).unwrap_or_default();
+            panic!("baresip did not register (exit: {exited:?}); its log:\n{log}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let (st, body) = alice.call("PUT", &format!("/api/v1/agents/{alice_id}/presence"), Some(json!({ "presence": "available" }))).await;
     assert_eq!(st, StatusCode::OK, "{body}");
     let caller = vh.sipp("caller.xml", free_udp_port(), &["-s", "100"]);

@@ -109,6 +109,14 @@ pub trait ChannelAdapter: Send + Sync + 'static {
     async fn run(&self, hub: Hub, shutdown: Shutdown) -> Result<(), AdapterError>;
     /// Sends one outbound message to the peer.
     async fn deliver(&self, msg: &Outbound) -> Result<DeliveryReceipt, AdapterError>;
+    /// Whether this node can deliver this adapter's messages now. An adapter whose one
+    /// connection is leased to another node (an SMPP bind) answers no while it is; the
+    /// outbox then leaves the channel's rows to the node that can, instead of claiming
+    /// them and handing them back ([`AdapterError::Elsewhere`] stays for the moment the
+    /// lease moves between claim and delivery).
+    fn delivers_here(&self) -> bool {
+        true
+    }
     /// Real-time channels react to an offer here.
     async fn on_assignment(&self, _a: &Assignment) -> Result<(), AdapterError> {
         Ok(())

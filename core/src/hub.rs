@@ -390,6 +390,22 @@ impl Hub {
         g.iter().find(|a| a.channel() == ch).cloned()
     }
 
+    /// Channels whose adapters on this node all deliver elsewhere now
+    /// ([`ChannelAdapter::delivers_here`]): the outbox here does not claim their rows.
+    /// A channel with no adapter here is not among them (its rows are claimed and fail
+    /// as "no adapter is running", as on a single node).
+    pub fn channels_delivered_elsewhere(&self) -> Vec<Channel> {
+        let Ok(g) = self.0.adapters.read() else { return Vec::new() };
+        Channel::ALL
+            .iter()
+            .copied()
+            .filter(|&ch| {
+                let mut of = g.iter().filter(|a| a.channel() == ch).peekable();
+                of.peek().is_some() && of.all(|a| !a.delivers_here())
+            })
+            .collect()
+    }
+
     /// This node's id, carried by the `message` events of the items it ingests (so an
     /// adapter can tell its own from other nodes').
     pub fn node_id(&self) -> Uuid {

@@ -163,15 +163,48 @@ pub async fn deliver_due(hub: &Hub, s: &OutboxSettings) -> CoreResult<usize> {
 /// ANALYZE runs) the planner thinks few rows are due and picks a bitmap scan that reads and
 /// sorts every due row on each claim — 46 % of the database server's time in the campaign
 /// benchmark. Bitmap and sequential scans are off for this one statement.
+///
+/// Rows of a channel this node cannot deliver now ([`Hub::channels_delivered_elsewhere`]:
+/// the SMPP bind is another node's) are not claimed at all. Such a node then reads each
+/// channel it can deliver in its own due order (`outbox_due_by_channel`), so a campaign's
+/// backlog of due SMS is not walked past on every claim; the first `claim_batch` of their
+/// union by due time are taken.
 async fn claim(hub: &Hub, s: &OutboxSettings) -> CoreResult<Vec<Row>> {
+    let elsewhere = hub.channels_delivered_elsewhere();
+    let due = if elsewhere.is_empty() {
+        // The index order (outbox_due): sorting by anything more would read and sort every
+        // due row on each claim.
+        "due as (
+             select id from outbox where status in ('pending','sending') and next_attempt_at <= now()
+              order by next_attempt_at limit $1 for update skip locked)"
+            .to_string()
+    } else {
+        let here: Vec<Channel> = Channel::ALL.iter().copied().filter(|c| !elsewhere.contains(c)).collect();
+        if here.is_empty() {
+            return Ok(Vec::new());
+        }
+        // One locking read per channel (FOR UPDATE cannot sit under a UNION), each in its
+        // index order; rows locked but not among the first `$1` are free at the commit.
+        let mut parts: Vec<String> = here
+            .iter()
+            .map(|c| {
+                format!(
+                    "due_{c} as (
+                         select id, next_attempt_at from outbox
+                          where channel = '{c}' and status in ('pending','sending') and next_attempt_at <= now()
+                          order by next_attempt_at limit $1 for update skip locked)",
+                    c = c.as_str()
+                )
+            })
+            .collect();
+        let union: Vec<String> = here.iter().map(|c| format!("select id, next_attempt_at from due_{}", c.as_str())).collect();
+        parts.push(format!("due as (select id from ({}) u order by next_attempt_at limit $1)", union.join(" union all ")));
+        parts.join(",\n")
+    };
     let mut tx = hub.db().begin().await?;
     index_order_only(&mut tx).await?;
-    let rows = sqlx::query_as(
-        "with due as (
-             select id from outbox where status in ('pending','sending') and next_attempt_at <= now()
-              -- The index order (outbox_due): sorting by anything more would read and sort
-              -- every due row on each claim.
-              order by next_attempt_at limit $1 for update skip locked),
+    let rows = sqlx::query_as(&format!(
+        "with {due},
          claimed as (
              update outbox o set status = 'sending', attempts = o.attempts + 1, next_attempt_at = now() + make_interval(secs => $2)
                from due where o.id = due.id
@@ -179,8 +212,8 @@ async fn claim(hub: &Hub, s: &OutboxSettings) -> CoreResult<Vec<Row>> {
                        o.attempts, o.max_attempts, o.created_at)
          -- A conversation's rows are delivered in the order they were written.
          select id, idempotency_key, channel, interaction_id, recipient, subject, body, metadata, attempts, max_attempts
-           from claimed order by created_at, id",
-    )
+           from claimed order by created_at, id"
+    ))
     .bind(s.claim_batch.max(1) as i64)
     .bind(s.sending_lease_secs as f64)
     .fetch_all(&mut *tx)

@@ -15,9 +15,20 @@ pub fn sipp_bin() -> Option<PathBuf> {
     std::env::var_os("PATH").and_then(|paths| std::env::split_paths(&paths).map(|p| p.join("sipp")).find(|p| p.is_file()))
 }
 
-/// A UDP port free on loopback right now.
+/// A UDP port free on loopback right now, for a peer (SIPp) that binds it a moment later.
+/// Drawn at random from 20000-32767, below the kernel's ephemeral range: the hubs under
+/// test bind their RTP sockets to port 0, and a port the kernel just handed out (and we
+/// released) could be handed to one of them before the peer binds it.
 pub fn free_udp_port() -> u16 {
-    UdpSocket::bind("127.0.0.1:0").and_then(|s| s.local_addr()).map(|a| a.port()).expect("free port")
+    use rand::Rng;
+    let mut rng = rand::thread_rng();
+    for _ in 0..1000 {
+        let p = rng.gen_range(20_000..32_766u16);
+        if UdpSocket::bind(("127.0.0.1", p)).is_ok() {
+            return p;
+        }
+    }
+    panic!("no free UDP port in 20000-32767")
 }
 
 /// An even media port whose successor (RTCP) is free too: SIPp uses both.

@@ -384,6 +384,11 @@ impl ChannelAdapter for SmppAdapter {
         Some(Arc::new(crate::erase::SmsEraser { channel: self.state.name.clone() }))
     }
 
+    /// Only the node holding the bind lease submits this channel's messages.
+    fn delivers_here(&self) -> bool {
+        *self.state.held.borrow()
+    }
+
     async fn run(&self, hub: Hub, shutdown: Shutdown) -> Result<(), AdapterError> {
         let st = self.state.clone();
         let _ = st.hub.set(hub.clone());
