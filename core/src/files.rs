@@ -437,6 +437,10 @@ impl FileStore for DirStore {
     }
 }
 
+/// Part size of multipart uploads (and the largest file sent in one PUT); S3 wants parts
+/// of at least 5 MiB but the last.
+pub const S3_PART: usize = 8 * 1024 * 1024;
+
 /// Files as objects `<prefix>/<key>` in an S3-compatible bucket.
 pub struct S3Store {
     client: Arc<AmazonS3>,
@@ -470,10 +474,25 @@ impl FileStore for S3Store {
         Ok(())
     }
 
+    /// Streams the file up: one PUT up to [`S3_PART`] bytes, a multipart upload of
+    /// [`S3_PART`]-sized parts (two in flight) above it, so an hour-long stereo recording
+    /// (~115 MB) neither sits in memory whole nor hangs on one request. A failed multipart
+    /// upload is aborted (no parts left behind in the bucket).
     async fn put_file(&self, key: &str, local: &Path) -> CoreResult<()> {
-        // Recordings are minutes of 8 kHz audio (~1 MB a minute): one PUT is fine.
-        let data = tokio::fs::read(local).await.map_err(|e| io_err("read", e))?;
-        self.put(key, Bytes::from(data)).await
+        use tokio::io::AsyncWriteExt;
+        let path = self.path(key)?;
+        let mut file = tokio::fs::File::open(local).await.map_err(|e| io_err("read", e))?;
+        let store: Arc<dyn ObjectStore> = self.client.clone();
+        let mut up = object_store::buffered::BufWriter::with_capacity(store, path, S3_PART).with_max_concurrency(2);
+        let copied = match tokio::io::copy(&mut file, &mut up).await {
+            Ok(_) => up.shutdown().await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = copied {
+            let _ = up.abort().await;
+            return Err(CoreError::Internal(format!("object store upload of {key}: {e}")));
+        }
+        Ok(())
     }
 
     async fn get(&self, key: &str, range: Option<Range<u64>>) -> CoreResult<Option<FileBody>> {
