@@ -778,12 +778,14 @@ fn dims_of(
 }
 
 /// Brings the business-hours rows ('b', 'B' of `report_dims`) to the queues' calendars
-/// now (`queues.business_hours`): for each queue whose calendar differs from the one its
-/// rows were built with (`report_bh_calendars`), its 'b' rows are rebuilt from its 'q'
-/// quarters (every quarter in the rollups, under the new calendar: no event replay), then
-/// 'B' is summed again from 'b'. Runs in the worker's transaction (under its lease), so
-/// the rows and the recorded calendars change together. Returns the queues rebuilt.
-pub(crate) async fn sync_calendars(conn: &mut PgConnection) -> CoreResult<usize> {
+/// now (`queues.business_hours`): the queues whose calendar differs from the one their
+/// rows were built with (`report_bh_calendars`) get their 'b' rows rebuilt from their 'q'
+/// quarters (every quarter in the rollups, under the new calendar: no event replay; one
+/// pass over the quarters for all of them), hours and days summed from those quarters
+/// (days of the day zone `zone`, as the rollups'); then 'B' is summed again from 'b'.
+/// Runs in the worker's transaction (under its lease), so the rows and the recorded
+/// calendars change together. Returns the number of queues rebuilt.
+pub(crate) async fn sync_calendars(conn: &mut PgConnection, zone: Tz) -> CoreResult<usize> {
     let changed: Vec<(Uuid, Option<serde_json::Value>)> = sqlx::query_as(
         "select coalesce(q.id, c.queue_id), q.business_hours from queues q full join report_bh_calendars c on c.queue_id = q.id
           where q.business_hours is distinct from c.calendar",
@@ -800,45 +802,45 @@ pub(crate) async fn sync_calendars(conn: &mut PgConnection) -> CoreResult<usize>
         .map(|(c, max)| if *max { format!("max({c})") } else { format!("sum({c})") })
         .collect();
     let aggs = aggs.join(", ");
+    let range: (Option<DateTime<Utc>>, Option<DateTime<Utc>>) =
+        sqlx::query_as("select min(bucket), max(bucket) from report_dims where grain = 0 and dim = 't'").fetch_one(&mut *conn).await?;
+    let keys: Vec<String> = changed.iter().map(|(q, _)| q.to_string()).collect();
+    // Each queue's open spans over the quarters (null: always open; a calendar that does
+    // not parse is always open, as routing's is_open).
+    let spans: Vec<Option<String>> = changed
+        .iter()
+        .map(|(_, cal)| {
+            let cal = cal.as_ref().and_then(|c| serde_json::from_value::<crate::queues::BusinessHours>(c.clone()).ok())?;
+            let (Some(a), Some(b)) = range else { return None };
+            super::query::open_spans_of(&cal, a, b + Duration::minutes(15))
+        })
+        .collect();
+    sqlx::query("delete from report_dims where dim = 'b' and key = any($1)").bind(&keys).execute(&mut *conn).await?;
+    sqlx::query(&format!(
+        "insert into report_dims (grain, bucket, dim, key, {cols})
+         select 0, bucket, 'b', key, {cols}
+           from report_dims join unnest($1::text[], $2::text[]) c(k, open) on c.k = key
+          where grain = 0 and dim = 'q' and (c.open is null or bucket <@ c.open::tstzmultirange)"
+    ))
+    .bind(&keys)
+    .bind(&spans)
+    .execute(&mut *conn)
+    .await?;
+    // Hours are UTC hours, days local days of the day zone.
+    sqlx::query(&format!(
+        "insert into report_dims (grain, bucket, dim, key, {cols})
+         select g, b, 'b', key, {aggs}
+           from report_dims x cross join lateral (values
+                  (1::int2, date_trunc('hour', x.bucket at time zone 'UTC') at time zone 'UTC'),
+                  (2::int2, date_trunc('day', x.bucket, $2))) v(g, b)
+          where x.grain = 0 and x.dim = 'b' and x.key = any($1)
+          group by g, b, key"
+    ))
+    .bind(&keys)
+    .bind(zone.name())
+    .execute(&mut *conn)
+    .await?;
     for (q, cal) in &changed {
-        let key = q.to_string();
-        sqlx::query("delete from report_dims where dim = 'b' and key = $1").bind(&key).execute(&mut *conn).await?;
-        // The queue's open spans over its quarters (None: always open).
-        let range: (Option<DateTime<Utc>>, Option<DateTime<Utc>>) =
-            sqlx::query_as("select min(bucket), max(bucket) from report_dims where grain = 0 and dim = 'q' and key = $1")
-                .bind(&key)
-                .fetch_one(&mut *conn)
-                .await?;
-        // A calendar that does not parse is always open (as routing's is_open).
-        let parsed = cal.as_ref().and_then(|c| serde_json::from_value::<crate::queues::BusinessHours>(c.clone()).ok());
-        let spans = match (parsed, range) {
-            (Some(c), (Some(a), Some(b))) => super::query::open_spans_of(&c, a, b + Duration::minutes(15)),
-            _ => None,
-        };
-        sqlx::query(&format!(
-            "insert into report_dims (grain, bucket, dim, key, {cols})
-             select 0, bucket, 'b', key, {cols} from report_dims
-              where grain = 0 and dim = 'q' and key = $1 and ($2::text is null or bucket <@ $2::text::tstzmultirange)"
-        ))
-        .bind(&key)
-        .bind(&spans)
-        .execute(&mut *conn)
-        .await?;
-        // Hours are UTC hours; a quarter's day is the day bucket of its 'q' rows (the
-        // greatest one not after it: the same local days as the rollups').
-        sqlx::query(&format!(
-            "insert into report_dims (grain, bucket, dim, key, {cols})
-             select 1, date_trunc('hour', bucket at time zone 'UTC') at time zone 'UTC', 'b', $1, {aggs}
-               from report_dims where grain = 0 and dim = 'b' and key = $1 group by 2
-             union all
-             select 2, d.day, 'b', $1, {aggs}
-               from report_dims x cross join lateral (select max(bucket) as day from report_dims y
-                     where y.grain = 2 and y.dim = 'q' and y.key = $1 and y.bucket <= x.bucket) d
-              where x.grain = 0 and x.dim = 'b' and x.key = $1 and d.day is not null group by 2"
-        ))
-        .bind(&key)
-        .execute(&mut *conn)
-        .await?;
         // The calendar these rows are of: the JSON read above (a change since then is
         // found by the next pass).
         sqlx::query("delete from report_bh_calendars where queue_id = $1").bind(q).execute(&mut *conn).await?;
@@ -1073,7 +1075,7 @@ async fn write_batch(
     }
     let wm = progress(&mut tx, zone).await?;
     // A queue calendar changed: its business-hours rows first (before this batch's).
-    let resynced = sync_calendars(&mut tx).await?;
+    let resynced = sync_calendars(&mut tx, zone).await?;
     let mut events: Vec<Event> =
         sqlx::query_as(&format!("select {EVENT_COLUMNS} from interaction_events where id > $1 order by id limit $2"))
             .bind(wm)
