@@ -9,7 +9,8 @@ message every 0.5 s with a unique client_msg_id and resending the same id until 
 SIPp callers through Kamailio; with --up (peers started here, then `scripts/cluster.sh up`
 with their ports): customer mail appended to Dovecot's `support` INBOX every second (the
 mailbox leased to one node, `lease_secs = 3`), and mobile-originated SMS from the scripted
-SMSC (tests/sms/smsc.mjs) every 0.5 s, resent until a node answers deliver_sm with 0.
+SMSC (tests/sms/smsc.mjs) every 0.5 s, resent until a node answers deliver_sm with 0, and
+an SMS broadcast to --campaign recipients (default 1,500) at 10 a second, through all drills.
 Drills, one after another, each followed by recovery (the node restarted):
   1. kill -9 of a node that is not the router leader
   2. kill -9 of the router leader
@@ -32,6 +33,8 @@ in the body, the SMSC's submit_sm by text; waited for up to 100 s: a reply claim
 killed node is due again after the nodes' 75 s outbox sending lease; a reply whose node died
 mid-hand-off (SMTP) or mid-submit (SMPP) is reported as unknown — recorded failed with a
 delivery_failed event, never resent: at most once —, not as missing);
+no campaign recipient texted twice (after each drill), and at the end the broadcast completed
+with every recipient texted exactly once or recorded `unknown`/`failed` (never missing);
 the calls the dead node held ended `node_lost`, and none of the calls held by the other
 nodes dropped (each answered, still waiting or ended by the caller's BYE); the time until the load is
 accepted again and until a router leader is back. Prints a table; exits 1 when an invariant
@@ -319,6 +322,7 @@ def main():
     ap.add_argument("--warmup", type=float, default=5)
     ap.add_argument("--up", action="store_true", help="start the email/SMS peers, then scripts/cluster.sh up with their ports")
     ap.add_argument("--no-mail-sms", action="store_true", help="with --up: chat and SIP load only")
+    ap.add_argument("--campaign", type=int, default=1500, help="with the SMS peer: recipients of the drill's SMS broadcast (0: none)")
     args = ap.parse_args()
     # A SIGTERM (the runner's `timeout`) exits through the atexit handlers: peers, agents and
     # SIPp are stopped, and run.sh's trap takes the cluster down.
@@ -348,12 +352,17 @@ def main():
     sip = SipLoad()
     sip.start()
     atexit.register(sip.stop)
-    mail = sms = None
+    mail = sms = camp = None
     if peers is not None:
         mail = channel_peers.MailLoad(peers.imap_port)
         mail.start()
         sms = channel_peers.SmsLoad(peers.smsc)
         sms.start()
+        # An SMS broadcast through all four drills (10 a second: ~150 s of sending).
+        camp = channel_peers.CampaignLoad(psql, http, LB, team.admin, n=args.campaign, rate=10)
+        if args.campaign:
+            camp.start()
+            print(f"campaign to {len(camp.tokens)} recipients started", flush=True)
     time.sleep(args.warmup)
     results = []
     failed = False
@@ -378,6 +387,9 @@ def main():
             s_lost, s_twice = channel_peers.stored_counts(psql, "sms", "drill-sms-", s_acked)
             channels += [f"email {len(m_acked)}/{len(m_lost)}/{len(m_twice)}", f"sms {len(s_acked)}/{len(s_lost)}/{len(s_twice)}"]
             ok = ok and not m_lost and not m_twice and not s_lost and not s_twice
+            if camp.id is not None:
+                channels.append(camp.summary(peers.smsc))
+                ok = ok and not camp.twice(peers.smsc)
         # Agents: nobody shared an interaction, nobody went over capacity.
         two_offers, two_events = drill_agents.held_by_two(psql)
         over = drill_agents.over_capacity(psql)
@@ -466,6 +478,16 @@ def main():
     t0 = time.time()
     subprocess.run([f"{ROOT}/scripts/cluster.sh", "promote"], check=True, capture_output=True, timeout=60)
     record("PostgreSQL primary killed, replica promoted", t0, survivors=survivors)
+
+    if camp is not None and camp.id is not None:
+        # The broadcast finishes on the nodes that are left: every recipient texted exactly
+        # once, or recorded as not (unknown: its submit's node died before the answer).
+        status, once, twice, missing, unknown = camp.finish(peers.smsc)
+        camp_ok = status == "completed" and not twice and not missing
+        failed |= not camp_ok
+        print(f"campaign: {status}; {len(once)} of {len(camp.tokens)} recipients submitted once, {len(twice)} twice, "
+              f"{len(missing)} missing, {len(unknown)} unknown (recorded, not resent){'' if camp_ok else ' — FAILED'}",
+              flush=True)
 
     load.stop.set()
     sip.stop()

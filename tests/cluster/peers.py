@@ -260,7 +260,8 @@ class MailLoad:
 
 
 TOKEN = re.compile(r"drill-(?:mail|sms)-\d+-[0-9a-f]{8}")
-REPLY = re.compile(r"drill-reply-[0-9a-f]{12}")
+# Agents' replies and campaign messages (a recipient's name is its token), as counted at the SMSC.
+REPLY = re.compile(r"drill-(?:reply|camp)-[0-9a-f]{12}")
 
 
 def stored_counts(psql, channel, prefix, acked, limit=60):
@@ -278,3 +279,67 @@ def stored_counts(psql, channel, prefix, acked, limit=60):
         if not lost or time.time() > deadline:
             return lost, twice
         time.sleep(1)
+
+
+class CampaignLoad:
+    """An SMS broadcast running through the drills: `n` customers (consent, tag `drillcamp`,
+    each named by its own token, a mobile number of their own) and a campaign to them at
+    `rate` messages a second, started through HAProxy. The SMSC counts each recipient's
+    token, so a message submitted twice (a node killed mid-batch, a paused node waking up)
+    shows; at the end every recipient has exactly one submit, or its row says why not
+    (`unknown`: a submit whose node died before the SMSC's answer is never resent)."""
+
+    def __init__(self, psql, http, lb, token, n=1500, rate=10):
+        self.psql, self.http, self.lb, self.token, self.n, self.rate = psql, http, lb, token, n, rate
+        self.id = None
+        self.tokens = []
+
+    def start(self):
+        self.psql(
+            "with c as (insert into customers (name, consent_sms, tags, time_zone) "
+            "select 'drill-camp-' || substr(md5(random()::text || i), 1, 12), true, '{drillcamp}', 'UTC' "
+            f"from generate_series(1, {self.n}) i returning id) "
+            "insert into customer_identities (customer_id, kind, address) "
+            "select id, 'phone', '+4917799' || lpad((row_number() over ())::text, 6, '0') from c")
+        self.tokens = self.psql("select name from customers where 'drillcamp' = any(tags)").split()
+        st, c = self.http("POST", self.lb + "/api/v1/campaigns", {
+            "name": "Drill broadcast", "kind": "broadcast", "audience": {"tags_any": ["drillcamp"]},
+            "quiet_start": None, "quiet_end": None, "rate_per_second": self.rate,
+            "template": {"default": "Hello {first_name}, the drill offer"}}, {"authorization": f"Bearer {self.token}"})
+        if st != 201:
+            raise RuntimeError(f"campaign not created: {st} {c}")
+        self.id = c["id"]
+        st, b = self.http("POST", f"{self.lb}/api/v1/campaigns/{self.id}/start", None, {"authorization": f"Bearer {self.token}"})
+        if st != 200:
+            raise RuntimeError(f"campaign not started: {st} {b}")
+
+    def twice(self, smsc):
+        counts = smsc.reply_counts()
+        return [t for t in self.tokens if counts.get(t, 0) > 1]
+
+    def summary(self, smsc):
+        counts = smsc.reply_counts()
+        once = sum(1 for t in self.tokens if counts.get(t, 0) == 1)
+        return f"campaign {once}/{len(self.tokens)} submitted once, {len(self.twice(smsc))} twice"
+
+    def finish(self, smsc, limit=240):
+        """Waits (bounded) for the campaign to complete; returns (status, once, twice,
+        missing, unknown): missing are recipients without a submit whose row does not say
+        `unknown` or `failed`."""
+        deadline = time.time() + limit
+        status = None
+        while time.time() < deadline:
+            status = self.psql(f"select status from campaigns where id = '{self.id}'")
+            if status in ("completed", "cancelled"):
+                break
+            time.sleep(2)
+        counts = smsc.reply_counts()
+        rows = self.psql(
+            "select c.name, r.status from campaign_recipients r join customers c on c.id = r.customer_id "
+            f"where r.campaign_id = '{self.id}'").splitlines()
+        row_status = dict(line.split("|", 1) for line in rows if "|" in line)
+        once = [t for t in self.tokens if counts.get(t, 0) == 1]
+        twice = [t for t in self.tokens if counts.get(t, 0) > 1]
+        unknown = [t for t in self.tokens if counts.get(t, 0) == 0 and row_status.get(t) in ("unknown", "failed")]
+        missing = [t for t in self.tokens if counts.get(t, 0) == 0 and row_status.get(t) not in ("unknown", "failed")]
+        return status, once, twice, missing, unknown
