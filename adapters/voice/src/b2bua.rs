@@ -749,8 +749,9 @@ impl Engine {
             phase: Phase::Ivr,
             ivr: None,
             caller: CallerLeg {
+                // Our requests (BYE) follow the route set of a record-routing proxy.
+                peer: dialog.next_hop(peer),
                 dialog,
-                peer,
                 media,
                 answer: Some((retransmit, peer)),
                 sdp_version: 1,
@@ -1451,6 +1452,9 @@ impl Engine {
         let Some(mut dialog) = Dialog::as_uac(&leg.invite, resp, info) else {
             return;
         };
+        // With a route set (a proxy such as the edge record-routed the INVITE), the ACK
+        // and every later request of the leg go to its first hop.
+        leg.peer = dialog.next_hop(leg.peer);
         let via = vias.get(leg.peer.transport).to_string();
         let invite_cseq = 1;
         let ack = dialog.request(Method::Ack, &via, "", Some(invite_cseq));

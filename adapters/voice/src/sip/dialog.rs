@@ -3,8 +3,10 @@
 
 use rsip::{Method, Request};
 
-use super::message::{make_header, new_branch, HeaderLookup, NameAddr};
+use super::message::{make_header, new_branch, HeaderLookup, NameAddr, SipUri};
+use super::transaction::Peer;
 use super::validate::Essentials;
+use super::Transport;
 
 /// Dialog identifier: Call-ID plus local and remote tags (§12).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -85,6 +87,29 @@ impl Dialog {
             remote_target: contact_uri(response)?,
             route_set,
         })
+    }
+
+    /// Where our requests inside the dialog are sent (§12.2.1.1 with §8.1.2): with a route
+    /// set, to the first Route (a loose router, `;lr`: the Request-URI stays the remote
+    /// target); without one, to `direct` (where the dialog's peer really is: the source of
+    /// its INVITE or the next hop of ours, which keeps NAT bindings working). A first
+    /// Route that names a host instead of an IP address is not resolved: `direct` is used.
+    pub fn next_hop(&self, direct: Peer) -> Peer {
+        let Some(first) = self.route_set.first() else {
+            return direct;
+        };
+        let Some(uri) = NameAddr::parse(first).and_then(|a| SipUri::parse(&a.uri)) else {
+            return direct;
+        };
+        let Ok(ip) = uri.host.parse::<std::net::IpAddr>() else {
+            return direct;
+        };
+        let transport = match uri.param("transport") {
+            Some(t) if t.eq_ignore_ascii_case("tcp") => Transport::Tcp,
+            Some(_) => Transport::Udp,
+            None => direct.transport,
+        };
+        Peer { addr: std::net::SocketAddr::new(ip, uri.port.unwrap_or(5060)), transport }
     }
 
     /// Whether an incoming request belongs to this dialog.
@@ -186,5 +211,51 @@ mod tests {
         bye.method = Method::Bye;
         assert!(d.on_remote_request(&bye, &later).is_ok());
         assert_eq!(d.on_remote_request(&bye, &later), Err(DialogRefusal::OutOfOrder));
+    }
+
+    fn parsed(text: &str) -> (Request, Essentials) {
+        match inspect(text.as_bytes(), 65_535) {
+            Inspected::Request(r, e) => (r, e),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn uac_route_set_is_the_record_route_reversed_and_acks_go_to_its_first_hop() {
+        let (req, _) = parsed(INVITE);
+        let resp = "SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP 10.0.0.1:5060;branch=z9hG4bK776asdhds\r\n\
+Record-Route: <sip:10.0.0.8;lr>\r\nRecord-Route: <sip:127.0.0.1:15060;lr>\r\n\
+To: <sip:+4930123@127.0.0.1>;tag=phone\r\nFrom: \"Alice\" <sip:alice@10.0.0.1>;tag=1928301774\r\n\
+Call-ID: a84b4c76e66710@10.0.0.1\r\nCSeq: 314159 INVITE\r\nContact: <sip:alice@10.0.0.9:5062>\r\nContent-Length: 0\r\n\r\n";
+        let (resp, info) = match inspect(resp.as_bytes(), 65_535) {
+            Inspected::Response(r, e) => (r, e),
+            other => panic!("{other:?}"),
+        };
+        let mut d = Dialog::as_uac(&req, &resp, &info).unwrap();
+        assert_eq!(d.route_set, vec!["<sip:127.0.0.1:15060;lr>".to_string(), "<sip:10.0.0.8;lr>".to_string()]);
+        let direct = Peer { addr: "10.0.0.9:5062".parse().unwrap(), transport: Transport::Udp };
+        assert_eq!(d.next_hop(direct).addr, "127.0.0.1:15060".parse().unwrap());
+        let ack = d.request(Method::Ack, "SIP/2.0/UDP 127.0.0.1:5061", "", Some(314159)).unwrap().to_string();
+        assert!(ack.starts_with("ACK sip:alice@10.0.0.9:5062 SIP/2.0"), "{ack}");
+        let first = ack.find("Route: <sip:127.0.0.1:15060;lr>").expect("first route");
+        assert!(ack.find("Route: <sip:10.0.0.8;lr>").expect("second route") > first, "{ack}");
+    }
+
+    #[test]
+    fn requests_go_to_the_first_route_or_straight_to_the_peer() {
+        let direct = Peer { addr: "198.51.100.7:5062".parse().unwrap(), transport: Transport::Udp };
+        let text = INVITE.replace("Contact:", "Record-Route: <sip:127.0.0.1:15060;lr>, <sip:10.0.0.2;transport=tcp;lr>\r\nContact:");
+        let (req, info) = parsed(&text);
+        let d = Dialog::as_uas(&req, &info, "ours").unwrap();
+        assert_eq!(d.next_hop(direct), Peer { addr: "127.0.0.1:15060".parse().unwrap(), transport: Transport::Udp });
+        let text = INVITE.replace("Contact:", "Record-Route: <sip:10.0.0.2;transport=tcp;lr>\r\nContact:");
+        let (req, info) = parsed(&text);
+        let d = Dialog::as_uas(&req, &info, "ours").unwrap();
+        assert_eq!(d.next_hop(direct), Peer { addr: "10.0.0.2:5060".parse().unwrap(), transport: Transport::Tcp });
+        let text = INVITE.replace("Contact:", "Record-Route: <sip:edge.example.org;lr>\r\nContact:");
+        let (req, info) = parsed(&text);
+        assert_eq!(Dialog::as_uas(&req, &info, "ours").unwrap().next_hop(direct), direct, "host names are not resolved");
+        let (req, info) = parsed(INVITE);
+        assert_eq!(Dialog::as_uas(&req, &info, "ours").unwrap().next_hop(direct), direct, "no route set");
     }
 }

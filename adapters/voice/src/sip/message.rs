@@ -576,10 +576,21 @@ pub fn status(code: u16) -> StatusCode {
 
 /// Builds a response to `req` (RFC 3261 §8.2.6): Via, From, Call-ID and CSeq copied,
 /// To copied and given `to_tag` when it has none (never for 100 Trying, §8.2.6.2).
+/// A 1xx (but 100) or 2xx to an INVITE may establish a dialog: its Record-Route values are
+/// copied in order (§12.1.1), so the caller's route set runs through the same proxies.
 pub fn response_from_raw(req: &RawMessage, code: u16, to_tag: Option<&str>, extra: Vec<Header>, body: Vec<u8>) -> Response {
     let mut headers = rsip::Headers::default();
+    let invite = req
+        .headers
+        .iter()
+        .find(|h| h.name.eq_ignore_ascii_case("CSeq"))
+        .and_then(|h| h.value.split_whitespace().nth(1))
+        .is_some_and(|m| m.eq_ignore_ascii_case("INVITE"));
+    let dialog_creating = invite && (101..300).contains(&code);
     for (name, value) in req.headers.iter().map(|h| (h.name.as_str(), &h.value)) {
-        if ["Via", "From", "Call-ID", "CSeq"].iter().any(|n| n.eq_ignore_ascii_case(name)) {
+        if ["Via", "From", "Call-ID", "CSeq"].iter().any(|n| n.eq_ignore_ascii_case(name))
+            || (dialog_creating && name.eq_ignore_ascii_case("Record-Route"))
+        {
             headers.push(make_header(name, value.clone()));
         } else if name.eq_ignore_ascii_case("To") {
             headers.push(make_header("To", with_to_tag(value, code, to_tag)));
@@ -642,6 +653,23 @@ Content-Length: 4\r\n\r\nv=0\n";
 mod tests {
     use super::tests_support::INVITE;
     use super::*;
+
+    #[test]
+    fn dialog_creating_responses_copy_record_route_in_order() {
+        let text = INVITE.replace("Contact:", "Record-Route: <sip:edge1;lr>\r\nRecord-Route: <sip:edge2;lr>, <sip:edge3;lr>\r\nContact:");
+        let (msg, raw) = parse(text.as_bytes(), 65_535).expect("parses");
+        let rsip::SipMessage::Request(req) = msg else { panic!("a request") };
+        for code in [180, 200] {
+            let resp = response_to(&req, code, Some("t"), Vec::new(), Vec::new());
+            assert_eq!(resp.values_of("Record-Route"), vec!["<sip:edge1;lr>", "<sip:edge2;lr>, <sip:edge3;lr>"], "{code}");
+        }
+        for code in [100, 486] {
+            assert!(response_from_raw(&raw, code, Some("t"), Vec::new(), Vec::new()).values_of("Record-Route").is_empty(), "{code}");
+        }
+        let bye = text.replace("CSeq: 314159 INVITE", "CSeq: 314160 BYE");
+        let (_, raw) = parse(bye.as_bytes(), 65_535).expect("parses");
+        assert!(response_from_raw(&raw, 200, None, Vec::new(), Vec::new()).values_of("Record-Route").is_empty());
+    }
 
     #[test]
     fn parses_a_plain_invite() {
