@@ -30,7 +30,7 @@ use tokio::sync::broadcast::error::RecvError;
 use uuid::Uuid;
 
 use crate::call::{CallInfo, CallOutcome, CallRouting, CallTicket, RoutingError, Side};
-use crate::config::{CredentialSource, SkillRequirement, VoiceConfig};
+use crate::config::{CredentialSource, EdgeProxy, SkillRequirement, VoiceConfig};
 use crate::registrar::{Binding, CredentialStore, InlineCredentials, RemoteBinding};
 use crate::sip::transaction::Peer;
 use crate::sip::Transport;
@@ -498,8 +498,14 @@ impl ChannelAdapter for VoiceAdapter {
         let from_db = matches!(self.config.registrar.credentials, CredentialSource::External);
         // Registrations are published to core in order by this task (see `registration_changed`).
         let (registrations, mut registered) = tokio::sync::mpsc::unbounded_channel();
-        let creds =
-            Arc::new(HubCredentials { inline, db: RwLock::new(HashMap::new()), registrations, remote: RwLock::new(HashMap::new()) });
+        let edge = self.config.registrar.edge_proxy();
+        let creds = Arc::new(HubCredentials {
+            inline,
+            db: RwLock::new(HashMap::new()),
+            registrations,
+            remote: RwLock::new(HashMap::new()),
+            edge_published: Mutex::new(HashMap::new()),
+        });
         if from_db {
             creds.refresh(&hub).await;
         }
@@ -514,8 +520,8 @@ impl ChannelAdapter for VoiceAdapter {
         let every = Duration::from_secs(self.config.announce_every_secs.max(1));
         let mut announce = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
         let mut refresh = tokio::time::interval(Duration::from_secs(10));
-        // Bindings of phones registered with other nodes of a cluster.
-        let mut remote_tick = tokio::time::interval(Duration::from_secs(2));
+        // Bindings of phones registered with other nodes of a cluster, or with the edge.
+        let mut remote_tick = tokio::time::interval(Duration::from_secs(if edge.is_some() { 1 } else { 2 }));
         remote_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
@@ -542,7 +548,10 @@ impl ChannelAdapter for VoiceAdapter {
                         }
                     }
                 },
-                _ = remote_tick.tick() => creds.refresh_remote(&hub).await,
+                _ = remote_tick.tick() => match edge {
+                    Some(edge) => creds.refresh_edge(&hub, edge).await,
+                    None => creds.refresh_remote(&hub).await,
+                },
                 _ = announce.tick() => self.announce_positions(&hub).await,
                 _ = refresh.tick(), if from_db => creds.refresh(&hub).await,
             }
@@ -550,6 +559,9 @@ impl ChannelAdapter for VoiceAdapter {
         engine.shutdown();
         if let Ok(mut m) = bound().lock() {
             m.remove(&self.state.name);
+        }
+        if edge.is_some() {
+            creds.withdraw_edge(&hub).await;
         }
         Ok(())
     }
@@ -607,9 +619,32 @@ struct HubCredentials {
     db: RwLock<HashMap<(String, String), String>>,
     /// Registration changes on their way to core, in order.
     registrations: tokio::sync::mpsc::UnboundedSender<RegistrationNote>,
-    /// Live bindings other nodes published (cluster), refreshed every 2 s.
+    /// Live bindings other nodes published (cluster), refreshed every 2 s; with an edge,
+    /// the users with a binding there (refreshed every second), rung through the edge.
     remote: RwLock<HashMap<String, RemoteBinding>>,
+    /// The edge's bindings this node last published to core (user → expiry).
+    edge_published: Mutex<HashMap<String, chrono::DateTime<chrono::Utc>>>,
 }
+
+/// Whether a SIP user read from the edge's table can go into a Request-URI as it is
+/// (RFC 3261 unreserved characters and a few user-safe marks; anything else is skipped).
+fn plain_sip_user(user: &str) -> bool {
+    !user.is_empty() && user.len() <= 64 && user.chars().all(|c| c.is_ascii_alphanumeric() || "-_.!~*'()&=+$,;?/".contains(c))
+}
+
+/// Where an agent registered at the edge is rung: `sip:<user>@<edge>`, sent to the edge,
+/// which looks the phone up in its location table and relays (record-routing).
+fn edge_binding(user: &str, edge: EdgeProxy) -> RemoteBinding {
+    let (param, transport) = if edge.tcp { (";transport=tcp", Transport::Tcp) } else { ("", Transport::Udp) };
+    RemoteBinding { contact: format!("sip:{user}@{}{param}", edge.addr), peer: Peer { addr: edge.addr, transport } }
+}
+
+/// The unexpired bindings at the edge, by user, with seconds left. Kamailio's `usrloc`
+/// (db_mode 1, write-through) writes `expires` as a timestamp without time zone in its
+/// local time, so it is compared with the database's `localtimestamp` (run both in one
+/// time zone, e.g. UTC).
+const EDGE_BINDINGS: &str = "select username, extract(epoch from max(expires) - localtimestamp)::float8 from location
+   where expires > localtimestamp group by username";
 
 /// A registration change for core: the expiry of the latest binding, then the binding.
 enum RegistrationNote {
@@ -640,6 +675,69 @@ async fn publish_binding(hub: &Hub, user: &str, binding: &Option<RemoteBinding>)
 }
 
 impl HubCredentials {
+    /// Reads the edge's bindings (Kamailio `location` in this database): who can be rung
+    /// through the edge, and for core (router eligibility, presence, the agents' list)
+    /// each user's expiry, published as this node's registration row when it changed.
+    async fn refresh_edge(&self, hub: &Hub, edge: EdgeProxy) {
+        let rows: Vec<(String, Option<f64>)> = match sqlx::query_as(EDGE_BINDINGS).fetch_all(hub.db()).await {
+            Ok(rows) => rows,
+            Err(error) => {
+                tracing::warn!(%error, "Could not read the edge's phone bindings (registrar.edge is set: is Kamailio's usrloc table `location` in this database?).");
+                return;
+            }
+        };
+        let now = chrono::Utc::now();
+        let live: HashMap<String, chrono::DateTime<chrono::Utc>> = rows
+            .into_iter()
+            .filter(|(user, _)| plain_sip_user(user))
+            .filter_map(|(user, left)| {
+                let left = chrono::Duration::milliseconds((left?.clamp(0.0, 1e9) * 1000.0) as i64);
+                Some((user, now + left))
+            })
+            .collect();
+        if let Ok(mut r) = self.remote.write() {
+            *r = live.keys().map(|u| (u.clone(), edge_binding(u, edge))).collect();
+        }
+        crate::metrics::voice_stats().edge_registrations.store(live.len() as i64, std::sync::atomic::Ordering::Relaxed);
+        let previous = match self.edge_published.lock() {
+            Ok(p) => p.clone(),
+            Err(_) => return,
+        };
+        // What core holds after this round; a failed write is retried on the next read.
+        let mut published = live.clone();
+        for (user, at) in &live {
+            // A re-REGISTER moves the expiry; small moves are not worth a write.
+            if let Some(p) = previous.get(user).filter(|p| (**p - *at).num_seconds().abs() < 2) {
+                published.insert(user.clone(), *p);
+                continue;
+            }
+            if let Err(error) = hub.set_voice_registration(user, Some(*at)).await {
+                tracing::warn!(%error, sip_user = %user, "Could not publish an edge registration.");
+                published.remove(user);
+            }
+        }
+        for (user, at) in previous.iter().filter(|(u, _)| !live.contains_key(*u)) {
+            if let Err(error) = hub.set_voice_registration(user, None).await {
+                tracing::warn!(%error, sip_user = %user, "Could not publish the end of an edge registration.");
+                published.insert(user.clone(), *at);
+            }
+        }
+        if let Ok(mut p) = self.edge_published.lock() {
+            *p = published;
+        }
+    }
+
+    /// On shutdown: this node no longer vouches for the edge's bindings (the other nodes
+    /// still do; a node that dies without this leaves its rows until they expire).
+    async fn withdraw_edge(&self, hub: &Hub) {
+        let published = self.edge_published.lock().map(|mut p| std::mem::take(&mut *p)).unwrap_or_default();
+        for user in published.keys() {
+            if let Err(error) = hub.set_voice_registration(user, None).await {
+                tracing::warn!(%error, sip_user = %user, "Could not withdraw an edge registration.");
+            }
+        }
+    }
+
     /// Loads the live bindings other nodes published.
     async fn refresh_remote(&self, hub: &Hub) {
         let rows: Result<Vec<(String, String, String, String)>, _> = sqlx::query_as(

@@ -99,6 +99,14 @@ pub struct RegistrarConfig {
     /// Lifetime of a digest nonce in seconds; older nonces are answered `stale=true`.
     #[serde(default = "default_nonce_ttl_secs")]
     pub nonce_ttl_secs: u64,
+    /// The SIP edge proxy that holds the phones' registrations (cluster), e.g.
+    /// `sip:127.0.0.1:15060`: Kamailio authenticates REGISTERs itself and saves the bindings
+    /// with `usrloc` in the hub's database (table `location`). When set, whether a phone
+    /// can ring is read from that table (unexpired binding of the SIP user), and agents are
+    /// rung with an INVITE to `sip:<user>@<edge>` sent to the edge, which looks the phone
+    /// up and relays. Unset (the default): this node's own registrar holds them.
+    #[serde(default)]
+    pub edge: Option<String>,
 }
 
 impl Default for RegistrarConfig {
@@ -110,7 +118,51 @@ impl Default for RegistrarConfig {
             min_expires: default_min_expires(),
             max_expires: default_max_expires(),
             nonce_ttl_secs: default_nonce_ttl_secs(),
+            edge: None,
         }
+    }
+}
+
+/// The registrations edge proxy parsed from `registrar.edge`: where INVITEs to agents go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EdgeProxy {
+    /// The edge's SIP address (IP literal and port, 5060 when none is given).
+    pub addr: SocketAddr,
+    /// `;transport=tcp` in the URI selects TCP; UDP otherwise.
+    pub tcp: bool,
+}
+
+impl EdgeProxy {
+    /// Parses `sip:<ip>[:port][;transport=udp|tcp]` (an IPv6 literal in brackets).
+    pub fn parse(uri: &str) -> Result<Self, String> {
+        let rest = uri.trim().strip_prefix("sip:").ok_or_else(|| format!("registrar.edge {uri:?}: must be a sip: URI"))?;
+        let (hostport, params) = rest.split_once(';').unwrap_or((rest, ""));
+        if hostport.contains('@') {
+            return Err(format!("registrar.edge {uri:?}: give the proxy's address only, without a user"));
+        }
+        let addr = hostport
+            .parse::<SocketAddr>()
+            .or_else(|_| hostport.trim_start_matches('[').trim_end_matches(']').parse::<IpAddr>().map(|ip| SocketAddr::new(ip, 5060)))
+            .map_err(|_| format!("registrar.edge {uri:?}: the host must be an IP address, with an optional port"))?;
+        let mut tcp = false;
+        for p in params.split(';').filter(|p| !p.is_empty()) {
+            match p.split_once('=') {
+                Some((k, v)) if k.eq_ignore_ascii_case("transport") && v.eq_ignore_ascii_case("tcp") => tcp = true,
+                Some((k, v)) if k.eq_ignore_ascii_case("transport") && v.eq_ignore_ascii_case("udp") => tcp = false,
+                Some((k, _)) if k.eq_ignore_ascii_case("transport") => {
+                    return Err(format!("registrar.edge {uri:?}: transport must be udp or tcp"));
+                }
+                _ => {}
+            }
+        }
+        Ok(Self { addr, tcp })
+    }
+}
+
+impl RegistrarConfig {
+    /// The edge proxy holding the registrations, if configured (checked by `validate`).
+    pub fn edge_proxy(&self) -> Option<EdgeProxy> {
+        self.edge.as_deref().and_then(|e| EdgeProxy::parse(e).ok())
     }
 }
 
@@ -572,6 +624,13 @@ impl VoiceConfig {
         if r.min_expires > r.max_expires {
             errors.push("registrar.min_expires is above registrar.max_expires".to_string());
         }
+        if let Some(edge) = r.edge.as_deref() {
+            match EdgeProxy::parse(edge) {
+                Ok(e) if e.tcp && self.tcp_listen.is_none() => errors.push("registrar.edge over TCP needs tcp_listen".to_string()),
+                Ok(_) => {}
+                Err(e) => errors.push(e),
+            }
+        }
         for trunk in &self.trunks {
             if trunk.allowed_sources.is_empty() && trunk.digest_user.is_none() {
                 errors.push(format!("trunk {}: needs allowed_sources or digest_user", trunk.name));
@@ -800,5 +859,25 @@ type = "voicemail"
         assert!(IpCidr::try_from("1.2.3.4/33".to_string()).is_err());
         let all = IpCidr::try_from("0.0.0.0/0".to_string()).unwrap();
         assert!(all.contains("8.8.8.8".parse().unwrap()));
+    }
+
+    #[test]
+    fn edge_proxy_uris_parse_or_say_why_not() {
+        let e = EdgeProxy::parse("sip:127.0.0.1:15060").unwrap();
+        assert_eq!((e.addr, e.tcp), ("127.0.0.1:15060".parse().unwrap(), false));
+        assert_eq!(EdgeProxy::parse("sip:10.0.0.5").unwrap().addr, "10.0.0.5:5060".parse().unwrap());
+        assert!(EdgeProxy::parse("sip:[::1]:5070;transport=TCP").unwrap().tcp);
+        for bad in ["127.0.0.1:5060", "sip:edge.example.org", "sip:alice@127.0.0.1", "sip:127.0.0.1;transport=sctp", "sip:"] {
+            assert!(EdgeProxy::parse(bad).is_err(), "{bad}");
+        }
+        let mut cfg: VoiceConfig = toml::from_str(SAMPLE).unwrap();
+        cfg.registrar.edge = Some("sip:kamailio".into());
+        match cfg.validate() {
+            Err(VoiceError::Config(errors)) => assert!(errors.iter().any(|e| e.contains("registrar.edge")), "{errors:?}"),
+            other => panic!("expected a config error, got {other:?}"),
+        }
+        cfg.registrar.edge = Some("sip:127.0.0.1:15060".into());
+        assert!(cfg.validate().is_ok());
+        assert_eq!(cfg.registrar.edge_proxy().map(|e| e.addr.port()), Some(15060));
     }
 }

@@ -21,8 +21,11 @@ pub struct VoiceStats {
     pub calls_abandoned: AtomicU64,
     /// Calls up now (caller leg answered, not yet ended).
     pub active_calls: AtomicI64,
-    /// SIP users with a live registration.
+    /// SIP users with a live registration in this process's registrars.
     pub registrations: AtomicI64,
+    /// SIP users with a live binding at the registrations edge (`registrar.edge`): set, not
+    /// added, by every channel that reads the edge's table (they all read the same one).
+    pub edge_registrations: AtomicI64,
     /// SIP messages received (UDP datagrams and TCP messages).
     pub sip_in: AtomicU64,
     /// SIP messages sent.
@@ -39,6 +42,7 @@ static STATS: VoiceStats = VoiceStats {
     calls_abandoned: AtomicU64::new(0),
     active_calls: AtomicI64::new(0),
     registrations: AtomicI64::new(0),
+    edge_registrations: AtomicI64::new(0),
     sip_in: AtomicU64::new(0),
     sip_out: AtomicU64::new(0),
     sip_parse_errors: AtomicU64::new(0),
@@ -137,7 +141,13 @@ impl MetricsSource for VoiceMetrics {
             ],
         );
         family(out, "switchboard_voice_active_calls", "gauge", "Voice calls up now.", &[("", g(&s.active_calls))]);
-        family(out, "switchboard_voice_registrations", "gauge", "SIP users with a live registration.", &[("", g(&s.registrations))]);
+        family(
+            out,
+            "switchboard_voice_registrations",
+            "gauge",
+            "SIP users with a live registration (this node's registrar, or the edge's when registrar.edge is set).",
+            &[("", g(&s.registrations) + g(&s.edge_registrations))],
+        );
         family(
             out,
             "switchboard_voice_sip_messages_total",
