@@ -4,8 +4,10 @@
 #   PostgreSQL primary (127.0.0.1:15432) + streaming replica (127.0.0.1:15433)
 #   3 hub nodes        HTTP 127.0.0.1:18081-18083, SIP UDP 127.0.0.1:15061-15063
 #   HAProxy            HTTP/WebSocket 127.0.0.1:18080 (health check GET /readyz), stats :18090
-#   Kamailio           SIP UDP 127.0.0.1:15060: dispatcher over the 3 nodes (OPTIONS
-#                      probing, failover to the next node), REGISTER hashed per user
+#   Kamailio           SIP UDP 127.0.0.1:15060: the phones' registrar (digest against the
+#                      hub's credentials, usrloc bindings in the cluster database, read by
+#                      every node: registrar.edge) and dispatcher over the 3 nodes (OPTIONS
+#                      probing, failover to the next node); agents are rung through it
 #
 # Usage: scripts/cluster.sh up|down|status
 #
@@ -13,7 +15,8 @@
 # and an smpp channel to every node (tests/cluster/drills.py --up starts those peers).
 # CLUSTER_DIR (default /tmp/switchboard-cluster), SWITCHBOARD_BIN (default
 # $CARGO_TARGET_DIR or target, then debug/switchboard; built if missing), PG_BIN (default the newest
-# /usr/lib/postgresql/*/bin). Debian packages: postgresql haproxy kamailio.
+# /usr/lib/postgresql/*/bin). Debian packages: postgresql haproxy kamailio
+# kamailio-postgres-modules.
 # The hubs use the multi-host database URL with target_session_attrs=read-write, so after
 # `scripts/cluster.sh promote` (kills the primary, promotes the replica) they follow.
 set -euo pipefail
@@ -114,6 +117,8 @@ voicemail_dir = "$DIR/node$i/vm"
 [channels.registrar]
 realm = "switchboard"
 credentials = { type = "external" }
+# Kamailio holds the phones' registrations; agents are rung through it.
+edge = "sip:127.0.0.1:$KAM_PORT"
 [[channels.trunks]]
 name = "edge"
 allowed_sources = ["127.0.0.1"]
@@ -219,18 +224,31 @@ EOF
   wait_http "http://127.0.0.1:$LB_PORT/readyz" 20
 }
 
-kamailio_up() {
-  command -v kamailio >/dev/null || { echo "kamailio not installed (apt-get install kamailio); skipping" >&2; return 0; }
-  local i
-  : >"$DIR/dispatcher.list"
-  for i in 0 1 2; do echo "1 sip:127.0.0.1:${SIP_PORTS[$i]}" >>"$DIR/dispatcher.list"; done
-  cat >"$DIR/kamailio.cfg" <<EOF
+# Writes the SIP edge's kamailio.cfg and dispatcher.list into a directory:
+#   edge_config <dir> <sip port> <kamailio db url> <realm> <node sip address>...
+# (also `scripts/cluster.sh edge-config ...`, which tests/cluster_edge.rs runs). Kamailio
+# is the phones' registrar: it authenticates REGISTER itself against the hub's
+# credentials (view sip_subscribers, HA1 per realm) and keeps the bindings with usrloc in
+# PostgreSQL, written through (db_mode 1), where every hub node reads them
+# (registrar.edge). INVITEs from a hub node to sip:<user>@<edge> go to the phone's
+# binding; trunk calls are spread over the nodes by the dispatcher (Call-ID hash, OPTIONS
+# probing, failover to the next node). Initial requests are record-routed, so in-dialog
+# requests come back here with a Route and follow it (loose routing).
+edge_config() {
+  local dir=$1 port=$2 db=$3 realm=$4
+  shift 4
+  local node
+  mkdir -p "$dir"
+  : >"$dir/dispatcher.list"
+  for node in "$@"; do echo "1 sip:$node" >>"$dir/dispatcher.list"; done
+  cat >"$dir/kamailio.cfg" <<EOF
 #!KAMAILIO
-# The SIP edge: spreads trunk calls and phone registrations over the hub nodes.
-listen=udp:127.0.0.1:$KAM_PORT
+# The SIP edge: the agents' phones register here; trunk calls are spread over the hub nodes.
+listen=udp:127.0.0.1:$port
 children=2
 log_stderror=no
 mpath="/usr/lib/x86_64-linux-gnu/kamailio/modules/"
+loadmodule "db_postgres.so"
 loadmodule "tm.so"
 loadmodule "sl.so"
 loadmodule "rr.so"
@@ -242,8 +260,28 @@ loadmodule "xlog.so"
 loadmodule "sanity.so"
 loadmodule "kex.so"
 loadmodule "corex.so"
+loadmodule "usrloc.so"
+loadmodule "registrar.so"
+loadmodule "auth.so"
+loadmodule "auth_db.so"
 loadmodule "dispatcher.so"
-modparam("dispatcher", "list_file", "$DIR/dispatcher.list")
+# Bindings in the hub's database, written through on every REGISTER (db_mode 1): every
+# hub node reads them, and a restarted Kamailio loads them back.
+modparam("usrloc", "db_url", "$db")
+modparam("usrloc", "db_mode", 1)
+# Digest credentials: the hub's own (HA1 per realm), through the view sip_subscribers.
+modparam("auth_db", "db_url", "$db")
+modparam("auth_db", "calculate_ha1", 0)
+modparam("auth_db", "password_column", "ha1")
+modparam("auth_db", "use_domain", 1)
+modparam("auth_db", "version_table", 0)
+modparam("auth_db", "load_credentials", "")
+# A hop that has not answered an INVITE at all (not even 100 Trying) within 5 s has
+# failed: a trunk call then goes to the next node (failure_route), not after 30 s.
+modparam("tm", "fr_timer", 5000)
+modparam("dispatcher", "list_file", "$dir/dispatcher.list")
+# Failover support (flags bit 2): ds_select_dst keeps the other nodes for ds_next_dst.
+modparam("dispatcher", "flags", 2)
 # OPTIONS probing every 2 s; a node that does not answer is skipped until it does.
 modparam("dispatcher", "ds_ping_interval", 2)
 modparam("dispatcher", "ds_probing_mode", 1)
@@ -256,25 +294,43 @@ modparam("dispatcher", "xavp_ctx", "_dsctx_")
 request_route {
     if (!mf_process_maxfwd_header("10")) { sl_send_reply("483", "Too Many Hops"); exit; }
     if (has_totag()) {
+        # In-dialog: the Route we put there (Record-Route) leads to the other party.
         if (loose_route()) { t_relay(); exit; }
         if (is_method("ACK") && t_check_trans()) { t_relay(); exit; }
-        # In-dialog requests without a Route set (the hub does not echo Record-Route yet,
-        # and many UAs send them to the edge): the Call-ID hash picks the dialog's node.
+        # Without a Route (a UA that ignored Record-Route): a hub node's request goes to
+        # its Request-URI (the phone's or the trunk's contact), a request to a hub node's
+        # contact goes there; otherwise the Call-ID hash picks the dialog's node.
+        if (ds_is_from_list("1")) { t_relay(); exit; }
+        if (ds_is_from_list("1", "2", "\$ru")) { t_relay(); exit; }
         if (ds_select_dst("1", "0")) { t_relay(); exit; }
         sl_send_reply("404", "Not here"); exit;
     }
     if (is_method("CANCEL")) { if (t_check_trans()) t_relay(); exit; }
+    if (is_method("REGISTER")) { route(REGISTRAR); exit; }
+    if (is_method("OPTIONS") && uri==myself && \$rU==\$null) { sl_send_reply("200", "OK"); exit; }
     record_route();
-    # REGISTER: hashed over the From user (algorithm 1), so a phone keeps its node while
-    # that node is up; calls: hashed over the Call-ID (algorithm 0), the same hash that
-    # routes their in-dialog requests. Failover to the next node.
-    if (is_method("REGISTER")) {
-        if (!ds_select_dst("1", "1")) { sl_send_reply("503", "No hub node"); exit; }
-    } else if (!ds_select_dst("1", "0")) {
-        sl_send_reply("503", "No hub node"); exit;
+    # A hub node rings an agent: sip:<user>@<edge> goes to the phone's binding.
+    if (ds_is_from_list("1") && uri==myself) {
+        if (!lookup("location")) { sl_send_reply("480", "Not Registered"); exit; }
+        t_relay();
+        exit;
     }
+    # A trunk call: hashed over the Call-ID (algorithm 0); failover to the next node.
+    if (!ds_select_dst("1", "0")) { sl_send_reply("503", "No hub node"); exit; }
     t_on_failure("NEXT_NODE");
     t_relay();
+    exit;
+}
+
+route[REGISTRAR] {
+    if (!www_authenticate("$realm", "sip_subscribers")) {
+        www_challenge("$realm", "1");
+        exit;
+    }
+    # A phone registers its own address only.
+    if (\$au != \$tU) { sl_send_reply("403", "Forbidden"); exit; }
+    consume_credentials();
+    if (!save("location")) { sl_reply_error(); }
     exit;
 }
 
@@ -286,6 +342,28 @@ failure_route[NEXT_NODE] {
     }
 }
 EOF
+}
+
+# Kamailio's own tables (version, location) in a database, once: from the installed
+# package's scripts, so their layout matches the running Kamailio (see docs/deploy.md).
+kamailio_tables() { # psql connection arguments...
+  local have
+  have=$(psql "$@" -Atc "select to_regclass('public.location') is not null")
+  [ "$have" = t ] && return 0
+  psql "$@" -q -v ON_ERROR_STOP=1 -f /usr/share/kamailio/postgres/standard-create.sql \
+    -f /usr/share/kamailio/postgres/usrloc-create.sql >/dev/null
+}
+
+kamailio_up() {
+  command -v kamailio >/dev/null || { echo "kamailio not installed (apt-get install kamailio kamailio-postgres-modules); skipping" >&2; return 0; }
+  [ -f /usr/lib/x86_64-linux-gnu/kamailio/modules/db_postgres.so ] ||
+    { echo "kamailio's PostgreSQL module missing (apt-get install kamailio-postgres-modules); skipping" >&2; return 0; }
+  local nodes=() i
+  for i in 0 1 2; do nodes+=("127.0.0.1:${SIP_PORTS[$i]}"); done
+  kamailio_tables -h 127.0.0.1 -p $PG_PRIMARY -U postgres -d switchboard
+  # Kamailio's PostgreSQL driver takes one host: the primary. After `promote` restart it
+  # on the new one (KAM_DB_PORT=15433 scripts/cluster.sh up).
+  edge_config "$DIR" "$KAM_PORT" "postgres://postgres@127.0.0.1:${KAM_DB_PORT:-$PG_PRIMARY}/switchboard" switchboard "${nodes[@]}"
   if pid_alive "$DIR/kamailio.pid"; then kill "$(head -1 "$DIR/kamailio.pid")"; sleep 1; fi
   kamailio -f "$DIR/kamailio.cfg" -P "$DIR/kamailio.pid" -w "$DIR" -m 64 -M 8
 }
@@ -357,5 +435,6 @@ case "${1:-}" in
   down) down "${2:-}" ;;
   status) status ;;
   promote) promote ;;
-  *) echo "usage: $0 up|down [--purge]|status|promote" >&2; exit 2 ;;
+  edge-config) shift; edge_config "$@" ;;
+  *) echo "usage: $0 up|down [--purge]|status|promote|edge-config <dir> <port> <db url> <realm> <node>..." >&2; exit 2 ;;
 esac

@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 ROOT=$(pwd)
 
 # Debian packages the tests' real peers come from.
-APT_PACKAGES=(postgresql sip-tester baresip chromium chromium-driver dovecot-imapd haproxy kamailio curl kannel)
+APT_PACKAGES=(postgresql sip-tester baresip chromium chromium-driver dovecot-imapd haproxy kamailio kamailio-postgres-modules curl kannel)
 
 need_apt=()
 for p in "${APT_PACKAGES[@]}"; do
