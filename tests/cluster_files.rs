@@ -71,6 +71,17 @@ struct S3Server {
 }
 
 impl S3Server {
+    /// The server, or None after saying why `test` is skipped.
+    async fn start_for(test: &str) -> Option<S3Server> {
+        let s3 = S3Server::start().await;
+        if s3.is_none() {
+            eprintln!(
+                "SKIPPED {test}: no S3-compatible server (`python3 -m moto.server`; pip install 'moto[server]', scripts/test.sh does)"
+            );
+        }
+        s3
+    }
+
     async fn start() -> Option<S3Server> {
         let mut child = tokio::process::Command::new("python3")
             .args(["-m", "moto.server", "-H", "127.0.0.1", "-p", "0"])
@@ -139,13 +150,7 @@ fn forward_lines(r: impl tokio::io::AsyncRead + Unpin + Send + 'static, tx: toki
 /// the wrong visitor or agent); the recording's local spool file is gone once uploaded.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn files_written_through_one_node_are_served_by_another_from_s3() {
-    let Some(s3) = S3Server::start().await else {
-        eprintln!(
-            "SKIPPED files_written_through_one_node_are_served_by_another_from_s3: no S3-compatible server \
-             (`python3 -m moto.server`; pip install 'moto[server]', scripts/test.sh does)"
-        );
-        return;
-    };
+    let Some(s3) = S3Server::start_for("files_written_through_one_node_are_served_by_another_from_s3").await else { return };
     let dir = std::env::temp_dir().join(format!("sb-s3-{}", Uuid::new_v4()));
     for d in ["a/rec", "a/vm", "a/att", "b/rec", "b/vm", "b/att"] {
         std::fs::create_dir_all(dir.join(d)).expect("dir");
@@ -311,13 +316,7 @@ fn voice_channel_table(name: &str, dir: &std::path::Path) -> toml::Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_large_recording_goes_up_in_parts_and_reads_back_whole() {
     use switchboard_core::files::{FileBackend, S3_PART};
-    let Some(s3) = S3Server::start().await else {
-        eprintln!(
-            "SKIPPED a_large_recording_goes_up_in_parts_and_reads_back_whole: no S3-compatible server \
-             (`python3 -m moto.server`; pip install 'moto[server]', scripts/test.sh does)"
-        );
-        return;
-    };
+    let Some(s3) = S3Server::start_for("a_large_recording_goes_up_in_parts_and_reads_back_whole").await else { return };
     let dir = std::env::temp_dir().join(format!("sb-s3-big-{}", Uuid::new_v4()));
     std::fs::create_dir_all(&dir).expect("dir");
     let store = FileBackend::from_settings(&s3.settings()).expect("backend").store(&dir, "recordings");

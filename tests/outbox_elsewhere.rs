@@ -138,21 +138,7 @@ async fn claims_by_a_node_that_cannot_send_do_not_use_up_attempts() {
     let adapter = Arc::new(NotHereYet { elsewhere: 12, calls: AtomicU32::new(0) });
     th.hub().add_adapter(adapter.clone());
     let mut tx = th.db.pool.begin().await.unwrap();
-    outbox::enqueue_tx(
-        &mut tx,
-        NewOutbound {
-            idempotency_key: "reply:elsewhere".into(),
-            channel: Channel::Sms,
-            interaction_id: None,
-            message_id: None,
-            recipient: "+4915100000001".into(),
-            subject: None,
-            body: "answer".into(),
-            metadata: serde_json::json!({}),
-        },
-    )
-    .await
-    .unwrap();
+    outbox::enqueue_tx(&mut tx, message("reply:elsewhere".into(), Channel::Sms)).await.unwrap();
     tx.commit().await.unwrap();
     let (status, attempts, provider): (String, i32, Option<String>) = eventually(30, || {
         let pool = th.db.pool.clone();
