@@ -819,8 +819,8 @@ pub(crate) async fn sync_calendars(conn: &mut PgConnection, zone: Tz) -> CoreRes
     sqlx::query(&format!(
         "insert into report_dims (grain, bucket, dim, key, {cols})
          select 0, bucket, 'b', key, {cols}
-           from report_dims join unnest($1::text[], $2::text[]) c(k, open) on c.k = key
-          where grain = 0 and dim = 'q' and (c.open is null or bucket <@ c.open::tstzmultirange)"
+           from report_dims join unnest($1::text[], $2::text[]::tstzmultirange[]) c(k, open) on c.k = key
+          where grain = 0 and dim = 'q' and (c.open is null or bucket <@ c.open)"
     ))
     .bind(&keys)
     .bind(&spans)
