@@ -265,6 +265,7 @@ loadmodule "registrar.so"
 loadmodule "auth.so"
 loadmodule "auth_db.so"
 loadmodule "dispatcher.so"
+loadmodule "htable.so"
 # Bindings in the hub's database, written through on every REGISTER (db_mode 1): every
 # hub node reads them, and a restarted Kamailio loads them back.
 modparam("usrloc", "db_url", "$db")
@@ -282,6 +283,10 @@ modparam("tm", "fr_timer", 5000)
 modparam("dispatcher", "list_file", "$dir/dispatcher.list")
 # Failover support (flags bit 2): ds_select_dst keeps the other nodes for ds_next_dst.
 modparam("dispatcher", "flags", 2)
+# The node that answered each trunk call (Call-ID → node), for in-dialog requests that
+# come without a Route: after a failover, or once a node is back, the Call-ID hash may
+# name another node than the one holding the call. Kept 8 h (the longest call).
+modparam("htable", "htable", "calls=>size=14;autoexpire=28800;")
 # OPTIONS probing every 2 s; a node that does not answer is skipped until it does.
 modparam("dispatcher", "ds_ping_interval", 2)
 modparam("dispatcher", "ds_probing_mode", 1)
@@ -299,9 +304,11 @@ request_route {
         if (is_method("ACK") && t_check_trans()) { t_relay(); exit; }
         # Without a Route (a UA that ignored Record-Route): a hub node's request goes to
         # its Request-URI (the phone's or the trunk's contact), a request to a hub node's
-        # contact goes there; otherwise the Call-ID hash picks the dialog's node.
+        # contact goes there, a trunk call's to the node that answered it; otherwise the
+        # Call-ID hash picks the dialog's node.
         if (ds_is_from_list("1")) { t_relay(); exit; }
         if (ds_is_from_list("1", "2", "\$ru")) { t_relay(); exit; }
+        if (\$sht(calls=>\$ci) != \$null) { \$du = \$sht(calls=>\$ci); t_relay(); exit; }
         if (ds_select_dst("1", "0")) { t_relay(); exit; }
         sl_send_reply("404", "Not here"); exit;
     }
@@ -318,8 +325,15 @@ request_route {
     # A trunk call: hashed over the Call-ID (algorithm 0); failover to the next node.
     if (!ds_select_dst("1", "0")) { sl_send_reply("503", "No hub node"); exit; }
     t_on_failure("NEXT_NODE");
+    t_on_reply("NODE_ANSWERED");
     t_relay();
     exit;
+}
+
+onreply_route[NODE_ANSWERED] {
+    if (is_method("INVITE") && t_check_status("2[0-9][0-9]")) {
+        \$sht(calls=>\$ci) = "sip:" + \$si + ":" + \$sp;
+    }
 }
 
 route[REGISTRAR] {
@@ -338,6 +352,7 @@ failure_route[NEXT_NODE] {
     if (t_is_canceled()) exit;
     if (t_check_status("408|500|503") && ds_next_dst()) {
         t_on_failure("NEXT_NODE");
+        t_on_reply("NODE_ANSWERED");
         t_relay();
     }
 }
