@@ -547,3 +547,51 @@ async fn a_key_held_across_the_digit_timeout_is_the_choice() {
     assert_eq!(info.requirements, vec!["language:es >= 1".parse().unwrap()], "the timeout beat the key press");
     hub.handle.shutdown();
 }
+
+/// Dialogs through record-routing proxies (RFC 3261 §12.1, loose routing): the trunk's
+/// INVITE came through proxy C and the agent's 200 through proxy A. The hub's 200 to the
+/// caller copies the INVITE's Record-Route; its ACK to the agent and, at the hub's
+/// hang-up, both BYEs go to the proxy with a Route header and the peer's contact as
+/// Request-URI, not straight to the peers.
+#[tokio::test]
+async fn in_dialog_requests_follow_the_route_set_through_proxies() {
+    let mut hub = start_hub(20).await;
+    let agent = Phone::new(hub.sip).await;
+    let (proxy_c, proxy_a) = (Phone::new(hub.sip).await, Phone::new(hub.sip).await);
+    register_agent(&agent).await;
+
+    let caller = Phone::new(hub.sip).await;
+    let caller_rtp = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let rr_c = format!("Record-Route: <sip:{};lr>\r\n", proxy_c.addr());
+    caller.send(&invite_text(&caller, caller_rtp.local_addr().unwrap(), "call-rr", &rr_c)).await;
+    let (ok, text) = caller.expect("200 OK", |m| status(m) == Some(200)).await;
+    assert_eq!(header(&ok, "Record-Route"), format!("<sip:{};lr>", proxy_c.addr()), "{text}");
+    let tag = to_tag(&ok);
+    caller.send(&in_dialog("ACK", &caller, "call-rr", &tag, 1, "")).await;
+    let hub_rtp = media_addr(&ok);
+    recv_rtp(&caller_rtp).await;
+    send_dtmf(&caller_rtp, hub_rtp, '1').await;
+    let Seen::Enqueued(info) = next_seen(&mut hub.routing).await else { panic!("enqueue expected") };
+
+    hub.handle.ring_agent(&info.call_id, "alice", "offer-rr").unwrap();
+    let (invite, _) = agent.expect("INVITE to agent", |m| method(m).as_deref() == Some("INVITE")).await;
+    let agent_rtp = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let agent_sdp = sdp::render(agent_rtp.local_addr().unwrap(), 2, 1, &[Codec::Pcmu], Some(101), sdp::Direction::SendRecv);
+    let answer = reply_to(&invite, 200, "agent", agent.addr(), &agent_sdp).replacen(
+        "\r\n",
+        &format!("\r\nRecord-Route: <sip:{};lr>\r\n", proxy_a.addr()),
+        1,
+    );
+    agent.send(&answer).await;
+    let (ack, text) = proxy_a.expect("ACK through proxy A", |m| method(m).as_deref() == Some("ACK")).await;
+    assert_eq!(header(&ack, "Route"), format!("<sip:{};lr>", proxy_a.addr()), "{text}");
+    assert!(text.starts_with(&format!("ACK sip:alice@{} SIP/2.0", agent.addr())), "{text}");
+
+    hub.handle.hangup(&info.call_id).unwrap();
+    let (bye, text) = proxy_c.expect("BYE to the caller through proxy C", |m| method(m).as_deref() == Some("BYE")).await;
+    assert_eq!(header(&bye, "Route"), format!("<sip:{};lr>", proxy_c.addr()), "{text}");
+    assert!(text.starts_with(&format!("BYE sip:customer@{} SIP/2.0", caller.addr())), "{text}");
+    let (bye, text) = proxy_a.expect("BYE to the agent through proxy A", |m| method(m).as_deref() == Some("BYE")).await;
+    assert_eq!(header(&bye, "Route"), format!("<sip:{};lr>", proxy_a.addr()), "{text}");
+    hub.handle.shutdown();
+}
