@@ -505,6 +505,7 @@ impl ChannelAdapter for VoiceAdapter {
             registrations,
             remote: RwLock::new(HashMap::new()),
             edge_published: Mutex::new(HashMap::new()),
+            edge_failing: std::sync::atomic::AtomicBool::new(false),
         });
         if from_db {
             creds.refresh(&hub).await;
@@ -624,6 +625,8 @@ struct HubCredentials {
     remote: RwLock<HashMap<String, RemoteBinding>>,
     /// The edge's bindings this node last published to core (user → expiry).
     edge_published: Mutex<HashMap<String, chrono::DateTime<chrono::Utc>>>,
+    /// Whether the last read of the edge's bindings failed (logged once per outage).
+    edge_failing: std::sync::atomic::AtomicBool,
 }
 
 /// Whether a SIP user read from the edge's table can go into a Request-URI as it is
@@ -679,14 +682,31 @@ impl HubCredentials {
     /// through the edge, and for core (router eligibility, presence, the agents' list)
     /// each user's expiry, published as this node's registration row when it changed.
     async fn refresh_edge(&self, hub: &Hub, edge: EdgeProxy) {
+        let now = chrono::Utc::now();
         let rows: Vec<(String, Option<f64>)> = match sqlx::query_as(EDGE_BINDINGS).fetch_all(hub.db()).await {
-            Ok(rows) => rows,
+            Ok(rows) => {
+                if self.edge_failing.swap(false, std::sync::atomic::Ordering::Relaxed) {
+                    tracing::info!("The edge's phone bindings are readable again.");
+                }
+                rows
+            }
             Err(error) => {
-                tracing::warn!(%error, "Could not read the edge's phone bindings (registrar.edge is set: is Kamailio's usrloc table `location` in this database?).");
+                if !self.edge_failing.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                    tracing::warn!(%error, "Could not read the edge's phone bindings (registrar.edge is set: is Kamailio's usrloc table `location` in this database?); retrying every second.");
+                }
+                // Meanwhile the bindings last read ring until they expire.
+                let expired: Vec<String> = match self.edge_published.lock() {
+                    Ok(p) => p.iter().filter(|(_, at)| **at <= now).map(|(u, _)| u.clone()).collect(),
+                    Err(_) => return,
+                };
+                if let Ok(mut r) = self.remote.write() {
+                    for user in &expired {
+                        r.remove(user);
+                    }
+                }
                 return;
             }
         };
-        let now = chrono::Utc::now();
         let live: HashMap<String, chrono::DateTime<chrono::Utc>> = rows
             .into_iter()
             .filter(|(user, _)| plain_sip_user(user))
