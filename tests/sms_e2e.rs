@@ -408,6 +408,40 @@ async fn the_bind_lease_moves_to_another_node() {
     other.stop().await;
 }
 
+/// A node whose bind lease went to another node (it was paused past the lease, say) while
+/// its bind is still up does not store what arrives on it: deliver_sm is answered with a
+/// temporary error, so the SMSC redelivers to the holder, and nothing is stored twice.
+#[tokio::test]
+async fn a_node_that_lost_the_bind_lease_does_not_store_what_arrives_on_its_bind() {
+    let mut smsc = Smsc::start().await;
+    // Renewed every 10 s: the lease below is taken and given back between two renewals.
+    let mut table = channel(smsc.port, "");
+    table.as_table_mut().expect("table").insert("lease_secs".into(), toml::Value::Integer(30));
+    let hub = spawn_hub_with(move |s| s.channels.push(table)).await;
+    smsc.wait(10, |e| e["event"] == "bound").await;
+    let db = hub.db.pool.clone();
+    let take = |holder: Uuid| {
+        let db = db.clone();
+        async move {
+            sqlx::query("update leases set holder = $1, token = token + 1 where name = 'smpp:sms-main'")
+                .bind(holder)
+                .execute(&db)
+                .await
+                .unwrap();
+        }
+    };
+    take(Uuid::new_v4()).await;
+    let refused = smsc.deliver("fenced", "4915155555555", "hello from a fenced bind", None).await;
+    assert_eq!(refused["status"], 0x64, "RX_T_APPN (redeliver later): {refused}");
+    assert!(interaction_of(&db, "+4915155555555").await.is_none(), "stored by a node without the lease");
+    // The lease is this node's again: the redelivery is stored, once.
+    take(hub.hub().node_id()).await;
+    assert_eq!(smsc.deliver("again", "4915155555555", "hello from a fenced bind", None).await["status"], 0);
+    let (_, bodies) = interaction_of(&db, "+4915155555555").await.expect("stored");
+    assert_eq!(bodies, ["hello from a fenced bind"]);
+    hub.stop().await;
+}
+
 #[tokio::test]
 async fn the_send_api_checks_the_destination_and_counts_parts() {
     let mut smsc = Smsc::start().await;

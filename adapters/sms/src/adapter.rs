@@ -141,6 +141,14 @@ impl SmppState {
             }
             return Ok(());
         }
+        // Fencing: a node that lost the bind lease (paused past its expiry, then woken with
+        // deliver_sm still in its socket) does not ingest; the SMSC redelivers to the node
+        // holding the bind now. Two stores of one text fall under different dedupe keys
+        // when they straddle the ten-minute window of the hash below.
+        let node = hub.node_id();
+        if switchboard_core::lease::holder(hub.db(), &store::lease_name(&self.name)).await?.is_none_or(|h| h.holder != node) {
+            return Err(CoreError::Channel(format!("the SMPP bind lease of {} is not this node's any more", self.name)));
+        }
         let from = sender_address(&sm.source);
         let to = sm.dest.addr.clone();
         let (concat, text) = mo_content(&sm);
