@@ -349,6 +349,34 @@ async fn a_call_ended_right_after_the_answer_is_not_left_active() {
     vh.stop().await;
 }
 
+/// A caller who hangs up in the IVR menu, before choosing, never becomes an interaction,
+/// but the IVR report counts the hang-up and where it happened (`menu:hangup`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_hang_up_in_the_ivr_is_counted_in_the_ivr_report() {
+    let Some(vh) = voice_hub("ivr-hangup", INLINE_CREDENTIALS).await else { return };
+    vh.queue(json!({})).await;
+    let caller = vh.sipp("caller_hangup_in_ivr.xml", free_udp_port(), &["-s", "100", "-d", "1500"]);
+    finished_ok(caller, "caller").await;
+    let pool = vh.th.hub().db().clone();
+    let ev: Value = eventually(10, || {
+        let pool = pool.clone();
+        async move {
+            sqlx::query_scalar("select data from interaction_events where kind = 'ivr_hangup'").fetch_optional(&pool).await.ok().flatten()
+        }
+    })
+    .await;
+    assert_eq!(ev["ivr"]["path"], json!(["menu:hangup"]), "{ev}");
+    assert!(ev.get("caller").is_none() && !ev.to_string().contains("+4930999"), "no caller number in the event: {ev}");
+    let (_, list) = vh.admin.call("GET", "/api/v1/interactions?channel=voice", None).await;
+    assert_eq!(list["items"], json!([]), "no interaction for a call that never reached a queue");
+    rolled_up(&pool).await;
+    let today = chrono::Utc::now().date_naive();
+    let (st, ivr) = vh.admin.call("GET", &format!("/api/v1/reports/ivr?from={today}&to={today}&tz=UTC&interval=total"), None).await;
+    assert_eq!(st, StatusCode::OK, "{ivr}");
+    assert_eq!(ivr["totals"], json!({ "ivr:hangup": 1, "ivr_node:menu:hangup": 1 }), "{ivr}");
+    vh.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn after_hours_call_leaves_a_voicemail() {
     let Some(vh) = voice_hub("voicemail", INLINE_CREDENTIALS).await else { return };

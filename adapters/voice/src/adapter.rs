@@ -1152,6 +1152,14 @@ impl CallRouting for HubRouting {
         record(&self.hub, "voicemail_recorded", outcome.interaction_id, json!({ "call_id": call.call_id, "recording": path })).await;
         Ok(())
     }
+
+    /// No interaction (the caller never reached a queue), so an event of its own, without
+    /// the caller's number: the IVR report counts the hang-up and the nodes visited.
+    async fn hung_up_in_ivr(&self, call: CallInfo) -> Result<(), RoutingError> {
+        let data = json!({ "call_id": call.call_id, "trunk": call.trunk, "dialled": call.dialled, "ivr": { "path": call.ivr_path } });
+        self.hub.record_event(NewEvent { kind: "ivr_hangup", data, ..Default::default() }).await.map_err(routing_err)?;
+        Ok(())
+    }
 }
 
 #[cfg(test)]

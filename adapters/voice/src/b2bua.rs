@@ -2002,7 +2002,13 @@ impl Engine {
             (Phase::Bridged, Some(ticket)) if agent_answered => call.reports.ended_recorded(ticket, by, call.recorder.take()),
             (Phase::Queued | Phase::Enqueuing | Phase::Bridged, Some(ticket)) if by == Side::Caller => call.reports.abandon(ticket),
             (_, Some(ticket)) => call.reports.event(ticket, CallOutcome::Ended { by, recording: None }),
-            // Still in the IVR, or enqueueing (abandoned when core's answer arrives).
+            // Hung up in the IVR: no interaction; the nodes visited go to the IVR report.
+            (Phase::Ivr, None) if by == Side::Caller => {
+                let mut info = call.info.clone();
+                info.ivr_path = call.ivr.as_ref().map(|s| s.path_at_hangup()).unwrap_or_default();
+                call.reports.hung_up_in_ivr(info);
+            }
+            // Enqueueing (abandoned when core's answer arrives), or ended by the hub in the IVR.
             (_, None) => {}
         }
     }

@@ -153,4 +153,9 @@ pub trait CallRouting: Send + Sync + 'static {
     async fn call_event(&self, ticket: &CallTicket, event: CallOutcome) -> Result<(), RoutingError>;
     /// A voicemail was recorded (after hours or from the IVR).
     async fn voicemail(&self, call: CallInfo, recording: PathBuf) -> Result<(), RoutingError>;
+    /// The caller hung up in the IVR, before reaching a queue: no interaction exists;
+    /// `call.ivr_path` holds the nodes visited (the IVR report counts them).
+    async fn hung_up_in_ivr(&self, _call: CallInfo) -> Result<(), RoutingError> {
+        Ok(())
+    }
 }

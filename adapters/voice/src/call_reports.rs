@@ -26,6 +26,8 @@ enum Report {
     Abandon(CallTicket),
     /// A voicemail file is complete.
     Voicemail(CallInfo, PathBuf),
+    /// The caller hung up in the IVR.
+    HungUpInIvr(CallInfo),
 }
 
 /// The sending side of one call's report queue; cheap to clone. The task applying the
@@ -68,6 +70,11 @@ impl CallReports {
         self.send(Report::Voicemail(info, recording));
     }
 
+    /// Queues a hang-up in the IVR (`info.ivr_path`: the nodes visited).
+    pub fn hung_up_in_ivr(&self, info: CallInfo) {
+        self.send(Report::HungUpInIvr(info));
+    }
+
     fn send(&self, report: Report) {
         // The task only ends once every sender is gone, so this cannot fail while we
         // hold one; log rather than drop silently should a runtime shut down mid-call.
@@ -95,6 +102,7 @@ async fn apply(routing: &dyn CallRouting, call_id: &str, report: Report) {
         }
         Report::Abandon(ticket) => ("abandon", routing.abandon(&ticket).await),
         Report::Voicemail(info, path) => ("voicemail", routing.voicemail(info, path).await),
+        Report::HungUpInIvr(info) => ("hang-up in the IVR", routing.hung_up_in_ivr(info).await),
     };
     if let Err(error) = result {
         tracing::warn!(%call_id, %error, report = what, "Routing rejected a call report.");

@@ -128,6 +128,16 @@ impl IvrSession {
         &self.path
     }
 
+    /// The path of a caller who hangs up now: the nodes visited, then the node they hung
+    /// up in as `node:hangup` (a menu only enters the path once chosen).
+    pub fn path_at_hangup(&self) -> Vec<String> {
+        let mut path = self.path.clone();
+        if path.len() < PATH_STEPS {
+            path.push(format!("{}:hangup", self.node));
+        }
+        path
+    }
+
     fn visit(&mut self, step: String) {
         if self.path.len() < PATH_STEPS {
             self.path.push(step);
@@ -374,6 +384,16 @@ prompt = "goodbye"
         assert_eq!(a[1], IvrAction::Enqueue { queue: "ventas".into(), requirements: vec!["language:es >= 1".parse().unwrap()] });
         assert!(s.is_done());
         assert_eq!(s.path(), ["hours", "welcome", "menu:2", "es", "sales", "queue"]);
+    }
+
+    #[test]
+    fn a_hang_up_adds_the_node_the_caller_was_in() {
+        let now = wednesday_noon();
+        let (mut s, _) = IvrSession::start(flow(), now);
+        assert_eq!(s.path_at_hangup(), ["hours", "welcome", "welcome:hangup"], "during the welcome prompt");
+        s.on_input(IvrInput::PromptFinished, now);
+        assert_eq!(s.path_at_hangup(), ["hours", "welcome", "menu:hangup"], "in the menu, before choosing");
+        assert_eq!(s.path(), ["hours", "welcome"], "the path itself is unchanged");
     }
 
     #[test]

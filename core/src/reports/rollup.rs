@@ -37,6 +37,10 @@ pub const LEASE_TTL: std::time::Duration = std::time::Duration::from_secs(15);
 const REBUILD_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
 /// Events per batch.
 pub const BATCH: i64 = 5000;
+/// The IVR report's outcome of a caller who hung up in the IVR (event `ivr_hangup`),
+/// beside the queue chosen and `voicemail`.
+pub const IVR_HANGUP: &str = "hangup";
+
 /// Most pieces a long presence segment is split into per grain (a year of quarters).
 const MAX_PIECES: usize = 40_000;
 /// The progress row's name.
@@ -337,11 +341,26 @@ impl Processor {
         self.emit(at, queue, None, &channel, m);
     }
 
+    /// Counts an IVR outcome (`ivr`: the queue chosen, `voicemail` or [`IVR_HANGUP`]) and
+    /// each node of the path the caller went through (`ivr_node`, at most 32 steps).
+    fn count_ivr(&mut self, at: DateTime<Utc>, outcome: &str, ivr: &serde_json::Value, queue: Option<Uuid>, channel: &str) {
+        self.count(at, "ivr", outcome, queue, channel);
+        if let Some(path) = ivr.get("path").and_then(|p| p.as_array()) {
+            for step in path.iter().take(32).filter_map(|s| s.as_str()) {
+                self.count(at, "ivr_node", step, queue, channel);
+            }
+        }
+    }
+
     /// Applies one event.
     pub fn apply(&mut self, e: &Event) {
         let at = e.at;
         let Some(id) = e.interaction_id else {
-            if e.kind == "presence" {
+            if e.kind == "ivr_hangup" {
+                // A caller who hung up in the IVR (no interaction): outcome `hangup`.
+                let ivr = e.data.get("ivr").cloned().unwrap_or_default();
+                self.count_ivr(at, IVR_HANGUP, &ivr, None, "voice");
+            } else if e.kind == "presence" {
                 if let Some(agent) = e.agent_id {
                     self.account_agent(agent, at, e.id);
                     let p = e.data.get("presence").and_then(|p| p.as_str()).unwrap_or("offline").to_string();
@@ -522,12 +541,7 @@ impl Processor {
             "ivr_choice" => {
                 let ivr = e.data.get("ivr").cloned().unwrap_or_default();
                 let choice = ivr.get("queue").and_then(|v| v.as_str()).filter(|s| !s.is_empty()).unwrap_or("default").to_string();
-                self.count(at, "ivr", &choice, queue, &channel);
-                if let Some(path) = ivr.get("path").and_then(|p| p.as_array()) {
-                    for step in path.iter().take(32).filter_map(|s| s.as_str()) {
-                        self.count(at, "ivr_node", step, queue, &channel);
-                    }
-                }
+                self.count_ivr(at, &choice, &ivr, queue, &channel);
             }
             _ => {}
         }
@@ -1311,7 +1325,7 @@ async fn rebuild_holding(
         "select {EVENT_COLUMNS} from (
             select e.* from interaction_events e join report_rebuild_contacts r on r.id = e.interaction_id where e.id <= $3
             union all
-            select e.* from interaction_events e where e.interaction_id is null and e.kind = 'presence' and e.at >= $1 and e.at < $2 and e.id <= $3
+            select e.* from interaction_events e where e.interaction_id is null and e.kind in ('presence', 'ivr_hangup') and e.at >= $1 and e.at < $2 and e.id <= $3
             union all
             select * from (select distinct on (agent_id) e.* from interaction_events e
                             where e.interaction_id is null and e.kind = 'presence' and e.at < $1 and e.id <= $3
