@@ -18,30 +18,8 @@ use support::*;
 use switchboard_core::Role;
 use uuid::Uuid;
 
-/// Trunk calls pass a one-digit language menu before the support queue.
-const FLOWS: &str = r#"
-[ivr_flows.main]
-start = "menu"
-default_queue = "support"
-[ivr_flows.main.nodes.menu]
-type = "menu"
-prompt = "menu"
-choices = { "1" = "english" }
-timeout_ms = 8000
-max_attempts = 1
-on_failure = "bye"
-[ivr_flows.main.nodes.english]
-type = "set_requirement"
-requirement = "language:en >= 1"
-next = "queue"
-[ivr_flows.main.nodes.queue]
-type = "enqueue"
-[ivr_flows.main.nodes.bye]
-type = "hangup"
-"#;
-
 fn channel_table(name: &str, dir: &Path) -> toml::Value {
-    sip::alice_channel_table(name, dir, "announce_every_secs = 1", FLOWS)
+    sip::alice_channel_table(name, dir, "announce_every_secs = 1", sip::MENU_FLOWS)
 }
 
 async fn status_of(c: &Client, id: &str) -> String {

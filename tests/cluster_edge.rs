@@ -25,28 +25,6 @@ use support::*;
 use switchboard_core::Role;
 use uuid::Uuid;
 
-/// Trunk calls pass a one-digit language menu before the support queue.
-const FLOWS: &str = r#"
-[ivr_flows.main]
-start = "menu"
-default_queue = "support"
-[ivr_flows.main.nodes.menu]
-type = "menu"
-prompt = "menu"
-choices = { "1" = "english" }
-timeout_ms = 8000
-max_attempts = 1
-on_failure = "bye"
-[ivr_flows.main.nodes.english]
-type = "set_requirement"
-requirement = "language:en >= 1"
-next = "queue"
-[ivr_flows.main.nodes.queue]
-type = "enqueue"
-[ivr_flows.main.nodes.bye]
-type = "hangup"
-"#;
-
 const KAMAILIO_MODULES: &str = "/usr/lib/x86_64-linux-gnu/kamailio/modules";
 
 /// Why the edge cannot run here, if it cannot.
@@ -68,7 +46,7 @@ fn edge_missing() -> Option<String> {
 /// A SIP channel whose phones are registered at the edge on `edge_port`; SIP credentials
 /// are the hub's (database), as Kamailio reads them.
 fn edge_channel(name: &str, dir: &Path, edge_port: u16) -> toml::Value {
-    let mut table = sip::alice_channel_table(name, dir, "announce_every_secs = 1", FLOWS);
+    let mut table = sip::alice_channel_table(name, dir, "announce_every_secs = 1", sip::MENU_FLOWS);
     let registrar = table.get_mut("registrar").and_then(|r| r.as_table_mut()).expect("registrar table");
     registrar.insert("edge".into(), toml::Value::String(format!("sip:127.0.0.1:{edge_port}")));
     let mut external = toml::map::Map::new();

@@ -10,6 +10,28 @@ use std::process::Stdio;
 use std::time::Duration;
 use tokio::process::{Child, Command};
 
+/// Trunk calls pass a one-digit language menu before the support queue.
+pub const MENU_FLOWS: &str = r#"
+[ivr_flows.main]
+start = "menu"
+default_queue = "support"
+[ivr_flows.main.nodes.menu]
+type = "menu"
+prompt = "menu"
+choices = { "1" = "english" }
+timeout_ms = 8000
+max_attempts = 1
+on_failure = "bye"
+[ivr_flows.main.nodes.english]
+type = "set_requirement"
+requirement = "language:en >= 1"
+next = "queue"
+[ivr_flows.main.nodes.queue]
+type = "enqueue"
+[ivr_flows.main.nodes.bye]
+type = "hangup"
+"#;
+
 /// `sipp` on the PATH (Debian package `sip-tester`), if installed.
 pub fn sipp_bin() -> Option<PathBuf> {
     std::env::var_os("PATH").and_then(|paths| std::env::split_paths(&paths).map(|p| p.join("sipp")).find(|p| p.is_file()))
