@@ -31,6 +31,7 @@ HTTP_PORTS=(18081 18082 18083)
 SIP_PORTS=(15061 15062 15063)
 LB_PORT=18080
 STATS_PORT=18090
+PG_LB_PORT=15434
 KAM_PORT=15060
 DB_URL="postgres://postgres@127.0.0.1:${PG_PRIMARY},127.0.0.1:${PG_REPLICA}/switchboard?target_session_attrs=read-write"
 
@@ -219,6 +220,20 @@ listen stats
     bind 127.0.0.1:$STATS_PORT
     stats enable
     stats uri /
+# PostgreSQL for clients that take one host (Kamailio's driver): the primary while it
+# answers, else the replica (promoted by the failover; until then it refuses writes, as
+# the hubs' multi-host URL does). Sessions to a server marked down are cut, so the client
+# reconnects to the other.
+listen pg
+    bind 127.0.0.1:$PG_LB_PORT
+    mode tcp
+    no option http-server-close
+    timeout client 8h
+    timeout server 8h
+    option pgsql-check user postgres
+    default-server inter 1s fall 2 rise 2 on-marked-down shutdown-sessions
+    server primary 127.0.0.1:$PG_PRIMARY check
+    server replica 127.0.0.1:$PG_REPLICA check backup
 EOF
   pid_alive "$DIR/haproxy.pid" || haproxy -D -f "$DIR/haproxy.cfg"
   wait_http "http://127.0.0.1:$LB_PORT/readyz" 20
@@ -376,9 +391,11 @@ kamailio_up() {
   local nodes=() i
   for i in 0 1 2; do nodes+=("127.0.0.1:${SIP_PORTS[$i]}"); done
   kamailio_tables -h 127.0.0.1 -p $PG_PRIMARY -U postgres -d switchboard
-  # Kamailio's PostgreSQL driver takes one host: the primary. After `promote` restart it
-  # on the new one (KAM_DB_PORT=15433 scripts/cluster.sh up).
-  edge_config "$DIR" "$KAM_PORT" "postgres://postgres@127.0.0.1:${KAM_DB_PORT:-$PG_PRIMARY}/switchboard" switchboard "${nodes[@]}"
+  # Kamailio's PostgreSQL driver takes one host: HAProxy's `pg` frontend, which follows
+  # the primary to the promoted replica (without HAProxy: the primary itself).
+  local db_port=$PG_PRIMARY
+  command -v haproxy >/dev/null && db_port=$PG_LB_PORT
+  edge_config "$DIR" "$KAM_PORT" "postgres://postgres@127.0.0.1:${KAM_DB_PORT:-$db_port}/switchboard" switchboard "${nodes[@]}"
   if pid_alive "$DIR/kamailio.pid"; then kill "$(head -1 "$DIR/kamailio.pid")"; sleep 1; fi
   kamailio -f "$DIR/kamailio.cfg" -P "$DIR/kamailio.pid" -w "$DIR" -m 64 -M 8
 }

@@ -127,7 +127,17 @@ test('an agent works a chat with the keyboard alone: sign in, presence, accept, 
   const iid = (await eventually(async () => (await sup.get('/api/v1/interactions?channel=chat&limit=200')).items
     .find((i) => i.conversation_key === visitor.session.conversation_id), 15000, 'the interaction')).id;
   const accept = `.offer[data-interaction-id="${iid}"] .offer-accept`;
-  await page.waitForSelector(accept, { timeout: 15000 });
+  try {
+    await page.waitForSelector(accept, { timeout: 15000 });
+  } catch (e) {
+    // Say where the offer went (a CI run once timed out here and passed on every rerun).
+    const i = await sup.get(`/api/v1/interactions/${iid}`);
+    const events = (await sup.get(`/api/v1/interactions/${iid}/events`)).map((ev) => `${ev.kind} ${JSON.stringify(ev.data)}`);
+    const me = await alice.get('/api/v1/auth/me');
+    const offers = await page.evaluate(() => [...document.querySelectorAll('.offer')].map((o) => o.dataset.interactionId));
+    throw new Error(`${e.message}\ninteraction: ${i.status} agent ${i.agent_id}\nevents: ${events.join('; ')}\n` +
+      `alice: ${JSON.stringify(me.agent || me)}\noffers on the page: ${offers.join(', ')}\nstream: ${await page.evaluate(() => document.body.dataset.stream)}`);
+  }
   await tabTo(page, accept);
   await page.keyboard.press('Enter');
   // Accepting puts the focus in the reply box.
