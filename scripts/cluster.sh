@@ -3,7 +3,8 @@
 #
 #   PostgreSQL primary (127.0.0.1:15432) + streaming replica (127.0.0.1:15433)
 #   3 hub nodes        HTTP 127.0.0.1:18081-18083, SIP UDP 127.0.0.1:15061-15063
-#   HAProxy            HTTP/WebSocket 127.0.0.1:18080 (health check GET /readyz), stats :18090
+#   HAProxy            HTTP/WebSocket 127.0.0.1:18080 (health check GET /readyz), stats :18090,
+#                      PostgreSQL for Kamailio 127.0.0.1:15434 (the primary, else the replica)
 #   Kamailio           SIP UDP 127.0.0.1:15060: the phones' registrar (digest against the
 #                      hub's credentials, usrloc bindings in the cluster database, read by
 #                      every node: registrar.edge) and dispatcher over the 3 nodes (OPTIONS
