@@ -548,16 +548,16 @@ async fn baresip_agent_phone_answers_and_is_recorded() {
         wav.extend_from_slice(&s.to_le_bytes());
     }
     std::fs::write(&tone, wav).expect("tone");
-    // baresip binds its own SIP port (port 0) and draws its RTP ports from 10000-19999,
-    // apart from the kernel's ephemeral range (the hubs' RTP, rtp_port_min = 0) and from
-    // the tests' free ports (20000-32767): a port picked here and bound later could be
-    // taken in between.
+    // baresip binds its own SIP port (port 0) and draws its RTP ports from 10000-18999,
+    // apart from the kernel's ephemeral range (the hubs' RTP, rtp_port_min = 0), the
+    // tests' port slices (20000-31999) and their locks (19000-19099): a port picked here
+    // and bound later could be taken in between.
     std::fs::write(
         conf.join("config"),
         format!(
             "poll_method epoll\nsip_listen 127.0.0.1:0\nsip_transports udp\nnet_interface 127.0.0.1\n\
              audio_player aubridge,sink\naudio_source aufile,{}\naudio_srate 8000\naudio_channels 1\n\
-             rtp_ports 10000-19999\nmodule_path /usr/lib/baresip/modules\nmodule g711.so\nmodule aufile.so\n\
+             rtp_ports 10000-18999\nmodule_path /usr/lib/baresip/modules\nmodule g711.so\nmodule aufile.so\n\
              module aubridge.so\nmodule account.so\nmodule_app menu.so\n",
             tone.display(),
         ),

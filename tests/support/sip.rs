@@ -37,31 +37,57 @@ pub fn sipp_bin() -> Option<PathBuf> {
     std::env::var_os("PATH").and_then(|paths| std::env::split_paths(&paths).map(|p| p.join("sipp")).find(|p| p.is_file()))
 }
 
-/// A UDP port free on loopback right now, for a peer (SIPp) that binds it a moment later.
-/// Drawn at random from 20000-32767, below the kernel's ephemeral range: the hubs under
-/// test bind their RTP sockets to port 0, and a port the kernel just handed out (and we
-/// released) could be handed to one of them before the peer binds it.
-pub fn free_udp_port() -> u16 {
-    use rand::Rng;
-    let mut rng = rand::thread_rng();
-    for _ in 0..1000 {
-        let p = rng.gen_range(20_000..32_766u16);
-        if UdpSocket::bind(("127.0.0.1", p)).is_ok() {
-            return p;
-        }
-    }
-    panic!("no free UDP port in 20000-32767")
+/// UDP ports for peers (SIPp) that bind them a moment later. Each test process takes a
+/// slice of its own: 120 ports of 20000-31999, below the kernel's ephemeral range (where
+/// the hubs under test bind their RTP sockets, `rtp_port_min = 0`), claimed by holding a
+/// lock socket on 19000 + the slice's number for the life of the process. A port picked at
+/// random from a shared range could be taken by another process in the moment before the
+/// peer binds it (SIPp also binds media port + 2 and + 3 unchecked): a CI run lost a test
+/// to that.
+const PORT_LOCKS: u16 = 19_000;
+const PORT_SLICES: u16 = 100;
+const SLICE_PORTS: u16 = 120;
+/// The first 40 ports of a slice are single ports, the other 80 twenty media quadruples.
+const SINGLE_PORTS: u16 = 40;
+
+fn port_slice() -> u16 {
+    static SLICE: std::sync::OnceLock<(UdpSocket, u16)> = std::sync::OnceLock::new();
+    SLICE
+        .get_or_init(|| {
+            let first = std::process::id() as u16 % PORT_SLICES;
+            (0..PORT_SLICES)
+                .map(|i| (first + i) % PORT_SLICES)
+                .find_map(|k| UdpSocket::bind(("127.0.0.1", PORT_LOCKS + k)).ok().map(|lock| (lock, 20_000 + k * SLICE_PORTS)))
+                .expect("a free port slice (100 test processes at once?)")
+        })
+        .1
 }
 
-/// An even media port whose successor (RTCP) is free too: SIPp uses both.
-pub fn free_media_port() -> u16 {
-    for _ in 0..1000 {
-        let p = free_udp_port() & !1;
-        if p > 1024 && UdpSocket::bind(("127.0.0.1", p + 1)).is_ok() {
+/// `n` consecutive ports free right now, from `region` (start, length) of this process's
+/// slice, taken round robin.
+fn take_ports(next: &std::sync::atomic::AtomicU16, start: u16, len: u16, n: u16) -> u16 {
+    let base = port_slice() + start;
+    for _ in 0..2 * len / n {
+        let off = next.fetch_add(n, std::sync::atomic::Ordering::Relaxed) % (len / n * n);
+        let p = base + off;
+        if (p..p + n).all(|q| UdpSocket::bind(("127.0.0.1", q)).is_ok()) {
             return p;
         }
     }
-    panic!("no free even media port");
+    panic!("no {n} free ports in this test's slice {base}..{}", base + len)
+}
+
+/// A UDP port free on loopback now, from this test process's own slice.
+pub fn free_udp_port() -> u16 {
+    static NEXT: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
+    take_ports(&NEXT, 0, SINGLE_PORTS, 1)
+}
+
+/// An even media port with the three after it free too (SIPp binds RTP, RTCP and the
+/// video pair at + 2 and + 3), from this test process's own slice.
+pub fn free_media_port() -> u16 {
+    static NEXT: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
+    take_ports(&NEXT, SINGLE_PORTS, SLICE_PORTS - SINGLE_PORTS, 4)
 }
 
 /// The path of a scenario in `tests/voice/`.
