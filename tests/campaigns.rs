@@ -588,6 +588,20 @@ async fn a_campaign_is_planned_only_by_the_holder_of_its_planning_lease() {
     w.th.stop().await;
 }
 
+/// A campaign engine that plans only once an hour by itself (and ticks every 200 ms): a
+/// reminder that goes out within seconds was planned because something woke it.
+const HOURLY_ENGINE: &str = "[campaigns]\nworker = true\ntick_ms = 200\nplan_every_secs = 3600\ndefault_time_zone = \"Europe/Berlin\"";
+
+/// A reminder campaign a day before each appointment, sent even when that is past.
+async fn day_ahead_reminder(marketer: &Client, name: &str) -> Uuid {
+    create_campaign(
+        marketer,
+        json!({ "name": name, "kind": "reminder", "offset_minutes": 1440, "late_policy": "send",
+                "quiet_start": null, "quiet_end": null, "template": { "default": "See you on {appointment.date}" } }),
+    )
+    .await
+}
+
 #[tokio::test]
 async fn an_appointment_booked_on_a_node_without_the_campaign_worker_wakes_another_node_s_engine() {
     // Node A serves the API with no campaign engine; node B runs it, planning only once an
@@ -602,10 +616,7 @@ async fn an_appointment_booked_on_a_node_without_the_campaign_worker_wakes_anoth
     .await;
     let node_b = spawn_node_with(&th.db, move |s| {
         s.channels.push(table_b);
-        s.crm = Some(
-            toml::from_str("[campaigns]\nworker = true\ntick_ms = 200\nplan_every_secs = 3600\ndefault_time_zone = \"Europe/Berlin\"")
-                .expect("crm toml"),
-        );
+        s.crm = Some(toml::from_str(HOURLY_ENGINE).expect("crm toml"));
     })
     .await;
     let mut smsc = smsc;
@@ -618,12 +629,7 @@ async fn an_appointment_booked_on_a_node_without_the_campaign_worker_wakes_anoth
             .await;
     // Let B's first (periodic) planning pass go by before the campaign exists.
     tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
-    let id = create_campaign(
-        &marketer,
-        json!({ "name": "Reminder across nodes", "kind": "reminder", "offset_minutes": 1440, "late_policy": "send",
-                "quiet_start": null, "quiet_end": null, "template": { "default": "See you on {appointment.date}" } }),
-    )
-    .await;
+    let id = day_ahead_reminder(&marketer, "Reminder across nodes").await;
     let (st, a) = agent
         .call(
             "POST",
@@ -647,10 +653,7 @@ async fn an_appointment_booked_or_moved_into_the_reminder_window_gets_its_remind
     let table = smsc::channel(smsc.port, "");
     let th = spawn_hub_with(move |s| {
         s.channels.push(table);
-        s.crm = Some(
-            toml::from_str("[campaigns]\nworker = true\ntick_ms = 200\nplan_every_secs = 3600\ndefault_time_zone = \"Europe/Berlin\"")
-                .expect("crm toml"),
-        );
+        s.crm = Some(toml::from_str(HOURLY_ENGINE).expect("crm toml"));
     })
     .await;
     let mut smsc = smsc;
@@ -664,12 +667,7 @@ async fn an_appointment_booked_or_moved_into_the_reminder_window_gets_its_remind
         customer(&db, NewCustomer { name: "Hal Moved", phone: "+4915120000008", tz: Some("Europe/Berlin"), ..Default::default() }).await;
     // Let the engine's first (periodic) planning pass go by before the campaign exists.
     tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
-    let id = create_campaign(
-        &marketer,
-        json!({ "name": "Reminder at once", "kind": "reminder", "offset_minutes": 1440, "late_policy": "send",
-                "quiet_start": null, "quiet_end": null, "template": { "default": "See you on {appointment.date}" } }),
-    )
-    .await;
+    let id = day_ahead_reminder(&marketer, "Reminder at once").await;
     let now = Utc::now();
     // Hal books three days ahead (outside the window): nothing yet.
     let (st, hal_appt) = agent

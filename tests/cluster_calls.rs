@@ -209,7 +209,7 @@ async fn a_phone_registered_with_one_node_is_rung_for_a_call_on_another() {
 
     // The trunk call lands on node B.
     let caller = sipp(&bin, &dir, sip_b, "caller_until_bye.xml", free_udp_port(), &["-s", "100"]);
-    let id = sip::first_call_answered(&admin).await;
+    let id = sip::call_answered(&admin, None).await;
     let iid: Uuid = id.parse().expect("uuid");
     let owner: Uuid = sqlx::query_scalar("select node_id from call_owners where interaction_id = $1")
         .bind(iid)

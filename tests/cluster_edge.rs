@@ -99,27 +99,6 @@ async fn registrations_metric(base: &str) -> Option<f64> {
     text.lines().find_map(|l| l.strip_prefix("switchboard_voice_registrations ")).and_then(|v| v.trim().parse().ok())
 }
 
-/// Waits for a voice interaction other than `except` to be answered by an agent; its id.
-async fn answered_call(admin: &Client, except: Option<&str>) -> String {
-    let id: String = eventually(40, || {
-        let admin = admin.clone();
-        async move {
-            let (_, list) = admin.call("GET", "/api/v1/interactions?channel=voice", None).await;
-            list["items"].as_array()?.iter().filter_map(|i| i["id"].as_str()).find(|id| Some(*id) != except).map(str::to_string)
-        }
-    })
-    .await;
-    eventually(40, || {
-        let (c, id) = (admin.clone(), id.clone());
-        async move {
-            let (_, evs) = c.call("GET", &format!("/api/v1/interactions/{id}/events"), None).await;
-            evs.as_array()?.iter().any(|e| e["kind"] == "call_answered").then_some(())
-        }
-    })
-    .await;
-    id
-}
-
 async fn owner_of(pool: &sqlx::PgPool, id: &str) -> Uuid {
     let iid: Uuid = id.parse().expect("uuid");
     eventually(10, || async {
@@ -227,7 +206,7 @@ async fn phones_registered_at_the_edge_are_rung_through_it_from_every_node() {
     // Call 1: Kamailio picks a node; it rings alice through Kamailio; the BYEs route back.
     let phone = sipp(&bin, &dir, edge_addr, "edge_phone_until_bye.xml", phone_port, &["-s", "alice"]);
     let caller = sipp(&bin, &dir, edge_addr, "caller_until_bye.xml", free_udp_port(), &["-s", "100"]);
-    let first = answered_call(&admin, None).await;
+    let first = sip::call_answered(&admin, None).await;
     let owner = owner_of(&pool, &first).await;
     let (node_a, node_b) = (a.hub().node_id(), b.hub.node_id());
     assert!(owner == node_a || owner == node_b, "a node of this cluster answered");
@@ -256,7 +235,7 @@ async fn phones_registered_at_the_edge_are_rung_through_it_from_every_node() {
     // Call 2: Kamailio fails over to the survivor, which rings the same registration.
     let phone = sipp(&bin, &dir, edge_addr, "edge_phone_until_bye.xml", phone_port, &["-s", "alice"]);
     let caller = sipp(&bin, &dir, edge_addr, "caller_until_bye.xml", free_udp_port(), &["-s", "100"]);
-    let second = answered_call(&admin_s, Some(&first)).await;
+    let second = sip::call_answered(&admin_s, Some(&first)).await;
     assert_eq!(owner_of(&pool, &second).await, survivor_id, "the remaining node answered");
     let (st, body) = alice_s.call("POST", &format!("/api/v1/voice/calls/{second}/hangup"), None).await;
     assert_eq!(st, StatusCode::OK, "hang up: {body}");

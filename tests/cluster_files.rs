@@ -255,7 +255,7 @@ async fn files_written_through_one_node_are_served_by_another_from_s3() {
     let (st, body) = alice.call("PUT", &format!("/api/v1/agents/{agent_id}/presence"), Some(json!({ "presence": "available" }))).await;
     assert_eq!(st, StatusCode::OK, "{body}");
     let caller = sip::sipp(&bin, &dir, sip_a, "caller_until_bye.xml", sip::free_udp_port(), &["-s", "100"]);
-    let id = sip::first_call_answered(&admin).await;
+    let id = sip::call_answered(&admin, None).await;
     // Let some audio through, then hang up (the end publishes the recording).
     tokio::time::sleep(std::time::Duration::from_millis(600)).await;
     let (st, body) = alice.call("POST", &format!("/api/v1/voice/calls/{id}/hangup"), None).await;

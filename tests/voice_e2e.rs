@@ -63,25 +63,7 @@ name = "carrier"
 allowed_sources = ["127.0.0.1"]
 dids = {{ "100" = "main", "200" = "closed" }}
 
-[ivr_flows.main]
-start = "menu"
-default_queue = "support"
-[ivr_flows.main.nodes.menu]
-type = "menu"
-prompt = "menu"
-choices = {{ "1" = "english" }}
-timeout_ms = 8000
-max_attempts = 1
-on_failure = "bye"
-[ivr_flows.main.nodes.english]
-type = "set_requirement"
-requirement = "language:en >= 1"
-next = "queue"
-[ivr_flows.main.nodes.queue]
-type = "enqueue"
-[ivr_flows.main.nodes.bye]
-type = "hangup"
-
+{menu}
 [ivr_flows.closed]
 start = "hours"
 [ivr_flows.closed.nodes.hours]
@@ -99,6 +81,7 @@ max_seconds = 3
         prompts = prompts.display(),
         rec = dir.join("rec").display(),
         vm = dir.join("vm").display(),
+        menu = sip::MENU_FLOWS,
     );
     toml::from_str(&text).expect("voice channel table")
 }

@@ -121,17 +121,18 @@ pub async fn finished_ok(child: Child, what: &str) {
     assert!(out.status.success(), "{what}: sipp failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr));
 }
 
-/// Waits for the first voice interaction to appear and be answered; returns its id.
-pub async fn first_call_answered(admin: &Client) -> String {
-    let id: String = eventually(20, || {
+/// Waits for a voice interaction other than `except` to appear and be answered by an
+/// agent; returns its id.
+pub async fn call_answered(admin: &Client, except: Option<&str>) -> String {
+    let id: String = eventually(40, || {
         let admin = admin.clone();
         async move {
             let (_, list) = admin.call("GET", "/api/v1/interactions?channel=voice", None).await;
-            list["items"].as_array().and_then(|a| a.first()).and_then(|i| i["id"].as_str()).map(str::to_string)
+            list["items"].as_array()?.iter().filter_map(|i| i["id"].as_str()).find(|id| Some(*id) != except).map(str::to_string)
         }
     })
     .await;
-    eventually(30, || {
+    eventually(40, || {
         let (c, id) = (admin.clone(), id.clone());
         async move {
             let (_, evs) = c.call("GET", &format!("/api/v1/interactions/{id}/events"), None).await;

@@ -632,7 +632,7 @@ struct HubCredentials {
 /// Whether a SIP user read from the edge's table can go into a Request-URI as it is
 /// (RFC 3261 unreserved characters and a few user-safe marks; anything else is skipped).
 fn plain_sip_user(user: &str) -> bool {
-    !user.is_empty() && user.len() <= 64 && user.chars().all(|c| c.is_ascii_alphanumeric() || "-_.!~*'()&=+$,;?/".contains(c))
+    !user.is_empty() && user.len() <= 64 && user.chars().all(crate::b2bua::sip_user_char)
 }
 
 /// Where an agent registered at the edge is rung: `sip:<user>@<edge>`, sent to the edge,

@@ -2053,9 +2053,15 @@ fn file_safe(s: &str) -> String {
     s.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' }).collect()
 }
 
-/// Keeps characters allowed unescaped in a SIP user part (RFC 3261 §25.1).
+/// Whether `c` may stand unescaped in a SIP user part (RFC 3261 §25.1: unreserved
+/// characters and the user-safe marks).
+pub(crate) fn sip_user_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || "-_.!~*'()&=+$,;?/".contains(c)
+}
+
+/// Keeps characters allowed unescaped in a SIP user part.
 fn sip_user_safe(s: &str) -> String {
-    let cleaned: String = s.chars().filter(|c| c.is_ascii_alphanumeric() || "-_.!~*'()&=+$,;?/".contains(*c)).collect();
+    let cleaned: String = s.chars().filter(|c| sip_user_char(*c)).collect();
     if cleaned.is_empty() {
         "anonymous".into()
     } else {

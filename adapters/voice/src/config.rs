@@ -135,27 +135,20 @@ pub struct EdgeProxy {
 impl EdgeProxy {
     /// Parses `sip:<ip>[:port][;transport=udp|tcp]` (an IPv6 literal in brackets).
     pub fn parse(uri: &str) -> Result<Self, String> {
-        let rest = uri.trim().strip_prefix("sip:").ok_or_else(|| format!("registrar.edge {uri:?}: must be a sip: URI"))?;
-        let (hostport, params) = rest.split_once(';').unwrap_or((rest, ""));
-        if hostport.contains('@') {
+        use crate::sip::message::SipUri;
+        use crate::sip::Transport;
+        let parsed =
+            SipUri::parse(uri).filter(|u| u.scheme == "sip").ok_or_else(|| format!("registrar.edge {uri:?}: must be a sip: URI"))?;
+        if parsed.user.is_some() || uri.contains('@') {
             return Err(format!("registrar.edge {uri:?}: give the proxy's address only, without a user"));
         }
-        let addr = hostport
-            .parse::<SocketAddr>()
-            .or_else(|_| hostport.trim_start_matches('[').trim_end_matches(']').parse::<IpAddr>().map(|ip| SocketAddr::new(ip, 5060)))
-            .map_err(|_| format!("registrar.edge {uri:?}: the host must be an IP address, with an optional port"))?;
-        let mut tcp = false;
-        for p in params.split(';').filter(|p| !p.is_empty()) {
-            match p.split_once('=') {
-                Some((k, v)) if k.eq_ignore_ascii_case("transport") && v.eq_ignore_ascii_case("tcp") => tcp = true,
-                Some((k, v)) if k.eq_ignore_ascii_case("transport") && v.eq_ignore_ascii_case("udp") => tcp = false,
-                Some((k, _)) if k.eq_ignore_ascii_case("transport") => {
-                    return Err(format!("registrar.edge {uri:?}: transport must be udp or tcp"));
-                }
-                _ => {}
-            }
+        if parsed.param("transport").is_some_and(|t| !t.eq_ignore_ascii_case("udp") && !t.eq_ignore_ascii_case("tcp")) {
+            return Err(format!("registrar.edge {uri:?}: transport must be udp or tcp"));
         }
-        Ok(Self { addr, tcp })
+        let peer = parsed
+            .peer(Transport::Udp)
+            .ok_or_else(|| format!("registrar.edge {uri:?}: the host must be an IP address, with an optional port"))?;
+        Ok(Self { addr: peer.addr, tcp: peer.transport == Transport::Tcp })
     }
 }
 

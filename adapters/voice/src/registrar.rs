@@ -2,7 +2,6 @@
 //! the engine feeds REGISTER requests and looks bindings up by AOR when ringing.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use rsip::{Request, Response};
@@ -251,18 +250,7 @@ pub fn binding_peer(contact: &str, info: &Essentials, source: Peer) -> Peer {
     if natted {
         return source;
     }
-    let Some(uri) = SipUri::parse(contact) else {
-        return source;
-    };
-    let Ok(ip) = uri.host.parse::<std::net::IpAddr>() else {
-        return source;
-    };
-    let transport = match uri.param("transport") {
-        Some(t) if t.eq_ignore_ascii_case("tcp") => crate::sip::Transport::Tcp,
-        Some(_) => crate::sip::Transport::Udp,
-        None => source.transport,
-    };
-    Peer { addr: SocketAddr::new(ip, uri.port.unwrap_or(5060)), transport }
+    SipUri::parse(contact).and_then(|uri| uri.peer(source.transport)).unwrap_or(source)
 }
 
 #[cfg(test)]

@@ -6,7 +6,6 @@ use rsip::{Method, Request};
 use super::message::{make_header, new_branch, HeaderLookup, NameAddr, SipUri};
 use super::transaction::Peer;
 use super::validate::Essentials;
-use super::Transport;
 
 /// Dialog identifier: Call-ID plus local and remote tags (§12).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -95,21 +94,12 @@ impl Dialog {
     /// its INVITE or the next hop of ours, which keeps NAT bindings working). A first
     /// Route that names a host instead of an IP address is not resolved: `direct` is used.
     pub fn next_hop(&self, direct: Peer) -> Peer {
-        let Some(first) = self.route_set.first() else {
-            return direct;
-        };
-        let Some(uri) = NameAddr::parse(first).and_then(|a| SipUri::parse(&a.uri)) else {
-            return direct;
-        };
-        let Ok(ip) = uri.host.parse::<std::net::IpAddr>() else {
-            return direct;
-        };
-        let transport = match uri.param("transport") {
-            Some(t) if t.eq_ignore_ascii_case("tcp") => Transport::Tcp,
-            Some(_) => Transport::Udp,
-            None => direct.transport,
-        };
-        Peer { addr: std::net::SocketAddr::new(ip, uri.port.unwrap_or(5060)), transport }
+        self.route_set
+            .first()
+            .and_then(|first| NameAddr::parse(first))
+            .and_then(|a| SipUri::parse(&a.uri))
+            .and_then(|uri| uri.peer(direct.transport))
+            .unwrap_or(direct)
     }
 
     /// Whether an incoming request belongs to this dialog.
@@ -175,6 +165,7 @@ mod tests {
     use super::*;
     use crate::sip::message::tests_support::INVITE;
     use crate::sip::validate::{inspect, Inspected};
+    use crate::sip::Transport;
 
     fn invite() -> (Request, Essentials) {
         let text = INVITE.replace("Contact:", "Record-Route: <sip:p1.example;lr>, <sip:p2.example;lr>\r\nContact:");

@@ -533,6 +533,19 @@ impl SipUri {
     pub fn param(&self, name: &str) -> Option<&str> {
         self.params.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_deref().unwrap_or(""))
     }
+
+    /// Where a request to this URI goes when its host is an IP address (a host name is
+    /// not resolved: None): its port or 5060, TCP for `;transport=tcp`, UDP for another
+    /// transport, `default` when none is given.
+    pub fn peer(&self, default: super::Transport) -> Option<super::transaction::Peer> {
+        let ip = self.host.parse::<std::net::IpAddr>().ok()?;
+        let transport = match self.param("transport") {
+            Some(t) if t.eq_ignore_ascii_case("tcp") => super::Transport::Tcp,
+            Some(_) => super::Transport::Udp,
+            None => default,
+        };
+        Some(super::transaction::Peer { addr: std::net::SocketAddr::new(ip, self.port.unwrap_or(5060)), transport })
+    }
 }
 
 /// Reason phrase for the status codes we send.
